@@ -1,0 +1,159 @@
+"""The model registries: every backbone x aggregation builds, declares its sizes truthfully, gets
+gradients where the paper trains, and the cost figures reproduce the paper's Table 3."""
+import numpy as np
+import pytest
+import torch
+
+from vgray.config import load_config
+from vgray.errors import BadInput
+from vgray.models import build_model
+from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.backbones import BACKBONES
+from vgray.models.profile import model_cost
+
+PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names()
+         if BACKBONES.info(b)["output"] in AGGREGATIONS.info(a)["inputs"]]
+
+
+def model_for(backbone, aggregation, *extra):
+    cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
+                                 "model.pretrained=none", "model.netvlad_clusters=8", *extra])
+    return build_model(cfg.model)
+
+
+@pytest.mark.parametrize("fc", [None, 32])
+@pytest.mark.parametrize("backbone,aggregation", PAIRS)
+def test_every_pair_forward_backward(backbone, aggregation, fc):
+    torch.manual_seed(0)
+    model = model_for(backbone, aggregation, *([f"model.fc_output_dim={fc}"] if fc else []))
+    expected = fc or BACKBONES.info(backbone)["out_channels"] * (8 if aggregation == "netvlad" else 1)
+    assert model.features_dim == expected
+    model.train()
+    x = torch.rand(2, 3, 64, 80)
+    out = model(x)
+    assert out.shape == (2, expected)
+    assert torch.isfinite(out).all()
+    # A random projection of the descriptor: its gradient reaches every parameter, unlike
+    # ||out||^2, which is constant for an L2-normalised descriptor.
+    (out * torch.randn_like(out)).sum().backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_freezing_follows_the_paper():
+    # ResNets train from layer3 on (body indices: 6 = layer3, 7 = layer4).
+    r4 = model_for("resnet18conv4", "gem").backbone
+    assert [i for i, m in enumerate(r4.body) if any(p.requires_grad for p in m.parameters())] == [6]
+    r5 = model_for("resnet50conv5", "gem").backbone
+    assert [i for i, m in enumerate(r5.body) if any(p.requires_grad for p in m.parameters())] == [6, 7]
+    # VGG16 trains its last conv block only: conv5_1..conv5_3.
+    vgg = model_for("vgg16", "gem").backbone
+    convs = [m for m in vgg.body if isinstance(m, torch.nn.Conv2d)]
+    assert [any(p.requires_grad for p in c.parameters()) for c in convs] == [False] * 10 + [True] * 3
+    alex = model_for("alexnet", "gem").backbone
+    convs = [m for m in alex.body if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.requires_grad for c in convs] == [False, False, True, True, True]
+
+
+def test_unknown_names_list_the_registry():
+    with pytest.raises(BadInput, match="choose one of: alexnet, resnet101conv4"):
+        load_config(overrides=["model.backbone=resnet34conv4"])
+    with pytest.raises(BadInput, match="gem"):
+        load_config(overrides=["model.aggregation=vlad"])
+
+
+# The paper's Table 3 at 480x640: (features_dim, GFLOPs, size MB).
+TABLE3 = {
+    ("vgg16", "gem"): (512, 188.01, 56.13),
+    ("resnet18conv4", "gem"): (256, 17.29, 10.63),
+    ("resnet50conv4", "gem"): (1024, 40.61, 32.71),
+    ("resnet101conv4", "gem"): (1024, 86.29, 105.36),
+    ("vgg16", "netvlad"): (32768, 188.09, 56.38),
+    ("resnet18conv4", "netvlad"): (16384, 17.27, 10.76),
+    ("resnet50conv4", "netvlad"): (65536, 40.51, 33.21),
+    ("resnet101conv4", "netvlad"): (65536, 86.06, 105.86),
+}
+
+
+@pytest.mark.parametrize("backbone,aggregation", list(TABLE3))
+def test_table3_cost_within_2_percent(backbone, aggregation):
+    dim, gflops, size = TABLE3[(backbone, aggregation)]
+    cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
+                                 "model.pretrained=none", "data.resize=[480,640]"])
+    with torch.device("meta"):  # shapes only: no weights initialised, no real forward pass
+        model = build_model(cfg.model)
+    cost = model_cost(model, cfg.data.image_size)
+    assert cost["features_dim"] == dim
+    assert cost["gflops"] == pytest.approx(gflops, rel=0.02)
+    assert cost["model_size_mb"] == pytest.approx(size, rel=0.02)
+
+
+def test_weights_files_load(tmp_path):
+    """A torchvision state dict of the source architecture and a whole-network checkpoint both load."""
+    import torchvision
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "tv.pth")
+    model = model_for("resnet18conv4", "gem", f"model.pretrained={tmp_path / 'tv.pth'}")
+    assert torch.equal(model.backbone.body[6][0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.equal(model.backbone.body[0].weight, source.conv1.weight)
+
+    cfg = load_config(overrides=["model.backbone=resnet18conv4", "model.aggregation=gem", "model.pretrained=none"])
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "best.pt")
+    again = model_for("resnet18conv4", "gem", f"model.pretrained={tmp_path / 'best.pt'}")
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_weights_file_of_another_architecture_is_refused(tmp_path):
+    model = model_for("resnet18conv4", "gem")
+    cfg = load_config(overrides=["model.backbone=resnet18conv4", "model.aggregation=gem", "model.pretrained=none"])
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "best.pt")
+    with pytest.raises(BadInput, match="made for backbone=resnet18conv4, aggregation=gem"):
+        model_for("resnet18conv4", "netvlad", f"model.pretrained={tmp_path / 'best.pt'}")
+    torch.save(model.state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(BadInput, match="does not fit"):
+        model_for("resnet50conv4", "gem", f"model.pretrained={tmp_path / 'r18.pt'}")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BadInput, match="cannot be read"):
+        model_for("resnet18conv4", "gem", f"model.pretrained={tmp_path / 'junk.pt'}")
+
+
+def test_offline_imagenet_fails_with_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    # No network here: the download fails and the message names the URL and the cache path.
+    from vgray.models.pretrained import RECORDS, WeightsRecord
+    monkeypatch.setitem(RECORDS, ("resnet18", "imagenet"),
+                        WeightsRecord("http://127.0.0.1:9/resnet18-f37072fd.pth", "f37072fd"))
+    with pytest.raises(BadInput, match=r"put that file at .*checkpoints/resnet18-f37072fd.pth"):
+        model_for("resnet18conv4", "gem", "model.pretrained=imagenet")
+
+
+def test_netvlad_initialisation_from_local_features():
+    torch.manual_seed(0)
+    model = model_for("resnet18conv4", "netvlad")  # 8 clusters
+    assert model.needs_init()
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 256)).astype(np.float32)
+    feats = np.concatenate([c + 0.05 * rng.normal(size=(400, 256)) for c in centres]).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    model.aggregation.initialize(feats)
+    assert not model.needs_init()
+    assert bool(model.state_dict()["aggregation.initialized"])
+    learned = model.aggregation.centroids.detach().numpy()
+    unit = learned / np.linalg.norm(learned, axis=1, keepdims=True)
+    truth = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    # every true centre is found, and every centroid sits on the data
+    assert (np.max(truth @ unit.T, axis=1) > 0.95).all()
+    assert (np.max(unit @ truth.T, axis=1) > 0.95).all()
+    # the assignment weights are alpha * unit centroids, alpha making the nearest centroid's
+    # weight 100x the second's on average (the original NetVLAD initialisation)
+    w = model.aggregation.conv.weight.detach().numpy()[:, :, 0, 0]
+    alpha = np.linalg.norm(w, axis=1).mean()
+    assert np.allclose(w, alpha * unit, atol=1e-4)
+    dots = np.sort(unit @ feats.T, axis=0)[::-1]
+    assert alpha * np.mean(dots[0] - dots[1]) == pytest.approx(-np.log(0.01), rel=1e-3)

@@ -1,0 +1,144 @@
+"""The ``vgray`` command line.
+
+Exit status: 0 on success, 2 on bad input (one line on stderr naming the culprit and what is
+allowed, no traceback), 1 on a failure while running.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from vgray.errors import BadInput
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line with exit status 2."""
+
+    def error(self, message: str):
+        raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _config_args(p: argparse.ArgumentParser, with_file: bool = True) -> None:
+    if with_file:
+        p.add_argument("--config", help="YAML config file (sections data, model, train, test)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, value read as YAML (repeatable)")
+    p.add_argument("--help-config", action="store_true", help="list every config key and exit")
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="FILE", help="also write the printed figures to FILE as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vgray", description="Deep Visual Geo-localization Benchmark on a Ray cluster")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("synth", help="write a VG-format synthetic dataset")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--preset", default="tiny", help="tiny, small or large")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("profile", help="cost of a model: features_dim, gflops, model_size_mb, params, extraction_ms")
+    _config_args(p)
+    _json_arg(p)
+    p.add_argument("--runs", type=int, default=10, help="timed forward passes (after 3 warm-up ones)")
+
+    p = sub.add_parser("eval", help="recall@N of a model on a dataset split, with its cost")
+    _config_args(p)
+    _json_arg(p)
+    p.add_argument("--save-descriptors", metavar="DIR", help="write DIR/database.parquet and DIR/queries.parquet")
+
+    p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
+    p.add_argument("name", help="benchmark name (vgray bench list)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    return parser
+
+
+def _load(args):
+    from vgray.config import help_text, load_config
+    if args.help_config:
+        print(help_text())
+        raise SystemExit(0)
+    return load_config(getattr(args, "config", None), args.overrides)
+
+
+def _write_json(path: Optional[str], figures: Dict) -> None:
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def print_figures(title: str, figures: Dict) -> None:
+    print(title)
+    width = max(len(k) for k in figures)
+    for k, v in figures.items():
+        print(f"  {k:<{width}}  {_format(v)}")
+
+
+def cmd_synth(args) -> None:
+    from vgray.data.synthetic import generate
+    out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
+    print(f"wrote synthetic dataset '{args.preset}' (seed {args.seed}) to {out}")
+
+
+def cmd_profile(args) -> None:
+    from vgray.models.profile import profile
+    cfg = _load(args)
+    if args.runs < 1:
+        raise BadInput(f"--runs={args.runs} must be at least 1")
+    figures = profile(cfg, runs=args.runs)
+    h, w = cfg.data.image_size
+    print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} at {h}x{w}", figures)
+    _write_json(args.json, figures)
+
+
+def cmd_eval(args) -> None:
+    from vgray.evaluate.evaluate import evaluate
+    cfg = _load(args)
+    figures = evaluate(cfg, save_descriptors=args.save_descriptors)
+    h, w = cfg.data.image_size
+    print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} "
+                  f"[{cfg.test.split}] at {h}x{w}, kNN {cfg.test.knn}", figures)
+    _write_json(args.json, figures)
+
+
+def cmd_bench(args) -> None:
+    from vgray.bench import run_benchmark
+    run_benchmark(args.name, args.rest)
+
+
+COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except BadInput as exc:
+        print(f"vgray: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
+    except KeyboardInterrupt:
+        print("vgray: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

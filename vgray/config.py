@@ -1,0 +1,432 @@
+"""One nested, typed config for the whole pipeline.
+
+Sections are named after the pipeline blocks of the paper's Fig. 1: ``data``, ``model``, ``train``,
+``test``, plus ``seed`` (and the execution keys ``device`` and ``precision``). Every key has a
+default (the paper's protocol) and a one-line description (``vgray eval --help-config``).
+
+A config is built once, from defaults, an optional YAML file and ``--set key=value`` overrides,
+then validated as a whole: unknown keys, values of the wrong type, out-of-range values and the
+paper's illegal combinations raise :class:`~vgray.errors.BadInput` naming the dotted key, before
+anything runs. Derived values (descriptor size, FLOPs) are computed by the model, never written back
+into the config: the dataclasses are frozen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from vgray.errors import BadInput
+
+
+def _key(default, help: str, **checks):
+    """A config field: its default, one line of help, and optional checks.
+
+    ``choices`` is a list (or a zero-argument callable returning one, for registries) of allowed
+    values; ``positive`` requires every number in the value to be > 0; ``range`` is an inclusive
+    ``(low, high)`` pair.
+    """
+    meta = {"help": help, **checks}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _backbones():
+    from vgray.models.backbones import BACKBONES
+    return BACKBONES.names()
+
+
+def _aggregations():
+    from vgray.models.aggregations import AGGREGATIONS
+    return AGGREGATIONS.names()
+
+
+def _test_methods():
+    from vgray.evaluate.methods import TEST_METHODS
+    return TEST_METHODS.names()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = _key("synthetic:tiny", "dataset folder in the VG format, or synthetic:tiny|small|large")
+    resize: List[int] = _key([480, 640], "[H, W] of train and test images", positive=True, length=2)
+    resize_fraction: float = _key(1.0, "scale of both sides of resize (the paper's resolution study)",
+                                  range=(1e-3, 1.0))
+    num_workers: Optional[int] = _key(None, "image-loading worker processes (null: one per CPU, at most 8)",
+                                      range=(0, 256))
+    skip_corrupt: bool = _key(False, "skip unreadable images (reported by path) instead of stopping")
+
+    @property
+    def image_size(self) -> tuple:
+        """``(H, W)`` fed to the network: ``resize`` scaled by ``resize_fraction``."""
+        return tuple(max(1, round(s * self.resize_fraction)) for s in self.resize)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=_backbones)
+    aggregation: str = _key("netvlad", "aggregation (registry name)", choices=_aggregations)
+    pretrained: str = _key("imagenet", "none, imagenet, or a weights file (a vgray checkpoint included)")
+    netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
+    fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size",
+                                        positive=True)
+    l2: str = _key("before_pool", "where pooling aggregations L2-normalise",
+                   choices=["before_pool", "after_pool", "none"])
+    gem_p: float = _key(3.0, "initial (learnable) GeM power p", positive=True)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    brightness: float = _key(0.0, "ColorJitter brightness on queries (0: off)", range=(0.0, 100.0))
+    contrast: float = _key(0.0, "ColorJitter contrast on queries (0: off)", range=(0.0, 100.0))
+    saturation: float = _key(0.0, "ColorJitter saturation on queries (0: off)", range=(0.0, 100.0))
+    hue: float = _key(0.0, "ColorJitter hue on queries (0: off)", range=(0.0, 0.5))
+    perspective: float = _key(0.0, "RandomPerspective distortion scale on queries (0: off)", range=(0.0, 1.0))
+    rotation: float = _key(0.0, "RandomRotation degrees on queries (0: off)", range=(0.0, 180.0))
+    resized_crop: float = _key(0.0, "RandomResizedCrop on queries, scale down to 1 - strength (0: off)",
+                               range=(0.0, 0.99))
+    horizontal_flip: bool = _key(False, "flip the whole triplet horizontally with probability 0.5")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mining: str = _key("partial", "negative mining", choices=["random", "full", "partial", "msls_weighted"])
+    criterion: str = _key("triplet", "loss", choices=["triplet", "sare_joint", "sare_ind"])
+    margin: float = _key(0.1, "triplet margin", positive=True)
+    optimizer: str = _key("adam", "optimizer", choices=["adam", "sgd"])
+    lr: float = _key(1e-5, "learning rate", positive=True)
+    batch_size: int = _key(4, "triplets per batch", positive=True)
+    negs_num_per_query: int = _key(10, "negatives per triplet", positive=True)
+    neg_samples_num: int = _key(1000, "database images sampled per refresh (partial mining)", positive=True)
+    queries_per_epoch: int = _key(5000, "training queries per epoch", positive=True)
+    cache_refresh_rate: int = _key(1000, "queries between mining-cache refreshes", positive=True)
+    epochs: int = _key(1000, "epoch cap (early stopping usually ends first)", positive=True)
+    patience: int = _key(3, "epochs without val R@5 gain before stopping", positive=True)
+    positive_dist_threshold: float = _key(10.0, "hard positives for training, metres", positive=True)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig,
+                                             metadata={"help": "query augmentations"})
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    split: str = _key("test", "split that vgray eval scores", choices=["train", "val", "test"])
+    method: str = _key("hard_resize", "test-time method", choices=_test_methods)
+    recall_values: List[int] = _key([1, 5, 10, 20], "N of recall@N", positive=True)
+    positive_dist_threshold: float = _key(25.0, "a retrieval is right within this many metres", positive=True)
+    knn: str = _key("Flat", "faiss index_factory string of the kNN index")
+    batch_size: int = _key(32, "images per extraction batch", positive=True)
+    memory_budget_mb: Optional[float] = _key(
+        None, "stream the database in chunks when its descriptors exceed this (Flat only; null: no limit)",
+        positive=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset and images"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "network"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training protocol"})
+    test: TestConfig = field(default_factory=TestConfig, metadata={"help": "evaluation protocol"})
+    seed: int = _key(0, "random seed", range=(0, 2**32 - 1))
+    device: str = _key("auto", "auto (cuda when available), cpu, cuda, cuda:N")
+    precision: str = _key("auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16",
+                          choices=["auto", "fp32", "bf16"])
+
+    # -- views -------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> Dict[str, Any]:
+        """``{"model.backbone": ..., ...}`` for every leaf key."""
+        return flatten(self.to_dict())
+
+    def key(self) -> str:
+        """Stable hash of the config without the seed (rows of repeated runs share it)."""
+        flat = {k: v for k, v in self.flat().items() if k != "seed"}
+        return hashlib.sha1(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+
+    def replace(self, **dotted) -> "Config":
+        """A copy with dotted keys changed (``cfg.replace(**{"model.l2": "none"})``), validated."""
+        tree = self.to_dict()
+        for k, v in dotted.items():
+            _set_dotted(tree, k, v)
+        return from_dict(tree)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- building a config -----------------------------------------------------------------------
+
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and _section_type(prefix + k) is not None:
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _section_type(dotted: str):
+    """The dataclass a dotted key names, or None when it names a leaf (or nothing)."""
+    cls = Config
+    for part in dotted.split("."):
+        hints = _hints(cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            return None
+        cls = hints[part]
+    return cls
+
+
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _hints(cls) -> Dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def all_keys() -> Dict[str, dataclasses.Field]:
+    """Every leaf key, dotted, with its dataclass field (for help and for sweep-key checks)."""
+    out = {}
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            t = _hints(cls)[f.name]
+            if dataclasses.is_dataclass(t):
+                walk(t, prefix + f.name + ".")
+            else:
+                out[prefix + f.name] = f
+    walk(Config, "")
+    return out
+
+
+def _unknown(key: str, valid) -> BadInput:
+    near = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return BadInput(f"unknown config key '{key}'{hint} (vgray eval --help-config lists them)")
+
+
+def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
+    keys = all_keys()
+    if dotted not in keys and _section_type(dotted) is None:
+        raise _unknown(dotted, keys)
+    node = tree
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def _merge(base: Dict[str, Any], update: Dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(update, dict):
+        raise BadInput(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
+                       f"not {type(update).__name__}")
+    for k, v in update.items():
+        dotted = prefix + str(k)
+        if isinstance(base.get(k), dict) and _section_type(dotted) is not None:
+            _merge(base[k], v, dotted + ".")
+        else:
+            base[k] = v
+
+
+def _expand(value: str) -> str:
+    """Environment variables (``${VGRAY_DATASETS}``) and ``~`` in path-like strings."""
+    out = os.path.expandvars(value)
+    unresolved = re.search(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", out)
+    if unresolved:
+        raise BadInput(f"environment variable {unresolved.group(1)} in '{value}' is not set")
+    return os.path.expanduser(out) if out.startswith("~") else out
+
+
+def _coerce(dotted: str, value: Any, t) -> Any:
+    """``value`` checked against the annotated type ``t`` (an int is accepted for a float)."""
+    origin = typing.get_origin(t)
+    args = typing.get_args(t)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(dotted, value, next(a for a in args if a is not type(None)))
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise BadInput(f"{dotted}={value!r} must be a list of {args[0].__name__}")
+        return [_coerce(dotted, v, args[0]) for v in value]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise BadInput(f"{dotted}={value!r} must be a mapping")
+        return {str(k): _coerce(f"{dotted}.{k}", v, args[1]) for k, v in value.items()}
+    if t is bool:
+        if not isinstance(value, bool):
+            raise BadInput(f"{dotted}={value!r} must be true or false")
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadInput(f"{dotted}={value!r} must be an integer")
+        return value
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadInput(f"{dotted}={value!r} must be a number")
+        return float(value)
+    if t is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise BadInput(f"{dotted}={value!r} must be a string")
+        return _expand(str(value))
+    raise TypeError(f"unsupported config type {t} for {dotted}")
+
+
+def _numbers(value):
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def _check_field(dotted: str, f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None:
+        allowed = choices() if callable(choices) else choices
+        if value not in allowed:
+            raise BadInput(f"{dotted}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+    if meta.get("positive") and any(x <= 0 for x in _numbers(value)):
+        raise BadInput(f"{dotted}={value!r} must be positive")
+    if "range" in meta:
+        lo, hi = meta["range"]
+        if any(not lo <= x <= hi for x in _numbers(value)):
+            raise BadInput(f"{dotted}={value!r} must lie in [{lo}, {hi}]")
+    if "length" in meta and len(value) != meta["length"]:
+        raise BadInput(f"{dotted}={value!r} must have {meta['length']} values")
+
+
+def _build(cls, tree: Dict[str, Any], prefix: str):
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for k in tree:
+        if k not in names:
+            raise _unknown(prefix + str(k), all_keys())
+    kwargs = {}
+    for name, f in names.items():
+        dotted = prefix + name
+        t = hints[name]
+        if dataclasses.is_dataclass(t):
+            kwargs[name] = _build(t, tree.get(name) or {}, dotted + ".")
+            continue
+        if name in tree:
+            value = _coerce(dotted, tree[name], t)
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        _check_field(dotted, f, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(tree: Dict[str, Any]) -> Config:
+    """A validated :class:`Config` from a (possibly partial) nested dict."""
+    if not isinstance(tree, dict):
+        raise BadInput(f"a config must be a mapping of sections, not {type(tree).__name__}")
+    cfg = _build(Config, tree, "")
+    cross_check(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple:
+    """``"model.backbone=vgg16"`` -> ``("model.backbone", "vgg16")``; the value is read as YAML."""
+    if "=" not in text:
+        raise BadInput(f"--set {text!r} must look like key=value (e.g. model.backbone=vgg16)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise BadInput(f"--set {key}: value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})")
+    return key.strip(), value
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
+    """Parse a YAML file with the safe loader; unreadable or malformed files are bad input."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise BadInput(f"{what} file {p}: cannot be read ({exc.strerror or exc})")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BadInput(f"{what} file {p}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides=(), base: Optional[Dict] = None) -> Config:
+    """Defaults, then ``base`` (a dict), then the YAML file at ``path``, then ``--set`` overrides.
+
+    ``overrides`` holds ``"key=value"`` strings or ``(key, value)`` pairs.
+    """
+    tree = Config().to_dict()
+    if base:
+        _merge(tree, base)
+    if path is not None:
+        loaded = read_yaml(path)
+        if loaded is not None:
+            try:
+                _merge(tree, loaded)
+            except BadInput as exc:
+                raise BadInput(f"config file {path}: {exc}")
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        _set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
+# -- the paper's cross-checks ----------------------------------------------------------------
+
+def cross_check(cfg: Config) -> None:
+    """Refuse combinations the paper's protocol does not allow, naming the keys involved."""
+    from vgray.models.aggregations import AGGREGATIONS
+    from vgray.models.backbones import BACKBONES
+
+    backbone = BACKBONES.info(cfg.model.backbone)
+    aggregation = AGGREGATIONS.info(cfg.model.aggregation)
+    if backbone["output"] not in aggregation["inputs"]:
+        raise BadInput(
+            f"model.aggregation={cfg.model.aggregation} cannot pool the {backbone['output']} of "
+            f"model.backbone={cfg.model.backbone}; allowed: "
+            + ", ".join(n for n in AGGREGATIONS.names() if backbone["output"] in AGGREGATIONS.info(n)["inputs"]))
+    sizes = backbone.get("input_sizes")
+    if sizes and tuple(cfg.data.image_size) not in sizes:
+        raise BadInput(f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
+                       f"{sorted(sizes)}, not {list(cfg.data.image_size)}")
+    if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
+        raise BadInput(f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
+                       f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}")
+    if sorted(set(cfg.test.recall_values)) != list(cfg.test.recall_values):
+        raise BadInput(f"test.recall_values={cfg.test.recall_values} must be increasing with no repeats")
+    if cfg.test.memory_budget_mb is not None and cfg.test.knn.replace(" ", "") != "Flat":
+        raise BadInput(f"test.memory_budget_mb streams the database through an exact search, which only "
+                       f"test.knn=Flat allows, not {cfg.test.knn!r}")
+    if not cfg.test.knn.strip():
+        raise BadInput("test.knn must be a faiss index_factory string such as Flat, IVF1024,PQ16 or HNSW32")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise BadInput(f"device={cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    if not cfg.model.pretrained.strip():
+        raise BadInput("model.pretrained must be none, imagenet, or a weights file")
+
+
+def help_text() -> str:
+    """Every key with its default and description, for ``--help-config``."""
+    lines = []
+    for dotted, f in all_keys().items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {dotted:36s} {json.dumps(default):18s} {f.metadata.get('help', '')}")
+    return "config keys (dotted; set with --set key=value, value read as YAML):\n" + "\n".join(lines)

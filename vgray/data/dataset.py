@@ -1,0 +1,188 @@
+"""Reading datasets in the VG format (the format of the public VPR datasets downloader).
+
+``ROOT/[images/]{train,val,test}/{database,queries}/**/*.{jpg,jpeg,png}``, file names
+``@UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg``.
+Only east and north are required, and fields come from the file *name* only (a directory may hold
+``@``). The file list of a split is indexed once into a parquet file in the user cache, keyed by the
+folder's path and validated by the modification times of its directories, so that a folder of a
+million images is not walked on every run and a changed folder is indexed again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vgray.errors import BadInput
+from vgray.paths import cache_dir
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "val", "test")
+INDEX_VERSION = 1
+
+
+def parse_name(path: str) -> tuple:
+    """``(utm_east, utm_north, note)`` from a VG file name; BadInput when it carries no coordinates."""
+    name = os.path.basename(path)
+    fields = name.split("@")
+    try:
+        east, north = float(fields[1]), float(fields[2])
+    except (IndexError, ValueError):
+        raise BadInput(f"image {path}: the file name carries no UTM coordinates; expected "
+                       f"@UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg")
+    if not (np.isfinite(east) and np.isfinite(north)):
+        raise BadInput(f"image {path}: UTM coordinates must be finite numbers")
+    note = fields[14] if len(fields) > 15 else ""
+    return east, north, note
+
+
+@dataclass
+class ImageSet:
+    """The database or the queries of one split: paths in search order, with their UTM positions."""
+    paths: List[str]
+    utm: np.ndarray  # (n, 2) float64, east/north metres
+    notes: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Split:
+    """One split of a dataset: ``database`` and ``queries``."""
+    root: Path
+    name: str
+    database: ImageSet
+    queries: ImageSet
+
+    def soft_positives(self, threshold: float = 25.0) -> List[np.ndarray]:
+        """Per query, the database indices within ``threshold`` metres (evaluation), nearest first."""
+        from vgray.data.positives import positives_within
+        return positives_within(self.database.utm, self.queries.utm, threshold)
+
+    def hard_positives(self, threshold: float = 10.0) -> List[np.ndarray]:
+        """Per query, the database indices within ``threshold`` metres (training), nearest first."""
+        from vgray.data.positives import positives_within
+        return positives_within(self.database.utm, self.queries.utm, threshold)
+
+
+def resolve_root(root: str) -> Path:
+    """``synthetic:<preset>`` -> the embedded dataset (generated on first use); else the folder."""
+    if root.startswith("synthetic:"):
+        from vgray.data import synthetic
+        return synthetic.ensure(root.split(":", 1)[1])
+    path = Path(os.path.expandvars(os.path.expanduser(root)))
+    if not path.exists():
+        raise BadInput(f"data.root={root}: no such folder; give a dataset folder in the VG format "
+                       f"or synthetic:tiny|small|large")
+    if not path.is_dir():
+        raise BadInput(f"data.root={root}: not a folder; give a dataset folder in the VG format")
+    return path
+
+
+def split_dir(root: Path, split: str) -> Path:
+    """``ROOT/images/SPLIT`` or ``ROOT/SPLIT``; BadInput naming the splits found when absent."""
+    for candidate in (root / "images" / split, root / split):
+        if candidate.is_dir():
+            return candidate
+    found = [s for s in SPLITS if (root / "images" / s).is_dir() or (root / s).is_dir()]
+    raise BadInput(f"dataset {root}: no '{split}' split (looked for images/{split}/ and {split}/); "
+                   f"splits found: {', '.join(found) or 'none'}")
+
+
+def _walk(top: Path):
+    """All image files under ``top`` (sorted, relative to it) and every directory's mtime."""
+    files, dirs = [], {}
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            dirs[str(d.relative_to(top))] = d.stat().st_mtime_ns
+            entries = list(os.scandir(d))
+        except OSError as exc:
+            raise BadInput(f"dataset folder {d}: cannot be read ({exc.strerror})")
+        for e in entries:
+            if e.is_dir(follow_symlinks=True):
+                stack.append(Path(e.path))
+            elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(os.path.relpath(e.path, top))
+    files.sort()
+    return files, dirs
+
+
+def _dirs_unchanged(top: Path, dirs: Dict[str, int]) -> bool:
+    # Adding, removing or renaming an entry changes its directory's mtime, so stat-ing the
+    # directories (a handful, even for a million images) tells whether the index still holds.
+    for rel, mtime in dirs.items():
+        try:
+            if (top / rel).stat().st_mtime_ns != mtime:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _index_path(top: Path) -> Path:
+    digest = hashlib.sha1(str(top.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "index" / f"{top.name}-{digest}.parquet"
+
+
+def _read_index(path: Path, top: Path) -> Optional[pa.Table]:
+    try:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"vgray"])
+    except Exception:  # missing, partial or from another version: index again
+        return None
+    if meta.get("version") != INDEX_VERSION or meta.get("top") != str(top.resolve()):
+        return None
+    return table if _dirs_unchanged(top, meta["dirs"]) else None
+
+
+def index_images(top: Path) -> ImageSet:
+    """The images under ``top`` (a database/ or queries/ folder), from the cached index when valid."""
+    cache = _index_path(top)
+    table = _read_index(cache, top)
+    if table is None:
+        files, dirs = _walk(top)
+        parsed = [parse_name(str(top / f)) for f in files]
+        table = pa.table({
+            "path": pa.array(files, pa.string()),
+            "utm_east": pa.array([p[0] for p in parsed], pa.float64()),
+            "utm_north": pa.array([p[1] for p in parsed], pa.float64()),
+            "note": pa.array([p[2] for p in parsed], pa.string()),
+        })
+        meta = {"version": INDEX_VERSION, "top": str(top.resolve()), "dirs": dirs}
+        table = table.replace_schema_metadata({b"vgray": json.dumps(meta).encode()})
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, cache)  # readers never see a half-written index
+    rel = table.column("path").to_pylist()
+    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
+    return ImageSet(paths=[os.path.join(str(top), r) for r in rel], utm=utm.astype(np.float64),
+                    notes=table.column("note").to_pylist())
+
+
+def open_split(root: str | Path, split: str = "test") -> Split:
+    """Read one split of a dataset (``root`` a folder or ``synthetic:<preset>``)."""
+    path = resolve_root(str(root)) if not isinstance(root, Path) else root
+    if not path.is_dir():
+        raise BadInput(f"data.root={root}: no such folder")
+    top = split_dir(path, split)
+    sets = {}
+    for role in ("database", "queries"):
+        folder = top / role
+        if not folder.is_dir():
+            raise BadInput(f"dataset {path}: split '{split}' has no {role}/ folder ({folder})")
+        images = index_images(folder)
+        if len(images) == 0:
+            raise BadInput(f"dataset folder {folder} holds no images (.jpg, .jpeg, .png)")
+        sets[role] = images
+    return Split(root=path, name=split, database=sets["database"], queries=sets["queries"])

@@ -1,0 +1,14 @@
+"""The one exception type for bad input.
+
+Anything the user handed us that cannot be used (a config key, a YAML file, a dataset folder, an
+image, a checkpoint, a shard) raises :class:`BadInput` with one line that names the culprit and
+what is allowed. The command line prints that line and exits with status 2, no traceback.
+"""
+
+
+class BadInput(Exception):
+    """Bad user input; ``str(exc)`` is a single line naming the culprit and what is allowed."""
+
+    def __init__(self, message: str):
+        # Keep the contract in code: a message is one line, whatever the caller passed.
+        super().__init__(" ".join(str(message).split()))

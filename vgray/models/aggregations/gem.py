@@ -1,0 +1,31 @@
+"""GeM: Generalized-mean pooling.
+
+F. Radenović, G. Tolias, O. Chum, "Fine-tuning CNN Image Retrieval with No Human Annotation",
+TPAMI 2018. The power p is learnable, initialised to 3.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgray.models.aggregations import AGGREGATIONS
+
+
+def gem(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C): ``mean(x.clamp(eps) ** p) ** (1 / p)`` over the spatial positions."""
+    return F.avg_pool2d(x.clamp(min=eps).pow(p), (x.size(-2), x.size(-1))).pow(1.0 / p).flatten(1)
+
+
+class GeM(nn.Module):
+    def __init__(self, in_channels: int, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+        self.output_dim = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gem(x, self.p, self.eps)
+
+
+@AGGREGATIONS.register("gem", inputs={"feature_map"}, pooling=True)
+def build_gem(in_channels: int, cfg) -> GeM:
+    return GeM(in_channels, p=cfg.gem_p)

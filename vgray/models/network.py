@@ -1,0 +1,112 @@
+"""The network of the paper's Fig. 1: backbone -> aggregation -> optional FC (+L2).
+
+Components are built from their registries and injected; ``features_dim`` is derived from what the
+components declare and checked with a dry forward pass at build time, never written into the config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgray.errors import BadInput
+from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.backbones import BACKBONES, Backbone
+from vgray.models.pretrained import is_named_source, read_weights_file
+
+
+class GeoLocalizationNet(nn.Module):
+    """Images (B, 3, H, W) -> descriptors (B, features_dim)."""
+
+    def __init__(self, backbone: Backbone, aggregation: nn.Module, l2: str = "before_pool",
+                 fc_output_dim: int | None = None, pooling: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.aggregation = aggregation
+        # model.l2 applies to the pooling aggregations only; NetVLAD normalises on its own.
+        self.l2 = l2 if pooling else "none"
+        self.fc = nn.Linear(aggregation.output_dim, fc_output_dim) if fc_output_dim else None
+        self.features_dim = fc_output_dim or aggregation.output_dim
+
+    def forward_local(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's local features (B, C, h, w)."""
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.backbone(images)
+        if self.l2 == "before_pool":
+            x = F.normalize(x, p=2, dim=1)
+        x = self.aggregation(x)
+        if self.l2 == "after_pool":
+            x = F.normalize(x, p=2, dim=1)
+        if self.fc is not None:
+            x = F.normalize(self.fc(x), p=2, dim=1)
+        return x
+
+    @property
+    def mean(self):
+        return self.backbone.mean
+
+    @property
+    def std(self):
+        return self.backbone.std
+
+    def needs_init(self) -> bool:
+        """True when the aggregation wants initialising from local features (NetVLAD's k-means)."""
+        return bool(getattr(self.aggregation, "needs_init", False))
+
+    def check_shapes(self, size=(64, 64)) -> None:
+        """A dry forward pass: the declared channels and descriptor size must be what comes out."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            x = torch.zeros(1, 3, *size)
+            local = self.backbone(x)
+            out = self(x)
+        self.train(was_training)
+        if local.shape[1] != self.backbone.out_channels:
+            raise RuntimeError(f"backbone {self.backbone.arch} declares {self.backbone.out_channels} "
+                               f"channels but outputs {local.shape[1]}")
+        if out.shape != (1, self.features_dim):
+            raise RuntimeError(f"network declares {self.features_dim}-d descriptors but outputs {tuple(out.shape)}")
+
+
+def build_model(model_cfg, load_weights: bool = True) -> GeoLocalizationNet:
+    """The network that ``model_cfg`` (a :class:`vgray.config.ModelConfig`) describes.
+
+    ``model.pretrained`` is ``none``, a named source (``imagenet``), or a file: a vgray checkpoint
+    (``best.pt``: the whole network), a whole-network state dict, or a state dict of the backbone's
+    torchvision source architecture. ``load_weights=False`` skips any loading (for profiling).
+    """
+    pretrained = model_cfg.pretrained if load_weights else "none"
+    backbone = BACKBONES.create(model_cfg.backbone, pretrained=pretrained if is_named_source(pretrained) else "none")
+    agg_info = AGGREGATIONS.info(model_cfg.aggregation)
+    aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
+    model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2,
+                               fc_output_dim=model_cfg.fc_output_dim, pooling=agg_info["pooling"])
+    model.check_shapes()
+    if pretrained != "none" and not is_named_source(pretrained):
+        _load_file(model, pretrained)
+    return model
+
+
+def _load_file(model: GeoLocalizationNet, path: str) -> None:
+    obj = read_weights_file(path)
+    state = obj.get("model", obj) if isinstance(obj.get("model"), dict) else obj
+    if any(k.startswith("backbone.") for k in state):
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shape:
+            made_for = obj.get("config", {}).get("model", {}) if isinstance(obj.get("config"), dict) else {}
+            what = (f" (made for backbone={made_for.get('backbone')}, aggregation={made_for.get('aggregation')})"
+                    if made_for else "")
+            culprit = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                       else f"{shape[0]} has shape {tuple(state[shape[0]].shape)}")
+            raise BadInput(f"checkpoint {path} does not fit this network{what}: {culprit}")
+        model.load_state_dict(state)
+    else:
+        model.backbone.load_source_state_dict(state, str(Path(path)))
