@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.add_argument("--save-descriptors", metavar="DIR", help="write DIR/database.parquet and DIR/queries.parquet")
 
+    p = sub.add_parser("train", help="train a model (the paper's protocol), then test the best one")
+    _config_args(p)
+    _json_arg(p)
+    p.add_argument("--out", default=None, help="run folder (default: runs/<backbone>-<aggregation>-<mining>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
@@ -117,12 +123,28 @@ def cmd_eval(args) -> None:
     _write_json(args.json, figures)
 
 
+def cmd_train(args) -> None:
+    from vgray.config import read_yaml, load_config
+    from vgray.train.loop import train
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
+        # The run's own config, with any --set on top (e.g. a higher train.epochs cap).
+        cfg = load_config(base=read_yaml(Path(args.out) / "config.yaml"), overrides=args.overrides)
+    else:
+        cfg = _load(args)
+    out = Path(args.out or f"runs/{cfg.model.backbone}-{cfg.model.aggregation}-{cfg.train.mining}-s{cfg.seed}")
+    if not args.resume and (out / "last.pt").exists():
+        raise BadInput(f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another folder")
+    figures = train(cfg, out, resume=args.resume)
+    print_figures(f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) in {out}", figures)
+    _write_json(args.json, figures)
+
+
 def cmd_bench(args) -> None:
     from vgray.bench import run_benchmark
     run_benchmark(args.name, args.rest)
 
 
-COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "bench": cmd_bench}
+COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -51,6 +51,16 @@ def _aggregations():
     return AGGREGATIONS.names()
 
 
+def _mining():
+    from vgray.train.mining import MINING
+    return MINING.names()
+
+
+def _losses():
+    from vgray.train.losses import LOSSES
+    return LOSSES.names()
+
+
 def _test_methods():
     from vgray.evaluate.methods import TEST_METHODS
     return TEST_METHODS.names()
@@ -100,8 +110,8 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mining: str = _key("partial", "negative mining", choices=["random", "full", "partial", "msls_weighted"])
-    criterion: str = _key("triplet", "loss", choices=["triplet", "sare_joint", "sare_ind"])
+    mining: str = _key("partial", "negative mining (random, partial, full, msls_weighted)", choices=_mining)
+    criterion: str = _key("triplet", "loss (triplet, sare_joint, sare_ind)", choices=_losses)
     margin: float = _key(0.1, "triplet margin", positive=True)
     optimizer: str = _key("adam", "optimizer", choices=["adam", "sgd"])
     lr: float = _key(1e-5, "learning rate", positive=True)
@@ -113,6 +123,9 @@ class TrainConfig:
     epochs: int = _key(1000, "epoch cap (early stopping usually ends first)", positive=True)
     patience: int = _key(3, "epochs without val R@5 gain before stopping", positive=True)
     positive_dist_threshold: float = _key(10.0, "hard positives for training, metres", positive=True)
+    memory_budget_mb: Optional[float] = _key(
+        None, "largest mining cache a refresh may hold; full mining refuses a bigger database (null: no limit)",
+        positive=True)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig,
                                              metadata={"help": "query augmentations"})
 
@@ -128,6 +141,8 @@ class TestConfig:
     memory_budget_mb: Optional[float] = _key(
         None, "stream the database in chunks when its descriptors exceed this (Flat only; null: no limit)",
         positive=True)
+    datasets: Dict[str, str] = _key({}, "test sets after training, {name: root}; default: the training "
+                                        "dataset's own test split")
 
 
 @dataclass(frozen=True)
@@ -275,6 +290,11 @@ def _coerce(dotted: str, value: Any, t) -> Any:
             raise BadInput(f"{dotted}={value!r} must be an integer")
         return value
     if t is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadInput(f"{dotted}={value!r} must be a number")
         return float(value)

@@ -8,7 +8,7 @@ from typing import List
 from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
-BENCHMARKS = {"extract": "vgray.bench.extract"}
+BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train"}
 
 
 def run_benchmark(name: str, argv: List[str]) -> None:

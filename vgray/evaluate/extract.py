@@ -6,6 +6,7 @@ on the CPU the same code in fp32. Unreadable images are reported by path: the ru
 """
 from __future__ import annotations
 
+import abc
 import math
 import os
 import sys
@@ -72,9 +73,33 @@ class Runtime:
         return images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
-class ImageList(Dataset):
-    """Images at ``paths`` through ``transform``; a failure is returned, not raised, so that the
-    main process can name the file in one line (an exception in a worker arrives wrapped)."""
+class SafeDataset(Dataset, abc.ABC):
+    """A dataset whose items may fail to load. ``load(i)`` builds item ``i``; a failure is returned
+    as ``(None, i, message)``, not raised, so that the main process can name the file in one line
+    (an exception raised in a loader worker arrives wrapped in a traceback)."""
+
+    @abc.abstractmethod
+    def load(self, i: int):
+        """Item ``i`` (a tensor); may raise on an unreadable file."""
+
+    @abc.abstractmethod
+    def culprit(self, i: int) -> str:
+        """The path to name when item ``i`` fails."""
+
+    def __getitem__(self, i: int):
+        try:
+            return self.load(i), i, None
+        except Exception as exc:  # truncated, corrupt, unreadable, not an image
+            return None, i, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def read_image(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ImageList(SafeDataset):
+    """Images at ``paths`` through ``transform``."""
 
     def __init__(self, paths: Sequence[str], transform: Callable):
         self.paths = list(paths)
@@ -83,12 +108,11 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        try:
-            with Image.open(self.paths[i]) as image:
-                return self.transform(image.convert("RGB")), i, None
-        except Exception as exc:  # truncated, corrupt, unreadable, not an image
-            return None, i, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    def load(self, i: int) -> torch.Tensor:
+        return self.transform(read_image(self.paths[i]))
+
+    def culprit(self, i: int) -> str:
+        return self.paths[i]
 
 
 def _collate(batch):
@@ -97,24 +121,26 @@ def _collate(batch):
     return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[2] is not None]
 
 
-def iter_batches(paths: Sequence[str], transform: Callable, rt: Runtime, desc: str = "images",
-                 shuffle: bool = False) -> Iterator[Tuple[torch.Tensor, List[int]]]:
-    """``(images, indices)`` batches; corrupt images stop the run or, if skipped, are left out."""
-    loader = DataLoader(ImageList(paths, transform), batch_size=rt.batch_size, shuffle=shuffle,
+def iter_batches(dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffle: bool = False,
+                 batch_size: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, List[int]]]:
+    """``(items, indices)`` batches of ``dataset``; an item that fails to load stops the run with
+    :class:`BadInput` naming its file or, with ``data.skip_corrupt``, is left out."""
+    loader = DataLoader(dataset, batch_size=batch_size or rt.batch_size, shuffle=shuffle,
                         num_workers=rt.num_workers, collate_fn=_collate,
                         pin_memory=rt.device.type == "cuda", persistent_workers=False)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not rt.progress or None,
-               file=sys.stderr, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(dataset), desc=desc, unit="img" if isinstance(dataset, ImageList) else "it",
+               disable=not rt.progress or None, file=sys.stderr, leave=False, dynamic_ncols=True)
     with bar:
-        for images, indices, errors in loader:
+        for items, indices, errors in loader:
             for i, message in errors:
+                path = dataset.culprit(i)
                 if not rt.skip_corrupt:
-                    raise BadInput(f"image {paths[i]} cannot be read ({message}); fix or remove it, "
+                    raise BadInput(f"image {path} cannot be read ({message}); fix or remove it, "
                                    f"or set data.skip_corrupt=true to leave such images out")
-                print(f"vgray: skipping unreadable image {paths[i]} ({message})", file=sys.stderr)
+                print(f"vgray: skipping unreadable image {path} ({message})", file=sys.stderr)
             bar.update(len(indices) + len(errors))
-            if images is not None:
-                yield images, indices
+            if items is not None:
+                yield items, indices
 
 
 def iter_descriptors(model: torch.nn.Module, paths: Sequence[str], transform: Callable, rt: Runtime,
@@ -122,7 +148,7 @@ def iter_descriptors(model: torch.nn.Module, paths: Sequence[str], transform: Ca
     """``(indices, descriptors float32)`` per batch, in path order."""
     model = rt.prepare(model)
     with torch.inference_mode(), rt.autocast():
-        for images, indices in iter_batches(paths, transform, rt, desc):
+        for images, indices in iter_batches(ImageList(paths, transform), rt, desc):
             out = model(rt.to_device(images))
             yield np.asarray(indices, dtype=np.int64), out.float().cpu().numpy()
 
@@ -148,7 +174,7 @@ def sample_local_features(model, paths: Sequence[str], transform: Callable, rt: 
     model = rt.prepare(model)
     features = []
     with torch.inference_mode(), rt.autocast():
-        for images, _ in iter_batches([paths[i] for i in chosen], transform, rt, "netvlad init"):
+        for images, _ in iter_batches(ImageList([paths[i] for i in chosen], transform), rt, "netvlad init"):
             local = torch.nn.functional.normalize(model.forward_local(rt.to_device(images)).float(), dim=1)
             local = local.flatten(2).transpose(1, 2).cpu().numpy()  # (B, hw, C)
             for per in local:

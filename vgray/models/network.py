@@ -53,6 +53,13 @@ class GeoLocalizationNet(nn.Module):
     def std(self):
         return self.backbone.std
 
+    def param_groups(self, train_cfg):
+        """Optimizer parameter groups: the trainable parameters at ``train.lr``, unless the
+        aggregation asks for its own groups (CRN trains its reweighting layer at another rate)."""
+        if hasattr(self.aggregation, "param_groups"):
+            return self.aggregation.param_groups(self, train_cfg)
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def needs_init(self) -> bool:
         """True when the aggregation wants initialising from local features (NetVLAD's k-means)."""
         return bool(getattr(self.aggregation, "needs_init", False))

@@ -1,0 +1,146 @@
+"""The training loop on the synthetic tiny world: it learns, resumes exactly, stops early, and
+refuses what cannot be done."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, TINY_SET
+from vgray.config import load_config
+from vgray.data.dataset import open_split
+from vgray.errors import BadInput
+from vgray.evaluate.evaluate import evaluate_split
+from vgray.models import build_model
+from vgray.seeding import seed_everything
+from vgray.train import checkpoint
+from vgray.train.loop import train
+
+# A few seconds an epoch on two cores: 32x48 images, 2 negatives, 20 queries an epoch.
+QUICK = [f"data.root={TINY}", *TINY_SET, "data.resize=[32,48]", "model.aggregation=gem",
+         "train.queries_per_epoch=20", "train.cache_refresh_rate=10", "train.negs_num_per_query=2",
+         "train.neg_samples_num=60", "train.lr=0.0001", "test.recall_values=[1,5,10]"]
+
+
+def quick(*extra):
+    return load_config(overrides=[*QUICK, *extra])
+
+
+def silent(*_):
+    pass
+
+
+def history(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_keeps_r5(tiny_root, tmp_path):
+    cfg = quick("train.epochs=4", "train.patience=4", "train.mining=random", "train.lr=0.0003")
+    seed_everything(cfg.seed)
+    before = evaluate_split(build_model(cfg.model), open_split(cfg.data.root, "test"), cfg, progress=False)
+    result = train(cfg, tmp_path / "run", progress=False, log=silent)
+    losses = [h["loss"] for h in history(tmp_path / "run")]
+    assert len(losses) == 4
+    assert np.mean(losses[-2:]) < losses[0]
+    assert result[f"test/synthetic_tiny/R@5"] >= before["R@5"]
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl"):
+        assert (tmp_path / "run" / name).is_file()
+    ck = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert ck["epoch"] == 4 and ck["config"]["train"]["mining"] == "random"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mining", ["partial", "full"])
+def test_resume_equals_running_straight_through(tiny_root, tmp_path, mining):
+    extra = (f"train.mining={mining}", "train.patience=5")
+    straight = train(quick("train.epochs=2", *extra), tmp_path / "a", progress=False, log=silent)
+    train(quick("train.epochs=1", *extra), tmp_path / "b", progress=False, log=silent)
+    resumed = train(quick("train.epochs=2", *extra), tmp_path / "b", resume=True, progress=False, log=silent)
+    ha, hb = history(tmp_path / "a"), history(tmp_path / "b")
+    assert len(ha) == len(hb) == 2
+    for a, b in zip(ha, hb):
+        for key in a:
+            if key != "train_time_s":
+                assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for key in straight:
+        if key.startswith("test/"):
+            assert straight[key] == resumed[key]
+    wa = checkpoint.load(tmp_path / "a" / "last.pt")["model"]
+    wb = checkpoint.load(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+@pytest.mark.slow
+def test_early_stopping(tiny_root, tmp_path):
+    # lr 0: validation never improves after the first epoch, so patience 1 stops after epoch 2
+    cfg = quick("train.epochs=6", "train.patience=1", "train.lr=0.0", "train.queries_per_epoch=10")
+    reported = []
+    result = train(cfg, tmp_path / "run", progress=False, log=silent, report=lambda m, _: reported.append(m))
+    assert [m["epoch"] for m in reported] == [1, 2] and result["epochs"] == 2
+
+
+def test_sgd_and_sare_and_augmentation_run(tiny_root, tmp_path):
+    cfg = quick("train.epochs=1", "train.optimizer=sgd", "train.criterion=sare_joint",
+                "train.augmentation.brightness=0.5", "train.augmentation.horizontal_flip=true",
+                "train.queries_per_epoch=10")
+    result = train(cfg, tmp_path / "run", progress=False, log=silent)
+    assert np.isfinite(result["loss"]) and result["epochs"] == 1
+
+
+def test_dropped_queries_are_logged(tmp_path):
+    from conftest import make_vg_folder
+    db = [(500000.0 + 10 * i, 4100000.0) for i in range(30)]
+    q = [(500001.0 + 10 * i, 4100001.0) for i in range(8)] + [(510000.0, 4100000.0)] * 2
+    root = tmp_path / "ds"
+    for split in ("train", "val", "test"):
+        make_vg_folder(root, db, q, split=split, size=(32, 48))
+    lines = []
+    cfg = quick(f"data.root={root}", "train.epochs=1", "train.queries_per_epoch=10")
+    result = train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    assert any("2 of 10 dropped" in line for line in lines)
+    assert result["dropped_queries"] == 2
+
+
+def test_bad_training_inputs(tiny_root, tmp_path):
+    with pytest.raises(BadInput, match="train.mining=full needs the descriptors of all"):
+        train(quick("train.mining=full", "train.memory_budget_mb=0.01"), tmp_path / "full", progress=False, log=silent)
+    with pytest.raises(BadInput, match="multiple of train.cache_refresh_rate"):
+        quick("train.queries_per_epoch=15")
+    train(quick("train.epochs=1", "train.queries_per_epoch=10"), tmp_path / "run", progress=False, log=silent)
+    with pytest.raises(BadInput, match="was made for backbone=resnet18conv4, aggregation=gem"):
+        train(quick("train.epochs=2", "model.aggregation=netvlad", "model.netvlad_clusters=4",
+                    "train.queries_per_epoch=10"), tmp_path / "run", resume=True, progress=False, log=silent)
+    (tmp_path / "run" / "last.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(BadInput, match="is corrupt or not a vgray checkpoint"):
+        train(quick("train.epochs=2", "train.queries_per_epoch=10"), tmp_path / "run", resume=True,
+              progress=False, log=silent)
+    with pytest.raises(BadInput, match="nothing to resume"):
+        train(quick(), tmp_path / "nothing", resume=True, progress=False, log=silent)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_loadable_last_checkpoint(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "vgray.cli", "train", "--out", str(out)]
+    for s in QUICK + ["train.epochs=50", "train.patience=50"]:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "VGRAY_CACHE": os.environ["VGRAY_CACHE"]})
+    deadline = time.time() + 240
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    ck = checkpoint.load(out / "last.pt")
+    assert ck["epoch"] >= 1
+    # and the run continues from it
+    cfg = quick("train.epochs=" + str(ck["epoch"] + 1), "train.patience=50")
+    result = train(cfg, out, resume=True, progress=False, log=silent)
+    assert result["epochs"] == ck["epoch"] + 1

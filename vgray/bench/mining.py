@@ -1,0 +1,62 @@
+"""``vgray bench mining``: the time of one cache refresh for each mining method (the paper's cost
+column of Table 6), and how much cheaper partial mining is than full, measured in the same run.
+
+Each refresh runs the real miner with the in-process descriptor source on the same queries and the
+same model; what differs is which descriptors a method needs (random: the queries and their
+positives; partial: plus ``neg_samples_num`` database images; full: the whole database).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from vgray.config import load_config
+from vgray.data.dataset import open_split
+from vgray.data.transforms import test_transform
+from vgray.evaluate.extract import Runtime
+from vgray.models import build_model
+from vgray.seeding import seed_everything
+from vgray.train.loop import LocalDescriptors
+from vgray.train.mining import TrainingQueries, create_miner
+
+
+def main(argv) -> None:
+    from vgray.cli import _Parser
+    p = _Parser(prog="vgray bench mining")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides (default: synthetic:large, resnet18conv4 + gem at 60x80, 1000 queries)")
+    p.add_argument("--split", default="train", help="split whose database is mined")
+    p.add_argument("--methods", default="random,partial,full")
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args(argv)
+    cfg = load_config(overrides=["data.root=synthetic:large", "model.aggregation=gem", "model.pretrained=none",
+                                 "data.resize=[60,80]", "test.batch_size=128", *args.overrides])
+    seed_everything(cfg.seed)
+    split = open_split(cfg.data.root, args.split)
+    data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
+    model = build_model(cfg.model)
+    rt = Runtime.from_config(cfg, progress=True)
+    source = LocalDescriptors(model, split, test_transform(cfg.data.image_size, model.mean, model.std), rt)
+    if model.needs_init():
+        model.aggregation.initialized.fill_(True)
+    figures = {"dataset": cfg.data.root, "database": len(split.database),
+               "queries_per_refresh": cfg.train.cache_refresh_rate, "neg_samples_num": cfg.train.neg_samples_num}
+    seconds = {}
+    for method in args.methods.split(","):
+        miner = create_miner(method, data, cfg.train)
+        rng = np.random.default_rng(cfg.seed)
+        queries = miner.sample_queries(rng, cfg.train.cache_refresh_rate)
+        start = time.perf_counter()
+        miner.refresh(source, queries, rng)
+        seconds[method] = time.perf_counter() - start
+        figures[f"{method}_refresh_s"] = seconds[method]
+    if "full" in seconds and "partial" in seconds:
+        figures["ratio"] = seconds["full"] / seconds["partial"]  # how many times cheaper partial is
+    width = max(map(len, figures))
+    for k, v in figures.items():
+        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)

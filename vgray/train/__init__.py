@@ -1,0 +1,1 @@
+"""Training: losses, negative mining, the epoch loop with early stopping and exact resume."""

@@ -1,0 +1,255 @@
+"""The training loop of the paper's protocol, as one function with a clean boundary.
+
+``train(cfg, out_dir)``: config in; per-epoch metrics and checkpoints out, through files and an
+optional ``report(metrics, out_dir)`` callback (Ray Tune's trainable passes one); no globals, no
+argparse. An epoch is ``queries_per_epoch`` training queries; every ``cache_refresh_rate`` of them
+the mining cache is rebuilt (with the model in eval mode); triplets are trained in batches of
+``batch_size``; validation R@N after every epoch; early stopping on val R@5 after ``patience`` epochs
+without a gain; ``best.pt`` and ``last.pt`` checkpoints; at the end the best model is tested.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vgray.data.dataset import open_split
+from vgray.data.transforms import query_train_transform, test_transform
+from vgray.errors import BadInput
+from vgray.evaluate.evaluate import evaluate_split
+from vgray.evaluate.extract import (ImageList, Runtime, SafeDataset, extract_descriptors,
+                                    initialize_aggregation, iter_batches, read_image)
+from vgray.models import build_model
+from vgray.seeding import seed_everything
+from vgray.train import checkpoint
+from vgray.train.losses import LOSSES
+from vgray.train.mining import Triplet, TrainingQueries, create_miner
+
+Report = Callable[[Dict[str, float], Path], None]
+
+
+class TripletImages(SafeDataset):
+    """Item i: the images of triplet i stacked as (2 + N, 3, H, W): query, positive, negatives.
+    Queries are augmented; a horizontal flip, when on, turns the whole triplet."""
+
+    def __init__(self, split, triplets: List[Triplet], query_transform, database_transform, flip: bool):
+        self.split, self.triplets, self.flip = split, triplets, flip
+        self.query_transform, self.database_transform = query_transform, database_transform
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def _paths(self, i: int):
+        t = self.triplets[i]
+        db = self.split.database.paths
+        return [self.split.queries.paths[t.query], db[t.positive], *(db[n] for n in t.negatives)]
+
+    def load(self, i: int) -> torch.Tensor:
+        paths = self._paths(i)
+        images = torch.stack([self.query_transform(read_image(paths[0]))] +
+                             [self.database_transform(read_image(p)) for p in paths[1:]])
+        if self.flip and torch.rand(()) < 0.5:
+            images = torch.flip(images, dims=[3])
+        return images
+
+    def culprit(self, i: int) -> str:
+        return " or ".join(self._paths(i))
+
+
+class LocalDescriptors:
+    """The in-process :class:`~vgray.train.mining.DescriptorSource`: extracts with the current model."""
+
+    def __init__(self, model, split, transform, rt: Runtime):
+        self.model, self.split, self.transform, self.rt = model, split, transform, rt
+
+    def __call__(self, role: str, indices: np.ndarray) -> np.ndarray:
+        images = self.split.database if role == "database" else self.split.queries
+        x, valid = extract_descriptors(self.model, [images.paths[i] for i in indices], self.transform,
+                                       self.rt, self.model.features_dim, desc=f"cache {role}")
+        if not valid.all():
+            bad = [images.paths[indices[j]] for j in np.flatnonzero(~valid)]
+            raise BadInput(f"image {bad[0]} cannot be read; training needs every image (remove it from the dataset)")
+        return x
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_r5: float = -1.0
+    not_improved: int = 0
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
+    groups = model.param_groups(train_cfg)
+    if train_cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=train_cfg.lr)
+    # The paper's SGD: momentum 0.9, weight decay 0.001.
+    return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=0.9, weight_decay=0.001)
+
+
+def dataset_name(root: str) -> str:
+    """A short name of a dataset root for result columns: ``synthetic_small``, ``pitts30k``."""
+    if root.startswith("synthetic:"):
+        return "synthetic_" + root.split(":", 1)[1]
+    return Path(root.rstrip("/")).name or "dataset"
+
+
+def _write_metrics(out: Path, history: List[Dict]) -> None:
+    """metrics.jsonl rewritten from the history, so a resumed run never holds an epoch twice."""
+    tmp = out / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, out / "metrics.jsonl")
+
+
+def _check_memory(cfg, data: TrainingQueries, features_dim: int) -> None:
+    budget = cfg.train.memory_budget_mb
+    if cfg.train.mining == "full" and budget is not None:
+        need = data.database_size * features_dim * 4 / 2**20
+        if need > budget:
+            raise BadInput(f"train.mining=full needs the descriptors of all {data.database_size} database images "
+                           f"({need:.0f} MB of {features_dim}-d), more than train.memory_budget_mb={budget:g}; "
+                           f"use train.mining=partial or raise the budget")
+
+
+def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, progress: bool = True,
+          log=print) -> Dict[str, float]:
+    """Train the model ``cfg`` describes on ``data.root``'s train split; returns the final figures
+    (last epoch's metrics, ``test/<dataset>/R@N`` of the best model, cost, time)."""
+    out = Path(out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and not last_path.is_file():
+        raise BadInput(f"--resume: {last_path} does not exist; nothing to resume")
+    seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    rt = Runtime.from_config(cfg, progress=progress)
+    train_split = open_split(cfg.data.root, "train")
+    val_split = open_split(cfg.data.root, "val")
+    test_sets = cfg.test.datasets or {dataset_name(cfg.data.root): cfg.data.root}
+    for root in test_sets.values():  # fail on a bad test set now, not after hours of training
+        open_split(root, "test")
+
+    model = build_model(cfg.model).to(rt.device)  # before the optimizer, so its state lands there too
+    data = TrainingQueries(train_split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
+    _check_memory(cfg, data, model.features_dim)
+    miner = create_miner(cfg.train.mining, data, cfg.train)
+    size = cfg.data.image_size
+    db_transform = test_transform(size, model.mean, model.std)
+    q_transform = query_train_transform(size, model.mean, model.std, cfg.train.augmentation)
+    val_cfg = cfg.replace(**{"test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
+                             "test.memory_budget_mb": None, "test.knn": "Flat"})
+    state = TrainState()
+    optimizer = None
+
+    if resume:
+        ck = checkpoint.load(last_path)
+        _load_model(model, ck, last_path)
+        optimizer = make_optimizer(model, cfg.train)
+        optimizer.load_state_dict(ck["optimizer"])
+        miner.load_state_dict(ck["mining"])
+        state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
+        checkpoint.set_rng_state(ck["rng"], rng)
+        log(f"resuming {out} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+        if model.needs_init():
+            initialize_aggregation(model, train_split.database.paths, db_transform, rt, seed=cfg.seed)
+        optimizer = make_optimizer(model, cfg.train)
+        # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
+        checkpoint.save(last_path, _payload(model, optimizer, miner, state, rng, cfg))
+    if data.dropped:
+        log(f"training queries without a database image within {cfg.train.positive_dist_threshold:g} m: "
+            f"{data.dropped} of {len(train_split.queries)} dropped")
+
+    loops = cfg.train.queries_per_epoch // cfg.train.cache_refresh_rate
+    start_time = time.perf_counter() - (state.history[-1]["train_time_s"] if state.history else 0.0)
+    source = LocalDescriptors(model, train_split, db_transform, rt)
+    while state.epoch < cfg.train.epochs and state.not_improved < cfg.train.patience:
+        losses = []
+        for loop in range(loops):
+            model.eval()
+            queries = miner.sample_queries(rng, cfg.train.cache_refresh_rate)
+            triplets = miner.refresh(source, queries, rng)
+            model.train()
+            images = TripletImages(train_split, triplets, q_transform, db_transform, cfg.train.augmentation.horizontal_flip)
+            for batch, _ in iter_batches(images, rt, desc=f"epoch {state.epoch + 1} [{loop + 1}/{loops}]",
+                                         shuffle=True, batch_size=cfg.train.batch_size):
+                losses.append(_step(model, batch, optimizer, rt, cfg))
+        state.epoch += 1
+        val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False)
+        improved = val["R@5"] > state.best_r5
+        state.best_r5 = max(state.best_r5, val["R@5"])
+        state.not_improved = 0 if improved else state.not_improved + 1
+        metrics = {"epoch": state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   **{f"val/{k}": v for k, v in val.items() if k.startswith("R@")},
+                   "best_val/R@5": state.best_r5, "train_time_s": time.perf_counter() - start_time,
+                   "dropped_queries": data.dropped}
+        state.history.append(metrics)
+        payload = _payload(model, optimizer, miner, state, rng, cfg)
+        checkpoint.save(last_path, payload)
+        if improved:
+            checkpoint.save(best_path, payload)
+        _write_metrics(out, state.history)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        if report is not None:
+            report(metrics, out)
+
+    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, test_sets, rt, state, log)
+
+
+def _step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> float:
+    b, per, c, h, w = images.shape
+    x = rt.to_device(images.view(b * per, c, h, w))
+    with rt.autocast():
+        features = model(x)
+    features = features.float().view(b, per, -1)
+    loss = LOSSES.create(cfg.train.criterion, features[:, 0], features[:, 1], features[:, 2:], margin=cfg.train.margin)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _payload(model, optimizer, miner, state: TrainState, rng, cfg) -> Dict:
+    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "mining": miner.state_dict(),
+            "epoch": state.epoch, "best_r5": state.best_r5, "not_improved": state.not_improved,
+            "history": state.history, "rng": checkpoint.rng_state(rng), "config": cfg.to_dict()}
+
+
+def _load_model(model, ck: Dict, path: Path) -> None:
+    own = model.state_dict()
+    state = ck["model"]
+    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
+        made = ck.get("config", {}).get("model", {})
+        raise BadInput(f"checkpoint {path} was made for backbone={made.get('backbone')}, "
+                       f"aggregation={made.get('aggregation')} and does not fit this config's network")
+    model.load_state_dict(state)
+
+
+def _final_test(cfg, model, weights: Path, test_sets: Dict[str, str], rt, state: TrainState, log) -> Dict:
+    from vgray.models.profile import model_cost
+    ck = checkpoint.load(weights)
+    model.load_state_dict(ck["model"])
+    result = dict(state.history[-1]) if state.history else {}
+    result["epochs"] = state.epoch
+    for name, root in test_sets.items():
+        figures = evaluate_split(model, open_split(root, "test"), cfg, rt=rt, progress=False)
+        for k, v in figures.items():
+            if k.startswith("R@"):
+                result[f"test/{name}/{k}"] = v
+        result.setdefault("matching_ms", figures["matching_ms"])
+        result.setdefault("index_memory_mb", figures["index_memory_mb"])
+    result.update(model_cost(model, cfg.data.image_size))
+    log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("test/")))
+    return result
