@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<backbone>-<aggregation>-<mining>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
 
+    p = sub.add_parser("sweep", help="run a sweep file as Ray Tune trials; prints the summary table")
+    p.add_argument("sweep", help="sweep YAML (see sweeps/)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", help="results folder shared by all nodes (overrides the file's storage)")
+    p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
@@ -139,18 +147,35 @@ def cmd_train(args) -> None:
     _write_json(args.json, figures)
 
 
+def cmd_sweep(args) -> int:
+    from vgray.distributed.spec import dry_run_table, load_sweep
+    spec = load_sweep(args.sweep, storage=args.storage)
+    if args.dry_run:
+        print(dry_run_table(spec))
+        return 0
+    from vgray.distributed.sweep import run_sweep
+    result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    print(f"\nsweep {spec.name}: {result['trials']} trials, results in {result['directory']}")
+    print(result["summary"])
+    if result["failed"]:
+        print(f"vgray: sweep {spec.name} finished with {result['failed']} failed trial(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args) -> None:
     from vgray.bench import run_benchmark
     run_benchmark(args.name, args.rest)
 
 
-COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}
+COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "sweep": cmd_sweep,
+            "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except BadInput as exc:
         print(f"vgray: error: {exc}", file=sys.stderr)
         return 2
@@ -159,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vgray: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,27 @@ from vgray.errors import BadInput
 BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train"}
 
 
+def bench_parser(name: str, defaults: str):
+    """The options every benchmark shares: ``--set`` config overrides and ``--json FILE``."""
+    from vgray.cli import _Parser
+    p = _Parser(prog=f"vgray bench {name}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"config overrides (default: {defaults})")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as one JSON object")
+    return p
+
+
+def print_figures(figures: dict, json_path=None) -> None:
+    """One figure a line, the ratio last (benchmarks put it last in ``figures``)."""
+    import json
+    width = max(map(len, figures))
+    for k, v in figures.items():
+        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
 def run_benchmark(name: str, argv: List[str]) -> None:
     if name == "list":
         print("\n".join(sorted(BENCHMARKS)))

@@ -8,13 +8,13 @@ timed in the same run after a warm-up of each; the descriptors of both are compa
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
 from vgray.data.dataset import open_split
 from vgray.errors import BadInput
@@ -60,14 +60,10 @@ def _timed(fn, sync):
 
 
 def main(argv) -> None:
-    from vgray.cli import _Parser
-    p = _Parser(prog="vgray bench extract")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config overrides (default: resnet18conv4 + gem on synthetic:tiny at its image size)")
+    p = bench_parser("extract", "resnet18conv4 + gem on synthetic:tiny at its image size")
     p.add_argument("--images", type=int, default=512, help="database images to extract")
     p.add_argument("--batch-size", type=int, default=64, help="vgray's batch size")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path, alternating; best kept")
-    p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     cfg = load_config(overrides=["model.aggregation=gem", "model.pretrained=none", "data.resize=[96,128]",
                                  f"test.batch_size={args.batch_size}", *args.overrides])
@@ -106,9 +102,4 @@ def main(argv) -> None:
         "descriptor_cosine": cos,
         "ratio": ref_s / ours_s,
     }
-    width = max(map(len, figures))
-    for k, v in figures.items():
-        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    print_figures(figures, args.json)

@@ -7,11 +7,11 @@ positives; partial: plus ``neg_samples_num`` database images; full: the whole da
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
+from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
 from vgray.data.dataset import open_split
 from vgray.data.transforms import test_transform
@@ -23,13 +23,9 @@ from vgray.train.mining import TrainingQueries, create_miner
 
 
 def main(argv) -> None:
-    from vgray.cli import _Parser
-    p = _Parser(prog="vgray bench mining")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config overrides (default: synthetic:large, resnet18conv4 + gem at 60x80, 1000 queries)")
+    p = bench_parser("mining", "synthetic:large, resnet18conv4 + gem at 60x80, 1000 queries")
     p.add_argument("--split", default="train", help="split whose database is mined")
     p.add_argument("--methods", default="random,partial,full")
-    p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     cfg = load_config(overrides=["data.root=synthetic:large", "model.aggregation=gem", "model.pretrained=none",
                                  "data.resize=[60,80]", "test.batch_size=128", *args.overrides])
@@ -54,9 +50,4 @@ def main(argv) -> None:
         figures[f"{method}_refresh_s"] = seconds[method]
     if "full" in seconds and "partial" in seconds:
         figures["ratio"] = seconds["full"] / seconds["partial"]  # how many times cheaper partial is
-    width = max(map(len, figures))
-    for k, v in figures.items():
-        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    print_figures(figures, args.json)

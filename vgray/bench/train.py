@@ -9,11 +9,11 @@ timed after a warm-up; the ratio is printed last.
 from __future__ import annotations
 
 import copy
-import json
 import time
 
 import torch
 
+from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
 from vgray.evaluate.extract import Runtime
 from vgray.models import build_model
@@ -37,13 +37,9 @@ def plain_step(model, images, optimizer, negs: int, margin: float) -> float:
 
 
 def main(argv) -> None:
-    from vgray.cli import _Parser
-    p = _Parser(prog="vgray bench train")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config overrides (default: resnet18conv4 + gem, 4 triplets of 1+1+10 at 120x160)")
+    p = bench_parser("train", "resnet18conv4 + gem, 4 triplets of 1+1+10 at 120x160")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each path per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each path's best kept")
-    p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     cfg = load_config(overrides=["model.aggregation=gem", "model.pretrained=none", "data.resize=[120,160]",
                                  *args.overrides])
@@ -81,9 +77,4 @@ def main(argv) -> None:
                "triplet": f"1+1+{n}", "batch_triplets": b,
                "plain_triplets_per_s": b / plain_s, "vgray_triplets_per_s": b / ours_s,
                "ratio": plain_s / ours_s}
-    width = max(map(len, figures))
-    for k, v in figures.items():
-        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    print_figures(figures, args.json)

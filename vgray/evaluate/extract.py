@@ -73,29 +73,37 @@ class Runtime:
         return images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; carries its path."""
+
+    def __init__(self, path: str, cause: Exception):
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        super().__init__(f"{type(cause).__name__}: {first}")
+        self.path = path
+
+
+def read_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # truncated, corrupt, unreadable, not an image
+        raise UnreadableImage(path, exc) from exc
+
+
 class SafeDataset(Dataset, abc.ABC):
-    """A dataset whose items may fail to load. ``load(i)`` builds item ``i``; a failure is returned
-    as ``(None, i, message)``, not raised, so that the main process can name the file in one line
-    (an exception raised in a loader worker arrives wrapped in a traceback)."""
+    """A dataset whose items read image files. An unreadable image is returned as
+    ``(None, i, (path, message))``, not raised, so that the main process can name the file in one
+    line (an exception raised in a loader worker arrives wrapped in a traceback)."""
 
     @abc.abstractmethod
     def load(self, i: int):
-        """Item ``i`` (a tensor); may raise on an unreadable file."""
-
-    @abc.abstractmethod
-    def culprit(self, i: int) -> str:
-        """The path to name when item ``i`` fails."""
+        """Item ``i`` (a tensor); raises :class:`UnreadableImage` for a bad file."""
 
     def __getitem__(self, i: int):
         try:
             return self.load(i), i, None
-        except Exception as exc:  # truncated, corrupt, unreadable, not an image
-            return None, i, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
-def read_image(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+        except UnreadableImage as exc:
+            return None, i, (exc.path, str(exc))
 
 
 class ImageList(SafeDataset):
@@ -110,9 +118,6 @@ class ImageList(SafeDataset):
 
     def load(self, i: int) -> torch.Tensor:
         return self.transform(read_image(self.paths[i]))
-
-    def culprit(self, i: int) -> str:
-        return self.paths[i]
 
 
 def _collate(batch):
@@ -132,8 +137,7 @@ def iter_batches(dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffl
                disable=not rt.progress or None, file=sys.stderr, leave=False, dynamic_ncols=True)
     with bar:
         for items, indices, errors in loader:
-            for i, message in errors:
-                path = dataset.culprit(i)
+            for _, (path, message) in errors:
                 if not rt.skip_corrupt:
                     raise BadInput(f"image {path} cannot be read ({message}); fix or remove it, "
                                    f"or set data.skip_corrupt=true to leave such images out")

@@ -61,9 +61,6 @@ class TripletImages(SafeDataset):
             images = torch.flip(images, dims=[3])
         return images
 
-    def culprit(self, i: int) -> str:
-        return " or ".join(self._paths(i))
-
 
 class LocalDescriptors:
     """The in-process :class:`~vgray.train.mining.DescriptorSource`: extracts with the current model."""
@@ -104,11 +101,15 @@ def dataset_name(root: str) -> str:
     return Path(root.rstrip("/")).name or "dataset"
 
 
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_metrics(out: Path, history: List[Dict]) -> None:
     """metrics.jsonl rewritten from the history, so a resumed run never holds an epoch twice."""
-    tmp = out / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, out / "metrics.jsonl")
+    _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
 def _check_memory(cfg, data: TrainingQueries, features_dim: int) -> None:
@@ -161,12 +162,12 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         log(f"resuming {out} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
         if model.needs_init():
             initialize_aggregation(model, train_split.database.paths, db_transform, rt, seed=cfg.seed)
         optimizer = make_optimizer(model, cfg.train)
         # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
         checkpoint.save(last_path, _payload(model, optimizer, miner, state, rng, cfg))
+    _write_text(out / "config.yaml", cfg.to_yaml())  # the config this run (or resumed run) uses
     if data.dropped:
         log(f"training queries without a database image within {cfg.train.positive_dist_threshold:g} m: "
             f"{data.dropped} of {len(train_split.queries)} dropped")

@@ -1,0 +1,1 @@
+"""Ray lives here only: sweeps as Tune trials, the results actor, and (later) scale-out."""

@@ -1,0 +1,318 @@
+"""``vgray sweep``: a sweep file run as Ray Tune trials, rows gathered by the results actor.
+
+The trainable turns Tune's dict into the validated config and calls the library: ``train`` (with a
+``report`` callback that forwards each epoch's metrics and the run folder as a Tune checkpoint) or
+``evaluate``. The training loop and evaluation know nothing of Ray.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from vgray.distributed.spec import SweepSpec, trial_name
+from vgray.errors import BadInput
+
+COST_KEYS = ("features_dim", "gflops", "model_size_mb", "params", "extraction_ms", "matching_ms",
+             "index_memory_mb", "train_time_s", "epochs")
+
+
+# -- inside a trial ------------------------------------------------------------------------------
+
+def make_row(cfg, trial_id: str, name: str, result: Dict[str, Any], status: str = "ok", error: str = "") -> Dict:
+    """One results row: the flattened config, ids, status and the metrics."""
+    row: Dict[str, Any] = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+                           for k, v in cfg.flat().items()}
+    row.update({"trial_id": trial_id, "trial_name": name, "config_key": cfg.key(), "seed": cfg.seed,
+                "status": status, "error": error})
+    for k, v in result.items():
+        if k.startswith(("val/", "test/")) or k in COST_KEYS:
+            row[k] = v
+    return row
+
+
+def _eval_result(cfg) -> Dict[str, Any]:
+    """task: eval: recall on the test split(s) and the whole cost profile."""
+    from vgray.evaluate.evaluate import evaluate
+    from vgray.evaluate.extract import Runtime
+    from vgray.models.profile import extraction_ms
+    from vgray.train.loop import dataset_name
+
+    sets = cfg.test.datasets or {dataset_name(cfg.data.root): cfg.data.root}
+    out: Dict[str, Any] = {}
+    model = None
+    for name, root in sets.items():
+        one = cfg.replace(**{"data.root": root})
+        if model is None:
+            from vgray.models import build_model
+            from vgray.seeding import seed_everything
+            seed_everything(cfg.seed)
+            model = build_model(cfg.model)
+        figures = evaluate(one, progress=False, model=model)
+        out.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
+        out.update({k: v for k, v in figures.items() if k in COST_KEYS and k not in out})
+    out["extraction_ms"] = extraction_ms(model, cfg.data.image_size, Runtime.from_config(cfg, progress=False))
+    return out
+
+
+def run_trial(config: Dict[str, Any]) -> None:
+    """The Tune trainable: ``config`` holds the sweep's base config, this trial's dotted overrides
+    and its seeds. Each seed runs in turn; its row goes to the results actor before the next."""
+    import numpy as np
+    import ray
+    from ray import tune
+
+    from vgray.config import load_config
+    from vgray.distributed.results import ACTOR_NAMESPACE, actor_name
+
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    overrides = {k: v for k, v in config["overrides"].items()}
+    overrides.update({k: (int(v) if isinstance(v, np.integer) else float(v) if isinstance(v, np.floating) else v)
+                      for k, v in config.items() if "." in k})  # search-space keys sampled by Tune
+    seeds: List[int] = list(config["seeds"])
+    work = Path(tempfile.mkdtemp(prefix=f"vgray-{trial_id}-"))
+    done: Dict[int, Dict[str, Any]] = {}
+    resume_seed = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retry or a resumed sweep: continue from the last epoch
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, work, dirs_exist_ok=True)
+        state = _read_json(work / "trial.json")
+        done = {int(k): v for k, v in state.get("done", {}).items()}
+        resume_seed = state.get("running")
+    actor = ray.get_actor(actor_name(config["sweep"]), namespace=ACTOR_NAMESPACE)
+    name = config.get("name") or trial_name({k: overrides[k] for k in config.get("varied", []) if k in overrides}, None)
+
+    for seed in seeds:
+        if seed in done:
+            continue
+        cfg = load_config(base=config["base"], overrides=[*overrides.items(), ("seed", seed)])
+        run_dir = work / f"s{seed}"
+        row_id = trial_id if len(seeds) == 1 else f"{trial_id}-s{seed}"
+
+        def report(metrics, out_dir, seed=seed):
+            _write_json(work / "trial.json", {"done": done, "running": seed})
+            tune.report({**metrics, "seed": seed}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        if config["task"] == "train":
+            from vgray.train.loop import train
+            resume = resume_seed == seed and (run_dir / "last.pt").is_file()
+            result = train(cfg, run_dir, report=report, resume=resume, progress=False, log=lambda *a: None)
+        else:
+            result = _eval_result(cfg)
+        row = make_row(cfg, row_id, name if len(seeds) == 1 else f"{name}-s{seed}", result)
+        ray.get(actor.add.remote(row))  # durable on disk before we go on
+        done[seed] = {k: v for k, v in row.items() if k.startswith(("val/", "test/"))}
+        if config["task"] == "train":
+            shutil.rmtree(run_dir / "", ignore_errors=True)  # the row holds what matters; free the disk
+    final = _mean_metrics(done)
+    final["done"] = 1
+    _write_json(work / "trial.json", {"done": done, "running": None})
+    tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _mean_metrics(done: Dict[int, Dict[str, Any]]) -> Dict[str, float]:
+    """What the searcher sees: every metric averaged over the trial's seeds."""
+    keys = {k for m in done.values() for k in m}
+    out = {}
+    for k in sorted(keys):
+        vals = [m[k] for m in done.values() if isinstance(m.get(k), (int, float))]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    import json
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    import json
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+def _check_storage(spec: SweepSpec) -> None:
+    if "://" in spec.storage:
+        raise BadInput(f"storage={spec.storage}: URIs are not supported yet for the results files; "
+                       f"use a path that every node mounts (NFS, EFS, a PVC)")
+    path = Path(spec.directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"storage={spec.storage}: {path} cannot be written ({exc.strerror or exc})")
+
+
+def _check_resources(spec: SweepSpec) -> None:
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": spec.resources.get("cpu", 1), "GPU": spec.resources.get("gpu", 0),
+            "memory": spec.resources.get("memory_gb", 0) * 2**30}
+    for node in nodes:
+        have = node.get("Resources", {})
+        if all(have.get(k, 0) >= v for k, v in need.items() if v):
+            return
+    biggest = max((n.get("Resources", {}) for n in nodes), key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    raise BadInput(f"resources {spec.resources} fit no node of this cluster (largest: {int(biggest.get('CPU', 0))} CPU, "
+                   f"{int(biggest.get('GPU', 0))} GPU); lower resources.cpu/gpu or add bigger nodes")
+
+
+def _param_space(spec: SweepSpec) -> Dict[str, Any]:
+    from ray import tune
+    common = {"base": spec.base, "task": spec.task, "sweep": spec.name, "varied": spec.varied}
+    if not spec.search:
+        trials = [{"overrides": t.overrides, "seeds": t.seeds, "name": t.name} for t in spec.trials()]
+        return {**common, "trial": tune.grid_search(trials)}
+    space: Dict[str, Any] = {**common, "overrides": {}, "seeds": list(range(spec.repeats)), "name": None}
+    for key, dim in spec.search["space"].items():
+        if dim["type"] == "categorical":
+            space[key] = tune.choice(dim["choices"])
+        elif dim["type"] == "float":
+            space[key] = (tune.loguniform if dim.get("log") else tune.uniform)(dim["low"], dim["high"])
+        else:
+            space[key] = (tune.lograndint if dim.get("log") else tune.randint)(int(dim["low"]), int(dim["high"]) + 1)
+    for key, values in spec.grid.items():  # the grid on top of a search: categorical dimensions
+        space[key] = tune.choice(values)
+    return space
+
+
+def _flatten_trial(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Grid mode nests the trial under ``trial``; the trainable wants it at the top."""
+    if "trial" in config:
+        config = {**config, **config["trial"]}
+        config.pop("trial")
+    return config
+
+
+def _trainable(config):
+    return run_trial(_flatten_trial(config))
+
+
+def _name_of(trial) -> str:
+    config = _flatten_trial(trial.config)
+    if config.get("name"):
+        return config["name"]
+    varied = {k: config[k] for k in config.get("varied", []) if k in config}
+    return f"{trial_name(varied, None)}-{trial.trial_id[-5:]}"
+
+
+def _dirname_of(trial) -> str:
+    """The trial's folder: its name and Tune's trial id (so a failed trial's id can be read back)."""
+    return f"{_name_of(trial)}_{trial.trial_id}"
+
+
+def _scheduler(spec: SweepSpec):
+    if not spec.scheduler or spec.scheduler["type"] == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+    s = spec.scheduler
+    return ASHAScheduler(time_attr="training_iteration", metric=s.get("metric", "val/R@5"), mode=s.get("mode", "max"),
+                         grace_period=s.get("grace_period", 1), reduction_factor=s.get("reduction_factor", 2),
+                         max_t=s.get("max_t", spec.base.get("train", {}).get("epochs", 1000)))
+
+
+def _searcher(spec: SweepSpec):
+    if not spec.search:
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    s = spec.search
+    sampler = (optuna.samplers.RandomSampler(seed=s["seed"]) if s["sampler"] == "random"
+               else optuna.samplers.TPESampler(seed=s["seed"]))
+    return OptunaSearch(metric=s["metric"], mode=s["mode"], sampler=sampler)
+
+
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> Optional[str]:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray with the dashboard on
+    127.0.0.1. Token authentication stays as Ray sets it (on by default). Returns the dashboard URL."""
+    import ray
+    if ray.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ctx = ray.init(address=address, namespace="vgray", log_to_driver=False)
+    else:
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       namespace="vgray", log_to_driver=False)
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = False,
+              num_cpus: Optional[int] = None, out=print) -> Dict[str, Any]:
+    """Run (or resume) ``spec`` on Ray; returns ``{"summary": markdown, "failed": n, ...}``."""
+    import ray
+    from ray import tune
+
+    from vgray.distributed.results import get_results_actor
+
+    _check_storage(spec)
+    exists = Path(spec.directory, "tuner.pkl").exists()
+    if resume and not exists:
+        raise BadInput(f"--resume: no sweep to resume in {spec.directory} (no tuner.pkl)")
+    if not resume and exists:
+        raise BadInput(f"{spec.directory} already holds sweep '{spec.name}'; pass --resume to continue it, "
+                       f"or --storage elsewhere")
+    url = init_ray(address, num_cpus)
+    _check_resources(spec)
+    if url:
+        out(f"Ray dashboard: {url}")
+    actor = get_results_actor(spec.name, spec.directory, spec.varied)
+    ray.get(actor.rows.remote())  # the actor is up (and has reloaded any earlier rows)
+
+    trainable = tune.with_resources(_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"],
+                                                 **({"memory": spec.resources["memory_gb"] * 2**30}
+                                                    if spec.resources.get("memory_gb") else {})})
+    if resume:
+        tuner = tune.Tuner.restore(spec.directory, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        metric = spec.search["metric"] if spec.search else None
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec),
+            tune_config=tune.TuneConfig(
+                num_samples=spec.search["num_samples"] if spec.search else 1,
+                search_alg=_searcher(spec), scheduler=_scheduler(spec),
+                metric=metric if spec.search and not spec.scheduler else None,
+                mode=spec.search["mode"] if spec.search and not spec.scheduler else None,
+                max_concurrent_trials=spec.max_concurrent_trials,
+                trial_name_creator=_name_of, trial_dirname_creator=_dirname_of),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=spec.storage_path,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1),
+        )
+    grid = tuner.fit()
+    failed = 0
+    from vgray.config import load_config
+    for result in grid:
+        if result.error is None:
+            continue
+        failed += 1
+        config = _flatten_trial(result.config or {})
+        overrides = dict(config.get("overrides", {}))
+        overrides.update({k: v for k, v in config.items() if "." in k})
+        message = str(result.error).strip().splitlines()
+        first = next((m for m in message if m.strip() and not m.startswith("Traceback")), type(result.error).__name__)
+        for seed in config.get("seeds", [0]):
+            cfg = load_config(base=config["base"], overrides=[*overrides.items(), ("seed", seed)])
+            trial_id = result.metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]
+            ray.get(actor.add.remote(make_row(cfg, f"{trial_id}" if len(config.get("seeds", [0])) == 1 else f"{trial_id}-s{seed}",
+                                              config.get("name") or trial_id, {}, status="failed", error=first[:300])))
+    summary = ray.get(actor.summary_markdown.remote())
+    return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": len(grid)}
