@@ -8,7 +8,8 @@ from typing import List
 from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
-BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train"}
+BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train",
+              "sweep": "vgray.bench.sweep"}
 
 
 def bench_parser(name: str, defaults: str):

@@ -75,11 +75,11 @@ class ResultsStore:
 
     def add(self, row: Dict[str, Any]) -> bool:
         """Append ``row`` durably unless its ``trial_id`` is already there. True when added.
-        A failed row is replaced by a later successful one of the same trial (a retry)."""
+        A failed or stopped row is replaced by a later successful one of the same trial."""
         trial_id = row["trial_id"]
         if trial_id in self.ids:
             old = next(r for r in self.rows if r["trial_id"] == trial_id)
-            if not (old.get("status") == "failed" and row.get("status") == "ok"):
+            if not (old.get("status") != "ok" and row.get("status") == "ok"):
                 return False
             rows = [r for r in self.rows if r["trial_id"] != trial_id] + [row]
         else:
@@ -128,9 +128,10 @@ def summarize(rows: List[Dict[str, Any]], varied: List[str]) -> List[Dict[str, A
     for key, group in groups.items():
         ok = [r for r in group if r.get("status") == "ok"]
         entry: Dict[str, Any] = {k: group[0].get(k) for k in varied}
-        entry.update({"config_key": key, "n": len(ok), "failed": len(group) - len(ok)})
-        if len(ok) < len(group):
-            entry["error"] = next(r.get("error") for r in group if r.get("status") != "ok")
+        entry.update({"config_key": key, "n": len(ok), "failed": sum(r.get("status") == "failed" for r in group),
+                      "stopped": sum(r.get("status") == "stopped" for r in group)})
+        if entry["failed"]:
+            entry["error"] = next(r.get("error") for r in group if r.get("status") == "failed")
         for m in metrics + val + COST_COLUMNS:
             vals = [r[m] for r in ok if isinstance(r.get(m), (int, float)) and not math.isnan(r[m])]
             if vals:
@@ -168,7 +169,8 @@ def summary_markdown(entries: List[Dict[str, Any]]) -> str:
     header = [k.rsplit(".", 1)[-1] for k in varied] + ["n"] + [c.replace("test/", "") for c in recall] + cost
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
-        cells = [str(e.get(k)) for k in varied] + [str(e["n"]) + (f" ({e['failed']} failed)" if e["failed"] else "")]
+        notes = [f"{e[k]} {k}" for k in ("failed", "stopped") if e.get(k)]
+        cells = [str(e.get(k)) for k in varied] + [str(e["n"]) + (f" ({', '.join(notes)})" if notes else "")]
         cells += [_cell(e, c) for c in recall] + [_cell(e, c) for c in cost]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [e for e in entries if e.get("error")]

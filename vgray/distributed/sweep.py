@@ -222,7 +222,14 @@ def _scheduler(spec: SweepSpec):
     s = spec.scheduler
     return ASHAScheduler(time_attr="training_iteration", metric=s.get("metric", "val/R@5"), mode=s.get("mode", "max"),
                          grace_period=s.get("grace_period", 1), reduction_factor=s.get("reduction_factor", 2),
-                         max_t=s.get("max_t", spec.base.get("train", {}).get("epochs", 1000)))
+                         # one report an epoch, plus the final one with the test figures
+                         max_t=s.get("max_t", _max_epochs(spec) + 1))
+
+
+def _max_epochs(spec: SweepSpec) -> int:
+    from vgray.config import load_config
+    return max((t.config(spec, 0).train.epochs for t in spec.trials()),
+               default=load_config(base=spec.base).train.epochs)
 
 
 def _searcher(spec: SweepSpec):
@@ -298,21 +305,38 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
                 verbose=1),
         )
     grid = tuner.fit()
-    failed = 0
+    failed = _rows_for_unfinished(grid, actor)
+    summary = ray.get(actor.summary_markdown.remote())
+    return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": len(grid)}
+
+
+def _rows_for_unfinished(grid, actor) -> int:
+    """Trials that ended without their rows get one: ``failed`` (after their retries) with the
+    first line of the error, ``stopped`` (by ASHA) with their last validation metrics.
+    Returns the number of failed trials."""
+    import ray
+
     from vgray.config import load_config
+    failed = 0
     for result in grid:
-        if result.error is None:
+        metrics = result.metrics or {}
+        if result.error is None and metrics.get("done"):
             continue
-        failed += 1
         config = _flatten_trial(result.config or {})
         overrides = dict(config.get("overrides", {}))
         overrides.update({k: v for k, v in config.items() if "." in k})
-        message = str(result.error).strip().splitlines()
-        first = next((m for m in message if m.strip() and not m.startswith("Traceback")), type(result.error).__name__)
-        for seed in config.get("seeds", [0]):
+        seeds = config.get("seeds", [0])
+        trial_id = metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]
+        if result.error is not None:
+            failed += 1
+            lines = [m for m in str(result.error).strip().splitlines() if m.strip()]
+            error = next((m for m in reversed(lines) if not m.startswith((" ", "Traceback"))), type(result.error).__name__)
+            status, values = "failed", {}
+        else:
+            status, error, values = "stopped", "", {k: v for k, v in metrics.items() if k.startswith("val/")}
+        for seed in seeds:
             cfg = load_config(base=config["base"], overrides=[*overrides.items(), ("seed", seed)])
-            trial_id = result.metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]
-            ray.get(actor.add.remote(make_row(cfg, f"{trial_id}" if len(config.get("seeds", [0])) == 1 else f"{trial_id}-s{seed}",
-                                              config.get("name") or trial_id, {}, status="failed", error=first[:300])))
-    summary = ray.get(actor.summary_markdown.remote())
-    return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": len(grid)}
+            row_id = trial_id if len(seeds) == 1 else f"{trial_id}-s{seed}"
+            ray.get(actor.add.remote(make_row(cfg, row_id, config.get("name") or trial_id, values,
+                                              status=status, error=error[:300])))
+    return failed

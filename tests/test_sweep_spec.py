@@ -1,0 +1,143 @@
+"""Sweep files without Ray: expansion, the dry-run counts of sweeps/, the results store and its
+summary (mean and std recomputed here), and the bad sweep files."""
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from vgray.cli import main
+from vgray.distributed.results import ResultsStore, summarize, summary_markdown
+from vgray.distributed.spec import dry_run_table, load_sweep, parse_sweep
+from vgray.errors import BadInput
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED = {"quickstart": 4, "table3_backbones": 48, "table6_mining": 18, "table6_mining_msls": 18,
+            "fig2_augmentation_optuna": 20, "fig3_resize": 24}
+
+TINY_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
+             "model": {"pretrained": "none", "aggregation": "gem"},
+             "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
+                       "neg_samples_num": 40, "epochs": 1},
+             "test": {"recall_values": [1, 5]}}
+
+
+def sweep_files():
+    return sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if not p.name.startswith("_"))
+
+
+def test_every_sweep_file_expands_to_the_papers_combinations(monkeypatch, capsys):
+    monkeypatch.setenv("VGRAY_DATASETS", "/datasets")
+    assert {p.stem for p in sweep_files()} == set(EXPECTED)
+    for path in sweep_files():
+        assert main(["sweep", str(path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"sweep {path.stem}: {EXPECTED[path.stem]} trials"), out
+        spec = load_sweep(path)
+        if not spec.search:
+            assert len(spec.trials()) == EXPECTED[path.stem]
+            assert len({t.name for t in spec.trials()}) == EXPECTED[path.stem]  # names say the config
+
+
+def test_table3_covers_every_backbone_and_aggregation(monkeypatch):
+    monkeypatch.setenv("VGRAY_DATASETS", "/datasets")
+    spec = load_sweep(ROOT / "sweeps" / "table3_backbones.yaml")
+    combos = {(t.overrides["model.backbone"], t.overrides["model.aggregation"]) for t in spec.trials()}
+    assert combos == {(b, a) for b in ("vgg16", "resnet18conv4", "resnet50conv4", "resnet101conv4")
+                      for a in ("gem", "netvlad")}
+    cfg = spec.trials()[0].config(spec, 0)
+    assert cfg.test.datasets["tokyo247"] == "/datasets/tokyo247" and cfg.train.lr == 1e-5
+
+
+def test_expansion_grid_times_seeds():
+    spec = parse_sweep({"name": "x", "base": TINY_BASE, "grid": {"model.aggregation": ["gem", "netvlad"],
+                                                                  "train.lr": [0.001, 0.0001]}, "repeats": 3})
+    trials = spec.trials()
+    assert len(trials) == 12 and spec.num_trials == 12
+    assert trials[0].name == "gem-lr=0.001-s0" and trials[0].seeds == [0]
+    assert {t.seeds[0] for t in trials} == {0, 1, 2}
+    cfg = trials[5].config(spec, trials[5].seeds[0])
+    assert cfg.model.aggregation == "gem" and cfg.train.lr == 0.0001 and cfg.seed == 2
+    assert "gem-lr=0.0001-s2" in dry_run_table(spec)
+    # the seed is not part of the config key: repeated runs share it
+    assert trials[3].config(spec, 0).key() == trials[4].config(spec, 1).key()
+
+
+BAD = [
+    ({"name": "x", "gird": {}}, "key 'gird' is unknown; did you mean grid"),
+    ({"name": "x", "grid": {"model.bakbone": ["vgg16"]}}, "grid key 'model.bakbone' is unknown; did you mean model.backbone"),
+    ({"name": "x", "grid": {}}, "grid is empty"),
+    ({"name": "x", "grid": {"model.backbone": []}}, "non-empty list"),
+    ({"name": "x", "repeats": -1}, "repeats=-1 must be a positive integer"),
+    ({"name": "x", "grid": {"model.l2": ["before_pool", "sideways"]}}, "trial l2=sideways-s0: model.l2='sideways' is not allowed"),
+    ({"name": "x", "search": {"space": {"train.lrr": {"type": "float", "low": 0, "high": 1}}}}, "search space key 'train.lrr'"),
+    ({"name": "x", "search": {"space": {"train.lr": {"type": "float", "low": 1, "high": 0}}}}, "low < high"),
+    ({"name": "x", "search": {"space": {"train.lr": {"type": "gauss"}}}}, "type='gauss' is not allowed"),
+    ({"name": "x", "scheduler": {"type": "hyperband"}}, "choose asha or fifo"),
+    ({"name": "x", "resources": {"tpu": 1}}, "resources key 'tpu' is unknown"),
+    ({"name": "x", "resources": {"gpu": -1}}, "must be a number >= 0"),
+    ({"name": "x y"}, "name='x y' must be a word"),
+    ({"name": "x", "grid": {"seed": [0, 1]}}, "use repeats"),
+    ({"name": "x", "base": {"model": {"backbone": "resnet7"}}}, "base: model.backbone='resnet7' is not allowed"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD)
+def test_bad_sweeps_are_refused_before_anything_runs(raw, message, tmp_path, capsys):
+    raw = {**raw, "storage": str(tmp_path / "store")}
+    if "base" not in raw:
+        raw["base"] = TINY_BASE
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "store").exists()  # nothing launched, nothing written
+
+
+def test_unwritable_storage_is_refused_before_ray_starts(tmp_path, capsys):
+    blocked = tmp_path / "ro"
+    blocked.write_text("a file where a folder should be")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "base": TINY_BASE, "storage": str(blocked / "results")}))
+    assert main(["sweep", str(path)]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+    import ray
+    assert not ray.is_initialized()
+
+
+def _row(trial, key, seed, r1, status="ok"):
+    return {"trial_id": trial, "trial_name": trial, "config_key": key, "seed": seed, "status": status,
+            "error": "" if status == "ok" else "ValueError: boom", "model.aggregation": key,
+            "test/pitts30k/R@1": r1, "test/pitts30k/R@5": r1 + 10, "features_dim": 256, "gflops": 17.2}
+
+
+def test_results_store_adds_each_trial_once_and_survives_a_reload(tmp_path):
+    store = ResultsStore(tmp_path, varied=["model.aggregation"])
+    assert store.add(_row("t1", "gem", 0, 60.0))
+    assert not store.add(_row("t1", "gem", 0, 61.0))  # same trial_id: ignored
+    assert store.add(_row("t2", "gem", 1, 64.0))
+    assert store.add(_row("t3", "netvlad", 0, 70.0, status="failed"))
+    assert store.add(_row("t3", "netvlad", 0, 71.0))  # a retry that succeeded replaces the failure
+    again = ResultsStore(tmp_path, varied=["model.aggregation"])
+    rows = pq.read_table(tmp_path / "results.parquet").to_pylist()
+    assert [r["trial_id"] for r in rows] == ["t1", "t2", "t3"] == [r["trial_id"] for r in again.rows]
+    assert not again.add(_row("t2", "gem", 1, 0.0))
+    summary = {e["config_key"]: e for e in summarize(again.rows, ["model.aggregation"])}
+    assert summary["gem"]["n"] == 2
+    assert summary["gem"]["test/pitts30k/R@1"] == pytest.approx(np.mean([60.0, 64.0]))
+    assert summary["gem"]["test/pitts30k/R@1 std"] == pytest.approx(np.std([60.0, 64.0], ddof=1))
+    text = (tmp_path / "summary.md").read_text()
+    assert "| gem | 2 | 62.0 ± 2.8 |" in text
+    assert "pitts30k/R@1" in text and "features_dim" in text
+    assert (tmp_path / "summary.csv").read_text().startswith("model.aggregation,config_key,n,failed,stopped")
+
+
+def test_failed_trials_show_in_the_summary_with_their_error(tmp_path):
+    store = ResultsStore(tmp_path, varied=["model.aggregation"])
+    store.add(_row("t1", "gem", 0, 60.0))
+    store.add(_row("t2", "netvlad", 0, 0.0, status="failed"))
+    text = summary_markdown(store.summary())
+    assert "| netvlad | 0 (1 failed) |" in text
+    assert "failed: aggregation=netvlad: ValueError: boom" in text.replace("model.aggregation", "aggregation")
