@@ -11,6 +11,10 @@ from PIL import Image
 
 torch.set_num_threads(2)
 
+# Ray's token authentication on for every cluster the tests start and every client they use
+# (set before Ray is imported: Ray reads it once). Ray creates ~/.ray/auth_token when missing.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 # Every test session gets its own cache (dataset indexes, synthetic datasets), never the user's.
 _CACHE = Path(os.environ.setdefault("VGRAY_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "vgray")))
 

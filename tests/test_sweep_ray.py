@@ -107,10 +107,12 @@ def test_optuna_search_runs_every_seed_and_sees_the_mean(ray_local, tmp_path):
 
 def test_asha_stops_the_worse_trials_early(ray_local, tmp_path):
     # One trial at a time, the good one first: at the first rung the 8x12-pixel trial is below the
-    # median of the two and ASHA stops it; the first trial is never compared below the median.
+    # median of the two at val R@1 (tiny val R@5 saturates) and ASHA stops it; the first trial is
+    # never compared below the median.
     path = write_sweep(tmp_path / "s.yaml", {"train.epochs": 3, "train.patience": 3}, name="asha",
                        storage=str(tmp_path / "store"), grid={"data.resize_fraction": [1.0, 0.25]},
-                       max_concurrent_trials=1, scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+                       max_concurrent_trials=1,
+                       scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2, "metric": "val/R@1"})
     assert main(["sweep", str(path)]) == 0
     got = rows(tmp_path / "store" / "asha")
     assert len(got) == 2 and len({r["trial_id"] for r in got}) == 2
@@ -173,23 +175,28 @@ def _free_port() -> int:
 
 def test_sweep_submitted_through_the_jobs_api(tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # conftest: the cluster and this client use a token
     path = write_sweep(tmp_path / "s.yaml", name="jobs", storage=str(tmp_path / "store"),
                        grid={"model.aggregation": ["gem"]})
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    # `ray start` in token mode needs a token to exist (ray.init makes one; ray start does not)
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], check=True, capture_output=True)
     port, dash = _free_port(), _free_port()
-    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                              "--include-dashboard=true"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_sweep_env(),
                             start_new_session=True, cwd=str(Path(sys.executable).parent))
     try:
-        client = None
+        client, last = None, None
         deadline = time.time() + 120
         while client is None and time.time() < deadline:
             try:
                 client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
-            except Exception:
+            except Exception as exc:  # not up yet
+                last = exc
                 time.sleep(2)
-        assert client is not None, "the dashboard of the started cluster did not come up"
+        assert client is not None, f"the dashboard of the started cluster did not come up: {last}"
         job = client.submit_job(entrypoint=f"{sys.executable} -m vgray.cli sweep {path}",
                                 runtime_env={"env_vars": {"VGRAY_CACHE": os.environ["VGRAY_CACHE"]}})
         deadline = time.time() + 600
@@ -201,9 +208,14 @@ def test_sweep_submitted_through_the_jobs_api(tmp_path):
         got = rows(tmp_path / "store" / "jobs")
         assert len(got) == 1 and got[0]["status"] == "ok"
         assert "sweep jobs: 1 trials" in client.get_job_logs(job)
-    finally:
+    finally:  # stop the cluster this test started, and only it: its own process group
         os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            pass
+        time.sleep(2)
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # what SIGTERM left (the GCS server may linger)
+        except ProcessLookupError:
+            pass

@@ -109,7 +109,7 @@ def run_trial(config: Dict[str, Any]) -> None:
         if config["task"] == "train":
             shutil.rmtree(run_dir / "", ignore_errors=True)  # the row holds what matters; free the disk
     final = _mean_metrics(done)
-    final["done"] = 1
+    final["vgray_finished"] = 1  # (Tune fills a "done" key of its own)
     _write_json(work / "trial.json", {"done": done, "running": None})
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     shutil.rmtree(work, ignore_errors=True)
@@ -320,7 +320,7 @@ def _rows_for_unfinished(grid, actor) -> int:
     failed = 0
     for result in grid:
         metrics = result.metrics or {}
-        if result.error is None and metrics.get("done"):
+        if result.error is None and metrics.get("vgray_finished"):
             continue
         config = _flatten_trial(result.config or {})
         overrides = dict(config.get("overrides", {}))
