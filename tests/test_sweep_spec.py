@@ -141,3 +141,13 @@ def test_failed_trials_show_in_the_summary_with_their_error(tmp_path):
     text = summary_markdown(store.summary())
     assert "| netvlad | 0 (1 failed) |" in text
     assert "failed: aggregation=netvlad: ValueError: boom" in text.replace("model.aggregation", "aggregation")
+
+
+def test_results_store_on_a_uri(tmp_path):
+    """Storage given as a URI goes through pyarrow's filesystems (s3://, gs://; file:// here)."""
+    uri = f"file://{tmp_path}/remote"
+    store = ResultsStore(uri, varied=["model.aggregation"])
+    assert store.add(_row("t1", "gem", 0, 60.0)) and store.add(_row("t2", "gem", 1, 62.0))
+    again = ResultsStore(uri, varied=["model.aggregation"])
+    assert [r["trial_id"] for r in again.rows] == ["t1", "t2"] and not again.add(_row("t1", "gem", 0, 1.0))
+    assert "| gem | 2 | 61.0 ± 1.4 |" in (tmp_path / "remote" / "summary.md").read_text()

@@ -26,6 +26,45 @@ COST_COLUMNS = ["features_dim", "gflops", "model_size_mb", "extraction_ms", "mat
 ID_COLUMNS = ["trial_id", "trial_name", "config_key", "seed", "status", "error"]
 
 
+class Storage:
+    """A folder that every node reaches: a local or network path (written with fsync and rename),
+    or a URI (``s3://``, ``gs://``, ``file://``) through pyarrow's filesystems, where one object
+    write is atomic."""
+
+    def __init__(self, directory: str | os.PathLike):
+        text = str(directory)
+        self.uri = "://" in text
+        if self.uri:
+            from pyarrow import fs
+            self.fs, self.root = fs.FileSystem.from_uri(text)
+            self.fs.create_dir(self.root, recursive=True)
+        else:
+            self.root = str(Path(text))
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def exists(self, name: str) -> bool:
+        if not self.uri:
+            return os.path.exists(self.path(name))
+        from pyarrow import fs
+        return self.fs.get_file_info(self.path(name)).type != fs.FileType.NotFound
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.uri:
+            return Path(self.path(name)).read_bytes()
+        with self.fs.open_input_stream(self.path(name)) as f:
+            return f.read()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if not self.uri:
+            _fsync_write(Path(self.path(name)), data)
+            return
+        with self.fs.open_output_stream(self.path(name)) as f:
+            f.write(data)
+
+
 def _fsync_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -63,14 +102,14 @@ def _to_table(rows: List[Dict[str, Any]]) -> pa.Table:
 
 
 class ResultsStore:
-    """The rows of one sweep in ``directory`` (a local folder all nodes can reach)."""
+    """The rows of one sweep in ``directory`` (a folder or URI all nodes can reach)."""
 
     def __init__(self, directory: str | os.PathLike, varied: Optional[List[str]] = None):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / "results.parquet"
+        self.storage = Storage(directory)
         self.varied = list(varied or [])
-        self.rows: List[Dict[str, Any]] = pq.read_table(self.path).to_pylist() if self.path.exists() else []
+        self.rows: List[Dict[str, Any]] = []
+        if self.storage.exists("results.parquet"):
+            self.rows = pq.read_table(io.BytesIO(self.storage.read_bytes("results.parquet"))).to_pylist()
         self.ids = {r["trial_id"] for r in self.rows}
 
     def add(self, row: Dict[str, Any]) -> bool:
@@ -86,7 +125,7 @@ class ResultsStore:
             rows = self.rows + [row]
         buffer = io.BytesIO()
         pq.write_table(_to_table(rows), buffer)
-        _fsync_write(self.path, buffer.getvalue())
+        self.storage.write_bytes("results.parquet", buffer.getvalue())
         self.rows = rows
         self.ids.add(trial_id)
         self.write_summary()
@@ -97,8 +136,8 @@ class ResultsStore:
 
     def write_summary(self) -> None:
         rows = self.summary()
-        _fsync_write(self.directory / "summary.md", summary_markdown(rows).encode())
-        _fsync_write(self.directory / "summary.csv", summary_csv(rows).encode())
+        self.storage.write_bytes("summary.md", summary_markdown(rows).encode())
+        self.storage.write_bytes("summary.csv", summary_csv(rows).encode())
 
 
 def _metric_columns(rows: Iterable[Dict[str, Any]]) -> List[str]:

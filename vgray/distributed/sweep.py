@@ -144,17 +144,19 @@ def _read_json(path: Path):
 # -- the driver --------------------------------------------------------------------------------
 
 def _check_storage(spec: SweepSpec) -> None:
-    if "://" in spec.storage:
-        raise BadInput(f"storage={spec.storage}: URIs are not supported yet for the results files; "
-                       f"use a path that every node mounts (NFS, EFS, a PVC)")
-    path = Path(spec.directory)
+    """The sweep's folder must be writable before anything launches."""
+    from vgray.distributed.results import Storage
+    probe = f".write-test-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise BadInput(f"storage={spec.storage}: {path} cannot be written ({exc.strerror or exc})")
+        storage = Storage(spec.directory)
+        storage.write_bytes(probe, b"ok")
+        if storage.uri:
+            storage.fs.delete_file(storage.path(probe))
+        else:
+            os.unlink(storage.path(probe))
+    except (OSError, ValueError) as exc:  # pyarrow raises OSError subclasses, ValueError for bad URIs
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise BadInput(f"storage={spec.storage}: {spec.directory} cannot be written ({reason})")
 
 
 def _check_resources(spec: SweepSpec) -> None:
@@ -268,7 +270,8 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     from vgray.distributed.results import get_results_actor
 
     _check_storage(spec)
-    exists = Path(spec.directory, "tuner.pkl").exists()
+    from vgray.distributed.results import Storage
+    exists = Storage(spec.directory).exists("tuner.pkl")
     if resume and not exists:
         raise BadInput(f"--resume: no sweep to resume in {spec.directory} (no tuner.pkl)")
     if not resume and exists:
