@@ -28,7 +28,7 @@ BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0}
 @pytest.fixture(scope="module")
 def ray_local(tiny_root):
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -141,12 +141,13 @@ def test_resume_after_the_driver_is_killed(tmp_path):
                        grid={"train.lr": [0.001, 0.0001, 0.00001]})
     directory = tmp_path / "store" / "killed"
     cmd = [sys.executable, "-m", "vgray.cli", "sweep", str(path), "--num-cpus", "1"]
-    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_sweep_env(),
-                              start_new_session=True)
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_sweep_env(), start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
         if (directory / "results.parquet").exists() and len(rows(directory)) >= 1:
             break
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-2000:]
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
@@ -197,8 +198,15 @@ def test_sweep_submitted_through_the_jobs_api(tmp_path):
                 last = exc
                 time.sleep(2)
         assert client is not None, f"the dashboard of the started cluster did not come up: {last}"
-        job = client.submit_job(entrypoint=f"{sys.executable} -m vgray.cli sweep {path}",
-                                runtime_env={"env_vars": {"VGRAY_CACHE": os.environ["VGRAY_CACHE"]}})
+        job = None
+        while job is None and time.time() < deadline:
+            try:  # the head's job agent may come up a little after the dashboard
+                job = client.submit_job(entrypoint=f"{sys.executable} -m vgray.cli sweep {path}",
+                                        runtime_env={"env_vars": {"VGRAY_CACHE": os.environ["VGRAY_CACHE"]}})
+            except RuntimeError as exc:
+                last = exc
+                time.sleep(2)
+        assert job is not None, f"the job could not be submitted: {last}"
         deadline = time.time() + 600
         status = client.get_job_status(job)
         while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:

@@ -255,7 +255,8 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> Optional
     if address:
         ctx = ray.init(address=address, namespace="vgray", log_to_driver=False)
     else:
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": a new Ray of our own, never a `ray start` cluster found on this machine
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                        namespace="vgray", log_to_driver=False)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
