@@ -1,6 +1,8 @@
 """``vgray bench sweep``: N identical tiny trials run by ``vgray sweep`` on a local Ray against the
 same trials run one after another in this process; prints both wall times, the ratio last, and
-Ray's overhead per trial. On two CPU cores the sweep should approach 2x.
+Ray's overhead per trial. Each trial gets one CPU in the sweep (``resources: {cpu: 1}``, so Ray
+gives it one torch thread), and the same one thread in the sequential run: the same work, so on
+two cores the sweep should approach 2x.
 """
 from __future__ import annotations
 
@@ -21,20 +23,25 @@ BASE = {"data": {"root": "synthetic:tiny", "resize": [48, 64], "num_workers": 0}
 
 def main(argv) -> None:
     p = bench_parser("sweep", "the tiny synthetic world, ResNet-18 conv4 + GeM, one short epoch a trial")
-    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--trials", type=int, default=8)
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray (one per trial)")
     args = p.parse_args(argv)
     base = load_config(base=BASE, overrides=args.overrides).to_dict()
     from vgray.data.dataset import open_split
     open_split(base["data"]["root"], "train")  # generate the dataset before anything is timed
 
+    import torch
+
     from vgray.train.loop import train
     with tempfile.TemporaryDirectory() as tmp:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what each trial has in the sweep
         start = time.perf_counter()
         for seed in range(args.trials):
             train(load_config(base=base, overrides=[("seed", seed)]), os.path.join(tmp, f"s{seed}"),
                   progress=False, log=lambda *a: None)
         sequential_s = time.perf_counter() - start
+        torch.set_num_threads(threads)
 
         import ray
 
@@ -50,7 +57,7 @@ def main(argv) -> None:
         ray.shutdown()
     concurrency = min(args.cpus, args.trials)
     figures = {
-        "trials": args.trials, "ray_cpus": args.cpus, "failed": result["failed"],
+        "trials": args.trials, "ray_cpus": args.cpus, "threads_per_trial": 1, "failed": result["failed"],
         "sequential_s": sequential_s, "sweep_s": sweep_s, "ray_start_s": ray_start_s,
         # what each trial costs on top of its work, when `concurrency` run side by side
         "ray_overhead_per_trial_s": (sweep_s - sequential_s / concurrency) / (args.trials / concurrency),

@@ -301,6 +301,7 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
                 metric=metric if spec.search and not spec.scheduler else None,
                 mode=spec.search["mode"] if spec.search and not spec.scheduler else None,
                 max_concurrent_trials=spec.max_concurrent_trials,
+                reuse_actors=True,  # a worker that imported torch and vgray serves the next trial too
                 trial_name_creator=_name_of, trial_dirname_creator=_dirname_of),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage_path,
