@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from conftest import TINY_SET, write_image
 from vgray.cli import main

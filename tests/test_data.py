@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_vg_folder, vg_name, write_image
+from conftest import vg_name, write_image
 from vgray.data.dataset import _index_path, open_split, parse_name
 from vgray.data.positives import positives_within
 from vgray.errors import BadInput

@@ -2,8 +2,6 @@
 the Makefile's demo runs for real, and .ci/run calls the README's test command."""
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,6 @@ import yaml
 from vgray.cli import main
 from vgray.distributed.results import ResultsStore, summarize, summary_markdown
 from vgray.distributed.spec import dry_run_table, load_sweep, parse_sweep
-from vgray.errors import BadInput
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"quickstart": 4, "table3_backbones": 48, "table6_mining": 18, "table6_mining_msls": 18,

@@ -107,7 +107,7 @@ def run_trial(config: Dict[str, Any]) -> None:
         ray.get(actor.add.remote(row))  # durable on disk before we go on
         done[seed] = {k: v for k, v in row.items() if k.startswith(("val/", "test/"))}
         if config["task"] == "train":
-            shutil.rmtree(run_dir / "", ignore_errors=True)  # the row holds what matters; free the disk
+            shutil.rmtree(run_dir, ignore_errors=True)  # the row holds what matters; free the disk
     final = _mean_metrics(done)
     final["vgray_finished"] = 1  # (Tune fills a "done" key of its own)
     _write_json(work / "trial.json", {"done": done, "running": None})

@@ -5,7 +5,6 @@ from an injectable ``extractor``); :func:`evaluate` is ``vgray eval``: it builds
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vgray.data.dataset import ImageSet, Split, open_split
-from vgray.errors import BadInput
 from vgray.evaluate.extract import Runtime, extract_descriptors, initialize_aggregation, iter_descriptors
 from vgray.evaluate.knn import StreamedFlatSearch, build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.methods import TEST_METHODS

@@ -87,14 +87,14 @@ def _vgg_like(arch: str, frozen_layers: int, out_channels: int, pretrained: str)
 _RESNET_CHANNELS = {("resnet18", 4): 256, ("resnet18", 5): 512, ("resnet50", 4): 1024,
                     ("resnet50", 5): 2048, ("resnet101", 4): 1024, ("resnet101", 5): 2048}
 for (_arch, _stage), _channels in _RESNET_CHANNELS.items():
-    BACKBONES.register(f"{_arch}conv{_stage}", output="feature_map", source=_arch, out_channels=_channels)(
+    BACKBONES.register(f"{_arch}conv{_stage}", output="feature_map", out_channels=_channels)(
         lambda pretrained="none", a=_arch, s=_stage, c=_channels: _resnet(a, s, c, pretrained))
 
 # VGG16: layers[:-5] frozen, i.e. all but the last conv block (conv5_1..conv5_3 with their ReLUs).
-BACKBONES.register("vgg16", output="feature_map", source="vgg16", out_channels=512)(
+BACKBONES.register("vgg16", output="feature_map", out_channels=512)(
     lambda pretrained="none": _vgg_like("vgg16", -5, 512, pretrained))
 # AlexNet: the first five modules (conv1, ReLU, pool, conv2, ReLU) frozen, as the paper's code.
-BACKBONES.register("alexnet", output="feature_map", source="alexnet", out_channels=256)(
+BACKBONES.register("alexnet", output="feature_map", out_channels=256)(
     lambda pretrained="none": _vgg_like("alexnet", 5, 256, pretrained))
 
 

@@ -10,9 +10,7 @@ without a gain; ``best.pt`` and ``last.pt`` checkpoints; at the end the best mod
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +18,12 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vgray.data.dataset import open_split
 from vgray.data.transforms import query_train_transform, test_transform
 from vgray.errors import BadInput
 from vgray.evaluate.evaluate import evaluate_split
-from vgray.evaluate.extract import (ImageList, Runtime, SafeDataset, extract_descriptors,
+from vgray.evaluate.extract import (Runtime, SafeDataset, extract_descriptors,
                                     initialize_aggregation, iter_batches, read_image)
 from vgray.models import build_model
 from vgray.seeding import seed_everything
