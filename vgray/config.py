@@ -93,6 +93,14 @@ class ModelConfig:
     l2: str = _key("before_pool", "where pooling aggregations L2-normalise",
                    choices=["before_pool", "after_pool", "none"])
     gem_p: float = _key(3.0, "initial (learnable) GeM power p", positive=True)
+    pca_dim: Optional[int] = _key(None, "PCA of the descriptors to this size, fitted on training images "
+                                        "(null: off)", positive=True)
+    trunc_te: Optional[int] = _key(None, "transformers: keep the first N encoder blocks (null: all; 0 means 0)",
+                                   range=(0, 1000))
+    freeze_te: Optional[int] = _key(None, "transformers: freeze the patch embedding and blocks before N "
+                                          "(null: none frozen; 0 freezes the embedding only)", range=(0, 1000))
+    resume_from: Optional[str] = _key(None, "checkpoint whose weights start this model (CRN: a NetVLAD "
+                                            "checkpoint of the same backbone)")
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,8 @@ class TrainConfig:
     epochs: int = _key(1000, "epoch cap (early stopping usually ends first)", positive=True)
     patience: int = _key(3, "epochs without val R@5 gain before stopping", positive=True)
     positive_dist_threshold: float = _key(10.0, "hard positives for training, metres", positive=True)
+    lr_crn_layer: float = _key(5e-3, "CRN: learning rate of the contextual reweighting layer", positive=True)
+    lr_crn_net: float = _key(5e-4, "CRN: learning rate of the rest of the network", positive=True)
     memory_budget_mb: Optional[float] = _key(
         None, "largest mining cache a refresh may hold; full mining refuses a bigger database (null: no limit)",
         positive=True)
@@ -136,6 +146,8 @@ class TestConfig:
     method: str = _key("hard_resize", "test-time method", choices=_test_methods)
     recall_values: List[int] = _key([1, 5, 10, 20], "N of recall@N", positive=True)
     positive_dist_threshold: float = _key(25.0, "a retrieval is right within this many metres", positive=True)
+    majority_weight: float = _key(0.01, "maj_voting: weight of a crop's vote for a database image",
+                                  range=(0.0, 1e6))
     knn: str = _key("Flat", "faiss index_factory string of the kNN index")
     batch_size: int = _key(32, "images per extraction batch", positive=True)
     memory_budget_mb: Optional[float] = _key(
@@ -427,6 +439,12 @@ def cross_check(cfg: Config) -> None:
     if sizes and tuple(cfg.data.image_size) not in sizes:
         raise BadInput(f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
                        f"{sorted(sizes)}, not {list(cfg.data.image_size)}")
+    # Components refuse what they cannot do themselves: a registry entry may carry a
+    # ``check(cfg)`` that raises BadInput (ViT sizes, CRN's checkpoint, cls on a CNN, ...).
+    from vgray.evaluate.methods import TEST_METHODS
+    for info in (backbone, aggregation, TEST_METHODS.info(cfg.test.method)):
+        if callable(info.get("check")):
+            info["check"](cfg)
     if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
         raise BadInput(f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
                        f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}")
