@@ -63,7 +63,29 @@ def test_expansion_grid_times_seeds():
     assert trials[3].config(spec, 0).key() == trials[4].config(spec, 1).key()
 
 
+def test_variants_cross_the_grid_and_set_keys_together():
+    spec = parse_sweep({"name": "x", "base": TINY_BASE, "grid": {"model.backbone": ["resnet18conv4", "alexnet"]},
+                        "variants": [{"model.aggregation": "gem"},
+                                     {"model.aggregation": "gem", "model.fc_output_dim": 64},
+                                     {"model.aggregation": "netvlad", "model.netvlad_clusters": 8}],
+                        "repeats": 2})
+    trials = spec.trials()
+    assert len(trials) == 2 * 3 * 2 and len({t.name for t in trials}) == 12
+    assert spec.varied == ["model.backbone", "model.aggregation", "model.fc_output_dim", "model.netvlad_clusters"]
+    fc = [t for t in trials if t.overrides.get("model.fc_output_dim") == 64]
+    assert len(fc) == 4 and all(t.overrides["model.aggregation"] == "gem" for t in fc)
+    cfg = fc[0].config(spec, 0)
+    assert cfg.model.fc_output_dim == 64 and cfg.model.netvlad_clusters == 64  # untouched keys keep the base
+    table = dry_run_table(spec)
+    assert "fc_output_dim" in table.splitlines()[1] and "resnet18conv4-gem-fc_output_dim=64-s1" in table
+
+
 BAD = [
+    ({"name": "x", "variants": [{"model.aggregation": "gem"}, {"model.aggregation": "gem"}]}, "variants repeat"),
+    ({"name": "x", "variants": [{}]}, "variants[0] is empty"),
+    ({"name": "x", "variants": [{"model.agregation": "gem"}]}, "variants[0] key 'model.agregation' is unknown"),
+    ({"name": "x", "grid": {"model.aggregation": ["gem"]}, "variants": [{"model.aggregation": "netvlad"}]},
+     "which the grid varies too"),
     ({"name": "x", "gird": {}}, "key 'gird' is unknown; did you mean grid"),
     ({"name": "x", "grid": {"model.bakbone": ["vgg16"]}}, "grid key 'model.bakbone' is unknown; did you mean model.backbone"),
     ({"name": "x", "grid": {}}, "grid is empty"),

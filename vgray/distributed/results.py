@@ -59,6 +59,7 @@ class Storage:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         if not self.uri:
+            Path(self.path(name)).parent.mkdir(parents=True, exist_ok=True)
             _fsync_write(Path(self.path(name)), data)
             return
         with self.fs.open_output_stream(self.path(name)) as f:

@@ -6,7 +6,14 @@ name: table3_backbones
 base: {data: {...}, model: {...}, train: {...}, test: {...}}   # or base: path/to/config.yaml
 task: train                  # or eval: evaluation only (kNN and off-the-shelf studies)
 grid: {model.backbone: [vgg16, resnet18conv4], model.aggregation: [gem, netvlad]}
+variants:                    # optional: rows that set several keys together, crossed with the grid
+  - {model.aggregation: gem, model.fc_output_dim: 2048}
+  - {model.aggregation: netvlad, model.pca_dim: 2048}
 repeats: 3                   # seeds 0..2 of every grid point
+# A trial may start from another trial's trained model (CRN from NetVLAD): model.resume_from:
+# trial:NAME (NAME without the seed) runs it in a second stage, after the first stage's trials, from
+# the model of NAME with the same seed, kept in STORAGE/NAME_OF_SWEEP/models/.
+keep_models: false           # keep every trial's best model there (those depended on are always kept)
 search: {algorithm: optuna, space: {...}, num_samples: 20, metric: val/R@5, mode: max}
 scheduler: {type: asha, grace_period: 1}
 resources: {cpu: 4, gpu: 1}
@@ -27,8 +34,9 @@ from typing import Any, Dict, List, Optional
 from vgray.config import Config, all_keys, load_config, read_yaml
 from vgray.errors import BadInput
 
-TOP_KEYS = ("name", "base", "task", "grid", "repeats", "search", "scheduler", "resources", "storage",
-            "max_failures", "max_concurrent_trials")
+TOP_KEYS = ("name", "base", "task", "grid", "variants", "repeats", "search", "scheduler", "resources", "storage",
+            "max_failures", "max_concurrent_trials", "keep_models")
+TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial of the sweep trains
 SEARCH_KEYS = ("algorithm", "space", "num_samples", "metric", "mode", "sampler", "seed")
 SPACE_TYPES = ("float", "int", "categorical")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t", "metric", "mode")
@@ -42,9 +50,13 @@ class Trial:
     name: str
     overrides: Dict[str, Any]
     seeds: List[int]
+    after: Optional[str] = None  # the trial (with its seed) whose model this one starts from
 
     def config(self, spec: "SweepSpec", seed: int) -> Config:
-        return load_config(base=spec.base, overrides=[*self.overrides.items(), ("seed", seed)])
+        overrides = dict(self.overrides)
+        if self.after:  # checked against a stand-in of the model that trial will leave
+            overrides["model.resume_from"] = spec.stand_in_model(self.after)
+        return load_config(base=spec.base, overrides=[*overrides.items(), ("seed", seed)])
 
 
 @dataclass
@@ -53,6 +65,7 @@ class SweepSpec:
     base: Dict[str, Any]
     task: str = "train"
     grid: Dict[str, List[Any]] = field(default_factory=dict)
+    variants: List[Dict[str, Any]] = field(default_factory=list)
     repeats: int = 1
     search: Optional[Dict[str, Any]] = None
     scheduler: Optional[Dict[str, Any]] = None
@@ -60,7 +73,9 @@ class SweepSpec:
     storage: str = "~/vgray_results"
     max_failures: int = 0
     max_concurrent_trials: Optional[int] = None
+    keep_models: bool = False
     source: str = "<dict>"
+    _stand_ins: Dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -75,7 +90,10 @@ class SweepSpec:
     @property
     def varied(self) -> List[str]:
         """The dotted keys the study varies (the columns of its table)."""
-        return list(self.grid) + [k for k in (self.search or {}).get("space", {}) if k not in self.grid]
+        keys = list(self.grid)
+        for variant in self.variants:
+            keys += [k for k in variant if k not in keys]
+        return keys + [k for k in (self.search or {}).get("space", {}) if k not in keys]
 
     def trials(self) -> List[Trial]:
         """Grid mode: one trial per (grid point, seed). Search mode: the grid becomes categorical
@@ -85,11 +103,40 @@ class SweepSpec:
         keys = list(self.grid)
         points = list(itertools.product(*(self.grid[k] for k in keys))) if keys else [()]
         out = []
-        for point in points:
-            overrides = dict(zip(keys, point))
+        for point, variant in itertools.product(points, self.variants or [{}]):
+            overrides = {**dict(zip(keys, point)), **variant}
+            ref = overrides.get("model.resume_from", self.base.get("model", {}).get("resume_from"))
+            target = ref[len(TRIAL_REF):] if isinstance(ref, str) and ref.startswith(TRIAL_REF) else None
             for seed in range(self.repeats):
-                out.append(Trial(trial_name(overrides, seed), overrides, [seed]))
-        return out
+                out.append(Trial(trial_name(overrides, seed), overrides, [seed],
+                                 after=f"{target}-s{seed}" if target else None))
+        # Trials that start from another's model come last: the second stage.
+        return [t for t in out if not t.after] + [t for t in out if t.after]
+
+    def stages(self) -> List[List[Trial]]:
+        """The trials in the order they can run: those that start from another trial's model wait
+        for the first stage to end."""
+        trials = self.trials()
+        return [s for s in ([t for t in trials if not t.after], [t for t in trials if t.after]) if s]
+
+    def keeps_model(self, trial: Trial) -> bool:
+        return self.keep_models or any(t.after == trial.name for t in self.trials())
+
+    def stand_in_model(self, name: str) -> str:
+        """A checkpoint shaped like the one trial ``name`` will leave (its config, its untrained
+        network), so that the trials starting from it are checked before anything runs."""
+        if name not in self._stand_ins:
+            import tempfile
+
+            from vgray.models import build_model
+            from vgray.train.checkpoint import save
+            target = next(t for t in self.trials() if t.name == name)
+            cfg = target.config(self, target.seeds[0])
+            model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+            path = Path(tempfile.mkdtemp(prefix="vgray-stand-in-")) / f"{name}.pt"
+            save(path, {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 0})
+            self._stand_ins[name] = str(path)
+        return self._stand_ins[name]
 
     @property
     def num_trials(self) -> int:
@@ -164,6 +211,20 @@ def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None)
         if not isinstance(values, list) or not values:
             raise BadInput(f"{where}: grid key '{key}' must have a non-empty list of values")
 
+    variants = raw.get("variants") or []
+    if not isinstance(variants, list) or ("variants" in raw and not variants):
+        raise BadInput(f"{where}: variants must be a non-empty list of mappings of dotted keys, or left out")
+    for i, variant in enumerate(variants):
+        variant = _require_mapping(f"{where}: variants[{i}]", variant)
+        if not variant:
+            raise BadInput(f"{where}: variants[{i}] is empty; give at least one dotted key")
+        for key in variant:
+            _dotted_key(f"{where}: variants[{i}]", key)
+            if key in grid:
+                raise BadInput(f"{where}: variants[{i}] sets {key}, which the grid varies too; keep it in one of them")
+    if len({repr(sorted(v.items())) for v in variants}) != len(variants):
+        raise BadInput(f"{where}: variants repeat the same row; each must differ")
+
     repeats = raw.get("repeats", 1)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise BadInput(f"{where}: repeats={repeats!r} must be a positive integer (seeds 0..repeats-1)")
@@ -171,6 +232,8 @@ def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None)
     search = raw.get("search")
     if search is not None:
         search = _parse_search(where, search)
+        if variants:
+            raise BadInput(f"{where}: variants work with a grid, not with search; make the keys search dimensions")
 
     scheduler = raw.get("scheduler")
     if scheduler is not None:
@@ -202,14 +265,19 @@ def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None)
     if concurrent is not None and (isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1):
         raise BadInput(f"{where}: max_concurrent_trials={concurrent!r} must be a positive integer")
 
+    keep_models = raw.get("keep_models", False)
+    if not isinstance(keep_models, bool):
+        raise BadInput(f"{where}: keep_models={keep_models!r} must be true or false")
+
     storage = storage or raw.get("storage") or "~/vgray_results"
     if not isinstance(storage, str):
         raise BadInput(f"{where}: storage must be a path or a URI (s3://..., gs://...)")
     storage = os.path.expandvars(storage)
 
-    spec = SweepSpec(name=name, base=base, task=task, grid=grid, repeats=repeats, search=search,
+    spec = SweepSpec(name=name, base=base, task=task, grid=grid, variants=variants, repeats=repeats, search=search,
                      scheduler=scheduler, resources=resources, storage=storage, max_failures=max_failures,
-                     max_concurrent_trials=concurrent, source=source)
+                     max_concurrent_trials=concurrent, keep_models=keep_models, source=source)
+    _check_references(where, spec)
     # Every combination of the grid must be a legal config: refuse now, before any trial runs.
     for trial in spec.trials():
         try:
@@ -219,6 +287,22 @@ def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None)
     if search:
         _check_space_bounds(where, spec)
     return spec
+
+
+def _check_references(where: str, spec: SweepSpec) -> None:
+    """``model.resume_from: trial:NAME`` must name a first-stage trial of this sweep (one level)."""
+    trials = spec.trials()
+    if not any(t.after for t in trials):
+        return
+    if spec.search:
+        raise BadInput(f"{where}: model.resume_from: {TRIAL_REF}NAME works with a grid, not with search")
+    first = {t.name for t in trials if not t.after}
+    names = sorted({n.rsplit("-s", 1)[0] for n in first})
+    for t in trials:
+        if t.after and t.after not in first:
+            ref = t.after.rsplit("-s", 1)[0]
+            raise BadInput(f"{where}: trial {t.name}: model.resume_from={TRIAL_REF}{ref} names no trial of this "
+                           f"sweep that trains from scratch; allowed: {', '.join(TRIAL_REF + n for n in names)}")
 
 
 def _parse_search(where: str, search) -> Dict[str, Any]:
@@ -294,8 +378,9 @@ def dry_run_table(spec: SweepSpec) -> str:
         for key, values in spec.grid.items():
             lines.append(f"  {key}: categorical {values}")
         return "\n".join(lines)
-    keys = list(spec.grid) + ["seed"]
-    rows = [[t.name] + [str(t.overrides[k]) for k in spec.grid] + [str(t.seeds[0])] for t in spec.trials()]
+    keys = spec.varied + ["seed"]
+    rows = [[t.name] + [str(t.overrides[k]) if k in t.overrides else "-" for k in spec.varied] + [str(t.seeds[0])]
+            for t in spec.trials()]
     header = ["trial"] + keys
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))

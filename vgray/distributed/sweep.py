@@ -49,7 +49,7 @@ def _eval_result(cfg) -> Dict[str, Any]:
             from vgray.models import build_model
             from vgray.seeding import seed_everything
             seed_everything(cfg.seed)
-            model = build_model(cfg.model)
+            model = build_model(cfg.model, image_size=cfg.data.image_size)
         figures = evaluate(one, progress=False, model=model)
         out.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
         out.update({k: v for k, v in figures.items() if k in COST_KEYS and k not in out})
@@ -84,6 +84,8 @@ def run_trial(config: Dict[str, Any]) -> None:
         done = {int(k): v for k, v in state.get("done", {}).items()}
         resume_seed = state.get("running")
     actor = ray.get_actor(actor_name(config["sweep"]), namespace=ACTOR_NAMESPACE)
+    if config.get("after"):  # the second stage: start from the model a first-stage trial left
+        overrides["model.resume_from"] = _fetch_model(config["directory"], config["after"], work)
     name = config.get("name") or trial_name({k: overrides[k] for k in config.get("varied", []) if k in overrides}, None)
 
     for seed in seeds:
@@ -104,6 +106,8 @@ def run_trial(config: Dict[str, Any]) -> None:
         else:
             result = _eval_result(cfg)
         row = make_row(cfg, row_id, name if len(seeds) == 1 else f"{name}-s{seed}", result)
+        if config.get("keep_model") and config["task"] == "train":
+            _keep_model(config["directory"], row["trial_name"], run_dir / "best.pt")
         ray.get(actor.add.remote(row))  # durable on disk before we go on
         done[seed] = {k: v for k, v in row.items() if k.startswith(("val/", "test/"))}
         if config["task"] == "train":
@@ -113,6 +117,37 @@ def run_trial(config: Dict[str, Any]) -> None:
     _write_json(work / "trial.json", {"done": done, "running": None})
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _keep_model(directory: str, name: str, best: Path) -> None:
+    """``STORAGE/NAME/models/<trial>.pt``: the best model with its config and scores (no optimizer
+    or mining state), written before the trial's row so that a row means its model is there."""
+    import io
+
+    import torch
+
+    from vgray.distributed.results import Storage
+    from vgray.train.checkpoint import load
+    ck = load(best)
+    slim = {k: v for k, v in ck.items() if k in ("config", "model", "epoch", "best_r5", "history")}
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    Storage(directory).write_bytes(f"models/{name}.pt", buffer.getvalue())
+
+
+def _fetch_model(directory: str, name: str, work: Path) -> str:
+    """A local path to the model trial ``name`` kept; an error when it left none."""
+    from vgray.distributed.results import Storage
+    storage = Storage(directory)
+    key = f"models/{name}.pt"
+    if not storage.exists(key):
+        raise RuntimeError(f"model.resume_from: trial {name} left no model in {storage.path('models')} "
+                           f"(it failed or was stopped early); this trial starts from it")
+    if not storage.uri:
+        return storage.path(key)
+    local = work / f"from-{name}.pt"
+    local.write_bytes(storage.read_bytes(key))
+    return str(local)
 
 
 def _mean_metrics(done: Dict[int, Dict[str, Any]]) -> Dict[str, float]:
@@ -173,11 +208,13 @@ def _check_resources(spec: SweepSpec) -> None:
                    f"{int(biggest.get('GPU', 0))} GPU); lower resources.cpu/gpu or add bigger nodes")
 
 
-def _param_space(spec: SweepSpec) -> Dict[str, Any]:
+def _param_space(spec: SweepSpec, stage: Optional[List] = None) -> Dict[str, Any]:
     from ray import tune
-    common = {"base": spec.base, "task": spec.task, "sweep": spec.name, "varied": spec.varied}
+    common = {"base": spec.base, "task": spec.task, "sweep": spec.name, "varied": spec.varied,
+              "directory": spec.directory}
     if not spec.search:
-        trials = [{"overrides": t.overrides, "seeds": t.seeds, "name": t.name} for t in spec.trials()]
+        trials = [{"overrides": t.overrides, "seeds": t.seeds, "name": t.name, "after": t.after,
+                   "keep_model": spec.keeps_model(t)} for t in (spec.trials() if stage is None else stage)]
         return {**common, "trial": tune.grid_search(trials)}
     space: Dict[str, Any] = {**common, "overrides": {}, "seeds": list(range(spec.repeats)), "name": None}
     for key, dim in spec.search["space"].items():
@@ -288,31 +325,46 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     trainable = tune.with_resources(_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"],
                                                  **({"memory": spec.resources["memory_gb"] * 2**30}
                                                     if spec.resources.get("memory_gb") else {})})
-    if resume:
-        tuner = tune.Tuner.restore(spec.directory, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        metric = spec.search["metric"] if spec.search else None
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(spec),
-            tune_config=tune.TuneConfig(
-                num_samples=spec.search["num_samples"] if spec.search else 1,
-                search_alg=_searcher(spec), scheduler=_scheduler(spec),
-                metric=metric if spec.search and not spec.scheduler else None,
-                mode=spec.search["mode"] if spec.search and not spec.scheduler else None,
-                max_concurrent_trials=spec.max_concurrent_trials,
-                reuse_actors=True,  # a worker that imported torch and vgray serves the next trial too
-                trial_name_creator=_name_of, trial_dirname_creator=_dirname_of),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=spec.storage_path,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1),
-        )
-    grid = tuner.fit()
-    failed = _rows_for_unfinished(grid, actor)
+    stages = [None] if spec.search else spec.stages()
+    failed = trials = 0
+    for number, stage in enumerate(stages):
+        # The first stage is Tune's experiment STORAGE/NAME; a second one (trials that start from a
+        # first-stage model) is STORAGE/NAME/stage2, started once the first has ended.
+        storage_path, name = (spec.storage_path, spec.name) if number == 0 else (spec.directory, f"stage{number + 1}")
+        if number and len(stages) > 1:
+            out(f"sweep {spec.name}: stage {number + 1}, {len(stage)} trials starting from first-stage models")
+        if resume and Storage(f"{storage_path.rstrip('/')}/{name}").exists("tuner.pkl"):
+            tuner = tune.Tuner.restore(f"{storage_path.rstrip('/')}/{name}", trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = _new_tuner(spec, trainable, stage, storage_path, name)
+        grid = tuner.fit()
+        failed += _rows_for_unfinished(grid, actor)
+        trials += len(grid)
     summary = ray.get(actor.summary_markdown.remote())
-    return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": len(grid)}
+    return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": trials}
+
+
+def _new_tuner(spec: SweepSpec, trainable, stage, storage_path: str, name: str):
+    from ray import tune
+    metric = spec.search["metric"] if spec.search else None
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(spec, stage),
+        tune_config=tune.TuneConfig(
+            num_samples=spec.search["num_samples"] if spec.search else 1,
+            search_alg=_searcher(spec), scheduler=_scheduler(spec),
+            metric=metric if spec.search and not spec.scheduler else None,
+            mode=spec.search["mode"] if spec.search and not spec.scheduler else None,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=True,  # a worker that imported torch and vgray serves the next trial too
+            trial_name_creator=_name_of, trial_dirname_creator=_dirname_of),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1),
+    )
 
 
 def _rows_for_unfinished(grid, actor) -> int:
