@@ -13,7 +13,7 @@ from torch import nn
 
 from vgray.errors import BadInput
 from vgray.models._registry import Registry
-from vgray.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, source_state_dict
+from vgray.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_source, source_state_dict
 
 BACKBONES = Registry("backbone")
 
@@ -56,8 +56,8 @@ def _source_model(arch: str, pretrained: str) -> nn.Module:
     """The torchvision model ``arch`` with the weights ``pretrained`` names (none: random init)."""
     model = getattr(torchvision.models, arch)(weights=None)
     state = source_state_dict(arch, pretrained)
-    if state is not None:
-        model.load_state_dict(state)
+    if state is not None:  # the classifier head may differ (Places365, GLDv2) or be absent (GeM nets)
+        load_source(model, state, f"model.pretrained={pretrained} for {arch}")
     return model
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from vgray.errors import BadInput
 from vgray.models.aggregations import AGGREGATIONS
 from vgray.models.backbones import BACKBONES, Backbone
-from vgray.models.pretrained import is_named_source, read_weights_file
+from vgray.models.pretrained import is_named_source, load_network_head, read_weights_file
 
 
 class GeoLocalizationNet(nn.Module):
@@ -94,6 +94,8 @@ def build_model(model_cfg, load_weights: bool = True) -> GeoLocalizationNet:
     model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2,
                                fc_output_dim=model_cfg.fc_output_dim, pooling=agg_info["pooling"])
     model.check_shapes()
+    if is_named_source(pretrained):
+        load_network_head(model, model_cfg)  # GeM's p and whitening of the off-the-shelf GeM networks
     if pretrained != "none" and not is_named_source(pretrained):
         _load_file(model, pretrained)
     return model

@@ -1,18 +1,37 @@
 """Pretrained weights as data, apart from the architectures (as timm's pretrained configs).
 
 A record says where a backbone's weights come from, what they were trained with (input mean and
-std) and under which licence. ``load_state_dict`` turns ``model.pretrained`` into a state dict of
-the *source* architecture (the torchvision model before truncation): downloads are cached by torch
-hub and verified by hash; offline, the cached file is used; with neither, it fails with one line
-that says where to put the file.
+std) and under which licence. :func:`source_state_dict` turns ``model.pretrained`` into a state dict
+of the *source* architecture (the torchvision model before truncation): downloads are cached in the
+torch hub folder and verified by hash where the publisher gives one (else by structure: every kept
+layer present with its shape); offline, the cached file is used; with neither, it fails with one
+line that says where to put the file.
+
+Sources (the paper's Sec. "pretraining" study and its off-the-shelf landmark-retrieval models):
+
+- ``imagenet``: torchvision's weights.
+- ``places``, ``gldv2``: the paper's own ResNet-18/50/101 and VGG16 trained on Places365 and Google
+  Landmarks v2 (trained with rm-wu/pretrain_vg; the files its model/network.py fetches from Google
+  Drive). Plain torchvision state dicts with a 365- or 512-way classifier.
+- ``places365_csail``: the Places365-CNNs of MIT CSAIL (Zhou et al., TPAMI 2017), ResNet-18/50:
+  ``{"state_dict": {"module.conv1.weight": ...}}``.
+- ``radenovic_gldv1``, ``radenovic_sfm``: the whole ResNet-50/101 + GeM + whitening (FC 2048) networks
+  of cnnimageretrieval-pytorch (Radenović et al., TPAMI 2018) trained on Google Landmarks 2018 and
+  SfM-120k, as the paper's eval.py ``--off_the_shelf`` loads them: ``{"meta": ..., "state_dict":
+  {"features.N...", "pool.p", "whiten.weight", "whiten.bias"}}``. They fit
+  ``resnet{50,101}conv5 + gem + fc_output_dim=2048`` only (GeM's p and the whitening are loaded too).
+
+The paper also evaluates Naver's AP-GeM networks (deep-image-retrieval); their files pickle
+scikit-learn objects, which ``torch.load(weights_only=True)`` refuses to run, so they are left out.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from vgray.errors import BadInput
@@ -25,20 +44,66 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class WeightsRecord:
     """Where a source architecture's weights come from."""
     url: str
-    sha256_prefix: str  # torchvision's file names carry the first hex digits of the SHA-256
+    # torchvision's file names carry the first hex digits of the SHA-256; None where the publisher
+    # gives no hash (the file is then verified by its structure when it is read).
+    sha256_prefix: Optional[str]
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     licence: str = "BSD-3-Clause (torchvision); ImageNet terms of access"
+    filename: Optional[str] = None  # name in the cache folder (default: the URL's last part)
+    converter: str = "plain"  # how the publisher wraps the state dict (see CONVERTERS)
+    whole_network: bool = False  # the file also holds GeM's p and a whitening FC (cirtorch)
+
+    @property
+    def file(self) -> str:
+        return self.filename or os.path.basename(self.url)
 
 
 _TV = "https://download.pytorch.org/models/"
-# (source architecture, pretrained name) -> record. Later sources (places, gldv2) add rows here.
+# The paper's own Places365 / GLDv2 networks: Google Drive ids from its model/network.py.
+_DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
+_PAPER_LICENCE = ("no licence stated by the publisher (gmberton/deep-visual-geo-localization-benchmark); "
+                  "{} data terms")
+_CSAIL = "http://places2.csail.mit.edu/models_places365/"
+_CSAIL_LICENCE = "CC BY (Places365-CNNs, MIT CSAIL: credit Zhou et al., TPAMI 2017)"
+_CIR = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/"
+_CIR_LICENCE = "MIT (cnnimageretrieval-pytorch, VRG CTU Prague)"
+
+
+def _paper(arch: str, source: str, drive_id: str) -> WeightsRecord:
+    data = {"places": "Places365", "gldv2": "Google Landmarks v2"}[source]
+    return WeightsRecord(_DRIVE + drive_id, None, licence=_PAPER_LICENCE.format(data),
+                         filename=f"{arch}_{source}.pth")
+
+
+def _cirtorch(path: str) -> WeightsRecord:
+    # The 7 hex digits in these names are not documented as a SHA-256 prefix: not used as one.
+    return WeightsRecord(_CIR + path, None, licence=_CIR_LICENCE, converter="cirtorch", whole_network=True)
+
+
+# (source architecture, pretrained name) -> record.
 RECORDS: Dict[tuple, WeightsRecord] = {
     ("alexnet", "imagenet"): WeightsRecord(_TV + "alexnet-owt-7be5be79.pth", "7be5be79"),
     ("vgg16", "imagenet"): WeightsRecord(_TV + "vgg16-397923af.pth", "397923af"),
     ("resnet18", "imagenet"): WeightsRecord(_TV + "resnet18-f37072fd.pth", "f37072fd"),
     ("resnet50", "imagenet"): WeightsRecord(_TV + "resnet50-0676ba61.pth", "0676ba61"),
     ("resnet101", "imagenet"): WeightsRecord(_TV + "resnet101-63fe2227.pth", "63fe2227"),
+    ("resnet18", "places"): _paper("resnet18", "places", "1DnEQXhmPxtBUrRc81nAvT8z17bk-GBj5"),
+    ("resnet50", "places"): _paper("resnet50", "places", "1zsY4mN4jJ-AsmV3h4hjbT72CBfJsgSGC"),
+    ("resnet101", "places"): _paper("resnet101", "places", "1E1ibXQcg7qkmmmyYgmwMTh7Xf1cDNQXa"),
+    ("vgg16", "places"): _paper("vgg16", "places", "1UWl1uz6rZ6Nqmp1K5z3GHAIZJmDh4bDu"),
+    ("resnet18", "gldv2"): _paper("resnet18", "gldv2", "1wkUeUXFXuPHuEvGTXVpuP5BMB-JJ1xke"),
+    ("resnet50", "gldv2"): _paper("resnet50", "gldv2", "1UDUv6mszlXNC1lv6McLdeBNMq9-kaA70"),
+    ("resnet101", "gldv2"): _paper("resnet101", "gldv2", "1apiRxMJpDlV0XmKlC5Na_Drg2jtGL-uE"),
+    ("vgg16", "gldv2"): _paper("vgg16", "gldv2", "10Ov9JdO7gbyz6mB5x0v_VSAUMj91Ta4o"),
+    ("resnet18", "places365_csail"): WeightsRecord(_CSAIL + "resnet18_places365.pth.tar", None,
+                                                   licence=_CSAIL_LICENCE),
+    ("resnet50", "places365_csail"): WeightsRecord(_CSAIL + "resnet50_places365.pth.tar", None,
+                                                   licence=_CSAIL_LICENCE),
+    ("resnet50", "radenovic_gldv1"): _cirtorch("gl18/gl18-tl-resnet50-gem-w-83fdc30.pth"),
+    ("resnet101", "radenovic_gldv1"): _cirtorch("gl18/gl18-tl-resnet101-gem-w-a4d43db.pth"),
+    ("resnet50", "radenovic_sfm"): _cirtorch("retrieval-SfM-120k/rSfM120k-tl-resnet50-gem-w-97bf910.pth"),
+    ("resnet101", "radenovic_sfm"): _cirtorch("retrieval-SfM-120k/rSfM120k-tl-resnet101-gem-w-a155e54.pth"),
 }
 NAMED_SOURCES = sorted({name for _, name in RECORDS})
 
@@ -56,9 +121,14 @@ def record(arch: str, pretrained: str) -> WeightsRecord:
                        f"available: none, {', '.join(have)}, or a weights file")
 
 
+def cached_path(rec: WeightsRecord) -> Path:
+    """Where a record's file lives: ``$TORCH_HOME/hub/checkpoints/<file>`` (torch hub's folder)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / rec.file
+
+
 def _download(rec: WeightsRecord) -> Path:
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    target = checkpoints / os.path.basename(rec.url)
+    target = cached_path(rec)
+    checkpoints = target.parent
     if target.exists():
         return target
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -71,6 +141,13 @@ def _download(rec: WeightsRecord) -> Path:
     return target
 
 
+# Some publishers store numpy arrays beside the weights (cirtorch's meta); rebuilding an array runs
+# no code, so these are allowed on top of what ``weights_only`` allows.
+_NUMPY_GLOBALS = [np.ndarray, np.dtype, (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                  np._core.multiarray._reconstruct, (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+                  np._core.multiarray.scalar, *{type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8")}]
+
+
 def read_weights_file(path: str | os.PathLike) -> dict:
     """A weights file or vgray checkpoint, read with ``weights_only=True`` (no code runs)."""
     p = Path(path)
@@ -78,7 +155,8 @@ def read_weights_file(path: str | os.PathLike) -> dict:
         raise BadInput(f"model.pretrained={path}: no such file; allowed: none, "
                        f"{', '.join(NAMED_SOURCES)}, or a weights file")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInput(f"weights file {p} cannot be read as a torch checkpoint ({first[:160]})")
@@ -87,9 +165,108 @@ def read_weights_file(path: str | os.PathLike) -> dict:
     return obj
 
 
+# -- converters: the publisher's file -> (torchvision names, network head in vgray names) ----------
+
+Converted = Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]
+
+
+def _unwrap(obj: dict) -> dict:
+    """``{"state_dict": ...}`` or ``{"model": ...}`` wrappers and DataParallel's ``module.`` prefix off."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _plain(obj: dict, arch: str, origin: str) -> Converted:
+    return _unwrap(obj), {}
+
+
+# cirtorch's ``features`` is ``list(resnet.children())[:-2]``: index -> torchvision module name.
+_RESNET_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+
+
+def _cirtorch_converter(obj: dict, arch: str, origin: str) -> Converted:
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    if meta.get("architecture", arch) != arch or meta.get("pooling", "gem") != "gem":
+        raise BadInput(f"{origin} is a cirtorch {meta.get('architecture')}-{meta.get('pooling')} network, "
+                       f"not the {arch}-gem network it should be")
+    backbone, head = {}, {}
+    for key, value in _unwrap(obj).items():
+        top, _, rest = key.partition(".")
+        if top == "features":
+            index, _, rest = rest.partition(".")
+            if not index.isdigit() or int(index) >= len(_RESNET_CHILDREN):
+                raise BadInput(f"{origin}: unexpected cirtorch key {key}")
+            backbone[f"{_RESNET_CHILDREN[int(index)]}.{rest}"] = value
+        elif key == "pool.p":
+            head["aggregation.p"] = value.reshape(1)
+        elif top == "whiten":
+            head[f"fc.{rest}"] = value
+        else:
+            raise BadInput(f"{origin}: unexpected cirtorch key {key}")
+    if set(head) != {"aggregation.p", "fc.weight", "fc.bias"}:
+        raise BadInput(f"{origin}: a cirtorch GeM network with whitening needs pool.p, whiten.weight and "
+                       f"whiten.bias; found {', '.join(sorted(head)) or 'none of them'}")
+    return backbone, head
+
+
+CONVERTERS: Dict[str, Callable[[dict, str, str], Converted]] = {"plain": _plain, "cirtorch": _cirtorch_converter}
+
+
+def _converted(arch: str, pretrained: str) -> Converted:
+    rec = record(arch, pretrained)
+    path = _download(rec)
+    return CONVERTERS[rec.converter](read_weights_file(path), arch, str(path))
+
+
 def source_state_dict(arch: str, pretrained: str) -> Optional[dict]:
-    """State dict of the source architecture for a named source, or None for ``none``."""
+    """State dict of the source architecture (torchvision names) for a named source, None for ``none``."""
     if pretrained == "none":
         return None
-    path = _download(record(arch, pretrained))
-    return read_weights_file(path)
+    return _converted(arch, pretrained)[0]
+
+
+# A source's classifier head (365 Places classes, 512 GLDv2 ones, none at all for the GeM networks)
+# may differ from torchvision's 1000-way one: no backbone keeps it.
+_HEADS = ("fc.", "classifier.")
+
+
+def load_source(model: torch.nn.Module, state: dict, origin: str) -> None:
+    """Load ``state`` into the torchvision source ``model``: every layer but the classifier head must be
+    there with its shape (the structure check of files without a published hash)."""
+    own = model.state_dict()
+    for key, value in own.items():
+        if key.startswith(_HEADS) or (key.endswith("num_batches_tracked") and key not in state):
+            continue  # files from before PyTorch 0.4 have no BatchNorm counters
+        if key not in state:
+            raise BadInput(f"weights {origin} do not fit {type(model).__name__}: key {key} missing")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise BadInput(f"weights {origin} do not fit {type(model).__name__}: {key} has shape "
+                           f"{tuple(state[key].shape)}, expected {tuple(value.shape)}")
+    extra = sorted(k for k in state if k not in own and not k.startswith(_HEADS))
+    if extra:
+        raise BadInput(f"weights {origin} do not fit {type(model).__name__}: unexpected key {extra[0]}")
+    model.load_state_dict({k: v for k, v in state.items()
+                           if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
+
+
+def load_network_head(model: torch.nn.Module, model_cfg) -> None:
+    """For whole-network sources (cirtorch's GeM + whitening), load GeM's p and the whitening into the
+    aggregation and the FC of ``model`` (a GeoLocalizationNet); other sources have no head."""
+    arch = getattr(model.backbone, "arch", None)
+    rec = RECORDS.get((arch, model_cfg.pretrained))
+    if rec is None or not rec.whole_network:
+        return
+    if not (model_cfg.backbone.endswith("conv5") and model_cfg.aggregation == "gem"
+            and model_cfg.fc_output_dim == 2048):
+        raise BadInput(f"model.pretrained={model_cfg.pretrained} is a whole {arch} conv5 + GeM + FC 2048 network; "
+                       f"set model.backbone={arch}conv5, model.aggregation=gem, model.fc_output_dim=2048")
+    _, head = _converted(arch, model_cfg.pretrained)
+    own = model.state_dict()
+    for key, value in head.items():
+        if key not in own or tuple(own[key].shape) != tuple(value.shape):
+            raise BadInput(f"weights {cached_path(rec)}: {key} of shape {tuple(value.shape)} does not fit "
+                           f"the network ({tuple(own[key].shape) if key in own else 'no such layer'})")
+    model.load_state_dict(head, strict=False)
