@@ -86,7 +86,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=_backbones)
     aggregation: str = _key("netvlad", "aggregation (registry name)", choices=_aggregations)
-    pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, radenovic_sfm, or a weights file (a vgray checkpoint included)")
+    pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
+                                       "radenovic_sfm, or a weights file (a vgray checkpoint included)")
     netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
     fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size",
                                         positive=True)
