@@ -54,8 +54,10 @@ def _assert_body_equals(backbone, source_model) -> None:
     ("imagenet", lambda sd: sd),                                                   # torchvision: plain
     ("places", lambda sd: sd),                                                     # the paper's: plain, 365 classes
     ("gldv2", lambda sd: sd),                                                      # the paper's: plain, 512 classes
+    # CSAIL's files come from PyTorch 0.2 (DataParallel, no BatchNorm counters yet).
     ("places365_csail", lambda sd: {"epoch": 90, "arch": "resnet18", "best_prec1": 53.5,
-                                    "state_dict": {f"module.{k}": v for k, v in sd.items()}}),
+                                    "state_dict": {f"module.{k}": v for k, v in sd.items()
+                                                   if not k.endswith("num_batches_tracked")}}),
 ])
 def test_resnet18_sources_load_and_equal(torch_home, source, wrap):
     classes = {"imagenet": 1000, "places": 365, "gldv2": 512, "places365_csail": 365}[source]
