@@ -72,7 +72,7 @@ def main(argv) -> None:
     split = open_split(cfg.data.root, cfg.test.split)
     paths = split.database.paths[: args.images]
     seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, image_size=cfg.data.image_size)
     rt = Runtime.from_config(cfg, progress=False)
     transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)

@@ -32,7 +32,7 @@ def main(argv) -> None:
     seed_everything(cfg.seed)
     split = open_split(cfg.data.root, args.split)
     data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, image_size=cfg.data.image_size)
     rt = Runtime.from_config(cfg, progress=True)
     source = LocalDescriptors(model, split, test_transform(cfg.data.image_size, model.mean, model.std), rt)
     if model.needs_init():

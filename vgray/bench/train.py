@@ -45,7 +45,7 @@ def main(argv) -> None:
                                  *args.overrides])
     seed_everything(cfg.seed)
     rt = Runtime.from_config(cfg, progress=False)
-    base = build_model(cfg.model)
+    base = build_model(cfg.model, image_size=cfg.data.image_size)
     if base.needs_init():  # NetVLAD: any clusters do for timing
         base.aggregation.initialized.fill_(True)
     ours_model = rt.prepare(copy.deepcopy(base)).train()

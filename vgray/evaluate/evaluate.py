@@ -180,7 +180,7 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None) -> D
     rt = Runtime.from_config(cfg, progress=progress)
     seed_everything(cfg.seed)
     if model is None:
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, image_size=cfg.data.image_size)
     if model.needs_init():
         # Evaluating only: the aggregation's clusters come from the database being searched.
         method = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std)

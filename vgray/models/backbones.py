@@ -83,21 +83,33 @@ def _vgg_like(arch: str, frozen_layers: int, out_channels: int, pretrained: str)
     return Backbone(nn.Sequential(*layers), out_channels, arch, [f"features.{i}" for i in range(len(layers))])
 
 
+def _check_cnn(cfg) -> None:
+    """model.trunc_te / freeze_te count transformer encoder blocks: a CNN has none."""
+    for key in ("trunc_te", "freeze_te"):
+        if getattr(cfg.model, key) is not None:
+            raise BadInput(f"model.{key} applies to the transformer backbones (vit, cct384), not "
+                           f"model.backbone={cfg.model.backbone}; leave it null")
+
+
 # Declared output channels; build_model checks each against a dry forward pass.
 _RESNET_CHANNELS = {("resnet18", 4): 256, ("resnet18", 5): 512, ("resnet50", 4): 1024,
                     ("resnet50", 5): 2048, ("resnet101", 4): 1024, ("resnet101", 5): 2048}
 for (_arch, _stage), _channels in _RESNET_CHANNELS.items():
-    BACKBONES.register(f"{_arch}conv{_stage}", output="feature_map", out_channels=_channels)(
+    BACKBONES.register(f"{_arch}conv{_stage}", output="feature_map", out_channels=_channels, check=_check_cnn)(
         lambda pretrained="none", a=_arch, s=_stage, c=_channels: _resnet(a, s, c, pretrained))
 
 # VGG16: layers[:-5] frozen, i.e. all but the last conv block (conv5_1..conv5_3 with their ReLUs).
-BACKBONES.register("vgg16", output="feature_map", out_channels=512)(
+BACKBONES.register("vgg16", output="feature_map", out_channels=512, check=_check_cnn)(
     lambda pretrained="none": _vgg_like("vgg16", -5, 512, pretrained))
 # AlexNet: the first five modules (conv1, ReLU, pool, conv2, ReLU) frozen, as the paper's code.
-BACKBONES.register("alexnet", output="feature_map", out_channels=256)(
+BACKBONES.register("alexnet", output="feature_map", out_channels=256, check=_check_cnn)(
     lambda pretrained="none": _vgg_like("alexnet", 5, 256, pretrained))
 
 
 def create_backbone(name: str, pretrained: str = "none") -> Backbone:
     """Build a registered backbone; ``pretrained`` is ``none`` or a named source (files: see network)."""
     return BACKBONES.create(name, pretrained=pretrained)
+
+
+# The transformer backbones (vit, cct384) register themselves in their own files.
+from vgray.models import cct, transformers  # noqa: E402,F401

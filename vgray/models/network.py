@@ -29,13 +29,18 @@ class GeoLocalizationNet(nn.Module):
         self.l2 = l2 if pooling else "none"
         self.fc = nn.Linear(aggregation.output_dim, fc_output_dim) if fc_output_dim else None
         self.features_dim = fc_output_dim or aggregation.output_dim
+        # A transformer's tokens go as a sequence to cls/seqpool, as a patch grid to the others.
+        self.as_map = backbone.output == "tokens" and not getattr(aggregation, "takes_tokens", False)
 
     def forward_local(self, images: torch.Tensor) -> torch.Tensor:
-        """The backbone's local features (B, C, h, w)."""
-        return self.backbone(images)
+        """The backbone's local features (B, C, h, w); a transformer's patch tokens as a grid."""
+        x = self.backbone(images)
+        return self.backbone.feature_map(x) if self.backbone.output == "tokens" else x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.backbone(images)
+        if self.as_map:
+            x = self.backbone.feature_map(x)
         if self.l2 == "before_pool":
             x = F.normalize(x, p=2, dim=1)
         x = self.aggregation(x)
@@ -70,7 +75,7 @@ class GeoLocalizationNet(nn.Module):
         self.eval()
         with torch.no_grad():
             x = torch.zeros(1, 3, *size)
-            local = self.backbone(x)
+            local = self.forward_local(x)
             out = self(x)
         self.train(was_training)
         if local.shape[1] != self.backbone.out_channels:
@@ -80,24 +85,34 @@ class GeoLocalizationNet(nn.Module):
             raise RuntimeError(f"network declares {self.features_dim}-d descriptors but outputs {tuple(out.shape)}")
 
 
-def build_model(model_cfg, load_weights: bool = True) -> GeoLocalizationNet:
+def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLocalizationNet:
     """The network that ``model_cfg`` (a :class:`vgray.config.ModelConfig`) describes.
 
     ``model.pretrained`` is ``none``, a named source (``imagenet``), or a file: a vgray checkpoint
     (``best.pt``: the whole network), a whole-network state dict, or a state dict of the backbone's
     torchvision source architecture. ``load_weights=False`` skips any loading (for profiling).
+    ``image_size`` (``cfg.data.image_size``) sizes the transformers (positional embedding, patch
+    grid; default: their smallest allowed size); CNNs take any size and ignore it.
     """
     pretrained = model_cfg.pretrained if load_weights else "none"
-    backbone = BACKBONES.create(model_cfg.backbone, pretrained=pretrained if is_named_source(pretrained) else "none")
+    extra = {}
+    info = BACKBONES.info(model_cfg.backbone)
+    if info["output"] == "tokens":  # transformers: sized at build time, truncated and frozen by config
+        extra = dict(image_size=tuple(image_size or min(info["input_sizes"])),
+                     trunc_te=model_cfg.trunc_te, freeze_te=model_cfg.freeze_te)
+    backbone = BACKBONES.create(model_cfg.backbone, pretrained=pretrained if is_named_source(pretrained) else "none",
+                                **extra)
     agg_info = AGGREGATIONS.info(model_cfg.aggregation)
     aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
     model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2,
                                fc_output_dim=model_cfg.fc_output_dim, pooling=agg_info["pooling"])
-    model.check_shapes()
+    model.check_shapes(extra.get("image_size", (64, 64)))
     if is_named_source(pretrained):
         load_network_head(model, model_cfg)  # GeM's p and whitening of the off-the-shelf GeM networks
     if pretrained != "none" and not is_named_source(pretrained):
         _load_file(model, pretrained)
+    if hasattr(backbone, "init_aggregation"):  # CCT hands its ImageNet SeqPool layer to seqpool
+        backbone.init_aggregation(model.aggregation)
     return model
 
 

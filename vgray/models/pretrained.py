@@ -68,6 +68,8 @@ _CSAIL = "http://places2.csail.mit.edu/models_places365/"
 _CSAIL_LICENCE = "CC BY (Places365-CNNs, MIT CSAIL: credit Zhou et al., TPAMI 2017)"
 _CIR = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/"
 _CIR_LICENCE = "MIT (cnnimageretrieval-pytorch, VRG CTU Prague)"
+_TIMM_VITJX = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
+_VIT_LICENCE = "Apache-2.0 (google-research/vision_transformer, ported by timm); ImageNet terms of access"
 
 
 def _paper(arch: str, source: str, drive_id: str) -> WeightsRecord:
@@ -104,6 +106,17 @@ RECORDS: Dict[tuple, WeightsRecord] = {
     ("resnet101", "radenovic_gldv1"): _cirtorch("gl18/gl18-tl-resnet101-gem-w-a4d43db.pth"),
     ("resnet50", "radenovic_sfm"): _cirtorch("retrieval-SfM-120k/rSfM120k-tl-resnet50-gem-w-97bf910.pth"),
     ("resnet101", "radenovic_sfm"): _cirtorch("retrieval-SfM-120k/rSfM120k-tl-resnet101-gem-w-a155e54.pth"),
+    # ViT-B/16 as the paper: ImageNet-21k weights at 224 (its google/vit-base-patch16-224-in21k), 21k
+    # then ImageNet-1k fine-tuned at 384 (google/vit-base-patch16-384); Google's JAX weights as timm
+    # ported them, in timm's layout (head and pre-logits dropped when loading).
+    ("vit_base_patch16_224", "imagenet"): WeightsRecord(_TIMM_VITJX + "jx_vit_base_patch16_224_in21k-e5005f0a.pth",
+                                                        "e5005f0a", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE),
+    ("vit_base_patch16_384", "imagenet"): WeightsRecord(_TIMM_VITJX + "jx_vit_base_p16_384-83fb41ba.pth",
+                                                        "83fb41ba", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE),
+    # CCT-14/7x2 fine-tuned on ImageNet at 384, the file the paper's model/cct/cct.py loads (no hash given).
+    ("cct_14_7x2_384", "imagenet"): WeightsRecord(
+        "https://shi-labs.com/projects/cct/checkpoints/finetuned/cct_14_7x2_384_imagenet.pth", None,
+        licence="Apache-2.0 (SHI-Labs/Compact-Transformers); ImageNet terms of access"),
 }
 NAMED_SOURCES = sorted({name for _, name in RECORDS})
 

@@ -59,7 +59,7 @@ def profile(cfg, runs: int = 10) -> Dict[str, float]:
     from vgray.seeding import seed_everything
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, load_weights=False)
+    model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
     out = model_cost(model, cfg.data.image_size)
     out["extraction_ms"] = extraction_ms(model, cfg.data.image_size, Runtime.from_config(cfg, progress=False), runs)
     return out

@@ -136,7 +136,8 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     for root in test_sets.values():  # fail on a bad test set now, not after hours of training
         open_split(root, "test")
 
-    model = build_model(cfg.model).to(rt.device)  # before the optimizer, so its state lands there too
+    # Built before the optimizer, so that its state lands on the device too.
+    model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
     data = TrainingQueries(train_split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
     _check_memory(cfg, data, model.features_dim)
     miner = create_miner(cfg.train.mining, data, cfg.train)

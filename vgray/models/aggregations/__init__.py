@@ -12,5 +12,6 @@ AGGREGATIONS = Registry("aggregation")
 
 # Importing the modules registers them.
 from vgray.models.aggregations import gem, netvlad  # noqa: E402,F401
+from vgray.models.aggregations import cls, seqpool  # noqa: E402,F401
 
 __all__ = ["AGGREGATIONS"]

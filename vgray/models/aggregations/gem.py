@@ -26,6 +26,6 @@ class GeM(nn.Module):
         return gem(x, self.p, self.eps)
 
 
-@AGGREGATIONS.register("gem", inputs={"feature_map"}, pooling=True)
+@AGGREGATIONS.register("gem", inputs={"feature_map", "tokens"}, pooling=True)
 def build_gem(in_channels: int, cfg) -> GeM:
     return GeM(in_channels, p=cfg.gem_p)

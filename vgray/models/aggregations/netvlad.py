@@ -56,6 +56,6 @@ class NetVLAD(nn.Module):
             self.initialized.fill_(True)
 
 
-@AGGREGATIONS.register("netvlad", inputs={"feature_map"}, pooling=False)
+@AGGREGATIONS.register("netvlad", inputs={"feature_map", "tokens"}, pooling=False)
 def build_netvlad(in_channels: int, cfg) -> NetVLAD:
     return NetVLAD(in_channels, clusters=cfg.netvlad_clusters)

@@ -1,0 +1,30 @@
+"""CLS: the class token of a Vision Transformer as the global descriptor.
+
+A. Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition at
+Scale", ICLR 2021: the encoder output at the class token summarises the image. Berton et al.
+(CVPR 2022, Table 5) use it as the VG descriptor of ViT and CCT, as is (no L2): the paper's code
+returned it unnormalised. CCT has no class token; there, as in the paper's code, the first output
+token stands for it.
+"""
+import torch
+from torch import nn
+
+from vgray.models.aggregations import AGGREGATIONS
+
+
+class ClassToken(nn.Module):
+    """Tokens (B, T, C) -> the first token (B, C)."""
+
+    takes_tokens = True  # the network hands it the token sequence, not a feature map
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.output_dim = in_channels
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0]
+
+
+@AGGREGATIONS.register("cls", inputs={"tokens"}, pooling=False)
+def build_cls(in_channels: int, cfg) -> ClassToken:
+    return ClassToken(in_channels)
