@@ -11,25 +11,77 @@ from vgray.models.aggregations import AGGREGATIONS
 from vgray.models.backbones import BACKBONES
 from vgray.models.profile import model_cost
 
-PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names()
-         if BACKBONES.info(b)["output"] in AGGREGATIONS.info(a)["inputs"]]
+def _allowed(backbone, aggregation):
+    """What the registries allow: the backbone's output is an input of the aggregation, and the
+    components' own load-time checks accept the pair (crn's wants a checkpoint, given below)."""
+    if BACKBONES.info(backbone)["output"] not in AGGREGATIONS.info(aggregation)["inputs"]:
+        return False
+    if aggregation == "crn":
+        return True
+    try:
+        load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
+                               "model.pretrained=none", *small_size(backbone)[1]])
+    except BadInput:
+        return False
+    return True
+
+
+# Aggregations whose descriptor is clusters x channels (8 clusters below); the others give channels.
+VLAD_LIKE = {"netvlad", "crn"}
 
 
 def model_for(backbone, aggregation, *extra):
     cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
                                  "model.pretrained=none", "model.netvlad_clusters=8", *extra])
-    return build_model(cfg.model)
+    return build_model(cfg.model, image_size=cfg.data.image_size)
+
+
+def small_size(backbone):
+    """Tiny inputs for CNNs; transformers take only their square sizes (the smallest), one block."""
+    sizes = BACKBONES.info(backbone).get("input_sizes")
+    if not sizes:
+        return (64, 80), []
+    h, w = min(sizes)
+    return (h, w), [f"data.resize=[{h},{w}]", "model.trunc_te=1"]
+
+
+PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names() if _allowed(b, a)]
+
+
+@pytest.fixture(scope="module")
+def netvlad_checkpoints(tmp_path_factory):
+    """CRN starts from a NetVLAD checkpoint of its backbone: one per backbone, made on demand."""
+    made = {}
+
+    def get(backbone, fc, extra):
+        key = (backbone, fc)
+        if key not in made:
+            cfg = load_config(overrides=[f"model.backbone={backbone}", "model.aggregation=netvlad",
+                                         "model.pretrained=none", "model.netvlad_clusters=8", *extra,
+                                         *([f"model.fc_output_dim={fc}"] if fc else [])])
+            model = build_model(cfg.model, image_size=cfg.data.image_size)
+            path = tmp_path_factory.mktemp("netvlad") / f"{backbone}-{fc}.pt"
+            torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 1}, path)
+            made[key] = path
+        return made[key]
+    return get
 
 
 @pytest.mark.parametrize("fc", [None, 32])
 @pytest.mark.parametrize("backbone,aggregation", PAIRS)
-def test_every_pair_forward_backward(backbone, aggregation, fc):
+def test_every_pair_forward_backward(backbone, aggregation, fc, netvlad_checkpoints):
+    """The registry-wide test: every backbone x every aggregation it allows, with and without FC,
+    builds, declares its descriptor size truthfully, and trains (gradients everywhere it should)."""
     torch.manual_seed(0)
-    model = model_for(backbone, aggregation, *([f"model.fc_output_dim={fc}"] if fc else []))
-    expected = fc or BACKBONES.info(backbone)["out_channels"] * (8 if aggregation == "netvlad" else 1)
+    size, extra = small_size(backbone)
+    extra += [f"model.fc_output_dim={fc}"] if fc else []
+    if aggregation == "crn":
+        extra.append(f"model.resume_from={netvlad_checkpoints(backbone, fc, extra[:2])}")
+    model = model_for(backbone, aggregation, *extra)
+    expected = fc or BACKBONES.info(backbone)["out_channels"] * (8 if aggregation in VLAD_LIKE else 1)
     assert model.features_dim == expected
     model.train()
-    x = torch.rand(2, 3, 64, 80)
+    x = torch.rand(2, 3, *size)
     out = model(x)
     assert out.shape == (2, expected)
     assert torch.isfinite(out).all()
