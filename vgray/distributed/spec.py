@@ -11,8 +11,9 @@ variants:                    # optional: rows that set several keys together, cr
   - {model.aggregation: netvlad, model.pca_dim: 2048}
 repeats: 3                   # seeds 0..2 of every grid point
 # A trial may start from another trial's trained model (CRN from NetVLAD): model.resume_from:
-# trial:NAME (NAME without the seed) runs it in a second stage, after the first stage's trials, from
-# the model of NAME with the same seed, kept in STORAGE/NAME_OF_SWEEP/models/.
+# trial:NAME (NAME without the seed), or trial:model.aggregation=netvlad (the trial at the same grid
+# point with that variant) runs it in a second stage, after the first stage's trials, from that
+# trial's model of the same seed, kept in STORAGE/NAME_OF_SWEEP/models/.
 keep_models: false           # keep every trial's best model there (those depended on are always kept)
 search: {algorithm: optuna, space: {...}, num_samples: 20, metric: val/R@5, mode: max}
 scheduler: {type: asha, grace_period: 1}
@@ -105,8 +106,8 @@ class SweepSpec:
         out = []
         for point, variant in itertools.product(points, self.variants or [{}]):
             overrides = {**dict(zip(keys, point)), **variant}
-            ref = overrides.get("model.resume_from", self.base.get("model", {}).get("resume_from"))
-            target = ref[len(TRIAL_REF):] if isinstance(ref, str) and ref.startswith(TRIAL_REF) else None
+            target = _target(overrides.get("model.resume_from", self.base.get("model", {}).get("resume_from")),
+                             dict(zip(keys, point)))
             for seed in range(self.repeats):
                 out.append(Trial(trial_name(overrides, seed), overrides, [seed],
                                  after=f"{target}-s{seed}" if target else None))
@@ -143,14 +144,33 @@ class SweepSpec:
         return self.search["num_samples"] if self.search else len(self.trials())
 
 
+def _target(ref, point: Dict[str, Any]) -> Optional[str]:
+    """The trial (name without seed) that ``model.resume_from: trial:...`` names: ``trial:NAME``, or
+    ``trial:KEY=VALUE,...``: the trial at the same grid point whose variant is those keys."""
+    if not (isinstance(ref, str) and ref.startswith(TRIAL_REF)):
+        return None
+    body = ref[len(TRIAL_REF):].strip()
+    if "=" not in body:
+        return body
+    import yaml
+    variant = {}
+    for part in body.split(","):
+        key, _, raw = part.partition("=")
+        variant[key.strip()] = yaml.safe_load(raw)
+    return trial_name({**point, **variant}, None)
+
+
 def trial_name(overrides: Dict[str, Any], seed: Optional[int]) -> str:
     """A few words that say a trial's config: ``resnet18conv4-gem-s0``."""
     parts = []
     for key, value in overrides.items():
         text = f"{value:g}" if isinstance(value, float) else str(value)
+        if key == "data.root":  # the dataset's folder name says it: pitts30k, msls, synthetic:small
+            text = text.rstrip("/").rsplit("/", 1)[-1]
         text = re.sub(r"[^A-Za-z0-9.+=_-]+", "_", text)[:24]
         leaf = key.rsplit(".", 1)[-1]
-        parts.append(text if key in ("model.backbone", "model.aggregation", "train.mining") else f"{leaf}={text}")
+        bare = ("data.root", "model.backbone", "model.aggregation", "train.mining")
+        parts.append(text if key in bare else f"{leaf}={text}")
     if seed is not None:
         parts.append(f"s{seed}")
     return "-".join(parts) or "base"
