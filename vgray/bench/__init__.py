@@ -9,7 +9,7 @@ from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
 BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train",
-              "sweep": "vgray.bench.sweep"}
+              "sweep": "vgray.bench.sweep", "knn": "vgray.bench.knn"}
 
 
 def bench_parser(name: str, defaults: str):

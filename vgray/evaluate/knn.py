@@ -1,11 +1,22 @@
 """The kNN stage: faiss indexes from index_factory strings, exact streamed search, cost figures.
 
+``test.knn`` is any faiss ``index_factory`` string (L2): ``Flat`` (exhaustive), ``IVFn,Flat``,
+``PQm``, ``IVFn,PQm``, ``IMI2xb,PQm``, ``HNSWm``, with ``PCAd,``/``OPQm_d,`` prefixes and the rest
+of faiss's syntax (the paper's Fig. 4b study). Indexes that need training are trained on the
+database descriptors (a random sample of 200,000 when there are more). Search-time defaults, set by
+:func:`fill_index` (faiss's own, nprobe 1 and efSearch 16, trade too much recall for speed):
+
+- IVF and IMI: ``nprobe = clip(nlist // 16, 8, 256)`` lists visited, and never more than ``nlist``
+  (IVF1024: 64, IVF4096 and IMI2x8: 256, IVF64: 8);
+- HNSW: ``efSearch = 128`` (faiss widens it to k when k is larger).
+
 Names as in faiss: ``xb`` database, ``xq`` queries, ``D`` distances, ``I`` ids, ``k``.
 """
 from __future__ import annotations
 
+import re
 import time
-from typing import Iterable, Tuple
+from typing import Iterable, List, Tuple
 
 import faiss
 import numpy as np
@@ -13,8 +24,48 @@ import numpy as np
 from vgray.errors import BadInput
 
 
+HNSW_EF_SEARCH = 128
+
+
+def default_nprobe(nlist: int) -> int:
+    """IVF/IMI lists visited per query: a sixteenth of them, at least 8 and at most 256."""
+    return int(min(nlist, max(8, min(256, nlist // 16))))
+
+
+def _divisors(n: int) -> List[int]:
+    return [m for m in range(1, n + 1) if n % m == 0]
+
+
+def check_pq(spec: str, d: int) -> None:
+    """A PQ (or OPQ) code size ``m`` must divide the dimension it encodes: ``d``, or the output of
+    a ``PCAd``/``OPQm_d``/``RRd`` prefix before it (BadInput names the allowed values of ``m``);
+    a PCA prefix cannot add dimensions."""
+    dim = d
+    for token in (t.strip() for t in spec.split(",")):
+        transform = re.fullmatch(r"(?:PCAW?R?|RR|OPQ\d+_)(\d+)", token)
+        if transform:
+            if token.startswith("OPQ"):
+                m = int(re.match(r"OPQ(\d+)", token).group(1))
+                out = int(transform.group(1))
+                if out % m:
+                    raise BadInput(f"test.knn={spec!r}: {token} splits {out}-d vectors into {m} sub-vectors; "
+                                   f"{m} must divide {out} (allowed: {', '.join(map(str, _divisors(out)))})")
+            elif token.startswith("PCA") and int(transform.group(1)) > dim:
+                raise BadInput(f"test.knn={spec!r}: {token} cannot make {transform.group(1)}-d vectors out of "
+                               f"{dim}-d descriptors; use PCA{dim} or less")
+            dim = int(transform.group(1))
+            continue
+        pq = re.match(r"(?:(?:HNSW|IVF)\d+_)?O?PQ(\d+)", token) or re.search(r"(?<=,)PQ(\d+)", token)
+        if pq and dim % int(pq.group(1)):
+            m = int(pq.group(1))
+            raise BadInput(f"test.knn={spec!r}: a PQ code of {m} sub-vectors needs m dividing the "
+                           f"{dim}-d descriptors it encodes; allowed m: {', '.join(map(str, _divisors(dim)))}")
+
+
 def build_index(spec: str, d: int) -> faiss.Index:
-    """``faiss.index_factory(d, spec)`` (L2); a string faiss rejects is bad input, its message quoted."""
+    """``faiss.index_factory(d, spec)`` (L2); a PQ size that does not divide the dimension, or a
+    string faiss rejects, is bad input (faiss's message quoted in one line)."""
+    check_pq(spec, d)
     try:
         return faiss.index_factory(int(d), spec, faiss.METRIC_L2)
     except RuntimeError as exc:
@@ -23,16 +74,21 @@ def build_index(spec: str, d: int) -> faiss.Index:
 
 def faiss_message(exc: Exception) -> str:
     """The useful line of a faiss C++ error (they come with file, line and function)."""
-    text = str(exc)
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^.*?Error in .*? at \S+:\d+: ", "", text)  # C++ function, file and line
     if "Error:" in text:
         text = text.split("Error:", 1)[1]
-    return " ".join(text.split()).strip(" '\"")[:300]
+    text = re.sub(r"^.*?' failed: ", "", text)  # the failed assertion's expression
+    return text.strip(" '\"")[:300]
 
 
-def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, seed: int = 0) -> float:
-    """Train (on a sample of ``xb`` where the index needs it) and add ``xb``; returns seconds."""
+def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, seed: int = 0,
+               name: str = "the kNN index") -> float:
+    """Train (on a sample of ``xb`` where the index needs it) and add ``xb``; returns seconds.
+    ``name`` says the index in the error of one that cannot be trained (too few descriptors)."""
     start = time.perf_counter()
     xb = np.ascontiguousarray(xb, dtype=np.float32)
+    _skip_polysemous_training(index)
     try:
         if not index.is_trained:
             sample = xb
@@ -41,8 +97,37 @@ def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, se
             index.train(sample)
         index.add(xb)
     except RuntimeError as exc:
-        raise BadInput(f"the kNN index cannot be built on {len(xb)} x {xb.shape[1]} descriptors: {faiss_message(exc)}")
+        raise BadInput(f"{name} cannot be built on {len(xb)} x {xb.shape[1]} descriptors: {faiss_message(exc)}")
+    set_search_defaults(index)
     return time.perf_counter() - start
+
+
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """faiss's factory turns on polysemous training for ``PQm`` and ``IVFn,PQm`` (a slow annealing
+    that reorders codes for Hamming search); a PQ searched with plain PQ distances (the default)
+    gains nothing from it, so it is skipped: same results, training minutes faster."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexPQ) and inner.search_type == faiss.IndexPQ.ST_PQ:
+        inner.do_polysemous_training = False
+    elif isinstance(inner, faiss.IndexIVFPQ) and inner.polysemous_ht == 0:
+        inner.do_polysemous_training = False
+
+
+def set_search_defaults(index: faiss.Index) -> None:
+    """vgray's nprobe (IVF, IMI) and efSearch (HNSW) defaults, wherever the index holds them."""
+    params = faiss.ParameterSpace()
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.nprobe = default_nprobe(ivf.nlist)
+    try:
+        params.set_index_parameter(index, "efSearch", HNSW_EF_SEARCH)
+    except RuntimeError:
+        pass  # no HNSW in this index
 
 
 def search(index: faiss.Index, xq: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray, float]:

@@ -22,7 +22,8 @@ import torch
 from vgray.data.dataset import open_split
 from vgray.data.transforms import query_train_transform, test_transform
 from vgray.errors import BadInput
-from vgray.evaluate.evaluate import evaluate_split
+from vgray.evaluate.evaluate import check_before_extraction, evaluate_split
+from vgray.evaluate.pca import pca_from_training
 from vgray.evaluate.extract import (Runtime, SafeDataset, extract_descriptors,
                                     initialize_aggregation, iter_batches, read_image)
 from vgray.models import build_model
@@ -140,12 +141,15 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
     data = TrainingQueries(train_split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
     _check_memory(cfg, data, model.features_dim)
+    check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
     miner = create_miner(cfg.train.mining, data, cfg.train)
     size = cfg.data.image_size
     db_transform = test_transform(size, model.mean, model.std)
     q_transform = query_train_transform(size, model.mean, model.std, cfg.train.augmentation)
+    # Validation as the paper's: hard_resize, exact search, no PCA (the final test applies them).
     val_cfg = cfg.replace(**{"test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
-                             "test.memory_budget_mb": None, "test.knn": "Flat"})
+                             "test.memory_budget_mb": None, "test.knn": "Flat", "test.method": "hard_resize",
+                             "model.pca_dim": None})
     state = TrainState()
     optimizer = None
 
@@ -242,13 +246,16 @@ def _final_test(cfg, model, weights: Path, test_sets: Dict[str, str], rt, state:
     model.load_state_dict(ck["model"])
     result = dict(state.history[-1]) if state.history else {}
     result["epochs"] = state.epoch
+    # model.pca_dim: one PCA of the best model, fitted on the training dataset, for every test set.
+    pca = pca_from_training(model, cfg, rt) if cfg.model.pca_dim is not None else None
     for name, root in test_sets.items():
-        figures = evaluate_split(model, open_split(root, "test"), cfg, rt=rt, progress=False)
+        figures = evaluate_split(model, open_split(root, "test"), cfg, rt=rt, progress=False, pca=pca)
         for k, v in figures.items():
             if k.startswith("R@"):
                 result[f"test/{name}/{k}"] = v
         result.setdefault("matching_ms", figures["matching_ms"])
         result.setdefault("index_memory_mb", figures["index_memory_mb"])
     result.update(model_cost(model, cfg.data.image_size))
+    result["features_dim"] = cfg.model.pca_dim or result["features_dim"]  # the size searched
     log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("test/")))
     return result
