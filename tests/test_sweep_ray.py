@@ -79,6 +79,27 @@ def test_grid_sweep_rows_summary_and_tune_logs(ray_local, tmp_path, capsys):
         assert any(p.name.startswith("events.out.tfevents") for p in (directory / d).iterdir())
 
 
+def test_two_stage_sweep_starts_crn_from_the_netvlad_model_of_its_seed(ray_local, tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.yaml", {"model.netvlad_clusters": 8}, name="stages",
+                       variants=[{"model.aggregation": "netvlad"},
+                                 {"model.aggregation": "crn", "model.resume_from": "trial:model.aggregation=netvlad"}],
+                       storage=str(tmp_path / "store"))
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "netvlad-s0" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0
+    directory = tmp_path / "store" / "stages"
+    got = {r["trial_name"]: r for r in rows(directory)}
+    assert set(got) == {"netvlad-s0", "crn-from=netvlad-s0"}
+    assert all(r["status"] == "ok" for r in got.values())
+    kept = directory / "models" / "netvlad-s0.pt"
+    assert kept.is_file() and not (directory / "models" / "crn-from=netvlad-s0.pt").exists()
+    assert got["crn-from=netvlad-s0"]["model.resume_from"] == str(kept)  # the row says where it started
+    assert (directory / "stage2").is_dir()  # the second stage is its own Tune experiment
+    import torch
+    ck = torch.load(kept, weights_only=True)
+    assert ck["config"]["model"]["aggregation"] == "netvlad" and "optimizer" not in ck
+
+
 def test_optuna_search_runs_every_seed_and_sees_the_mean(ray_local, tmp_path):
     path = write_sweep(tmp_path / "s.yaml", name="optuna", task="eval", repeats=2, storage=str(tmp_path / "store"),
                        search={"algorithm": "optuna", "space": {"model.gem_p": {"type": "float", "low": 1.5, "high": 4.0}},

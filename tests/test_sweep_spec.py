@@ -83,6 +83,8 @@ def test_variants_cross_the_grid_and_set_keys_together():
 BAD = [
     ({"name": "x", "variants": [{"model.aggregation": "gem"}, {"model.aggregation": "gem"}]}, "variants repeat"),
     ({"name": "x", "variants": [{}]}, "variants[0] is empty"),
+    ({"name": "x", "variants": [{"model.aggregation": "gem"}, {"model.resume_from": "trial:netvlad"}]},
+     "model.resume_from=trial:netvlad names no trial of this sweep that trains from scratch; allowed: trial:gem"),
     ({"name": "x", "variants": [{"model.agregation": "gem"}]}, "variants[0] key 'model.agregation' is unknown"),
     ({"name": "x", "grid": {"model.aggregation": ["gem"]}, "variants": [{"model.aggregation": "netvlad"}]},
      "which the grid varies too"),

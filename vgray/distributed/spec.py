@@ -167,6 +167,9 @@ def trial_name(overrides: Dict[str, Any], seed: Optional[int]) -> str:
         text = f"{value:g}" if isinstance(value, float) else str(value)
         if key == "data.root":  # the dataset's folder name says it: pitts30k, msls, synthetic:small
             text = text.rstrip("/").rsplit("/", 1)[-1]
+        if key == "model.resume_from" and text.startswith(TRIAL_REF):  # from=netvlad
+            body = text[len(TRIAL_REF):]
+            key, text = "model.from", "+".join(p.split("=", 1)[-1] for p in body.split(","))
         text = re.sub(r"[^A-Za-z0-9.+=_-]+", "_", text)[:24]
         leaf = key.rsplit(".", 1)[-1]
         bare = ("data.root", "model.backbone", "model.aggregation", "train.mining")
