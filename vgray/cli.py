@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="recall@N of a model on a dataset split, with its cost")
     _config_args(p)
     _json_arg(p)
-    p.add_argument("--save-descriptors", metavar="DIR", help="write DIR/database.parquet and DIR/queries.parquet")
+    p.add_argument("--save-descriptors", metavar="DIR", help="write DIR/database.parquet, DIR/queries.parquet, "
+                   "DIR/config.yaml and DIR/model.pt (what vgray locate reads)")
 
     p = sub.add_parser("train", help="train a model (the paper's protocol), then test the best one")
     _config_args(p)
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
+    p = sub.add_parser("locate", help="where photos were taken: their top-k database matches and predicted position")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to locate")
+    p.add_argument("--database", required=True, metavar="DIR",
+                   help="descriptors saved by vgray eval --save-descriptors DIR (with its config.yaml and model.pt)")
+    p.add_argument("--k", type=int, default=5, help="database matches per photo (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
@@ -163,13 +171,19 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_locate(args) -> None:
+    from vgray.locate import format_table, locate
+    answer = locate(args.photos, args.database, k=args.k)
+    print(json.dumps(answer, indent=2) if args.json else format_table(answer))
+
+
 def cmd_bench(args) -> None:
     from vgray.bench import run_benchmark
     run_benchmark(args.name, args.rest)
 
 
 COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "sweep": cmd_sweep,
-            "bench": cmd_bench}
+            "locate": cmd_locate, "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

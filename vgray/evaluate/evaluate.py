@@ -267,6 +267,10 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None) -> D
         method = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std)
         initialize_aggregation(model, split.database.paths, method.database_transform, rt, seed=cfg.seed)
     result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors)
+    if save_descriptors is not None:
+        # What vgray locate needs to recompute these descriptors for new photos.
+        from vgray.locate import write_model
+        write_model(save_descriptors, cfg, model)
     result.update(model_cost(model, cfg.data.image_size))
     result["features_dim"] = cfg.model.pca_dim or result["features_dim"]  # the size searched
     return result
