@@ -208,3 +208,19 @@ def test_fig4_sweep_expands_to_every_index_family(monkeypatch, capsys):
     assert (cfg.model.backbone, cfg.model.aggregation) == ("resnet50conv4", "gem")
     for spec_string in knn:  # each one valid for ResNet-50 conv4 + GeM's 1024-d descriptors
         build_index(spec_string, 1024)
+
+
+@pytest.mark.slow
+def test_training_tests_with_pca_and_the_index_validation_does_not(tmp_path):
+    """The final test of a training run applies model.pca_dim (fitted on its train split) and
+    test.knn; validation stays the paper's (hard_resize, exact search, full descriptors)."""
+    from vgray.train.loop import train
+    cfg = load_config(overrides=[f"data.root={TINY}", *TINY_SET, "data.resize=[32,48]", "model.aggregation=gem",
+                                 "train.queries_per_epoch=10", "train.cache_refresh_rate=10",
+                                 "train.negs_num_per_query=2", "train.neg_samples_num=40", "train.epochs=1",
+                                 "test.recall_values=[1,5]", "model.pca_dim=32", "test.knn=IVF16,PQ8",
+                                 "test.method=nearest_crop"])
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert result["features_dim"] == 32 and 0 <= result["test/synthetic_tiny/R@1"] <= 100
+    assert result["index_memory_mb"] < 920 * 32 * 4 / 2**20  # PQ codes of the 32-d projections
+    assert {"val/R@1", "val/R@5"} <= set(result) and result["epochs"] == 1
