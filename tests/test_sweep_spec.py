@@ -13,7 +13,8 @@ from vgray.distributed.spec import dry_run_table, load_sweep, parse_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"quickstart": 4, "table3_backbones": 48, "table6_mining": 18, "table6_mining_msls": 18,
-            "fig2_augmentation_optuna": 20, "fig3_resize": 24}
+            "fig2_augmentation_optuna": 20, "fig3_resize": 24, "table4_aggregation": 60,
+            "table5_transformers": 36, "fig4_knn": 6}
 
 TINY_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
              "model": {"pretrained": "none", "aggregation": "gem"},
@@ -47,6 +48,24 @@ def test_table3_covers_every_backbone_and_aggregation(monkeypatch):
                       for a in ("gem", "netvlad")}
     cfg = spec.trials()[0].config(spec, 0)
     assert cfg.test.datasets["tokyo247"] == "/datasets/tokyo247" and cfg.train.lr == 1e-5
+
+
+def test_table4_and_table5_cover_the_papers_rows(monkeypatch):
+    monkeypatch.setenv("VGRAY_DATASETS", "/datasets")
+    spec = load_sweep(ROOT / "sweeps" / "table4_aggregation.yaml")
+    rows4 = {(t.overrides["model.aggregation"], t.overrides.get("model.fc_output_dim"), t.overrides.get("model.pca_dim"))
+             for t in spec.trials()}
+    assert rows4 == {("spoc", None, None), ("mac", None, None), ("rmac", None, None), ("rrm", None, None),
+                     ("gem", None, None), ("gem", 2048, None), ("gem", 65536, None), ("netvlad", None, None),
+                     ("netvlad", None, 2048), ("crn", None, None)}
+    crn = [t for t in spec.trials() if t.overrides["model.aggregation"] == "crn"]
+    assert crn and all(t.after == t.name.replace("crn-from=netvlad", "netvlad") for t in crn)
+    assert spec.stages()[1] == crn  # CRN waits for the NetVLAD models
+    spec = load_sweep(ROOT / "sweeps" / "table5_transformers.yaml")
+    rows5 = {(t.overrides["model.backbone"], t.overrides["model.aggregation"]) for t in spec.trials()}
+    assert {("vit", "cls"), ("cct384", "cls"), ("cct384", "seqpool"), ("cct384", "netvlad")} <= rows5
+    assert {tuple(t.config(spec, 0).data.image_size) for t in spec.trials() if t.overrides["model.backbone"] == "vit"} \
+        == {(224, 224)}
 
 
 def test_expansion_grid_times_seeds():

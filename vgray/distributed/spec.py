@@ -76,7 +76,6 @@ class SweepSpec:
     max_concurrent_trials: Optional[int] = None
     keep_models: bool = False
     source: str = "<dict>"
-    _stand_ins: Dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -126,22 +125,26 @@ class SweepSpec:
     def stand_in_model(self, name: str) -> str:
         """A checkpoint shaped like the one trial ``name`` will leave (its config, its untrained
         network), so that the trials starting from it are checked before anything runs."""
-        if name not in self._stand_ins:
+        target = next(t for t in self.trials() if t.name == name)
+        cfg = target.config(self, target.seeds[0])
+        key = cfg.key()  # seeds share one stand-in: the architecture does not depend on them
+        if key not in _STAND_INS:
             import tempfile
 
             from vgray.models import build_model
             from vgray.train.checkpoint import save
-            target = next(t for t in self.trials() if t.name == name)
-            cfg = target.config(self, target.seeds[0])
             model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
-            path = Path(tempfile.mkdtemp(prefix="vgray-stand-in-")) / f"{name}.pt"
+            path = Path(tempfile.mkdtemp(prefix="vgray-stand-in-")) / f"{key}.pt"
             save(path, {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 0})
-            self._stand_ins[name] = str(path)
-        return self._stand_ins[name]
+            _STAND_INS[key] = str(path)
+        return _STAND_INS[key]
 
     @property
     def num_trials(self) -> int:
         return self.search["num_samples"] if self.search else len(self.trials())
+
+
+_STAND_INS: Dict[str, str] = {}  # config key -> stand-in checkpoint, for this process
 
 
 def _target(ref, point: Dict[str, Any]) -> Optional[str]:
