@@ -55,9 +55,13 @@ def tiny_model():
     return build_model(cfg_of().model)
 
 
-def test_every_index_family_runs_on_tiny(tiny_model):
+@pytest.fixture(scope="module")
+def extractor():
+    return CachedExtractor()
+
+
+def test_every_index_family_runs_on_tiny(tiny_model, extractor):
     split = open_split(TINY, "val")
-    extractor = CachedExtractor()
     results = {}
     for spec in INDEXES:
         cfg = cfg_of(f"test.knn={spec}")
@@ -131,10 +135,12 @@ def test_fit_pca_is_the_principal_components():
         fit_pca(x, 12)
 
 
-def test_pca_end_to_end_saved_and_reloaded(tiny_model, tmp_path):
+def test_pca_end_to_end_saved_and_reloaded(tiny_model, extractor, tmp_path):
     out = tmp_path / "desc"
     cfg = cfg_of("model.pca_dim=16", "test.knn=HNSW16")
-    result = evaluate(cfg, save_descriptors=out, progress=False, model=tiny_model)
+    split = open_split(TINY, "val")
+    rt = Runtime.from_config(cfg, progress=False)
+    result = evaluate_split(tiny_model, split, cfg, rt=rt, save_descriptors=out, extractor=extractor)
     assert result["features_dim"] == 16 and 0 <= result["R@1"] <= 100
     db = pq.read_table(out / "database.parquet")
     xb = np.stack(db.column("descriptor").to_numpy(zero_copy_only=False)).astype(np.float32)
@@ -142,10 +148,9 @@ def test_pca_end_to_end_saved_and_reloaded(tiny_model, tmp_path):
     # The saved PCA turns the network's own descriptors into the saved ones.
     pca = load_pca(out / "pca.faiss")
     assert (pca.d_in, pca.d_out) == (256, 16)
-    split = open_split(TINY, "val")
     from vgray.evaluate.methods import create_method
-    raw, _ = extract_descriptors(tiny_model, split.database.paths, create_method(cfg, tiny_model.mean, tiny_model.std)
-                                 .database_transform, Runtime.from_config(cfg, progress=False), 256)
+    transform = create_method(cfg, tiny_model.mean, tiny_model.std).database_transform
+    raw, _ = extract_descriptors(tiny_model, split.database.paths, transform, rt, 256)
     assert np.allclose(apply_pca(pca, raw), xb, atol=1e-4)
     save_pca(pca, tmp_path / "again.faiss")
     assert np.array_equal(apply_pca(load_pca(tmp_path / "again.faiss"), raw), apply_pca(pca, raw))

@@ -16,7 +16,6 @@ default a synthetic set is made here (:func:`synthetic_descriptors`): ``--databa
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
