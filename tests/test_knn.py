@@ -159,6 +159,18 @@ def test_pca_end_to_end_saved_and_reloaded(tiny_model, extractor, tmp_path):
     assert not set(train) & set(split.database.paths)
 
 
+def test_streamed_database_with_pca_and_crops_gives_the_same_recalls(tiny_model, extractor):
+    split = open_split(TINY, "val")
+    results = []
+    for budget in ([], ["test.memory_budget_mb=0.003"]):  # 0.003 MB: 49 database descriptors a chunk
+        cfg = cfg_of("model.pca_dim=16", "test.method=maj_voting", *budget)
+        results.append(evaluate_split(tiny_model, split, cfg, rt=Runtime.from_config(cfg, progress=False),
+                                      extractor=extractor))
+    whole, streamed = results
+    assert {k: whole[k] for k in ("R@1", "R@5", "R@10")} == {k: streamed[k] for k in ("R@1", "R@5", "R@10")}
+    assert streamed["index_memory_mb"] < whole["index_memory_mb"]
+
+
 def test_pca_refusals(tmp_path, capsys):
     db = [(500000.0 + 10 * i, 4100000.0) for i in range(12)]
     q = [(500003.0, 4100001.0)]
