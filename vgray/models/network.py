@@ -90,25 +90,32 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
 
     ``model.pretrained`` is ``none``, a named source (``imagenet``), or a file: a vgray checkpoint
     (``best.pt``: the whole network), a whole-network state dict, or a state dict of the backbone's
-    torchvision source architecture. ``load_weights=False`` skips any loading (for profiling).
+    torchvision source architecture. ``model.resume_from`` is a vgray checkpoint of this architecture
+    whose weights start the network (loaded before a ``pretrained`` file, which wins); keys that the
+    aggregation declares in ``fresh_on_resume`` may be absent from it (CRN's reweighting layer, when
+    it starts from a NetVLAD checkpoint). ``load_weights=False`` skips any loading (for profiling).
     ``image_size`` (``cfg.data.image_size``) sizes the transformers (positional embedding, patch
     grid; default: their smallest allowed size); CNNs take any size and ignore it.
     """
     pretrained = model_cfg.pretrained if load_weights else "none"
+    resume_from = model_cfg.resume_from if load_weights else None
+    # A checkpoint to resume from holds the backbone's weights: no named source to download first.
+    source = pretrained if is_named_source(pretrained) and resume_from is None else "none"
     extra = {}
     info = BACKBONES.info(model_cfg.backbone)
     if info["output"] == "tokens":  # transformers: sized at build time, truncated and frozen by config
         extra = dict(image_size=tuple(image_size or min(info["input_sizes"])),
                      trunc_te=model_cfg.trunc_te, freeze_te=model_cfg.freeze_te)
-    backbone = BACKBONES.create(model_cfg.backbone, pretrained=pretrained if is_named_source(pretrained) else "none",
-                                **extra)
+    backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
     agg_info = AGGREGATIONS.info(model_cfg.aggregation)
     aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
     model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2,
                                fc_output_dim=model_cfg.fc_output_dim, pooling=agg_info["pooling"])
     model.check_shapes(extra.get("image_size", (64, 64)))
-    if is_named_source(pretrained):
+    if source != "none":
         load_network_head(model, model_cfg)  # GeM's p and whitening of the off-the-shelf GeM networks
+    if resume_from is not None:
+        _load_resume(model, resume_from)
     if pretrained != "none" and not is_named_source(pretrained):
         _load_file(model, pretrained)
     if hasattr(backbone, "init_aggregation"):  # CCT hands its ImageNet SeqPool layer to seqpool
@@ -116,21 +123,51 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
     return model
 
 
+def read_checkpoint(path: str, key: str) -> dict:
+    """A vgray checkpoint (``best.pt``/``last.pt``: ``model`` and ``config``) named by config ``key``;
+    memory-mapped, so that reading only its config is cheap."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"{key}={path}: no such file; expected the best.pt or last.pt of a vgray train run")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInput(f"{key}={path} cannot be read as a vgray checkpoint ({first[:160]})")
+    if not (isinstance(obj, dict) and isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), dict)):
+        raise BadInput(f"{key}={path} is not a vgray checkpoint (no model and config); expected the best.pt "
+                       f"or last.pt of a vgray train run")
+    return obj
+
+
+def _check_fits(model: GeoLocalizationNet, state: dict, what: str, made_for: dict, fresh=()) -> None:
+    """Raise BadInput unless ``state`` holds every key of ``model`` (but those starting with one of
+    ``fresh``), nothing else, and the same shapes."""
+    own = model.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(tuple(fresh)))
+    unexpected = sorted(set(state) - set(own))
+    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        made = (f" (made for backbone={made_for.get('backbone')}, aggregation={made_for.get('aggregation')})"
+                if made_for else "")
+        culprit = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                   else f"{shape[0]} has shape {tuple(state[shape[0]].shape)}")
+        raise BadInput(f"{what} does not fit this network{made}: {culprit}")
+
+
+def _load_resume(model: GeoLocalizationNet, path: str) -> None:
+    ck = read_checkpoint(path, "model.resume_from")
+    fresh = tuple(f"aggregation.{k}" for k in getattr(model.aggregation, "fresh_on_resume", ()))
+    _check_fits(model, ck["model"], f"model.resume_from={path}", ck["config"].get("model", {}), fresh)
+    model.load_state_dict(ck["model"], strict=not fresh)
+
+
 def _load_file(model: GeoLocalizationNet, path: str) -> None:
     obj = read_weights_file(path)
     state = obj.get("model", obj) if isinstance(obj.get("model"), dict) else obj
     if any(k.startswith("backbone.") for k in state):
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or shape:
-            made_for = obj.get("config", {}).get("model", {}) if isinstance(obj.get("config"), dict) else {}
-            what = (f" (made for backbone={made_for.get('backbone')}, aggregation={made_for.get('aggregation')})"
-                    if made_for else "")
-            culprit = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-                       else f"{shape[0]} has shape {tuple(state[shape[0]].shape)}")
-            raise BadInput(f"checkpoint {path} does not fit this network{what}: {culprit}")
+        made_for = obj.get("config", {}).get("model", {}) if isinstance(obj.get("config"), dict) else {}
+        _check_fits(model, state, f"checkpoint {path}", made_for)
         model.load_state_dict(state)
     else:
         model.backbone.load_source_state_dict(state, str(Path(path)))

@@ -12,6 +12,7 @@ AGGREGATIONS = Registry("aggregation")
 
 # Importing the modules registers them.
 from vgray.models.aggregations import gem, netvlad  # noqa: E402,F401
+from vgray.models.aggregations import crn, mac, rmac, rrm, spoc  # noqa: E402,F401
 from vgray.models.aggregations import cls, seqpool  # noqa: E402,F401
 
 __all__ = ["AGGREGATIONS"]

@@ -6,6 +6,8 @@ intra-normalised, flattened and L2-normalised: a K x C descriptor. The clusters 
 k-means over local features of sampled images (:meth:`NetVLAD.initialize`), with the assignment
 sharpness alpha chosen as in the original code.
 """
+from __future__ import annotations
+
 import faiss
 import numpy as np
 import torch
@@ -25,10 +27,13 @@ class NetVLAD(nn.Module):
         # Saved in checkpoints so that a resumed or loaded model is not initialised again.
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, K * C). ``weights`` (B, 1, h, w), when given, scales each local
+        feature's contribution to the sums (CRN's contextual reweighting mask)."""
         x = F.normalize(x, p=2, dim=1)
         soft = self.conv(x).flatten(2).softmax(dim=1)  # (B, K, hw)
+        if weights is not None:
+            soft = soft * weights.flatten(2)
         local = x.flatten(2)  # (B, C, hw)
         # sum_i a_k(x_i) (x_i - c_k) = (A X^T)_k - (sum_i a_k(x_i)) c_k, without a (B, K, C, hw) tensor
         vlad = torch.bmm(soft, local.transpose(1, 2)) - soft.sum(-1, keepdim=True) * self.centroids

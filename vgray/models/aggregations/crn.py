@@ -1,0 +1,111 @@
+"""CRN: NetVLAD with a Contextual Reweighting Network.
+
+H. J. Kim, E. Dunn, J.-M. Frahm, "Learned Contextual Feature Reweighting for Image
+Geo-Localization", CVPR 2017. A small network looks at the (L2-normalised) local features in their
+context: the map is average-pooled to half size, filtered by multi-scale context filters (3x3, 5x5
+and 7x7 convolutions with 32, 32 and 20 outputs, ReLU), the 84 responses are accumulated into one
+map and upsampled back to the feature map's size. That mask weights each local feature's
+contribution to the VLAD sums: ``V_k = sum_i m_i a_k(x_i) (x_i - c_k)``.
+
+As in the benchmark's code: the accumulation is a fixed sum (its 1x1 convolution had weight 1, bias 0
+and no gradient), the filters start from Xavier-normal weights and zero biases, and training has two
+stages: CRN starts from a trained NetVLAD checkpoint of the same backbone (``model.resume_from``),
+whose backbone and NetVLAD layer it loads (k-means does not run again), and trains the reweighting
+layer at ``train.lr_crn_layer`` and the rest at ``train.lr_crn_net``. Two differences: the mask is
+upsampled to the map's exact size (the reference doubled the pooled size, which fails on odd sizes)
+and maps thinner than the 3x3 pooling window are pooled with a window that fits.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgray.errors import BadInput
+from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.aggregations.netvlad import NetVLAD
+
+
+class ContextualReweighting(nn.Module):
+    """Local features (B, C, h, w) -> reweighting mask (B, 1, h, w), non-negative."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.filters = nn.ModuleList(nn.Conv2d(in_channels, out, size, padding=size // 2)
+                                     for size, out in ((3, 32), (5, 32), (7, 20)))
+        for f in self.filters:
+            nn.init.xavier_normal_(f.weight)
+            nn.init.zeros_(f.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        context = F.avg_pool2d(x, (min(3, h), min(3, w)), stride=2, ceil_mode=True)
+        responses = torch.cat([f(context) for f in self.filters], dim=1).relu()
+        mask = responses.sum(dim=1, keepdim=True)
+        return F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
+
+
+class CRN(NetVLAD):
+    # Keys of this module that a NetVLAD checkpoint does not hold: they start fresh on resume.
+    fresh_on_resume = ("crn.",)
+
+    def __init__(self, in_channels: int, clusters: int = 64):
+        super().__init__(in_channels, clusters)
+        self.crn = ContextualReweighting(in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x, p=2, dim=1)
+        return super().forward(x, weights=self.crn(x))
+
+    def param_groups(self, model: nn.Module, train_cfg) -> list:
+        """The reweighting layer at ``train.lr_crn_layer``; everything else trainable at
+        ``train.lr_crn_net``."""
+        layer = [p for p in self.crn.parameters() if p.requires_grad]
+        ids = {id(p) for p in layer}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": layer, "lr": train_cfg.lr_crn_layer, "name": "crn_layer"},
+                {"params": rest, "lr": train_cfg.lr_crn_net, "name": "crn_net"}]
+
+
+def check(cfg) -> None:
+    """CRN is refused at load without a NetVLAD checkpoint of the same backbone to start from
+    (``model.resume_from``), unless ``model.pretrained`` is a trained CRN checkpoint (evaluation)."""
+    from vgray.models.network import read_checkpoint  # here: network imports this package
+
+    m = cfg.model
+    path = m.resume_from
+    if path is None:
+        if _is_trained_crn(m.pretrained, m.backbone):
+            return
+        raise BadInput(f"model.aggregation=crn starts from a NetVLAD checkpoint: set model.resume_from to the "
+                       f"best.pt of a vgray train run with model.aggregation=netvlad, model.backbone={m.backbone}")
+    made = read_checkpoint(path, "model.resume_from")["config"].get("model", {})
+    if made.get("aggregation") != "netvlad" or made.get("backbone") != m.backbone:
+        raise BadInput(f"model.resume_from={path} was trained with model.aggregation={made.get('aggregation')}, "
+                       f"model.backbone={made.get('backbone')}; crn needs a netvlad checkpoint of "
+                       f"model.backbone={m.backbone}")
+    for key in ("netvlad_clusters", "fc_output_dim"):
+        if made.get(key) != getattr(m, key):
+            have, want = json.dumps(made.get(key)), json.dumps(getattr(m, key))
+            raise BadInput(f"model.resume_from={path} has model.{key}={have} but this config {want}; crn keeps "
+                           f"the layers it starts from, so set model.{key}={have}")
+
+
+def _is_trained_crn(pretrained: str, backbone: str) -> bool:
+    from vgray.models.network import read_checkpoint
+
+    if not Path(pretrained).is_file():
+        return False
+    try:
+        made = read_checkpoint(pretrained, "model.pretrained")["config"].get("model", {})
+    except BadInput:
+        return False
+    return made.get("aggregation") == "crn" and made.get("backbone") == backbone
+
+
+@AGGREGATIONS.register("crn", inputs={"feature_map"}, pooling=False, check=check)
+def build_crn(in_channels: int, cfg) -> CRN:
+    return CRN(in_channels, clusters=cfg.netvlad_clusters)
