@@ -111,7 +111,7 @@ def test_freezing_follows_the_paper():
 
 
 def test_unknown_names_list_the_registry():
-    with pytest.raises(BadInput, match="choose one of: alexnet, resnet101conv4"):
+    with pytest.raises(BadInput, match="choose one of: alexnet, cct384, resnet101conv4"):
         load_config(overrides=["model.backbone=resnet34conv4"])
     with pytest.raises(BadInput, match="gem"):
         load_config(overrides=["model.aggregation=vlad"])
