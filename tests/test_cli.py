@@ -59,7 +59,8 @@ def _bad_cases(root, tmp):
         ("non-positive size", ["--set", "data.resize=[0,48]"], "data.resize=[0, 48] must be positive"),
         ("non-positive threshold", ["--set", "test.positive_dist_threshold=0"], "must be positive"),
         ("unknown key", ["--set", "test.recal_values=[1]"], "unknown config key 'test.recal_values'"),
-        ("faiss refuses", ["--set", "test.knn=IVF4,PQ7"], "refused by faiss"),
+        ("faiss refuses", ["--set", "test.knn=IVF4,Bogus"], "refused by faiss"),
+        ("PQ size", ["--set", "test.knn=IVF4,PQ7"], "allowed m: 1, 2, 4, 8, 16, 32, 64, 128, 256"),
         ("missing weights file", ["--set", f"model.pretrained={tmp / 'w.pth'}"], "no such file"),
         ("missing config file", ["--config", str(tmp / "c.yaml")], "cannot be read"),
     ]
@@ -82,7 +83,7 @@ def test_usage_errors_are_one_line(capsys):
     code, out, err = run_main(["eval", "--no-such-flag"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     code, out, err = run_main(["bench", "nonsense"], capsys)
-    assert code == 2 and "choose one of: extract, mining, sweep, train" in err
+    assert code == 2 and "choose one of: extract, knn, mining, sweep, train" in err
 
 
 def test_real_process_has_no_traceback(tmp_path):

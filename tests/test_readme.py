@@ -30,7 +30,7 @@ def test_setup_is_the_two_make_commands():
 
 def test_readme_has_commands_for_every_subcommand():
     used = {shlex.split(c)[1] for c in readme_commands()}
-    assert {"synth", "profile", "eval", "train", "bench"} <= used
+    assert {"synth", "profile", "eval", "train", "bench", "locate", "sweep"} <= used
 
 
 @pytest.mark.parametrize("line", readme_commands())
