@@ -9,7 +9,8 @@ from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
 BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train",
-              "sweep": "vgray.bench.sweep", "knn": "vgray.bench.knn"}
+              "sweep": "vgray.bench.sweep", "knn": "vgray.bench.knn",
+              "search": "vgray.bench.search"}
 
 
 def bench_parser(name: str, defaults: str):
