@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="database matches per photo (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
+    p = sub.add_parser("report", help="a sweep's results as the paper's tables (md, csv, tex) and figures (png + csv)")
+    p.add_argument("results", metavar="RESULTS_DIR", help="a sweep's results folder (STORAGE/NAME, with results.parquet)")
+    p.add_argument("--out", help="where to write (default: RESULTS_DIR/report)")
+    p.add_argument("--recall", default="1", help="recall values in the table, comma-separated (default 1; e.g. 1,5)")
+    p.add_argument("--figure", dest="figures", action="append", metavar="NAME",
+                   help="a figure that must be drawn (repeatable; exit 2 when the rows cannot give it): augmentation, "
+                        "resolution, matching_time, knn, pareto; every figure the rows allow is written anyway")
+
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
@@ -177,13 +185,29 @@ def cmd_locate(args) -> None:
     print(json.dumps(answer, indent=2) if args.json else format_table(answer))
 
 
+def cmd_report(args) -> None:
+    from vgray.report import make_report
+    try:
+        recalls = [int(v) for v in args.recall.split(",") if v.strip()]
+    except ValueError:
+        recalls = []
+    if not recalls or any(n < 1 for n in recalls):
+        raise BadInput(f"--recall {args.recall!r} must be positive integers separated by commas, e.g. 1,5")
+    report = make_report(args.results, out=args.out, recalls=recalls, required=args.figures or ())
+    print(report.table_md, end="")
+    for path in report.written:
+        print(f"wrote {path}")
+    for name, why in report.skipped.items():
+        print(f"skipped figure {name}: {why}")
+
+
 def cmd_bench(args) -> None:
     from vgray.bench import run_benchmark
     run_benchmark(args.name, args.rest)
 
 
 COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "sweep": cmd_sweep,
-            "locate": cmd_locate, "bench": cmd_bench}
+            "locate": cmd_locate, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

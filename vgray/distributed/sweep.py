@@ -16,7 +16,7 @@ from vgray.distributed.spec import SweepSpec, trial_name
 from vgray.errors import BadInput
 
 COST_KEYS = ("features_dim", "gflops", "model_size_mb", "params", "extraction_ms", "matching_ms",
-             "index_memory_mb", "train_time_s", "epochs")
+             "index_memory_mb", "train_time_s", "epochs", "database", "queries")  # sizes: Fig. 4a's x axis
 
 
 # -- inside a trial ------------------------------------------------------------------------------
