@@ -77,7 +77,8 @@ def main(argv) -> None:
     from vgray.distributed.search import ShardedFlatSearch, same_as_flat
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+        # "local": never join some other Ray found running on this machine unless --address says so
+        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False)
     try:
         xb, xq = synthetic_database(args.database, args.queries, args.dim, args.seed)
         flat = faiss.IndexFlatL2(args.dim)
