@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
+    p = sub.add_parser("extract", help="descriptors of a split through Ray Data, as parquet shards (re-runs skip complete ones)")
+    _config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder, readable by every node "
+                   "(DIR/<role>/shard-NNNNN.parquet, DIR/database.parquet, DIR/config.yaml, DIR/model.pt)")
+    p.add_argument("--split", default="test", help="dataset split (default test)")
+    p.add_argument("--role", dest="roles", action="append", choices=["database", "queries"],
+                   help="database and/or queries (repeatable; default both)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per parquet shard (default 1000)")
+    p.add_argument("--actors", type=int, help="model actors (default: one per GPU, else half the CPUs)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default test.batch_size)")
+    p.add_argument("--no-concat", action="store_true", help="write only the shards, not DIR/database.parquet "
+                   "and DIR/queries.parquet (their concatenation, which vgray locate reads)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
     p = sub.add_parser("locate", help="where photos were taken: their top-k database matches and predicted position")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to locate")
     p.add_argument("--database", required=True, metavar="DIR",
@@ -179,6 +194,18 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_extract(args) -> None:
+    from vgray.distributed.extract import ROLES, check_request, extract
+    from vgray.distributed.sweep import init_ray
+    cfg = _load(args)
+    check_request(cfg, args.roles or ROLES, args.shard_size, args.actors)  # before Ray starts
+    init_ray(args.address, num_cpus=args.num_cpus)
+    figures = extract(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
+                      actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat)
+    print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] -> {args.out}",
+                  figures)
+
+
 def cmd_locate(args) -> None:
     from vgray.locate import format_table, locate
     answer = locate(args.photos, args.database, k=args.k)
@@ -207,7 +234,7 @@ def cmd_bench(args) -> None:
 
 
 COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "sweep": cmd_sweep,
-            "locate": cmd_locate, "report": cmd_report, "bench": cmd_bench}
+            "extract": cmd_extract, "locate": cmd_locate, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,322 @@
+"""``vgray extract``: descriptors of a whole split through Ray Data, written as parquet shards.
+
+Paper: Berton et al., "Deep Visual Geo-localization Benchmark", CVPR 2022 (the pipeline's
+extraction stage, spread over a cluster). Ray Data reads, decodes and transforms the images in CPU
+tasks; a pool of actors (one per GPU, else CPU actors that leave CPUs to the decode stage) runs
+the network, built once per actor from the config and the weights the driver saved to
+``OUT/model.pt`` (so NetVLAD's clusters are the same everywhere). The driver writes
+``OUT/<role>/shard-00000.parquet``, one file per ``shard_size`` images, with the
+``--save-descriptors`` columns and file metadata (model hash, descriptor size, image range,
+count), each to a temporary name moved into place. A re-run keeps the shards that are complete and
+of this model; a truncated shard or one of another model is extracted again, never mixed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vgray.errors import BadInput
+
+ROLES = ("database", "queries")
+META_KEY = b"vgray"
+
+
+def shard_path(out: Path, role: str, k: int) -> Path:
+    return Path(out) / role / f"shard-{k:05d}.parquet"
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def paths_sha1(paths: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(paths).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Images ``start:stop`` of ``role``, the work of one parquet file."""
+    role: str
+    k: int
+    start: int
+    stop: int
+
+
+def shard_problem(path: Path, meta_expected: Dict) -> Optional[str]:
+    """None when ``path`` is a complete shard with the ``meta_expected`` facts, else why not."""
+    if not path.is_file():
+        return "missing"
+    try:
+        md = pq.read_metadata(path)
+        meta = json.loads((md.metadata or {}).get(META_KEY, b"{}"))
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})"
+    for key, want in meta_expected.items():
+        if meta.get(key) != want:
+            return f"{key} is {meta.get(key)!r}, expected {want!r}"
+    if md.num_rows != meta.get("count"):
+        return f"holds {md.num_rows} rows, its metadata says {meta.get('count')}"
+    return None
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], shape: tuple) -> Dict[str, np.ndarray]:
+    """Ray Data stage 1 (CPU tasks): paths -> transformed images (B, 3, H, W) float32; an image that
+    cannot be read becomes zeros of ``shape`` with its message in ``error`` (the driver decides)."""
+    from vgray.evaluate.extract import UnreadableImage, read_image
+    images, errors = [], []
+    for path, role in zip(batch["path"], batch["role"]):
+        try:
+            images.append(transforms[str(role)](read_image(str(path))).numpy())
+            errors.append("")
+        except UnreadableImage as exc:
+            images.append(None)
+            errors.append(str(exc))
+    stacked = np.stack([im if im is not None else np.zeros(shape, np.float32) for im in images])
+    return {"role": batch["role"], "index": batch["index"], "image": stacked,
+            "error": np.asarray(errors, dtype=object)}
+
+
+class _Embed:
+    """Ray Data stage 2 (actor pool): the network, built once per actor from the config and the
+    driver's ``model.pt``; images -> descriptors (B, d) float32."""
+
+    def __init__(self, cfg, model_file: str):
+        import torch
+
+        from vgray.evaluate.extract import Runtime
+        from vgray.models import build_model
+        self.rt = Runtime.from_config(cfg, progress=False)
+        model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+        model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+        self.model = self.rt.prepare(model)
+        self.features_dim = model.features_dim
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        import torch
+        ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
+        out = np.zeros((len(ok), self.features_dim), dtype=np.float32)
+        if ok.any():
+            with torch.inference_mode(), self.rt.autocast():
+                images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
+                out[ok] = self.model(self.rt.to_device(images)).float().cpu().numpy()
+        return {"role": batch["role"], "index": batch["index"], "descriptor": out, "error": batch["error"]}
+
+
+def _prepare_model(cfg, split, out: Path, progress: bool):
+    """The network of ``cfg`` and the sha1 of ``out/model.pt``. A folder written for this very config
+    keeps its model.pt (so its shards stay valid); otherwise the model is built (NetVLAD initialised
+    from the database, as ``vgray eval`` does) and ``config.yaml`` and ``model.pt`` written."""
+    import torch
+
+    from vgray.evaluate.evaluate import check_before_extraction
+    from vgray.evaluate.extract import Runtime, initialize_aggregation
+    from vgray.evaluate.methods import create_method
+    from vgray.locate import CONFIG_FILE, MODEL_FILE, write_model
+    from vgray.models import build_model
+    from vgray.seeding import seed_everything
+
+    model_file = out / MODEL_FILE
+    same = ((out / CONFIG_FILE).is_file() and model_file.is_file()
+            and (out / CONFIG_FILE).read_text() == cfg.to_yaml())
+    if same:
+        model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+        try:
+            model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+        except Exception:
+            same = False
+    if not same:
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, image_size=cfg.data.image_size)
+        check_before_extraction(cfg, model)
+        if model.needs_init():
+            method = create_method(cfg, model.mean, model.std)
+            initialize_aggregation(model, split.database.paths, method.database_transform,
+                                   Runtime.from_config(cfg, progress=progress), seed=cfg.seed)
+        write_model(out, cfg, model)
+    return model, file_sha1(model_file)
+
+
+def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, object]:
+    from vgray.evaluate.methods import create_method
+    method = create_method(cfg, model.mean, model.std)
+    if "queries" in roles and (method.crops != 1 or not method.batched):
+        raise BadInput(f"test.method={cfg.test.method}: vgray extract writes one descriptor per query image; "
+                       f"use hard_resize or central_crop (or extract --role database only)")
+    return {"database": method.database_transform,
+            "queries": method.query_transforms[0] if "queries" in roles else method.database_transform}
+
+
+def _default_actors(ray) -> tuple:
+    """``(actors, gpus_per_actor)``: one actor per GPU, else half the CPUs (the rest decode)."""
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    if gpus:
+        return gpus, 1
+    return max(1, int(res.get("CPU", 1)) // 2), 0
+
+
+def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[int]) -> tuple:
+    """The refusals made before Ray starts; returns ``roles`` as a tuple."""
+    if shard_size < 1:
+        raise BadInput(f"--shard-size={shard_size} must be at least 1")
+    if actors is not None and actors < 1:
+        raise BadInput(f"--actors={actors} must be at least 1")
+    roles = tuple(roles)
+    for role in roles:
+        if role not in ROLES:
+            raise BadInput(f"role {role!r}: allowed are {', '.join(ROLES)}")
+    if cfg.model.pca_dim is not None:
+        raise BadInput("model.pca_dim: vgray extract writes the network's descriptors, before PCA; "
+                       "unset it (or use vgray eval --save-descriptors)")
+    return roles
+
+
+def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_size: int = 1000,
+            actors: Optional[int] = None, batch_size: Optional[int] = None, progress: bool = True,
+            concat: bool = True, log=None) -> Dict[str, object]:
+    """Descriptors of ``roles`` of split ``split_name`` of ``cfg.data.root`` into ``out_dir``.
+
+    With ``concat``, the shards of each role are also joined into ``out_dir/<role>.parquet`` (what
+    ``vgray locate --database out_dir`` reads; one more pass over the descriptors on the driver).
+    Ray must be initialised (``vgray.distributed.sweep.init_ray``). Returns figures:
+    ``images`` (extracted now), ``shards_written``, ``shards_kept``, ``skipped`` (unreadable
+    images left out), ``features_dim``, ``model_sha1``, ``seconds``, ``images_per_s``.
+    """
+    import ray
+
+    from vgray.data.dataset import open_split
+
+    log = log or (lambda msg: print(f"vgray: {msg}", file=sys.stderr))
+    roles = check_request(cfg, roles, shard_size, actors)
+    if not ray.is_initialized():
+        raise BadInput("vgray extract needs Ray: call vgray.distributed.sweep.init_ray first")
+    start_time = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = open_split(cfg.data.root, split_name)
+    model, model_sha1 = _prepare_model(cfg, split, out, progress)
+    d = model.features_dim
+    transforms = _transforms(cfg, model, roles)
+    sets = {role: getattr(split, role) for role in roles}
+
+    def expected(sh: Shard) -> Dict:
+        return {"model_sha1": model_sha1, "features_dim": d, "role": sh.role, "start": sh.start,
+                "stop": sh.stop, "paths_sha1": paths_sha1(sets[sh.role].paths[sh.start:sh.stop])}
+
+    pending: List[Shard] = []
+    kept = 0
+    for role in roles:
+        n = len(sets[role])
+        for k, s in enumerate(range(0, n, shard_size)):
+            sh = Shard(role, k, s, min(s + shard_size, n))
+            problem = shard_problem(shard_path(out, role, k), expected(sh))
+            if problem is None:
+                kept += 1
+                continue
+            if problem != "missing":
+                log(f"shard {shard_path(out, role, k)} {problem}: extracting it again")
+            pending.append(sh)
+        # Shards beyond this split's size (a smaller dataset, a larger --shard-size) would mix in.
+        k = -(-n // shard_size)
+        while shard_path(out, role, k).exists():
+            log(f"removing {shard_path(out, role, k)}: beyond the {n} {role} images")
+            shard_path(out, role, k).unlink()
+            k += 1
+
+    written = skipped = extracted = 0
+    if pending:
+        written, skipped, extracted = _run(cfg, out, pending, sets, transforms, d, expected, actors, batch_size,
+                                           progress, log)
+    for role in roles if concat else ():
+        count = -(-len(sets[role]) // shard_size)
+        tables = [pq.read_table(shard_path(out, role, k)) for k in range(count)]
+        table = pa.concat_tables(tables).replace_schema_metadata(None)
+        _write_atomic(table, out / f"{role}.parquet")
+    seconds = time.perf_counter() - start_time
+    return {"images": extracted, "shards_written": written, "shards_kept": kept, "skipped": skipped,
+            "features_dim": d, "model_sha1": model_sha1, "seconds": seconds,
+            "images_per_s": extracted / seconds if seconds > 0 else 0.0}
+
+
+def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expected, actors, batch_size,
+         progress: bool, log):
+    """Extract the ``pending`` shards through Ray Data; returns (written, skipped, images)."""
+    import ray
+    from vgray.evaluate.evaluate import descriptor_table
+    from vgray.locate import MODEL_FILE
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.execution_options.preserve_order = False
+    default_actors, gpus = _default_actors(ray)
+    actors = actors or default_actors
+    batch_size = batch_size or cfg.test.batch_size
+
+    rows = [{"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
+            for sh in pending for i in range(sh.start, sh.stop)]
+    blocks = max(1, min(len(rows), -(-len(rows) // batch_size)))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    # Decoding in CPU tasks, the model in actors. Ray Data fuses a task stage into the next actor
+    # stage when their remote arguments agree, which would decode inside the model actors and leave
+    # the CPUs set aside for decoding idle: the decode tasks' memory request keeps them apart.
+    shape = (3, *cfg.data.image_size)
+    # A decode worker holds torchvision and PIL (about 450 MiB measured) and a few batches.
+    decode_memory = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
+    ds = ds.map_batches(decode_images, fn_kwargs={"transforms": transforms, "shape": shape}, batch_size=batch_size,
+                        batch_format="numpy", num_cpus=1, memory=decode_memory)
+    ds = ds.map_batches(_Embed, fn_constructor_kwargs={"cfg": cfg, "model_file": str(out / MODEL_FILE)},
+                        batch_size=batch_size, batch_format="numpy", concurrency=actors,
+                        num_cpus=0 if gpus else 1, num_gpus=gpus)
+
+    owner = {(sh.role, i): sh for sh in pending for i in range(sh.start, sh.stop)}
+    buffers: Dict[Shard, Dict[int, Optional[np.ndarray]]] = {sh: {} for sh in pending}
+    written = skipped = images = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for role, index, desc, error in zip(batch["role"], batch["index"], batch["descriptor"], batch["error"]):
+            role, index = str(role), int(index)
+            if error:
+                path = sets[role].paths[index]
+                if not cfg.data.skip_corrupt:
+                    raise BadInput(f"image {path} cannot be read ({error}); fix or remove it, "
+                                   f"or set data.skip_corrupt=true to leave such images out")
+                log(f"skipping unreadable image {path} ({error})")
+                skipped += 1
+                desc = None
+            sh = owner[(role, index)]
+            buffers[sh][index] = desc
+            if len(buffers[sh]) == sh.stop - sh.start:
+                got = buffers.pop(sh)
+                rows_ok = np.asarray([i for i in range(sh.start, sh.stop) if got[i] is not None], dtype=np.int64)
+                xb = (np.stack([got[i] for i in rows_ok]) if len(rows_ok)
+                      else np.zeros((0, d), dtype=np.float32))
+                table = descriptor_table(sets[role], rows_ok, xb)
+                meta = {**expected(sh), "count": int(len(rows_ok)), "skipped": int(sh.stop - sh.start - len(rows_ok))}
+                table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+                _write_atomic(table, shard_path(out, role, sh.k))
+                written += 1
+                images += len(rows_ok)
+    if buffers:  # cannot happen unless Ray dropped rows; never leave a partial shard
+        raise RuntimeError(f"{len(buffers)} shard(s) incomplete after extraction")
+    return written, skipped, images
+
