@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.add_argument("--save-descriptors", metavar="DIR", help="write DIR/database.parquet, DIR/queries.parquet, "
                    "DIR/config.yaml and DIR/model.pt (what vgray locate reads)")
+    p.add_argument("--save-predictions", type=int, metavar="N", help="write PNG grids of the first N queries: "
+                   "the query, then its top-k (k = min(5, max recall value)) database images framed green when within "
+                   "test.positive_dist_threshold metres, red otherwise, the distance under each; into "
+                   "PREDICTIONS_DIR/predictions/<rank>_<query-file-stem>.png")
+    p.add_argument("--predictions-failures-only", action="store_true",
+                   help="with --save-predictions: the first N queries whose top-1 is wrong")
+    p.add_argument("--predictions-dir", metavar="PREDICTIONS_DIR", help="folder for predictions/ "
+                   "(default: the folder of --json, else the current folder)")
 
     p = sub.add_parser("train", help="train a model (the paper's protocol), then test the best one")
     _config_args(p)
@@ -154,12 +162,26 @@ def cmd_profile(args) -> None:
 
 def cmd_eval(args) -> None:
     from vgray.evaluate.evaluate import evaluate
+    n = args.save_predictions
+    if n is not None and n < 1:
+        raise BadInput(f"--save-predictions={n} must be at least 1")
+    if n is None and (args.predictions_failures_only or args.predictions_dir):
+        raise BadInput("--predictions-failures-only and --predictions-dir need --save-predictions N")
     cfg = _load(args)
-    figures = evaluate(cfg, save_descriptors=args.save_descriptors)
+    keep: Optional[Dict] = {} if n is not None else None
+    figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
     h, w = cfg.data.image_size
     print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} "
                   f"[{cfg.test.split}] at {h}x{w}, kNN {cfg.test.knn}", figures)
     _write_json(args.json, figures)
+    if keep is not None:
+        from vgray.report.predictions import save_predictions
+        base = Path(args.predictions_dir or (Path(args.json).parent if args.json else "."))
+        written = save_predictions(keep["split"], keep["predictions"], keep["positives"],
+                                   cfg.test.positive_dist_threshold, base / "predictions", n,
+                                   k=min(5, max(cfg.test.recall_values)),
+                                   failures_only=args.predictions_failures_only)
+        print(f"{len(written)} prediction grids in {base / 'predictions'}")
 
 
 def cmd_train(args) -> None:

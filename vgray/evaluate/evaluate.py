@@ -72,7 +72,7 @@ class _AtomicParquet:
 
 def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
                    save_descriptors: Optional[str | os.PathLike] = None, progress: bool = True,
-                   extractor: Optional[Callable] = None, pca=None) -> Dict[str, float]:
+                   extractor: Optional[Callable] = None, pca=None, keep: Optional[dict] = None) -> Dict[str, float]:
     """Recall@N of ``model`` on ``split`` with the figures of the contract.
 
     ``extractor(model, paths, transform, rt, features_dim, desc) -> (descriptors, valid)`` supplies
@@ -89,6 +89,9 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     bottom-right, centre): search every row for ``max(recall_values)`` (maj_voting: at least 10)
     neighbours and merge each query's rows with :mod:`vgray.evaluate.methods`'s ``merge``.
     ``five_crops`` writes the mean descriptor it searches, one row per query.
+
+    ``keep``, a dict, receives ``predictions`` (database ids per query, ``-1`` for none) and
+    ``positives`` (the database ids within ``test.positive_dist_threshold`` of each query).
     """
     rt = rt or Runtime.from_config(cfg, progress=progress)
     extractor = extractor or extract_descriptors
@@ -162,6 +165,8 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     predictions[q_rows, :merged.shape[1]] = merged
     positives = split.soft_positives(cfg.test.positive_dist_threshold)
     result: Dict[str, float] = recall_at_n(predictions, positives, cfg.test.recall_values)
+    if keep is not None:
+        keep.update(predictions=predictions, positives=positives)
     images = len(split.queries) + len(split.database)
     result.update({
         "queries": len(split.queries),
@@ -251,8 +256,10 @@ def _streamed(model, split, method, rt, xq, k, budget_mb, db_file, project):
     return db_ids, D, I, search_state.seconds, search_state.peak_mb
 
 
-def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None) -> Dict[str, float]:
-    """``vgray eval``: build the model and the split from ``cfg``, evaluate, add the model's cost."""
+def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
+             keep: Optional[dict] = None) -> Dict[str, float]:
+    """``vgray eval``: build the model and the split from ``cfg``, evaluate, add the model's cost.
+    ``keep`` receives what :func:`evaluate_split` keeps, and the ``split``."""
     from vgray.models import build_model
     from vgray.models.profile import model_cost
 
@@ -266,7 +273,9 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None) -> D
         # Evaluating only: the aggregation's clusters come from the database being searched.
         method = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std)
         initialize_aggregation(model, split.database.paths, method.database_transform, rt, seed=cfg.seed)
-    result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors)
+    result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors, keep=keep)
+    if keep is not None:
+        keep["split"] = split
     if save_descriptors is not None:
         # What vgray locate needs to recompute these descriptors for new photos.
         from vgray.locate import write_model

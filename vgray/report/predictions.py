@@ -1,0 +1,77 @@
+"""Prediction grids: each query beside its top-k database images, right ones framed green, wrong red.
+
+As the peers of Berton et al., "Deep Visual Geo-localization Benchmark" (CVPR 2022) save them: a
+candidate is right when it lies within ``test.positive_dist_threshold`` metres of the query; the
+distance in metres is written under it. Written by ``vgray eval --save-predictions N``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vgray.data.dataset import Split
+
+TILE = (96, 72)  # (width, height) of every image in a grid
+BORDER = 4  # frame width in pixels
+MARGIN = 6
+TEXT_H = 16
+GREEN = (0, 170, 0)
+RED = (210, 0, 0)
+QUERY = (40, 90, 220)
+
+
+def tile_box(i: int) -> Tuple[int, int, int, int]:
+    """Outer (left, top, right, bottom) of the frame of tile ``i`` (0: the query, then the candidates)."""
+    w, h = TILE[0] + 2 * BORDER, TILE[1] + 2 * BORDER
+    left = MARGIN + i * (w + MARGIN)
+    return left, MARGIN, left + w - 1, MARGIN + h - 1
+
+
+def failures(predictions: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
+    """Queries whose top-1 prediction is not a positive (a skipped query, ``-1``, is a failure)."""
+    return np.asarray([i for i, p in enumerate(positives) if predictions[i, 0] not in set(np.asarray(p).tolist())],
+                      dtype=np.int64)
+
+
+def _tile(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB").resize(TILE)
+
+
+def draw_grid(split: Split, query: int, candidates: Sequence[int], threshold: float) -> Image.Image:
+    """The query and its ``candidates`` (database ids, ``-1`` for none) side by side."""
+    _, _, right, bottom = tile_box(len(candidates))
+    canvas = Image.new("RGB", (right + 1 + MARGIN, bottom + 1 + TEXT_H + MARGIN), "white")
+    draw = ImageDraw.Draw(canvas)
+    q_utm = split.queries.utm[query]
+    items = [(split.queries.paths[query], QUERY, "query")]
+    for c in candidates:
+        if c < 0:
+            items.append((None, RED, "none"))
+            continue
+        dist = float(np.linalg.norm(split.database.utm[c] - q_utm))
+        items.append((split.database.paths[c], GREEN if dist <= threshold else RED, f"{dist:.1f} m"))
+    for i, (path, colour, label) in enumerate(items):
+        box = tile_box(i)
+        draw.rectangle(box, fill=colour)
+        if path is not None:
+            canvas.paste(_tile(path), (box[0] + BORDER, box[1] + BORDER))
+        draw.text((box[0], box[3] + 3), label, fill="black")
+    return canvas
+
+
+def save_predictions(split: Split, predictions: np.ndarray, positives: Sequence[np.ndarray], threshold: float,
+                     out_dir: str | Path, n: int, k: int, failures_only: bool = False) -> List[Path]:
+    """Write ``out_dir/<rank>_<query-file-stem>.png`` for the first ``n`` queries (or failures)."""
+    queries = failures(predictions, positives) if failures_only else np.arange(len(split.queries))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rank, q in enumerate(queries[:n]):
+        path = out / f"{rank}_{Path(split.queries.paths[q]).stem}.png"
+        draw_grid(split, int(q), [int(c) for c in predictions[q, :k]], threshold).save(path)
+        written.append(path)
+    return written
