@@ -98,13 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="database matches per photo (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
-    p = sub.add_parser("report", help="a sweep's results as the paper's tables (md, csv, tex) and figures (png + csv)")
+    p = sub.add_parser("report", help="a sweep's results as the paper's tables (md, csv, tex), figures (png + csv) "
+                                      "and report.html; works on a running sweep's folder")
     p.add_argument("results", metavar="RESULTS_DIR", help="a sweep's results folder (STORAGE/NAME, with results.parquet)")
     p.add_argument("--out", help="where to write (default: RESULTS_DIR/report)")
     p.add_argument("--recall", default="1", help="recall values in the table, comma-separated (default 1; e.g. 1,5)")
     p.add_argument("--figure", dest="figures", action="append", metavar="NAME",
                    help="a figure that must be drawn (repeatable; exit 2 when the rows cannot give it): augmentation, "
                         "resolution, matching_time, knn, pareto; every figure the rows allow is written anyway")
+    p.add_argument("--predictions", type=int, metavar="N", help="prediction grids of N queries from the best "
+                   "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html")
+    p.add_argument("--failures-only", action="store_true", help="with --predictions: only queries whose top-1 is wrong")
 
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
@@ -242,12 +246,15 @@ def cmd_report(args) -> None:
         recalls = []
     if not recalls or any(n < 1 for n in recalls):
         raise BadInput(f"--recall {args.recall!r} must be positive integers separated by commas, e.g. 1,5")
-    report = make_report(args.results, out=args.out, recalls=recalls, required=args.figures or ())
+    report = make_report(args.results, out=args.out, recalls=recalls, required=args.figures or (),
+                         predictions=args.predictions, failures_only=args.failures_only)
     print(report.table_md, end="")
     for path in report.written:
         print(f"wrote {path}")
     for name, why in report.skipped.items():
         print(f"skipped figure {name}: {why}")
+    print(report.progress)
+    print(f"open {report.page}")
 
 
 def cmd_bench(args) -> None:

@@ -247,6 +247,10 @@ def results_actor_class():
         def summary_markdown(self) -> str:
             return summary_markdown(self.store.summary())
 
+        def summary(self) -> List[Dict[str, Any]]:
+            """The summary rows so far: one per config, mean and std over its finished seeds."""
+            return self.store.summary()
+
         def rows(self) -> List[Dict[str, Any]]:
             return list(self.store.rows)
 
@@ -267,3 +271,13 @@ def get_results_actor(sweep_name: str, directory: str, varied: List[str]):
     """The sweep's results actor: created on first use, found by name afterwards."""
     return results_actor_class().options(name=actor_name(sweep_name), namespace=ACTOR_NAMESPACE,
                                          get_if_exists=True).remote(directory, varied)
+
+
+def live_summary(sweep_name: str) -> Dict[str, Any]:
+    """A running sweep's summary, read from its results actor (from a driver connected to the
+    sweep's Ray): ``{"rows": summary rows, "markdown": the table, "count": rows received}``.
+    ``ValueError`` when no such actor lives on this cluster."""
+    import ray
+    actor = ray.get_actor(actor_name(sweep_name), namespace=ACTOR_NAMESPACE)
+    entries, markdown, rows = ray.get([actor.summary.remote(), actor.summary_markdown.remote(), actor.rows.remote()])
+    return {"rows": entries, "markdown": markdown, "count": len(rows)}

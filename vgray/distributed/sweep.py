@@ -321,6 +321,7 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
         out(f"Ray dashboard: {url}")
     actor = get_results_actor(spec.name, spec.directory, spec.varied)
     ray.get(actor.rows.remote())  # the actor is up (and has reloaded any earlier rows)
+    write_plan(spec, url)
 
     trainable = tune.with_resources(_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"],
                                                  **({"memory": spec.resources["memory_gb"] * 2**30}
@@ -342,7 +343,35 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
         failed += _rows_for_unfinished(grid, actor)
         trials += len(grid)
     summary = ray.get(actor.summary_markdown.remote())
+    write_plan(spec, url, finished=True)
     return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": trials}
+
+
+PLAN = "plan.json"
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+
+
+def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False) -> None:
+    """``STORAGE/NAME/plan.json`` (written atomically): how many rows the sweep will write (one per
+    config and seed), whether its driver has ended, and the Ray dashboard's URL; ``vgray report``
+    reads it to say how far a running sweep has come."""
+    import json
+    import time
+
+    from vgray.distributed.results import Storage
+    storage = Storage(spec.directory)
+    old = {}
+    if storage.exists(PLAN):
+        try:
+            old = json.loads(storage.read_bytes(PLAN))
+        except ValueError:
+            old = {}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    plan = {"sweep": spec.name, "task": spec.task, "trials": spec.num_trials * (spec.repeats if spec.search else 1),
+            "keep_models": spec.keep_models, "dashboard": dashboard or old.get("dashboard") or DEFAULT_DASHBOARD,
+            "started": old.get("started", now),
+            "finished": now if finished else None}
+    storage.write_bytes(PLAN, json.dumps(plan, indent=1).encode())
 
 
 def _new_tuner(spec: SweepSpec, trainable, stage, storage_path: str, name: str):

@@ -75,3 +75,49 @@ def save_predictions(split: Split, predictions: np.ndarray, positives: Sequence[
         draw_grid(split, int(q), [int(c) for c in predictions[q, :k]], threshold).save(path)
         written.append(path)
     return written
+
+
+def best_kept_model(directory: str | Path, rows, table) -> Tuple[dict, dict, Path]:
+    """The best config of ``table`` (highest mean of its first recall column) that has a kept
+    model, its row and the model ``directory/models/<trial>.pt``; :class:`BadInput` when the
+    sweep kept none."""
+    from vgray.errors import BadInput
+    from vgray.report.rows import finished
+    models = Path(directory) / "models"
+    kept = {p.stem: p for p in models.glob("*.pt")} if models.is_dir() else {}
+    if not kept:
+        raise BadInput(f"--predictions: {directory} holds no kept models ({models}/<trial>.pt); set keep_models: true "
+                       f"in the sweep YAML and run the sweep again (the tables and figures are written)")
+    column = table.recall[0]
+    for entry in sorted(table.entries, key=lambda e: -e.get(column, float("-inf"))):
+        group = sorted((r for r in finished(rows) if r["config_key"] == entry["config_key"]), key=lambda r: r["seed"])
+        for row in group:
+            if str(row.get("trial_name")) in kept:
+                return entry, row, kept[str(row["trial_name"])]
+    raise BadInput(f"--predictions: no finished trial of {directory} kept a model (models/ holds "
+                   f"{', '.join(sorted(kept)[:3])}); set keep_models: true in the sweep YAML")
+
+
+def report_grids(directory: str | Path, rows, table, out: Path, n: int, failures_only: bool = False):
+    """Evaluate the best config's kept model on its test split and write ``out/predictions/``
+    (grids left there by an earlier report are removed first). Returns a :class:`Grids`."""
+    from vgray.config import load_config
+    from vgray.evaluate.evaluate import evaluate
+    from vgray.models.network import read_checkpoint
+    from vgray.report.html import Grids
+
+    entry, row, path = best_kept_model(directory, rows, table)
+    config = read_checkpoint(str(path), "--predictions model")["config"]
+    config.setdefault("model", {}).update(pretrained=str(path), resume_from=None)
+    cfg = load_config(base=config)
+    keep: dict = {}
+    evaluate(cfg, progress=False, keep=keep)
+    folder = out / "predictions"
+    for old in folder.glob("*_*.png") if folder.is_dir() else []:
+        old.unlink()
+    k = min(5, max(cfg.test.recall_values))
+    files = save_predictions(keep["split"], keep["predictions"], keep["positives"], cfg.test.positive_dist_threshold,
+                             folder, n, k=k, failures_only=failures_only)
+    shown = ", ".join(f"{key}={entry.get(key)}" for key in table.varied) or "the only config"
+    return Grids(files, trial=str(row["trial_name"]), config=shown, threshold=cfg.test.positive_dist_threshold,
+                 k=k, failures_only=failures_only, queries=len(keep["split"].queries))

@@ -37,19 +37,37 @@ def load_rows(directory: str | Path) -> List[Row]:
         if inner:
             raise BadInput(f"RESULTS_DIR {folder} holds no results.parquet but {len(inner)} sweep folders; "
                            f"report one of them: {', '.join(str(folder / n) for n in inner)}")
-        raise BadInput(f"RESULTS_DIR {folder} holds no results.parquet (written by vgray sweep)")
+        raise BadInput(f"RESULTS_DIR {folder} holds no results.parquet (written by vgray sweep){_so_far(folder)}")
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow's many error types for a damaged file
         raise BadInput(f"{path} is not a readable parquet file ({type(exc).__name__})")
     if not rows:
-        raise BadInput(f"{path} holds no rows (no trial of the sweep has finished yet)")
+        raise BadInput(f"{path} holds no rows (no trial of the sweep has finished yet){_so_far(folder)}")
     for column in ("config_key", "seed", "status", "trial_id"):
         if any(r.get(column) is None for r in rows):
             raise BadInput(f"{path}: rows without a {column!r} column; vgray sweep writes config_key, seed, "
                            f"status and trial_id in every row")
     check_one_sweep(rows, path)
     return rows
+
+
+def read_plan(directory: str | Path) -> Dict[str, Any]:
+    """``plan.json`` that ``vgray sweep`` writes (how many trials, whether its driver ended, the
+    dashboard URL); ``{}`` when there is none or it cannot be read."""
+    import json
+    try:
+        plan = json.loads((Path(directory) / "plan.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+def _so_far(folder: Path) -> str:
+    plan = read_plan(folder)
+    if plan and not plan.get("finished") and isinstance(plan.get("trials"), int):
+        return f"; sweep {plan.get('sweep')} is running: 0 of {plan['trials']} trials done, run vgray report again later"
+    return ""
 
 
 def check_one_sweep(rows: List[Row], path: Path) -> None:
