@@ -75,6 +75,9 @@ class DataConfig:
     num_workers: Optional[int] = _key(None, "image-loading worker processes (null: one per CPU, at most 8)",
                                       range=(0, 256))
     skip_corrupt: bool = _key(False, "skip unreadable images (reported by path) instead of stopping")
+    ray_threshold: int = _key(20000, "on Ray (sweep trials, vgray train --address), extract sets of more images "
+                                     "than this through Ray Data, smaller ones in-process (0: always Ray Data)",
+                              range=(0, 2**31 - 1))
 
     @property
     def image_size(self) -> tuple:
