@@ -12,6 +12,7 @@ of this model; a truncated shard or one of another model is extracted again, nev
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,6 +41,27 @@ def file_sha1(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+# Keys of ``model`` that choose where weights come from, not what the network computes.
+_WEIGHT_SOURCES = ("pretrained", "resume_from")
+
+
+def model_hash(model, cfg) -> str:
+    """sha1 of what makes a descriptor: the network's tensors (``state_dict`` in key order: name,
+    dtype, shape and bytes of each) and its architecture (``cfg.model`` without the keys that only
+    say where the weights came from, and the input size ``data.image_size``). Stable for the same
+    weights however they were saved or loaded (a ``torch.save`` file's bytes are not: the zip
+    holds pickled object ids and record names)."""
+    import torch
+    h = hashlib.sha1()
+    arch = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in _WEIGHT_SOURCES}
+    h.update(json.dumps({"model": arch, "image_size": list(cfg.data.image_size)}, sort_keys=True).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"\n{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -99,16 +121,22 @@ def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], s
 
 class _Embed:
     """Ray Data stage 2 (actor pool): the network, built once per actor from the config and the
-    driver's ``model.pt``; images -> descriptors (B, d) float32."""
+    driver's weights (``model_file``, or ``state``: a state dict or an object-store reference to
+    one); images -> descriptors (B, d) float32."""
 
-    def __init__(self, cfg, model_file: str):
+    def __init__(self, cfg, model_file: Optional[str] = None, state=None):
         import torch
 
         from vgray.evaluate.extract import Runtime
         from vgray.models import build_model
         self.rt = Runtime.from_config(cfg, progress=False)
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
-        model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+        if model_file is not None:
+            state = torch.load(model_file, map_location="cpu", weights_only=True)
+        elif not isinstance(state, dict):
+            import ray
+            state = ray.get(state)
+        model.load_state_dict(state)
         self.model = self.rt.prepare(model)
         self.features_dim = model.features_dim
 
@@ -124,7 +152,7 @@ class _Embed:
 
 
 def _prepare_model(cfg, split, out: Path, progress: bool):
-    """The network of ``cfg`` and the sha1 of ``out/model.pt``. A folder written for this very config
+    """The network of ``cfg`` and its :func:`model_hash`. A folder written for this very config
     keeps its model.pt (so its shards stay valid); otherwise the model is built (NetVLAD initialised
     from the database, as ``vgray eval`` does) and ``config.yaml`` and ``model.pt`` written."""
     import torch
@@ -154,7 +182,7 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
             initialize_aggregation(model, split.database.paths, method.database_transform,
                                    Runtime.from_config(cfg, progress=progress), seed=cfg.seed)
         write_model(out, cfg, model)
-    return model, file_sha1(model_file)
+    return model, model_hash(model, cfg)
 
 
 def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, object]:

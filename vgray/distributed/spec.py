@@ -17,7 +17,7 @@ repeats: 3                   # seeds 0..2 of every grid point
 keep_models: false           # keep every trial's best model there (those depended on are always kept)
 search: {algorithm: optuna, space: {...}, num_samples: 20, metric: val/R@5, mode: max}
 scheduler: {type: asha, grace_period: 1}
-resources: {cpu: 4, gpu: 1}
+resources: {cpu: 4, gpu: 1}     # the trainer; plus extract_cpu (default 1) / extract_gpu for Ray Data
 storage: ~/vgray_results
 max_failures: 2
 ```
@@ -41,7 +41,8 @@ TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial o
 SEARCH_KEYS = ("algorithm", "space", "num_samples", "metric", "mode", "sampler", "seed")
 SPACE_TYPES = ("float", "int", "categorical")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t", "metric", "mode")
-RESOURCE_KEYS = ("cpu", "gpu", "memory_gb")
+# extract_cpu / extract_gpu: a trial's extraction bundle, for Ray Data (vgray.distributed.descriptors)
+RESOURCE_KEYS = ("cpu", "gpu", "memory_gb", "extract_cpu", "extract_gpu")
 METRICS_PREFIXES = ("val/R@", "test/")
 
 

@@ -97,12 +97,18 @@ def run_trial(config: Dict[str, Any]) -> None:
 
         def report(metrics, out_dir, seed=seed):
             _write_json(work / "trial.json", {"done": done, "running": seed})
-            tune.report({**metrics, "seed": seed}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            through_ray = {"ray_data_images": extractor.images_through_ray} if extractor is not None else {}
+            tune.report({**metrics, **through_ray, "seed": seed}, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
         if config["task"] == "train":
+            from vgray.distributed.descriptors import trial_extractor
             from vgray.train.loop import train
             resume = resume_seed == seed and (run_dir / "last.pt").is_file()
-            result = train(cfg, run_dir, report=report, resume=resume, progress=False, log=lambda *a: None)
+            # Mining refreshes, validation and the test of sets above data.ray_threshold go through
+            # Ray Data, inside this trial's placement group (its extraction bundle).
+            extractor = trial_extractor(cfg, log=lambda *a: None)
+            result = train(cfg, run_dir, report=report, resume=resume, progress=False, log=lambda *a: None,
+                           extractor=extractor)
         else:
             result = _eval_result(cfg)
         row = make_row(cfg, row_id, name if len(seeds) == 1 else f"{name}-s{seed}", result)
@@ -323,9 +329,10 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     ray.get(actor.rows.remote())  # the actor is up (and has reloaded any earlier rows)
     write_plan(spec, url)
 
-    trainable = tune.with_resources(_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"],
-                                                 **({"memory": spec.resources["memory_gb"] * 2**30}
-                                                    if spec.resources.get("memory_gb") else {})})
+    from vgray.distributed.descriptors import trial_resources
+    # Per trial: a placement group of the trainer's bundle and, when it may use Ray Data, an
+    # extraction bundle that its Ray Data tasks and actors run in.
+    trainable = tune.with_resources(_trainable, trial_resources(spec))
     stages = [None] if spec.search else spec.stages()
     failed = trials = 0
     for number, stage in enumerate(stages):

@@ -61,14 +61,17 @@ class TripletImages(SafeDataset):
 
 
 class LocalDescriptors:
-    """The in-process :class:`~vgray.train.mining.DescriptorSource`: extracts with the current model."""
+    """The :class:`~vgray.train.mining.DescriptorSource` of training: extracts with the current model,
+    through ``extractor`` (the contract of :func:`~vgray.evaluate.evaluate.evaluate_split`; default:
+    in this process)."""
 
-    def __init__(self, model, split, transform, rt: Runtime):
+    def __init__(self, model, split, transform, rt: Runtime, extractor: Optional[Callable] = None):
         self.model, self.split, self.transform, self.rt = model, split, transform, rt
+        self.extractor = extractor or extract_descriptors
 
     def __call__(self, role: str, indices: np.ndarray) -> np.ndarray:
         images = self.split.database if role == "database" else self.split.queries
-        x, valid = extract_descriptors(self.model, [images.paths[i] for i in indices], self.transform,
+        x, valid = self.extractor(self.model, [images.paths[i] for i in indices], self.transform,
                                        self.rt, self.model.features_dim, desc=f"cache {role}")
         if not valid.all():
             bad = [images.paths[indices[j]] for j in np.flatnonzero(~valid)]
@@ -121,9 +124,11 @@ def _check_memory(cfg, data: TrainingQueries, features_dim: int) -> None:
 
 
 def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, progress: bool = True,
-          log=print) -> Dict[str, float]:
+          log=print, extractor: Optional[Callable] = None) -> Dict[str, float]:
     """Train the model ``cfg`` describes on ``data.root``'s train split; returns the final figures
-    (last epoch's metrics, ``test/<dataset>/R@N`` of the best model, cost, time)."""
+    (last epoch's metrics, ``test/<dataset>/R@N`` of the best model, cost, time). ``extractor``
+    (the contract of :func:`~vgray.evaluate.evaluate.evaluate_split`; default: in this process)
+    supplies the descriptors of mining refreshes, validation and the final test."""
     out = Path(out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and not last_path.is_file():
@@ -176,7 +181,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
 
     loops = cfg.train.queries_per_epoch // cfg.train.cache_refresh_rate
     start_time = time.perf_counter() - (state.history[-1]["train_time_s"] if state.history else 0.0)
-    source = LocalDescriptors(model, train_split, db_transform, rt)
+    source = LocalDescriptors(model, train_split, db_transform, rt, extractor)
     while state.epoch < cfg.train.epochs and state.not_improved < cfg.train.patience:
         losses = []
         for loop in range(loops):
@@ -189,7 +194,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
                                          shuffle=True, batch_size=cfg.train.batch_size):
                 losses.append(_step(model, batch, optimizer, rt, cfg))
         state.epoch += 1
-        val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False)
+        val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False, extractor=extractor)
         improved = val["R@5"] > state.best_r5
         state.best_r5 = max(state.best_r5, val["R@5"])
         state.not_improved = 0 if improved else state.not_improved + 1
@@ -207,7 +212,8 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         if report is not None:
             report(metrics, out)
 
-    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, test_sets, rt, state, log)
+    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, test_sets, rt, state, log,
+                       extractor)
 
 
 def _step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> float:
@@ -240,16 +246,18 @@ def _load_model(model, ck: Dict, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def _final_test(cfg, model, weights: Path, test_sets: Dict[str, str], rt, state: TrainState, log) -> Dict:
+def _final_test(cfg, model, weights: Path, test_sets: Dict[str, str], rt, state: TrainState, log,
+                extractor: Optional[Callable] = None) -> Dict:
     from vgray.models.profile import model_cost
     ck = checkpoint.load(weights)
     model.load_state_dict(ck["model"])
     result = dict(state.history[-1]) if state.history else {}
     result["epochs"] = state.epoch
     # model.pca_dim: one PCA of the best model, fitted on the training dataset, for every test set.
-    pca = pca_from_training(model, cfg, rt) if cfg.model.pca_dim is not None else None
+    pca = pca_from_training(model, cfg, rt, extractor) if cfg.model.pca_dim is not None else None
     for name, root in test_sets.items():
-        figures = evaluate_split(model, open_split(root, "test"), cfg, rt=rt, progress=False, pca=pca)
+        figures = evaluate_split(model, open_split(root, "test"), cfg, rt=rt, progress=False, pca=pca,
+                                 extractor=extractor)
         for k, v in figures.items():
             if k.startswith("R@"):
                 result[f"test/{name}/{k}"] = v
