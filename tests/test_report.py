@@ -1,8 +1,15 @@
 """``vgray report``: the paper's tables and figures from the rows of real sweeps run here (a tiny
 eval sweep over test.knn x data.resize_fraction with 2 seeds, a tiny train sweep over an
-augmentation strength), the numbers checked against the rows; and the bad inputs (exit 2, one line)."""
+augmentation strength that keeps its models), the numbers checked against the rows; report.html
+opened in headless Chromium; the live view (a running sweep's folder, the results actor); and the
+bad inputs (exit 2, one line)."""
 import csv
 import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +102,9 @@ def eval_sweep(ray_local, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def train_sweep(ray_local, tmp_path_factory) -> Path:
-    """Training with and without a brightness augmentation, one seed each."""
-    return run_sweep(tmp_path_factory.mktemp("train"), "aug", grid={"train.augmentation.brightness": [0.0, 0.5]})
+    """Training with and without a brightness augmentation, one seed each; the models are kept."""
+    return run_sweep(tmp_path_factory.mktemp("train"), "aug", grid={"train.augmentation.brightness": [0.0, 0.5]},
+                     keep_models=True)
 
 
 def rows(directory: Path):
@@ -235,3 +243,122 @@ def test_rows_of_two_sweeps_mixed_are_refused(eval_sweep, train_sweep, tmp_path,
     assert main(["report", str(mixed)]) == 2
     assert "mixes rows of different sweeps" in one_error_line(capsys)
     assert not (mixed / "report").exists() or not list((mixed / "report").iterdir())
+
+
+# -- report.html in a real browser, prediction grids, the live view ---------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's package) with a throwaway profile; skipped where it is absent,
+    failed when CI is set (CI installs it)."""
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI installs Debian's chromium package in .ci/run)")
+        pytest.skip("chromium is not installed (apt-get install chromium); report.html is not checked in a browser")
+    with tempfile.TemporaryDirectory(prefix="vgray-chromium-") as profile:
+        done = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def body_attributes(dom: str) -> dict:
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    return dict(re.findall(r'(data-[\w-]+)="([^"]*)"', body))
+
+
+@pytest.mark.slow
+def test_report_page_renders_in_chromium_with_every_image_and_the_prediction_grids(train_sweep, tmp_path, capsys):
+    from PIL import Image
+    out = tmp_path / "rep"
+    assert main(["report", str(train_sweep), "--out", str(out), "--predictions", "3"]) == 0
+    printed = capsys.readouterr().out
+    page = out / "report.html"
+    assert f"open {page}" in printed
+    html = page.read_text()
+    assert "http://" not in html.replace("http://127.0.0.1:8265", "")  # no network but the dashboard link
+    assert "https://" not in html and "<link" not in html and "src=\"http" not in html
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    figures = sorted(p.name for p in out.glob("*.png"))
+    grids = sorted(p.relative_to(out).as_posix() for p in (out / "predictions").glob("*.png"))
+    assert len(grids) == 3 and sorted(sources) == sorted(figures + grids)
+    # the browser: every image loaded, one table row per config of the sweep
+    dom = chromium("--virtual-time-budget=10000", "--dump-dom", page.as_uri()).stdout
+    marks = body_attributes(dom)
+    configs = {r["config_key"] for r in rows(train_sweep)}
+    assert marks["data-images"] == str(len(sources)) and marks["data-images-loaded"] == str(len(sources))
+    assert marks["data-table-rows"] == str(len(configs)) == "2"
+    for brightness in ("0.0", "0.5"):
+        row = next(r for r in rows(train_sweep) if r["train.augmentation.brightness"] == float(brightness))
+        cell = f"{row['test/synthetic_tiny/R@1']:.1f} ± 0.0"
+        assert re.search(rf"<td class=\"config\">{re.escape(brightness)}</td><td>1</td><td>(<strong>)?{re.escape(cell)}", dom)
+    assert "Sweep finished: 2 of 2 trials done" in dom
+    shot = tmp_path / "shot.png"
+    chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 1600)
+    assert len(image.getcolors(maxcolors=1 << 20) or []) > 50  # text, table and plots, not a blank page
+    if os.environ.get("VGRAY_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["VGRAY_KEEP_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_predictions_of_a_sweep_without_kept_models_exit_2_and_the_rest_is_written(eval_sweep, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(eval_sweep), "--out", str(out), "--predictions", "2"]) == 2
+    line = one_error_line(capsys)
+    assert "keep_models" in line and "holds no kept models" in line
+    assert (out / "table.md").is_file() and (out / "fig3_resolution.png").is_file()
+    html = (out / "report.html").read_text()
+    assert "keep_models" in html and html.count('<tr data-config=') == 4
+    assert main(["report", str(eval_sweep), "--out", str(out), "--failures-only"]) == 2
+    assert "--predictions" in one_error_line(capsys)
+
+
+@pytest.mark.slow
+def test_live_view_of_a_running_sweep(eval_sweep, tmp_path, capsys):
+    plan = json.loads((eval_sweep / "plan.json").read_text())
+    assert plan["trials"] == 8 and plan["finished"] and plan["sweep"] == "knn_res"
+    # the folder as it is while the sweep runs: its plan not finished, the rows written so far
+    live = tmp_path / "knn_res"
+    live.mkdir()
+    (live / "plan.json").write_text(json.dumps({**plan, "finished": None, "dashboard": "http://10.0.0.5:8265"}))
+    assert main(["report", str(live)]) == 2  # no row yet
+    assert "0 of 8 trials done" in one_error_line(capsys)
+    got = rows(eval_sweep)[:3]
+    pq.write_table(pa.Table.from_pylist(got), live / "results.parquet")
+    assert main(["report", str(live)]) == 0
+    printed = capsys.readouterr().out
+    assert "Sweep running: 3 of 8 trials done" in printed
+    html = (live / "report" / "report.html").read_text()
+    assert "Sweep running: 3 of 8 trials done" in html and 'href="http://10.0.0.5:8265"' in html
+    assert html.count("<tr data-config=") == len({r["config_key"] for r in got})
+
+
+@pytest.mark.slow
+def test_summary_is_readable_from_the_live_results_actor(eval_sweep, tmp_path):
+    import ray
+
+    from vgray.distributed.results import get_results_actor, live_summary, summarize, summary_markdown
+    from vgray.report.rows import varied_keys
+    got = rows(eval_sweep)
+    varied = varied_keys(got)
+    actor = get_results_actor("live-view", str(tmp_path / "live-view"), varied)
+    try:
+        for r in got[:5]:
+            assert ray.get(actor.add.remote(r))
+        live = live_summary("live-view")
+        assert live["count"] == 5 and live["rows"] == summarize(got[:5], varied)
+        for entry in live["rows"]:
+            vals = [r["test/synthetic_tiny/R@1"] for r in got[:5] if r["config_key"] == entry["config_key"]]
+            assert entry["n"] == len(vals) and entry["test/synthetic_tiny/R@1"] == pytest.approx(np.mean(vals))
+            assert entry["test/synthetic_tiny/R@1 std"] == pytest.approx(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
+        assert live["markdown"] == summary_markdown(live["rows"]) and live["markdown"].count("\n| ") == len(live["rows"])
+    finally:
+        ray.kill(actor)
+    with pytest.raises(ValueError):
+        live_summary("no-such-sweep")
