@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per batch (default test.batch_size)")
     p.add_argument("--no-concat", action="store_true", help="write only the shards, not DIR/database.parquet "
                    "and DIR/queries.parquet (their concatenation, which vgray locate reads)")
+    p.add_argument("--index", metavar="SPEC", help="also make the database shards into this faiss index "
+                   "(index_factory string, e.g. IVF1024,PQ32: trained on a sample, filled shard by shard) "
+                   "in DIR/database.index.faiss")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
@@ -227,7 +230,8 @@ def cmd_extract(args) -> None:
     check_request(cfg, args.roles or ROLES, args.shard_size, args.actors)  # before Ray starts
     init_ray(args.address, num_cpus=args.num_cpus)
     figures = extract(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
-                      actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat)
+                      actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat,
+                      index=args.index)
     print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] -> {args.out}",
                   figures)
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from vgray.errors import BadInput
 
 ROLES = ("database", "queries")
+INDEX_FILE = "database.index.faiss"  # extract --index: the database shards in a faiss index
 META_KEY = b"vgray"
 
 
@@ -222,11 +223,14 @@ def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[i
 
 def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_size: int = 1000,
             actors: Optional[int] = None, batch_size: Optional[int] = None, progress: bool = True,
-            concat: bool = True, log=None) -> Dict[str, object]:
+            concat: bool = True, log=None, index: Optional[str] = None) -> Dict[str, object]:
     """Descriptors of ``roles`` of split ``split_name`` of ``cfg.data.root`` into ``out_dir``.
 
     With ``concat``, the shards of each role are also joined into ``out_dir/<role>.parquet`` (what
     ``vgray locate --database out_dir`` reads; one more pass over the descriptors on the driver).
+    With ``index`` (a faiss index_factory string, e.g. ``IVF1024,PQ32``), the database shards are
+    also made into that index, trained on a sample and filled shard by shard
+    (:func:`vgray.distributed.search.index_from_shards`), written to ``out_dir/database.index.faiss``.
     Ray must be initialised (``vgray.distributed.sweep.init_ray``). Returns figures:
     ``images`` (extracted now), ``shards_written``, ``shards_kept``, ``skipped`` (unreadable
     images left out), ``features_dim``, ``model_sha1``, ``seconds``, ``images_per_s``.
@@ -245,6 +249,11 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
     split = open_split(cfg.data.root, split_name)
     model, model_sha1 = _prepare_model(cfg, split, out, progress)
     d = model.features_dim
+    if index is not None:
+        from vgray.evaluate.knn import build_index
+        if "database" not in roles:
+            raise BadInput(f"--index {index}: an index is made of the database; extract --role database too")
+        build_index(index, d)  # a string faiss refuses stops us before any extraction
     transforms = _transforms(cfg, model, roles)
     sets = {role: getattr(split, role) for role in roles}
 
@@ -281,8 +290,21 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
         tables = [pq.read_table(shard_path(out, role, k)) for k in range(count)]
         table = pa.concat_tables(tables).replace_schema_metadata(None)
         _write_atomic(table, out / f"{role}.parquet")
+    figures = {}
+    if index is not None:
+        import faiss
+
+        from vgray.distributed.search import index_from_shards
+        started = time.perf_counter()
+        files = [shard_path(out, "database", k) for k in range(-(-len(sets["database"]) // shard_size))]
+        built = index_from_shards([str(f) for f in files], index, seed=cfg.seed)
+        tmp = out / f".{INDEX_FILE}.{os.getpid()}.tmp"
+        faiss.write_index(built, str(tmp))
+        os.replace(tmp, out / INDEX_FILE)
+        figures = {"index": index, "index_seconds": time.perf_counter() - started,
+                   "index_mb": (out / INDEX_FILE).stat().st_size / 2**20}
     seconds = time.perf_counter() - start_time
-    return {"images": extracted, "shards_written": written, "shards_kept": kept, "skipped": skipped,
+    return {**figures, "images": extracted, "shards_written": written, "shards_kept": kept, "skipped": skipped,
             "features_dim": d, "model_sha1": model_sha1, "seconds": seconds,
             "images_per_s": extracted / seconds if seconds > 0 else 0.0}
 

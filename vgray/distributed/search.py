@@ -188,3 +188,45 @@ def same_as_flat(D0: np.ndarray, I0: np.ndarray, D: np.ndarray, I: np.ndarray, r
     tie[:, :-1] |= neighbours
     tie[:, -1] = True
     return np.all(close & ((I == I0) | tie), axis=1)
+
+
+def index_from_shards(files: Sequence[str], spec: str, train_size: int = 200_000, seed: int = 0):
+    """A faiss ``index_factory`` index (``spec``: ``IVF1024,PQ32``, ``OPQ16_64,IVF256,PQ16``,
+    ``Flat``, ...) of the descriptors in parquet ``files`` (database order), never holding more
+    than one shard and the training sample: trained on ``train_size`` random rows (all when
+    fewer), gathered shard by shard, then filled shard by shard. The sample is the one
+    :func:`vgray.evaluate.knn.fill_index` draws from the concatenated descriptors for the same
+    ``seed``, so the index is the one it builds from them (the same ids for every query)."""
+    import faiss
+
+    from vgray.evaluate.knn import (_skip_polysemous_training, build_index, faiss_message,
+                                    set_search_defaults)
+    if not files:
+        raise BadInput("index_from_shards: no descriptor shards given")
+    rows = [shard_rows(str(f)) for f in files]
+    d = rows[0][1]
+    for f, (_, d2) in zip(files, rows):
+        if d2 != d:
+            raise BadInput(f"{f}: descriptors of {d2} dimensions, but {files[0]} has {d}; "
+                           f"all shards of a database must come from one model")
+    counts = np.asarray([n for n, _ in rows], dtype=np.int64)
+    total = int(counts.sum())
+    index = build_index(spec, d)
+    _skip_polysemous_training(index)
+    try:
+        if not index.is_trained:
+            chosen = (np.arange(total) if total <= train_size else
+                      np.sort(np.random.default_rng(seed).choice(total, train_size, replace=False)))
+            starts = np.concatenate([[0], np.cumsum(counts)])
+            sample = []
+            for k, f in enumerate(files):
+                lo, hi = np.searchsorted(chosen, [starts[k], starts[k + 1]])
+                if hi > lo:
+                    sample.append(read_descriptors(str(f))[chosen[lo:hi] - starts[k]])
+            index.train(np.ascontiguousarray(np.concatenate(sample), dtype=np.float32))
+        for f in files:
+            index.add(np.ascontiguousarray(read_descriptors(str(f)), dtype=np.float32))
+    except RuntimeError as exc:
+        raise BadInput(f"index {spec!r} cannot be built on {total} x {d} descriptors: {faiss_message(exc)}")
+    set_search_defaults(index)
+    return index
