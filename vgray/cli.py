@@ -228,6 +228,8 @@ def cmd_extract(args) -> None:
     from vgray.distributed.sweep import init_ray
     cfg = _load(args)
     check_request(cfg, args.roles or ROLES, args.shard_size, args.actors)  # before Ray starts
+    from vgray.data.dataset import open_split
+    open_split(cfg.data.root, args.split)  # a missing, empty or unnamed dataset too (its index is cached)
     init_ray(args.address, num_cpus=args.num_cpus)
     figures = extract(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
                       actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat,

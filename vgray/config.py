@@ -452,6 +452,8 @@ def cross_check(cfg: Config) -> None:
     if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
         raise BadInput(f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
                        f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}")
+    if not cfg.test.recall_values:
+        raise BadInput("test.recall_values=[] must list at least one N, e.g. [1, 5, 10, 20]")
     if sorted(set(cfg.test.recall_values)) != list(cfg.test.recall_values):
         raise BadInput(f"test.recall_values={cfg.test.recall_values} must be increasing with no repeats")
     if cfg.test.memory_budget_mb is not None and cfg.test.knn.replace(" ", "") != "Flat":
