@@ -10,7 +10,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+from html import escape
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -282,12 +284,14 @@ def test_report_page_renders_in_chromium_with_every_image_and_the_prediction_gri
     html = page.read_text()
     assert "http://" not in html.replace("http://127.0.0.1:8265", "")  # no network but the dashboard link
     assert "https://" not in html and "<link" not in html and "src=\"http" not in html
-    sources = re.findall(r'<img src="([^"]+)"', html)
+    sources = [unquote(s) for s in re.findall(r'<img src="([^"]+)"', html)]
     figures = sorted(p.name for p in out.glob("*.png"))
     grids = sorted(p.relative_to(out).as_posix() for p in (out / "predictions").glob("*.png"))
     assert len(grids) == 3 and sorted(sources) == sorted(figures + grids)
-    # the browser: every image loaded, one table row per config of the sweep
-    dom = chromium("--virtual-time-budget=10000", "--dump-dom", page.as_uri()).stdout
+    # the browser: every image loaded, one table row per config of the sweep, and a screenshot
+    shot = tmp_path / "shot.png"
+    dom = chromium("--virtual-time-budget=10000", "--dump-dom", f"--screenshot={shot}", "--window-size=1200,1600",
+                   page.as_uri()).stdout
     marks = body_attributes(dom)
     configs = {r["config_key"] for r in rows(train_sweep)}
     assert marks["data-images"] == str(len(sources)) and marks["data-images-loaded"] == str(len(sources))
@@ -297,8 +301,6 @@ def test_report_page_renders_in_chromium_with_every_image_and_the_prediction_gri
         cell = f"{row['test/synthetic_tiny/R@1']:.1f} ± 0.0"
         assert re.search(rf"<td class=\"config\">{re.escape(brightness)}</td><td>1</td><td>(<strong>)?{re.escape(cell)}", dom)
     assert "Sweep finished: 2 of 2 trials done" in dom
-    shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 1600)
     assert len(image.getcolors(maxcolors=1 << 20) or []) > 50  # text, table and plots, not a blank page
@@ -329,14 +331,24 @@ def test_live_view_of_a_running_sweep(eval_sweep, tmp_path, capsys):
     (live / "plan.json").write_text(json.dumps({**plan, "finished": None, "dashboard": "http://10.0.0.5:8265"}))
     assert main(["report", str(live)]) == 2  # no row yet
     assert "0 of 8 trials done" in one_error_line(capsys)
-    got = rows(eval_sweep)[:3]
+    first = rows(eval_sweep)[:1]  # one row: the table has the sweep's varied columns all the same
+    pq.write_table(pa.Table.from_pylist(first), live / "results.parquet")
+    assert main(["report", str(live), "--out", str(tmp_path / "one")]) == 0
+    assert "Sweep running: 1 of 8 trials done" in capsys.readouterr().out
+    one = md_rows((tmp_path / "one" / "table.md").read_text())
+    assert len(one) == 1 and one[0]["test.knn"] == first[0]["test.knn"]
+    assert one[0]["data.resize_fraction"] == str(first[0]["data.resize_fraction"])
+    got = rows(eval_sweep)[:4]
+    evil = "<img src=x onerror=alert(1)>"  # a failed trial's error text goes on the page escaped
+    got[3] = {**got[3], "status": "failed", "error": evil}
     pq.write_table(pa.Table.from_pylist(got), live / "results.parquet")
     assert main(["report", str(live)]) == 0
     printed = capsys.readouterr().out
-    assert "Sweep running: 3 of 8 trials done" in printed
+    assert "Sweep running: 3 of 8 trials done, 1 failed or stopped" in printed
     html = (live / "report" / "report.html").read_text()
     assert "Sweep running: 3 of 8 trials done" in html and 'href="http://10.0.0.5:8265"' in html
-    assert html.count("<tr data-config=") == len({r["config_key"] for r in got})
+    assert html.count("<tr data-config=") == len({r["config_key"] for r in got[:3]})
+    assert evil not in html and escape(evil) in html
 
 
 @pytest.mark.slow

@@ -360,8 +360,9 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False) -> None:
     """``STORAGE/NAME/plan.json`` (written atomically): how many rows the sweep will write (one per
-    config and seed), whether its driver has ended, and the Ray dashboard's URL; ``vgray report``
-    reads it to say how far a running sweep has come."""
+    config and seed), the keys it varies, whether its driver has ended, and the Ray dashboard's
+    URL; ``vgray report`` reads it to say how far a running sweep has come (and to show the varied
+    columns while the rows written so far do not differ in them yet)."""
     import json
     import time
 
@@ -375,6 +376,7 @@ def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False
             old = {}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plan = {"sweep": spec.name, "task": spec.task, "trials": spec.num_trials * (spec.repeats if spec.search else 1),
+            "varied": spec.varied,
             "keep_models": spec.keep_models, "dashboard": dashboard or old.get("dashboard") or DEFAULT_DASHBOARD,
             "started": old.get("started", now),
             "finished": now if finished else None}

@@ -47,7 +47,7 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     model, raised after every other output (the page included) is written."""
     from vgray.report.figures import FIGURES, Missing
     from vgray.report.html import write_page
-    from vgray.report.rows import load_rows, varied_keys
+    from vgray.report.rows import load_rows, read_plan, varied_keys
     from vgray.report.tables import build_table, markdown, write_tables
 
     unknown = [f for f in required if f not in FIGURES]
@@ -59,6 +59,10 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
         raise BadInput("--failures-only needs --predictions N")
     rows = load_rows(directory)
     varied = varied_keys(rows)
+    planned = read_plan(directory).get("varied")  # a running sweep's first rows may not differ yet
+    if isinstance(planned, list):
+        planned = [k for k in planned if isinstance(k, str) and any(k in r for r in rows)]
+        varied = planned + [k for k in varied if k not in planned]
     target = Path(out) if out else Path(directory) / "report"
     target.mkdir(parents=True, exist_ok=True)
     table = build_table(rows, varied, recalls)

@@ -216,7 +216,8 @@ def pareto(rows: List[Row], varied: List[str], out: Path) -> List[Path]:
             ax.errorbar([p[cost] for p in found], [p[metric] for p in found], xerr=[p[f"{cost} std"] for p in found],
                         yerr=[p[f"{metric} std"] for p in found], marker="o", linestyle="none", capsize=3)
             line = sorted((found[i] for i in front), key=lambda p: p[cost])
-            ax.step([p[cost] for p in line], [p[metric] for p in line], where="post", color="tab:red", label="Pareto front")
+            ax.step([p[cost] for p in line], [p[metric] for p in line], where="post", color="tab:red", label="Pareto front",
+                    marker="o", markersize=11, markerfacecolor="none")  # circled: a one-point front shows too
             for p in found:
                 ax.annotate(p["series"], (p[cost], p[metric]), fontsize=6, textcoords="offset points", xytext=(3, 3))
             records += [{"dataset": name, "series": p["series"], "n": p["n"], cost: p[cost], f"{cost} std": p[f"{cost} std"],

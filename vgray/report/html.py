@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Dict, List, Optional
+from urllib.parse import quote
 
 from vgray.report.tables import Table, _config_cell, _cost_cell, _label, _recall_text
 
@@ -25,6 +26,7 @@ body { font-family: sans-serif; margin: 1.5em auto; max-width: 1100px; padding: 
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 .status { background: #f3f6fa; border: 1px solid #d5dde8; padding: .6em .9em; }
 .status.running { background: #fff8e6; border-color: #e8d9a8; }
+.wide { overflow-x: auto; }
 table.results { border-collapse: collapse; font-size: .9em; }
 table.results th, table.results td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
 table.results th { background: #eef1f5; }
@@ -49,6 +51,11 @@ window.addEventListener("load", function () {
 """
 
 
+def _href(path: Path, out: Path) -> str:
+    """A relative URL to ``path`` (file names may hold ``#``, ``?``, ``%``), escaped for an attribute."""
+    return escape(quote(path.relative_to(out).as_posix()))
+
+
 @dataclass
 class Progress:
     """How far the sweep has come: rows written against the rows its plan announces."""
@@ -63,7 +70,7 @@ class Progress:
         apart = f", {self.apart} failed or stopped" if self.apart else ""
         if self.expected is None:
             return (f"{self.done} trials finished{apart} (the sweep wrote no plan.json, so how many it runs "
-                    f"is not known)")
+                    f"is not known).")
         state = "running" if self.running else "finished"
         more = "; run vgray report again to update this page" if self.running else ""
         return f"Sweep {state}: {self.done} of {self.expected} trials done{apart}{more}."
@@ -85,7 +92,7 @@ class Grids:
 def _table_html(table: Table) -> str:
     head = [escape(k) for k in table.varied] + ["n"] + [escape(_label(c)) for c in table.recall]
     head += [escape(c) for c in table.cost]
-    lines = ['<table class="results">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>",
+    lines = ['<div class="wide"><table class="results">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>",
              "<tbody>"]
     for e in table.entries:
         cells = [f'<td class="config">{escape(_config_cell(e.get(k)))}</td>' for k in table.varied]
@@ -95,7 +102,7 @@ def _table_html(table: Table) -> str:
             cells.append(f"<td><strong>{escape(text)}</strong></td>" if bold else f"<td>{escape(text)}</td>")
         cells += [f"<td>{escape(_cost_cell(e.get(c)))}</td>" for c in table.cost]
         lines.append(f'<tr data-config="{escape(str(e["config_key"]))}">' + "".join(cells) + "</tr>")
-    lines += ["</tbody>", "</table>",
+    lines += ["</tbody>", "</table></div>",
               '<p class="note">R@N in percent, mean ± std over n seeds; best of each column in bold. '
               'Also as <a href="table.md">Markdown</a>, <a href="table.csv">CSV</a>, '
               '<a href="table.tex">LaTeX</a>.</p>']
@@ -113,10 +120,9 @@ def _table_html(table: Table) -> str:
 def _figures_html(figures: List[Path], skipped: Dict[str, str], out: Path) -> str:
     lines = []
     for png in figures:
-        rel = png.relative_to(out).as_posix()
         data = png.with_suffix(".csv")
-        link = f' (<a href="{escape(data.relative_to(out).as_posix())}">data</a>)' if data.is_file() else ""
-        lines.append(f'<figure><img src="{escape(rel)}" alt="{escape(png.stem)}">'
+        link = f' (<a href="{_href(data, out)}">data</a>)' if data.is_file() else ""
+        lines.append(f'<figure><img src="{_href(png, out)}" alt="{escape(png.stem)}">'
                      f"<figcaption>{escape(png.stem)}{link}</figcaption></figure>")
     if not figures:
         lines.append("<p>No figure: the rows allow none.</p>")
@@ -135,7 +141,7 @@ def _grids_html(grids: Optional[Grids], note: Optional[str], out: Path) -> str:
              f"{len(grids.files)} grids of {escape(which)}, each query (blue) beside its top {grids.k} database "
              f"images, framed green within {grids.threshold:g} m of the query and red otherwise; the distance in "
              f"metres under each.</p>", '<div class="grids">']
-    lines += [f'<img src="{escape(f.relative_to(out).as_posix())}" alt="{escape(f.stem)}">' for f in grids.files]
+    lines += [f'<img src="{_href(f, out)}" alt="{escape(f.stem)}" title="{escape(f.stem)}">' for f in grids.files]
     lines.append("</div>")
     if not grids.files:
         lines.append("<p>No query to show (no failures).</p>")
