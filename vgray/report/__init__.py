@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from vgray.errors import BadInput
+
+if TYPE_CHECKING:
+    from vgray.report.html import Progress
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Report:
     progress: str = ""
 
 
-def progress_of(directory: str | Path, rows) -> "Progress":
+def progress_of(directory: str | Path, rows) -> Progress:
     """Rows done against the plan the sweep wrote (``plan.json``), and its dashboard URL."""
     from vgray.distributed.sweep import DEFAULT_DASHBOARD
     from vgray.report.html import Progress
