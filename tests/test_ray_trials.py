@@ -1,0 +1,51 @@
+"""A sweep trial that extracts through Ray Data inside its placement group, on a 2-CPU Ray: the
+trial reserves its trainer's CPU and an extraction bundle, i.e. every CPU of the cluster, so a Ray
+Data task or actor scheduled outside the group would wait forever; the sweep finishes."""
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from test_ray_extract import small_root  # noqa: F401  (27 images of the tiny test split)
+from vgray.cli import main
+
+pytestmark = pytest.mark.slow
+
+BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0, "ray_threshold": 251},
+        "model": {"pretrained": "none", "aggregation": "gem"},
+        "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
+                  "neg_samples_num": 40, "epochs": 1, "lr": 0.001},
+        "test": {"recall_values": [1, 5], "batch_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus(tiny_root):
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_trials_extract_through_ray_data_in_their_placement_group(ray_two_cpus, small_root, tmp_path):  # noqa: F811
+    from vgray.config import load_config
+    from vgray.distributed.descriptors import trial_bundles
+    # The tiny preset's val database (252 images) exceeds the threshold (251); its mining sets, its
+    # val queries and the small test set do not: those stay in-process.
+    base = {**BASE, "test": {**BASE["test"], "datasets": {"small": str(small_root)}}}  # a quick final test
+    cfg = load_config(base=base)
+    assert trial_bundles({"cpu": 1, "gpu": 0}, cfg) == [{"CPU": 1}, {"CPU": 1}]
+    assert trial_bundles({"cpu": 1, "gpu": 0}, cfg.replace(**{"data.ray_threshold": 5000})) == [{"CPU": 1}]
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "raydata", "base": base, "resources": {"cpu": 1},
+                                    "grid": {"model.aggregation": ["gem"]}, "storage": str(tmp_path / "store")}))
+    assert main(["sweep", str(path)]) == 0
+    directory = tmp_path / "store" / "raydata"
+    rows = pq.read_table(directory / "results.parquet").to_pylist()
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["epochs"] == 1
+    results = list(directory.glob("*/result.json"))
+    assert len(results) == 1
+    for result in results:
+        epochs = [json.loads(line) for line in result.read_text().splitlines() if "ray_data_images" in line]
+        assert epochs and epochs[0]["ray_data_images"] == 252  # validation's database, through Ray Data
