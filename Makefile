@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 
 # The main job: the quickstart sweep on a local Ray (dashboard on 127.0.0.1:8265 while it runs):
 # the synthetic world is generated on first use, four short trainings run on the CPU, and the
-# summary table (mean ± std over seeds, with the cost columns) is printed. A new run replaces the
-# previous demo results in runs/demo.
+# summary table (mean ± std over seeds, with the cost columns) is printed; then its report
+# (runs/demo/quickstart/report/report.html: tables, figures, prediction grids of the best model).
+# A new run replaces the previous demo results in runs/demo.
 demo: $(STAMP)
 	rm -rf runs/demo/quickstart
 	$(BIN)/vgray sweep sweeps/quickstart.yaml --storage runs/demo
+	$(BIN)/vgray report runs/demo/quickstart --predictions 8
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
