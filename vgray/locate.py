@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from vgray.atomic import atomic_path, write_text
 from vgray.errors import BadInput
 
 CONFIG_FILE, MODEL_FILE, DATABASE_FILE, PCA_FILE = "config.yaml", "model.pt", "database.parquet", "pca.faiss"
@@ -37,13 +38,10 @@ def write_model(out: str | os.PathLike, cfg, model: torch.nn.Module) -> None:
     each written to a temporary file and moved into place."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(cfg.to_yaml())
-    os.replace(tmp, out / CONFIG_FILE)
+    write_text(out / CONFIG_FILE, cfg.to_yaml())
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{MODEL_FILE}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / MODEL_FILE)
+    with atomic_path(out / MODEL_FILE) as tmp:
+        torch.save(state, tmp)
 
 
 def latlon_from_name(path: str) -> Optional[tuple]:
@@ -127,9 +125,8 @@ def cached_index(db: Database) -> faiss.Index:
             pass  # unreadable (another faiss version, a damaged file): build it again
     index = build_index(db.cfg.test.knn, db.d)
     fill_index(index, db.descriptors(), seed=db.cfg.seed)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
     for stale in db.root.glob("index.*.faiss"):
         if stale != path:
             stale.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vgray.atomic import atomic_path
 from vgray.errors import BadInput
 from vgray.paths import cache_dir
 
@@ -161,9 +162,8 @@ def index_images(top: Path) -> ImageSet:
         meta = {"version": INDEX_VERSION, "top": str(top.resolve()), "dirs": dirs}
         table = table.replace_schema_metadata({b"vgray": json.dumps(meta).encode()})
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, cache)  # readers never see a half-written index
+        with atomic_path(cache) as tmp:  # readers never see a half-written index
+            pq.write_table(table, tmp)
     rel = table.column("path").to_pylist()
     utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
     return ImageSet(paths=[os.path.join(str(top), r) for r in rel], utm=utm.astype(np.float64),

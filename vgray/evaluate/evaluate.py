@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from vgray.atomic import commit, temp_name
 from vgray.data.dataset import ImageSet, Split, open_split
 from vgray.evaluate.extract import Runtime, extract_descriptors, initialize_aggregation, iter_descriptors
 from vgray.evaluate.knn import StreamedFlatSearch, build_index, fill_index, index_memory_mb, search
@@ -46,7 +47,7 @@ class _AtomicParquet:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.tmp = temp_name(self.path)
         self.writer = None
         self.made_dir = False
 
@@ -60,7 +61,7 @@ class _AtomicParquet:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            os.replace(self.tmp, self.path)
+            commit(self.tmp, self.path)
 
     def abort(self) -> None:
         if self.writer is not None:

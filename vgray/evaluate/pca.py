@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import faiss
 import numpy as np
 
+from vgray.atomic import atomic_path
 from vgray.errors import BadInput
 
 #: The paper's cap on the training images the PCA is fitted on.
@@ -48,9 +49,8 @@ def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike) -> None:
     """Write ``pca`` to ``path`` atomically (a temporary file moved into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    faiss.write_VectorTransform(pca, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        faiss.write_VectorTransform(pca, str(tmp))
 
 
 def load_pca(path: str | os.PathLike) -> faiss.PCAMatrix:

@@ -6,7 +6,6 @@ what a straight run computes; and the full config, so that any checkpoint says w
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict
@@ -14,15 +13,14 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from vgray.atomic import atomic_path
 from vgray.errors import BadInput
 
 
 def save(path: Path, payload: Dict[str, Any]) -> None:
     """Write to a temporary file, then ``os.replace``: a reader sees the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load(path: Path) -> Dict[str, Any]:

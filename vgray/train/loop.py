@@ -10,7 +10,6 @@ without a gain; ``best.pt`` and ``last.pt`` checkpoints; at the end the best mod
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from vgray.atomic import write_text
 from vgray.data.dataset import open_split
 from vgray.data.transforms import query_train_transform, test_transform
 from vgray.errors import BadInput
@@ -103,9 +103,7 @@ def dataset_name(root: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _write_metrics(out: Path, history: List[Dict]) -> None:

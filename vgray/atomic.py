@@ -1,0 +1,69 @@
+"""Atomic file writes, for every file another process (or the next run) may read: results,
+summaries, checkpoints, descriptor shards, indexes, reports.
+
+A file is written under a temporary name beside its target (``.NAME.PID.tmp``), flushed to disk,
+then moved onto the target with ``os.replace``, and the rename itself is made durable by syncing
+the folder. A reader sees the old file or the new one, never part of one; a process killed or a
+disk filled mid-write leaves the previous good file and removes (or, when killed, leaves behind)
+only its temporary, which nothing ever reads.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["temp_name", "commit", "atomic_path", "write_bytes", "write_text"]
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """The temporary name beside ``path`` that this process writes before :func:`commit`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def commit(tmp: Path, path: str | os.PathLike) -> None:
+    """Sync ``tmp`` to disk and move it onto ``path``; the rename is synced too."""
+    path = Path(path)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (some network file systems): rename stands
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path for a writer that takes a file name (``torch.save``, ``faiss.write_index``,
+    ``pq.write_table``): moved onto ``path`` when the block ends, removed if it raises."""
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
