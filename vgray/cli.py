@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.add_argument("--out", default=None, help="run folder (default: runs/<backbone>-<aggregation>-<mining>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT): mining refreshes, validation "
+                   "and test extract sets above data.ray_threshold through Ray Data (default: all in-process)")
 
     p = sub.add_parser("sweep", help="run a sweep file as Ray Tune trials; prints the summary table")
     p.add_argument("sweep", help="sweep YAML (see sweeps/)")
@@ -202,7 +204,13 @@ def cmd_train(args) -> None:
     out = Path(args.out or f"runs/{cfg.model.backbone}-{cfg.model.aggregation}-{cfg.train.mining}-s{cfg.seed}")
     if not args.resume and (out / "last.pt").exists():
         raise BadInput(f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another folder")
-    figures = train(cfg, out, resume=args.resume)
+    extractor = None
+    if args.address:  # only when asked: never join some Ray found running on this machine
+        from vgray.distributed.descriptors import RayExtractor
+        from vgray.distributed.sweep import init_ray
+        init_ray(args.address)
+        extractor = RayExtractor(cfg)
+    figures = train(cfg, out, resume=args.resume, extractor=extractor)
     print_figures(f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) in {out}", figures)
     _write_json(args.json, figures)
 

@@ -90,15 +90,21 @@ def _budget() -> Optional[Dict[str, object]]:
 
 def _plan(budget: Dict[str, object], actors: Optional[int]) -> Dict[str, object]:
     """Actors and per-stage resources. Outside a placement group: as ``vgray extract`` (one actor
-    per GPU, else half the CPUs, decode tasks on 1 CPU and a memory request). Inside: what fits
-    the extraction bundles, leaving room for a decode task beside the actors."""
+    per GPU, else half the CPUs, decode tasks on 1 CPU and a memory request; CPU actors share what
+    is left when more are asked for). Inside: what fits the extraction bundles, leaving room for a
+    decode task beside the actors."""
     import ray
 
     from vgray.distributed.extract import _default_actors
     if budget["pg"] is None:
         default, gpus = _default_actors(ray)
-        return {"actors": actors or default, "actor_cpus": 0 if gpus else 1, "actor_gpus": gpus,
-                "decode_cpus": 1, "strategy": None, "limits": None}
+        n = actors or default
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        decode = 1.0 if cpus >= 2 else cpus / 2
+        # Never let the actors reserve the CPUs decoding needs (the pipeline would wait forever):
+        # more CPU actors than CPUs to spare share them.
+        return {"actors": n, "actor_cpus": 0 if gpus else min(1.0, (cpus - decode) / n), "actor_gpus": gpus,
+                "decode_cpus": decode, "strategy": None, "limits": None}
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     cpu, gpu = budget["cpu"], budget["gpu"]
     strategy = PlacementGroupSchedulingStrategy(placement_group=budget["pg"],
