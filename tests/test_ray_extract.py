@@ -149,6 +149,25 @@ def test_unreadable_image_exits_2_naming_it_or_is_skipped(two_nodes, small_root,
     assert (meta["count"], meta["skipped"]) == (7, 1)
 
 
+def test_index_option_makes_the_shards_into_a_faiss_index(extracted, small_root, tmp_path, capsys):
+    import faiss
+
+    from vgray.evaluate.knn import build_index, fill_index, search
+    out, _ = extracted
+    figures = run(config(small_root), out, index="IVF2,Flat")  # every shard kept: no extraction
+    assert (figures["images"], figures["index"]) == (0, "IVF2,Flat")
+    index = faiss.read_index(str(out / "database.index.faiss"))
+    _, xb = descriptors(out / "database.parquet")
+    reference = build_index("IVF2,Flat", xb.shape[1])
+    fill_index(reference, xb, seed=0)
+    assert index.ntotal == 21
+    np.testing.assert_array_equal(search(index, xb[:5], 3)[1], search(reference, xb[:5], 3)[1])
+    code = main(["extract", *sum((["--set", s] for s in SET), []), "--set", f"data.root={small_root}",
+                 "--out", str(tmp_path / "bad"), "--index", "IVF2,PQ7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "PQ" in err and not (tmp_path / "bad" / "database").exists()
+
+
 @pytest.mark.parametrize("args, culprit", [(["--shard-size", "0"], "--shard-size=0"), (["--actors", "0"], "--actors=0"),
                                            (["--set", "model.pca_dim=8"], "model.pca_dim")])
 def test_bad_requests_exit_2_before_ray_starts(args, culprit, tmp_path, capsys, monkeypatch):

@@ -298,9 +298,9 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
         started = time.perf_counter()
         files = [shard_path(out, "database", k) for k in range(-(-len(sets["database"]) // shard_size))]
         built = index_from_shards([str(f) for f in files], index, seed=cfg.seed)
-        tmp = out / f".{INDEX_FILE}.{os.getpid()}.tmp"
-        faiss.write_index(built, str(tmp))
-        os.replace(tmp, out / INDEX_FILE)
+        from vgray.atomic import atomic_path
+        with atomic_path(out / INDEX_FILE) as tmp:
+            faiss.write_index(built, str(tmp))
         figures = {"index": index, "index_seconds": time.perf_counter() - started,
                    "index_mb": (out / INDEX_FILE).stat().st_size / 2**20}
     seconds = time.perf_counter() - start_time
