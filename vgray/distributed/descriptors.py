@@ -83,8 +83,8 @@ def _budget() -> Optional[Dict[str, object]]:
     extra = pg.bundle_specs[1:]
     cpu = float(sum(b.get("CPU", 0) for b in extra))
     gpu = float(sum(b.get("GPU", 0) for b in extra))
-    if cpu <= 0 and gpu <= 0:
-        return None
+    if (cpu <= 0 and gpu <= 0) or (gpu <= 0 and pg.bundle_specs[0].get("GPU", 0) > 0):
+        return None  # no extraction bundle, or CPU actors beside the trainer's own GPU: in-process
     return {"pg": pg, "cpu": cpu, "gpu": gpu}
 
 
@@ -205,13 +205,16 @@ def wants_ray_data(cfg) -> bool:
 def trial_bundles(resources: Dict[str, float], cfg) -> list:
     """The placement-group bundles of a trial: the trainer's (``cpu``, ``gpu``, ``memory_gb``), then,
     when the trial may use Ray Data (:func:`wants_ray_data`) and ``extract_cpu`` (default
-    :data:`DEFAULT_EXTRACT_CPU`) or ``extract_gpu`` is above 0, one extraction bundle."""
+    :data:`DEFAULT_EXTRACT_CPU`) or ``extract_gpu`` is above 0, one extraction bundle. A GPU trial
+    gets one only with ``extract_gpu``: CPU actors would be slower than its own GPU in-process."""
     trainer = {"CPU": resources.get("cpu", 1), "GPU": resources.get("gpu", 0)}
     if resources.get("memory_gb"):
         trainer["memory"] = resources["memory_gb"] * 2**30
     bundles = [{k: v for k, v in trainer.items() if v}]
     extract = {"CPU": resources.get("extract_cpu", DEFAULT_EXTRACT_CPU), "GPU": resources.get("extract_gpu", 0)}
     extract = {k: v for k, v in extract.items() if v}
+    if resources.get("gpu", 0) > 0 and not extract.get("GPU"):
+        extract = {}
     if extract and wants_ray_data(cfg):
         bundles.append(extract)
     if not bundles[0]:  # Tune needs a non-empty head bundle
@@ -234,7 +237,7 @@ def trial_resources(spec) -> Callable[[dict], object]:
         seeds = config.get("seeds") or [0]
         try:
             cfg = load_config(base=config["base"], overrides=[*overrides.items(), ("seed", seeds[0])])
-        except BadInput:  # the trial itself reports it
+        except Exception:  # a config that cannot load: the trial itself reports it
             cfg = None
         bundles = trial_bundles(spec.resources, cfg) if cfg is not None else trial_bundles(
             {**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None)
