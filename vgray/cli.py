@@ -223,6 +223,11 @@ def cmd_sweep(args) -> int:
         return 0
     from vgray.distributed.sweep import run_sweep
     result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    if result.get("storage"):  # stopped scheduling: the rows so far, then where and why on stderr
+        print(result["summary"])
+        print(f"vgray: sweep {spec.name} stopped: {result['storage']}; free space or fix the storage, "
+              f"then run the same command with --resume", file=sys.stderr)
+        return 1
     print(f"\nsweep {spec.name}: {result['trials']} trials, results in {result['directory']}")
     print(result["summary"])
     if result["failed"]:

@@ -68,11 +68,15 @@ class Storage:
 
 def _fsync_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: the old file stays, no half-written temporary beside it
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -184,19 +184,26 @@ def _read_json(path: Path):
 
 # -- the driver --------------------------------------------------------------------------------
 
-def _check_storage(spec: SweepSpec) -> None:
-    """The sweep's folder must be writable before anything launches."""
+def storage_problem(directory: str) -> Optional[str]:
+    """None when a small file can be written (and removed) in ``directory``; else the reason."""
     from vgray.distributed.results import Storage
     probe = f".write-test-{os.getpid()}"
     try:
-        storage = Storage(spec.directory)
+        storage = Storage(directory)
         storage.write_bytes(probe, b"ok")
         if storage.uri:
             storage.fs.delete_file(storage.path(probe))
         else:
             os.unlink(storage.path(probe))
     except (OSError, ValueError) as exc:  # pyarrow raises OSError subclasses, ValueError for bad URIs
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        return getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def _check_storage(spec: SweepSpec) -> None:
+    """The sweep's folder must be writable before anything launches."""
+    reason = storage_problem(spec.directory)
+    if reason:
         raise BadInput(f"storage={spec.storage}: {spec.directory} cannot be written ({reason})")
 
 
@@ -312,6 +319,7 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     from ray import tune
 
     from vgray.distributed.results import get_results_actor
+    from vgray.distributed.storage_watch import STORAGE_TROUBLE
 
     _check_storage(spec)
     from vgray.distributed.results import Storage
@@ -342,11 +350,25 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
         if number and len(stages) > 1:
             out(f"sweep {spec.name}: stage {number + 1}, {len(stage)} trials starting from first-stage models")
         if resume and Storage(f"{storage_path.rstrip('/')}/{name}").exists("tuner.pkl"):
+            from vgray.distributed.storage_watch import repair_tune_state
+            for state in repair_tune_state(f"{storage_path.rstrip('/')}/{name}"):  # cut short by a full disk
+                out(f"sweep {spec.name}: {state} was cut short; put back its last whole copy")
             tuner = tune.Tuner.restore(f"{storage_path.rstrip('/')}/{name}", trainable,
                                        resume_unfinished=True, resume_errored=True)
         else:
             tuner = _new_tuner(spec, trainable, stage, storage_path, name)
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except Exception:  # Tune's own writes of the experiment state may be the first to fail
+            reason = storage_problem(spec.directory)
+            if not reason:
+                raise
+            STORAGE_TROUBLE.setdefault(spec.directory, reason)
+        if spec.directory in STORAGE_TROUBLE:  # rows for unfinished trials would be wrong: they resume
+            rows = ray.get(actor.rows.remote())
+            return {"summary": ray.get(actor.summary_markdown.remote()), "failed": 0, "directory": spec.directory,
+                    "trials": len(rows), "storage": f"{spec.directory} cannot be written "
+                    f"({STORAGE_TROUBLE[spec.directory]}); {len(rows)} row(s) kept in results.parquet"}
         failed += _rows_for_unfinished(grid, actor)
         trials += len(grid)
     summary = ray.get(actor.summary_markdown.remote())
@@ -385,6 +407,8 @@ def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False
 
 def _new_tuner(spec: SweepSpec, trainable, stage, storage_path: str, name: str):
     from ray import tune
+
+    from vgray.distributed.storage_watch import StorageWatch
     metric = spec.search["metric"] if spec.search else None
     return tune.Tuner(
         trainable,
@@ -400,6 +424,7 @@ def _new_tuner(spec: SweepSpec, trainable, stage, storage_path: str, name: str):
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[StorageWatch(spec.directory)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=1),
     )
