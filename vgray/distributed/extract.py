@@ -37,14 +37,6 @@ def shard_path(out: Path, role: str, k: int) -> Path:
     return Path(out) / role / f"shard-{k:05d}.parquet"
 
 
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # Keys of ``model`` that choose where weights come from, not what the network computes.
 _WEIGHT_SOURCES = ("pretrained", "resume_from")
 

@@ -197,8 +197,6 @@ def index_from_shards(files: Sequence[str], spec: str, train_size: int = 200_000
     fewer), gathered shard by shard, then filled shard by shard. The sample is the one
     :func:`vgray.evaluate.knn.fill_index` draws from the concatenated descriptors for the same
     ``seed``, so the index is the one it builds from them (the same ids for every query)."""
-    import faiss
-
     from vgray.evaluate.knn import (_skip_polysemous_training, build_index, faiss_message,
                                     set_search_defaults)
     if not files:
