@@ -95,16 +95,9 @@ def _plan(budget: Dict[str, object], actors: Optional[int]) -> Dict[str, object]
     decode task beside the actors."""
     import ray
 
-    from vgray.distributed.extract import _default_actors
+    from vgray.distributed.extract import _default_plan
     if budget["pg"] is None:
-        default, gpus = _default_actors(ray)
-        n = actors or default
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        decode = 1.0 if cpus >= 2 else cpus / 2
-        # Never let the actors reserve the CPUs decoding needs (the pipeline would wait forever):
-        # more CPU actors than CPUs to spare share them.
-        return {"actors": n, "actor_cpus": 0 if gpus else min(1.0, (cpus - decode) / n), "actor_gpus": gpus,
-                "decode_cpus": decode, "strategy": None, "limits": None}
+        return {**_default_plan(ray, actors), "strategy": None, "limits": None}
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     cpu, gpu = budget["cpu"], budget["gpu"]
     strategy = PlacementGroupSchedulingStrategy(placement_group=budget["pg"],

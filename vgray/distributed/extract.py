@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vgray.atomic import atomic_path
 from vgray.errors import BadInput
 
 ROLES = ("database", "queries")
@@ -90,9 +90,8 @@ def shard_problem(path: Path, meta_expected: Dict) -> Optional[str]:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], shape: tuple) -> Dict[str, np.ndarray]:
@@ -195,6 +194,18 @@ def _default_actors(ray) -> tuple:
     if gpus:
         return gpus, 1
     return max(1, int(res.get("CPU", 1)) // 2), 0
+
+
+def _default_plan(ray, actors: Optional[int]) -> Dict[str, float]:
+    """Actors and per-stage resources outside a placement group: one actor per GPU, else half the
+    CPUs; decode tasks on 1 CPU. CPU actors never reserve the CPUs decoding needs (the pipeline
+    would wait forever): more CPU actors than CPUs to spare share them."""
+    default, gpus = _default_actors(ray)
+    n = actors or default
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    decode = 1.0 if cpus >= 2 else cpus / 2
+    return {"actors": n, "actor_cpus": 0 if gpus else min(1.0, (cpus - decode) / n), "actor_gpus": gpus,
+            "decode_cpus": decode}
 
 
 def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[int]) -> tuple:
@@ -311,8 +322,7 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = False
-    default_actors, gpus = _default_actors(ray)
-    actors = actors or default_actors
+    plan = _default_plan(ray, actors)
     batch_size = batch_size or cfg.test.batch_size
 
     rows = [{"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
@@ -326,10 +336,10 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
     # A decode worker holds torchvision and PIL (about 450 MiB measured) and a few batches.
     decode_memory = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
     ds = ds.map_batches(decode_images, fn_kwargs={"transforms": transforms, "shape": shape}, batch_size=batch_size,
-                        batch_format="numpy", num_cpus=1, memory=decode_memory)
+                        batch_format="numpy", num_cpus=plan["decode_cpus"], memory=decode_memory)
     ds = ds.map_batches(_Embed, fn_constructor_kwargs={"cfg": cfg, "model_file": str(out / MODEL_FILE)},
-                        batch_size=batch_size, batch_format="numpy", concurrency=actors,
-                        num_cpus=0 if gpus else 1, num_gpus=gpus)
+                        batch_size=batch_size, batch_format="numpy", concurrency=plan["actors"],
+                        num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"])
 
     owner = {(sh.role, i): sh for sh in pending for i in range(sh.start, sh.stop)}
     buffers: Dict[Shard, Dict[int, Optional[np.ndarray]]] = {sh: {} for sh in pending}
