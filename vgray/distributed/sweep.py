@@ -35,6 +35,7 @@ def make_row(cfg, trial_id: str, name: str, result: Dict[str, Any], status: str 
 
 def _eval_result(cfg) -> Dict[str, Any]:
     """task: eval: recall on the test split(s) and the whole cost profile."""
+    from vgray.distributed.descriptors import trial_extractor
     from vgray.evaluate.evaluate import evaluate
     from vgray.evaluate.extract import Runtime
     from vgray.models.profile import extraction_ms
@@ -43,14 +44,18 @@ def _eval_result(cfg) -> Dict[str, Any]:
     sets = cfg.test.datasets or {dataset_name(cfg.data.root): cfg.data.root}
     out: Dict[str, Any] = {}
     model = None
+    out["ray_data_images"] = 0
     for name, root in sets.items():
         one = cfg.replace(**{"data.root": root})
+        # Test sets above data.ray_threshold go through Ray Data in the trial's placement group.
+        extractor = trial_extractor(one, log=lambda *a: None)
         if model is None:
             from vgray.models import build_model
             from vgray.seeding import seed_everything
             seed_everything(cfg.seed)
             model = build_model(cfg.model, image_size=cfg.data.image_size)
-        figures = evaluate(one, progress=False, model=model)
+        figures = evaluate(one, progress=False, model=model, extractor=extractor)
+        out["ray_data_images"] += extractor.images_through_ray if extractor is not None else 0
         out.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
         out.update({k: v for k, v in figures.items() if k in COST_KEYS and k not in out})
     out["extraction_ms"] = extraction_ms(model, cfg.data.image_size, Runtime.from_config(cfg, progress=False))
@@ -111,6 +116,7 @@ def run_trial(config: Dict[str, Any]) -> None:
                            extractor=extractor)
         else:
             result = _eval_result(cfg)
+            tune.report({"ray_data_images": result["ray_data_images"], "seed": seed})
         row = make_row(cfg, row_id, name if len(seeds) == 1 else f"{name}-s{seed}", result)
         if config.get("keep_model") and config["task"] == "train":
             _keep_model(config["directory"], row["trial_name"], run_dir / "best.pt")

@@ -258,9 +258,10 @@ def _streamed(model, split, method, rt, xq, k, budget_mb, db_file, project):
 
 
 def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
-             keep: Optional[dict] = None) -> Dict[str, float]:
+             keep: Optional[dict] = None, extractor: Optional[Callable] = None) -> Dict[str, float]:
     """``vgray eval``: build the model and the split from ``cfg``, evaluate, add the model's cost.
-    ``keep`` receives what :func:`evaluate_split` keeps, and the ``split``."""
+    ``keep`` receives what :func:`evaluate_split` keeps, and the ``split``; ``extractor`` is
+    :func:`evaluate_split`'s (in-process by default)."""
     from vgray.models import build_model
     from vgray.models.profile import model_cost
 
@@ -274,7 +275,8 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
         # Evaluating only: the aggregation's clusters come from the database being searched.
         method = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std)
         initialize_aggregation(model, split.database.paths, method.database_transform, rt, seed=cfg.seed)
-    result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors, keep=keep)
+    result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors, keep=keep,
+                            extractor=extractor)
     if keep is not None:
         keep["split"] = split
     if save_descriptors is not None:
