@@ -51,7 +51,6 @@ def test_poisoned_trial_fails_after_its_retries_and_the_others_finish(tiny_root,
     bad = got["IVF4096,Flat"]
     assert bad["status"] == "failed"
     assert "cannot be built on 920 x 256 descriptors" in bad["error"] and "\n" not in bad["error"]
-    # it ran 1 + max_failures times: Tune's error file says how many attempts failed
     summary = (directory / "summary.md").read_text()
     assert "1 failed" in summary and "cannot be built on 920 x 256 descriptors" in summary
     assert "cannot be built" in (directory / "summary.csv").read_text()
