@@ -13,6 +13,17 @@ BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", 
               "search": "vgray.bench.search"}
 
 
+def actor_counts(text: str) -> List[int]:
+    """``--actors 1,2,4`` as a list of counts of at least 1; anything else is refused."""
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise BadInput(f"--actors={text!r}: give a comma-separated list of actor counts of at least 1, e.g. 1,2,4")
+    return counts
+
+
 def bench_parser(name: str, defaults: str):
     """The options every benchmark shares: ``--set`` config overrides and ``--json FILE``."""
     from vgray.cli import _Parser

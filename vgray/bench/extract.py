@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vgray.bench import bench_parser, print_figures
+from vgray.bench import actor_counts, bench_parser, print_figures
 from vgray.config import load_config
 from vgray.data.dataset import open_split
 from vgray.errors import BadInput
@@ -130,13 +130,7 @@ def _counts(text, cpus: float):
             counts.append(n)
             n *= 2
         return counts
-    try:
-        counts = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise BadInput(f"--actors={text!r}: give a comma-separated list of actor counts of at least 1, e.g. 1,2,4")
-    return counts
+    return actor_counts(text)
 
 
 def ray_data_bench(cfg, args) -> None:

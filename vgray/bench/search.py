@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, List
+from typing import Dict
 
 import faiss
 import numpy as np
 
-from vgray.bench import bench_parser, print_figures
+from vgray.bench import actor_counts, bench_parser, print_figures
 from vgray.errors import BadInput
 from vgray.evaluate.knn import search
 
@@ -35,16 +35,6 @@ def synthetic_database(database: int, queries: int, dim: int, seed: int = 0):
     xb = rng.standard_normal((database, dim), dtype=np.float32)
     xq = xb[rng.integers(0, database, size=queries)] + 0.1 * rng.standard_normal((queries, dim), dtype=np.float32)
     return xb, xq
-
-
-def _actor_counts(text: str) -> List[int]:
-    try:
-        counts = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise BadInput(f"--actors={text!r}: give a comma-separated list of actor counts of at least 1, e.g. 1,2,4")
-    return counts
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -69,7 +59,7 @@ def main(argv) -> None:
     args = p.parse_args(argv)
     if min(args.database, args.dim, args.queries, args.k, args.repeats) < 1:
         raise BadInput("--database, --dim, --queries, --k and --repeats must be at least 1")
-    counts = _actor_counts(args.actors)
+    counts = actor_counts(args.actors)
     if max(counts) > args.database:
         raise BadInput(f"--actors={args.actors}: more actors than the {args.database} database descriptors")
 
