@@ -75,6 +75,10 @@ class DataConfig:
     num_workers: Optional[int] = _key(None, "image-loading worker processes (null: one per CPU, at most 8)",
                                       range=(0, 256))
     skip_corrupt: bool = _key(False, "skip unreadable images (reported by path) instead of stopping")
+    decode: str = _key("auto", "how extraction decodes images: torchvision (JPEG bytes decoded in batches on the "
+                               "device, nvjpeg on a GPU, then resized and normalised there; hard-resize "
+                               "transforms only), pil (in loader workers), auto (torchvision on a CUDA device)",
+                        choices=["auto", "pil", "torchvision"])
     ray_threshold: int = _key(20000, "on Ray (sweep trials, vgray train --address), extract sets of more images "
                                      "than this through Ray Data, smaller ones in-process (0: always Ray Data)",
                               range=(0, 2**31 - 1))
@@ -154,6 +158,7 @@ class TestConfig:
                                   range=(0.0, 1e6))
     knn: str = _key("Flat", "faiss index_factory string of the kNN index")
     batch_size: int = _key(32, "images per extraction batch", positive=True)
+    compile: bool = _key(False, "torch.compile the network for extraction (inductor; compiled once per model)")
     memory_budget_mb: Optional[float] = _key(
         None, "stream the database in chunks when its descriptors exceed this (Flat only; null: no limit)",
         positive=True)
