@@ -8,26 +8,16 @@ import pytest
 import yaml
 
 from test_ray_extract import small_root  # noqa: F401  (27 images of the tiny test split)
+from test_sweep_ray import BASE as SWEEP_BASE
+from test_sweep_ray import ray_local  # noqa: F401  (a local Ray of 2 CPUs)
 from vgray.cli import main
 
 pytestmark = pytest.mark.slow
 
-BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0, "ray_threshold": 251},
-        "model": {"pretrained": "none", "aggregation": "gem"},
-        "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
-                  "neg_samples_num": 40, "epochs": 1, "lr": 0.001},
-        "test": {"recall_values": [1, 5], "batch_size": 64}}
+BASE = {**SWEEP_BASE, "data": {**SWEEP_BASE["data"], "ray_threshold": 251}}
 
 
-@pytest.fixture(scope="module")
-def ray_two_cpus(tiny_root):
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_trials_extract_through_ray_data_in_their_placement_group(ray_two_cpus, small_root, tmp_path):  # noqa: F811
+def test_trials_extract_through_ray_data_in_their_placement_group(ray_local, small_root, tmp_path):  # noqa: F811
     from vgray.config import load_config
     from vgray.distributed.descriptors import trial_bundles
     # The tiny preset's val database (252 images) exceeds the threshold (251); its mining sets, its
@@ -51,7 +41,7 @@ def test_trials_extract_through_ray_data_in_their_placement_group(ray_two_cpus, 
         assert epochs and epochs[0]["ray_data_images"] == 252  # validation's database, through Ray Data
 
 
-def test_eval_trials_extract_through_ray_data_and_score_as_in_process(ray_two_cpus, small_root, tmp_path):  # noqa: F811
+def test_eval_trials_extract_through_ray_data_and_score_as_in_process(ray_local, small_root, tmp_path):  # noqa: F811
     """task: eval with data.ray_threshold 0: the test set's 27 images go through Ray Data in the
     trial's placement group, and the row's recalls are those of the in-process `vgray eval`."""
     from vgray.config import load_config
