@@ -232,3 +232,30 @@ def test_security_defaults_in_the_code():
             assert unsafe not in text, f"{path.relative_to(ROOT)}: {unsafe}"
         assert "0.0.0.0" not in text, f"{path.relative_to(ROOT)}: listens on every interface"
     assert torch_loads >= 4 and ray_inits >= 2  # the walk did find the calls it checks
+
+
+def test_every_refused_write_counts_as_storage_trouble(tmp_path):
+    """Full, read-only, immutable, over quota, too large: one probe, one check of a trial's error."""
+    import errno
+
+    from vgray.distributed.storage_watch import STORAGE_ERRNOS, refused_write
+    from vgray.distributed.sweep import storage_problem
+    assert storage_problem(str(tmp_path)) is None
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i (an immutable folder, refused even to root) is not available here")
+    try:
+        assert storage_problem(str(frozen)) == "Operation not permitted"
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], capture_output=True)
+    for code in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG):
+        assert code in STORAGE_ERRNOS
+        try:
+            try:
+                raise OSError(code, os.strerror(code))
+            except OSError as exc:
+                raise RuntimeError("the results actor failed") from exc
+        except RuntimeError as wrapped:
+            assert refused_write(wrapped)
+    assert not refused_write(ValueError("a bad value")) and not refused_write(OSError(errno.ENOENT, "gone"))
