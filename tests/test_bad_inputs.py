@@ -157,6 +157,8 @@ CASES = [
     ("extract missing dataset", lambda d, o: ["extract", *SET, "--out", str(o), "--set", f"data.root={d / 'nowhere'}"],
      "nowhere: no such folder"),
     ("extract unknown split", lambda d, o: ["extract", *SET, "--out", str(o), "--split", "nope"], "no 'nope' split"),
+    ("extract multi-crop queries", lambda d, o: ["extract", *SET, "--out", str(o), "--set", "test.method=five_crops"],
+     "test.method=five_crops: vgray extract writes one descriptor per query image"),
     # vgray locate: descriptor folders and parquet
     ("locate no database", lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "nodb")],
      "nodb: no such folder"),

@@ -180,9 +180,6 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
 def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, object]:
     from vgray.evaluate.methods import create_method
     method = create_method(cfg, model.mean, model.std)
-    if "queries" in roles and (method.crops != 1 or not method.batched):
-        raise BadInput(f"test.method={cfg.test.method}: vgray extract writes one descriptor per query image; "
-                       f"use hard_resize or central_crop (or extract --role database only)")
     return {"database": method.database_transform,
             "queries": method.query_transforms[0] if "queries" in roles else method.database_transform}
 
@@ -221,6 +218,12 @@ def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[i
     if cfg.model.pca_dim is not None:
         raise BadInput("model.pca_dim: vgray extract writes the network's descriptors, before PCA; "
                        "unset it (or use vgray eval --save-descriptors)")
+    if "queries" in roles:
+        from vgray.evaluate.methods import create_method
+        method = create_method(cfg, (0.0,) * 3, (1.0,) * 3)  # only its crops matter here
+        if method.crops != 1 or not method.batched:
+            raise BadInput(f"test.method={cfg.test.method}: vgray extract writes one descriptor per query image; "
+                           f"use hard_resize or central_crop (or extract --role database only)")
     return roles
 
 
