@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -132,11 +131,10 @@ def _load(args):
 def _write_json(path: Optional[str], figures: Dict) -> None:
     if not path:
         return
+    from vgray.atomic import write_text
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(figures, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_text(target, json.dumps(figures, indent=2) + "\n")
 
 
 def _format(value) -> str:

@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vgray.atomic import write_bytes
+
 COST_COLUMNS = ["features_dim", "gflops", "model_size_mb", "extraction_ms", "matching_ms", "index_memory_mb",
                 "train_time_s", "epochs"]
 ID_COLUMNS = ["trial_id", "trial_name", "config_key", "seed", "status", "error"]
@@ -60,31 +62,10 @@ class Storage:
     def write_bytes(self, name: str, data: bytes) -> None:
         if not self.uri:
             Path(self.path(name)).parent.mkdir(parents=True, exist_ok=True)
-            _fsync_write(Path(self.path(name)), data)
+            write_bytes(Path(self.path(name)), data)
             return
         with self.fs.open_output_stream(self.path(name)) as f:
             f.write(data)
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: the old file stays, no half-written temporary beside it
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _to_table(rows: List[Dict[str, Any]]) -> pa.Table:

@@ -16,7 +16,6 @@ distances, ``I`` ids, ``k``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -46,7 +46,7 @@ def _whole(path: Path) -> bool:
 def backup_tune_state(directory: str, seen: Optional[Dict[str, float]] = None) -> None:
     """Copy Tune's state files that read back whole into ``directory/.vgray-tune-state/`` (local
     folders; an object store writes whole objects). ``seen``: name -> mtime already copied."""
-    from vgray.distributed.results import _fsync_write
+    from vgray.atomic import write_bytes
     if "://" in directory:
         return
     folder = Path(directory)
@@ -57,7 +57,7 @@ def backup_tune_state(directory: str, seen: Optional[Dict[str, float]] = None) -
                 continue
             if _whole(path):
                 (folder / BACKUP).mkdir(exist_ok=True)
-                _fsync_write(folder / BACKUP / path.name, path.read_bytes())
+                write_bytes(folder / BACKUP / path.name, path.read_bytes())
                 if seen is not None:
                     seen[path.name] = mtime
 
@@ -65,14 +65,14 @@ def backup_tune_state(directory: str, seen: Optional[Dict[str, float]] = None) -
 def repair_tune_state(directory: str) -> List[str]:
     """Put the last whole copy back over each of Tune's state files that is missing or cut short;
     returns the names put back."""
-    from vgray.distributed.results import _fsync_write
+    from vgray.atomic import write_bytes
     if "://" in directory or not (Path(directory) / BACKUP).is_dir():
         return []
     folder, repaired = Path(directory), []
     for copy in sorted((folder / BACKUP).iterdir()):
         target = folder / copy.name
         if not (target.is_file() and _whole(target)) and _whole(copy):
-            _fsync_write(target, copy.read_bytes())
+            write_bytes(target, copy.read_bytes())
             repaired.append(copy.name)
     return repaired
 

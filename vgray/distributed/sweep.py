@@ -175,9 +175,9 @@ def _mean_metrics(done: Dict[int, Dict[str, Any]]) -> Dict[str, float]:
 
 def _write_json(path: Path, obj) -> None:
     import json
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+
+    from vgray.atomic import write_text
+    write_text(path, json.dumps(obj))
 
 
 def _read_json(path: Path):

@@ -16,9 +16,10 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence
 
-from vgray.distributed.results import COST_COLUMNS, _fsync_write, mean_std
+from vgray.atomic import write_bytes
+from vgray.distributed.results import COST_COLUMNS, mean_std
 from vgray.report.rows import Row, datasets, finished, number
 
 
@@ -61,14 +62,14 @@ def _write_csv(path: Path, records: List[Dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(records)
-    _fsync_write(path, buffer.getvalue().encode())
+    write_bytes(path, buffer.getvalue().encode())
 
 
 def _save(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
-    _fsync_write(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _curves(rows: List[Row], varied: List[str], x: str, stem: str, out: Path, xlabel: str) -> List[Path]:

@@ -151,7 +151,7 @@ def _grids_html(grids: Optional[Grids], note: Optional[str], out: Path) -> str:
 def write_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, str], progress: Progress,
                grids: Optional[Grids] = None, grids_note: Optional[str] = None) -> Path:
     """Write ``out/report.html`` (atomically) and return its path."""
-    from vgray.distributed.results import _fsync_write
+    from vgray.atomic import write_bytes
     made = time.strftime("%Y-%m-%d %H:%M:%S")
     status = "running" if progress.running else ""
     body = [
@@ -170,5 +170,5 @@ def write_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, 
         f"<title>vgray report: {escape(progress.sweep)}</title>", f"<style>{STYLE}</style>",
         f"<script>{CHECK}</script>", "</head>", "<body>", *body, "</body>", "</html>", ""])
     path = out / PAGE
-    _fsync_write(path, page.encode("utf-8"))
+    write_bytes(path, page.encode("utf-8"))
     return path

@@ -154,9 +154,9 @@ def latex(table: Table) -> str:
 
 
 def write_tables(table: Table, out: Path) -> List[Path]:
-    from vgray.distributed.results import _fsync_write
+    from vgray.atomic import write_bytes
     written = []
     for name, text in (("table.md", markdown(table)), ("table.csv", csv_text(table)), ("table.tex", latex(table))):
-        _fsync_write(out / name, text.encode())
+        write_bytes(out / name, text.encode())
         written.append(out / name)
     return written
