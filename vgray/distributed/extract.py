@@ -139,7 +139,7 @@ class _Embed:
         if ok.any():
             with torch.inference_mode(), self.rt.autocast():
                 images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
-                out[ok] = self.model(self.rt.to_device(images)).float().cpu().numpy()
+                out[ok] = self.rt.forward(self.model, self.rt.to_device(images)).float().cpu().numpy()
         return {"role": batch["role"], "index": batch["index"], "descriptor": out, "error": batch["error"]}
 
 
