@@ -6,6 +6,14 @@ fp32, batch 16, ``torch.no_grad``, default memory format. vgray's path is
 bf16 autocast and pinned transfers on a GPU). Same images, same model weights, same loader workers,
 timed in the same run after a warm-up of each; the descriptors of both are compared too.
 
+On a CUDA device this is the GPU figure of the scale-out issue: by default ResNet-50 conv4 + GeM at
+480x640, end to end from 480x640 JPEG files (the synthetic test images scaled up and written to a
+temporary folder), vgray's best path (``data.decode`` auto: JPEGs decoded in batches by nvjpeg on
+the GPU, resized and normalised there; bf16 autocast, channels-last, batch 128, ``torch.compile``
+with ``--compile``) against the paper's way (fp32, batch 16, PIL DataLoader, no_grad). Decoding
+alone is timed too: loader workers decoding with PIL against bytes read by the workers and decoded
+on the device. On the CPU the same code runs (decode on the CPU) with the small defaults.
+
 ``--preset large`` (or ``--actors``) measures Ray Data extraction instead
 (:func:`vgray.distributed.descriptors.ray_descriptors`: decode tasks, the network in an actor pool,
 descriptors gathered back to this process) with each count of ``--actors`` (default 1, 2, ... up
@@ -17,6 +25,8 @@ down at the end. ``ratio``: the best Ray Data images/s over the reference's.
 """
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import time
 
 import numpy as np
@@ -27,7 +37,7 @@ from vgray.bench import actor_counts, bench_parser, print_figures
 from vgray.config import load_config
 from vgray.data.dataset import open_split
 from vgray.errors import BadInput
-from vgray.evaluate.extract import Runtime, default_workers, iter_descriptors
+from vgray.evaluate.extract import Runtime, default_workers, iter_descriptors, resolve_device
 from vgray.evaluate.methods import TEST_METHODS
 from vgray.models import build_model
 from vgray.seeding import seed_everything
@@ -60,6 +70,50 @@ def vgray_extract(model, paths, transform, rt):
     return np.concatenate([d for _, d in iter_descriptors(model, paths, transform, rt, "bench")])
 
 
+class _PilDecode(Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+        with Image.open(self.paths[i]) as image:
+            return pil_to_tensor(image.convert("RGB"))
+
+
+def decode_pil(paths, workers, batch_size):
+    """Decoding alone as the reference does it: PIL in loader workers, uint8 tensors."""
+    loader = DataLoader(_PilDecode(paths), batch_size=batch_size, num_workers=workers, collate_fn=list)
+    return sum(len(batch) for batch in loader)
+
+
+def decode_device(paths, rt):
+    """Decoding alone on vgray's device path: workers read bytes, the batch is decoded on rt.device."""
+    from vgray.evaluate.extract import EncodedImages, decode_on_device, iter_batches
+    n = 0
+    for items, indices in iter_batches(EncodedImages(paths), rt, "decode"):
+        images, _ = decode_on_device(items, [paths[i] for i in indices], rt.device)
+        n += len(images)
+    return n
+
+
+def _write_jpegs(paths, size, count, folder):
+    """``count`` JPEG files of ``size`` (H, W) in ``folder``: the images at ``paths`` (cycled) scaled."""
+    from pathlib import Path
+
+    from PIL import Image
+    out = []
+    for i in range(count):
+        target = Path(folder) / f"{i:06d}.jpg"
+        with Image.open(paths[i % len(paths)]) as image:
+            image.convert("RGB").resize((size[1], size[0]), Image.BICUBIC).save(target, quality=90)
+        out.append(str(target))
+    return out
+
+
 def _timed(fn, sync):
     sync()
     start = time.perf_counter()
@@ -69,9 +123,11 @@ def _timed(fn, sync):
 
 
 def main(argv) -> None:
-    p = bench_parser("extract", "resnet18conv4 + gem on synthetic:tiny at its image size")
-    p.add_argument("--images", type=int, default=512, help="database images to extract")
-    p.add_argument("--batch-size", type=int, default=64, help="vgray's batch size")
+    p = bench_parser("extract", "resnet18conv4 + gem on synthetic:tiny at 96x128; on a CUDA device "
+                                "resnet50conv4 + gem at 480x640 from 480x640 JPEGs")
+    p.add_argument("--images", type=int, default=None, help="database images to extract (512; CUDA: 2048)")
+    p.add_argument("--batch-size", type=int, default=None, help="vgray's batch size (64; CUDA: 128)")
+    p.add_argument("--compile", action="store_true", help="vgray's path compiles the network (test.compile)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path, alternating; best kept")
     p.add_argument("--preset", choices=["tiny", "small", "large"], help="synthetic dataset (data.root); "
                    "large: Ray Data extraction with 1, 2, ... actors against the reference loop")
@@ -81,24 +137,41 @@ def main(argv) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="Ray Data mode: CPUs of the local Ray (default: all)")
     args = p.parse_args(argv)
     preset = [f"data.root=synthetic:{args.preset}"] if args.preset else []
-    cfg = load_config(overrides=["model.aggregation=gem", "model.pretrained=none", "data.resize=[96,128]",
-                                 f"test.batch_size={args.batch_size}", *preset, *args.overrides])
+    cuda = resolve_device(load_config(overrides=args.overrides).device).type == "cuda"
+    args.images = (2048 if cuda else 512) if args.images is None else args.images
+    args.batch_size = (128 if cuda else 64) if args.batch_size is None else args.batch_size
+    defaults = (["model.backbone=resnet50conv4", "data.resize=[480,640]"] if cuda and not args.preset
+                else ["data.resize=[96,128]"])
+    cfg = load_config(overrides=["model.aggregation=gem", "model.pretrained=none", *defaults,
+                                 f"test.batch_size={args.batch_size}", *preset,
+                                 *(["test.compile=true"] if args.compile else []), *args.overrides])
     if args.preset == "large" or args.actors:
         return ray_data_bench(cfg, args)
     if args.images < 16 or args.repeats < 1:
         raise BadInput(f"--images={args.images} must be at least 16 and --repeats={args.repeats} at least 1")
     split = open_split(cfg.data.root, cfg.test.split)
     paths = split.database.paths[: args.images]
+    rt = Runtime.from_config(cfg, progress=False)
+    with tempfile.TemporaryDirectory(prefix="vgray-bench-") as folder:
+        if rt.device.type == "cuda" and not args.preset:
+            paths = _write_jpegs(split.database.paths, cfg.data.image_size, args.images, folder)
+        figures = _bench(cfg, args, paths, rt)
+    print_figures(figures, args.json)
+
+
+def _bench(cfg, args, paths, rt) -> dict:
     seed_everything(cfg.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
-    rt = Runtime.from_config(cfg, progress=False)
     transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     workers = default_workers(cfg.data.num_workers)
+    decode_rt = dataclasses.replace(rt, decode="torchvision")
 
     # Warm-up of both paths (allocator, oneDNN/cuDNN kernel choice, worker start), then one timed run each.
     reference_extract(model, paths[:32], transform, rt.device, workers)
-    vgray_extract(model, paths[:64], transform, rt)
+    vgray_extract(model, paths[: 2 * rt.batch_size], transform, rt)
+    decode_pil(paths[:32], workers, 16)
+    decode_device(paths[:32], decode_rt)
     # Alternate the two paths and keep each one's best run, so that a burst of load on the
     # machine does not land on one side only.
     ref_s = ours_s = float("inf")
@@ -107,20 +180,29 @@ def main(argv) -> None:
         ref_s = min(ref_s, seconds)
         ours, seconds = _timed(lambda: vgray_extract(model, paths, transform, rt), sync)
         ours_s = min(ours_s, seconds)
+    pil_s = min(_timed(lambda: decode_pil(paths, workers, 16), sync)[1] for _ in range(args.repeats))
+    device_s = min(_timed(lambda: decode_device(paths, decode_rt), sync)[1] for _ in range(args.repeats))
     cos = float(np.mean(np.sum(ref * ours, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(ours, axis=1))))
     h, w = cfg.data.image_size
     figures = {
         "model": f"{cfg.model.backbone}+{cfg.model.aggregation}",
         "image_size": f"{h}x{w}",
-        "device": str(rt.device),
+        "device": str(rt.device) + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
         "images": len(paths),
         "loader_workers": workers,
+        "vgray_batch_size": rt.batch_size,
+        "vgray_precision": str(rt.dtype).replace("torch.", ""),
+        "vgray_decode": "torchvision" if rt.tensor_transform(transform) is not None else "pil",
+        "vgray_compile": rt.compile,
+        "decode_pil_images_per_s": len(paths) / pil_s,
+        f"decode_torchvision_{rt.device.type}_images_per_s": len(paths) / device_s,
+        "decode_ratio": pil_s / device_s,
         "reference_images_per_s": len(paths) / ref_s,
         "vgray_images_per_s": len(paths) / ours_s,
         "descriptor_cosine": cos,
         "ratio": ref_s / ours_s,
     }
-    print_figures(figures, args.json)
+    return figures
 
 
 def _counts(text, cpus: float):
