@@ -116,8 +116,9 @@ def test_bad_decode_and_compile_values_are_refused(capsys):
 
 def test_compiled_extraction_equals_eager(tmp_path):
     """``test.compile``: inductor on the smallest registered backbone at 32x32 (about 20 s with an
-    empty inductor cache on two busy cores; ResNet-18 conv4 took 100 s); same descriptors as eager, and a second extraction
-    with the same model object does not compile again. A short last batch is padded to one shape."""
+    empty inductor cache on two busy cores; ResNet-18 conv4 took 100 s); same descriptors as eager,
+    and a second extraction with the same model object does not compile again. A short last batch
+    is padded to one shape."""
     cfg, model, rt, transform = _setup("model.backbone=alexnet", "test.batch_size=4", size=(32, 32))
     paths = [str(write_image(tmp_path / f"{i}.jpg", i)) for i in range(6)]  # batches of 4 and 2
     eager, _ = extract_descriptors(model, paths, transform, rt, model.features_dim)
