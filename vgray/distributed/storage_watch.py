@@ -33,12 +33,25 @@ BACKUP = ".vgray-tune-state"
 
 
 def _whole(path: Path) -> bool:
-    """Whether one of Tune's state files (cloudpickle, whatever its suffix) reads back."""
+    """Whether one of Tune's state files reads back whole: the experiment state is JSON, the
+    searcher states are cloudpickle whatever their suffix."""
+    import json
+
     from ray import cloudpickle
     try:
         data = path.read_bytes()
+    except OSError:
+        return False
+    if not data:
+        return False
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
         cloudpickle.loads(data)
-        return bool(data)
+        return True
     except Exception:
         return False
 

@@ -93,6 +93,7 @@ def run_trial(config: Dict[str, Any]) -> None:
         overrides["model.resume_from"] = _fetch_model(config["directory"], config["after"], work)
     name = config.get("name") or trial_name({k: overrides[k] for k in config.get("varied", []) if k in overrides}, None)
 
+    through_ray = 0
     for seed in seeds:
         if seed in done:
             continue
@@ -116,7 +117,7 @@ def run_trial(config: Dict[str, Any]) -> None:
                            extractor=extractor)
         else:
             result = _eval_result(cfg)
-            tune.report({"ray_data_images": result["ray_data_images"], "seed": seed})
+            through_ray += result["ray_data_images"]
         row = make_row(cfg, row_id, name if len(seeds) == 1 else f"{name}-s{seed}", result)
         if config.get("keep_model") and config["task"] == "train":
             _keep_model(config["directory"], row["trial_name"], run_dir / "best.pt")
@@ -125,6 +126,8 @@ def run_trial(config: Dict[str, Any]) -> None:
         if config["task"] == "train":
             shutil.rmtree(run_dir, ignore_errors=True)  # the row holds what matters; free the disk
     final = _mean_metrics(done)
+    if config["task"] == "eval":
+        final["ray_data_images"] = through_ray  # images this run extracted through Ray Data
     final["vgray_finished"] = 1  # (Tune fills a "done" key of its own)
     _write_json(work / "trial.json", {"done": done, "running": None})
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
