@@ -23,6 +23,21 @@ TINY = "synthetic:tiny"
 TINY_SET = ["model.pretrained=none", "data.num_workers=0", "test.batch_size=16"]
 
 
+@pytest.fixture(autouse=True)
+def _no_logging_to_closed_streams():
+    """Ray Data attaches stream handlers to the sys.stderr of the moment, which in a test is
+    pytest's capture of an earlier test, closed since; a later log line would print logging's
+    "--- Logging error ---" traceback into this test's stderr. Drop such handlers first."""
+    import logging
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+    yield
+
+
 def vg_name(east: float, north: float, note: str = "", pano: str = "") -> str:
     """A file name in the VG format."""
     return f"@{east:.2f}@{north:.2f}@33@T@@@{pano}@@@@@@@{note}@.jpg"
