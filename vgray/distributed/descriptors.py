@@ -121,33 +121,17 @@ def ray_descriptors(cfg, model, paths: Sequence[str], transform, features_dim: i
     naming it, or with ``skip_corrupt`` is left out (reported, masked)."""
     import ray
 
-    from vgray.distributed.extract import _Embed, decode_images
+    from vgray.distributed.extract import pipeline
+    from vgray.evaluate.extract import unreadable
 
     budget = _budget()
     if budget is None:
         raise RuntimeError("this placement group has no extraction bundle")
+    # Inside a placement group Ray Data plans for the extraction bundles, not the cluster.
     plan = _plan(budget, actors)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.execution_options.preserve_order = False
-    from ray.data import ExecutionResources
-    # Inside a placement group Ray Data must plan for the extraction bundles, not the cluster.
-    ctx.execution_options.resource_limits = (ExecutionResources.for_limits(cpu=plan["limits"][0], gpu=plan["limits"][1])
-                                             if plan["limits"] is not None else ExecutionResources.for_limits())
-    placed = {"scheduling_strategy": plan["strategy"]} if plan["strategy"] is not None else {}
-
     state = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    shape = (3, *cfg.data.image_size)
     rows = [{"role": "x", "index": i, "path": p} for i, p in enumerate(paths)]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
-    decode_args = dict(num_cpus=plan["decode_cpus"], **placed)
-    if plan["strategy"] is None:  # as vgray extract: the memory request keeps decoding out of the actors
-        decode_args["memory"] = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
-    ds = ds.map_batches(decode_images, fn_kwargs={"transforms": {"x": transform}, "shape": shape},
-                        batch_size=batch_size, batch_format="numpy", **decode_args)
-    ds = ds.map_batches(_Embed, fn_constructor_kwargs={"cfg": cfg, "state": state}, batch_size=batch_size,
-                        batch_format="numpy", concurrency=plan["actors"], num_cpus=plan["actor_cpus"],
-                        num_gpus=plan["actor_gpus"], **placed)
+    ds = pipeline(cfg, rows, {"x": transform}, {"state": state}, plan, batch_size, progress)
     out = np.zeros((len(paths), features_dim), dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -155,10 +139,7 @@ def ray_descriptors(cfg, model, paths: Sequence[str], transform, features_dim: i
         errors = batch["error"]
         ok = np.asarray([not e for e in errors], dtype=bool)
         for i, e in zip(index[~ok], errors[~ok]):
-            if not skip_corrupt:
-                raise BadInput(f"image {paths[i]} cannot be read ({e}); fix or remove it, "
-                               f"or set data.skip_corrupt=true to leave such images out")
-            (log or (lambda m: print(f"vgray: {m}", file=sys.stderr)))(f"skipping unreadable image {paths[i]} ({e})")
+            unreadable(paths[i], e, skip_corrupt, log)
         out[index[ok]] = batch["descriptor"][ok]
         valid[index[ok]] = True
     return out, valid

@@ -143,6 +143,38 @@ class _Embed:
         return {"role": batch["role"], "index": batch["index"], "descriptor": out, "error": batch["error"]}
 
 
+def pipeline(cfg, rows: List[Dict[str, object]], transforms: Dict[str, object], embed: Dict[str, object],
+             plan: Dict[str, object], batch_size: int, progress: bool):
+    """The Ray Data dataset of every extraction: ``rows`` (role, index, path) decoded and transformed
+    (``transforms[role]``) in CPU tasks, the network in an actor pool (:class:`_Embed`, built from
+    ``embed``: ``model_file`` or ``state``). ``plan``: the actors and each stage's resources, and
+    for a trial's placement group its ``strategy`` and resource ``limits`` (else the cluster's)."""
+    import ray
+    from ray.data import ExecutionResources
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.execution_options.preserve_order = False
+    limits = plan.get("limits")
+    ctx.execution_options.resource_limits = (ExecutionResources.for_limits(cpu=limits[0], gpu=limits[1])
+                                             if limits is not None else ExecutionResources.for_limits())
+    placed = {"scheduling_strategy": plan["strategy"]} if plan.get("strategy") is not None else {}
+    shape = (3, *cfg.data.image_size)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+    decode_args = dict(num_cpus=plan["decode_cpus"], **placed)
+    if not placed:
+        # Ray Data fuses a task stage into the next actor stage when their remote arguments agree,
+        # which would decode inside the model actors and leave the CPUs set aside for decoding
+        # idle: the decode tasks' memory request keeps them apart. A decode worker holds
+        # torchvision and PIL (about 450 MiB measured) and a few batches.
+        decode_args["memory"] = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
+    ds = ds.map_batches(decode_images, fn_kwargs={"transforms": transforms, "shape": shape},
+                        batch_size=batch_size, batch_format="numpy", **decode_args)
+    return ds.map_batches(_Embed, fn_constructor_kwargs={"cfg": cfg, **embed}, batch_size=batch_size,
+                          batch_format="numpy", concurrency=plan["actors"], num_cpus=plan["actor_cpus"],
+                          num_gpus=plan["actor_gpus"], **placed)
+
+
 def _prepare_model(cfg, split, out: Path, progress: bool):
     """The network of ``cfg`` and its :func:`model_hash`. A folder written for this very config
     keeps its model.pt (so its shards stay valid); otherwise the model is built (NetVLAD initialised
@@ -320,29 +352,14 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
     """Extract the ``pending`` shards through Ray Data; returns (written, skipped, images)."""
     import ray
     from vgray.evaluate.evaluate import descriptor_table
+    from vgray.evaluate.extract import unreadable
     from vgray.locate import MODEL_FILE
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.execution_options.preserve_order = False
-    plan = _default_plan(ray, actors)
     batch_size = batch_size or cfg.test.batch_size
-
     rows = [{"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
             for sh in pending for i in range(sh.start, sh.stop)]
-    blocks = max(1, min(len(rows), -(-len(rows) // batch_size)))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    # Decoding in CPU tasks, the model in actors. Ray Data fuses a task stage into the next actor
-    # stage when their remote arguments agree, which would decode inside the model actors and leave
-    # the CPUs set aside for decoding idle: the decode tasks' memory request keeps them apart.
-    shape = (3, *cfg.data.image_size)
-    # A decode worker holds torchvision and PIL (about 450 MiB measured) and a few batches.
-    decode_memory = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
-    ds = ds.map_batches(decode_images, fn_kwargs={"transforms": transforms, "shape": shape}, batch_size=batch_size,
-                        batch_format="numpy", num_cpus=plan["decode_cpus"], memory=decode_memory)
-    ds = ds.map_batches(_Embed, fn_constructor_kwargs={"cfg": cfg, "model_file": str(out / MODEL_FILE)},
-                        batch_size=batch_size, batch_format="numpy", concurrency=plan["actors"],
-                        num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"])
+    ds = pipeline(cfg, rows, transforms, {"model_file": str(out / MODEL_FILE)}, _default_plan(ray, actors),
+                  batch_size, progress)
 
     owner = {(sh.role, i): sh for sh in pending for i in range(sh.start, sh.stop)}
     buffers: Dict[Shard, Dict[int, Optional[np.ndarray]]] = {sh: {} for sh in pending}
@@ -351,11 +368,7 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
         for role, index, desc, error in zip(batch["role"], batch["index"], batch["descriptor"], batch["error"]):
             role, index = str(role), int(index)
             if error:
-                path = sets[role].paths[index]
-                if not cfg.data.skip_corrupt:
-                    raise BadInput(f"image {path} cannot be read ({error}); fix or remove it, "
-                                   f"or set data.skip_corrupt=true to leave such images out")
-                log(f"skipping unreadable image {path} ({error})")
+                unreadable(sets[role].paths[index], error, cfg.data.skip_corrupt, log)
                 skipped += 1
                 desc = None
             sh = owner[(role, index)]

@@ -276,12 +276,18 @@ def _collate_list(batch):
     return [b[0] for b in good] or None, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[2] is not None]
 
 
+def unreadable(path: str, message: str, skip_corrupt: bool, log: Optional[Callable[[str], None]] = None) -> None:
+    """An image that cannot be read: the run stops with :class:`BadInput` naming it or, with
+    ``data.skip_corrupt``, it is reported (``log``, default stderr) and left out."""
+    if not skip_corrupt:
+        raise BadInput(f"image {path} cannot be read ({message}); fix or remove it, "
+                       f"or set data.skip_corrupt=true to leave such images out")
+    (log or (lambda m: print(f"vgray: {m}", file=sys.stderr)))(f"skipping unreadable image {path} ({message})")
+
+
 def _report(errors, rt: Runtime) -> None:
     for _, (path, message) in errors:
-        if not rt.skip_corrupt:
-            raise BadInput(f"image {path} cannot be read ({message}); fix or remove it, "
-                           f"or set data.skip_corrupt=true to leave such images out")
-        print(f"vgray: skipping unreadable image {path} ({message})", file=sys.stderr)
+        unreadable(path, message, rt.skip_corrupt)
 
 
 def iter_batches(dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffle: bool = False,
