@@ -181,3 +181,30 @@ def test_each_augmentation_changes_queries_and_keeps_their_size(name):
     assert any(not torch.allclose(o, plain, atol=1e-3) for o in outs)
     off = query_train_transform((20, 30), (0.5,) * 3, (0.5,) * 3, load_config().train.augmentation)
     assert torch.equal(off(image), plain)
+
+
+def test_horizontal_flip_turns_the_whole_triplet(tiny_root):
+    """train.augmentation.horizontal_flip: each triplet is flipped as a whole (query, positive and
+    negatives together) or not at all, about half the time; off, never."""
+    from conftest import TINY
+    from vgray.data.dataset import open_split
+    from vgray.data.transforms import test_transform
+    from vgray.train.loop import TripletImages
+    from vgray.train.mining import Triplet
+    split = open_split(TINY, "train")
+    tf = test_transform((24, 32), (0.5,) * 3, (0.5,) * 3)
+    triplets = [Triplet(q, q % 7, np.array([10 + q, 20 + q, 30 + q])) for q in range(16)]
+    plain = TripletImages(split, triplets, tf, tf, flip=False)
+    flipped = TripletImages(split, triplets, tf, tf, flip=True)
+    torch.manual_seed(0)
+    turned = []
+    for i in range(len(triplets)):
+        a, b = plain.load(i), flipped.load(i)
+        assert a.shape == b.shape == (5, 3, 24, 32)
+        if torch.equal(a, b):
+            turned.append(False)
+        else:
+            assert torch.equal(torch.flip(a, dims=[3]), b)
+            turned.append(True)
+    assert 3 <= sum(turned) <= 13
+    assert all(torch.equal(plain.load(i), plain.load(i)) for i in range(3))
