@@ -16,15 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from test_sweep_ray import rows, write_sweep
+from test_sweep_ray import driver_env, rows, wait_for_first_row, write_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env():
-    env = {**os.environ}
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def _sweep_cmd(path: Path, *extra: str):
@@ -40,7 +34,7 @@ def test_poisoned_trial_fails_after_its_retries_and_the_others_finish(tiny_root,
     # on every retry, while its neighbour finishes.
     path = write_sweep(tmp_path / "s.yaml", name="poisoned", task="eval", storage=str(tmp_path / "store"),
                        grid={"test.knn": ["Flat", "IVF4096,Flat"]}, max_failures=1)
-    done = subprocess.run(_sweep_cmd(path), capture_output=True, text=True, env=_env(), timeout=600)
+    done = subprocess.run(_sweep_cmd(path), capture_output=True, text=True, env=driver_env(), timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "vgray: sweep poisoned finished with 1 failed trial(s)" in done.stderr.strip().splitlines()[-1]
     assert "Ray dashboard: http://127.0.0.1:" in done.stdout  # security default, on the live Ray
@@ -91,15 +85,10 @@ def test_full_storage_stops_the_sweep_keeps_its_rows_and_resume_continues(tiny_r
                            grid={"model.gem_p": [2.0, 3.0, 4.0, 5.0]}, max_failures=1)
         directory = mnt / "full"
         log = open(tmp_path / "driver.err", "w")
-        driver = subprocess.Popen(_sweep_cmd(path), stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
+        driver = subprocess.Popen(_sweep_cmd(path), stdout=subprocess.PIPE, stderr=log, text=True, env=driver_env(),
                                   start_new_session=True)
         try:
-            deadline = time.time() + 400
-            while time.time() < deadline:
-                if (directory / "results.parquet").exists() and len(rows(directory)) >= 1:
-                    break
-                assert driver.poll() is None, (tmp_path / "driver.err").read_text()[-3000:]
-                time.sleep(0.5)
+            wait_for_first_row(directory, driver, tmp_path / "driver.err", timeout=400)
             filler = _fill(mnt)  # the disk is full from here on
             out, _ = driver.communicate(timeout=400)
         finally:
@@ -116,7 +105,7 @@ def test_full_storage_stops_the_sweep_keeps_its_rows_and_resume_continues(tiny_r
         assert not list(directory.glob(".results.parquet.*.tmp"))  # no half-written file left beside it
         # the storage is fixed: the same command with --resume finishes the sweep, no row twice
         filler.unlink()
-        done = subprocess.run(_sweep_cmd(path, "--resume"), capture_output=True, text=True, env=_env(), timeout=600)
+        done = subprocess.run(_sweep_cmd(path, "--resume"), capture_output=True, text=True, env=driver_env(), timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         after = rows(directory)
         assert sorted(r["model.gem_p"] for r in after) == [2.0, 3.0, 4.0, 5.0]

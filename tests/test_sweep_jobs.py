@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from test_sweep_ray import rows, write_sweep
+from test_sweep_ray import driver_env, rows, wait_for_first_row, write_sweep
 
 pytestmark = pytest.mark.slow
-
-
-def _sweep_env():
-    env = {**os.environ}
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def test_resume_after_the_driver_is_killed(tiny_root, tmp_path):
@@ -29,19 +23,14 @@ def test_resume_after_the_driver_is_killed(tiny_root, tmp_path):
     directory = tmp_path / "store" / "killed"
     cmd = [sys.executable, "-m", "vgray.cli", "sweep", str(path), "--num-cpus", "1"]
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_sweep_env(), start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (directory / "results.parquet").exists() and len(rows(directory)) >= 1:
-            break
-        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-2000:]
-        time.sleep(1)
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=driver_env(), start_new_session=True)
+    wait_for_first_row(directory, driver, tmp_path / "driver.log", timeout=300, poll=1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     before = {r["trial_id"]: r for r in rows(directory)}
     assert 1 <= len(before) < 3
     lines = {p.parent.name: len(p.read_text().splitlines()) for p in directory.glob("*/result.json")}
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_sweep_env(), timeout=600)
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=driver_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     after = rows(directory)
     assert sorted(r["trial_id"] for r in after) == sorted({r["trial_id"] for r in after})
@@ -73,7 +62,7 @@ def test_sweep_submitted_through_the_jobs_api(tiny_root, tmp_path):
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                              f"--dashboard-agent-listen-port={agent}", "--include-dashboard=true"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_sweep_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=driver_env(),
                             start_new_session=True, cwd=str(Path(sys.executable).parent))
     try:
         client, last = None, None

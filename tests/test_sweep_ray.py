@@ -1,6 +1,8 @@
 """Sweeps on a real local Ray started in this process: trials, the results actor surviving a kill,
 Optuna, ASHA, and resources no node has (driver kills and the Jobs API: test_sweep_jobs.py)."""
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,23 @@ def write_sweep(path: Path, base_changes=None, **raw) -> Path:
 
 def rows(directory: Path):
     return pq.read_table(directory / "results.parquet").to_pylist()
+
+
+def driver_env():
+    """The environment of a ``vgray sweep`` run in its own process: it starts its own local Ray."""
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def wait_for_first_row(directory: Path, driver, log: Path, timeout: float, poll: float = 0.5) -> None:
+    """Until the sweep in ``directory`` has a result row; fails with the driver's log if it ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (directory / "results.parquet").exists() and len(rows(directory)) >= 1:
+            return
+        assert driver.poll() is None, log.read_text()[-3000:]
+        time.sleep(poll)
 
 
 def test_results_actor_restarts_and_reloads_without_loss_or_duplicates(ray_local, tmp_path):
