@@ -25,45 +25,22 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from vgray import registry
 from vgray.errors import BadInput
+from vgray.registry import AGGREGATIONS, BACKBONES, LOSSES, MINING, TEST_METHODS
 
 
 def _key(default, help: str, **checks):
     """A config field: its default, one line of help, and optional checks.
 
-    ``choices`` is a list (or a zero-argument callable returning one, for registries) of allowed
-    values; ``positive`` requires every number in the value to be > 0; ``range`` is an inclusive
+    ``choices`` is a list of allowed values, or a component registry (:mod:`vgray.registry`): its
+    names, checked once its package is imported (the family's own checks run in :func:`cross_check`); ``positive`` requires every number in the value to be > 0; ``range`` is an inclusive
     ``(low, high)`` pair.
     """
     meta = {"help": help, **checks}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _backbones():
-    from vgray.models.backbones import BACKBONES
-    return BACKBONES.names()
-
-
-def _aggregations():
-    from vgray.models.aggregations import AGGREGATIONS
-    return AGGREGATIONS.names()
-
-
-def _mining():
-    from vgray.train.mining import MINING
-    return MINING.names()
-
-
-def _losses():
-    from vgray.train.losses import LOSSES
-    return LOSSES.names()
-
-
-def _test_methods():
-    from vgray.evaluate.methods import TEST_METHODS
-    return TEST_METHODS.names()
 
 
 @dataclass(frozen=True)
@@ -91,8 +68,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=_backbones)
-    aggregation: str = _key("netvlad", "aggregation (registry name)", choices=_aggregations)
+    backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=BACKBONES)
+    aggregation: str = _key("netvlad", "aggregation (registry name)", choices=AGGREGATIONS)
     pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
                                        "radenovic_sfm, or a weights file (a vgray checkpoint included)")
     netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
@@ -126,8 +103,8 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mining: str = _key("partial", "negative mining (random, partial, full, msls_weighted)", choices=_mining)
-    criterion: str = _key("triplet", "loss (triplet, sare_joint, sare_ind)", choices=_losses)
+    mining: str = _key("partial", "negative mining (random, partial, full, msls_weighted)", choices=MINING)
+    criterion: str = _key("triplet", "loss (triplet, sare_joint, sare_ind)", choices=LOSSES)
     margin: float = _key(0.1, "triplet margin", positive=True)
     optimizer: str = _key("adam", "optimizer", choices=["adam", "sgd"])
     lr: float = _key(1e-5, "learning rate", positive=True)
@@ -151,7 +128,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TestConfig:
     split: str = _key("test", "split that vgray eval scores", choices=["train", "val", "test"])
-    method: str = _key("hard_resize", "test-time method", choices=_test_methods)
+    method: str = _key("hard_resize", "test-time method", choices=TEST_METHODS)
     recall_values: List[int] = _key([1, 5, 10, 20], "N of recall@N", positive=True)
     positive_dist_threshold: float = _key(25.0, "a retrieval is right within this many metres", positive=True)
     majority_weight: float = _key(0.01, "maj_voting: weight of a crop's vote for a database image",
@@ -337,8 +314,10 @@ def _check_field(dotted: str, f: dataclasses.Field, value: Any) -> None:
     if value is None:
         return
     choices = meta.get("choices")
+    if isinstance(choices, registry.Registry) and not choices.filled():
+        choices = None  # the family's package is not imported here: nothing of it will be built
     if choices is not None:
-        allowed = choices() if callable(choices) else choices
+        allowed = choices.names() if isinstance(choices, registry.Registry) else choices
         if value not in allowed:
             raise BadInput(f"{dotted}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
     if meta.get("positive") and any(x <= 0 for x in _numbers(value)):
@@ -433,27 +412,21 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides=(), base: Op
 # -- the paper's cross-checks ----------------------------------------------------------------
 
 def cross_check(cfg: Config) -> None:
-    """Refuse combinations the paper's protocol does not allow, naming the keys involved."""
-    from vgray.models.aggregations import AGGREGATIONS
-    from vgray.models.backbones import BACKBONES
+    """Refuse combinations the paper's protocol does not allow, naming the keys involved.
 
-    backbone = BACKBONES.info(cfg.model.backbone)
-    aggregation = AGGREGATIONS.info(cfg.model.aggregation)
-    if backbone["output"] not in aggregation["inputs"]:
-        raise BadInput(
-            f"model.aggregation={cfg.model.aggregation} cannot pool the {backbone['output']} of "
-            f"model.backbone={cfg.model.backbone}; allowed: "
-            + ", ".join(n for n in AGGREGATIONS.names() if backbone["output"] in AGGREGATIONS.info(n)["inputs"]))
-    sizes = backbone.get("input_sizes")
-    if sizes and tuple(cfg.data.image_size) not in sizes:
-        raise BadInput(f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
-                       f"{sorted(sizes)}, not {list(cfg.data.image_size)}")
-    # Components refuse what they cannot do themselves: a registry entry may carry a
-    # ``check(cfg)`` that raises BadInput (ViT sizes, CRN's checkpoint, cls on a CNN, ...).
-    from vgray.evaluate.methods import TEST_METHODS
-    for info in (backbone, aggregation, TEST_METHODS.info(cfg.test.method)):
-        if callable(info.get("check")):
-            info["check"](cfg)
+    The component checks run for the families whose packages are imported (:mod:`vgray.registry`):
+    first the cross-family checks those packages added, then each chosen member's own
+    ``check(cfg)`` (ViT sizes, cls on a CNN, a multi-crop method's needs, ...)."""
+    for check in registry.CONFIG_CHECKS:
+        check(cfg)
+    flat = None
+    for family in registry.FAMILIES:
+        if family.key is None or not family.filled():
+            continue
+        flat = flat or cfg.flat()
+        check = family.info(flat[family.key]).get("check")
+        if callable(check):
+            check(cfg)
     if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
         raise BadInput(f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
                        f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}")

@@ -37,9 +37,8 @@ from torchvision import transforms as T
 
 from vgray.data.transforms import test_transform
 from vgray.errors import BadInput
-from vgray.models._registry import Registry
+from vgray.registry import TEST_METHODS
 
-TEST_METHODS = Registry("test method")
 
 #: maj_voting's votes: within the top-1, top-5 and top-10 predictions of every crop.
 VOTE_DEPTHS = (1, 5, 10)

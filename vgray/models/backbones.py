@@ -12,10 +12,9 @@ import torchvision
 from torch import nn
 
 from vgray.errors import BadInput
-from vgray.models._registry import Registry
+from vgray.registry import BACKBONES
 from vgray.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_source, source_state_dict
 
-BACKBONES = Registry("backbone")
 
 
 class Backbone(nn.Module):

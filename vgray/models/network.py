@@ -15,6 +15,23 @@ from vgray.errors import BadInput
 from vgray.models.aggregations import AGGREGATIONS
 from vgray.models.backbones import BACKBONES, Backbone
 from vgray.models.pretrained import is_named_source, load_network_head, read_weights_file
+from vgray.registry import add_config_check
+
+
+@add_config_check
+def check_components(cfg) -> None:
+    """The aggregation can pool what the backbone gives, at an input size the backbone takes."""
+    backbone = BACKBONES.info(cfg.model.backbone)
+    aggregation = AGGREGATIONS.info(cfg.model.aggregation)
+    if backbone["output"] not in aggregation["inputs"]:
+        raise BadInput(
+            f"model.aggregation={cfg.model.aggregation} cannot pool the {backbone['output']} of "
+            f"model.backbone={cfg.model.backbone}; allowed: "
+            + ", ".join(n for n in AGGREGATIONS.names() if backbone["output"] in AGGREGATIONS.info(n)["inputs"]))
+    sizes = backbone.get("input_sizes")
+    if sizes and tuple(cfg.data.image_size) not in sizes:
+        raise BadInput(f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
+                       f"{sorted(sizes)}, not {list(cfg.data.image_size)}")
 
 
 class GeoLocalizationNet(nn.Module):

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vgray.models._registry import Registry
+from vgray.registry import LOSSES
 
-LOSSES = Registry("loss")
 
 
 @LOSSES.register("triplet")

@@ -28,9 +28,8 @@ import numpy as np
 
 from vgray.data.dataset import Split
 from vgray.errors import BadInput
-from vgray.models._registry import Registry
+from vgray.registry import MINING
 
-MINING = Registry("mining method")
 
 
 class DescriptorSource(Protocol):

@@ -6,9 +6,7 @@ Each file registers its builder in :data:`AGGREGATIONS` with the facts the confi
 map over channels, after_pool the pooled vector). A builder takes ``(in_channels, model_cfg)`` and
 returns a module with ``output_dim``; build_model checks it with a dry forward pass.
 """
-from vgray.models._registry import Registry
-
-AGGREGATIONS = Registry("aggregation")
+from vgray.registry import AGGREGATIONS
 
 # Importing the modules registers them.
 from vgray.models.aggregations import gem, netvlad  # noqa: E402,F401
