@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from vgray.data.transforms import test_transform
     from vgray.errors import BadInput
     from vgray.evaluate.evaluate import evaluate_split
-    from vgray.evaluate.extract import Runtime, calibrate_batchnorm
+    from vgray.evaluate.extract import calibrate_batchnorm
+    from vgray.runtime import Runtime
     from vgray.models import build_model
     from vgray.seeding import seed_everything
     from vgray.train.loop import train

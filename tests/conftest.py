@@ -1,7 +1,11 @@
-"""Shared fixtures: a private vgray cache, hand-made VG folders, and the synthetic tiny dataset."""
+"""Shared fixtures and helpers: a private vgray cache, hand-made VG folders, the synthetic tiny dataset,
+local Ray clusters, and the sweep files and result rows of the sweep tests."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +75,86 @@ def vg_folder(tmp_path):
 def tiny_root() -> Path:
     from vgray.data.synthetic import ensure
     return ensure("tiny")
+
+
+@pytest.fixture(scope="module")
+def small_root(tiny_root, tmp_path_factory) -> Path:
+    """The first 21 database and 6 query images of the tiny preset's test split."""
+    from vgray.data.dataset import open_split
+    split = open_split(tiny_root, "test")
+    root = tmp_path_factory.mktemp("small")
+    for role, images, n in (("database", split.database, 21), ("queries", split.queries, 6)):
+        (root / "images" / "test" / role).mkdir(parents=True)
+        for path in images.paths[:n]:
+            shutil.copy(path, root / "images" / "test" / role / Path(path).name)
+    return root
+
+
+# -- Ray clusters in this process (one per test module that asks) ------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local(tiny_root):
+    """A local Ray of 2 CPUs, no dashboard, in the ``vgray`` namespace."""
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Two Ray nodes on this machine (a head of 1 CPU, a worker of 2); the driver joins the head."""
+    import ray
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace="vgray", log_to_driver=False)
+        yield ray
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+# -- sweeps: a tiny base config, sweep files, result rows, a driver in its own process -----------
+
+SWEEP_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
+              "model": {"pretrained": "none", "aggregation": "gem"},
+              "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
+                        "neg_samples_num": 40, "epochs": 1, "lr": 0.001},
+              "test": {"recall_values": [1, 5], "batch_size": 64}}
+
+
+def write_sweep(path: Path, base_changes=None, **raw) -> Path:
+    """A sweep file over :data:`SWEEP_BASE`; ``base_changes`` maps dotted keys to new base values."""
+    import yaml
+    base = json.loads(json.dumps(SWEEP_BASE))
+    for dotted, value in (base_changes or {}).items():
+        section, key = dotted.split(".")
+        base[section][key] = value
+    path.write_text(yaml.safe_dump({"base": base, "resources": {"cpu": 1}, **raw}))
+    return path
+
+
+def rows(directory: Path):
+    """The result rows of the sweep in ``directory`` (its results.parquet), as dicts."""
+    import pyarrow.parquet as pq
+    return pq.read_table(directory / "results.parquet").to_pylist()
+
+
+def driver_env():
+    """The environment of a ``vgray sweep`` run in its own process: it starts its own local Ray."""
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def wait_for_first_row(directory: Path, driver, log: Path, timeout: float, poll: float = 0.5) -> None:
+    """Until the sweep in ``directory`` has a result row; fails with the driver's log if it ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (directory / "results.parquet").exists() and len(rows(directory)) >= 1:
+            return
+        assert driver.poll() is None, log.read_text()[-3000:]
+        time.sleep(poll)

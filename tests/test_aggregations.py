@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import TINY, TINY_SET
+from vgray import checkpoint
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.errors import BadInput
@@ -18,7 +19,6 @@ from vgray.models.aggregations.mac import mac
 from vgray.models.aggregations.netvlad import NetVLAD
 from vgray.models.aggregations.rmac import rmac, rmac_regions
 from vgray.models.aggregations.spoc import spoc
-from vgray.train import checkpoint
 from vgray.train.loop import make_optimizer
 
 BASE = ["model.backbone=resnet18conv4", "model.pretrained=none", "model.netvlad_clusters=4"]
@@ -52,14 +52,16 @@ def netvlad_checkpoints(tmp_path_factory):
     return out
 
 
-def test_registry_facts():
+def test_declared_interface():
     for name in POOLING:
-        assert AGGREGATIONS.info(name)["pooling"] is True, name
+        assert AGGREGATIONS.type_of(name).pooling is True, name
     for name in SELF_NORMALISING:
-        assert AGGREGATIONS.info(name)["pooling"] is False, name
+        assert AGGREGATIONS.type_of(name).pooling is False, name
     # A sequence of tokens has no 2-D layout: regions and context filters need one.
-    assert {n for n in ("mac", "spoc", "rrm", "rmac", "crn") if "tokens" in AGGREGATIONS.info(n)["inputs"]} == \
+    assert {n for n in ("mac", "spoc", "rrm", "rmac", "crn") if "tokens" in AGGREGATIONS.type_of(n).inputs} == \
         {"mac", "spoc", "rrm"}
+    assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).starts_from} == {"crn"}
+    assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).takes_tokens} == {"cls", "seqpool"}
 
 
 def pooled_as_the_benchmark(aggregation, module, local, l2):
@@ -98,8 +100,7 @@ def test_forward_backward(aggregation, fc, netvlad_checkpoints):
         if fc or aggregation in SELF_NORMALISING or l2 == "after_pool":
             assert torch.allclose(model(x).norm(dim=1), torch.ones(2), atol=1e-5)
         for mode in L2_MODES:  # the same modules, joined as build_model joins them for each mode
-            net = GeoLocalizationNet(model.backbone, model.aggregation, l2=mode,
-                                     pooling=AGGREGATIONS.info(aggregation)["pooling"]).eval()
+            net = GeoLocalizationNet(model.backbone, model.aggregation, l2=mode).eval()
             assert torch.allclose(net(x), pooled_as_the_benchmark(aggregation, model.aggregation, local, mode),
                                   atol=1e-6), mode
 
@@ -185,29 +186,42 @@ def test_resume_from_loads_the_whole_network(tmp_path):
         build_model(cfg_for("gem", f"model.resume_from={tmp_path / 'nope.pt'}").model)
 
 
-def cli_error(capsys, *sets):
-    argv = ["profile"]
+def cli_error(capsys, tmp_path, *sets):
+    """``vgray train`` of a CRN: refused with one line before any data is read (data.root names no
+    dataset, so that reading it would fail otherwise)."""
+    argv = ["train", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'no-dataset'}"]
     for s in [*BASE, "model.aggregation=crn", *sets]:
         argv += ["--set", s]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "no-dataset" not in err, err
     return err
 
 
-def test_crn_refuses_to_start_without_a_netvlad_checkpoint(tmp_path, capsys, netvlad_checkpoints):
-    assert "set model.resume_from to the best.pt of a vgray train run with model.aggregation=netvlad" \
-        in cli_error(capsys)
+def test_crn_refuses_to_train_without_a_netvlad_checkpoint(tmp_path, capsys, netvlad_checkpoints):
+    def error(*sets):
+        return cli_error(capsys, tmp_path, *sets)
+    assert "set model.resume_from to the best.pt of a vgray train run with model.aggregation=netvlad" in error()
     save_checkpoint(tmp_path / "gem.pt", "gem")
-    assert "was trained with model.aggregation=gem" in cli_error(capsys, f"model.resume_from={tmp_path / 'gem.pt'}")
-    assert "no such file" in cli_error(capsys, f"model.resume_from={tmp_path / 'missing.pt'}")
+    assert "was trained with model.aggregation=gem" in error(f"model.resume_from={tmp_path / 'gem.pt'}")
+    assert "no such file" in error(f"model.resume_from={tmp_path / 'missing.pt'}")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert "cannot be read as a vgray checkpoint" in cli_error(capsys, f"model.resume_from={tmp_path / 'junk.pt'}")
+    assert "cannot be read as a vgray checkpoint" in error(f"model.resume_from={tmp_path / 'junk.pt'}")
     nv = netvlad_checkpoints[None]
     assert "model.backbone=resnet18conv4; crn needs a netvlad checkpoint of model.backbone=resnet50conv4" in \
-        cli_error(capsys, f"model.resume_from={nv}", "model.backbone=resnet50conv4")
-    assert "set model.netvlad_clusters=4" in cli_error(capsys, f"model.resume_from={nv}", "model.netvlad_clusters=8")
-    assert "set model.fc_output_dim=null" in cli_error(capsys, f"model.resume_from={nv}", "model.fc_output_dim=16")
+        error(f"model.resume_from={nv}", "model.backbone=resnet50conv4")
+    assert "set model.netvlad_clusters=4" in error(f"model.resume_from={nv}", "model.netvlad_clusters=8")
+    assert "set model.fc_output_dim=null" in error(f"model.resume_from={nv}", "model.fc_output_dim=16")
+
+
+def test_crn_builds_profiles_and_evaluates_without_a_checkpoint(tmp_path):
+    """Only training starts from a NetVLAD checkpoint: the config loads and the network builds
+    without one (profile and eval use it so); where it does load one, the same check applies."""
+    model = build_model(cfg_for("crn").model)
+    assert model.needs_init() and model.features_dim == 4 * 256
+    save_checkpoint(tmp_path / "gem.pt", "gem")
+    with pytest.raises(BadInput, match=r"model.resume_from=.*gem.pt was trained with model.aggregation=gem"):
+        build_model(cfg_for("crn", f"model.resume_from={tmp_path / 'gem.pt'}").model)
 
 
 # A few seconds an epoch on two cores (the settings of test_train's quick runs).

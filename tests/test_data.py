@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import vg_name, write_image
-from vgray.data.dataset import _index_path, open_split, parse_name
+from vgray.data.dataset import index_cache_path, open_split, parse_name
 from vgray.data.positives import positives_within
 from vgray.errors import BadInput
 
@@ -35,7 +35,7 @@ def test_layout_variants(tmp_path):
 
 def test_index_is_cached_and_redone_when_the_folder_changes(vg_folder):
     split = open_split(vg_folder, "test")
-    cache = _index_path(vg_folder / "images" / "test" / "database")
+    cache = index_cache_path(vg_folder / "images" / "test" / "database")
     assert cache.is_file()
     stamp = cache.stat().st_mtime_ns
     assert open_split(vg_folder, "test").database.paths == split.database.paths

@@ -119,3 +119,53 @@ def test_corrupt_image_is_named_or_skipped(vg_folder, tmp_path):
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
     result = evaluate(eval_cfg(vg_folder, "data.skip_corrupt=true"), progress=False)
     assert result["skipped_images"] == 1 and result["database"] == 13
+
+
+def test_dataset_name_and_test_sets(vg_folder):
+    from vgray.evaluate.evaluate import dataset_name, test_sets
+    assert dataset_name("synthetic:small") == "synthetic_small"
+    assert dataset_name("/data/pitts30k/") == "pitts30k"
+    assert test_sets(eval_cfg(vg_folder)) == {"ds": str(vg_folder)}
+    assert test_sets(eval_cfg(vg_folder, f"test.datasets={{a: {vg_folder}}}")) == {"a": str(vg_folder)}
+
+
+def test_final_test_gives_the_eval_figures_and_scores_every_set(vg_folder, tmp_path):
+    """The final test of training and of eval trials: on the default set, vgray eval's recalls and
+    figures (an untrained NetVLAD initialised on the first set's database, as eval does); with two
+    sets, test/<name>/R@N of each, the other figures from the first."""
+    import shutil
+
+    from vgray.evaluate.evaluate import final_test, test_sets
+    from vgray.evaluate.extract import extract_descriptors
+    from vgray.models import build_model
+    from vgray.runtime import Runtime
+    from vgray.seeding import seed_everything
+
+    other = tmp_path / "other"
+    shutil.copytree(vg_folder, other)
+    for photo in sorted((other / "images" / "test" / "queries").iterdir())[:2]:
+        photo.unlink()  # another set: two queries fewer
+    cfg = eval_cfg(vg_folder, "model.aggregation=netvlad", "model.netvlad_clusters=4")
+    figures = evaluate(cfg, progress=False)
+
+    def model_and_runtime():
+        seed_everything(cfg.seed)
+        return build_model(cfg.model, image_size=cfg.data.image_size), Runtime.from_config(cfg, progress=False)
+
+    model, rt = model_and_runtime()
+    asked = []
+    one = final_test(cfg, model, rt, test_sets(cfg),
+                     extractor_for=lambda c: asked.append(c.data.root) or extract_descriptors)
+    assert asked == [str(vg_folder)]
+    assert {k: one[f"test/ds/{k}"] for k in ("R@1", "R@2", "R@5")} == {k: figures[k] for k in ("R@1", "R@2", "R@5")}
+    for key in ("matching_ms", "index_memory_mb", "database", "queries", "features_dim", "gflops",
+                "model_size_mb", "params"):
+        assert key in one, key
+    assert {k: one[k] for k in ("database", "queries", "features_dim", "params")} == \
+        {k: figures[k] for k in ("database", "queries", "features_dim", "params")}
+
+    model, rt = model_and_runtime()
+    two = final_test(cfg, model, rt, {"a": str(vg_folder), "b": str(other)})
+    assert {k: two[f"test/a/{k}"] for k in ("R@1", "R@2", "R@5")} == {k: figures[k] for k in ("R@1", "R@2", "R@5")}
+    assert {"test/b/R@1", "test/b/R@2", "test/b/R@5"} <= set(two)
+    assert two["queries"] == 4 and two["database"] == 12  # the first set's

@@ -21,11 +21,13 @@ from conftest import TINY_SET, write_image
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.data.dataset import open_split
+from vgray.data.images import device_transform
 from vgray.data.transforms import test_transform as resize_transform
 from vgray.errors import BadInput
-from vgray.evaluate.extract import Runtime, extract_descriptors
+from vgray.evaluate.extract import extract_descriptors
 from vgray.evaluate.methods import TEST_METHODS
 from vgray.models import build_model
+from vgray.runtime import Runtime
 
 
 def _setup(*extra, size=(32, 48)):
@@ -44,10 +46,10 @@ def test_torchvision_decode_matches_pil_on_tiny():
     cfg, model, rt, transform = _setup()
     pil, tv = dataclasses.replace(rt, decode="pil"), dataclasses.replace(rt, decode="torchvision")
     # Which transforms the device path serves: the hard resize only, and auto means PIL on the CPU.
-    assert tv.tensor_transform(transform) is transform and pil.tensor_transform(transform) is None
-    assert rt.decode == "auto" and rt.tensor_transform(transform) is None
+    assert device_transform(tv, transform) is transform and device_transform(pil, transform) is None
+    assert rt.decode == "auto" and device_transform(rt, transform) is None
     five = TEST_METHODS.create("five_crops", cfg.data.image_size, model.mean, model.std)
-    assert all(tv.tensor_transform(t) is None for t in five.query_transforms)
+    assert all(device_transform(tv, t) is None for t in five.query_transforms)
 
     split = open_split(cfg.data.root, "test")
     db, q = split.database.paths[:48], split.queries.paths[:12]

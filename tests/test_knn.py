@@ -17,10 +17,12 @@ from vgray.data.dataset import open_split
 from vgray.distributed.spec import load_sweep
 from vgray.errors import BadInput
 from vgray.evaluate.evaluate import evaluate, evaluate_split
-from vgray.evaluate.extract import Runtime, extract_descriptors
+from vgray.evaluate.extract import extract_descriptors
 from vgray.evaluate.knn import build_index, default_nprobe, fill_index
-from vgray.evaluate.pca import apply_pca, fit_pca, load_pca, save_pca
+from vgray.evaluate.pca import apply_pca, fit_pca
 from vgray.models import build_model
+from vgray.runtime import Runtime
+from vgray.saved_descriptors import load_pca, save_pca
 from vgray.seeding import seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent

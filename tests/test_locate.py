@@ -13,7 +13,8 @@ import pytest
 
 from conftest import TINY_SET
 from vgray.cli import main
-from vgray.locate import cached_index, open_database
+from vgray.locate import cached_index
+from vgray.saved_descriptors import open_database
 
 # NetVLAD from random weights: its k-means clusters exist only in the evaluated model, so locate
 # gives the evaluation's descriptors only if model.pt carries them.

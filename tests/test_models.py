@@ -1,5 +1,7 @@
 """The model registries: every backbone x aggregation builds, declares its sizes truthfully, gets
 gradients where the paper trains, and the cost figures reproduce the paper's Table 3."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,11 +15,9 @@ from vgray.models.profile import model_cost
 
 def _allowed(backbone, aggregation):
     """What the registries allow: the backbone's output is an input of the aggregation, and the
-    components' own load-time checks accept the pair (crn's wants a checkpoint, given below)."""
-    if BACKBONES.info(backbone)["output"] not in AGGREGATIONS.info(aggregation)["inputs"]:
+    components' own load-time checks accept the pair."""
+    if BACKBONES.type_of(backbone).output not in AGGREGATIONS.type_of(aggregation).inputs:
         return False
-    if aggregation == "crn":
-        return True
     try:
         load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
                                "model.pretrained=none", *small_size(backbone)[1]])
@@ -48,35 +48,14 @@ def small_size(backbone):
 PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names() if _allowed(b, a)]
 
 
-@pytest.fixture(scope="module")
-def netvlad_checkpoints(tmp_path_factory):
-    """CRN starts from a NetVLAD checkpoint of its backbone: one per backbone, made on demand."""
-    made = {}
-
-    def get(backbone, fc, extra):
-        key = (backbone, fc)
-        if key not in made:
-            cfg = load_config(overrides=[f"model.backbone={backbone}", "model.aggregation=netvlad",
-                                         "model.pretrained=none", "model.netvlad_clusters=8", *extra,
-                                         *([f"model.fc_output_dim={fc}"] if fc else [])])
-            model = build_model(cfg.model, image_size=cfg.data.image_size)
-            path = tmp_path_factory.mktemp("netvlad") / f"{backbone}-{fc}.pt"
-            torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 1}, path)
-            made[key] = path
-        return made[key]
-    return get
-
-
 @pytest.mark.parametrize("fc", [None, 32])
 @pytest.mark.parametrize("backbone,aggregation", PAIRS)
-def test_every_pair_forward_backward(backbone, aggregation, fc, netvlad_checkpoints):
+def test_every_pair_forward_backward(backbone, aggregation, fc):
     """The registry-wide test: every backbone x every aggregation it allows, with and without FC,
     builds, declares its descriptor size truthfully, and trains (gradients everywhere it should)."""
     torch.manual_seed(0)
     size, extra = small_size(backbone)
     extra += [f"model.fc_output_dim={fc}"] if fc else []
-    if aggregation == "crn":
-        extra.append(f"model.resume_from={netvlad_checkpoints(backbone, fc, extra[:2])}")
     model = model_for(backbone, aggregation, *extra)
     expected = fc or BACKBONES.info(backbone)["out_channels"] * (8 if aggregation in VLAD_LIKE else 1)
     assert model.features_dim == expected
@@ -209,3 +188,36 @@ def test_netvlad_initialisation_from_local_features():
     assert np.allclose(w, alpha * unit, atol=1e-4)
     dots = np.sort(unit @ feats.T, axis=0)[::-1]
     assert alpha * np.mean(dots[0] - dots[1]) == pytest.approx(-np.log(0.01), rel=1e-3)
+
+
+def _profile_settings(aggregation):
+    """A backbone whose output ``aggregation`` takes, at the smallest input it allows: a CNN at
+    64x64, else ViT at 224 or, for an aggregation only CCT's weights carry (seqpool), CCT at 384,
+    with one encoder block."""
+    if "feature_map" in AGGREGATIONS.type_of(aggregation).inputs:
+        return ["model.backbone=resnet18conv4", "data.resize=[64,64]"]
+    for backbone in ("vit", "cct384"):
+        h, w = min(BACKBONES.info(backbone)["input_sizes"])
+        sets = [f"model.backbone={backbone}", f"data.resize=[{h},{w}]", "model.trunc_te=1"]
+        if _allowed(backbone, aggregation):
+            return sets
+    raise AssertionError(f"no backbone takes {aggregation}")
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS.names())
+def test_profile_works_for_every_aggregation(aggregation, tmp_path):
+    """``vgray profile`` needs no weights and no checkpoint, whatever the aggregation (crn included)."""
+    from vgray.cli import main
+    sets = [f"model.aggregation={aggregation}", "model.pretrained=none", "model.netvlad_clusters=8",
+            *_profile_settings(aggregation)]
+    argv = ["profile", "--runs", "1", "--json", str(tmp_path / "p.json")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    figures = json.loads((tmp_path / "p.json").read_text())
+    cfg = load_config(overrides=sets)
+    with torch.device("meta"):
+        expected = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+    assert figures["features_dim"] == expected.features_dim
+    assert figures["params"] == sum(p.numel() for p in expected.parameters())
+    assert figures["gflops"] > 0 and figures["model_size_mb"] > 0 and figures["extraction_ms"] > 0

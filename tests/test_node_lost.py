@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_sweep_ray import rows, write_sweep
+from conftest import rows, write_sweep
 from vgray.cli import main
 
 pytestmark = pytest.mark.slow

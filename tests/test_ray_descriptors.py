@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SET
-from test_ray_extract import two_nodes  # noqa: F401  (the module's two-node Cluster)
 from vgray.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -21,7 +20,7 @@ SET = TINY_SET + ["data.resize=[32,48]", "model.backbone=resnet18conv4", "model.
 def setup(tiny_root):
     from vgray.data.dataset import open_split
     from vgray.data.transforms import test_transform
-    from vgray.evaluate.extract import Runtime
+    from vgray.runtime import Runtime
     from vgray.models import build_model
     from vgray.seeding import seed_everything
     cfg = load_config(overrides=SET + [f"data.root={tiny_root}"])
@@ -32,7 +31,7 @@ def setup(tiny_root):
 
 
 @pytest.mark.parametrize("method", ["random", "partial", "full"])
-def test_mining_refresh_through_ray_data_yields_the_same_triplets(two_nodes, setup, method):  # noqa: F811
+def test_mining_refresh_through_ray_data_yields_the_same_triplets(two_nodes, setup, method):
     from vgray.distributed.descriptors import RayExtractor
     from vgray.train.loop import LocalDescriptors
     from vgray.train.mining import TrainingQueries, create_miner
@@ -53,7 +52,7 @@ def test_mining_refresh_through_ray_data_yields_the_same_triplets(two_nodes, set
         np.testing.assert_array_equal(a.negatives, b.negatives)
 
 
-def test_validation_descriptors_through_ray_data_equal_the_in_process_ones(two_nodes, setup):  # noqa: F811
+def test_validation_descriptors_through_ray_data_equal_the_in_process_ones(two_nodes, setup):
     from vgray.data.dataset import open_split
     from vgray.distributed.descriptors import RayExtractor
     from vgray.evaluate.extract import extract_descriptors

@@ -19,34 +19,6 @@ pytestmark = pytest.mark.slow
 SET = TINY_SET + ["data.resize=[32,48]", "model.backbone=resnet18conv4", "model.aggregation=gem"]
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    import ray
-    from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    try:
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace="vgray", log_to_driver=False)
-        yield ray
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
-def small_root(tiny_root, tmp_path_factory) -> Path:
-    """The first 21 database and 6 query images of the tiny preset's test split."""
-    from vgray.data.dataset import open_split
-    split = open_split(tiny_root, "test")
-    root = tmp_path_factory.mktemp("small")
-    for role, images, n in (("database", split.database, 21), ("queries", split.queries, 6)):
-        (root / "images" / "test" / role).mkdir(parents=True)
-        for path in images.paths[:n]:
-            shutil.copy(path, root / "images" / "test" / role / Path(path).name)
-    return root
-
-
 def config(root: Path, *extra: str):
     return load_config(overrides=SET + [f"data.root={root}", *extra])
 
@@ -71,7 +43,8 @@ def extracted(two_nodes, small_root, tmp_path_factory):
 
 def test_ray_data_descriptors_equal_the_in_process_ones(extracted, small_root):
     from vgray.data.dataset import open_split
-    from vgray.evaluate.extract import Runtime, extract_descriptors
+    from vgray.evaluate.extract import extract_descriptors
+    from vgray.runtime import Runtime
     from vgray.evaluate.methods import create_method
     from vgray.models import build_model
 

@@ -7,9 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_ray_extract import small_root  # noqa: F401  (27 images of the tiny test split)
-from test_sweep_ray import BASE as SWEEP_BASE
-from test_sweep_ray import ray_local  # noqa: F401  (a local Ray of 2 CPUs)
+from conftest import SWEEP_BASE
 from vgray.cli import main
 
 pytestmark = pytest.mark.slow
@@ -17,7 +15,7 @@ pytestmark = pytest.mark.slow
 BASE = {**SWEEP_BASE, "data": {**SWEEP_BASE["data"], "ray_threshold": 251}}
 
 
-def test_trials_extract_through_ray_data_in_their_placement_group(ray_local, small_root, tmp_path):  # noqa: F811
+def test_trials_extract_through_ray_data_in_their_placement_group(ray_local, small_root, tmp_path):
     from vgray.config import load_config
     from vgray.distributed.descriptors import trial_bundles
     # The tiny preset's val database (252 images) exceeds the threshold (251); its mining sets, its
@@ -41,7 +39,7 @@ def test_trials_extract_through_ray_data_in_their_placement_group(ray_local, sma
         assert epochs and epochs[0]["ray_data_images"] == 252  # validation's database, through Ray Data
 
 
-def test_eval_trials_extract_through_ray_data_and_score_as_in_process(ray_local, small_root, tmp_path):  # noqa: F811
+def test_eval_trials_extract_through_ray_data_and_score_as_in_process(ray_local, small_root, tmp_path):
     """task: eval with data.ray_threshold 0: the test set's 27 images go through Ray Data in the
     trial's placement group, and the row's recalls are those of the in-process `vgray eval`."""
     from vgray.config import load_config

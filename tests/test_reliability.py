@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from test_sweep_ray import driver_env, rows, wait_for_first_row, write_sweep
+from conftest import driver_env, rows, wait_for_first_row, write_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,11 @@ def test_poisoned_trial_fails_after_its_retries_and_the_others_finish(tiny_root,
     directory = tmp_path / "store" / "poisoned"
     got = {r["test.knn"]: r for r in rows(directory)}
     assert set(got) == {"Flat", "IVF4096,Flat"} and len(rows(directory)) == 2  # a row each, none missing
-    assert got["Flat"]["status"] == "ok" and got["Flat"]["test/synthetic_tiny/R@1"] >= 0
+    flat = got["Flat"]
+    # A recall actually computed: the random-init network at 32x48 finds about 31 % of the 150
+    # queries at R@1 (49 % at R@5); a missing or zeroed metric fails here.
+    assert flat["status"] == "ok"
+    assert 0 < flat["test/synthetic_tiny/R@1"] <= flat["test/synthetic_tiny/R@5"] <= 100, flat
     bad = got["IVF4096,Flat"]
     assert bad["status"] == "failed"
     assert "cannot be built on 920 x 256 descriptors" in bad["error"] and "\n" not in bad["error"]
@@ -122,7 +126,7 @@ _WRITER = """
 import sys, numpy as np, torch, pyarrow as pa
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "checkpoint":
-    from vgray.train.checkpoint import save
+    from vgray.checkpoint import save
     save(path, {"model": {"w": torch.ones(120_000_000)}, "epoch": 2})  # ~480 MB
 else:
     from vgray.distributed.extract import _write_atomic
@@ -154,7 +158,7 @@ def test_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path):
     import torch
 
     from vgray.errors import BadInput
-    from vgray.train.checkpoint import load, save
+    from vgray.checkpoint import load, save
     last = tmp_path / "last.pt"
     save(last, {"model": {"w": torch.zeros(3)}, "epoch": 1})
     tmp = _kill_mid_write("checkpoint", last)
@@ -220,7 +224,7 @@ def test_security_defaults_in_the_code():
         for unsafe in ("yaml.Loader", "yaml.FullLoader", "yaml.UnsafeLoader", "unsafe_load", "full_load"):
             assert unsafe not in text, f"{path.relative_to(ROOT)}: {unsafe}"
         assert "0.0.0.0" not in text, f"{path.relative_to(ROOT)}: listens on every interface"
-    assert torch_loads >= 4 and ray_inits >= 2  # the walk did find the calls it checks
+    assert torch_loads >= 1 and ray_inits >= 2  # the walk did find the calls it checks (vgray.checkpoint reads every file)
 
 
 def test_every_refused_write_counts_as_storage_trouble(tmp_path):
@@ -228,7 +232,7 @@ def test_every_refused_write_counts_as_storage_trouble(tmp_path):
     import errno
 
     from vgray.distributed.storage_watch import STORAGE_ERRNOS, refused_write
-    from vgray.distributed.sweep import storage_problem
+    from vgray.distributed.storage import storage_problem
     assert storage_problem(str(tmp_path)) is None
     frozen = tmp_path / "frozen"
     frozen.mkdir()

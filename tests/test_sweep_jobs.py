@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_sweep_ray import driver_env, rows, wait_for_first_row, write_sweep
+from conftest import driver_env, rows, wait_for_first_row, write_sweep
 
 pytestmark = pytest.mark.slow
 

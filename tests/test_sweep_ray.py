@@ -1,63 +1,14 @@
 """Sweeps on a real local Ray started in this process: trials, the results actor surviving a kill,
 Optuna, ASHA, and resources no node has (driver kills and the Jobs API: test_sweep_jobs.py)."""
 import json
-import os
-import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
+from conftest import rows, write_sweep
 from vgray.cli import main
 
 pytestmark = pytest.mark.slow
-
-BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
-        "model": {"pretrained": "none", "aggregation": "gem"},
-        "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
-                  "neg_samples_num": 40, "epochs": 1, "lr": 0.001},
-        "test": {"recall_values": [1, 5], "batch_size": 64}}
-
-
-@pytest.fixture(scope="module")
-def ray_local(tiny_root):
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def write_sweep(path: Path, base_changes=None, **raw) -> Path:
-    """A sweep file over the tiny base; ``base_changes`` maps dotted keys to new base values."""
-    base = json.loads(json.dumps(BASE))
-    for dotted, value in (base_changes or {}).items():
-        section, key = dotted.split(".")
-        base[section][key] = value
-    path.write_text(yaml.safe_dump({"base": base, "resources": {"cpu": 1}, **raw}))
-    return path
-
-
-def rows(directory: Path):
-    return pq.read_table(directory / "results.parquet").to_pylist()
-
-
-def driver_env():
-    """The environment of a ``vgray sweep`` run in its own process: it starts its own local Ray."""
-    env = {**os.environ}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def wait_for_first_row(directory: Path, driver, log: Path, timeout: float, poll: float = 0.5) -> None:
-    """Until the sweep in ``directory`` has a result row; fails with the driver's log if it ends first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (directory / "results.parquet").exists() and len(rows(directory)) >= 1:
-            return
-        assert driver.poll() is None, log.read_text()[-3000:]
-        time.sleep(poll)
 
 
 def test_results_actor_restarts_and_reloads_without_loss_or_duplicates(ray_local, tmp_path):
@@ -113,6 +64,10 @@ def test_two_stage_sweep_starts_crn_from_the_netvlad_model_of_its_seed(ray_local
     kept = directory / "models" / "netvlad-s0.pt"
     assert kept.is_file() and not (directory / "models" / "crn-from=netvlad-s0.pt").exists()
     assert got["crn-from=netvlad-s0"]["model.resume_from"] == str(kept)  # the row says where it started
+    # ... but its config_key is that of the config as the sweep states it, which every seed shares
+    from vgray.distributed.spec import load_sweep
+    spec = load_sweep(path)
+    assert got["crn-from=netvlad-s0"]["config_key"] == spec.stages()[1][0].config(spec, 0).key()
     assert (directory / "stage2").is_dir()  # the second stage is its own Tune experiment
     import torch
     ck = torch.load(kept, weights_only=True)

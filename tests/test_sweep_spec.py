@@ -8,8 +8,10 @@ import pytest
 import yaml
 
 from vgray.cli import main
-from vgray.distributed.results import ResultsStore, summarize, summary_markdown
-from vgray.distributed.spec import dry_run_table, load_sweep, parse_sweep
+from vgray.distributed.results import ResultsStore
+from vgray.distributed.spec import GRID_KEY, decode_trial, dry_run_table, load_sweep, param_space, parse_sweep
+from vgray.errors import BadInput
+from vgray.results import summarize, summary_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"quickstart": 4, "table3_backbones": 48, "table6_mining": 18, "table6_mining_msls": 18,
@@ -111,14 +113,18 @@ BAD = [
     ({"name": "x", "grid": {"model.bakbone": ["vgg16"]}}, "grid key 'model.bakbone' is unknown; did you mean model.backbone"),
     ({"name": "x", "grid": {}}, "grid is empty"),
     ({"name": "x", "grid": {"model.backbone": []}}, "non-empty list"),
-    ({"name": "x", "repeats": -1}, "repeats=-1 must be a positive integer"),
+    ({"name": "x", "repeats": -1}, "repeats=-1 must be positive"),
     ({"name": "x", "grid": {"model.l2": ["before_pool", "sideways"]}}, "trial l2=sideways-s0: model.l2='sideways' is not allowed"),
     ({"name": "x", "search": {"space": {"train.lrr": {"type": "float", "low": 0, "high": 1}}}}, "search space key 'train.lrr'"),
     ({"name": "x", "search": {"space": {"train.lr": {"type": "float", "low": 1, "high": 0}}}}, "low < high"),
     ({"name": "x", "search": {"space": {"train.lr": {"type": "gauss"}}}}, "type='gauss' is not allowed"),
-    ({"name": "x", "scheduler": {"type": "hyperband"}}, "choose asha or fifo"),
+    ({"name": "x", "scheduler": {"type": "hyperband"}}, "scheduler.type='hyperband' is not allowed; choose one of: asha, fifo"),
+    ({"name": "x", "scheduler": {"type": "asha", "grace": 1}}, "scheduler key 'grace' is unknown; did you mean grace_period?"),
+    ({"name": "x", "task": "eval", "scheduler": {"type": "asha"}}, "task eval has no epochs"),
+    ({"name": "x", "search": {"sampler": "grid", "space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}}},
+     "search.sampler='grid' is not allowed; choose one of: tpe, random"),
     ({"name": "x", "resources": {"tpu": 1}}, "resources key 'tpu' is unknown"),
-    ({"name": "x", "resources": {"gpu": -1}}, "must be a number >= 0"),
+    ({"name": "x", "resources": {"gpu": -1}}, "resources.gpu=-1.0 must lie in [0, inf]"),
     ({"name": "x y"}, "name='x y' must be a word"),
     ({"name": "x", "grid": {"seed": [0, 1]}}, "use repeats"),
     ({"name": "x", "base": {"model": {"backbone": "resnet7"}}}, "base: model.backbone='resnet7' is not allowed"),
@@ -136,6 +142,49 @@ def test_bad_sweeps_are_refused_before_anything_runs(raw, message, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "store").exists()  # nothing launched, nothing written
+
+
+def test_a_second_stage_is_checked_against_its_first_stages_config_without_files(tmp_path, monkeypatch):
+    """CRN starting from a NetVLAD trial: checked at parse time against that trial's config, with
+    no stand-in checkpoint written anywhere."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = {**TINY_BASE, "model": {**TINY_BASE["model"], "netvlad_clusters": 8}}
+    crn = {"model.aggregation": "crn", "model.resume_from": "trial:model.aggregation=netvlad"}
+    spec = parse_sweep({"name": "x", "base": base, "repeats": 2,
+                        "variants": [{"model.aggregation": "netvlad"}, crn]})
+    second = spec.stages()[1]
+    assert [t.after for t in second] == ["netvlad-s0", "netvlad-s1"]
+    assert second[0].config(spec, 0).model.resume_from == "trial:model.aggregation=netvlad"
+    with pytest.raises(BadInput, match=r"trial crn-from=netvlad-netvlad_clusters=16-s0: model.resume_from=trial:"
+                                       r"model.aggregation=netvlad \(the model of trial netvlad-s0\) has "
+                                       r"model.netvlad_clusters=8 but this config 16"):
+        parse_sweep({"name": "x", "base": base, "variants": [{"model.aggregation": "netvlad"},
+                                                             {**crn, "model.netvlad_clusters": 16}]})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_trial_codec_gives_back_each_trials_config():
+    """Tune's dict of every grid trial, and of a search trial with numpy-sampled keys, decodes to
+    the config the sweep expands."""
+    spec = parse_sweep({"name": "x", "base": TINY_BASE, "grid": {"model.aggregation": ["gem", "netvlad"]},
+                        "repeats": 2, "keep_models": True})
+    space = param_space(spec, None, grid_search=list, sample=None)
+    assert len(space[GRID_KEY]) == 4
+    for trial, entry in zip(spec.trials(), space[GRID_KEY]):
+        decoded = decode_trial({**space, GRID_KEY: entry})
+        assert decoded.label == trial.name and decoded.keep_model and decoded.seeds == trial.seeds
+        assert decoded.config(trial.seeds[0]) == trial.config(spec, trial.seeds[0])
+    search = parse_sweep({"name": "s", "base": TINY_BASE, "repeats": 2, "grid": {"model.aggregation": ["gem"]},
+                          "search": {"space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+                                               "train.batch_size": {"type": "int", "low": 2, "high": 8}}}})
+    space = param_space(search, None, grid_search=None, sample=lambda dim: dim)
+    assert set(space) >= {"train.lr", "train.batch_size", "model.aggregation"}
+    sampled = {**space, "train.lr": np.float64(1e-4), "train.batch_size": np.int64(4), "model.aggregation": "gem"}
+    decoded = decode_trial(sampled)
+    cfg = decoded.config(1)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.seed) == (1e-4, 4, 1) and type(cfg.train.batch_size) is int
+    assert decoded.seeds == [0, 1] and decoded.label == "gem-lr=0.0001-batch_size=4" and not decoded.keep_model
 
 
 def test_unwritable_storage_is_refused_before_ray_starts(tmp_path, capsys):

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from conftest import TINY, TINY_SET
+from vgray import checkpoint
 from vgray.config import load_config
 from vgray.data.dataset import open_split
 from vgray.errors import BadInput
 from vgray.evaluate.evaluate import evaluate_split
 from vgray.models import build_model
 from vgray.seeding import seed_everything
-from vgray.train import checkpoint
 from vgray.train.loop import train
 
 # A few seconds an epoch on two cores: 32x48 images, 2 negatives, 20 queries an epoch.
@@ -41,13 +41,14 @@ def history(out):
 
 def calibrate_batchnorm(model, paths, cfg):
     from vgray.data.transforms import test_transform
-    from vgray.evaluate.extract import Runtime, calibrate_batchnorm as calibrate
+    from vgray.evaluate.extract import calibrate_batchnorm as calibrate
+    from vgray.runtime import Runtime
     calibrate(model, paths, test_transform(cfg.data.image_size, model.mean, model.std),
               Runtime.from_config(cfg, progress=False))
 
 
 @pytest.mark.slow
-def test_training_lowers_the_loss_and_does_not_lower_r5(tiny_root, tmp_path):
+def test_training_lowers_the_loss_and_raises_r5(tiny_root, tmp_path):
     cfg = quick("train.epochs=4", "train.patience=4", "train.mining=partial", "train.lr=0.001",
                 "train.cache_refresh_rate=20")
     seed_everything(cfg.seed)
@@ -63,7 +64,9 @@ def test_training_lowers_the_loss_and_does_not_lower_r5(tiny_root, tmp_path):
     ck = checkpoint.load(tmp_path / "run" / "last.pt")
     trained.load_state_dict(ck["model"])
     after = evaluate_split(trained, test, cfg, progress=False)
-    assert after["R@5"] >= before["R@5"], (before, after)
+    # Training raises recall: strictly, so that a run whose weights did not move fails (measured
+    # 2026-11-29 on 2 cores: R@5 43.3 -> 48.7, i.e. 8 of the 150 queries more).
+    assert after["R@5"] > before["R@5"], (before, after)
     for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl"):
         assert (tmp_path / "run" / name).is_file()
     assert ck["epoch"] == 4 and ck["config"]["train"]["mining"] == "partial"

@@ -11,12 +11,13 @@ from conftest import TINY_SET, write_image
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.errors import BadInput
-from vgray.evaluate.extract import Runtime, initialize_aggregation, sample_local_features
+from vgray.evaluate.extract import initialize_aggregation, sample_local_features
 from vgray.data.transforms import test_transform as resize_transform
 from vgray.models import build_model
-from vgray.models.cct import CCT, source_key
+from vgray.models.backbones.cct import CCT, source_key
 from vgray.models.profile import model_cost
 from vgray.models.pretrained import RECORDS, WeightsRecord, cached_path, record
+from vgray.runtime import Runtime
 
 SIZE = {"vit": 224, "cct384": 384}
 

@@ -11,14 +11,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from vgray.console import Parser, print_figures
 from vgray.errors import BadInput
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line with exit status 2."""
-
-    def error(self, message: str):
-        raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _config_args(p: argparse.ArgumentParser, with_file: bool = True) -> None:
@@ -34,8 +28,9 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vgray", description="Deep Visual Geo-localization Benchmark on a Ray cluster")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    """The ``vgray`` parser: one subcommand per entry of :data:`COMMANDS`."""
+    parser = Parser(prog="vgray", description="Deep Visual Geo-localization Benchmark on a Ray cluster")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("synth", help="write a VG-format synthetic dataset")
     p.add_argument("out", help="output folder")
@@ -128,46 +123,26 @@ def _load(args):
     return load_config(getattr(args, "config", None), args.overrides)
 
 
-def _write_json(path: Optional[str], figures: Dict) -> None:
-    if not path:
-        return
-    from vgray.atomic import write_text
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_text(target, json.dumps(figures, indent=2) + "\n")
-
-
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
-    return str(value)
-
-
-def print_figures(title: str, figures: Dict) -> None:
-    print(title)
-    width = max(len(k) for k in figures)
-    for k, v in figures.items():
-        print(f"  {k:<{width}}  {_format(v)}")
-
-
 def cmd_synth(args) -> None:
+    """``vgray synth OUT``: write a VG-format synthetic dataset."""
     from vgray.data.synthetic import generate
     out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
     print(f"wrote synthetic dataset '{args.preset}' (seed {args.seed}) to {out}")
 
 
 def cmd_profile(args) -> None:
+    """``vgray profile``: features_dim, gflops, model_size_mb, params and extraction_ms of a model."""
     from vgray.models.profile import profile
     cfg = _load(args)
     if args.runs < 1:
         raise BadInput(f"--runs={args.runs} must be at least 1")
     figures = profile(cfg, runs=args.runs)
     h, w = cfg.data.image_size
-    print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} at {h}x{w}", figures)
-    _write_json(args.json, figures)
+    print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} at {h}x{w}", args.json)
 
 
 def cmd_eval(args) -> None:
+    """``vgray eval``: recall@N of a model on a split with its cost; optionally descriptors and prediction grids."""
     from vgray.evaluate.evaluate import evaluate
     n = args.save_predictions
     if n is not None and n < 1:
@@ -178,9 +153,8 @@ def cmd_eval(args) -> None:
     keep: Optional[Dict] = {} if n is not None else None
     figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
     h, w = cfg.data.image_size
-    print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} "
-                  f"[{cfg.test.split}] at {h}x{w}, kNN {cfg.test.knn}", figures)
-    _write_json(args.json, figures)
+    print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} "
+                  f"[{cfg.test.split}] at {h}x{w}, kNN {cfg.test.knn}", args.json)
     if keep is not None:
         from vgray.report.predictions import save_predictions
         base = Path(args.predictions_dir or (Path(args.json).parent if args.json else "."))
@@ -192,6 +166,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_train(args) -> None:
+    """``vgray train``: train (or resume) a run in --out, then test its best model."""
     from vgray.config import read_yaml, load_config
     from vgray.train.loop import train
     if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
@@ -209,11 +184,12 @@ def cmd_train(args) -> None:
         init_ray(args.address)
         extractor = RayExtractor(cfg)
     figures = train(cfg, out, resume=args.resume, extractor=extractor)
-    print_figures(f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) in {out}", figures)
-    _write_json(args.json, figures)
+    print_figures(figures, f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) "
+                  f"in {out}", args.json)
 
 
 def cmd_sweep(args) -> int:
+    """``vgray sweep``: run a sweep file on Ray and print its summary; 1 when a trial failed or storage stopped it."""
     from vgray.distributed.spec import dry_run_table, load_sweep
     spec = load_sweep(args.sweep, storage=args.storage)
     if args.dry_run:
@@ -235,6 +211,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_extract(args) -> None:
+    """``vgray extract``: descriptors of a split through Ray Data, as parquet shards."""
     from vgray.distributed.extract import ROLES, check_request, extract
     from vgray.distributed.sweep import init_ray
     cfg = _load(args)
@@ -245,17 +222,19 @@ def cmd_extract(args) -> None:
     figures = extract(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
                       actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat,
                       index=args.index)
-    print_figures(f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] -> {args.out}",
-                  figures)
+    print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] "
+                  f"-> {args.out}")
 
 
 def cmd_locate(args) -> None:
+    """``vgray locate``: where photos were taken, from descriptors saved by ``vgray eval``."""
     from vgray.locate import format_table, locate
     answer = locate(args.photos, args.database, k=args.k)
     print(json.dumps(answer, indent=2) if args.json else format_table(answer))
 
 
 def cmd_report(args) -> None:
+    """``vgray report``: a sweep's tables, figures and report.html."""
     from vgray.report import make_report
     try:
         recalls = [int(v) for v in args.recall.split(",") if v.strip()]
@@ -275,6 +254,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    """``vgray bench NAME``: run one benchmark (``vgray bench list`` names them)."""
     from vgray.bench import run_benchmark
     run_benchmark(args.name, args.rest)
 
@@ -284,6 +264,7 @@ COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``vgray`` entry point: run one command; returns the exit status (0, 1 on a failure, 2 on bad input)."""
     try:
         args = build_parser().parse_args(argv)
         code = COMMANDS[args.command](args)

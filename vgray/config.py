@@ -34,8 +34,9 @@ def _key(default, help: str, **checks):
     """A config field: its default, one line of help, and optional checks.
 
     ``choices`` is a list of allowed values, or a component registry (:mod:`vgray.registry`): its
-    names, checked once its package is imported (the family's own checks run in :func:`cross_check`); ``positive`` requires every number in the value to be > 0; ``range`` is an inclusive
-    ``(low, high)`` pair.
+    names, checked once its package is imported (the family's own checks run in
+    :func:`cross_check`); ``positive`` requires every number in the value to be > 0; ``range`` is an
+    inclusive ``(low, high)`` pair; ``length`` the number of values of a list.
     """
     meta = {"help": help, **checks}
     if isinstance(default, (list, dict)):
@@ -452,3 +453,22 @@ def help_text() -> str:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  {dotted:36s} {json.dumps(default):18s} {f.metadata.get('help', '')}")
     return "config keys (dotted; set with --set key=value, value read as YAML):\n" + "\n".join(lines)
+
+
+def build_checked(cls, tree: Any, prefix: str):
+    """An instance of the dataclass ``cls`` from the mapping ``tree``, by the rules of the config's
+    sections: each value coerced to its field's annotated type and checked against the field's
+    metadata (``choices``, ``positive``, ``range``, ``length``, as :func:`_key` writes them), the
+    missing ones at their defaults. Messages name ``prefix + key`` (``scheduler.type``); a key
+    ``cls`` lacks is refused naming the nearest ones, or all. For other typed sections than the
+    config's own (the sweep file's: :mod:`vgray.distributed.spec`)."""
+    where = prefix.rstrip(".") or "the mapping"
+    if not isinstance(tree, dict):
+        raise BadInput(f"{where} must be a mapping, not {type(tree).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in tree:
+        if k not in names:
+            near = difflib.get_close_matches(str(k), names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(near)}?" if near else f"allowed: {', '.join(names)}"
+            raise BadInput(f"{where} key '{k}' is unknown; {hint}")
+    return _build(cls, tree, prefix)

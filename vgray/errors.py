@@ -12,3 +12,15 @@ class BadInput(Exception):
     def __init__(self, message: str):
         # Keep the contract in code: a message is one line, whatever the caller passed.
         super().__init__(" ".join(str(message).split()))
+
+
+def faiss_message(exc: Exception) -> str:
+    """The useful line of a faiss C++ error (they come with file, line and function), for the
+    one-line :class:`BadInput` of an index, a PCA or a file faiss refuses."""
+    import re
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^.*?Error in .*? at \S+:\d+: ", "", text)  # C++ function, file and line
+    if "Error:" in text:
+        text = text.split("Error:", 1)[1]
+    text = re.sub(r"^.*?' failed: ", "", text)  # the failed assertion's expression
+    return text.strip(" '\"")[:300]

@@ -12,36 +12,29 @@ approximate for compressed indexes); for a query seen as several crops, that of 
 The index is built once and cached beside the descriptors as ``DIR/index.<key>.faiss``, the key
 hashing the index string and the size and modification time of ``database.parquet``: a changed
 database or another ``test.knn`` builds (and atomically writes) a new one, and stale ones are removed.
+The folder's files and formats live in :mod:`vgray.saved_descriptors`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import faiss
-import numpy as np
-import pyarrow.parquet as pq
-import torch
 
-from vgray.atomic import atomic_path, write_text
+from vgray.atomic import atomic_path
+from vgray.data.images import UnreadableImage, read_image
 from vgray.errors import BadInput
-
-CONFIG_FILE, MODEL_FILE, DATABASE_FILE, PCA_FILE = "config.yaml", "model.pt", "database.parquet", "pca.faiss"
-
-
-def write_model(out: str | os.PathLike, cfg, model: torch.nn.Module) -> None:
-    """``out/config.yaml`` (the full config) and ``out/model.pt`` (the state dict as evaluated),
-    each written to a temporary file and moved into place."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG_FILE, cfg.to_yaml())
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / MODEL_FILE) as tmp:
-        torch.save(state, tmp)
+from vgray.evaluate.evaluate import query_descriptors
+from vgray.evaluate.extract import extract_descriptors
+from vgray.evaluate.knn import build_index, fill_index, search
+from vgray.evaluate.methods import create_method
+from vgray.evaluate.pca import apply_pca
+from vgray.models import build_model
+from vgray.runtime import Runtime
+from vgray.saved_descriptors import DATABASE_FILE, Database, index_path, load_model, open_database, stale_indexes
 
 
 def latlon_from_name(path: str) -> Optional[tuple]:
@@ -61,60 +54,8 @@ def utm_zone_from_name(path: str) -> Optional[str]:
     return zone or None
 
 
-@dataclasses.dataclass
-class Database:
-    """A saved descriptor folder: config, paths and UTM positions of the database, descriptor size."""
-    root: Path
-    cfg: object
-    paths: List[str]
-    utm: np.ndarray  # (n, 2) float64
-    d: int
-
-    def descriptors(self) -> np.ndarray:
-        """``xb`` (n, d) float32, read only when the index is built (a cached index needs none)."""
-        column = pq.read_table(self.root / DATABASE_FILE, columns=["descriptor"]).column("descriptor").combine_chunks()
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        return np.ascontiguousarray(flat, dtype=np.float32).reshape(len(self.paths), self.d)
-
-
-def open_database(root: str | os.PathLike) -> Database:
-    """Read ``DIR/config.yaml`` and ``DIR/database.parquet``; missing or foreign files are bad input."""
-    from vgray.config import load_config
-
-    root = Path(root)
-    if not root.is_dir():
-        raise BadInput(f"--database {root}: no such folder; write one with vgray eval --save-descriptors {root}")
-    for name in (CONFIG_FILE, MODEL_FILE, DATABASE_FILE):
-        if not (root / name).is_file():
-            raise BadInput(f"--database {root}: no {name}; write the folder with vgray eval --save-descriptors {root}")
-    try:
-        cfg = load_config(root / CONFIG_FILE)
-    except BadInput as exc:
-        raise BadInput(f"--database {root}: {CONFIG_FILE} is not a valid vgray config ({exc})")
-    try:
-        d = pq.read_schema(root / DATABASE_FILE).field("descriptor").type.list_size
-        table = pq.read_table(root / DATABASE_FILE, columns=["path", "utm_east", "utm_north"])
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"--database {root}: {DATABASE_FILE} is not a vgray descriptor table "
-                       f"(path, utm_east, utm_north, descriptor): {first[:160]}")
-    if len(table) == 0 or not isinstance(d, int) or d < 1:
-        raise BadInput(f"--database {root}: {DATABASE_FILE} holds no descriptors")
-    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
-    return Database(root, cfg, table.column("path").to_pylist(), utm.astype(np.float64), d)
-
-
-def index_path(db: Database) -> Path:
-    """Where the index of ``db`` for its ``test.knn`` is cached (the key changes with the database file)."""
-    stat = (db.root / DATABASE_FILE).stat()
-    key = f"{db.cfg.test.knn}|{stat.st_size}|{stat.st_mtime_ns}|{db.d}"
-    return db.root / f"index.{hashlib.sha1(key.encode()).hexdigest()[:16]}.faiss"
-
-
 def cached_index(db: Database) -> faiss.Index:
     """The ``test.knn`` index of the database descriptors: read from the cache, else built and cached."""
-    from vgray.evaluate.knn import build_index, fill_index
-
     path = index_path(db)
     if path.is_file():
         try:
@@ -127,14 +68,12 @@ def cached_index(db: Database) -> faiss.Index:
     fill_index(index, db.descriptors(), seed=db.cfg.seed)
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
-    for stale in db.root.glob("index.*.faiss"):
-        if stale != path:
-            stale.unlink(missing_ok=True)
+    for stale in stale_indexes(db):
+        stale.unlink(missing_ok=True)
     return index
 
 
 def _check_photos(photos: Sequence[str]) -> None:
-    from vgray.evaluate.extract import UnreadableImage, read_image
     for photo in photos:
         if not Path(photo).is_file():
             raise BadInput(f"photo {photo}: no such file")
@@ -145,15 +84,8 @@ def _check_photos(photos: Sequence[str]) -> None:
 
 
 def _load_network(db: Database):
-    from vgray.models import build_model
     model = build_model(db.cfg.model, load_weights=False, image_size=db.cfg.data.image_size)
-    try:
-        state = torch.load(db.root / MODEL_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"--database {db.root}: {MODEL_FILE} does not hold this config's network ({first[:160]})")
-    return model
+    return load_model(db.root, model)
 
 
 def _position(path: str, east: float, north: float) -> Dict[str, object]:
@@ -166,11 +98,6 @@ def _position(path: str, east: float, north: float) -> Dict[str, object]:
 def locate(photos: Sequence[str], database: str | os.PathLike, k: int = 5, progress: bool = False) -> Dict:
     """For each photo its top-``k`` database matches (path, position, descriptor distance) and the
     predicted position (the top-1's). Returns one JSON-ready dict."""
-    from vgray.evaluate.evaluate import query_descriptors
-    from vgray.evaluate.extract import Runtime, extract_descriptors
-    from vgray.evaluate.knn import search
-    from vgray.evaluate.methods import create_method
-
     if k < 1:
         raise BadInput(f"--k={k} must be at least 1")
     if not photos:
@@ -186,9 +113,9 @@ def locate(photos: Sequence[str], database: str | os.PathLike, k: int = 5, progr
     xq = method.pool(x)  # (m, views, features_dim)
     m, views = xq.shape[:2]
     xq = xq.reshape(m * views, -1)
-    if (db.root / PCA_FILE).is_file():
-        from vgray.evaluate.pca import apply_pca, load_pca
-        xq = apply_pca(load_pca(db.root / PCA_FILE), xq)
+    pca = db.pca()
+    if pca is not None:
+        xq = apply_pca(pca, xq)
     if xq.shape[1] != db.d:
         raise BadInput(f"--database {db.root}: the network gives {xq.shape[1]}-d descriptors but {DATABASE_FILE} "
                        f"holds {db.d}-d ones")

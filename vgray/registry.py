@@ -9,15 +9,10 @@ that packages add with :func:`add_config_check`, for every family whose package 
 checks that need the components run where the components are, still at load time.
 
 Facts a member declares (passed to :meth:`Registry.register` and read with :meth:`Registry.info`):
-
-==============  ===================================================================================
-``check``       ``check(cfg)`` raising :class:`~vgray.errors.BadInput` for configs it cannot take
-``output``      backbones: ``feature_map`` or ``tokens``
-``out_channels`` backbones: channels of the local features
-``input_sizes`` backbones: the only ``(H, W)`` they take (transformers); absent: any
-``inputs``      aggregations: the backbone outputs they can pool
-``pooling``     aggregations: True for the pooling layers that ``model.l2`` wraps
-==============  ===================================================================================
+``check``, a function ``check(cfg)`` raising :class:`~vgray.errors.BadInput` for configs it cannot
+take; ``type``, the class the builder returns, whose class attributes declare what the member takes
+and gives (read with :meth:`Registry.type_of`); and the family's own facts. The backbone and
+aggregation interface, and their facts, are documented in one place: :mod:`vgray.models.components`.
 """
 from __future__ import annotations
 
@@ -60,6 +55,10 @@ class Registry:
     def info(self, name: str) -> Dict[str, Any]:
         self.check(name)
         return self._info[name]
+
+    def type_of(self, name: str) -> type:
+        """The class member ``name`` builds (its ``type`` fact), whose attributes declare its interface."""
+        return self.info(name)["type"]
 
     def create(self, name: str, *args, **kwargs):
         self.check(name)

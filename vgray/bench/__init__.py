@@ -1,10 +1,15 @@
 """Benchmarks (``vgray bench NAME``): each measures vgray against a baseline in the same run and
-prints the ratio last. Run on demand, never in the test suite."""
+prints the ratio last. Run on demand, never in the test suite.
+
+A new benchmark is a module ``vgray/bench/<name>.py`` with a ``main(argv)`` that builds its options
+on :func:`bench_parser` and ends with :func:`print_figures`, listed in :data:`BENCHMARKS`.
+"""
 from __future__ import annotations
 
 import importlib
-from typing import List
+from typing import List, Optional
 
+from vgray import console
 from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
@@ -24,28 +29,24 @@ def actor_counts(text: str) -> List[int]:
     return counts
 
 
-def bench_parser(name: str, defaults: str):
-    """The options every benchmark shares: ``--set`` config overrides and ``--json FILE``."""
-    from vgray.cli import _Parser
-    p = _Parser(prog=f"vgray bench {name}")
+def bench_parser(name: str, defaults: str) -> console.Parser:
+    """The options every benchmark shares: ``--set`` config overrides (``defaults`` says what runs
+    without them) and ``--json FILE``; usage errors exit 2 in one line, as ``vgray``'s own."""
+    p = console.Parser(prog=f"vgray bench {name}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=f"config overrides (default: {defaults})")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as one JSON object")
     return p
 
 
-def print_figures(figures: dict, json_path=None) -> None:
-    """One figure a line, the ratio last (benchmarks put it last in ``figures``)."""
-    import json
-    width = max(map(len, figures))
-    for k, v in figures.items():
-        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(figures, f, indent=2)
+def print_figures(figures: dict, json_path: Optional[str] = None) -> None:
+    """One figure a line with three decimals, the ratio last (benchmarks put it last in
+    ``figures``); the same object into ``json_path`` when given."""
+    console.print_figures(figures, json_path=json_path, decimals=3)
 
 
 def run_benchmark(name: str, argv: List[str]) -> None:
+    """Run benchmark ``name`` (a :data:`BENCHMARKS` key; ``list`` prints them) with its options ``argv``."""
     if name == "list":
         print("\n".join(sorted(BENCHMARKS)))
         return

@@ -36,10 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 from vgray.bench import actor_counts, bench_parser, print_figures
 from vgray.config import load_config
 from vgray.data.dataset import open_split
+from vgray.data.images import device_transform
 from vgray.errors import BadInput
-from vgray.evaluate.extract import Runtime, default_workers, iter_descriptors, resolve_device
+from vgray.evaluate.extract import iter_descriptors
 from vgray.evaluate.methods import TEST_METHODS
 from vgray.models import build_model
+from vgray.runtime import Runtime, default_workers, resolve_device
 from vgray.seeding import seed_everything
 
 
@@ -67,6 +69,7 @@ def reference_extract(model, paths, transform, device, num_workers, batch_size=1
 
 
 def vgray_extract(model, paths, transform, rt):
+    """vgray's extraction path: (N, D) descriptors of ``paths`` through ``iter_descriptors``."""
     return np.concatenate([d for _, d in iter_descriptors(model, paths, transform, rt, "bench")])
 
 
@@ -92,7 +95,8 @@ def decode_pil(paths, workers, batch_size):
 
 def decode_device(paths, rt):
     """Decoding alone on vgray's device path: workers read bytes, the batch is decoded on rt.device."""
-    from vgray.evaluate.extract import EncodedImages, decode_on_device, iter_batches
+    from vgray.data.images import EncodedImages, decode_on_device
+    from vgray.evaluate.extract import iter_batches
     n = 0
     for items, indices in iter_batches(EncodedImages(paths), rt, "decode"):
         images, _ = decode_on_device(items, [paths[i] for i in indices], rt.device)
@@ -123,6 +127,8 @@ def _timed(fn, sync):
 
 
 def main(argv) -> None:
+    """``vgray bench extract``: vgray's extraction (or Ray Data's, with ``--preset large``) against
+    the paper's loop; prints images/s and the ratio last."""
     p = bench_parser("extract", "resnet18conv4 + gem on synthetic:tiny at 96x128; on a CUDA device "
                                 "resnet50conv4 + gem at 480x640 from 480x640 JPEGs")
     p.add_argument("--images", type=int, default=None, help="database images to extract (512; CUDA: 2048)")
@@ -192,7 +198,7 @@ def _bench(cfg, args, paths, rt) -> dict:
         "loader_workers": workers,
         "vgray_batch_size": rt.batch_size,
         "vgray_precision": str(rt.dtype).replace("torch.", ""),
-        "vgray_decode": "torchvision" if rt.tensor_transform(transform) is not None else "pil",
+        "vgray_decode": "torchvision" if device_transform(rt, transform) is not None else "pil",
         "vgray_compile": rt.compile,
         "decode_pil_images_per_s": len(paths) / pil_s,
         f"decode_torchvision_{rt.device.type}_images_per_s": len(paths) / device_s,
@@ -217,8 +223,7 @@ def _counts(text, cpus: float):
 
 def ray_data_bench(cfg, args) -> None:
     """Ray Data extraction with each actor count against the reference loop (``--preset large``)."""
-    import ray
-
+    from vgray.distributed.cluster import cluster_summary, ray_session
     from vgray.distributed.descriptors import ray_descriptors
     if args.images < 16 or args.repeats < 1:
         raise BadInput(f"--images={args.images} must be at least 16 and --repeats={args.repeats} at least 1")
@@ -231,12 +236,9 @@ def ray_data_bench(cfg, args) -> None:
     rt = Runtime.from_config(cfg, progress=False)
     transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
     workers = default_workers(cfg.data.num_workers)
-    started = not ray.is_initialized()
-    if started:  # "local": never join some other Ray found on this machine unless --address says so
-        ray.init(address=args.address or "local", num_cpus=None if args.address else args.num_cpus,
-                 include_dashboard=False, log_to_driver=False)
-    try:
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    with ray_session(args.address, args.num_cpus):
+        cluster = cluster_summary()
+        cpus = cluster["cpus"]
         counts = _counts(args.actors, cpus)
         reference_extract(model, paths[:32], transform, rt.device, workers)
         ray_descriptors(cfg, model, paths[:32], transform, model.features_dim, False, args.batch_size, counts[0])
@@ -254,14 +256,11 @@ def ray_data_bench(cfg, args) -> None:
         h, w = cfg.data.image_size
         figures = {"model": f"{cfg.model.backbone}+{cfg.model.aggregation}", "data": cfg.data.root,
                    "image_size": f"{h}x{w}", "images": len(paths), "cluster_cpus": cpus,
-                   "nodes": len([n for n in ray.nodes() if n.get("Alive")]), "loader_workers": workers,
+                   "nodes": cluster["nodes"], "loader_workers": workers,
                    "reference_images_per_s": len(paths) / ref_s}
         for n in counts:
             figures[f"actors={n} images_per_s"] = len(paths) / ray_s[n]
             figures[f"actors={n} vs_reference"] = ref_s / ray_s[n]
             figures[f"actors={n} min_cosine"] = cosine[n]
         figures["ratio"] = ref_s / min(ray_s.values())
-    finally:
-        if started:
-            ray.shutdown()
     print_figures(figures, args.json)

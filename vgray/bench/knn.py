@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
 from vgray.errors import BadInput
 from vgray.evaluate.knn import build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.recall import recall_at_n
+from vgray.saved_descriptors import DATABASE_FILE, QUERIES_FILE, read_descriptors
 
 
 def synthetic_descriptors(database: int, queries: int, dim: int, places: int, seed: int = 0):
@@ -48,6 +48,7 @@ def synthetic_descriptors(database: int, queries: int, dim: int, places: int, se
     q_place = rng.integers(0, places, size=queries)
 
     def views(place, noise):
+        """Unit descriptors of ``place`` centres seen with ``noise`` (a view of each place)."""
         x = centres[place] + rng.standard_normal((len(place), dim)) * scale * noise
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -56,29 +57,11 @@ def synthetic_descriptors(database: int, queries: int, dim: int, places: int, se
     return xb, xq, [by_place[p] for p in q_place]
 
 
-def _read(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise BadInput(f"--descriptors: {path} does not exist; write it with vgray eval --save-descriptors DIR")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise BadInput(f"--descriptors: {path} is not a parquet file ({exc})")
-    if "crop" in table.column_names:
-        raise BadInput(f"--descriptors: {path} holds several crops per query (test.method nearest_crop or "
-                       f"maj_voting); save the descriptors with a single-view test method")
-    missing = {"utm_east", "utm_north", "descriptor"} - set(table.column_names)
-    if missing:
-        raise BadInput(f"--descriptors: {path} lacks the columns {', '.join(sorted(missing))}")
-    x = np.stack(table.column("descriptor").to_numpy(zero_copy_only=False)).astype(np.float32)
-    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
-    return x, utm
-
-
 def saved_descriptors(folder: str, threshold: float):
     """``(xb, xq, positives)`` from ``vgray eval --save-descriptors`` output."""
     from vgray.data.positives import positives_within
-    xb, utm_b = _read(Path(folder) / "database.parquet")
-    xq, utm_q = _read(Path(folder) / "queries.parquet")
+    xb, utm_b = read_descriptors(Path(folder) / DATABASE_FILE)
+    xq, utm_q = read_descriptors(Path(folder) / QUERIES_FILE)
     return xb, xq, positives_within(utm_b, utm_q, threshold)
 
 
@@ -107,6 +90,8 @@ def measure(spec: str, xb, xq, positives, k: int, repeats: int, seed: int) -> Di
 
 
 def main(argv) -> None:
+    """``vgray bench knn``: each faiss index against Flat on a synthetic or saved descriptor set:
+    R@1, matching time, memory; prints the ratio last."""
     p = bench_parser("knn", "a synthetic set of 50,000 x 256-d database and 1,000 query descriptors")
     p.add_argument("--descriptors", metavar="DIR", help="descriptors saved by vgray eval --save-descriptors DIR")
     p.add_argument("--index", action="append", default=[], metavar="SPEC",

@@ -15,14 +15,16 @@ from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
 from vgray.data.dataset import open_split
 from vgray.data.transforms import test_transform
-from vgray.evaluate.extract import Runtime
 from vgray.models import build_model
+from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 from vgray.train.loop import LocalDescriptors
 from vgray.train.mining import TrainingQueries, create_miner
 
 
 def main(argv) -> None:
+    """``vgray bench mining``: the time of one cache refresh per mining method; full mining against
+    partial as the ratio."""
     p = bench_parser("mining", "synthetic:large, resnet18conv4 + gem at 60x80, 1000 queries")
     p.add_argument("--split", default="train", help="split whose database is mined")
     p.add_argument("--methods", default="random,partial,full")

@@ -47,6 +47,8 @@ def _best_seconds(fn, repeats: int) -> float:
 
 
 def main(argv) -> None:
+    """``vgray bench search``: sharded exact search on Ray actors against one Flat index: QPS and
+    exactness per actor count, the speed-up of the most actors last."""
     p = bench_parser("search", "not used by this benchmark")
     p.add_argument("--database", type=int, default=1_000_000, help="database descriptors (default 1,000,000)")
     p.add_argument("--dim", type=int, default=256, help="descriptor size (default 256)")
@@ -63,23 +65,19 @@ def main(argv) -> None:
     if max(counts) > args.database:
         raise BadInput(f"--actors={args.actors}: more actors than the {args.database} database descriptors")
 
-    import ray
+    from vgray.distributed.cluster import cluster_summary, ray_session
     from vgray.distributed.search import ShardedFlatSearch, same_as_flat
-    started = not ray.is_initialized()
-    if started:
-        # "local": never join some other Ray found running on this machine unless --address says so
-        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(args.address):
         xb, xq = synthetic_database(args.database, args.queries, args.dim, args.seed)
         flat = faiss.IndexFlatL2(args.dim)
         flat.add(xb)
         D0, I0, _ = search(flat, xq, args.k)
         flat_s = _best_seconds(lambda: search(flat, xq, args.k), args.repeats)
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        node_cpus = max(float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive"))
+        cluster = cluster_summary()
+        cpus, node_cpus = cluster["cpus"], cluster["node_cpus"]
         figures: Dict[str, object] = {
             "database": args.database, "dim": args.dim, "queries": args.queries, "k": args.k,
-            "nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cluster_cpus": cpus,
+            "nodes": cluster["nodes"], "cluster_cpus": cpus,
             "flat_threads": faiss.omp_get_max_threads(), "flat_memory_mb": xb.nbytes / 2**20,
             "flat_qps": args.queries / flat_s,
         }
@@ -101,7 +99,4 @@ def main(argv) -> None:
             finally:
                 sharded.close()
         figures["ratio"] = speedups[counts[-1]]
-    finally:
-        if started:
-            ray.shutdown()
     print_figures(figures, args.json)

@@ -22,6 +22,8 @@ BASE = {"data": {"root": "synthetic:tiny", "resize": [48, 64], "num_workers": 0}
 
 
 def main(argv) -> None:
+    """``vgray bench sweep``: N tiny trials as a sweep on a local Ray against the same trials one
+    after another; prints both wall times, Ray's overhead per trial and the ratio last."""
     p = bench_parser("sweep", "the tiny synthetic world, ResNet-18 conv4 + GeM, one short epoch a trial")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray (one per trial)")
@@ -43,8 +45,7 @@ def main(argv) -> None:
         sequential_s = time.perf_counter() - start
         torch.set_num_threads(threads)
 
-        import ray
-
+        from vgray.distributed.cluster import shutdown_ray
         from vgray.distributed.sweep import init_ray, run_sweep
         start = time.perf_counter()
         init_ray(None, num_cpus=args.cpus)
@@ -54,7 +55,7 @@ def main(argv) -> None:
         start = time.perf_counter()
         result = run_sweep(spec, out=lambda *a: None)
         sweep_s = time.perf_counter() - start
-        ray.shutdown()
+        shutdown_ray()
     concurrency = min(args.cpus, args.trials)
     figures = {
         "trials": args.trials, "ray_cpus": args.cpus, "threads_per_trial": 1, "failed": result["failed"],

@@ -2,7 +2,7 @@
 
 The baseline is the step written the plain way, as the paper's code does it: the model in fp32 and
 the default memory format, the triplet loss summed in a Python loop over the batch. vgray's step
-(:func:`vgray.train.loop._step`) runs channels-last, with bf16 autocast on a GPU and the loss
+(:func:`vgray.train.loop.train_step`) runs channels-last, with bf16 autocast on a GPU and the loss
 vectorised. Both train copies of the same model on the same random batches, alternating, each
 timed after a warm-up; the ratio is printed last.
 """
@@ -15,13 +15,14 @@ import torch
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
-from vgray.evaluate.extract import Runtime
 from vgray.models import build_model
+from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
-from vgray.train.loop import _step, make_optimizer
+from vgray.train.loop import make_optimizer, train_step
 
 
 def plain_step(model, images, optimizer, negs: int, margin: float) -> float:
+    """The paper's training step (the baseline): fp32, the triplet loss summed in a Python loop."""
     b, per, c, h, w = images.shape
     features = model(images.view(b * per, c, h, w)).view(b, per, -1)
     criterion = torch.nn.TripletMarginLoss(margin=margin, p=2, reduction="sum")
@@ -37,6 +38,7 @@ def plain_step(model, images, optimizer, negs: int, margin: float) -> float:
 
 
 def main(argv) -> None:
+    """``vgray bench train``: triplets/s of vgray's training step against the paper's; ratio last."""
     p = bench_parser("train", "resnet18conv4 + gem, 4 triplets of 1+1+10 at 120x160")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each path per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each path's best kept")
@@ -57,6 +59,7 @@ def main(argv) -> None:
     plain_images = images.to(rt.device)
 
     def time_steps(fn):
+        """Seconds per step of ``fn`` over ``--steps`` steps (the device synchronised)."""
         sync()
         start = time.perf_counter()
         for _ in range(args.steps):
@@ -64,7 +67,7 @@ def main(argv) -> None:
         sync()
         return (time.perf_counter() - start) / args.steps
 
-    run_ours = lambda: _step(ours_model, images, ours_opt, rt, cfg)
+    run_ours = lambda: train_step(ours_model, images, ours_opt, rt, cfg)
     run_plain = lambda: plain_step(plain_model, plain_images, plain_opt, n, cfg.train.margin)
     run_ours(), run_plain()  # warm-up
     ours_s = plain_s = float("inf")

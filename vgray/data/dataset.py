@@ -130,7 +130,8 @@ def _dirs_unchanged(top: Path, dirs: Dict[str, int]) -> bool:
     return True
 
 
-def _index_path(top: Path) -> Path:
+def index_cache_path(top: Path) -> Path:
+    """Where the file index of the image folder ``top`` is cached (in the user cache directory)."""
     digest = hashlib.sha1(str(top.resolve()).encode()).hexdigest()[:16]
     return cache_dir() / "index" / f"{top.name}-{digest}.parquet"
 
@@ -148,7 +149,7 @@ def _read_index(path: Path, top: Path) -> Optional[pa.Table]:
 
 def index_images(top: Path) -> ImageSet:
     """The images under ``top`` (a database/ or queries/ folder), from the cached index when valid."""
-    cache = _index_path(top)
+    cache = index_cache_path(top)
     table = _read_index(cache, top)
     if table is None:
         files, dirs = _walk(top)

@@ -95,9 +95,9 @@ def _plan(budget: Dict[str, object], actors: Optional[int]) -> Dict[str, object]
     decode task beside the actors."""
     import ray
 
-    from vgray.distributed.extract import _default_plan
+    from vgray.distributed.extract import default_plan
     if budget["pg"] is None:
-        return {**_default_plan(ray, actors), "strategy": None, "limits": None}
+        return {**default_plan(ray, actors), "strategy": None, "limits": None}
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     cpu, gpu = budget["cpu"], budget["gpu"]
     strategy = PlacementGroupSchedulingStrategy(placement_group=budget["pg"],
@@ -122,7 +122,7 @@ def ray_descriptors(cfg, model, paths: Sequence[str], transform, features_dim: i
     import ray
 
     from vgray.distributed.extract import pipeline
-    from vgray.evaluate.extract import unreadable
+    from vgray.data.images import unreadable
 
     budget = _budget()
     if budget is None:
@@ -201,16 +201,12 @@ def trial_resources(spec) -> Callable[[dict], object]:
     of :func:`trial_bundles` for the trial's config (its first seed)."""
     from ray.tune import PlacementGroupFactory
 
-    from vgray.config import load_config
-    from vgray.distributed.sweep import _flatten_trial
+    from vgray.distributed.spec import decode_trial
 
     def request(config: dict):
-        config = _flatten_trial(config)
-        overrides = dict(config.get("overrides", {}))
-        overrides.update({k: v for k, v in config.items() if "." in k})
-        seeds = config.get("seeds") or [0]
+        trial = decode_trial(config)
         try:
-            cfg = load_config(base=config["base"], overrides=[*overrides.items(), ("seed", seeds[0])])
+            cfg = trial.config(trial.seeds[0])
         except Exception:  # a config that cannot load: the trial itself reports it
             cfg = None
         bundles = trial_bundles(spec.resources, cfg) if cfg is not None else trial_bundles(

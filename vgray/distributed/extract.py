@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 
 from vgray.atomic import atomic_path
 from vgray.errors import BadInput
+from vgray.saved_descriptors import INDEX_FILE
 
 ROLES = ("database", "queries")
-INDEX_FILE = "database.index.faiss"  # extract --index: the database shards in a faiss index
 META_KEY = b"vgray"
 
 
@@ -97,7 +97,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
 def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], shape: tuple) -> Dict[str, np.ndarray]:
     """Ray Data stage 1 (CPU tasks): paths -> transformed images (B, 3, H, W) float32; an image that
     cannot be read becomes zeros of ``shape`` with its message in ``error`` (the driver decides)."""
-    from vgray.evaluate.extract import UnreadableImage, read_image
+    from vgray.data.images import UnreadableImage, read_image
     images, errors = [], []
     for path, role in zip(batch["path"], batch["role"]):
         try:
@@ -117,14 +117,13 @@ class _Embed:
     one); images -> descriptors (B, d) float32."""
 
     def __init__(self, cfg, model_file: Optional[str] = None, state=None):
-        import torch
-
-        from vgray.evaluate.extract import Runtime
+        from vgray.checkpoint import read_state_dict
         from vgray.models import build_model
+        from vgray.runtime import Runtime
         self.rt = Runtime.from_config(cfg, progress=False)
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
         if model_file is not None:
-            state = torch.load(model_file, map_location="cpu", weights_only=True)
+            state = read_state_dict(model_file)
         elif not isinstance(state, dict):
             import ray
             state = ray.get(state)
@@ -179,23 +178,21 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
     """The network of ``cfg`` and its :func:`model_hash`. A folder written for this very config
     keeps its model.pt (so its shards stay valid); otherwise the model is built (NetVLAD initialised
     from the database, as ``vgray eval`` does) and ``config.yaml`` and ``model.pt`` written."""
-    import torch
-
     from vgray.evaluate.evaluate import check_before_extraction
-    from vgray.evaluate.extract import Runtime, initialize_aggregation
+    from vgray.evaluate.extract import initialize_aggregation
     from vgray.evaluate.methods import create_method
-    from vgray.locate import CONFIG_FILE, MODEL_FILE, write_model
     from vgray.models import build_model
+    from vgray.runtime import Runtime
+    from vgray.saved_descriptors import CONFIG_FILE, MODEL_FILE, load_model, write_model
     from vgray.seeding import seed_everything
 
-    model_file = out / MODEL_FILE
-    same = ((out / CONFIG_FILE).is_file() and model_file.is_file()
+    same = ((out / CONFIG_FILE).is_file() and (out / MODEL_FILE).is_file()
             and (out / CONFIG_FILE).read_text() == cfg.to_yaml())
     if same:
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
         try:
-            model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
-        except Exception:
+            load_model(out, model)
+        except BadInput:  # a damaged or foreign model.pt: made again, and the shards with it
             same = False
     if not same:
         seed_everything(cfg.seed)
@@ -225,7 +222,7 @@ def _default_actors(ray) -> tuple:
     return max(1, int(res.get("CPU", 1)) // 2), 0
 
 
-def _default_plan(ray, actors: Optional[int]) -> Dict[str, float]:
+def default_plan(ray, actors: Optional[int]) -> Dict[str, float]:
     """Actors and per-stage resources outside a placement group: one actor per GPU, else half the
     CPUs; decode tasks on 1 CPU. CPU actors never reserve the CPUs decoding needs (the pipeline
     would wait forever): more CPU actors than CPUs to spare share them."""
@@ -351,14 +348,13 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
          progress: bool, log):
     """Extract the ``pending`` shards through Ray Data; returns (written, skipped, images)."""
     import ray
-    from vgray.evaluate.evaluate import descriptor_table
-    from vgray.evaluate.extract import unreadable
-    from vgray.locate import MODEL_FILE
+    from vgray.data.images import unreadable
+    from vgray.saved_descriptors import MODEL_FILE, descriptor_table
 
     batch_size = batch_size or cfg.test.batch_size
     rows = [{"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
             for sh in pending for i in range(sh.start, sh.stop)]
-    ds = pipeline(cfg, rows, transforms, {"model_file": str(out / MODEL_FILE)}, _default_plan(ray, actors),
+    ds = pipeline(cfg, rows, transforms, {"model_file": str(out / MODEL_FILE)}, default_plan(ray, actors),
                   batch_size, progress)
 
     owner = {(sh.role, i): sh for sh in pending for i in range(sh.start, sh.stop)}

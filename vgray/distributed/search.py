@@ -196,8 +196,8 @@ def index_from_shards(files: Sequence[str], spec: str, train_size: int = 200_000
     fewer), gathered shard by shard, then filled shard by shard. The sample is the one
     :func:`vgray.evaluate.knn.fill_index` draws from the concatenated descriptors for the same
     ``seed``, so the index is the one it builds from them (the same ids for every query)."""
-    from vgray.evaluate.knn import (_skip_polysemous_training, build_index, faiss_message,
-                                    set_search_defaults)
+    from vgray.errors import faiss_message
+    from vgray.evaluate.knn import build_index, set_search_defaults, skip_polysemous_training
     if not files:
         raise BadInput("index_from_shards: no descriptor shards given")
     rows = [shard_rows(str(f)) for f in files]
@@ -209,7 +209,7 @@ def index_from_shards(files: Sequence[str], spec: str, train_size: int = 200_000
     counts = np.asarray([n for n, _ in rows], dtype=np.int64)
     total = int(counts.sum())
     index = build_index(spec, d)
-    _skip_polysemous_training(index)
+    skip_polysemous_training(index)
     try:
         if not index.is_trained:
             chosen = (np.arange(total) if total <= train_size else

@@ -1,5 +1,5 @@
-"""Sweep files: one YAML per study, expanded into trials. No Ray here: a sweep is checked and
-expanded (``--dry-run``) before anything starts.
+"""Sweep files: one YAML per study, expanded into trials, and the trial codec to and from Tune's
+dict. No Ray here: a sweep is checked and expanded (``--dry-run``) before anything starts.
 
 ```yaml
 name: table3_backbones
@@ -21,29 +21,108 @@ resources: {cpu: 4, gpu: 1}     # the trainer; plus extract_cpu (default 1) / ex
 storage: ~/vgray_results
 max_failures: 2
 ```
+
+The sections with fixed keys (the options at the top, ``search``, each dimension of its ``space``,
+``scheduler``, ``resources``) are typed frozen dataclasses, built and checked by the config's own
+machinery (:func:`vgray.config.build_checked`); ``base``, ``grid`` and ``variants`` hold config keys
+and are checked against the config.
+
+The trial codec: :func:`param_space` writes a sweep's trials into Tune's dict, :func:`decode_trial`
+reads one trial back from it (grid trials nested under :data:`GRID_KEY`, sampled search keys at the
+top) as a :class:`TrialParams`, whose :meth:`TrialParams.config` is the validated config.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from vgray.config import Config, all_keys, load_config, read_yaml
+from vgray.config import Config, all_keys, build_checked, load_config, read_yaml
 from vgray.errors import BadInput
 
 TOP_KEYS = ("name", "base", "task", "grid", "variants", "repeats", "search", "scheduler", "resources", "storage",
             "max_failures", "max_concurrent_trials", "keep_models")
 TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial of the sweep trains
-SEARCH_KEYS = ("algorithm", "space", "num_samples", "metric", "mode", "sampler", "seed")
-SPACE_TYPES = ("float", "int", "categorical")
-SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t", "metric", "mode")
-# extract_cpu / extract_gpu: a trial's extraction bundle, for Ray Data (vgray.distributed.descriptors)
-RESOURCE_KEYS = ("cpu", "gpu", "memory_gb", "extract_cpu", "extract_gpu")
 METRICS_PREFIXES = ("val/R@", "test/")
+GRID_KEY = "trial"  # where a grid trial's entry sits in Tune's dict (the key of its grid_search)
+
+
+def _field(default, help: str, **checks):
+    """A field of a sweep section: default, one line of help, and the config's checks
+    (``choices``, ``positive``, ``range``)."""
+    meta = {"help": help, **checks}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The sweep's top-level keys with fixed types."""
+    name: Optional[str] = _field(None, "the study's name: a word of letters, digits, '.', '_' or '-'")
+    task: str = _field("train", "train, or eval (evaluation only)", choices=["train", "eval"])
+    repeats: int = _field(1, "seeds 0..repeats-1 of every grid point", positive=True)
+    storage: str = _field("~/vgray_results", "folder or URI (s3://..., gs://...) every node reaches")
+    max_failures: int = _field(0, "retries of a failed trial (-1: forever)", range=(-1, 2**31 - 1))
+    max_concurrent_trials: Optional[int] = _field(None, "trials running at once (null: as resources allow)",
+                                                  positive=True)
+    keep_models: bool = _field(False, "keep every trial's best model in STORAGE/NAME/models/")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One dimension of a search space: a float or int range, or categorical ``choices``."""
+    type: Optional[str] = _field(None, "float, int or categorical", choices=["float", "int", "categorical"])
+    low: Optional[float] = _field(None, "lowest value of a float or int range")
+    high: Optional[float] = _field(None, "highest value of a float or int range")
+    log: bool = _field(False, "sample the range on a log scale")
+    choices: Optional[List[Any]] = _field(None, "the values of a categorical dimension")  # any YAML values
+
+
+@dataclass(frozen=True)
+class Search:
+    """``search``: an Optuna search instead of (or on top of) the grid."""
+    algorithm: str = _field("optuna", "the search algorithm", choices=["optuna"])
+    num_samples: int = _field(10, "sampled trials (each runs every seed)", positive=True)
+    metric: str = _field("val/R@5", "what the search optimises: val/R@N or test/<dataset>/R@N")
+    mode: str = _field("max", "max or min", choices=["max", "min"])
+    sampler: str = _field("tpe", "Optuna's sampler", choices=["tpe", "random"])
+    seed: int = _field(0, "the sampler's seed", range=(0, 2**32 - 1))
+    space: Dict[str, Dimension] = _field({}, "dotted config key -> dimension")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """``scheduler``: FIFO, or ASHA stopping the worse training trials early."""
+    type: Optional[str] = _field(None, "asha or fifo", choices=["asha", "fifo"])
+    grace_period: int = _field(1, "ASHA: epochs before a trial may be stopped", positive=True)
+    reduction_factor: float = _field(2.0, "ASHA: the fraction kept at each rung is 1/reduction_factor",
+                                     positive=True)
+    max_t: Optional[int] = _field(None, "ASHA: the last rung (null: the largest train.epochs, plus the test)",
+                                  positive=True)
+    metric: str = _field("val/R@5", "ASHA: the metric compared at each rung")
+    mode: str = _field("max", "max or min", choices=["max", "min"])
+
+
+@dataclass(frozen=True)
+class Resources:
+    """``resources`` of one trial (fractions allowed): its trainer, and its Ray Data extraction
+    bundle (``extract_cpu``, default 1, and ``extract_gpu``; see vgray.distributed.descriptors)."""
+    cpu: float = _field(1.0, "CPUs of the trainer", range=(0, math.inf))
+    gpu: float = _field(0.0, "GPUs of the trainer", range=(0, math.inf))
+    memory_gb: Optional[float] = _field(None, "memory of the trainer", range=(0, math.inf))
+    extract_cpu: Optional[float] = _field(None, "CPUs of the extraction bundle", range=(0, math.inf))
+    extract_gpu: Optional[float] = _field(None, "GPUs of the extraction bundle", range=(0, math.inf))
+
+    def as_dict(self) -> Dict[str, float]:
+        """The keys that are set (the form :func:`vgray.distributed.descriptors.trial_bundles` takes)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -55,10 +134,9 @@ class Trial:
     after: Optional[str] = None  # the trial (with its seed) whose model this one starts from
 
     def config(self, spec: "SweepSpec", seed: int) -> Config:
-        overrides = dict(self.overrides)
-        if self.after:  # checked against a stand-in of the model that trial will leave
-            overrides["model.resume_from"] = spec.stand_in_model(self.after)
-        return load_config(base=spec.base, overrides=[*overrides.items(), ("seed", seed)])
+        """The validated config of this trial's ``seed``; a second-stage trial's ``model.resume_from``
+        stays the sweep's ``trial:`` reference (the file exists only once its first stage has run)."""
+        return load_config(base=spec.base, overrides=[*self.overrides.items(), ("seed", seed)])
 
 
 @dataclass
@@ -69,9 +147,9 @@ class SweepSpec:
     grid: Dict[str, List[Any]] = field(default_factory=dict)
     variants: List[Dict[str, Any]] = field(default_factory=list)
     repeats: int = 1
-    search: Optional[Dict[str, Any]] = None
-    scheduler: Optional[Dict[str, Any]] = None
-    resources: Dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    search: Optional[Search] = None
+    scheduler: Optional[Scheduler] = None
+    resources: Dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     storage: str = "~/vgray_results"
     max_failures: int = 0
     max_concurrent_trials: Optional[int] = None
@@ -94,11 +172,11 @@ class SweepSpec:
         keys = list(self.grid)
         for variant in self.variants:
             keys += [k for k in variant if k not in keys]
-        return keys + [k for k in (self.search or {}).get("space", {}) if k not in keys]
+        return keys + [k for k in (self.search.space if self.search else {}) if k not in keys]
 
     def trials(self) -> List[Trial]:
-        """Grid mode: one trial per (grid point, seed). Search mode: the grid becomes categorical
-        dimensions of the search space and each sampled trial runs every seed (see sweep.py)."""
+        """Grid mode: one trial per (grid point, seed). Search mode: none here; each sampled trial
+        runs every seed, the grid's keys categorical dimensions of the search (:func:`param_space`)."""
         if self.search:
             return []
         keys = list(self.grid)
@@ -120,32 +198,9 @@ class SweepSpec:
         trials = self.trials()
         return [s for s in ([t for t in trials if not t.after], [t for t in trials if t.after]) if s]
 
-    def keeps_model(self, trial: Trial) -> bool:
-        return self.keep_models or any(t.after == trial.name for t in self.trials())
-
-    def stand_in_model(self, name: str) -> str:
-        """A checkpoint shaped like the one trial ``name`` will leave (its config, its untrained
-        network), so that the trials starting from it are checked before anything runs."""
-        target = next(t for t in self.trials() if t.name == name)
-        cfg = target.config(self, target.seeds[0])
-        key = cfg.key()  # seeds share one stand-in: the architecture does not depend on them
-        if key not in _STAND_INS:
-            import tempfile
-
-            from vgray.models import build_model
-            from vgray.train.checkpoint import save
-            model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
-            path = Path(tempfile.mkdtemp(prefix="vgray-stand-in-")) / f"{key}.pt"
-            save(path, {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 0})
-            _STAND_INS[key] = str(path)
-        return _STAND_INS[key]
-
     @property
     def num_trials(self) -> int:
-        return self.search["num_samples"] if self.search else len(self.trials())
-
-
-_STAND_INS: Dict[str, str] = {}  # config key -> stand-in checkpoint, for this process
+        return self.search.num_samples if self.search else len(self.trials())
 
 
 def _target(ref, point: Dict[str, Any]) -> Optional[str]:
@@ -183,225 +238,291 @@ def trial_name(overrides: Dict[str, Any], seed: Optional[int]) -> str:
     return "-".join(parts) or "base"
 
 
+# -- parsing -------------------------------------------------------------------------------------
+
 def _unknown(what: str, key: str, allowed) -> BadInput:
     near = difflib.get_close_matches(key, list(allowed), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(near)}?" if near else f"; allowed: {', '.join(allowed)}"
     return BadInput(f"{what} '{key}' is unknown{hint}")
 
 
-def _require_mapping(where: str, value) -> Dict:
+def _mapping(where: str, value) -> Dict:
     if not isinstance(value, dict):
         raise BadInput(f"{where} must be a mapping, not {type(value).__name__}")
     return value
 
 
-def _dotted_key(where: str, key: str) -> None:
+def _config_key(where: str, key: str) -> None:
     keys = all_keys()
     if key not in keys:
         raise _unknown(f"{where} key", key, keys)
 
 
+def _fill_registries() -> None:
+    """Import the component packages, which fill the registries the config checks names against:
+    a backbone that does not exist is refused here, not in a trial."""
+    import vgray.evaluate.methods  # noqa: F401
+    import vgray.models  # noqa: F401
+    import vgray.train.losses  # noqa: F401
+    import vgray.train.mining  # noqa: F401
+
+
 def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None) -> SweepSpec:
-    """A validated :class:`SweepSpec`; every expanded trial config is checked too."""
-    where = f"sweep {source}"
-    raw = _require_mapping(where, raw)
+    """A validated :class:`SweepSpec` from the mapping ``raw`` read from ``source`` (``storage``:
+    the ``--storage`` that replaces the file's); every expanded trial config is checked too.
+    :class:`BadInput` naming the sweep file and the key at fault."""
+    _fill_registries()
+    try:
+        spec = _parse(_mapping("a sweep file", raw), source, storage)
+        _check_references(spec)
+        _check_trials(spec)
+    except BadInput as exc:
+        raise BadInput(f"sweep {source}: {exc}") from None
+    return spec
+
+
+def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpec:
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown(f"{where}: key", str(key), TOP_KEYS)
-    name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise BadInput(f"{where}: name={name!r} must be a word of letters, digits, '.', '_' or '-'")
+            raise _unknown("key", str(key), TOP_KEYS)
+    given = {f.name: raw[f.name] for f in dataclasses.fields(Options) if raw.get(f.name) is not None}
+    if storage:
+        given["storage"] = storage
+    options = build_checked(Options, given, "")
+    if not isinstance(options.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", options.name):
+        raise BadInput(f"name={options.name!r} must be a word of letters, digits, '.', '_' or '-'")
+    base = _base(raw.get("base"), source)
+    grid = _grid(raw)
+    variants = _variants(raw, grid)
+    search = _search(raw["search"]) if raw.get("search") is not None else None
+    if search and variants:
+        raise BadInput("variants work with a grid, not with search; make the keys search dimensions")
+    scheduler = _scheduler(raw["scheduler"], options.task) if raw.get("scheduler") is not None else None
+    resources = build_checked(Resources, raw.get("resources") or {}, "resources.")
+    return SweepSpec(name=options.name, base=base, task=options.task, grid=grid, variants=variants,
+                     repeats=options.repeats, search=search, scheduler=scheduler, resources=resources.as_dict(),
+                     storage=options.storage, max_failures=options.max_failures,
+                     max_concurrent_trials=options.max_concurrent_trials, keep_models=options.keep_models,
+                     source=source)
 
-    base = raw.get("base") or {}
+
+def _base(base, source: str) -> Dict[str, Any]:
+    """``base``: a mapping of config sections or the path of a config file (relative to the sweep
+    file's folder), a legal config by itself."""
+    base = base or {}
     if isinstance(base, str):
         path = Path(os.path.expandvars(os.path.expanduser(base)))
         if not path.is_absolute() and source != "<dict>":
             path = Path(source).parent / path
         base = read_yaml(path) or {}
-    base = _require_mapping(f"{where}: base", base)
+    base = _mapping("base", base)
     try:
         load_config(base=base)
     except BadInput as exc:
-        raise BadInput(f"{where}: base: {exc}")
+        raise BadInput(f"base: {exc}")
+    return base
 
-    task = raw.get("task", "train")
-    if task not in ("train", "eval"):
-        raise BadInput(f"{where}: task={task!r} is not allowed; choose train or eval")
 
-    grid = _require_mapping(f"{where}: grid", raw.get("grid") or {})
+def _grid(raw: Dict[str, Any]) -> Dict[str, List[Any]]:
+    grid = _mapping("grid", raw.get("grid") or {})
     if "grid" in raw and not grid:
-        raise BadInput(f"{where}: grid is empty; give at least one key with a list of values, or leave grid out")
+        raise BadInput("grid is empty; give at least one key with a list of values, or leave grid out")
     for key, values in grid.items():
         if key == "seed":
-            raise BadInput(f"{where}: grid key 'seed' is not allowed; use repeats: N for seeds 0..N-1")
-        _dotted_key(f"{where}: grid", key)
+            raise BadInput("grid key 'seed' is not allowed; use repeats: N for seeds 0..N-1")
+        _config_key("grid", key)
         if not isinstance(values, list) or not values:
-            raise BadInput(f"{where}: grid key '{key}' must have a non-empty list of values")
+            raise BadInput(f"grid key '{key}' must have a non-empty list of values")
+    return grid
 
+
+def _variants(raw: Dict[str, Any], grid: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
     variants = raw.get("variants") or []
     if not isinstance(variants, list) or ("variants" in raw and not variants):
-        raise BadInput(f"{where}: variants must be a non-empty list of mappings of dotted keys, or left out")
+        raise BadInput("variants must be a non-empty list of mappings of dotted keys, or left out")
     for i, variant in enumerate(variants):
-        variant = _require_mapping(f"{where}: variants[{i}]", variant)
-        if not variant:
-            raise BadInput(f"{where}: variants[{i}] is empty; give at least one dotted key")
+        if not _mapping(f"variants[{i}]", variant):
+            raise BadInput(f"variants[{i}] is empty; give at least one dotted key")
         for key in variant:
-            _dotted_key(f"{where}: variants[{i}]", key)
+            _config_key(f"variants[{i}]", key)
             if key in grid:
-                raise BadInput(f"{where}: variants[{i}] sets {key}, which the grid varies too; keep it in one of them")
+                raise BadInput(f"variants[{i}] sets {key}, which the grid varies too; keep it in one of them")
     if len({repr(sorted(v.items())) for v in variants}) != len(variants):
-        raise BadInput(f"{where}: variants repeat the same row; each must differ")
-
-    repeats = raw.get("repeats", 1)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise BadInput(f"{where}: repeats={repeats!r} must be a positive integer (seeds 0..repeats-1)")
-
-    search = raw.get("search")
-    if search is not None:
-        search = _parse_search(where, search)
-        if variants:
-            raise BadInput(f"{where}: variants work with a grid, not with search; make the keys search dimensions")
-
-    scheduler = raw.get("scheduler")
-    if scheduler is not None:
-        scheduler = _require_mapping(f"{where}: scheduler", scheduler)
-        for key in scheduler:
-            if key not in SCHEDULER_KEYS:
-                raise _unknown(f"{where}: scheduler key", str(key), SCHEDULER_KEYS)
-        if scheduler.get("type") not in ("asha", "fifo"):
-            raise BadInput(f"{where}: scheduler type={scheduler.get('type')!r} is not allowed; choose asha or fifo")
-        if task == "eval" and scheduler["type"] == "asha":
-            raise BadInput(f"{where}: scheduler asha stops training trials early; task eval has no epochs")
-        for key in ("grace_period", "reduction_factor", "max_t"):
-            if key in scheduler and (not isinstance(scheduler[key], (int, float)) or scheduler[key] <= 0):
-                raise BadInput(f"{where}: scheduler {key}={scheduler[key]!r} must be a positive number")
-
-    resources = dict(_require_mapping(f"{where}: resources", raw.get("resources") or {"cpu": 1}))
-    for key, value in resources.items():
-        if key not in RESOURCE_KEYS:
-            raise _unknown(f"{where}: resources key", str(key), RESOURCE_KEYS)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise BadInput(f"{where}: resources {key}={value!r} must be a number >= 0 (fractions allowed)")
-    resources.setdefault("cpu", 1)
-    resources.setdefault("gpu", 0)
-
-    max_failures = raw.get("max_failures", 0)
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
-        raise BadInput(f"{where}: max_failures={max_failures!r} must be an integer >= 0 (or -1: retry forever)")
-    concurrent = raw.get("max_concurrent_trials")
-    if concurrent is not None and (isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1):
-        raise BadInput(f"{where}: max_concurrent_trials={concurrent!r} must be a positive integer")
-
-    keep_models = raw.get("keep_models", False)
-    if not isinstance(keep_models, bool):
-        raise BadInput(f"{where}: keep_models={keep_models!r} must be true or false")
-
-    storage = storage or raw.get("storage") or "~/vgray_results"
-    if not isinstance(storage, str):
-        raise BadInput(f"{where}: storage must be a path or a URI (s3://..., gs://...)")
-    storage = os.path.expandvars(storage)
-
-    spec = SweepSpec(name=name, base=base, task=task, grid=grid, variants=variants, repeats=repeats, search=search,
-                     scheduler=scheduler, resources=resources, storage=storage, max_failures=max_failures,
-                     max_concurrent_trials=concurrent, keep_models=keep_models, source=source)
-    _check_references(where, spec)
-    # Every combination of the grid must be a legal config: refuse now, before any trial runs.
-    for trial in spec.trials():
-        try:
-            trial.config(spec, trial.seeds[0])
-        except BadInput as exc:
-            raise BadInput(f"{where}: trial {trial.name}: {exc}")
-    if search:
-        _check_space_bounds(where, spec)
-    return spec
+        raise BadInput("variants repeat the same row; each must differ")
+    return variants
 
 
-def _check_references(where: str, spec: SweepSpec) -> None:
+def _search(raw) -> Search:
+    raw = _mapping("search", raw)
+    search = build_checked(Search, {k: v for k, v in raw.items() if k != "space"}, "search.")
+    if not search.metric.startswith(METRICS_PREFIXES):
+        raise BadInput(f"search.metric={search.metric!r} must be a val/R@N or test/<dataset>/R@N metric")
+    space = _mapping("search.space", raw.get("space") or {})
+    if not space:
+        raise BadInput("search.space is empty; give at least one dotted key with a type")
+    dims = {}
+    for key, dim in space.items():
+        _config_key("search space", key)
+        dims[key] = _dimension(f"search.space[{key}]", dim)
+    return dataclasses.replace(search, space=dims)
+
+
+def _dimension(where: str, raw) -> Dimension:
+    raw = _mapping(where, raw)
+    dim = build_checked(Dimension, {k: v for k, v in raw.items() if k != "choices"}, f"{where}.")
+    if dim.type is None:
+        raise BadInput(f"{where}.type is missing; choose one of: float, int, categorical")
+    if dim.type == "categorical":
+        if not isinstance(raw.get("choices"), list) or not raw["choices"]:
+            raise BadInput(f"{where}: categorical needs a non-empty choices list")
+        return dataclasses.replace(dim, choices=list(raw["choices"]))
+    if dim.low is None or dim.high is None or dim.low >= dim.high:
+        raise BadInput(f"{where}: {dim.type} needs numbers low < high")
+    if dim.log and dim.low <= 0:
+        raise BadInput(f"{where}: log scale needs low > 0")
+    if dim.type == "int" and not (dim.low.is_integer() and dim.high.is_integer()):
+        raise BadInput(f"{where}: int needs whole low and high")
+    return dim
+
+
+def _scheduler(raw, task: str) -> Scheduler:
+    scheduler = build_checked(Scheduler, _mapping("scheduler", raw), "scheduler.")
+    if scheduler.type is None:
+        raise BadInput("scheduler.type is missing; choose one of: asha, fifo")
+    if task == "eval" and scheduler.type == "asha":
+        raise BadInput("scheduler.type='asha' stops training trials early; task eval has no epochs")
+    return scheduler
+
+
+def _check_references(spec: SweepSpec) -> None:
     """``model.resume_from: trial:NAME`` must name a first-stage trial of this sweep (one level)."""
     trials = spec.trials()
     if not any(t.after for t in trials):
         return
     if spec.search:
-        raise BadInput(f"{where}: model.resume_from: {TRIAL_REF}NAME works with a grid, not with search")
+        raise BadInput(f"model.resume_from: {TRIAL_REF}NAME works with a grid, not with search")
     first = {t.name for t in trials if not t.after}
     names = sorted({n.rsplit("-s", 1)[0] for n in first})
     for t in trials:
         if t.after and t.after not in first:
             ref = t.after.rsplit("-s", 1)[0]
-            raise BadInput(f"{where}: trial {t.name}: model.resume_from={TRIAL_REF}{ref} names no trial of this "
+            raise BadInput(f"trial {t.name}: model.resume_from={TRIAL_REF}{ref} names no trial of this "
                            f"sweep that trains from scratch; allowed: {', '.join(TRIAL_REF + n for n in names)}")
 
 
-def _parse_search(where: str, search) -> Dict[str, Any]:
-    search = dict(_require_mapping(f"{where}: search", search))
-    for key in search:
-        if key not in SEARCH_KEYS:
-            raise _unknown(f"{where}: search key", str(key), SEARCH_KEYS)
-    if search.get("algorithm", "optuna") != "optuna":
-        raise BadInput(f"{where}: search algorithm={search.get('algorithm')!r} is not allowed; choose optuna")
-    space = _require_mapping(f"{where}: search space", search.get("space") or {})
-    if not space:
-        raise BadInput(f"{where}: search space is empty; give at least one dotted key with a type")
-    for key, dim in space.items():
-        _dotted_key(f"{where}: search space", key)
-        dim = _require_mapping(f"{where}: search space {key}", dim)
-        kind = dim.get("type")
-        if kind not in SPACE_TYPES:
-            raise BadInput(f"{where}: search space {key}: type={kind!r} is not allowed; choose {', '.join(SPACE_TYPES)}")
-        if kind == "categorical":
-            if not isinstance(dim.get("choices"), list) or not dim["choices"]:
-                raise BadInput(f"{where}: search space {key}: categorical needs a non-empty choices list")
-        else:
-            low, high = dim.get("low"), dim.get("high")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
-                raise BadInput(f"{where}: search space {key}: {kind} needs numbers low < high")
-            if dim.get("log") and low <= 0:
-                raise BadInput(f"{where}: search space {key}: log scale needs low > 0")
-            if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-                raise BadInput(f"{where}: search space {key}: int needs whole low and high")
-    num = search.get("num_samples", 10)
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise BadInput(f"{where}: search num_samples={num!r} must be a positive integer")
-    metric = search.get("metric", "val/R@5")
-    if not isinstance(metric, str) or not metric.startswith(METRICS_PREFIXES):
-        raise BadInput(f"{where}: search metric={metric!r} must be a val/R@N or test/<dataset>/R@N metric")
-    mode = search.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise BadInput(f"{where}: search mode={mode!r} is not allowed; choose max or min")
-    sampler = search.get("sampler", "tpe")
-    if sampler not in ("tpe", "random"):
-        raise BadInput(f"{where}: search sampler={sampler!r} is not allowed; choose tpe or random")
-    return {"algorithm": "optuna", "space": space, "num_samples": num, "metric": metric, "mode": mode,
-            "sampler": sampler, "seed": search.get("seed", 0)}
-
-
-def _check_space_bounds(where: str, spec: SweepSpec) -> None:
-    """The ends of every range (and every choice) must make a legal config."""
-    for key, dim in spec.search["space"].items():
-        values = dim["choices"] if dim["type"] == "categorical" else [dim["low"], dim["high"]]
+def _check_trials(spec: SweepSpec) -> None:
+    """Every trial's config must be legal, and a second-stage trial must be able to start from the
+    model its first-stage trial will leave (checked against that trial's config): refuse now,
+    before any trial runs. In search mode, the ends of every range and every choice."""
+    from vgray.models.network import check_start
+    made: Dict[str, Dict[str, Any]] = {}  # first-stage trial -> its config's model section
+    for trial in spec.trials():
+        try:
+            cfg = trial.config(spec, trial.seeds[0])
+            if trial.after:
+                check_start(cfg.model, made[trial.after], f"model.resume_from={cfg.model.resume_from} "
+                                                          f"(the model of trial {trial.after})")
+            else:
+                made[trial.name] = cfg.to_dict()["model"]
+        except BadInput as exc:
+            raise BadInput(f"trial {trial.name}: {exc}")
+    for key, dim in (spec.search.space.items() if spec.search else ()):
+        values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
         for value in values:
-            if dim["type"] == "int":
-                value = int(value)
+            value = int(value) if dim.type == "int" else value
             try:
                 load_config(base=spec.base, overrides=[(key, value)])
             except BadInput as exc:
-                raise BadInput(f"{where}: search space {key}={value!r}: {exc}")
+                raise BadInput(f"search.space[{key}]={value!r}: {exc}")
 
 
 def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepSpec:
     return parse_sweep(read_yaml(path, what="sweep"), source=str(path), storage=storage)
 
 
+# -- the trial codec: Tune's dict ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One trial as the trainable receives it from Tune, decoded (:func:`decode_trial`)."""
+    sweep: str                  # the sweep's name (its results actor's)
+    directory: str              # STORAGE/NAME
+    task: str                   # train or eval
+    base: Dict[str, Any]        # the sweep's base config
+    varied: List[str]           # the keys the sweep varies
+    overrides: Dict[str, Any]   # dotted keys: the grid point and variant, or the sampled search keys
+    seeds: List[int]            # run in turn, one row each
+    name: Optional[str]         # grid trials' readable name; None for a sampled search trial
+    after: Optional[str]        # the first-stage trial (with seed) whose kept model this one starts from
+    keep_model: bool            # keep this trial's best model in STORAGE/NAME/models/
+
+    @property
+    def label(self) -> str:
+        """The trial's readable name: its grid name, or the words of its sampled keys."""
+        return self.name or trial_name({k: self.overrides[k] for k in self.varied if k in self.overrides}, None)
+
+    def config(self, seed: int, resume_from: Optional[str] = None) -> Config:
+        """The validated config of ``seed``; ``resume_from``: the local file of the model this trial
+        starts from (default: ``model.resume_from`` as the sweep states it)."""
+        overrides = dict(self.overrides)
+        if resume_from is not None:
+            overrides["model.resume_from"] = resume_from
+        return load_config(base=self.base, overrides=[*overrides.items(), ("seed", seed)])
+
+
+def _plain(value):
+    """Tune's samplers give numpy scalars; the config takes Python numbers."""
+    return value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
+
+
+def param_space(spec: SweepSpec, stage: Optional[List[Trial]], grid_search: Callable[[list], Any],
+                sample: Callable[[Dimension], Any]) -> Dict[str, Any]:
+    """Tune's ``param_space`` for ``spec``: the keys every trial shares, then in grid mode the trials
+    of ``stage`` (default: every trial) as ``grid_search([entry, ...])`` under :data:`GRID_KEY`; in
+    search mode one entry that runs every seed, and ``sample(dimension)`` for each searched key (the
+    grid's keys as categorical dimensions) at the top. :func:`decode_trial` reads a trial back."""
+    common = {"sweep": spec.name, "directory": spec.directory, "task": spec.task, "base": spec.base,
+              "varied": spec.varied}
+    if not spec.search:
+        trials = spec.trials() if stage is None else stage
+        kept = {t.after for t in spec.trials() if t.after}
+        entries = [{"overrides": t.overrides, "seeds": t.seeds, "name": t.name, "after": t.after,
+                    "keep_model": spec.keep_models or t.name in kept} for t in trials]
+        return {**common, GRID_KEY: grid_search(entries)}
+    # Search trials keep no model: the same sampled words could name two of them.
+    space: Dict[str, Any] = {**common, "overrides": {}, "seeds": list(range(spec.repeats)), "name": None,
+                             "after": None, "keep_model": False}
+    for key, dim in spec.search.space.items():
+        space[key] = sample(dim)
+    for key, values in spec.grid.items():
+        space[key] = sample(Dimension(type="categorical", choices=values))
+    return space
+
+
+def decode_trial(config: Dict[str, Any]) -> TrialParams:
+    """The :class:`TrialParams` of one trial's Tune dict (what :func:`param_space` gave Tune, as
+    Tune resolved it: a grid trial's entry under :data:`GRID_KEY`, sampled keys at the top)."""
+    flat = {**config, **(config.get(GRID_KEY) or {})}
+    overrides = dict(flat.get("overrides") or {})
+    overrides.update({k: _plain(v) for k, v in flat.items() if "." in k})
+    return TrialParams(sweep=flat["sweep"], directory=flat["directory"], task=flat["task"], base=flat["base"],
+                       varied=list(flat.get("varied") or []), overrides=overrides,
+                       seeds=[int(s) for s in flat.get("seeds") or [0]], name=flat.get("name"),
+                       after=flat.get("after"), keep_model=bool(flat.get("keep_model")))
+
+
+# -- --dry-run -------------------------------------------------------------------------------------
+
 def dry_run_table(spec: SweepSpec) -> str:
     """The expanded trials: count and a table (what ``--dry-run`` prints)."""
     lines = [f"sweep {spec.name}: {spec.num_trials} trials ({spec.task}), storage {spec.directory}"]
     if spec.search:
         s = spec.search
-        lines.append(f"optuna search ({s['sampler']}): {s['num_samples']} samples, {s['mode']} {s['metric']}, "
+        lines.append(f"optuna search ({s.sampler}): {s.num_samples} samples, {s.mode} {s.metric}, "
                      f"each running seeds 0..{spec.repeats - 1}")
-        for key, dim in s["space"].items():
-            rng = dim["choices"] if dim["type"] == "categorical" else f"[{dim['low']}, {dim['high']}]" + (" log" if dim.get("log") else "")
-            lines.append(f"  {key}: {dim['type']} {rng}")
+        for key, dim in s.space.items():
+            rng = dim.choices if dim.type == "categorical" else f"[{dim.low:g}, {dim.high:g}]" + (" log" if dim.log else "")
+            lines.append(f"  {key}: {dim.type} {rng}")
         for key, values in spec.grid.items():
             lines.append(f"  {key}: categorical {values}")
         return "\n".join(lines)

@@ -23,6 +23,8 @@ from typing import Dict, List, Optional
 
 from ray.tune import Callback
 
+from vgray.distributed.storage import storage_problem
+
 # "the storage refuses writes", whatever wrote
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
@@ -109,7 +111,6 @@ class StorageWatch(Callback):
         self.directory, self.every_s, self.last, self.seen = directory, every_s, 0.0, {}
 
     def check(self, trial=None) -> Optional[str]:
-        from vgray.distributed.sweep import storage_problem
         self.last = time.monotonic()
         if self.directory in STORAGE_TROUBLE:
             return STORAGE_TROUBLE[self.directory]

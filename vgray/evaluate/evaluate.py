@@ -1,74 +1,30 @@
 """Evaluation of a model on one split: extract, index, search, recall@N, with the cost figures.
 
 :func:`evaluate_split` is what training and sweeps call (model and split already built, descriptors
-from an injectable ``extractor``); :func:`evaluate` is ``vgray eval``: it builds both from a config.
+from an injectable ``extractor``); :func:`evaluate` is ``vgray eval``: it builds both from a config;
+:func:`final_test` is the test after training and a sweep's eval trial: every test set
+(``test.datasets``), one PCA, the model's cost.
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from vgray.atomic import commit, temp_name
 from vgray.data.dataset import ImageSet, Split, open_split
-from vgray.evaluate.extract import Runtime, extract_descriptors, initialize_aggregation, iter_descriptors
+from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_descriptors
 from vgray.evaluate.knn import StreamedFlatSearch, build_index, fill_index, index_memory_mb, search
-from vgray.evaluate.methods import TEST_METHODS, create_method
-from vgray.evaluate.pca import apply_pca, check_pca, pca_from_training, save_pca
+from vgray.evaluate.methods import create_method
+from vgray.evaluate.pca import apply_pca, check_pca, pca_from_training
 from vgray.evaluate.recall import recall_at_n
+from vgray.runtime import Runtime
+from vgray.saved_descriptors import DescriptorWriter, write_model
 from vgray.seeding import seed_everything
-
-
-def descriptor_table(images: ImageSet, rows: np.ndarray, descriptors: np.ndarray,
-                     crop: Optional[np.ndarray] = None) -> pa.Table:
-    """The ``--save-descriptors`` schema: path, utm_east, utm_north (float64), descriptor (float32
-    list); with ``crop`` (multi-crop test methods), a ``crop`` column (int8) after ``path``."""
-    d = descriptors.shape[1]
-    flat = pa.array(np.ascontiguousarray(descriptors, dtype=np.float32).reshape(-1))
-    columns = {"path": pa.array([images.paths[i] for i in rows], pa.string())}
-    if crop is not None:
-        columns["crop"] = pa.array(crop, pa.int8())
-    columns.update({
-        "utm_east": pa.array(images.utm[rows, 0], pa.float64()),
-        "utm_north": pa.array(images.utm[rows, 1], pa.float64()),
-        "descriptor": pa.FixedSizeListArray.from_arrays(flat, d),
-    })
-    return pa.table(columns)
-
-
-class _AtomicParquet:
-    """A parquet file written in pieces to a temporary name and moved into place when complete."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.tmp = temp_name(self.path)
-        self.writer = None
-        self.made_dir = False
-
-    def write(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self.made_dir = not self.path.parent.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
-        self.writer.write_table(table)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            commit(self.tmp, self.path)
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.tmp.unlink(missing_ok=True)
-            if self.made_dir and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()
 
 
 def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
@@ -97,73 +53,29 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     rt = rt or Runtime.from_config(cfg, progress=progress)
     extractor = extractor or extract_descriptors
     method = create_method(cfg, model.mean, model.std)
-    features_dim = model.features_dim
-    if cfg.model.pca_dim is not None:
-        if pca is None:
-            check_pca(cfg, features_dim)
-            pca = pca_from_training(model, cfg, rt, extractor)
-        d = pca.d_out
-    else:
+    if cfg.model.pca_dim is None:
         pca = None
-        d = features_dim
+    elif pca is None:
+        check_pca(cfg, model.features_dim)
+        pca = pca_from_training(model, cfg, rt, extractor)
     k = max(cfg.test.recall_values)
-    k_search = method.search_k(k)
-    database_mb = len(split.database) * d * 4 / 2**20
-    budget = cfg.test.memory_budget_mb
-    streamed = budget is not None and database_mb > budget  # load-time checks made this Flat
-    index = build_index(cfg.test.knn, d)  # a string faiss refuses stops us before any extraction
-    project = (lambda x: apply_pca(pca, x)) if pca is not None else (lambda x: x)
-
-    db_file = q_file = None
-    if save_descriptors is not None:
-        out = Path(save_descriptors)
-        db_file, q_file = _AtomicParquet(out / "database.parquet"), _AtomicParquet(out / "queries.parquet")
+    writer = DescriptorWriter(save_descriptors) if save_descriptors is not None else None
     try:
-        start = time.perf_counter()
-        xq, q_valid = query_descriptors(model, split.queries.paths, method, rt, features_dim, extractor)
-        queries_s = time.perf_counter() - start
-        q_rows = np.flatnonzero(q_valid)
-        m = len(q_rows)
-        xq = method.pool(xq[q_rows])  # (m, views, d_model)
-        views = xq.shape[1]
-        xq = project(xq.reshape(m * views, features_dim))  # view-major within each query
-
-        start = time.perf_counter()
-        if streamed:
-            db_ids, D, I, matching_s, memory_mb = _streamed(model, split, method, rt, xq, k_search, budget,
-                                                            db_file, project)
-        else:
-            xb, db_valid = extractor(model, split.database.paths, method.database_transform, rt, features_dim,
-                                     "database")
-            db_ids = np.flatnonzero(db_valid)
-            xb = project(xb[db_ids])
-            if db_file is not None:
-                db_file.write(descriptor_table(split.database, db_ids, xb))
-            fill_index(index, xb, seed=cfg.seed, name=f"test.knn={cfg.test.knn!r}")
-            D, I, matching_s = search(index, xq, k_search)
-            memory_mb = index_memory_mb(index)
-        database_s = time.perf_counter() - start - matching_s
-        if q_file is not None:
-            crop = np.tile(np.arange(views), m) if views > 1 else None
-            q_file.write(descriptor_table(split.queries, np.repeat(q_rows, views), xq, crop))
-            if pca is not None:
-                save_pca(pca, Path(save_descriptors) / "pca.faiss")
-            db_file.close()
-            q_file.close()
+        found = _extract_and_search(model, split, cfg, method, rt, extractor, pca, method.search_k(k), writer)
     except BaseException:
-        for f in (db_file, q_file):
-            if f is not None:
-                f.abort()
+        if writer is not None:
+            writer.abort()
         raise
 
     # Predictions back to dataset ids (increasing with the search ids, so ties still go to the
     # lower id), the views of each query merged; a skipped (unreadable) query is a miss.
     start = time.perf_counter()
-    I = np.where(I >= 0, db_ids[np.clip(I, 0, None)], -1)
-    merged = method.merge(D.reshape(m, views, -1), I.reshape(m, views, -1), k)
-    matching_s += time.perf_counter() - start
+    m = len(found.q_rows)
+    I = np.where(found.I >= 0, found.db_ids[np.clip(found.I, 0, None)], -1)
+    merged = method.merge(found.D.reshape(m, found.views, -1), I.reshape(m, found.views, -1), k)
+    found.matching_s += time.perf_counter() - start
     predictions = np.full((len(split.queries), k), -1, dtype=np.int64)
-    predictions[q_rows, :merged.shape[1]] = merged
+    predictions[found.q_rows, :merged.shape[1]] = merged
     positives = split.soft_positives(cfg.test.positive_dist_threshold)
     result: Dict[str, float] = recall_at_n(predictions, positives, cfg.test.recall_values)
     if keep is not None:
@@ -173,13 +85,67 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
         "queries": len(split.queries),
         "queries_without_positives": int(sum(len(p) == 0 for p in positives)),
         "database": len(split.database),
-        "skipped_images": int(images - len(q_rows) - len(db_ids)),
-        "features_dim": d,
-        "matching_ms": 1000.0 * matching_s / max(m, 1),
-        "index_memory_mb": memory_mb,
-        "extraction_ms_per_image": 1000.0 * (queries_s + database_s) / max(images, 1),
+        "skipped_images": int(images - m - len(found.db_ids)),
+        "features_dim": pca.d_out if pca is not None else model.features_dim,
+        "matching_ms": 1000.0 * found.matching_s / max(m, 1),
+        "index_memory_mb": found.memory_mb,
+        "extraction_ms_per_image": 1000.0 * found.extraction_s / max(images, 1),
     })
     return result
+
+
+@dataclass
+class _Found:
+    """What one search found: the rows of the queries read and of the database searched, the
+    ``views`` rows per query searched, their distances ``D`` and search ids ``I``, and the times."""
+    q_rows: np.ndarray
+    views: int
+    db_ids: np.ndarray
+    D: np.ndarray
+    I: np.ndarray
+    matching_s: float
+    memory_mb: float
+    extraction_s: float
+
+
+def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor: Callable, pca, k: int,
+                        writer: Optional[DescriptorWriter]) -> _Found:
+    """Query descriptors, then the database's (whole, or streamed in chunks above
+    ``test.memory_budget_mb``) searched for the ``k`` nearest of every query view; with ``writer``,
+    both written as they are searched."""
+    features_dim = model.features_dim
+    d = pca.d_out if pca is not None else features_dim
+    budget = cfg.test.memory_budget_mb
+    streamed = budget is not None and len(split.database) * d * 4 / 2**20 > budget  # load-time checks made this Flat
+    index = build_index(cfg.test.knn, d)  # a string faiss refuses stops us before any extraction
+    project = (lambda x: apply_pca(pca, x)) if pca is not None else (lambda x: x)
+
+    start = time.perf_counter()
+    xq, q_valid = query_descriptors(model, split.queries.paths, method, rt, features_dim, extractor)
+    queries_s = time.perf_counter() - start
+    q_rows = np.flatnonzero(q_valid)
+    m = len(q_rows)
+    xq = method.pool(xq[q_rows])  # (m, views, d_model)
+    views = xq.shape[1]
+    xq = project(xq.reshape(m * views, features_dim))  # view-major within each query
+
+    start = time.perf_counter()
+    if streamed:
+        db_ids, D, I, matching_s, memory_mb = _streamed(model, split, method, rt, xq, k, budget, writer, project)
+    else:
+        xb, db_valid = extractor(model, split.database.paths, method.database_transform, rt, features_dim,
+                                 "database")
+        db_ids = np.flatnonzero(db_valid)
+        xb = project(xb[db_ids])
+        if writer is not None:
+            writer.add_database(split.database, db_ids, xb)
+        fill_index(index, xb, seed=cfg.seed, name=f"test.knn={cfg.test.knn!r}")
+        D, I, matching_s = search(index, xq, k)
+        memory_mb = index_memory_mb(index)
+    database_s = time.perf_counter() - start - matching_s
+    if writer is not None:
+        writer.finish(split.queries, q_rows, xq, views, pca)
+    return _Found(q_rows, views, db_ids, D, I, matching_s, memory_mb, queries_s + database_s)
 
 
 def check_before_extraction(cfg, model) -> None:
@@ -221,7 +187,7 @@ def same_size_groups(paths: Sequence[str]) -> List[np.ndarray]:
     return [np.asarray(g, dtype=np.int64) for g in groups.values()]
 
 
-def _streamed(model, split, method, rt, xq, k, budget_mb, db_file, project):
+def _streamed(model, split, method, rt, xq, k, budget_mb, writer, project):
     """Database descriptors in chunks of at most ``budget_mb``, each folded into an exact top-k."""
     d = xq.shape[1]
     rows_per_chunk = max(1, int(budget_mb * 2**20 // (d * 4)))
@@ -236,8 +202,8 @@ def _streamed(model, split, method, rt, xq, k, budget_mb, db_file, project):
             return
         ids, xb = np.concatenate(pending_ids), project(np.concatenate(pending))
         search_state.add_chunk(offset, xb)
-        if db_file is not None:
-            db_file.write(descriptor_table(split.database, ids, xb))
+        if writer is not None:
+            writer.add_database(split.database, ids, xb)
         kept.append(ids)
         offset += len(ids)
         pending_ids, pending = [], []
@@ -257,13 +223,29 @@ def _streamed(model, split, method, rt, xq, k, budget_mb, db_file, project):
     return db_ids, D, I, search_state.seconds, search_state.peak_mb
 
 
+def initialize_on_database(model, cfg, database: ImageSet, rt: Runtime) -> None:
+    """Evaluating only: an aggregation that still needs initialising (an untrained NetVLAD) takes
+    its clusters from the ``database`` being searched, through the test method's database transform."""
+    if model.needs_init():
+        method = create_method(cfg, model.mean, model.std)
+        initialize_aggregation(model, database.paths, method.database_transform, rt, seed=cfg.seed)
+
+
+def add_cost(result: Dict[str, Any], model, cfg) -> Dict[str, Any]:
+    """``result`` with the model's cost (:func:`~vgray.models.profile.model_cost`) added; its
+    ``features_dim`` is the size searched (``model.pca_dim`` when set)."""
+    from vgray.models.profile import model_cost
+    result.update(model_cost(model, cfg.data.image_size))
+    result["features_dim"] = cfg.model.pca_dim or result["features_dim"]
+    return result
+
+
 def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
              keep: Optional[dict] = None, extractor: Optional[Callable] = None) -> Dict[str, float]:
     """``vgray eval``: build the model and the split from ``cfg``, evaluate, add the model's cost.
     ``keep`` receives what :func:`evaluate_split` keeps, and the ``split``; ``extractor`` is
     :func:`evaluate_split`'s (in-process by default)."""
     from vgray.models import build_model
-    from vgray.models.profile import model_cost
 
     split = open_split(cfg.data.root, cfg.test.split)
     rt = Runtime.from_config(cfg, progress=progress)
@@ -271,18 +253,72 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
     if model is None:
         model = build_model(cfg.model, image_size=cfg.data.image_size)
     check_before_extraction(cfg, model)
-    if model.needs_init():
-        # Evaluating only: the aggregation's clusters come from the database being searched.
-        method = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std)
-        initialize_aggregation(model, split.database.paths, method.database_transform, rt, seed=cfg.seed)
+    initialize_on_database(model, cfg, split.database, rt)
     result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors, keep=keep,
                             extractor=extractor)
     if keep is not None:
         keep["split"] = split
     if save_descriptors is not None:
-        # What vgray locate needs to recompute these descriptors for new photos.
-        from vgray.locate import write_model
-        write_model(save_descriptors, cfg, model)
-    result.update(model_cost(model, cfg.data.image_size))
-    result["features_dim"] = cfg.model.pca_dim or result["features_dim"]  # the size searched
+        write_model(save_descriptors, cfg, model)  # what vgray locate needs for new photos
+    return add_cost(result, model, cfg)
+
+
+def dataset_name(root: str) -> str:
+    """A short name of a dataset root for result columns: ``synthetic_small``, ``pitts30k``."""
+    if root.startswith("synthetic:"):
+        return "synthetic_" + root.split(":", 1)[1]
+    return Path(root.rstrip("/")).name or "dataset"
+
+
+def test_sets(cfg) -> Dict[str, str]:
+    """``{name: root}`` of the sets a final test scores: ``test.datasets``, else ``data.root``'s own."""
+    return dict(cfg.test.datasets) if cfg.test.datasets else {dataset_name(cfg.data.root): cfg.data.root}
+
+
+test_sets.__test__ = False  # not a test, for pytest, wherever a test module imports it
+
+
+#: The figures a final test takes from its first test set.
+FIRST_SET_FIGURES = ("matching_ms", "index_memory_mb", "database", "queries")
+
+
+def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Optional[Callable] = None,
+               log=None) -> Dict[str, Any]:
+    """The test of a finished model on every set of ``sets`` (``{name: root}``, see :func:`test_sets`):
+    ``test/<name>/R@N`` for ``test.recall_values`` on each root's test split; ``matching_ms``,
+    ``index_memory_mb``, ``database`` and ``queries`` of the first set; the model's cost
+    (``features_dim``: the size searched, ``gflops``, ``model_size_mb``, ``params``).
+
+    With ``model.pca_dim``, one PCA is fitted on ``data.root``'s train split and serves every set.
+    An aggregation that still needs initialising (an untrained NetVLAD, evaluated only) takes its
+    clusters from the first set's database, as :func:`evaluate` does. ``extractor_for(cfg_of_set)``
+    (``cfg`` with ``data.root`` set to that set's root) gives the extractor of a set (None, or no
+    ``extractor_for``: in this process). ``log(line)``, when given, receives the test recalls."""
+    check_before_extraction(cfg, model)
+    extractors: Dict[str, Optional[Callable]] = {}
+
+    def extractor_of(root: str) -> Optional[Callable]:
+        if root not in extractors:
+            one = cfg if root == cfg.data.root else cfg.replace(**{"data.root": root})
+            extractors[root] = extractor_for(one) if extractor_for is not None else None
+        return extractors[root]
+
+    splits = {name: open_split(root, "test") for name, root in sets.items()}
+    if splits and model.needs_init():
+        seed_everything(cfg.seed)
+        first = next(iter(sets))
+        initialize_on_database(model, cfg, splits[first].database, rt)
+    # model.pca_dim: one PCA of this model, fitted on the training dataset, for every test set.
+    pca = (pca_from_training(model, cfg, rt, extractor_of(cfg.data.root))
+           if cfg.model.pca_dim is not None else None)
+    result: Dict[str, Any] = {}
+    for name, root in sets.items():
+        figures = evaluate_split(model, splits[name], cfg, rt=rt, progress=False, pca=pca,
+                                 extractor=extractor_of(root))
+        result.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
+        for key in FIRST_SET_FIGURES:
+            result.setdefault(key, figures[key])
+    add_cost(result, model, cfg)
+    if log is not None:
+        log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("test/")))
     return result

@@ -21,7 +21,7 @@ from typing import Iterable, List, Tuple
 import faiss
 import numpy as np
 
-from vgray.errors import BadInput
+from vgray.errors import BadInput, faiss_message
 
 
 HNSW_EF_SEARCH = 128
@@ -72,23 +72,13 @@ def build_index(spec: str, d: int) -> faiss.Index:
         raise BadInput(f"test.knn={spec!r} is refused by faiss for {d}-d descriptors: {faiss_message(exc)}")
 
 
-def faiss_message(exc: Exception) -> str:
-    """The useful line of a faiss C++ error (they come with file, line and function)."""
-    text = " ".join(str(exc).split())
-    text = re.sub(r"^.*?Error in .*? at \S+:\d+: ", "", text)  # C++ function, file and line
-    if "Error:" in text:
-        text = text.split("Error:", 1)[1]
-    text = re.sub(r"^.*?' failed: ", "", text)  # the failed assertion's expression
-    return text.strip(" '\"")[:300]
-
-
 def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, seed: int = 0,
                name: str = "the kNN index") -> float:
     """Train (on a sample of ``xb`` where the index needs it) and add ``xb``; returns seconds.
     ``name`` says the index in the error of one that cannot be trained (too few descriptors)."""
     start = time.perf_counter()
     xb = np.ascontiguousarray(xb, dtype=np.float32)
-    _skip_polysemous_training(index)
+    skip_polysemous_training(index)
     try:
         if not index.is_trained:
             sample = xb
@@ -102,7 +92,7 @@ def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, se
     return time.perf_counter() - start
 
 
-def _skip_polysemous_training(index: faiss.Index) -> None:
+def skip_polysemous_training(index: faiss.Index) -> None:
     """faiss's factory turns on polysemous training for ``PQm`` and ``IVFn,PQm`` (a slow annealing
     that reorders codes for Hamming search); a PQ searched with plain PQ distances (the default)
     gains nothing from it, so it is skipped: same results, training minutes faster."""

@@ -6,18 +6,16 @@ As the paper's code (``util.compute_pca``, sklearn ``PCA(pca_dim)``): the descri
 components; no whitening, and no L2 normalisation after the projection. The paper fitted on every
 image of the train folder (database and queries); vgray fits on a sample of the train split's
 database (the train split of ``data.root``). The PCA is a faiss ``PCAMatrix`` (the same projection
-as sklearn's, up to the signs of the components), saved as ``pca.faiss`` beside saved descriptors.
+as sklearn's, up to the signs of the components), saved as ``pca.faiss`` beside saved descriptors
+(:func:`vgray.saved_descriptors.save_pca`).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Callable, Optional
 
 import faiss
 import numpy as np
 
-from vgray.atomic import atomic_path
 from vgray.errors import BadInput
 
 #: The paper's cap on the training images the PCA is fitted on.
@@ -43,29 +41,6 @@ def apply_pca(pca: faiss.VectorTransform, x: np.ndarray) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != pca.d_in:
         raise BadInput(f"the PCA takes {pca.d_in}-d descriptors, not {x.shape[-1]}-d")
     return pca.apply(x) if len(x) else np.zeros((0, pca.d_out), dtype=np.float32)
-
-
-def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike) -> None:
-    """Write ``pca`` to ``path`` atomically (a temporary file moved into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        faiss.write_VectorTransform(pca, str(tmp))
-
-
-def load_pca(path: str | os.PathLike) -> faiss.PCAMatrix:
-    """The PCA saved at ``path``; a missing or foreign file is bad input naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"PCA file {path} does not exist")
-    try:
-        pca = faiss.read_VectorTransform(str(path))  # already the concrete class, owning its data
-    except RuntimeError as exc:
-        from vgray.evaluate.knn import faiss_message
-        raise BadInput(f"PCA file {path} cannot be read: {faiss_message(exc)}")
-    if not isinstance(pca, faiss.PCAMatrix):
-        raise BadInput(f"PCA file {path} holds a {type(pca).__name__}, not a PCA")
-    return pca
 
 
 def check_pca(cfg, features_dim: int, root: Optional[str] = None) -> None:

@@ -23,6 +23,7 @@ Sources (the paper's Sec. "pretraining" study and its off-the-shelf landmark-ret
 
 The paper also evaluates Naver's AP-GeM networks (deep-image-retrieval); their files pickle
 scikit-learn objects, which ``torch.load(weights_only=True)`` refuses to run, so they are left out.
+Files are read by :mod:`vgray.checkpoint`, which also decides whether a state dict fits.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 
+from vgray.checkpoint import check_fits, read_weights_file
 from vgray.errors import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,30 +155,6 @@ def _download(rec: WeightsRecord) -> Path:
     return target
 
 
-# Some publishers store numpy arrays beside the weights (cirtorch's meta); rebuilding an array runs
-# no code, so these are allowed on top of what ``weights_only`` allows.
-_NUMPY_GLOBALS = [np.ndarray, np.dtype, (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-                  np._core.multiarray._reconstruct, (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-                  np._core.multiarray.scalar, *{type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8")}]
-
-
-def read_weights_file(path: str | os.PathLike) -> dict:
-    """A weights file or vgray checkpoint, read with ``weights_only=True`` (no code runs)."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"model.pretrained={path}: no such file; allowed: none, "
-                       f"{', '.join(NAMED_SOURCES)}, or a weights file")
-    try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"weights file {p} cannot be read as a torch checkpoint ({first[:160]})")
-    if not isinstance(obj, dict):
-        raise BadInput(f"weights file {p} holds a {type(obj).__name__}, not a state dict or vgray checkpoint")
-    return obj
-
-
 # -- converters: the publisher's file -> (torchvision names, network head in vgray names) ----------
 
 Converted = Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]
@@ -234,6 +211,12 @@ def _converted(arch: str, pretrained: str) -> Converted:
     return CONVERTERS[rec.converter](read_weights_file(path), arch, str(path))
 
 
+def read_pretrained_file(path: str | os.PathLike) -> dict:
+    """The weights file ``model.pretrained`` names (a state dict or a vgray checkpoint) -> its dict."""
+    return read_weights_file(path, missing=f"model.pretrained={path}: no such file; allowed: none, "
+                                           f"{', '.join(NAMED_SOURCES)}, or a weights file")
+
+
 def source_state_dict(arch: str, pretrained: str) -> Optional[dict]:
     """State dict of the source architecture (torchvision names) for a named source, None for ``none``."""
     if pretrained == "none":
@@ -243,24 +226,16 @@ def source_state_dict(arch: str, pretrained: str) -> Optional[dict]:
 
 # A source's classifier head (365 Places classes, 512 GLDv2 ones, none at all for the GeM networks)
 # may differ from torchvision's 1000-way one: no backbone keeps it.
-_HEADS = ("fc.", "classifier.")
+_HEADS = ("fc.*", "classifier.*")
 
 
 def load_source(model: torch.nn.Module, state: dict, origin: str) -> None:
     """Load ``state`` into the torchvision source ``model``: every layer but the classifier head must be
     there with its shape (the structure check of files without a published hash)."""
     own = model.state_dict()
-    for key, value in own.items():
-        if key.startswith(_HEADS) or (key.endswith("num_batches_tracked") and key not in state):
-            continue  # files from before PyTorch 0.4 have no BatchNorm counters
-        if key not in state:
-            raise BadInput(f"weights {origin} do not fit {type(model).__name__}: key {key} missing")
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise BadInput(f"weights {origin} do not fit {type(model).__name__}: {key} has shape "
-                           f"{tuple(state[key].shape)}, expected {tuple(value.shape)}")
-    extra = sorted(k for k in state if k not in own and not k.startswith(_HEADS))
-    if extra:
-        raise BadInput(f"weights {origin} do not fit {type(model).__name__}: unexpected key {extra[0]}")
+    # Files from before PyTorch 0.4 have no BatchNorm counters: the model's own (zero) stay.
+    check_fits(own, state, f"weights {origin} do not fit {type(model).__name__}", ignore=_HEADS,
+               optional=("*num_batches_tracked",))
     model.load_state_dict({k: v for k, v in state.items()
                            if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
 
@@ -268,7 +243,7 @@ def load_source(model: torch.nn.Module, state: dict, origin: str) -> None:
 def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     """For whole-network sources (cirtorch's GeM + whitening), load GeM's p and the whitening into the
     aggregation and the FC of ``model`` (a GeoLocalizationNet); other sources have no head."""
-    arch = getattr(model.backbone, "arch", None)
+    arch = model.backbone.arch
     rec = RECORDS.get((arch, model_cfg.pretrained))
     if rec is None or not rec.whole_network:
         return
@@ -278,8 +253,6 @@ def load_network_head(model: torch.nn.Module, model_cfg) -> None:
                        f"set model.backbone={arch}conv5, model.aggregation=gem, model.fc_output_dim=2048")
     _, head = _converted(arch, model_cfg.pretrained)
     own = model.state_dict()
-    for key, value in head.items():
-        if key not in own or tuple(own[key].shape) != tuple(value.shape):
-            raise BadInput(f"weights {cached_path(rec)}: {key} of shape {tuple(value.shape)} does not fit "
-                           f"the network ({tuple(own[key].shape) if key in own else 'no such layer'})")
+    check_fits({k: v for k, v in own.items() if k in head}, head,
+               f"weights {cached_path(rec)} do not fit the network's GeM and FC")
     model.load_state_dict(head, strict=False)

@@ -13,6 +13,10 @@ from typing import Dict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vgray.models.network import build_model
+from vgray.runtime import Runtime
+from vgray.seeding import seed_everything
+
 
 def count_gflops(model: torch.nn.Module, image_size) -> float:
     """GFLOPs of one image, counted on a copy of the model on the meta device: shapes only, so
@@ -35,7 +39,7 @@ def model_cost(model: torch.nn.Module, image_size) -> Dict[str, float]:
     }
 
 
-def extraction_ms(model: torch.nn.Module, image_size, rt, runs: int = 10, warmup: int = 3) -> float:
+def extraction_ms(model: torch.nn.Module, image_size, rt: Runtime, runs: int = 10, warmup: int = 3) -> float:
     """Mean milliseconds of a forward pass of one image on ``rt``'s device and precision."""
     model = rt.prepare(model)
     x = rt.to_device(torch.rand(1, 3, *image_size))
@@ -53,11 +57,6 @@ def extraction_ms(model: torch.nn.Module, image_size, rt, runs: int = 10, warmup
 
 def profile(cfg, runs: int = 10) -> Dict[str, float]:
     """``vgray profile``: the cost figures of the model ``cfg`` describes, at ``data.resize``."""
-    from vgray.evaluate.extract import Runtime
-    from vgray.models.network import build_model
-
-    from vgray.seeding import seed_everything
-
     seed_everything(cfg.seed)
     model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
     out = model_cost(model, cfg.data.image_size)

@@ -27,9 +27,8 @@ class Report:
 
 def progress_of(directory: str | Path, rows) -> Progress:
     """Rows done against the plan the sweep wrote (``plan.json``), and its dashboard URL."""
-    from vgray.distributed.sweep import DEFAULT_DASHBOARD
     from vgray.report.html import Progress
-    from vgray.report.rows import read_plan
+    from vgray.results import DEFAULT_DASHBOARD, read_plan
     plan = read_plan(directory)
     expected = plan.get("trials") if isinstance(plan.get("trials"), int) else None
     return Progress(sweep=str(plan.get("sweep") or Path(directory).resolve().name),
@@ -50,8 +49,9 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     model, raised after every other output (the page included) is written."""
     from vgray.report.figures import FIGURES, Missing
     from vgray.report.html import write_page
-    from vgray.report.rows import load_rows, read_plan, varied_keys
+    from vgray.report.rows import varied_keys
     from vgray.report.tables import build_table, markdown, write_tables
+    from vgray.results import load_rows, read_plan
 
     unknown = [f for f in required if f not in FIGURES]
     if unknown:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 from vgray.atomic import write_bytes
-from vgray.distributed.results import COST_COLUMNS, mean_std
-from vgray.report.rows import Row, datasets, finished, number
+from vgray.report.rows import datasets, finished, number
+from vgray.results import COST_COLUMNS, Row, mean_std
 
 
 class Missing(Exception):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
-from vgray.report.tables import Table, _config_cell, _cost_cell, _label, _recall_text
+from vgray.report.tables import Table, config_cell, cost_cell, label, recall_text
 
 PAGE = "report.html"
 
@@ -90,17 +90,17 @@ class Grids:
 
 
 def _table_html(table: Table) -> str:
-    head = [escape(k) for k in table.varied] + ["n"] + [escape(_label(c)) for c in table.recall]
+    head = [escape(k) for k in table.varied] + ["n"] + [escape(label(c)) for c in table.recall]
     head += [escape(c) for c in table.cost]
     lines = ['<div class="wide"><table class="results">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>",
              "<tbody>"]
     for e in table.entries:
-        cells = [f'<td class="config">{escape(_config_cell(e.get(k)))}</td>' for k in table.varied]
+        cells = [f'<td class="config">{escape(config_cell(e.get(k)))}</td>' for k in table.varied]
         cells.append(f"<td>{escape(str(e['n']))}</td>")
         for c in table.recall:
-            text, bold = _recall_text(table, e, c)
+            text, bold = recall_text(table, e, c)
             cells.append(f"<td><strong>{escape(text)}</strong></td>" if bold else f"<td>{escape(text)}</td>")
-        cells += [f"<td>{escape(_cost_cell(e.get(c)))}</td>" for c in table.cost]
+        cells += [f"<td>{escape(cost_cell(e.get(c)))}</td>" for c in table.cost]
         lines.append(f'<tr data-config="{escape(str(e["config_key"]))}">' + "".join(cells) + "</tr>")
     lines += ["</tbody>", "</table></div>",
               '<p class="note">R@N in percent, mean ± std over n seeds; best of each column in bold. '

@@ -103,7 +103,7 @@ def report_grids(directory: str | Path, rows, table, out: Path, n: int, failures
     (grids left there by an earlier report are removed first). Returns a :class:`Grids`."""
     from vgray.config import load_config
     from vgray.evaluate.evaluate import evaluate
-    from vgray.models.network import read_checkpoint
+    from vgray.checkpoint import read_checkpoint
     from vgray.report.html import Grids
 
     entry, row, path = best_kept_model(directory, rows, table)

@@ -4,7 +4,7 @@ the best of each column in bold, then the cost columns. Written as ``table.md``,
 (mean and std in separate columns) and ``table.tex``. Failed and stopped trials are listed apart
 and never averaged in.
 
-Grouping and the cost means come from :func:`vgray.distributed.results.summarize`, the summary the
+Grouping and the cost means come from :func:`vgray.results.summarize`, the summary the
 sweep itself writes; this module adds R@N for any N and the three file layouts.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from vgray.distributed.results import COST_COLUMNS, mean_std, summarize
 from vgray.errors import BadInput
-from vgray.report.rows import Row, datasets, finished, number
+from vgray.report.rows import datasets, finished, number
+from vgray.results import COST_COLUMNS, Row, mean_std, summarize
 
 
 @dataclass
@@ -69,22 +69,27 @@ def build_table(rows: List[Row], varied: List[str], recalls: Sequence[int] = (1,
     return Table(varied, recall, cost, entries, best, apart)
 
 
-def _label(column: str) -> str:
+# The cells of the table, shared by the Markdown, LaTeX and HTML layouts.
+
+def label(column: str) -> str:
+    """A recall column's header: ``test/pitts30k/R@1`` -> ``pitts30k/R@1``."""
     return column[len("test/"):] if column.startswith("test/") else column
 
 
-def _config_cell(value: Any) -> str:
+def config_cell(value: Any) -> str:
+    """A config value's cell (``—`` for none)."""
     return "—" if value is None else str(value)
 
 
-def _cost_cell(value: Any) -> str:
+def cost_cell(value: Any) -> str:
+    """A cost's cell: whole numbers as they are, others with two decimals (``—`` for none)."""
     if not number(value):
         return "—"
     return f"{value:g}" if float(value).is_integer() else f"{value:.2f}"
 
 
-def _recall_text(table: Table, e: Dict[str, Any], column: str) -> tuple:
-    """(text, is_best) of one recall cell."""
+def recall_text(table: Table, e: Dict[str, Any], column: str) -> tuple:
+    """(text, is_best) of the cell of recall ``column`` in the table's entry ``e``: mean ± std."""
     if column not in e:
         return "—", False
     # bold as the reader sees it: every cell that shows the best mean
@@ -92,14 +97,14 @@ def _recall_text(table: Table, e: Dict[str, Any], column: str) -> tuple:
 
 
 def markdown(table: Table) -> str:
-    header = table.varied + ["n"] + [_label(c) for c in table.recall] + table.cost
+    header = table.varied + ["n"] + [label(c) for c in table.recall] + table.cost
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in table.entries:
-        cells = [_config_cell(e.get(k)) for k in table.varied] + [str(e["n"])]
+        cells = [config_cell(e.get(k)) for k in table.varied] + [str(e["n"])]
         for c in table.recall:
-            text, bold = _recall_text(table, e, c)
+            text, bold = recall_text(table, e, c)
             cells.append(f"**{text}**" if bold else text)
-        cells += [_cost_cell(e.get(c)) for c in table.cost]
+        cells += [cost_cell(e.get(c)) for c in table.cost]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("R@N in percent, mean ± std over n seeds; best of each column in bold.")
@@ -114,7 +119,7 @@ def markdown(table: Table) -> str:
 def csv_text(table: Table) -> str:
     header = table.varied + ["config_key", "n"]
     for c in table.recall:
-        header += [f"{_label(c)} mean", f"{_label(c)} std"]
+        header += [f"{label(c)} mean", f"{label(c)} std"]
     for c in table.cost:
         header += [c, f"{c} std"]
     buffer = io.StringIO()
@@ -137,17 +142,17 @@ def tex_escape(text: str) -> str:
 
 
 def latex(table: Table) -> str:
-    header = [tex_escape(k) for k in table.varied] + ["n"] + [tex_escape(_label(c)) for c in table.recall]
+    header = [tex_escape(k) for k in table.varied] + ["n"] + [tex_escape(label(c)) for c in table.recall]
     header += [tex_escape(c) for c in table.cost]
     lines = [r"\begin{tabular}{" + "l" * len(table.varied) + "r" * (len(header) - len(table.varied)) + "}",
              r"\hline", " & ".join(header) + r" \\", r"\hline"]
     for e in table.entries:
-        cells = [tex_escape(_config_cell(e.get(k))) for k in table.varied] + [str(e["n"])]
+        cells = [tex_escape(config_cell(e.get(k))) for k in table.varied] + [str(e["n"])]
         for c in table.recall:
-            text, bold = _recall_text(table, e, c)
+            text, bold = recall_text(table, e, c)
             text = text.replace("±", r"$\pm$")
             cells.append(r"\textbf{" + text + "}" if bold else text)
-        cells += [_cost_cell(e.get(c)) for c in table.cost]
+        cells += [cost_cell(e.get(c)) for c in table.cost]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -20,15 +20,16 @@ import torch
 
 from vgray.atomic import write_text
 from vgray.data.dataset import open_split
+from vgray.data.images import SafeDataset, read_image
 from vgray.data.transforms import query_train_transform, test_transform
 from vgray.errors import BadInput
-from vgray.evaluate.evaluate import check_before_extraction, evaluate_split
-from vgray.evaluate.pca import pca_from_training
-from vgray.evaluate.extract import (Runtime, SafeDataset, extract_descriptors,
-                                    initialize_aggregation, iter_batches, read_image)
+from vgray.evaluate.evaluate import check_before_extraction, evaluate_split, final_test, test_sets
+from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_batches
+from vgray import checkpoint
 from vgray.models import build_model
+from vgray.models.network import check_start
+from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
-from vgray.train import checkpoint
 from vgray.train.losses import LOSSES
 from vgray.train.mining import Triplet, TrainingQueries, create_miner
 
@@ -95,13 +96,6 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=0.9, weight_decay=0.001)
 
 
-def dataset_name(root: str) -> str:
-    """A short name of a dataset root for result columns: ``synthetic_small``, ``pitts30k``."""
-    if root.startswith("synthetic:"):
-        return "synthetic_" + root.split(":", 1)[1]
-    return Path(root.rstrip("/")).name or "dataset"
-
-
 def _write_text(path: Path, text: str) -> None:
     write_text(path, text)
 
@@ -127,6 +121,10 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     (last epoch's metrics, ``test/<dataset>/R@N`` of the best model, cost, time). ``extractor``
     (the contract of :func:`~vgray.evaluate.evaluate.evaluate_split`; default: in this process)
     supplies the descriptors of mining refreshes, validation and the final test."""
+    # An aggregation that starts from another's checkpoint (CRN from NetVLAD): refused before any data is read.
+    start = cfg.model.resume_from
+    made = checkpoint.made_for(checkpoint.read_checkpoint(start, "model.resume_from")) if start else None
+    check_start(cfg.model, made, f"model.resume_from={start}")
     out = Path(out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and not last_path.is_file():
@@ -136,8 +134,8 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     rt = Runtime.from_config(cfg, progress=progress)
     train_split = open_split(cfg.data.root, "train")
     val_split = open_split(cfg.data.root, "val")
-    test_sets = cfg.test.datasets or {dataset_name(cfg.data.root): cfg.data.root}
-    for root in test_sets.values():  # fail on a bad test set now, not after hours of training
+    sets = test_sets(cfg)
+    for root in sets.values():  # fail on a bad test set now, not after hours of training
         open_split(root, "test")
 
     # Built before the optimizer, so that its state lands on the device too.
@@ -190,7 +188,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
             images = TripletImages(train_split, triplets, q_transform, db_transform, cfg.train.augmentation.horizontal_flip)
             for batch, _ in iter_batches(images, rt, desc=f"epoch {state.epoch + 1} [{loop + 1}/{loops}]",
                                          shuffle=True, batch_size=cfg.train.batch_size):
-                losses.append(_step(model, batch, optimizer, rt, cfg))
+                losses.append(train_step(model, batch, optimizer, rt, cfg))
         state.epoch += 1
         val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False, extractor=extractor)
         improved = val["R@5"] > state.best_r5
@@ -210,11 +208,13 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         if report is not None:
             report(metrics, out)
 
-    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, test_sets, rt, state, log,
+    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log,
                        extractor)
 
 
-def _step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> float:
+def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> float:
+    """One optimizer step on a batch of triplets ``images`` (B, 2 + N, 3, H, W): query, positive,
+    negatives (the layout of :class:`TripletImages`); returns the loss."""
     b, per, c, h, w = images.shape
     x = rt.to_device(images.view(b * per, c, h, w))
     with rt.autocast():
@@ -235,33 +235,18 @@ def _payload(model, optimizer, miner, state: TrainState, rng, cfg) -> Dict:
 
 
 def _load_model(model, ck: Dict, path: Path) -> None:
-    own = model.state_dict()
-    state = ck["model"]
-    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
-        made = ck.get("config", {}).get("model", {})
-        raise BadInput(f"checkpoint {path} was made for backbone={made.get('backbone')}, "
-                       f"aggregation={made.get('aggregation')} and does not fit this config's network")
-    model.load_state_dict(state)
+    made = checkpoint.made_for(ck)
+    checkpoint.load_fitting(model, ck["model"], f"checkpoint {path} was made for backbone={made.get('backbone')}, "
+                                                f"aggregation={made.get('aggregation')} and does not fit this "
+                                                f"config's network")
 
 
-def _final_test(cfg, model, weights: Path, test_sets: Dict[str, str], rt, state: TrainState, log,
+def _final_test(cfg, model, weights: Path, sets: Dict[str, str], rt, state: TrainState, log,
                 extractor: Optional[Callable] = None) -> Dict:
-    from vgray.models.profile import model_cost
+    """The best weights tested on every test set, merged with the last epoch's metrics and ``epochs``."""
     ck = checkpoint.load(weights)
     model.load_state_dict(ck["model"])
     result = dict(state.history[-1]) if state.history else {}
     result["epochs"] = state.epoch
-    # model.pca_dim: one PCA of the best model, fitted on the training dataset, for every test set.
-    pca = pca_from_training(model, cfg, rt, extractor) if cfg.model.pca_dim is not None else None
-    for name, root in test_sets.items():
-        figures = evaluate_split(model, open_split(root, "test"), cfg, rt=rt, progress=False, pca=pca,
-                                 extractor=extractor)
-        for k, v in figures.items():
-            if k.startswith("R@"):
-                result[f"test/{name}/{k}"] = v
-        result.setdefault("matching_ms", figures["matching_ms"])
-        result.setdefault("index_memory_mb", figures["index_memory_mb"])
-    result.update(model_cost(model, cfg.data.image_size))
-    result["features_dim"] = cfg.model.pca_dim or result["features_dim"]  # the size searched
-    log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("test/")))
+    result.update(final_test(cfg, model, rt, sets, extractor_for=lambda _: extractor, log=log))
     return result

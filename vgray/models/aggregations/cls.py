@@ -7,24 +7,24 @@ returned it unnormalised. CCT has no class token; there, as in the paper's code,
 token stands for it.
 """
 import torch
-from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 
-class ClassToken(nn.Module):
+class ClassToken(Aggregation):
     """Tokens (B, T, C) -> the first token (B, C)."""
 
-    takes_tokens = True  # the network hands it the token sequence, not a feature map
+    inputs = frozenset({"tokens"})
+    takes_tokens = True  # the network hands it the token sequence, not the patch grid
 
     def __init__(self, in_channels: int):
-        super().__init__()
-        self.output_dim = in_channels
+        super().__init__(in_channels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, 0]
 
 
-@AGGREGATIONS.register("cls", inputs={"tokens"}, pooling=False)
+@AGGREGATIONS.register("cls", type=ClassToken)
 def build_cls(in_channels: int, cfg) -> ClassToken:
     return ClassToken(in_channels)

@@ -9,24 +9,22 @@ contribution to the VLAD sums: ``V_k = sum_i m_i a_k(x_i) (x_i - c_k)``.
 
 As in the benchmark's code: the accumulation is a fixed sum (its 1x1 convolution had weight 1, bias 0
 and no gradient), the filters start from Xavier-normal weights and zero biases, and training has two
-stages: CRN starts from a trained NetVLAD checkpoint of the same backbone (``model.resume_from``),
-whose backbone and NetVLAD layer it loads (k-means does not run again), and trains the reweighting
-layer at ``train.lr_crn_layer`` and the rest at ``train.lr_crn_net``. Two differences: the mask is
-upsampled to the map's exact size (the reference doubled the pooled size, which fails on odd sizes)
-and maps thinner than the 3x3 pooling window are pooled with a window that fits.
+stages: CRN starts from a trained NetVLAD checkpoint of the same backbone (``model.resume_from``,
+checked against that checkpoint's config where training starts:
+:func:`vgray.models.network.check_start`), whose backbone and NetVLAD layer it loads (k-means does
+not run again), and trains the reweighting layer at ``train.lr_crn_layer`` and the rest at
+``train.lr_crn_net``. Building, profiling and evaluating a CRN need no checkpoint. Two differences:
+the mask is upsampled to the map's exact size (the reference doubled the pooled size, which fails on
+odd sizes) and maps thinner than the 3x3 pooling window are pooled with a window that fits.
 """
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgray.errors import BadInput
-from vgray.models.aggregations import AGGREGATIONS
 from vgray.models.aggregations.netvlad import NetVLAD
+from vgray.registry import AGGREGATIONS
 
 
 class ContextualReweighting(nn.Module):
@@ -49,7 +47,11 @@ class ContextualReweighting(nn.Module):
 
 
 class CRN(NetVLAD):
-    # Keys of this module that a NetVLAD checkpoint does not hold: they start fresh on resume.
+    # Context filters need the 2-D layout of a feature map: a sequence of tokens has none.
+    inputs = frozenset({"feature_map"})
+    # Training starts from a trained NetVLAD checkpoint of the same backbone (model.resume_from),
+    # which holds everything but the reweighting layer: that starts fresh.
+    starts_from = "netvlad"
     fresh_on_resume = ("crn.",)
 
     def __init__(self, in_channels: int, clusters: int = 64):
@@ -70,42 +72,6 @@ class CRN(NetVLAD):
                 {"params": rest, "lr": train_cfg.lr_crn_net, "name": "crn_net"}]
 
 
-def check(cfg) -> None:
-    """CRN is refused at load without a NetVLAD checkpoint of the same backbone to start from
-    (``model.resume_from``), unless ``model.pretrained`` is a trained CRN checkpoint (evaluation)."""
-    from vgray.models.network import read_checkpoint  # here: network imports this package
-
-    m = cfg.model
-    path = m.resume_from
-    if path is None:
-        if _is_trained_crn(m.pretrained, m.backbone):
-            return
-        raise BadInput(f"model.aggregation=crn starts from a NetVLAD checkpoint: set model.resume_from to the "
-                       f"best.pt of a vgray train run with model.aggregation=netvlad, model.backbone={m.backbone}")
-    made = read_checkpoint(path, "model.resume_from")["config"].get("model", {})
-    if made.get("aggregation") != "netvlad" or made.get("backbone") != m.backbone:
-        raise BadInput(f"model.resume_from={path} was trained with model.aggregation={made.get('aggregation')}, "
-                       f"model.backbone={made.get('backbone')}; crn needs a netvlad checkpoint of "
-                       f"model.backbone={m.backbone}")
-    for key in ("netvlad_clusters", "fc_output_dim"):
-        if made.get(key) != getattr(m, key):
-            have, want = json.dumps(made.get(key)), json.dumps(getattr(m, key))
-            raise BadInput(f"model.resume_from={path} has model.{key}={have} but this config {want}; crn keeps "
-                           f"the layers it starts from, so set model.{key}={have}")
-
-
-def _is_trained_crn(pretrained: str, backbone: str) -> bool:
-    from vgray.models.network import read_checkpoint
-
-    if not Path(pretrained).is_file():
-        return False
-    try:
-        made = read_checkpoint(pretrained, "model.pretrained")["config"].get("model", {})
-    except BadInput:
-        return False
-    return made.get("aggregation") == "crn" and made.get("backbone") == backbone
-
-
-@AGGREGATIONS.register("crn", inputs={"feature_map"}, pooling=False, check=check)
+@AGGREGATIONS.register("crn", type=CRN)
 def build_crn(in_channels: int, cfg) -> CRN:
     return CRN(in_channels, clusters=cfg.netvlad_clusters)

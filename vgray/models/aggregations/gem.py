@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 
 def gem(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -15,17 +16,19 @@ def gem(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.avg_pool2d(x.clamp(min=eps).pow(p), (x.size(-2), x.size(-1))).pow(1.0 / p).flatten(1)
 
 
-class GeM(nn.Module):
+class GeM(Aggregation):
+    inputs = frozenset({"feature_map", "tokens"})
+    pooling = True
+
     def __init__(self, in_channels: int, p: float = 3.0, eps: float = 1e-6):
-        super().__init__()
+        super().__init__(in_channels)
         self.p = nn.Parameter(torch.ones(1) * p)
         self.eps = eps
-        self.output_dim = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gem(x, self.p, self.eps)
 
 
-@AGGREGATIONS.register("gem", inputs={"feature_map", "tokens"}, pooling=True)
+@AGGREGATIONS.register("gem", type=GeM)
 def build_gem(in_channels: int, cfg) -> GeM:
     return GeM(in_channels, p=cfg.gem_p)

@@ -7,9 +7,9 @@ spatial positions. ``model.l2`` wraps it as in the benchmark's code (before_pool
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 
 def mac(x: torch.Tensor) -> torch.Tensor:
@@ -17,16 +17,18 @@ def mac(x: torch.Tensor) -> torch.Tensor:
     return F.adaptive_max_pool2d(x, 1).flatten(1)
 
 
-class MAC(nn.Module):
+class MAC(Aggregation):
+    # A transformer's patch tokens arrive as their grid: the maximum over patches is as meaningful.
+    inputs = frozenset({"feature_map", "tokens"})
+    pooling = True
+
     def __init__(self, in_channels: int):
-        super().__init__()
-        self.output_dim = in_channels
+        super().__init__(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mac(x)
 
 
-# Tokens arrive as a (B, C, N, 1) map: the maximum over patch tokens is as meaningful as over positions.
-@AGGREGATIONS.register("mac", inputs={"feature_map", "tokens"}, pooling=True)
+@AGGREGATIONS.register("mac", type=MAC)
 def build_mac(in_channels: int, cfg) -> MAC:
     return MAC(in_channels)

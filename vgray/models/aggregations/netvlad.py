@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 
-class NetVLAD(nn.Module):
+class NetVLAD(Aggregation):
+    inputs = frozenset({"feature_map", "tokens"})
+
     def __init__(self, in_channels: int, clusters: int = 64):
-        super().__init__()
+        super().__init__(clusters * in_channels)
         self.clusters = clusters
-        self.output_dim = clusters * in_channels
         self.conv = nn.Conv2d(in_channels, clusters, kernel_size=1, bias=False)
         self.centroids = nn.Parameter(torch.rand(clusters, in_channels))
         # Saved in checkpoints so that a resumed or loaded model is not initialised again.
@@ -42,6 +44,7 @@ class NetVLAD(nn.Module):
 
     @property
     def needs_init(self) -> bool:
+        """True until the clusters come from k-means (or from a checkpoint)."""
         return not bool(self.initialized)
 
     def initialize(self, local_features: np.ndarray, seed: int = 0, niter: int = 100) -> None:
@@ -61,6 +64,6 @@ class NetVLAD(nn.Module):
             self.initialized.fill_(True)
 
 
-@AGGREGATIONS.register("netvlad", inputs={"feature_map", "tokens"}, pooling=False)
+@AGGREGATIONS.register("netvlad", type=NetVLAD)
 def build_netvlad(in_channels: int, cfg) -> NetVLAD:
     return NetVLAD(in_channels, clusters=cfg.netvlad_clusters)

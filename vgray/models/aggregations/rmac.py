@@ -14,9 +14,9 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 Region = Tuple[int, int, int, int]  # (top, left, height, width) in feature-map cells
 
@@ -60,17 +60,19 @@ def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
     return out
 
 
-class RMAC(nn.Module):
+class RMAC(Aggregation):
+    # Regions need the 2-D layout of a feature map: a sequence of tokens has none.
+    inputs = frozenset({"feature_map"})
+    pooling = True
+
     def __init__(self, in_channels: int, levels: int = 3, eps: float = 1e-6):
-        super().__init__()
+        super().__init__(in_channels)
         self.levels, self.eps = levels, eps
-        self.output_dim = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rmac(x, self.levels, self.eps)
 
 
-# Regions need the 2-D layout of a feature map: a sequence of tokens has none.
-@AGGREGATIONS.register("rmac", inputs={"feature_map"}, pooling=True)
+@AGGREGATIONS.register("rmac", type=RMAC)
 def build_rmac(in_channels: int, cfg) -> RMAC:
     return RMAC(in_channels)

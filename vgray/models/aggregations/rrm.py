@@ -10,17 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 
-class RRM(nn.Module):
+class RRM(Aggregation):
+    # A transformer's patch tokens arrive as their grid: averaged like positions.
+    inputs = frozenset({"feature_map", "tokens"})
+
     def __init__(self, in_channels: int):
-        super().__init__()
+        super().__init__(in_channels)
         self.norm_in = nn.LayerNorm(in_channels)
         self.fc1 = nn.Linear(in_channels, in_channels)
         self.fc2 = nn.Linear(in_channels, in_channels)
         self.norm_out = nn.LayerNorm(in_channels)
-        self.output_dim = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C)."""
@@ -29,7 +32,6 @@ class RRM(nn.Module):
         return F.normalize(self.norm_out(x), p=2, dim=1)
 
 
-# Tokens arrive as a (B, C, N, 1) map: the module averages them like positions.
-@AGGREGATIONS.register("rrm", inputs={"feature_map", "tokens"}, pooling=False)
+@AGGREGATIONS.register("rrm", type=RRM)
 def build_rrm(in_channels: int, cfg) -> RRM:
     return RRM(in_channels)

@@ -10,20 +10,21 @@ import torch
 from torch import nn
 
 from vgray.errors import BadInput
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS, BACKBONES
 
 
-class SeqPool(nn.Module):
+class SeqPool(Aggregation):
     """Tokens (B, T, C) -> attention-weighted mean (B, C), with its own scoring layer C -> 1."""
 
-    takes_tokens = True  # the network hands it the token sequence, not a feature map
+    inputs = frozenset({"tokens"})
+    takes_tokens = True  # the network hands it the token sequence, not the patch grid
 
     def __init__(self, in_channels: int):
-        super().__init__()
+        super().__init__(in_channels)
         self.attention = nn.Linear(in_channels, 1)
         nn.init.trunc_normal_(self.attention.weight, std=0.02)  # as CCT initialises it
         nn.init.zeros_(self.attention.bias)
-        self.output_dim = in_channels
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         weights = self.attention(tokens).softmax(dim=1)  # (B, T, 1)
@@ -31,14 +32,14 @@ class SeqPool(nn.Module):
 
 
 def _check(cfg) -> None:
-    from vgray.models.backbones import BACKBONES
-    if not BACKBONES.info(cfg.model.backbone).get("seqpool"):
-        with_seqpool = [n for n in BACKBONES.names() if BACKBONES.info(n).get("seqpool")]
+    """Only on a backbone whose trained weights include a SeqPool layer (its ``trained_heads``)."""
+    if "seqpool" not in BACKBONES.type_of(cfg.model.backbone).trained_heads:
+        with_seqpool = [n for n in BACKBONES.names() if "seqpool" in BACKBONES.type_of(n).trained_heads]
         raise BadInput(f"model.aggregation=seqpool pools the tokens of a backbone trained with it "
                        f"({', '.join(with_seqpool)}), not model.backbone={cfg.model.backbone}; "
                        f"for {cfg.model.backbone} choose cls, gem or netvlad")
 
 
-@AGGREGATIONS.register("seqpool", inputs={"tokens"}, pooling=False, check=_check)
+@AGGREGATIONS.register("seqpool", type=SeqPool, check=_check)
 def build_seqpool(in_channels: int, cfg) -> SeqPool:
     return SeqPool(in_channels)

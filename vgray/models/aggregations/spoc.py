@@ -7,9 +7,9 @@ PCA whitening. ``model.l2`` wraps it (before_pool, after_pool, none).
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.components import Aggregation
+from vgray.registry import AGGREGATIONS
 
 
 def spoc(x: torch.Tensor) -> torch.Tensor:
@@ -17,16 +17,18 @@ def spoc(x: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-class SPoC(nn.Module):
+class SPoC(Aggregation):
+    # A transformer's patch tokens arrive as their grid: the mean over patches.
+    inputs = frozenset({"feature_map", "tokens"})
+    pooling = True
+
     def __init__(self, in_channels: int):
-        super().__init__()
-        self.output_dim = in_channels
+        super().__init__(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return spoc(x)
 
 
-# Tokens arrive as a (B, C, N, 1) map: the mean over patch tokens.
-@AGGREGATIONS.register("spoc", inputs={"feature_map", "tokens"}, pooling=True)
+@AGGREGATIONS.register("spoc", type=SPoC)
 def build_spoc(in_channels: int, cfg) -> SPoC:
     return SPoC(in_channels)

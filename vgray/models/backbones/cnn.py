@@ -11,44 +11,39 @@ import torch
 import torchvision
 from torch import nn
 
+from vgray.checkpoint import check_fits
 from vgray.errors import BadInput
-from vgray.registry import BACKBONES
+from vgray.models.components import Backbone
 from vgray.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_source, source_state_dict
+from vgray.registry import BACKBONES
 
 
-
-class Backbone(nn.Module):
-    """A truncated network ``body``: images (B, 3, H, W) -> feature map (B, out_channels, h, w)."""
-
-    output = "feature_map"
+class CNNBackbone(Backbone):
+    """A truncated torchvision network ``body``: images (B, 3, H, W) -> feature map (B, out_channels, h, w)."""
 
     def __init__(self, body: nn.Sequential, out_channels: int, arch: str, source_names,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
+        super().__init__(arch, out_channels, mean, std)
         self.body = body
         # The name of each body module in the torchvision source model ("layer3", "features.28"),
         # so that a torchvision state dict file can be loaded into the truncated body.
         self.source_names = list(source_names)
-        self.out_channels = out_channels
-        self.arch = arch
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
     def load_source_state_dict(self, state: dict, origin: str) -> None:
-        """Load a state dict of the torchvision source architecture into the kept layers."""
-        mapped = {}
-        for key, value in self.body.state_dict().items():
+        """Load a state dict of the torchvision source architecture into the kept layers; the
+        layers cut off (a ResNet's layer4 for conv4, the classifier) are left out of the check."""
+        body_state = self.body.state_dict()
+        source_of = {}  # "6.0.conv1.weight" -> "layer3.0.conv1.weight"
+        for key in body_state:
             index, rest = key.split(".", 1)
-            source_key = f"{self.source_names[int(index)]}.{rest}"
-            if source_key not in state:
-                raise BadInput(f"weights file {origin} does not fit {self.arch}: key {source_key} missing")
-            if tuple(state[source_key].shape) != tuple(value.shape):
-                raise BadInput(f"weights file {origin} does not fit {self.arch}: {source_key} has shape "
-                               f"{tuple(state[source_key].shape)}, expected {tuple(value.shape)}")
-            mapped[key] = state[source_key]
-        self.body.load_state_dict(mapped)
+            source_of[key] = f"{self.source_names[int(index)]}.{rest}"
+        kept = {k: v for k, v in state.items() if k.startswith(tuple(f"{n}." for n in self.source_names))}
+        check_fits({source_of[k]: v for k, v in body_state.items()}, kept,
+                   f"weights file {origin} does not fit {self.arch}")
+        self.body.load_state_dict({key: kept[source] for key, source in source_of.items()})
 
 
 def _source_model(arch: str, pretrained: str) -> nn.Module:
@@ -66,20 +61,20 @@ def _freeze(modules) -> None:
             p.requires_grad_(False)
 
 
-def _resnet(arch: str, stage: int, out_channels: int, pretrained: str) -> Backbone:
+def _resnet(arch: str, stage: int, out_channels: int, pretrained: str) -> CNNBackbone:
     model = _source_model(arch, pretrained)
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     kept = names[: 7 if stage == 4 else 8]
     # The paper trains from layer3 on; everything before it stays as pretrained.
     _freeze(getattr(model, n) for n in kept[: kept.index("layer3")])
-    return Backbone(nn.Sequential(*(getattr(model, n) for n in kept)), out_channels, arch, kept)
+    return CNNBackbone(nn.Sequential(*(getattr(model, n) for n in kept)), out_channels, arch, kept)
 
 
-def _vgg_like(arch: str, frozen_layers: int, out_channels: int, pretrained: str) -> Backbone:
+def _vgg_like(arch: str, frozen_layers: int, out_channels: int, pretrained: str) -> CNNBackbone:
     model = _source_model(arch, pretrained)
     layers = list(model.features.children())[:-2]  # drop the last ReLU and max-pool, as the paper
     _freeze(layers[:frozen_layers])
-    return Backbone(nn.Sequential(*layers), out_channels, arch, [f"features.{i}" for i in range(len(layers))])
+    return CNNBackbone(nn.Sequential(*layers), out_channels, arch, [f"features.{i}" for i in range(len(layers))])
 
 
 def _check_cnn(cfg) -> None:
@@ -94,21 +89,12 @@ def _check_cnn(cfg) -> None:
 _RESNET_CHANNELS = {("resnet18", 4): 256, ("resnet18", 5): 512, ("resnet50", 4): 1024,
                     ("resnet50", 5): 2048, ("resnet101", 4): 1024, ("resnet101", 5): 2048}
 for (_arch, _stage), _channels in _RESNET_CHANNELS.items():
-    BACKBONES.register(f"{_arch}conv{_stage}", output="feature_map", out_channels=_channels, check=_check_cnn)(
+    BACKBONES.register(f"{_arch}conv{_stage}", type=CNNBackbone, out_channels=_channels, check=_check_cnn)(
         lambda pretrained="none", a=_arch, s=_stage, c=_channels: _resnet(a, s, c, pretrained))
 
 # VGG16: layers[:-5] frozen, i.e. all but the last conv block (conv5_1..conv5_3 with their ReLUs).
-BACKBONES.register("vgg16", output="feature_map", out_channels=512, check=_check_cnn)(
+BACKBONES.register("vgg16", type=CNNBackbone, out_channels=512, check=_check_cnn)(
     lambda pretrained="none": _vgg_like("vgg16", -5, 512, pretrained))
 # AlexNet: the first five modules (conv1, ReLU, pool, conv2, ReLU) frozen, as the paper's code.
-BACKBONES.register("alexnet", output="feature_map", out_channels=256, check=_check_cnn)(
+BACKBONES.register("alexnet", type=CNNBackbone, out_channels=256, check=_check_cnn)(
     lambda pretrained="none": _vgg_like("alexnet", 5, 256, pretrained))
-
-
-def create_backbone(name: str, pretrained: str = "none") -> Backbone:
-    """Build a registered backbone; ``pretrained`` is ``none`` or a named source (files: see network)."""
-    return BACKBONES.create(name, pretrained=pretrained)
-
-
-# The transformer backbones (vit, cct384) register themselves in their own files.
-from vgray.models import cct, transformers  # noqa: E402,F401

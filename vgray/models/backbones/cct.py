@@ -8,20 +8,22 @@ A convolutional tokenizer (two 7x7 stride-2 convolutions without bias, each foll
 embedding, 14 encoder blocks (6 heads, MLP ratio 3, attention dropout 0.1, stochastic depth rising
 linearly to 0.1) and a final LayerNorm. CCT has no class token: its classifier pools the sequence
 with SeqPool, which lives in :mod:`vgray.models.aggregations.seqpool`; the ImageNet weights of that
-pooling layer are handed to it when ``model.aggregation=seqpool``. ``cls`` on CCT takes the first
+pooling layer are handed to it when ``model.aggregation=seqpool`` (``trained_heads``). ``cls`` on CCT takes the first
 output token, as the paper's code did.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 from timm.layers import Attention, DropPath, Mlp
 from torch import nn
 
-from vgray.models.backbones import BACKBONES
+from vgray.checkpoint import load_fitting
+from vgray.models.backbones.tokens import check_encoder_keys, freeze, kept_blocks
+from vgray.models.components import Aggregation, TokenBackbone
 from vgray.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, source_state_dict
-from vgray.models.transformers import TokenBackbone, check_encoder_keys, freeze, kept_blocks, load_checked
+from vgray.registry import BACKBONES
 
 ARCH = "cct_14_7x2_384"
 DEPTH, DIM, HEADS, MLP_RATIO = 14, 384, 6, 3.0
@@ -56,6 +58,8 @@ def _tokenizer() -> nn.Sequential:
 
 class CCT(TokenBackbone):
     """Images (B, 3, 384, 384) -> final-norm tokens (B, 576, 384)."""
+
+    trained_heads = frozenset({"seqpool"})  # its ImageNet classifier pools with SeqPool
 
     def __init__(self, trunc_te: Optional[int] = None, freeze_te: Optional[int] = None, pretrained: str = "none"):
         grid = (SIZE[0] // 16, SIZE[1] // 16)  # four stride-2 stages
@@ -104,14 +108,13 @@ class CCT(TokenBackbone):
             if own is None or (own.startswith("blocks.") and int(own.split(".")[1]) >= kept):
                 continue
             mapped[own] = value
-        load_checked(self, mapped, origin, ARCH)
+        load_fitting(self, mapped, f"weights file {origin} does not fit {ARCH}")
         pool = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.startswith("classifier.attention_pool.")}
         self.pretrained_pool = pool or None
 
-    def init_aggregation(self, aggregation: nn.Module) -> None:
-        """Hand the ImageNet SeqPool layer to a seqpool aggregation (called by build_model)."""
-        from vgray.models.aggregations.seqpool import SeqPool
-        if self.pretrained_pool is not None and isinstance(aggregation, SeqPool):
+    def init_aggregation(self, aggregation: Aggregation, name: str) -> None:
+        """Hand the ImageNet SeqPool layer (its scoring layer ``attention``) to a seqpool aggregation."""
+        if self.pretrained_pool is not None and name == "seqpool":
             aggregation.attention.load_state_dict(self.pretrained_pool)
 
 
@@ -133,7 +136,7 @@ def _own_key(source: str) -> Optional[str]:
         module, param = rest.rsplit(".", 1)
         if module in _BLOCK_NAMES:
             return f"blocks.{index}.{_BLOCK_NAMES[module]}.{param}"
-        return f"blocks.{index}.{rest}"  # unknown: reported as unexpected by load_checked
+        return f"blocks.{index}.{rest}"  # unknown: reported as unexpected by the fit check
     if source.startswith(("classifier.fc.", "classifier.attention_pool.")):
         return None
     return source  # unknown: reported as unexpected
@@ -154,6 +157,5 @@ def _check_cct(cfg) -> None:
     check_encoder_keys(cfg, DEPTH)
 
 
-BACKBONES.register("cct384", output="tokens", out_channels=DIM, input_sizes={SIZE}, seqpool=True,
-                   check=_check_cct)(
+BACKBONES.register("cct384", type=CCT, out_channels=DIM, input_sizes={SIZE}, check=_check_cct)(
     lambda pretrained="none", image_size=SIZE, trunc_te=None, freeze_te=None: CCT(trunc_te, freeze_te, pretrained))

@@ -1,0 +1,168 @@
+"""Image reading and decoding: files -> RGB images or uint8 tensors, unreadable files named by path.
+
+Unreadable images are reported by path: the run stops with :class:`~vgray.errors.BadInput`, or,
+with ``data.skip_corrupt``, the image is left out (:func:`unreadable`).
+
+Decoding (``data.decode``): on the PIL path loader workers decode, resize and normalise each image
+(:class:`ImageList`). On the torchvision path (the hard-resize transform,
+:class:`~vgray.data.transforms.ResizeNormalize`, only; other transforms stay on PIL; see
+:func:`device_transform`) workers only read the files' bytes (:class:`EncodedImages`); each batch
+of JPEGs is decoded in one ``torchvision.io.decode_jpeg`` call on the runtime's device (nvjpeg on a
+GPU, libjpeg-turbo on the CPU; :func:`decode_on_device`), then resized and normalised there. Files
+that are not JPEGs, or whose bytes do not end with the JPEG end-of-image marker (truncated ones),
+are decoded in the worker (``torchvision.io.decode_image``, PIL where that fails); a JPEG the
+device cannot decode is decoded by PIL from its bytes, so that what PIL can read is read, and what
+it cannot is reported by path with PIL's message, exactly as on the PIL path.
+"""
+from __future__ import annotations
+
+import abc
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vgray.data.transforms import ResizeNormalize
+from vgray.errors import BadInput
+from vgray.runtime import Runtime
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; carries its path."""
+
+    def __init__(self, path: str, cause: Exception):
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        super().__init__(f"{type(cause).__name__}: {first}")
+        self.path = path
+
+
+def read_image(path: str) -> Image.Image:
+    """The RGB image in file ``path``; raises :class:`UnreadableImage` when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # truncated, corrupt, unreadable, not an image
+        raise UnreadableImage(path, exc) from exc
+
+
+def unreadable(path: str, message: str, skip_corrupt: bool, log: Optional[Callable[[str], None]] = None) -> None:
+    """An image that cannot be read: the run stops with :class:`BadInput` naming it or, with
+    ``data.skip_corrupt``, it is reported (``log``, default stderr) and left out."""
+    if not skip_corrupt:
+        raise BadInput(f"image {path} cannot be read ({message}); fix or remove it, "
+                       f"or set data.skip_corrupt=true to leave such images out")
+    (log or (lambda m: print(f"vgray: {m}", file=sys.stderr)))(f"skipping unreadable image {path} ({message})")
+
+
+def device_transform(rt: Runtime, transform):
+    """``transform`` when its images are decoded and transformed on the device (``data.decode``:
+    torchvision, or auto on a CUDA device, and a transform that can run on tensors), else None."""
+    if not rt.decodes_on_device():
+        return None
+    return transform if isinstance(transform, ResizeNormalize) else None
+
+
+class SafeDataset(Dataset, abc.ABC):
+    """A dataset whose items read image files. An unreadable image is returned as
+    ``(None, i, (path, message))``, not raised, so that the main process can name the file in one
+    line (an exception raised in a loader worker arrives wrapped in a traceback)."""
+
+    @abc.abstractmethod
+    def load(self, i: int):
+        """Item ``i`` (a tensor); raises :class:`UnreadableImage` for a bad file."""
+
+    def __getitem__(self, i: int):
+        try:
+            return self.load(i), i, None
+        except UnreadableImage as exc:
+            return None, i, (exc.path, str(exc))
+
+
+class ImageList(SafeDataset):
+    """Images at ``paths`` through ``transform``."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.transform(read_image(self.paths[i]))
+
+
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+class EncodedImages(SafeDataset):
+    """The files at ``paths`` for decoding on the device: a complete JPEG as its bytes
+    ``("jpeg", uint8 tensor (n,))``; any other image decoded here, ``("pixels", uint8 (3, h, w))``
+    (torchvision's decoder, PIL where it fails or is not RGB uint8, so that PIL's formats and
+    messages stay as on the PIL path)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int):
+        path = self.paths[i]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise UnreadableImage(path, exc) from exc
+        if data.startswith(_JPEG_START) and data.rstrip(b"\0").endswith(_JPEG_END):
+            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return "pixels", decode_here(path, data)
+
+
+def decode_here(path: str, data: Optional[bytes] = None) -> torch.Tensor:
+    """uint8 (3, h, w) of the image in file ``path`` (``data``: its bytes), decoded on the CPU:
+    by torchvision unless it is a JPEG (one that gets here is incomplete or broken), else by PIL."""
+    from torchvision.io import ImageReadMode, decode_image
+    if data is not None and not data.startswith(_JPEG_START):
+        try:
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            if image.dtype == torch.uint8 and image.shape[0] == 3:
+                return image
+        except Exception:
+            pass
+    # PIL reads the file itself, so that its message names the path as on the PIL path.
+    return torch.from_numpy(np.asarray(read_image(path)).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_on_device(items: List[Tuple[str, torch.Tensor]], paths: Sequence[str], device: torch.device):
+    """``(images, errors)``: uint8 (3, h, w) tensors on ``device`` (None where unreadable) for
+    :class:`EncodedImages` items; the JPEGs in one batched ``decode_jpeg`` call on ``device``. If
+    that call fails, each JPEG is decoded alone, and one the device cannot decode is decoded by
+    PIL from its bytes (an :class:`UnreadableImage` there is an error ``(k, (path, message))``)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    images: List[Optional[torch.Tensor]] = [None] * len(items)
+    errors = []
+    jpegs = [k for k, (kind, _) in enumerate(items) if kind == "jpeg"]
+    for k, (kind, data) in enumerate(items):
+        if kind == "pixels":
+            images[k] = data.to(device, non_blocking=True)
+    if jpegs:
+        try:
+            decoded = decode_jpeg([items[k][1] for k in jpegs], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = [None] * len(jpegs)
+        for k, image in zip(jpegs, decoded):
+            if image is None:
+                try:
+                    image = decode_jpeg(items[k][1], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    try:
+                        image = decode_here(paths[k]).to(device)
+                    except UnreadableImage as exc:
+                        errors.append((k, (exc.path, str(exc))))
+                        continue
+            images[k] = image
+    return images, errors

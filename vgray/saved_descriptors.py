@@ -1,0 +1,256 @@
+"""The saved-descriptor folder: what ``vgray eval --save-descriptors DIR`` and ``vgray extract --out
+DIR`` write and ``vgray locate --database DIR`` and ``vgray bench knn --descriptors DIR`` read.
+
+==========================  ========================================================================
+``database.parquet``        one row per database image in search order: ``path`` (as found on
+                            disk), ``utm_east``, ``utm_north`` (float64), ``descriptor`` (fixed-size
+                            list of float32); :func:`descriptor_table`
+``queries.parquet``         the same for the queries; multi-crop test methods add a ``crop`` (int8)
+                            column after ``path``, one row per query and crop
+``config.yaml``             the full config the descriptors were made with
+``model.pt``                the network's state dict exactly as evaluated (NetVLAD's clusters
+                            included); :func:`write_model`, :func:`load_model`
+``pca.faiss``               the faiss PCAMatrix applied before the search (``model.pca_dim``);
+                            :func:`save_pca`, :func:`load_pca`
+``index.<key>.faiss``       locate's cached ``test.knn`` index; :func:`index_path`
+``database.index.faiss``    ``vgray extract --index``: the database shards in a faiss index
+==========================  ========================================================================
+
+Every file is written to a temporary name and moved into place. Part of the ground (it imports
+only :mod:`vgray.atomic`, :mod:`vgray.checkpoint`, :mod:`vgray.config` and :mod:`vgray.errors`), so
+that evaluation, locate and the Ray extraction share it without importing each other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from vgray.atomic import atomic_path, commit, temp_name, write_text
+from vgray.checkpoint import load_fitting, read_state_dict
+from vgray.errors import BadInput, faiss_message
+
+CONFIG_FILE, MODEL_FILE, PCA_FILE = "config.yaml", "model.pt", "pca.faiss"
+DATABASE_FILE, QUERIES_FILE = "database.parquet", "queries.parquet"
+INDEX_FILE = "database.index.faiss"  # vgray extract --index
+
+
+def descriptor_table(images, rows: np.ndarray, descriptors: np.ndarray,
+                     crop: Optional[np.ndarray] = None) -> pa.Table:
+    """The ``--save-descriptors`` schema for rows ``rows`` of ``images`` (anything with ``paths``
+    and ``utm`` (n, 2), such as :class:`~vgray.data.dataset.ImageSet`) and their ``descriptors``
+    (len(rows), d): path, utm_east, utm_north (float64), descriptor (float32 list); with ``crop``
+    (multi-crop test methods), a ``crop`` column (int8) after ``path``."""
+    d = descriptors.shape[1]
+    flat = pa.array(np.ascontiguousarray(descriptors, dtype=np.float32).reshape(-1))
+    columns = {"path": pa.array([images.paths[i] for i in rows], pa.string())}
+    if crop is not None:
+        columns["crop"] = pa.array(crop, pa.int8())
+    columns.update({
+        "utm_east": pa.array(images.utm[rows, 0], pa.float64()),
+        "utm_north": pa.array(images.utm[rows, 1], pa.float64()),
+        "descriptor": pa.FixedSizeListArray.from_arrays(flat, d),
+    })
+    return pa.table(columns)
+
+
+class AtomicParquet:
+    """A parquet file written in pieces to a temporary name and moved into place when complete."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.tmp = temp_name(self.path)
+        self.writer = None
+        self.made_dir = False
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (the first one fixes the schema)."""
+        if self.writer is None:
+            self.made_dir = not self.path.parent.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        if self.writer is not None:
+            self.writer.close()
+            commit(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Remove what was written (and the folder, if this file made it and it is empty)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.tmp.unlink(missing_ok=True)
+            if self.made_dir and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
+
+
+class DescriptorWriter:
+    """``DIR/database.parquet`` and ``DIR/queries.parquet`` (and ``DIR/pca.faiss``) of one
+    evaluation: database rows appended as they come, everything moved into place by
+    :meth:`finish`, or nothing left behind by :meth:`abort`."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.database = AtomicParquet(self.out / DATABASE_FILE)
+        self.queries = AtomicParquet(self.out / QUERIES_FILE)
+
+    def add_database(self, images, rows: np.ndarray, xb: np.ndarray) -> None:
+        """Append database rows ``rows`` of ``images`` with their descriptors ``xb``."""
+        self.database.write(descriptor_table(images, rows, xb))
+
+    def finish(self, images, rows: np.ndarray, xq: np.ndarray, views: int,
+               pca: Optional[faiss.VectorTransform] = None) -> None:
+        """Write the queries (``rows`` of ``images``; ``xq`` holds ``views`` rows per query,
+        query-major: a ``crop`` column when more than one) and ``pca``, then move every file into place."""
+        crop = np.tile(np.arange(views), len(rows)) if views > 1 else None
+        self.queries.write(descriptor_table(images, np.repeat(rows, views), xq, crop))
+        if pca is not None:
+            save_pca(pca, self.out / PCA_FILE)
+        self.database.close()
+        self.queries.close()
+
+    def abort(self) -> None:
+        """Remove the partial files."""
+        self.database.abort()
+        self.queries.abort()
+
+
+def descriptor_matrix(table: pa.Table) -> np.ndarray:
+    """The ``descriptor`` column of a descriptor table as ``(n, d)`` float32."""
+    column = table.column("descriptor").combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):  # a plain list column, as other tools write
+        return np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat, dtype=np.float32).reshape(len(table), column.type.list_size)
+
+
+def read_descriptors(path: str | os.PathLike, flag: str = "--descriptors") -> Tuple[np.ndarray, np.ndarray]:
+    """``(x (n, d) float32, utm (n, 2) float64)`` of a single-view descriptor table; a missing,
+    foreign or multi-crop file is bad input, named after ``flag`` (the option that gave it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{flag}: {path} does not exist; write it with vgray eval --save-descriptors DIR")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise BadInput(f"{flag}: {path} is not a parquet file ({exc})")
+    if "crop" in table.column_names:
+        raise BadInput(f"{flag}: {path} holds several crops per query (test.method nearest_crop or "
+                       f"maj_voting); save the descriptors with a single-view test method")
+    missing = {"utm_east", "utm_north", "descriptor"} - set(table.column_names)
+    if missing:
+        raise BadInput(f"{flag}: {path} lacks the columns {', '.join(sorted(missing))}")
+    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
+    return descriptor_matrix(table), utm.astype(np.float64)
+
+
+def write_model(out: str | os.PathLike, cfg, model: torch.nn.Module) -> None:
+    """``out/config.yaml`` (the full config) and ``out/model.pt`` (the state dict as evaluated),
+    each written to a temporary file and moved into place."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG_FILE, cfg.to_yaml())
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / MODEL_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_model(root: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the weights of ``root/model.pt``; a file that does not hold that network is
+    bad input naming the folder."""
+    what = f"--database {Path(root)}: {MODEL_FILE}"
+    state = read_state_dict(Path(root) / MODEL_FILE, what)
+    load_fitting(model, state, f"{what} does not hold this config's network")
+    return model
+
+
+def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike) -> None:
+    """Write ``pca`` to ``path`` atomically (a temporary file moved into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        faiss.write_VectorTransform(pca, str(tmp))
+
+
+def load_pca(path: str | os.PathLike) -> faiss.PCAMatrix:
+    """The PCA saved at ``path``; a missing or foreign file is bad input naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"PCA file {path} does not exist")
+    try:
+        pca = faiss.read_VectorTransform(str(path))  # already the concrete class, owning its data
+    except RuntimeError as exc:
+        raise BadInput(f"PCA file {path} cannot be read: {faiss_message(exc)}")
+    if not isinstance(pca, faiss.PCAMatrix):
+        raise BadInput(f"PCA file {path} holds a {type(pca).__name__}, not a PCA")
+    return pca
+
+
+@dataclasses.dataclass
+class Database:
+    """A saved descriptor folder: config, paths and UTM positions of the database, descriptor size."""
+    root: Path
+    cfg: object
+    paths: List[str]
+    utm: np.ndarray  # (n, 2) float64
+    d: int
+
+    def descriptors(self) -> np.ndarray:
+        """``xb`` (n, d) float32, read only when the index is built (a cached index needs none)."""
+        return descriptor_matrix(pq.read_table(self.root / DATABASE_FILE, columns=["descriptor"]))
+
+    def pca(self) -> Optional[faiss.PCAMatrix]:
+        """The PCA the descriptors were projected with, or None when they were not."""
+        return load_pca(self.root / PCA_FILE) if (self.root / PCA_FILE).is_file() else None
+
+
+def open_database(root: str | os.PathLike) -> Database:
+    """Read ``DIR/config.yaml`` and ``DIR/database.parquet``; missing or foreign files are bad input."""
+    from vgray.config import load_config
+
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInput(f"--database {root}: no such folder; write one with vgray eval --save-descriptors {root}")
+    for name in (CONFIG_FILE, MODEL_FILE, DATABASE_FILE):
+        if not (root / name).is_file():
+            raise BadInput(f"--database {root}: no {name}; write the folder with vgray eval --save-descriptors {root}")
+    try:
+        cfg = load_config(root / CONFIG_FILE)
+    except BadInput as exc:
+        raise BadInput(f"--database {root}: {CONFIG_FILE} is not a valid vgray config ({exc})")
+    try:
+        d = pq.read_schema(root / DATABASE_FILE).field("descriptor").type.list_size
+        table = pq.read_table(root / DATABASE_FILE, columns=["path", "utm_east", "utm_north"])
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInput(f"--database {root}: {DATABASE_FILE} is not a vgray descriptor table "
+                       f"(path, utm_east, utm_north, descriptor): {first[:160]}")
+    if len(table) == 0 or not isinstance(d, int) or d < 1:
+        raise BadInput(f"--database {root}: {DATABASE_FILE} holds no descriptors")
+    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
+    return Database(root, cfg, table.column("path").to_pylist(), utm.astype(np.float64), d)
+
+
+def index_path(db: Database) -> Path:
+    """Where the index of ``db`` for its ``test.knn`` is cached: ``index.<key>.faiss``, the key
+    hashing the index string and the size and modification time of ``database.parquet``, so that a
+    changed database or another ``test.knn`` gets a new file."""
+    stat = (db.root / DATABASE_FILE).stat()
+    key = f"{db.cfg.test.knn}|{stat.st_size}|{stat.st_mtime_ns}|{db.d}"
+    return db.root / f"index.{hashlib.sha1(key.encode()).hexdigest()[:16]}.faiss"
+
+
+def stale_indexes(db: Database) -> List[Path]:
+    """The cached index files of ``db`` other than the current :func:`index_path`."""
+    current = index_path(db)
+    return [p for p in db.root.glob("index.*.faiss") if p != current]
