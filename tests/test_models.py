@@ -10,6 +10,7 @@ from vgray.config import load_config
 from vgray.errors import BadInput
 from vgray.models import build_model
 from vgray.models.aggregations import AGGREGATIONS
+from vgray.models.aggregations.mixvpr import local_map_size
 from vgray.models.backbones import BACKBONES
 from vgray.models.profile import model_cost
 
@@ -20,7 +21,7 @@ def _allowed(backbone, aggregation):
         return False
     try:
         load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                               "model.pretrained=none", *small_size(backbone)[1]])
+                               "model.pretrained=none", *small_size(backbone)[1], *fitted(backbone, aggregation)])
     except BadInput:
         return False
     return True
@@ -28,6 +29,11 @@ def _allowed(backbone, aggregation):
 
 # Aggregations whose descriptor is clusters x channels (8 clusters below); the others give channels.
 VLAD_LIKE = {"netvlad", "crn"}
+# Aggregations whose descriptor size is set by their own keys (the published defaults), not the channels.
+OWN_DIM = {"convap": 512 * 2 * 2, "mixvpr": 1024 * 4}
+OWN_DIM["salad"] = 64 * 128 + 256
+# BoQ: its projection (half the backbone's channels) x 32 rows.
+DIM_OF_CHANNELS = {"boq": lambda channels: channels // 2 * 32}
 
 
 def model_for(backbone, aggregation, *extra):
@@ -39,10 +45,23 @@ def model_for(backbone, aggregation, *extra):
 def small_size(backbone):
     """Tiny inputs for CNNs; transformers take only their square sizes (the smallest), one block."""
     sizes = BACKBONES.info(backbone).get("input_sizes")
+    patch = BACKBONES.info(backbone).get("patch")
+    if patch:  # DINOv2: sides multiples of its patch, 9 x 9 patches (more than SALAD's 64 clusters)
+        return (9 * patch, 9 * patch), [f"data.resize=[{9 * patch},{9 * patch}]", "model.trunc_te=1"]
     if not sizes:
         return (64, 80), []
     h, w = min(sizes)
     return (h, w), [f"data.resize=[{h},{w}]", "model.trunc_te=1"]
+
+
+def fitted(backbone, aggregation):
+    """Keys that fit an aggregation sized for one feature map (MixVPR) to the tiny input: that size,
+    and the backbone's map there."""
+    if not AGGREGATIONS.type_of(aggregation).fixed_grid:
+        return []
+    (h, w), extra = small_size(backbone)
+    cfg = load_config(overrides=[f"model.backbone={backbone}", f"data.resize=[{h},{w}]", *extra])
+    return [f"data.resize=[{h},{w}]", f"model.mixvpr_map_size={list(local_map_size(cfg))}"]
 
 
 PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names() if _allowed(b, a)]
@@ -56,8 +75,11 @@ def test_every_pair_forward_backward(backbone, aggregation, fc):
     torch.manual_seed(0)
     size, extra = small_size(backbone)
     extra += [f"model.fc_output_dim={fc}"] if fc else []
+    extra += fitted(backbone, aggregation)
     model = model_for(backbone, aggregation, *extra)
-    expected = fc or BACKBONES.info(backbone)["out_channels"] * (8 if aggregation in VLAD_LIKE else 1)
+    channels = BACKBONES.info(backbone)["out_channels"]
+    expected = fc or OWN_DIM.get(aggregation) or DIM_OF_CHANNELS.get(aggregation, lambda c: None)(channels) or \
+        channels * (8 if aggregation in VLAD_LIKE else 1)
     assert model.features_dim == expected
     model.train()
     x = torch.rand(2, 3, *size)
@@ -90,7 +112,7 @@ def test_freezing_follows_the_paper():
 
 
 def test_unknown_names_list_the_registry():
-    with pytest.raises(BadInput, match="choose one of: alexnet, cct384, resnet101conv4"):
+    with pytest.raises(BadInput, match="choose one of: alexnet, cct384, dinov2_vitb14, .*resnet101conv4"):
         load_config(overrides=["model.backbone=resnet34conv4"])
     with pytest.raises(BadInput, match="gem"):
         load_config(overrides=["model.aggregation=vlad"])
@@ -192,13 +214,12 @@ def test_netvlad_initialisation_from_local_features():
 
 def _profile_settings(aggregation):
     """A backbone whose output ``aggregation`` takes, at the smallest input it allows: a CNN at
-    64x64, else ViT at 224 or, for an aggregation only CCT's weights carry (seqpool), CCT at 384,
-    with one encoder block."""
+    64x64, else ViT at 224, CCT at 384 (seqpool: only CCT's weights carry it) or DINOv2-S at 126
+    (SALAD: needs a class token), with one encoder block."""
     if "feature_map" in AGGREGATIONS.type_of(aggregation).inputs:
-        return ["model.backbone=resnet18conv4", "data.resize=[64,64]"]
-    for backbone in ("vit", "cct384"):
-        h, w = min(BACKBONES.info(backbone)["input_sizes"])
-        sets = [f"model.backbone={backbone}", f"data.resize=[{h},{w}]", "model.trunc_te=1"]
+        return ["model.backbone=resnet18conv4", "data.resize=[64,64]", *fitted("resnet18conv4", aggregation)]
+    for backbone in ("vit", "cct384", "dinov2_vits14"):  # SALAD needs DINOv2's class token
+        sets = [f"model.backbone={backbone}", *small_size(backbone)[1]]
         if _allowed(backbone, aggregation):
             return sets
     raise AssertionError(f"no backbone takes {aggregation}")

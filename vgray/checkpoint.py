@@ -37,11 +37,13 @@ PathLike = Union[str, os.PathLike]
 
 # -- reading -----------------------------------------------------------------------------------
 
-# Some publishers store numpy arrays beside the weights (cirtorch's meta); rebuilding an array runs
-# no code, so these are allowed on top of what ``weights_only`` allows.
+# Some publishers store numpy arrays and scalars beside the weights (cirtorch's meta; the paper's
+# train.py: ``recalls`` an array, ``best_r5`` an np.float64); rebuilding them runs no code, so these
+# are allowed on top of what ``weights_only`` allows (the dtype classes of the plain numeric dtypes).
 _NUMPY_GLOBALS = [np.ndarray, np.dtype, (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
                   np._core.multiarray._reconstruct, (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-                  np._core.multiarray.scalar, *{type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8")}]
+                  np._core.multiarray.scalar,
+                  *{type(np.dtype(t)) for t in ("b1", "f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")}]
 
 
 def _torch_load(path: Path, unreadable: str, mmap: bool = False) -> Any:

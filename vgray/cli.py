@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--preset", default="tiny", help="tiny, small or large")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", default="vg", help="vg (the VG format, every split) or gsv_cities (the train "
+                                                  "images as GSV-Cities: Dataframes/<city>.csv + Images/<city>/)")
 
     p = sub.add_parser("profile", help="cost of a model: features_dim, gflops, model_size_mb, params, extraction_ms")
     _config_args(p)
@@ -125,6 +127,14 @@ def _load(args):
 
 def cmd_synth(args) -> None:
     """``vgray synth OUT``: write a VG-format synthetic dataset."""
+    if args.layout not in ("vg", "gsv_cities"):
+        raise BadInput(f"--layout {args.layout!r} is not allowed; choose vg or gsv_cities")
+    if args.layout == "gsv_cities":
+        from vgray.data.synthetic.gsv import generate_gsv_cities
+        out = generate_gsv_cities(Path(args.out), preset=args.preset, seed=args.seed)
+        print(f"wrote the train images of synthetic dataset '{args.preset}' (seed {args.seed}) in the "
+              f"GSV-Cities layout to {out}")
+        return
     from vgray.data.synthetic import generate
     out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
     print(f"wrote synthetic dataset '{args.preset}' (seed {args.seed}) to {out}")

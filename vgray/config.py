@@ -27,7 +27,7 @@ import yaml
 
 from vgray import registry
 from vgray.errors import BadInput
-from vgray.registry import AGGREGATIONS, BACKBONES, LOSSES, MINING, TEST_METHODS
+from vgray.registry import AGGREGATIONS, BACKBONES, LOSSES, MINING, PLACE_LOSSES, PLACE_MINERS, TEST_METHODS
 
 
 def _key(default, help: str, **checks):
@@ -47,6 +47,11 @@ def _key(default, help: str, **checks):
 @dataclass(frozen=True)
 class DataConfig:
     root: str = _key("synthetic:tiny", "dataset folder in the VG format, or synthetic:tiny|small|large")
+    layout: str = _key("vg", "layout of data.root: vg (the VG format), gsv_cities (Dataframes/<city>.csv + "
+                             "Images/<city>/; training with train.regime=places only)",
+                       choices=["vg", "gsv_cities"])
+    val_root: Optional[str] = _key(None, "VG-format dataset whose val split validates training (null: data.root's; "
+                                         "required with data.layout=gsv_cities)")
     resize: List[int] = _key([480, 640], "[H, W] of train and test images", positive=True, length=2)
     resize_fraction: float = _key(1.0, "scale of both sides of resize (the paper's resolution study)",
                                   range=(1e-3, 1.0))
@@ -72,7 +77,8 @@ class ModelConfig:
     backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=BACKBONES)
     aggregation: str = _key("netvlad", "aggregation (registry name)", choices=AGGREGATIONS)
     pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
-                                       "radenovic_sfm, or a weights file (a vgray checkpoint included)")
+                                       "radenovic_sfm, cosplace, eigenplaces, or a weights file (a vgray "
+                                       "checkpoint, the paper's, CosPlace's: detected from its keys)")
     netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
     fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size",
                                         positive=True)
@@ -87,6 +93,31 @@ class ModelConfig:
                                           "(null: none frozen; 0 freezes the embedding only)", range=(0, 1000))
     resume_from: Optional[str] = _key(None, "checkpoint whose weights start this model (CRN: a NetVLAD "
                                             "checkpoint of the same backbone)")
+    mixvpr_map_size: List[int] = _key([20, 20], "MixVPR: [h, w] of the feature map it is built for; must be the "
+                                                "backbone's at data.image_size (resnet50conv4 at 320x320: 20x20)",
+                                      positive=True, length=2)
+    mixvpr_out_channels: int = _key(1024, "MixVPR: channel projection size (published 1024)", positive=True)
+    mixvpr_out_rows: int = _key(4, "MixVPR: row projection size; descriptor = out_channels x out_rows (4)",
+                                positive=True)
+    mixvpr_depth: int = _key(4, "MixVPR: Feature-Mixer blocks L (4)", positive=True)
+    mixvpr_mlp_ratio: float = _key(1.0, "MixVPR: Feature-Mixer MLP hidden size / h*w (1)", positive=True)
+    convap_out_channels: int = _key(512, "Conv-AP: channels of its 1x1 conv (GSV-Cities 512; released "
+                                         "128 to 2048)", positive=True)
+    convap_pool_size: List[int] = _key([2, 2], "Conv-AP: [s1, s2] of its adaptive average pooling; "
+                                               "descriptor = out_channels x s1 x s2 (2x2)", positive=True, length=2)
+    train_blocks: Optional[int] = _key(None, "DINOv2: how many of the last encoder blocks train, the rest and the "
+                                             "embeddings frozen (SALAD 4, BoQ 2; null: all train)", range=(0, 1000))
+    salad_clusters: int = _key(64, "SALAD: clusters m (64); descriptor = clusters x cluster_dim + token_dim",
+                               positive=True)
+    salad_cluster_dim: int = _key(128, "SALAD: channels l of each cluster's aggregated features (128)", positive=True)
+    salad_token_dim: int = _key(256, "SALAD: size g of the global (class) token's projection (256)", positive=True)
+    salad_dropout: float = _key(0.3, "SALAD: dropout in its score and feature MLPs (0.3)", range=(0.0, 0.99))
+    boq_queries: int = _key(64, "BoQ: learned queries per block (64)", positive=True)
+    boq_layers: int = _key(2, "BoQ: stacked blocks (2)", positive=True)
+    boq_row_dim: int = _key(32, "BoQ: output rows; descriptor = proj_channels x row_dim (32)", positive=True)
+    boq_proj_channels: Optional[int] = _key(None, "BoQ: channels of its 3x3 input projection (null: half the "
+                                                  "backbone's: 512 on resnet50conv4, 384 on dinov2_vitb14)",
+                                            positive=True)
 
 
 @dataclass(frozen=True)
@@ -122,6 +153,24 @@ class TrainConfig:
     memory_budget_mb: Optional[float] = _key(
         None, "largest mining cache a refresh may hold; full mining refuses a bigger database (null: no limit)",
         positive=True)
+    regime: str = _key("triplets", "training regime: triplets (the paper's, with offline mining), places "
+                                   "(batches of P places x K images, pytorch-metric-learning loss and miner)",
+                       choices=["triplets", "places"])
+    places_per_batch: int = _key(16, "places regime: places per batch (P)", positive=True)
+    images_per_place: int = _key(4, "places regime: images per place (K; GSV-Cities: 4)", range=(2, 1000))
+    place_size_m: float = _key(10.0, "places regime on a VG-format set: UTM grid cell of one place, metres",
+                               positive=True)
+    batches_per_epoch: Optional[int] = _key(None, "places regime: batches per epoch (null: every place once)",
+                                            positive=True)
+    pml_loss: str = _key("multi_similarity", "places regime: loss (multi_similarity, contrastive, triplet, circle)",
+                         choices=PLACE_LOSSES)
+    pml_miner: str = _key("multi_similarity", "places regime: miner (multi_similarity, triplet_margin, "
+                                              "pair_margin, none)", choices=PLACE_MINERS)
+    ms_alpha: float = _key(1.0, "multi-similarity loss alpha (GSV-Cities: 1)", positive=True)
+    ms_beta: float = _key(50.0, "multi-similarity loss beta (GSV-Cities: 50)", positive=True)
+    ms_base: float = _key(0.0, "multi-similarity loss base (GSV-Cities: 0)", range=(-1.0, 1.0))
+    miner_margin: float = _key(0.1, "multi-similarity miner epsilon / triplet miner margin (GSV-Cities: 0.1)",
+                               range=(0.0, 10.0))
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig,
                                              metadata={"help": "query augmentations"})
 
@@ -431,6 +480,16 @@ def cross_check(cfg: Config) -> None:
     if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
         raise BadInput(f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
                        f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}")
+    if cfg.data.layout == "gsv_cities":
+        if cfg.train.regime != "places":
+            raise BadInput("data.layout=gsv_cities holds place-labelled training images only: "
+                           "set train.regime=places (and data.val_root, test.datasets to VG-format sets)")
+        if cfg.data.val_root is None or not cfg.test.datasets:
+            raise BadInput("data.layout=gsv_cities has no val or test split: set data.val_root and "
+                           "test.datasets to VG-format datasets (e.g. synthetic:tiny)")
+        if cfg.model.pca_dim is not None:
+            raise BadInput("model.pca_dim is fitted on data.root's VG-format train split, which "
+                           "data.layout=gsv_cities lacks; set model.pca_dim=null")
     if not cfg.test.recall_values:
         raise BadInput("test.recall_values=[] must list at least one N, e.g. [1, 5, 10, 20]")
     if sorted(set(cfg.test.recall_values)) != list(cfg.test.recall_values):

@@ -77,8 +77,12 @@ AGGREGATIONS = Registry("aggregation", "model.aggregation")
 LOSSES = Registry("loss", "train.criterion")
 MINING = Registry("mining method", "train.mining")
 TEST_METHODS = Registry("test method", "test.method")
+# Place-batched training (train.regime=places): pytorch-metric-learning losses and miners over batches
+# of P places x K images, filled by vgray.train.places.
+PLACE_LOSSES = Registry("place loss", "train.pml_loss")
+PLACE_MINERS = Registry("place miner", "train.pml_miner")
 
-FAMILIES = (BACKBONES, AGGREGATIONS, LOSSES, MINING, TEST_METHODS)
+FAMILIES = (BACKBONES, AGGREGATIONS, LOSSES, MINING, TEST_METHODS, PLACE_LOSSES, PLACE_MINERS)
 
 # Checks across families (an aggregation that cannot pool a backbone's output), added by the package
 # that fills the registries involved; run by the config after its own checks.

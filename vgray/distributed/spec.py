@@ -265,6 +265,7 @@ def _fill_registries() -> None:
     import vgray.models  # noqa: F401
     import vgray.train.losses  # noqa: F401
     import vgray.train.mining  # noqa: F401
+    import vgray.train.places  # noqa: F401
 
 
 def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None) -> SweepSpec:

@@ -6,7 +6,9 @@ combination from the class attributes below before anything is built; the networ
 (:mod:`vgray.models.network`) uses the same attributes and methods, never probing for them.
 
 Backbone (``BACKBONES``, builder ``(pretrained, **sizes) -> Backbone``; facts ``out_channels`` and,
-for transformers, ``input_sizes``: the only ``(H, W)`` they take):
+for transformers, ``input_sizes``: the only ``(H, W)`` they take; for DINOv2, ``patch``: sides must be its
+multiples, ``class_token``: it gives one (SALAD needs it), ``model_keys``: further ``model.*`` keys its
+builder takes, ``train_blocks``):
 
 ==================  ===============================================================================
 ``output``          ``feature_map`` (B, C, h, w) or ``tokens`` (B, T, C) (:class:`TokenBackbone`)
@@ -29,6 +31,8 @@ Aggregation (``AGGREGATIONS``, builder ``(in_channels, model_cfg) -> Aggregation
                     through ``model.resume_from``; checked by :func:`vgray.models.network.check_start`
 ``fresh_on_resume`` key prefixes of its own that such a checkpoint does not hold (they start fresh)
 ``output_dim``      descriptor size, checked by a dry forward pass at build time
+``fixed_grid``      True: its layers are sized for one local-feature map (MixVPR), so that dry pass runs
+                    at the input size
 ``needs_init``      True while it wants initialising from local features (:meth:`initialize`)
 ``param_groups()``  the optimizer groups of the whole network (default: all trainable at train.lr)
 ==================  ===============================================================================
@@ -94,6 +98,7 @@ class Aggregation(nn.Module):
     takes_tokens: bool = False
     starts_from: Optional[str] = None
     fresh_on_resume: Tuple[str, ...] = ()
+    fixed_grid: bool = False
 
     def __init__(self, output_dim: int):
         super().__init__()

@@ -19,6 +19,7 @@ from vgray.errors import BadInput
 from vgray.models.aggregations import AGGREGATIONS  # importing the packages fills the registries
 from vgray.models.backbones import BACKBONES
 from vgray.models.components import Aggregation, Backbone
+from vgray.models.foreign import load_network_file
 from vgray.models.pretrained import is_named_source, load_network_head, read_pretrained_file
 from vgray.registry import add_config_check
 
@@ -152,12 +153,15 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
     extra = {}
     info = BACKBONES.info(model_cfg.backbone)
     if info["type"].output == "tokens":  # transformers: sized at build time, truncated and frozen by config
-        extra = dict(image_size=tuple(image_size or min(info["input_sizes"])),
+        extra = dict(image_size=tuple(image_size or min(info.get("input_sizes") or [(224, 224)])),
                      trunc_te=model_cfg.trunc_te, freeze_te=model_cfg.freeze_te)
+        extra.update((key, getattr(model_cfg, key)) for key in info.get("model_keys", ()))  # DINOv2's train_blocks
     backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
     aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
     model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2, fc_output_dim=model_cfg.fc_output_dim)
-    model.check_shapes(extra.get("image_size", (64, 64)))
+    # CNNs take any size: a tiny dry pass, unless the aggregation is sized for the input's map (MixVPR).
+    model.check_shapes(extra.get("image_size") or (tuple(image_size) if image_size and aggregation.fixed_grid
+                                                   else (64, 64)))
     if source != "none":
         load_network_head(model, model_cfg)  # GeM's p and whitening of the off-the-shelf GeM networks
     if resume_from is not None:
@@ -181,9 +185,5 @@ def _load_resume(model: GeoLocalizationNet, model_cfg, path: str) -> None:
 
 
 def _load_file(model: GeoLocalizationNet, path: str) -> None:
-    obj = read_pretrained_file(path)
-    state = obj["model"] if isinstance(obj.get("model"), dict) else obj
-    if any(k.startswith("backbone.") for k in state):
-        load_fitting(model, state, f"checkpoint {path} does not fit this network{_made(made_for(obj))}")
-    else:
-        model.backbone.load_source_state_dict(state, str(Path(path)))
+    # The file's layout (vgray's, the paper's, CosPlace's, a backbone's) is read from its keys.
+    load_network_file(model, read_pretrained_file(path), str(Path(path)))

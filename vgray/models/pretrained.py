@@ -13,8 +13,14 @@ Sources (the paper's Sec. "pretraining" study and its off-the-shelf landmark-ret
 - ``places``, ``gldv2``: the paper's own ResNet-18/50/101 and VGG16 trained on Places365 and Google
   Landmarks v2 (trained with rm-wu/pretrain_vg; the files its model/network.py fetches from Google
   Drive). Plain torchvision state dicts with a 365- or 512-way classifier.
+- ``dinov2``: the official DINOv2 ViT-S/B/L/G 14 files of facebookresearch/dinov2 (Apache-2.0),
+  converted from its layout to timm's (:func:`dinov2_to_timm`).
 - ``places365_csail``: the Places365-CNNs of MIT CSAIL (Zhou et al., TPAMI 2017), ResNet-18/50:
   ``{"state_dict": {"module.conv1.weight": ...}}``.
+- ``cosplace``, ``eigenplaces``: the whole ResNet-18/50/101 conv5 and VGG16 + GeM + FC networks of
+  gmberton/CosPlace and gmberton/EigenPlaces (MIT), one release file per descriptor size
+  (``model.fc_output_dim``), in their GeoLocalizationNet layout (read by :mod:`vgray.models.foreign`).
+  Their ResNet-152 files are left out: vgray has no resnet152 backbone.
 - ``radenovic_gldv1``, ``radenovic_sfm``: the whole ResNet-50/101 + GeM + whitening (FC 2048) networks
   of cnnimageretrieval-pytorch (Radenović et al., TPAMI 2018) trained on Google Landmarks 2018 and
   SfM-120k, as the paper's eval.py ``--off_the_shelf`` loads them: ``{"meta": ..., "state_dict":
@@ -28,7 +34,7 @@ Files are read by :mod:`vgray.checkpoint`, which also decides whether a state di
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -36,6 +42,7 @@ import torch
 
 from vgray.checkpoint import check_fits, read_weights_file
 from vgray.errors import BadInput
+from vgray.models.foreign import load_network_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,6 +61,14 @@ class WeightsRecord:
     filename: Optional[str] = None  # name in the cache folder (default: the URL's last part)
     converter: str = "plain"  # how the publisher wraps the state dict (see CONVERTERS)
     whole_network: bool = False  # the file also holds GeM's p and a whitening FC (cirtorch)
+    # Whole networks released one file per descriptor size (CosPlace, EigenPlaces): the sizes, and
+    # ``{dim}`` in the URL stands for model.fc_output_dim. Read by vgray.models.foreign.
+    dims: tuple = ()
+    input_size: Optional[tuple] = None  # (H, W) the publisher trained at, where it is not "any"
+
+    def for_dim(self, dim: int) -> "WeightsRecord":
+        """The record of the file for descriptor size ``dim`` (records with ``dims``)."""
+        return replace(self, url=self.url.format(dim=dim), dims=())
 
     @property
     def file(self) -> str:
@@ -71,12 +86,23 @@ _CIR = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/"
 _CIR_LICENCE = "MIT (cnnimageretrieval-pytorch, VRG CTU Prague)"
 _TIMM_VITJX = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
 _VIT_LICENCE = "Apache-2.0 (google-research/vision_transformer, ported by timm); ImageNet terms of access"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/"
+_DINOV2_LICENCE = "Apache-2.0 (facebookresearch/dinov2)"
 
 
 def _paper(arch: str, source: str, drive_id: str) -> WeightsRecord:
     data = {"places": "Places365", "gldv2": "Google Landmarks v2"}[source]
     return WeightsRecord(_DRIVE + drive_id, None, licence=_PAPER_LICENCE.format(data),
                          filename=f"{arch}_{source}.pth")
+
+
+def _gmberton(repo: str, arch: str, dims: tuple) -> WeightsRecord:
+    """CosPlace / EigenPlaces: one whole network (backbone + GeM + FC) per descriptor size, the
+    release files of the repository's hubconf; trained at 512 x 512 with ImageNet's mean/std."""
+    name = {"resnet18": "ResNet18", "resnet50": "ResNet50", "resnet101": "ResNet101", "vgg16": "VGG16"}[arch]
+    return WeightsRecord(f"https://github.com/gmberton/{repo}/releases/download/v1.0/{name}_{{dim}}_"
+                         f"{repo.lower()}.pth", None, licence=f"MIT (gmberton/{repo}); SF-XL data terms",
+                         converter="foreign", whole_network=True, dims=dims, input_size=(512, 512))
 
 
 def _cirtorch(path: str) -> WeightsRecord:
@@ -115,9 +141,22 @@ RECORDS: Dict[tuple, WeightsRecord] = {
     ("vit_base_patch16_384", "imagenet"): WeightsRecord(_TIMM_VITJX + "jx_vit_base_p16_384-83fb41ba.pth",
                                                         "83fb41ba", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE),
     # CCT-14/7x2 fine-tuned on ImageNet at 384, the file the paper's model/cct/cct.py loads (no hash given).
+    # CosPlace (Berton et al., CVPR 2022) and EigenPlaces (ICCV 2023), released per backbone and size
+    # (their hubconf.py); ResNet-152 is released too but vgray has no resnet152 backbone.
+    **{(arch, "cosplace"): _gmberton("CosPlace", arch, dims) for arch, dims in (
+        ("vgg16", (64, 128, 256, 512)), ("resnet18", (32, 64, 128, 256, 512)),
+        ("resnet50", (32, 64, 128, 256, 512, 1024, 2048)), ("resnet101", (32, 64, 128, 256, 512, 1024, 2048)))},
+    **{(arch, "eigenplaces"): _gmberton("EigenPlaces", arch, dims) for arch, dims in (
+        ("vgg16", (512,)), ("resnet18", (256, 512)), ("resnet50", (128, 256, 512, 1024, 2048)),
+        ("resnet101", (128, 256, 512, 1024, 2048)))},
     ("cct_14_7x2_384", "imagenet"): WeightsRecord(
         "https://shi-labs.com/projects/cct/checkpoints/finetuned/cct_14_7x2_384_imagenet.pth", None,
         licence="Apache-2.0 (SHI-Labs/Compact-Transformers); ImageNet terms of access"),
+    # DINOv2 ViT-S/B/L/G patch 14: the official files of facebookresearch/dinov2's hubconf (trained at
+    # 518 x 518, LVD-142M), in its layout; converted to timm's by dinov2_to_timm. No hash published.
+    **{(f"vit_{size}_patch14_dinov2", "dinov2"): WeightsRecord(
+        f"{_DINOV2}dinov2_vit{s}14/dinov2_vit{s}14_pretrain.pth", None, licence=_DINOV2_LICENCE, converter="dinov2")
+       for size, s in (("small", "s"), ("base", "b"), ("large", "l"), ("giant", "g"))},
 }
 NAMED_SOURCES = sorted({name for _, name in RECORDS})
 
@@ -202,7 +241,30 @@ def _cirtorch_converter(obj: dict, arch: str, origin: str) -> Converted:
     return backbone, head
 
 
-CONVERTERS: Dict[str, Callable[[dict, str, str], Converted]] = {"plain": _plain, "cirtorch": _cirtorch_converter}
+def dinov2_to_timm(state: dict) -> dict:
+    """A DINOv2 state dict in the official layout (facebookresearch/dinov2) -> timm's names: the
+    masked-modelling ``mask_token`` dropped, chunked blocks (``blocks.<chunk>.<i>.``, the training
+    files' FSDP layout) flattened, ViT-g's SwiGLU ``mlp.w12``/``mlp.w3`` as timm's ``mlp.fc1``/``mlp.fc2``.
+    timm's own layout passes unchanged; the positional embedding is resampled by the backbone."""
+    out = {}
+    for key, value in _unwrap(state).items():
+        if key == "mask_token":
+            continue
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2].isdigit():
+            parts = ["blocks"] + parts[2:]
+        if parts[0] == "blocks" and len(parts) > 3 and parts[2] == "mlp":
+            parts[3] = {"w12": "fc1", "w3": "fc2"}.get(parts[3], parts[3])
+        out[".".join(parts)] = value
+    return out
+
+
+def _dinov2_converter(obj: dict, arch: str, origin: str) -> Converted:
+    return dinov2_to_timm(obj), {}
+
+
+CONVERTERS: Dict[str, Callable[[dict, str, str], Converted]] = {"plain": _plain, "cirtorch": _cirtorch_converter,
+                                                               "dinov2": _dinov2_converter}
 
 
 def _converted(arch: str, pretrained: str) -> Converted:
@@ -220,6 +282,8 @@ def read_pretrained_file(path: str | os.PathLike) -> dict:
 def source_state_dict(arch: str, pretrained: str) -> Optional[dict]:
     """State dict of the source architecture (torchvision names) for a named source, None for ``none``."""
     if pretrained == "none":
+        return None
+    if record(arch, pretrained).dims:  # a whole network: its backbone comes with it (load_network_head)
         return None
     return _converted(arch, pretrained)[0]
 
@@ -247,6 +311,9 @@ def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     rec = RECORDS.get((arch, model_cfg.pretrained))
     if rec is None or not rec.whole_network:
         return
+    if rec.dims:
+        _load_released_network(model, model_cfg, rec)
+        return
     if not (model_cfg.backbone.endswith("conv5") and model_cfg.aggregation == "gem"
             and model_cfg.fc_output_dim == 2048):
         raise BadInput(f"model.pretrained={model_cfg.pretrained} is a whole {arch} conv5 + GeM + FC 2048 network; "
@@ -256,3 +323,15 @@ def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     check_fits({k: v for k, v in own.items() if k in head}, head,
                f"weights {cached_path(rec)} do not fit the network's GeM and FC")
     model.load_state_dict(head, strict=False)
+
+
+def _load_released_network(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:
+    """CosPlace / EigenPlaces: the file for ``model.fc_output_dim``, loaded whole (backbone, GeM, FC)."""
+    m, arch = model_cfg, model.backbone.arch
+    want = "vgg16" if arch == "vgg16" else f"{arch}conv5"
+    if not (m.backbone == want and m.aggregation == "gem" and m.fc_output_dim in rec.dims and m.l2 == "before_pool"):
+        raise BadInput(f"model.pretrained={m.pretrained} is a whole {want} + GeM + FC network released for "
+                       f"model.fc_output_dim in {list(rec.dims)}; set model.backbone={want}, model.aggregation=gem, "
+                       f"model.l2=before_pool and model.fc_output_dim to one of those")
+    path = _download(rec.for_dim(m.fc_output_dim))
+    load_network_file(model, read_weights_file(path), str(path))

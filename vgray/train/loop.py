@@ -32,6 +32,7 @@ from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 from vgray.train.losses import LOSSES
 from vgray.train.mining import Triplet, TrainingQueries, create_miner
+from vgray.train.places import PlaceEpochs
 
 Report = Callable[[Dict[str, float], Path], None]
 
@@ -115,6 +116,55 @@ def _check_memory(cfg, data: TrainingQueries, features_dim: int) -> None:
                            f"use train.mining=partial or raise the budget")
 
 
+class TripletEpochs:
+    """The paper's epoch (``train.regime: triplets``): ``queries_per_epoch`` queries, the mining cache
+    rebuilt every ``cache_refresh_rate`` of them (model in eval mode), triplets in batches of
+    ``batch_size``. The interface :func:`train` runs an epoch through, shared with
+    :class:`~vgray.train.places.PlaceEpochs`: ``init_paths``, ``describe``, ``counts``,
+    ``state_dict``/``load_state_dict`` (the mining cache) and ``run_epoch``."""
+
+    def __init__(self, cfg, model, rt: Runtime, extractor: Optional[Callable] = None):
+        self.cfg, self.rt = cfg, rt
+        self.split = open_split(cfg.data.root, "train")
+        self.data = TrainingQueries(self.split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
+        _check_memory(cfg, self.data, model.features_dim)
+        self.miner = create_miner(cfg.train.mining, self.data, cfg.train)
+        size = cfg.data.image_size
+        self.db_transform = test_transform(size, model.mean, model.std)
+        self.q_transform = query_train_transform(size, model.mean, model.std, cfg.train.augmentation)
+        self.source = LocalDescriptors(model, self.split, self.db_transform, rt, extractor)
+        self.init_paths = self.split.database.paths
+
+    def describe(self, log) -> None:
+        if self.data.dropped:
+            log(f"training queries without a database image within {self.cfg.train.positive_dist_threshold:g} m: "
+                f"{self.data.dropped} of {len(self.split.queries)} dropped")
+
+    def counts(self) -> Dict[str, float]:
+        return {"dropped_queries": self.data.dropped}
+
+    def state_dict(self) -> Dict:
+        return self.miner.state_dict()
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.miner.load_state_dict(state)
+
+    def run_epoch(self, model, optimizer, rng: np.random.Generator, epoch: int) -> List[float]:
+        cfg, losses = self.cfg, []
+        loops = cfg.train.queries_per_epoch // cfg.train.cache_refresh_rate
+        for loop in range(loops):
+            model.eval()
+            queries = self.miner.sample_queries(rng, cfg.train.cache_refresh_rate)
+            triplets = self.miner.refresh(self.source, queries, rng)
+            model.train()
+            images = TripletImages(self.split, triplets, self.q_transform, self.db_transform,
+                                   cfg.train.augmentation.horizontal_flip)
+            for batch, _ in iter_batches(images, self.rt, desc=f"epoch {epoch + 1} [{loop + 1}/{loops}]",
+                                         shuffle=True, batch_size=cfg.train.batch_size):
+                losses.append(train_step(model, batch, optimizer, self.rt, cfg))
+        return losses
+
+
 def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, progress: bool = True,
           log=print, extractor: Optional[Callable] = None) -> Dict[str, float]:
     """Train the model ``cfg`` describes on ``data.root``'s train split; returns the final figures
@@ -132,21 +182,17 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     rt = Runtime.from_config(cfg, progress=progress)
-    train_split = open_split(cfg.data.root, "train")
-    val_split = open_split(cfg.data.root, "val")
+    val_split = open_split(cfg.data.val_root or cfg.data.root, "val")
     sets = test_sets(cfg)
     for root in sets.values():  # fail on a bad test set now, not after hours of training
         open_split(root, "test")
 
     # Built before the optimizer, so that its state lands on the device too.
     model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
-    data = TrainingQueries(train_split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
-    _check_memory(cfg, data, model.features_dim)
+    # The regime's training data, opened (and refused) before anything is written.
+    regime = PlaceEpochs(cfg, model, rt) if cfg.train.regime == "places" else TripletEpochs(cfg, model, rt, extractor)
     check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
-    miner = create_miner(cfg.train.mining, data, cfg.train)
-    size = cfg.data.image_size
-    db_transform = test_transform(size, model.mean, model.std)
-    q_transform = query_train_transform(size, model.mean, model.std, cfg.train.augmentation)
+    db_transform = test_transform(cfg.data.image_size, model.mean, model.std)
     # Validation as the paper's: hard_resize, exact search, no PCA (the final test applies them).
     val_cfg = cfg.replace(**{"test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
                              "test.memory_budget_mb": None, "test.knn": "Flat", "test.method": "hard_resize",
@@ -159,36 +205,23 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         _load_model(model, ck, last_path)
         optimizer = make_optimizer(model, cfg.train)
         optimizer.load_state_dict(ck["optimizer"])
-        miner.load_state_dict(ck["mining"])
+        regime.load_state_dict(ck["mining"])
         state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
         checkpoint.set_rng_state(ck["rng"], rng)
         log(f"resuming {out} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
     else:
         out.mkdir(parents=True, exist_ok=True)
         if model.needs_init():
-            initialize_aggregation(model, train_split.database.paths, db_transform, rt, seed=cfg.seed)
+            initialize_aggregation(model, regime.init_paths, db_transform, rt, seed=cfg.seed)
         optimizer = make_optimizer(model, cfg.train)
         # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
-        checkpoint.save(last_path, _payload(model, optimizer, miner, state, rng, cfg))
+        checkpoint.save(last_path, _payload(model, optimizer, regime, state, rng, cfg))
     _write_text(out / "config.yaml", cfg.to_yaml())  # the config this run (or resumed run) uses
-    if data.dropped:
-        log(f"training queries without a database image within {cfg.train.positive_dist_threshold:g} m: "
-            f"{data.dropped} of {len(train_split.queries)} dropped")
+    regime.describe(log)
 
-    loops = cfg.train.queries_per_epoch // cfg.train.cache_refresh_rate
     start_time = time.perf_counter() - (state.history[-1]["train_time_s"] if state.history else 0.0)
-    source = LocalDescriptors(model, train_split, db_transform, rt, extractor)
     while state.epoch < cfg.train.epochs and state.not_improved < cfg.train.patience:
-        losses = []
-        for loop in range(loops):
-            model.eval()
-            queries = miner.sample_queries(rng, cfg.train.cache_refresh_rate)
-            triplets = miner.refresh(source, queries, rng)
-            model.train()
-            images = TripletImages(train_split, triplets, q_transform, db_transform, cfg.train.augmentation.horizontal_flip)
-            for batch, _ in iter_batches(images, rt, desc=f"epoch {state.epoch + 1} [{loop + 1}/{loops}]",
-                                         shuffle=True, batch_size=cfg.train.batch_size):
-                losses.append(train_step(model, batch, optimizer, rt, cfg))
+        losses = regime.run_epoch(model, optimizer, rng, state.epoch)
         state.epoch += 1
         val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False, extractor=extractor)
         improved = val["R@5"] > state.best_r5
@@ -197,9 +230,9 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         metrics = {"epoch": state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    **{f"val/{k}": v for k, v in val.items() if k.startswith("R@")},
                    "best_val/R@5": state.best_r5, "train_time_s": time.perf_counter() - start_time,
-                   "dropped_queries": data.dropped}
+                   **regime.counts()}
         state.history.append(metrics)
-        payload = _payload(model, optimizer, miner, state, rng, cfg)
+        payload = _payload(model, optimizer, regime, state, rng, cfg)
         checkpoint.save(last_path, payload)
         if improved:
             checkpoint.save(best_path, payload)
@@ -227,9 +260,9 @@ def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> floa
     return float(loss.detach())
 
 
-def _payload(model, optimizer, miner, state: TrainState, rng, cfg) -> Dict:
+def _payload(model, optimizer, regime, state: TrainState, rng, cfg) -> Dict:
     return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "mining": miner.state_dict(),
+            "optimizer": optimizer.state_dict(), "mining": regime.state_dict(),
             "epoch": state.epoch, "best_r5": state.best_r5, "not_improved": state.not_improved,
             "history": state.history, "rng": checkpoint.rng_state(rng), "config": cfg.to_dict()}
 

@@ -7,6 +7,8 @@ with that class as its ``type``; build_model checks the declared size with a dry
 The members import the registry from :mod:`vgray.registry`, never from this package.
 """
 from vgray.models.aggregations import cls, crn, gem, mac, netvlad, rmac, rrm, seqpool, spoc  # noqa: F401
+from vgray.models.aggregations import convap, mixvpr  # noqa: F401
+from vgray.models.aggregations import boq, salad  # noqa: F401
 from vgray.registry import AGGREGATIONS
 
 __all__ = ["AGGREGATIONS"]

@@ -1,6 +1,6 @@
 """Backbones: images -> local features. One file per family: :mod:`.cnn` (ResNet, VGG16, AlexNet),
-:mod:`.vit` (ViT-B/16), :mod:`.cct` (CCT-14/7x2), with the transformers' shared keys in
-:mod:`.tokens`.
+:mod:`.vit` (ViT-B/16), :mod:`.cct` (CCT-14/7x2), :mod:`.dinov2` (DINOv2 ViT-S/B/L/G 14), with the
+transformers' shared keys in :mod:`.tokens`.
 
 Each file subclasses :class:`vgray.models.components.Backbone` (or ``TokenBackbone``; the interface
 is documented there) and registers a builder ``(pretrained, **sizes) -> backbone`` in
@@ -9,6 +9,7 @@ transformers, its ``input_sizes``. The members import the registry from :mod:`vg
 never from this package.
 """
 from vgray.models.backbones import cct, cnn, vit  # noqa: F401
+from vgray.models.backbones import dinov2  # noqa: F401
 from vgray.models.components import Backbone
 from vgray.registry import BACKBONES
 

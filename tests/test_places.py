@@ -1,0 +1,154 @@
+"""Place-batched training (train.regime=places): the sampler, places from the UTM grid, the GSV-Cities
+reader on the synthetic world's GSV-Cities output, a short run that checkpoints and resumes, bad inputs."""
+import csv
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from conftest import TINY, TINY_SET
+from vgray.cli import main
+from vgray.config import load_config
+from vgray.data.gsv_cities import COLUMNS, image_name, read_gsv_cities
+from vgray.errors import BadInput
+from vgray.train.places import PLACE_LOSSES, PLACE_MINERS, grid_places, sample_batches
+
+RUN = [f"data.root={TINY}", *TINY_SET, "data.resize=[48,64]", "model.aggregation=gem", "train.regime=places",
+       "train.places_per_batch=8", "train.batches_per_epoch=3", "train.lr=0.001", "test.recall_values=[1,5]"]
+
+
+def sets(*extra):
+    return [a for kv in [*RUN, *extra] for a in ("--set", kv)]
+
+
+@pytest.fixture(scope="module")
+def gsv_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gsv") / "tiny"
+    assert main(["synth", str(out), "--preset", "tiny", "--layout", "gsv_cities"]) == 0
+    return out
+
+
+def test_sampler_yields_p_distinct_places_of_k_distinct_images():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(4, 9, 30)
+    labels = np.repeat(np.arange(30), sizes)
+    members = [np.flatnonzero(labels == p) for p in range(30)]
+    draws = sample_batches(members, 8, 4, 20, rng)
+    assert draws.shape == (20, 8, 4)
+    for batch in draws:
+        places = labels[batch]
+        assert (places == places[:, :1]).all()           # K images of one place per row
+        assert len(set(places[:, 0])) == 8               # P distinct places
+        assert all(len(set(row)) == 4 for row in batch)  # K distinct images
+    # Every place is used before any repeats (30 places, 8 a batch: the first 3 batches are distinct).
+    assert len(set(labels[draws[:3, :, 0]].ravel())) == 24
+
+
+def test_grid_places_match_a_brute_force_reference():
+    rng = np.random.default_rng(1)
+    utm = rng.uniform([500000, 4600000], [500100, 4600080], (600, 2))
+    paths = [f"img{i}.jpg" for i in range(len(utm))]
+    size, radius, k = 15.0, 9.0, 4
+    cells = defaultdict(list)
+    for i, (e, n) in enumerate(utm):
+        ce, cn = int(np.floor(e / size)), int(np.floor(n / size))
+        if np.hypot(e - (ce + 0.5) * size, n - (cn + 0.5) * size) <= radius:
+            cells[(ce, cn)].append(paths[i])
+    want = {frozenset(v) for v in cells.values() if len(v) >= k}
+    got = grid_places(paths, utm, size, radius, k)
+    groups = defaultdict(set)
+    for p, label in zip(got.paths, got.labels):
+        groups[label].add(p)
+    assert {frozenset(g) for g in groups.values()} == want
+    assert got.dropped == sum(len(v) < k for v in cells.values())
+    assert got.n_places == len(want) and all(len(m) >= k for m in got.members())
+
+
+def test_gsv_cities_reader_on_the_synthetic_world(gsv_root, tiny_root):
+    frames = list((gsv_root / "Dataframes").glob("*.csv"))
+    assert len(frames) == 1
+    rows = list(csv.DictReader(frames[0].open()))
+    assert list(rows[0]) == list(COLUMNS)
+    city = rows[0]["city_id"]
+    # The publisher's naming, and every listed image on disk.
+    for row in rows:
+        name = image_name(row)
+        assert name.startswith(f"{city}_{int(row['place_id']):07d}_{int(row['year']):04d}_")
+        assert (gsv_root / "Images" / city / name).is_file()
+    places = read_gsv_cities(gsv_root, 4)
+    vg_train = sorted((tiny_root / "images" / "train").rglob("*.jpg"))
+    assert len(rows) == len(vg_train)  # every train image, database and queries
+    assert (np.bincount(places.labels) >= 4).all()
+    # The same pixels as the VG layout's train split: a database view, byte for byte.
+    vg = next(p for p in vg_train if "@synthtrainp000003@@90@" in p.name)
+    gsv = next((gsv_root / "Images" / city).glob(f"{city}_0000003_2020_06_090_*_synthtrainp000003.jpg"))
+    assert vg.read_bytes() == gsv.read_bytes()
+    by_place = defaultdict(int)
+    for row in rows:
+        by_place[row["place_id"]] += 1
+    assert places.n_places == sum(c >= 4 for c in by_place.values())
+    assert places.dropped == sum(c < 4 for c in by_place.values())
+    # A place's images are one place's: the same place_id in their names.
+    for m in places.members():
+        assert len({p.split("/")[-1].split("_")[1] for p in (places.paths[i] for i in m)}) == 1
+    # Writing again into the finished folder is a no-op.
+    assert main(["synth", str(gsv_root), "--preset", "tiny", "--layout", "gsv_cities"]) == 0
+
+
+def test_losses_and_miners_from_pytorch_metric_learning():
+    import torch
+    cfg = load_config(overrides=["train.regime=places"]).train
+    x = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    y = torch.arange(4).repeat_interleave(4)
+    ms = PLACE_LOSSES.create("multi_similarity", cfg)
+    assert (ms.alpha, ms.beta, ms.base) == (1.0, 50.0, 0.0)
+    assert PLACE_MINERS.create("multi_similarity", cfg).epsilon == 0.1
+    for loss in PLACE_LOSSES.names():
+        for miner in PLACE_MINERS.names():
+            fn, m = PLACE_LOSSES.create(loss, cfg), PLACE_MINERS.create(miner, cfg)
+            value = fn(x, y, m(x, y)) if m is not None else fn(x, y)
+            assert torch.isfinite(value), (loss, miner)
+
+
+@pytest.mark.slow
+def test_places_regime_trains_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *sets("train.epochs=1", "train.patience=5"), "--out", str(out)]) == 0
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    first = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(first) == 1 and np.isfinite(first[0]["loss"]) and first[0]["places"] > 8
+    assert main(["train", "--resume", "--set", "train.epochs=2", "--out", str(out)]) == 0
+    both = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in both] == [1, 2] and both[0] == first[0]
+
+
+@pytest.mark.slow
+def test_places_regime_on_the_gsv_cities_layout(gsv_root, tmp_path):
+    out = tmp_path / "gsv"
+    assert main(["train", *sets(f"data.root={gsv_root}", "data.layout=gsv_cities", f"data.val_root={TINY}",
+                                f"test.datasets={{tiny: '{TINY}'}}", "train.epochs=1", "train.batches_per_epoch=2"),
+                 "--out", str(out)]) == 0
+    assert (out / "best.pt").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def one_line_exit_2(argv, capsys, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+
+
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
+    empty = tmp_path / "nodataframes"
+    (empty / "Images").mkdir(parents=True)
+    out = tmp_path / "out"
+    common = [f"data.layout=gsv_cities", f"data.val_root={TINY}", f"test.datasets={{tiny: '{TINY}'}}"]
+    one_line_exit_2(["train", *sets(f"data.root={empty}", *common), "--out", str(out)], capsys, "Dataframes")
+    one_line_exit_2(["train", *sets("train.places_per_batch=1000"), "--out", str(out)], capsys,
+                    "train.places_per_batch=1000", "places")
+    one_line_exit_2(["train", *sets("data.layout=gsv_cities"), "--out", str(out)], capsys, "data.val_root")
+    one_line_exit_2(["train", *sets("train.pml_loss=nope"), "--out", str(out)], capsys, "multi_similarity")
+    one_line_exit_2(["synth", str(out), "--layout", "nope"], capsys, "--layout")
+    assert not out.exists()
+    with pytest.raises(BadInput, match="images_per_place"):
+        load_config(overrides=["train.images_per_place=1"])
