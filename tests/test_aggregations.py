@@ -61,7 +61,7 @@ def test_declared_interface():
     assert {n for n in ("mac", "spoc", "rrm", "rmac", "crn") if "tokens" in AGGREGATIONS.type_of(n).inputs} == \
         {"mac", "spoc", "rrm"}
     assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).starts_from} == {"crn"}
-    assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).takes_tokens} == {"cls", "seqpool"}
+    assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).takes_tokens} == {"cls", "salad", "seqpool"}
 
 
 def pooled_as_the_benchmark(aggregation, module, local, l2):

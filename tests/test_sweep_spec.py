@@ -16,7 +16,7 @@ from vgray.results import summarize, summary_markdown
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"quickstart": 4, "table3_backbones": 48, "table6_mining": 18, "table6_mining_msls": 18,
             "fig2_augmentation_optuna": 20, "fig3_resize": 24, "table4_aggregation": 60,
-            "table5_transformers": 36, "fig4_knn": 6}
+            "table5_transformers": 36, "fig4_knn": 6, "modern_heads": 27}
 
 TINY_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
              "model": {"pretrained": "none", "aggregation": "gem"},
@@ -50,6 +50,19 @@ def test_table3_covers_every_backbone_and_aggregation(monkeypatch):
                       for a in ("gem", "netvlad")}
     cfg = spec.trials()[0].config(spec, 0)
     assert cfg.test.datasets["tokyo247"] == "/datasets/tokyo247" and cfg.train.lr == 1e-5
+
+
+def test_modern_heads_covers_the_issues_pairs_with_place_batched_training(monkeypatch):
+    monkeypatch.setenv("VGRAY_DATASETS", "/datasets")
+    spec = load_sweep(ROOT / "sweeps" / "modern_heads.yaml")
+    pairs = {(t.overrides["model.backbone"], t.overrides["model.aggregation"]) for t in spec.trials()}
+    assert pairs == {*(("dinov2_vitb14", a) for a in ("salad", "boq", "mixvpr", "gem", "netvlad")),
+                     *(("resnet50conv4", a) for a in ("mixvpr", "boq", "convap", "gem"))}
+    for trial in spec.trials():
+        cfg = trial.config(spec, 0)  # validated: sizes multiples of 14, MixVPR's map, places regime
+        assert cfg.train.regime == "places" and cfg.data.layout == "gsv_cities"
+        assert cfg.data.image_size == ((322, 322) if cfg.model.backbone.startswith("dinov2") else (320, 320))
+        assert set(cfg.test.datasets) == {"pitts30k", "msls", "tokyo247", "nordland"}
 
 
 def test_table4_and_table5_cover_the_papers_rows(monkeypatch):

@@ -126,7 +126,7 @@ def test_trunc_and_freeze_where_zero_means_zero():
     (["model.backbone=vit", "data.resize=[224,224]", "model.aggregation=seqpool"],
      "model.aggregation=seqpool pools the tokens of a backbone trained with it (cct384)"),
     (["model.backbone=cct384", "data.resize=[384,384]", "model.aggregation=rmac"],
-     "cannot pool the tokens of model.backbone=cct384; allowed: cls"),
+     "cannot pool the tokens of model.backbone=cct384; allowed: boq, cls, convap, gem"),
     (["model.backbone=vit", "data.resize=[224,224]", "model.trunc_te=13"], "allowed: null or 0..12"),
     (["model.backbone=cct384", "data.resize=[384,384]", "model.freeze_te=15"], "allowed: null or 0..14"),
 ])
