@@ -158,3 +158,15 @@ def wait_for_first_row(directory: Path, driver, log: Path, timeout: float, poll:
             return
         assert driver.poll() is None, log.read_text()[-3000:]
         time.sleep(poll)
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """``$TORCH_HOME`` in a temporary folder, and no network: downloads fail as on a machine
+    without one, so named weight sources come from files put at their cache path."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "torch"

@@ -174,16 +174,6 @@ def _gmberton_descriptor(state: dict, arch: str) -> torch.Tensor:
     return F.normalize(F.linear(x, state["aggregation.3.weight"], state["aggregation.3.bias"]), p=2, dim=1)
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(url, dst, **kwargs):  # no network here: what a machine without one sees
-        raise OSError("network unreachable")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "torch"
-
-
 @pytest.mark.parametrize("source", ["cosplace", "eigenplaces"])
 def test_cosplace_eigenplaces_file_and_named_source(tmp_path, torch_home, source):
     extra = ["model.fc_output_dim=256"]

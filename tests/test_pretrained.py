@@ -17,16 +17,6 @@ from vgray.models.pretrained import RECORDS, cached_path, record
 RESNET_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(url, dst, **kwargs):  # no network here: what a machine without one sees
-        raise OSError("network unreachable")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "torch"
-
-
 def _place(arch: str, source: str, payload) -> None:
     path = cached_path(record(arch, source))
     path.parent.mkdir(parents=True, exist_ok=True)

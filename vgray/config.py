@@ -77,7 +77,7 @@ class ModelConfig:
     backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=BACKBONES)
     aggregation: str = _key("netvlad", "aggregation (registry name)", choices=AGGREGATIONS)
     pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
-                                       "radenovic_sfm, cosplace, eigenplaces, or a weights file (a vgray "
+                                       "radenovic_sfm, cosplace, eigenplaces, dinov2, or a weights file (a vgray "
                                        "checkpoint, the paper's, CosPlace's: detected from its keys)")
     netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
     fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size",
