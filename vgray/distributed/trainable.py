@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from vgray.atomic import write_text
 from vgray.distributed.descriptors import trial_extractor
