@@ -50,6 +50,20 @@ def test_dinov2_heads_train_only_the_last_blocks(head, sets, dim):
             assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_salad_on_the_papers_vit_takes_its_class_token():
+    """timm's ViT-B/16 gives its class token first, as DINOv2 does: SALAD takes it (14 x 14 patches)."""
+    torch.manual_seed(0)
+    model = model_for("model.backbone=vit", "model.trunc_te=1", "data.resize=[224,224]", "model.aggregation=salad",
+                      "model.salad_clusters=4", "model.salad_cluster_dim=8", "model.salad_token_dim=16")
+    model.eval()
+    images = torch.rand(2, 3, 224, 224)
+    out = model(images)
+    assert out.shape == (2, 4 * 8 + 16) and torch.allclose(out.norm(dim=1), torch.ones(2))
+    tokens = model.backbone(images)
+    token = model.aggregation.token_features(tokens[:, 0])
+    assert torch.allclose(out[:, :16] / out[:, :16].norm(dim=1, keepdim=True), F.normalize(token, dim=1), atol=1e-6)
+
+
 def test_train_blocks_null_trains_everything():
     model = model_for("model.backbone=dinov2_vits14", "data.resize=[28,28]", "model.trunc_te=1",
                       "model.aggregation=gem")
@@ -155,8 +169,8 @@ def test_nearest_multiples():
     (["model.backbone=dinov2_vitb14", "data.resize=[320,320]"], "multiples of 14 .*308 or 322"),
     (["model.backbone=resnet50conv4", "model.aggregation=salad", "data.resize=[320,320]"],
      "salad needs a class token.*allowed: dinov2_vitb14, dinov2_vitg14"),
-    (["model.backbone=vit", "model.aggregation=salad", "data.resize=[224,224]"],
-     "needs a class token.*dinov2_vitb14"),
+    (["model.backbone=cct384", "model.aggregation=salad", "data.resize=[384,384]"],
+     "needs a class token.*dinov2_vitb14.*vit"),
     (["model.backbone=dinov2_vits14", "model.train_blocks=13", "data.resize=[224,224]"],
      r"train_blocks=13 .*0\.\.12"),
     (["model.backbone=resnet50conv4", "model.train_blocks=2"], "train_blocks is for the backbones"),

@@ -150,5 +150,13 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
     one_line_exit_2(["train", *sets("train.pml_loss=nope"), "--out", str(out)], capsys, "multi_similarity")
     one_line_exit_2(["synth", str(out), "--layout", "nope"], capsys, "--layout")
     assert not out.exists()
+
+
+def test_evaluating_a_gsv_cities_folder_says_what_it_is(gsv_root, tmp_path, capsys):
+    """A GSV-Cities folder given as a VG dataset: the message names the layout and what to do."""
+    out = tmp_path / "eval.json"
+    one_line_exit_2(["eval", *sets(f"data.root={gsv_root}"), "--json", str(out)], capsys,
+                    "GSV-Cities layout", "data.layout=gsv_cities", "VG-format")
+    assert not out.exists()
     with pytest.raises(BadInput, match="images_per_place"):
         load_config(overrides=["train.images_per_place=1"])

@@ -94,6 +94,10 @@ def split_dir(root: Path, split: str) -> Path:
         if candidate.is_dir():
             return candidate
     found = [s for s in SPLITS if (root / "images" / s).is_dir() or (root / s).is_dir()]
+    if not found and (root / "Dataframes").is_dir() and (root / "Images").is_dir():
+        raise BadInput(f"dataset {root} is in the GSV-Cities layout (Dataframes/, Images/): place-labelled "
+                       f"training images with no '{split}' split; train on it with data.layout=gsv_cities and "
+                       f"train.regime=places, and evaluate on a VG-format folder (images/{split}/)")
     raise BadInput(f"dataset {root}: no '{split}' split (looked for images/{split}/ and {split}/); "
                    f"splits found: {', '.join(found) or 'none'}")
 

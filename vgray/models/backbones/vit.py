@@ -56,6 +56,8 @@ def _check_vit(cfg) -> None:
     check_encoder_keys(cfg, VIT_DEPTH)
 
 
-BACKBONES.register("vit", type=ViT, out_channels=768, input_sizes=VIT_SIZES, check=_check_vit)(
+# Its class token leads the tokens (SALAD takes it beside the 16-pixel patch tokens).
+BACKBONES.register("vit", type=ViT, out_channels=768, input_sizes=VIT_SIZES, patch=16, class_token=True,
+                   check=_check_vit)(
     lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None:
     ViT(tuple(image_size), trunc_te, freeze_te, pretrained))
