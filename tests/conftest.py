@@ -27,6 +27,30 @@ TINY = "synthetic:tiny"
 TINY_SET = ["model.pretrained=none", "data.num_workers=0", "test.batch_size=16"]
 
 
+# The suite runs on the CPU wherever it runs, a CUDA machine included, except tests marked ``cuda``
+# (skipped without CUDA). This process's view of the GPUs is fixed here, before any test hides them
+# from the processes it starts.
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """``device=auto`` is the CPU in this process (as for a process assigned no GPU:
+    :func:`vgray.runtime.set_gpu_assignment`) and in the processes a test starts (a ``vgray``
+    command, a sweep driver: CUDA_VISIBLE_DEVICES empty). Tests marked ``cuda`` see the machine."""
+    from vgray.runtime import set_gpu_assignment
+    if request.node.get_closest_marker("cuda"):
+        if not CUDA:
+            pytest.skip("needs a CUDA GPU")
+        set_gpu_assignment(None)
+        yield
+        return
+    set_gpu_assignment(lambda: [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield
+    set_gpu_assignment(None)
+
+
 @pytest.fixture(autouse=True)
 def _no_logging_to_closed_streams():
     """Ray Data attaches stream handlers to the sys.stderr of the moment, which in a test is
@@ -94,9 +118,9 @@ def small_root(tiny_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local(tiny_root):
-    """A local Ray of 2 CPUs, no dashboard, in the ``vgray`` namespace."""
+    """A local Ray of 2 CPUs and no GPU (on a GPU machine too), no dashboard, in the ``vgray`` namespace."""
     import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, namespace="vgray", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -106,8 +130,8 @@ def two_nodes():
     """Two Ray nodes on this machine (a head of 1 CPU, a worker of 2); the driver joins the head."""
     import ray
     from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=0)
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, namespace="vgray", log_to_driver=False)

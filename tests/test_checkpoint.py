@@ -102,3 +102,22 @@ def test_readers_refuse_with_one_line(tmp_path):
         with pytest.raises(BadInput, match=message) as info:
             read()
         assert "\n" not in str(info.value)
+
+
+def test_rng_states_saved_with_more_gpus_restore_on_fewer(tmp_path):
+    """A checkpoint written where 3 GPUs were visible (CUDA RNG states faked here) resumes on a
+    machine with fewer or none: the states of the GPUs that exist are restored, the rest ignored."""
+    from vgray.checkpoint import cuda_states_to_restore, rng_state, set_rng_state
+    generator = np.random.default_rng(7)
+    fake = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
+    saved = rng_state(generator)
+    saved["cuda"] = fake
+    checkpoint.save(tmp_path / "c.pt", {"model": {}, "epoch": 1, "rng": saved})
+    expected = (torch.rand(3), generator.random(), np.random.random())
+    generator = np.random.default_rng(0)
+    set_rng_state(checkpoint.load(tmp_path / "c.pt")["rng"], generator)  # no raise, CPU states back
+    again = (torch.rand(3), generator.random(), np.random.random())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+    assert cuda_states_to_restore(fake, 0) == []
+    assert [(i, s is fake[i]) for i, s in cuda_states_to_restore(fake, 1)] == [(0, True)]
+    assert [i for i, _ in cuda_states_to_restore(fake[:1], 4)] == [0]  # the other GPUs keep theirs

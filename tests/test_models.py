@@ -64,7 +64,10 @@ def fitted(backbone, aggregation):
     return [f"data.resize=[{h},{w}]", f"model.mixvpr_map_size={list(local_map_size(cfg))}"]
 
 
-PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names() if _allowed(b, a)]
+# ResNet-152 is ResNet-101's code with more blocks (torchvision's, truncated the same way) and 2.5x its
+# time on CPU: it is tried with one aggregation, the one its CosPlace releases use.
+PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names()
+         if _allowed(b, a) and (not b.startswith("resnet152") or a == "gem")]
 
 
 @pytest.mark.parametrize("fc", [None, 32])

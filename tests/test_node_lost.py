@@ -21,8 +21,8 @@ def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tm
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=0) for _ in range(2)]
     cluster.wait_for_nodes()
     raylets = {w.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: w for w in workers}
     path = write_sweep(tmp_path / "s.yaml", {"train.epochs": 3, "train.patience": 3}, name="lost",

@@ -65,6 +65,29 @@ def test_grid_places_match_a_brute_force_reference():
     assert got.n_places == len(want) and all(len(m) >= k for m in got.members())
 
 
+def test_grid_places_split_by_heading_bins():
+    """With train.place_heading_deg, a place is a cell and a heading bin: views looking apart never share one."""
+    rng = np.random.default_rng(2)
+    utm = rng.uniform([500000, 4600000], [500060, 4600060], (800, 2))
+    headings = rng.choice([0.0, 10.0, 95.0, 180.0, 275.0, 359.0, 365.0], len(utm))
+    paths = [f"/d/@{e:.2f}@{n:.2f}@33@T@0@0@p{i}@@{h:g}@@@@@@.jpg" for i, ((e, n), h) in enumerate(zip(utm, headings))]
+    size, alpha, k = 20.0, 90.0, 3
+    groups_want = defaultdict(list)
+    for path, (e, n), h in zip(paths, utm, headings):
+        ce, cn = int(np.floor(e / size)), int(np.floor(n / size))
+        if np.hypot(e - (ce + 0.5) * size, n - (cn + 0.5) * size) <= 25.0:
+            groups_want[(ce, cn, int((h % 360) // alpha))].append(path)
+    want = {frozenset(v) for v in groups_want.values() if len(v) >= k}
+    got = grid_places(paths, utm, size, 25.0, k, heading_deg=alpha)
+    groups = defaultdict(set)
+    for p, label in zip(got.paths, got.labels):
+        groups[label].add(p)
+    assert {frozenset(g) for g in groups.values()} == want and len(want) > 10
+    assert got.n_places > grid_places(paths, utm, size, 25.0, k).n_places  # the bins split the cells
+    with pytest.raises(BadInput, match="heading field"):
+        grid_places(["/d/@1@2@.jpg"] * 4, np.zeros((4, 2)), size, 25.0, 2, heading_deg=alpha)
+
+
 def test_gsv_cities_reader_on_the_synthetic_world(gsv_root, tiny_root):
     frames = list((gsv_root / "Dataframes").glob("*.csv"))
     assert len(frames) == 1
@@ -142,7 +165,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
     empty = tmp_path / "nodataframes"
     (empty / "Images").mkdir(parents=True)
     out = tmp_path / "out"
-    common = [f"data.layout=gsv_cities", f"data.val_root={TINY}", f"test.datasets={{tiny: '{TINY}'}}"]
+    common = ["data.layout=gsv_cities", f"data.val_root={TINY}", f"test.datasets={{tiny: '{TINY}'}}"]
     one_line_exit_2(["train", *sets(f"data.root={empty}", *common), "--out", str(out)], capsys, "Dataframes")
     one_line_exit_2(["train", *sets("train.places_per_batch=1000"), "--out", str(out)], capsys,
                     "train.places_per_batch=1000", "places")

@@ -82,7 +82,7 @@ def test_pareto_front_matches_brute_force():
 @pytest.fixture(scope="module")
 def ray_local(tiny_root):
     import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="vgray", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, namespace="vgray", log_to_driver=False)
     yield ray
     ray.shutdown()
 

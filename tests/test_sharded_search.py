@@ -54,8 +54,8 @@ def two_nodes():
     """Two Ray nodes on this machine (1 CPU each); the driver is connected to the head."""
     import ray
     from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, num_gpus=0)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="vgray", log_to_driver=False)
     yield ray

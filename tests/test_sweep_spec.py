@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from vgray.cli import main
@@ -16,7 +17,8 @@ from vgray.results import summarize, summary_markdown
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"quickstart": 4, "table3_backbones": 48, "table6_mining": 18, "table6_mining_msls": 18,
             "fig2_augmentation_optuna": 20, "fig3_resize": 24, "table4_aggregation": 60,
-            "table5_transformers": 36, "fig4_knn": 6, "modern_heads": 27}
+            "table5_transformers": 36, "fig4_knn": 6, "modern_heads": 27,
+            "released_models": 14}
 
 TINY_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
              "model": {"pretrained": "none", "aggregation": "gem"},
@@ -255,3 +257,28 @@ def test_results_store_on_a_uri(tmp_path):
     again = ResultsStore(uri, varied=["model.aggregation"])
     assert [r["trial_id"] for r in again.rows] == ["t1", "t2"] and not again.add(_row("t1", "gem", 0, 1.0))
     assert "| gem | 2 | 61.0 ± 1.4 |" in (tmp_path / "remote" / "summary.md").read_text()
+
+
+def test_released_models_are_each_release_as_published(monkeypatch):
+    """Every trial of released_models.yaml is an eval of a named release whose config is the release's
+    (checked as loading checks it, without the files), at the publisher's input size."""
+    from vgray.models import build_model
+    from vgray.models.pretrained import RECORDS, check_release
+    monkeypatch.setenv("VGRAY_DATASETS", "/datasets")
+    spec = load_sweep(ROOT / "sweeps" / "released_models.yaml")
+    assert spec.task == "eval"
+    seen = set()
+    for trial in spec.trials():
+        cfg = trial.config(spec, 0)
+        with torch.device("meta"):
+            model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+        arch = model.backbone.arch
+        check_release(cfg.model, arch)
+        rec = RECORDS[(arch, cfg.model.pretrained)]
+        if rec.input_size and cfg.model.pretrained not in ("cosplace", "eigenplaces", "dinov2"):
+            assert tuple(cfg.data.image_size) == tuple(rec.input_size), trial.name
+        seen.add((arch, cfg.model.pretrained))
+        assert len(cfg.test.datasets) == 6
+    releases = {key for key, rec in RECORDS.items() if rec.network}
+    assert releases <= seen  # every MixVPR / SALAD / BoQ release
+    assert {name for _, name in seen} == {"cosplace", "eigenplaces", "mixvpr", "salad", "boq", "dinov2"}

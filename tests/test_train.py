@@ -202,3 +202,21 @@ def test_training_evidence_script_reports_what_it_measured(tiny_root, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "train.criterion" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_step_loss_stays_on_the_device_until_the_epoch_reads_it():
+    """``train_step`` returns the loss as a 0-d tensor (no host sync a step); the epoch reads its
+    losses once, as the same floats ``float(loss)`` gave."""
+    from vgray.runtime import Runtime
+    from vgray.train.loop import make_optimizer, train_step
+    from vgray.train.losses import read_losses
+    cfg = quick()
+    seed_everything(0)
+    rt = Runtime.from_config(cfg, progress=False)
+    model = rt.prepare(build_model(cfg.model, image_size=cfg.data.image_size)).train()
+    optimizer = make_optimizer(model, cfg.train)
+    images = torch.rand(2, 4, 3, *cfg.data.image_size)
+    losses = [train_step(model, images, optimizer, rt, cfg) for _ in range(3)]
+    assert all(isinstance(x, torch.Tensor) and x.dim() == 0 and not x.requires_grad for x in losses)
+    assert read_losses(losses) == [float(x) for x in losses] and read_losses([]) == []
+    assert float(np.mean(read_losses(losses))) == float(np.mean([float(x) for x in losses]))

@@ -24,7 +24,7 @@ import fnmatch
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -209,8 +209,16 @@ def set_rng_state(state: Dict[str, Any], generator: np.random.Generator) -> None
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     generator.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, saved in cuda_states_to_restore(state.get("cuda") or [], visible):
+        torch.cuda.set_rng_state(saved, index)
+
+
+def cuda_states_to_restore(saved: List[Any], visible: int) -> List[Tuple[int, Any]]:
+    """``(ordinal, state)`` of the saved CUDA RNG states that this process can restore: one per GPU
+    it sees, as many as were saved. A run saved with more GPUs visible than now (or none now)
+    restores the ones that exist; with fewer saved, the other GPUs keep their states."""
+    return list(enumerate(saved[:visible]))
 
 
 def _np_global_state():

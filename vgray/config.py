@@ -46,7 +46,8 @@ def _key(default, help: str, **checks):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = _key("synthetic:tiny", "dataset folder in the VG format, or synthetic:tiny|small|large")
+    root: str = _key("synthetic:tiny", "dataset folder in the VG format, synthetic:tiny|small|large, or ground-truth "
+                                       "lists: FOLDER, FOLDER/NAME or IMAGES::LISTS (README: ground-truth lists)")
     layout: str = _key("vg", "layout of data.root: vg (the VG format), gsv_cities (Dataframes/<city>.csv + "
                              "Images/<city>/; training with train.regime=places only)",
                        choices=["vg", "gsv_cities"])
@@ -77,8 +78,9 @@ class ModelConfig:
     backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=BACKBONES)
     aggregation: str = _key("netvlad", "aggregation (registry name)", choices=AGGREGATIONS)
     pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
-                                       "radenovic_sfm, cosplace, eigenplaces, dinov2, or a weights file (a vgray "
-                                       "checkpoint, the paper's, CosPlace's: detected from its keys)")
+                                       "radenovic_sfm, cosplace, eigenplaces, dinov2, mixvpr, salad, boq, or a weights "
+                                       "file (a vgray checkpoint, the paper's, CosPlace's, MixVPR's, SALAD's, BoQ's: "
+                                       "detected from its keys)")
     netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
     fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size",
                                         positive=True)
@@ -107,6 +109,8 @@ class ModelConfig:
                                                "descriptor = out_channels x s1 x s2 (2x2)", positive=True, length=2)
     train_blocks: Optional[int] = _key(None, "DINOv2: how many of the last encoder blocks train, the rest and the "
                                              "embeddings frozen (SALAD 4, BoQ 2; null: all train)", range=(0, 1000))
+    dinov2_final_norm: bool = _key(True, "DINOv2: LayerNorm the tokens after the last block, as DINOv2 and SALAD "
+                                         "do (false: the last block's tokens, as BoQ's released network)")
     salad_clusters: int = _key(64, "SALAD: clusters m (64); descriptor = clusters x cluster_dim + token_dim",
                                positive=True)
     salad_cluster_dim: int = _key(128, "SALAD: channels l of each cluster's aggregated features (128)", positive=True)
@@ -160,6 +164,9 @@ class TrainConfig:
     images_per_place: int = _key(4, "places regime: images per place (K; GSV-Cities: 4)", range=(2, 1000))
     place_size_m: float = _key(10.0, "places regime on a VG-format set: UTM grid cell of one place, metres",
                                positive=True)
+    place_heading_deg: Optional[float] = _key(None, "places regime on a VG-format set: heading bin of one place, "
+                                                    "degrees (CosPlace's alpha; null: headings ignored)",
+                                              range=(1e-6, 360.0))
     batches_per_epoch: Optional[int] = _key(None, "places regime: batches per epoch (null: every place once)",
                                             positive=True)
     pml_loss: str = _key("multi_similarity", "places regime: loss (multi_similarity, contrastive, triplet, circle)",
@@ -181,6 +188,12 @@ class TestConfig:
     method: str = _key("hard_resize", "test-time method", choices=TEST_METHODS)
     recall_values: List[int] = _key([1, 5, 10, 20], "N of recall@N", positive=True)
     positive_dist_threshold: float = _key(25.0, "a retrieval is right within this many metres", positive=True)
+    positives: str = _key("auto", "which database images are right: radius (within positive_dist_threshold "
+                                  "metres), frames (within positive_frames frames: sequences such as Nordland), "
+                                  "files (a ground-truth layout's lists), auto (files where the layout has them, "
+                                  "else radius)", choices=["auto", "radius", "frames", "files"])
+    positive_frames: int = _key(10, "test.positives=frames: a retrieval is right within this many frames "
+                                    "(Nordland: 1; 10 as BoQ and the VG downloader's Nordland)", range=(0, 2**31 - 1))
     majority_weight: float = _key(0.01, "maj_voting: weight of a crop's vote for a database image",
                                   range=(0.0, 1e6))
     knn: str = _key("Flat", "faiss index_factory string of the kNN index")

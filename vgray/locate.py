@@ -89,7 +89,10 @@ def _load_network(db: Database):
 
 
 def _position(path: str, east: float, north: float) -> Dict[str, object]:
-    out: Dict[str, object] = {"utm_east": float(east), "utm_north": float(north), "utm_zone": utm_zone_from_name(path)}
+    # A set given by ground-truth lists has no coordinates (NaN): null in the answer.
+    out: Dict[str, object] = {"utm_east": float(east) if math.isfinite(east) else None,
+                              "utm_north": float(north) if math.isfinite(north) else None,
+                              "utm_zone": utm_zone_from_name(path)}
     latlon = latlon_from_name(path)
     out["lat"], out["lon"] = latlon if latlon else (None, None)
     return out
@@ -155,13 +158,15 @@ def format_table(answer: Dict) -> str:
             lines.append(f"{result['photo']}: no match")
             continue
         zone = f" zone {p['utm_zone']}" if p["utm_zone"] else ""
-        where = f"UTM {p['utm_east']:.2f} E {p['utm_north']:.2f} N{zone}"
+        where = (f"UTM {p['utm_east']:.2f} E {p['utm_north']:.2f} N{zone}" if p["utm_east"] is not None
+                 else f"{p['path']} (the database holds no coordinates)")
         if p["lat"] is not None:
             where += f", lat {p['lat']:.6f} lon {p['lon']:.6f}"
         lines.append(f"{result['photo']}: predicted {where}")
         lines.append(f"  {'rank':>4}  {'distance':>9}  {'utm_east':>12}  {'utm_north':>12}  {'lat':>10}  "
                      f"{'lon':>11}  path")
         for mt in result["matches"]:
-            lines.append(f"  {mt['rank']:>4}  {mt['distance']:>9.4f}  {mt['utm_east']:>12.2f}  "
-                         f"{mt['utm_north']:>12.2f}  {number(mt['lat'], 10)}  {number(mt['lon'], 11)}  {mt['path']}")
+            east, north = (f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in (mt["utm_east"], mt["utm_north"]))
+            lines.append(f"  {mt['rank']:>4}  {mt['distance']:>9.4f}  {east}  "
+                         f"{north}  {number(mt['lat'], 10)}  {number(mt['lon'], 11)}  {mt['path']}")
     return "\n".join(lines)

@@ -4,14 +4,14 @@ Part of the ground: it imports nothing of vgray but :mod:`vgray.errors`, so that
 training and evaluation share one runtime without importing each other. On a GPU the network runs
 under bf16 autocast with pinned, non-blocking transfers; on the CPU the same code in fp32;
 ``test.compile`` runs it through ``torch.compile`` (compiled once per model object, batches padded
-to one shape so that it compiles once).
+or split to one shape so that it compiles once; images of another size run eager).
 """
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -21,13 +21,83 @@ from vgray.errors import BadInput
 DECODERS = ("auto", "pil", "torchvision")
 
 
+# Where a process's GPUs come from. Outside Ray: the machine (``auto`` is CUDA when present). In a
+# process Ray started (a sweep trial, a Ray Data actor), :mod:`vgray.distributed` installs a source of
+# the GPU ids Ray assigned to it (:func:`set_gpu_assignment`): Ray 2.60 leaves CUDA_VISIBLE_DEVICES
+# alone for a worker with no GPU (it would see every GPU of the node), so the machine cannot say.
+_gpu_assignment: Optional[Callable[[], Optional[Sequence[str]]]] = None
+
+
+def set_gpu_assignment(source: Optional[Callable[[], Optional[Sequence[str]]]]) -> None:
+    """Install ``source``: called at each :func:`resolve_device`, it returns the GPU ids assigned to
+    this process (``[]``: none, so the CPU), or None where nothing assigns GPUs (the machine decides)."""
+    global _gpu_assignment
+    _gpu_assignment = source
+
+
+def assigned_gpus() -> Optional[List[str]]:
+    """The GPU ids assigned to this process by the installed source, or None (none installed, or
+    not a process it assigns GPUs to)."""
+    ids = _gpu_assignment() if _gpu_assignment is not None else None
+    return None if ids is None else [str(i) for i in ids]
+
+
+def _visible_cuda() -> Optional[List[str]]:
+    """CUDA_VISIBLE_DEVICES as a list (None when unset)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _local_ordinal(gpu_id: str, visible: Optional[List[str]]) -> int:
+    """The CUDA ordinal, in this process, of the node's GPU ``gpu_id``: its place in
+    CUDA_VISIBLE_DEVICES (which Ray sets to the assigned ids, so usually 0), or the id itself when
+    nothing narrows the process's view (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES)."""
+    if visible is not None and gpu_id in visible:
+        return visible.index(gpu_id)
+    return int(gpu_id) if gpu_id.isdigit() else 0
+
+
+def choose_device(name: str, assigned: Optional[Sequence[str]], visible: Optional[Sequence[str]] = None,
+                  cuda_present: bool = False) -> torch.device:
+    """The device a ``device`` key value picks, without asking whether CUDA works (see
+    :func:`resolve_device`). ``assigned``: the GPU ids a scheduler gave this process (None: no
+    scheduler, so ``auto`` is CUDA when ``cuda_present``); ``visible``: CUDA_VISIBLE_DEVICES as a list.
+
+    With an assignment, ``auto`` is the CPU when no GPU was assigned and else the first assigned
+    GPU at its local ordinal; ``cuda:N`` means the N-th assigned GPU (``cuda`` the first), and is
+    refused (one line) when fewer were assigned: a process never uses a GPU its scheduler did not
+    give it."""
+    visible = None if visible is None else [str(v) for v in visible]
+    if assigned is None:
+        if name == "auto":
+            return torch.device("cuda" if cuda_present else "cpu")
+        return torch.device(name)
+    assigned = [str(i) for i in assigned]
+    device = torch.device("cuda" if name == "auto" and assigned else "cpu" if name == "auto" else name)
+    if device.type != "cuda":
+        return device
+    index = device.index or 0
+    if index >= len(assigned):
+        have = f"{len(assigned)} GPU(s) ({', '.join(assigned)})" if assigned else "no GPU"
+        raise BadInput(f"device={name}: Ray assigned this worker {have}; cuda:N counts the worker's own GPUs "
+                       f"from 0 (use auto, or give the trial/actor more GPUs)")
+    return torch.device("cuda", _local_ordinal(assigned[index], visible))
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device of a ``device`` key value (``auto``: CUDA when present, else the CPU)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    """The torch device of a ``device`` key value (``auto``: CUDA when present, else the CPU; in a
+    process Ray started, what Ray assigned it: see :func:`choose_device`)."""
+    assigned = assigned_gpus()
+    cuda = torch.cuda.is_available()
+    device = choose_device(name, assigned, _visible_cuda(), cuda_present=cuda)
+    if device.type == "cuda" and not cuda:
+        if assigned:
+            raise BadInput(f"device={name}: Ray assigned GPU {', '.join(assigned)} to this worker but CUDA is "
+                           f"not available in it; declare only the GPUs a node has")
         raise BadInput(f"device={name}: no CUDA device is available here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadInput(f"device={name}: CUDA ordinal {device.index} does not exist here "
+                       f"({torch.cuda.device_count()} visible GPU(s))")
     return device
 
 
@@ -90,12 +160,23 @@ class Runtime:
         return images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def forward(self, model, images: torch.Tensor) -> torch.Tensor:
-        """``model(images)`` (images on the device). Compiled, a short batch is padded with zeros
-        to ``batch_size`` (eval-mode networks treat samples independently), so that one graph of
-        one shape serves every batch; a compiler that cannot work here ends in one line."""
+        """``model(images)`` (images on the device). Compiled, one graph per model and input shape
+        class: a short batch is padded with zeros to ``batch_size`` (eval-mode networks treat
+        samples independently) and a longer one split into ``batch_size`` pieces, so that one graph
+        of one shape serves every batch; images of another size than the first the compiled model
+        saw (the crops of ``five_crops`` and its kin, ``single_query``'s sizes) run eager instead
+        of compiling again. A compiler that cannot work here ends in one line."""
         if not self.compile:
             return model(images)
+        eager = getattr(model, "_orig_mod", None)
+        if eager is not None:
+            size = tuple(images.shape[1:])
+            if model.__dict__.setdefault("_vgray_image_shape", size) != size:
+                return eager(images)
         n = len(images)
+        if n > self.batch_size:
+            return torch.cat([self.forward(model, images[i:i + self.batch_size])
+                              for i in range(0, n, self.batch_size)])
         if n < self.batch_size:
             images = torch.cat([images, images.new_zeros((self.batch_size - n, *images.shape[1:]))])
             images = images.contiguous(memory_format=torch.channels_last)

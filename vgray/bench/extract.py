@@ -1,7 +1,10 @@
 """``vgray bench extract``: vgray's extraction path against the paper's way of extracting.
 
 The baseline is a plain loop as the paper's code runs it: a torch DataLoader over PIL images,
-fp32, batch 16, ``torch.no_grad``, default memory format. vgray's path is
+fp32, batch 16, ``torch.no_grad``, default memory format, on its own fresh copy of the model
+(:func:`reference_model`: vgray's path converts the model it prepares to channels-last in place),
+with TF32 off for it (:func:`strict_fp32`: torch 2.14 lets cuDNN use TF32 for "fp32" convolutions
+by default; the paper's fp32 is IEEE fp32). vgray's path is
 :func:`vgray.evaluate.extract.iter_descriptors` (inference mode, channels-last, larger batches,
 bf16 autocast and pinned transfers on a GPU). Same images, same model weights, same loader workers,
 timed in the same run after a warm-up of each; the descriptors of both are compared too.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -57,12 +61,38 @@ class _PlainImages(Dataset):
         return self.transform(self.open(self.paths[i]).convert("RGB")), i
 
 
+#: What the baseline is, as the figures state it.
+REFERENCE = "fp32 (TF32 off), batch 16, PIL DataLoader, no_grad, default memory format, own model copy"
+
+
+def reference_model(cfg, model) -> torch.nn.Module:
+    """The baseline's network: a fresh build of ``cfg.model`` holding ``model``'s weights, fp32, in
+    the default memory format, in eval mode; never the object vgray's path prepares (which
+    converts it to channels-last in place)."""
+    fresh = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+    fresh.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    return fresh.float().eval()
+
+
+@contextmanager
+def strict_fp32():
+    """fp32 convolutions and matmuls in IEEE fp32, not TF32 (cuDNN's default for convolutions in
+    torch 2.14), for the ``with`` block; the previous settings back afterwards."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 def reference_extract(model, paths, transform, device, num_workers, batch_size=16):
-    """The paper's loop: fp32, batch 16, no_grad."""
+    """The paper's loop: fp32 (TF32 off), batch 16, no_grad (``model``: :func:`reference_model`)."""
     model = model.to(device).eval()
     out = []
     loader = DataLoader(_PlainImages(paths, transform), batch_size=batch_size, num_workers=num_workers)
-    with torch.no_grad():
+    with torch.no_grad(), strict_fp32():
         for images, _ in loader:
             out.append(model(images.to(device)).cpu().numpy())
     return np.concatenate(out)
@@ -168,13 +198,14 @@ def main(argv) -> None:
 def _bench(cfg, args, paths, rt) -> dict:
     seed_everything(cfg.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
+    baseline = reference_model(cfg, model)  # its own module: vgray's path makes ``model`` channels-last
     transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     workers = default_workers(cfg.data.num_workers)
     decode_rt = dataclasses.replace(rt, decode="torchvision")
 
     # Warm-up of both paths (allocator, oneDNN/cuDNN kernel choice, worker start), then one timed run each.
-    reference_extract(model, paths[:32], transform, rt.device, workers)
+    reference_extract(baseline, paths[:32], transform, rt.device, workers)
     vgray_extract(model, paths[: 2 * rt.batch_size], transform, rt)
     decode_pil(paths[:32], workers, 16)
     decode_device(paths[:32], decode_rt)
@@ -182,7 +213,7 @@ def _bench(cfg, args, paths, rt) -> dict:
     # machine does not land on one side only.
     ref_s = ours_s = float("inf")
     for _ in range(args.repeats):
-        ref, seconds = _timed(lambda: reference_extract(model, paths, transform, rt.device, workers), sync)
+        ref, seconds = _timed(lambda: reference_extract(baseline, paths, transform, rt.device, workers), sync)
         ref_s = min(ref_s, seconds)
         ours, seconds = _timed(lambda: vgray_extract(model, paths, transform, rt), sync)
         ours_s = min(ours_s, seconds)
@@ -206,6 +237,7 @@ def _bench(cfg, args, paths, rt) -> dict:
         "reference_images_per_s": len(paths) / ref_s,
         "vgray_images_per_s": len(paths) / ours_s,
         "descriptor_cosine": cos,
+        "reference": REFERENCE,
         "ratio": ref_s / ours_s,
     }
     return figures
@@ -233,6 +265,7 @@ def ray_data_bench(cfg, args) -> None:
     paths = split.database.paths[: args.images]
     seed_everything(cfg.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size).eval()
+    baseline = reference_model(cfg, model)
     rt = Runtime.from_config(cfg, progress=False)
     transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
     workers = default_workers(cfg.data.num_workers)
@@ -240,12 +273,13 @@ def ray_data_bench(cfg, args) -> None:
         cluster = cluster_summary()
         cpus = cluster["cpus"]
         counts = _counts(args.actors, cpus)
-        reference_extract(model, paths[:32], transform, rt.device, workers)
+        reference_extract(baseline, paths[:32], transform, rt.device, workers)
         ray_descriptors(cfg, model, paths[:32], transform, model.features_dim, False, args.batch_size, counts[0])
         ref_s, ray_s = float("inf"), {n: float("inf") for n in counts}
         cosine = {}
         for _ in range(args.repeats):
-            ref, seconds = _timed(lambda: reference_extract(model, paths, transform, rt.device, workers), lambda: None)
+            ref, seconds = _timed(lambda: reference_extract(baseline, paths, transform, rt.device, workers),
+                                  lambda: None)
             ref_s = min(ref_s, seconds)
             for n in counts:
                 (got, _), seconds = _timed(lambda: ray_descriptors(cfg, model, paths, transform, model.features_dim,

@@ -57,11 +57,40 @@ class ImageSet:
 
 @dataclass
 class Split:
-    """One split of a dataset: ``database`` and ``queries``."""
+    """One split of a dataset: ``database`` and ``queries``; with ``ground_truth`` (a layout whose
+    files define the positives, :mod:`vgray.data.ground_truth`), each query's positive database
+    indices as the file ``ground_truth_file`` gives them."""
     root: Path
     name: str
     database: ImageSet
     queries: ImageSet
+    ground_truth: Optional[List[np.ndarray]] = None
+    ground_truth_file: Optional[str] = None
+
+    def evaluation_positives(self, rule: str = "auto", threshold: float = 25.0, frames: int = 10) -> tuple:
+        """``(positives per query, the rule as recorded)`` for deciding whether a retrieval is right.
+
+        ``rule`` (``test.positives``): ``files`` the layout's ground-truth files; ``radius`` the
+        database images within ``threshold`` metres; ``frames`` those within ``frames`` frames of
+        the query (:func:`vgray.data.positives.frame_number`); ``auto`` files where the layout has
+        them, else radius."""
+        from vgray.data.positives import positives_within, positives_within_frames
+        if rule == "auto":
+            rule = "files" if self.ground_truth is not None else "radius"
+        if rule == "files":
+            if self.ground_truth is None:
+                raise BadInput(f"test.positives=files: dataset {self.root} is in the VG format and has no "
+                               f"ground-truth files; choose auto, radius or frames")
+            return self.ground_truth, f"files {self.ground_truth_file}"
+        if rule == "frames":
+            return (positives_within_frames(self.database.paths, self.queries.paths, frames),
+                    f"frames ±{frames}")
+        if rule != "radius":
+            raise BadInput(f"test.positives={rule!r} is not allowed; choose auto, radius, frames or files")
+        if self.ground_truth is not None:
+            raise BadInput(f"test.positives=radius: dataset {self.root} is given by ground-truth lists, which carry "
+                           f"no coordinates; choose auto (its files), files or frames")
+        return positives_within(self.database.utm, self.queries.utm, threshold), f"radius {threshold:g} m"
 
     def soft_positives(self, threshold: float = 25.0) -> List[np.ndarray]:
         """Per query, the database indices within ``threshold`` metres (evaluation), nearest first."""
@@ -81,7 +110,8 @@ def resolve_root(root: str) -> Path:
         return synthetic.ensure(root.split(":", 1)[1])
     path = Path(os.path.expandvars(os.path.expanduser(root)))
     if not path.exists():
-        raise BadInput(f"data.root={root}: no such folder; give a dataset folder in the VG format "
+        raise BadInput(f"data.root={root}: no such folder; give a dataset folder in the VG format, "
+                       f"ground-truth lists (FOLDER/NAME for FOLDER/NAME_dbImages.npy, or IMAGES::LISTS) "
                        f"or synthetic:tiny|small|large")
     if not path.is_dir():
         raise BadInput(f"data.root={root}: not a folder; give a dataset folder in the VG format")
@@ -176,7 +206,17 @@ def index_images(top: Path) -> ImageSet:
 
 
 def open_split(root: str | Path, split: str = "test") -> Split:
-    """Read one split of a dataset (``root`` a folder or ``synthetic:<preset>``)."""
+    """Read one split of a dataset (``root`` a folder, ``synthetic:<preset>``, or a form naming
+    ground-truth lists: :func:`vgray.data.ground_truth.find_list_set`)."""
+    from vgray.data.ground_truth import find_list_set, read_list_set
+    lists = find_list_set(str(root), split)
+    if lists is not None:
+        db, queries, positives, source = read_list_set(lists, split)
+        nan = np.full((1, 2), np.nan)
+        return Split(root=lists.images, name=split,
+                     database=ImageSet(db, np.repeat(nan, len(db), axis=0), [""] * len(db)),
+                     queries=ImageSet(queries, np.repeat(nan, len(queries), axis=0), [""] * len(queries)),
+                     ground_truth=positives, ground_truth_file=source.name)
     path = resolve_root(str(root)) if not isinstance(root, Path) else root
     if not path.is_dir():
         raise BadInput(f"data.root={root}: no such folder")

@@ -1,4 +1,5 @@
-"""Positives: database images within a distance of each query on the UTM plane.
+"""Positives: database images within a distance of each query on the UTM plane, or within a number
+of frames of it in a sequence (:func:`positives_within_frames`).
 
 Soft positives (25 m) decide whether a retrieval is right; hard positives (10 m) are the training
 positives. faiss range search on float32 would lose the last metre at UTM magnitudes (4e6 m), so
@@ -7,10 +8,13 @@ exactly in float64.
 """
 from __future__ import annotations
 
-from typing import List
+import os
+from typing import List, Sequence
 
 import faiss
 import numpy as np
+
+from vgray.errors import BadInput
 
 
 def positives_within(db_utm: np.ndarray, q_utm: np.ndarray, threshold: float) -> List[np.ndarray]:
@@ -34,4 +38,42 @@ def positives_within(db_utm: np.ndarray, q_utm: np.ndarray, threshold: float) ->
         keep = dist <= threshold
         cand, dist = cand[keep], dist[keep]
         out.append(cand[np.lexsort((cand, dist))])
+    return out
+
+
+def frame_number(path: str) -> int:
+    """The frame number of a sequence image (Nordland and its variants), read from its file *name*:
+
+    - the ``pano_id`` field (the 8th ``@`` field) when it is an integer: the VG downloader's
+      ``download_nordland.py`` names frame ``i`` ``@0@<north>@@@@@<i>@@@@@@@@.jpg``, counting the
+      kept frames of each season from 0 in the same order, so that database and query frame ``i``
+      are the same place;
+    - else the file's stem when it is all digits, as in the publishers' lists (``ref/0000123.jpg``).
+
+    :class:`BadInput` naming the file otherwise."""
+    name = os.path.basename(path)
+    fields = name.split("@")
+    if len(fields) > 8 and fields[7].strip().isdigit():
+        return int(fields[7])
+    stem = os.path.splitext(name)[0]
+    if stem.isdigit():
+        return int(stem)
+    raise BadInput(f"test.positives=frames: image {path} carries no frame number; allowed: an integer "
+                   f"pano_id field (@east@north@zone@letter@lat@lon@FRAME@...@.jpg, as the VG downloader names "
+                   f"Nordland) or a name of digits (0000123.jpg)")
+
+
+def positives_within_frames(db_paths: Sequence[str], q_paths: Sequence[str], frames: int) -> List[np.ndarray]:
+    """For each query, the database indices whose frame number (:func:`frame_number`) is within
+    ``frames`` of the query's, nearest frame first (ties by index)."""
+    db = np.asarray([frame_number(p) for p in db_paths], dtype=np.int64)
+    q = np.asarray([frame_number(p) for p in q_paths], dtype=np.int64)
+    order = np.argsort(db, kind="stable")
+    sorted_db = db[order]
+    lo = np.searchsorted(sorted_db, q - frames, side="left")
+    hi = np.searchsorted(sorted_db, q + frames, side="right")
+    out = []
+    for i in range(len(q)):
+        cand = order[lo[i]:hi[i]]
+        out.append(cand[np.lexsort((cand, np.abs(db[cand] - q[i])))])
     return out

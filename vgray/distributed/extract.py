@@ -119,7 +119,9 @@ class _Embed:
     def __init__(self, cfg, model_file: Optional[str] = None, state=None):
         from vgray.checkpoint import read_state_dict
         from vgray.models import build_model
+        from vgray.distributed.devices import use_ray_devices
         from vgray.runtime import Runtime
+        use_ray_devices()  # the actor's device is the GPU Ray gave it, or the CPU
         self.rt = Runtime.from_config(cfg, progress=False)
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
         if model_file is not None:

@@ -97,17 +97,82 @@ def _check_storage(spec: SweepSpec, resume: bool) -> None:
 
 
 def _check_resources(spec: SweepSpec) -> None:
+    """Every trial's placement group (its trainer bundle and, when it may use Ray Data, its
+    extraction bundle: :func:`vgray.distributed.descriptors.trial_bundles`) must be placeable on the
+    cluster's alive nodes, before anything launches: Tune would only log a warning and wait forever."""
     import ray
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    need = {"CPU": spec.resources.get("cpu", 1), "GPU": spec.resources.get("gpu", 0),
-            "memory": spec.resources.get("memory_gb", 0) * 2**30}
-    for node in nodes:
-        have = node.get("Resources", {})
-        if all(have.get(k, 0) >= v for k, v in need.items() if v):
-            return
-    biggest = max((n.get("Resources", {}) for n in nodes), key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
-    raise BadInput(f"resources {spec.resources} fit no node of this cluster (largest: {int(biggest.get('CPU', 0))} CPU, "
-                   f"{int(biggest.get('GPU', 0))} GPU); lower resources.cpu/gpu or add bigger nodes")
+    shapes = [node_shape(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    for bundles in _trial_bundle_sets(spec):
+        if not placeable(bundles, shapes):
+            raise BadInput(f"resources {spec.resources} fit no node of this cluster: a trial's placement group "
+                           f"needs {_describe(bundles)} (trainer, then Ray Data extraction); node shapes: "
+                           f"{_shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes")
+
+
+def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
+    """The distinct placement-group bundle lists of the sweep's trials (a search: its base config's)."""
+    from vgray.config import load_config
+    from vgray.distributed.descriptors import trial_bundles
+    configs = []
+    for trial in spec.trials() or [None]:
+        try:
+            configs.append(trial.config(spec, trial.seeds[0]) if trial else load_config(base=spec.base))
+        except Exception:  # a config that cannot load: the trial itself says why
+            configs.append(None)
+    out: List[List[Dict[str, float]]] = []
+    for cfg in configs:
+        bundles = (trial_bundles(spec.resources, cfg) if cfg is not None
+                   else trial_bundles({**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None))
+        if bundles not in out:
+            out.append(bundles)
+    return out
+
+
+_KEYS = ("CPU", "GPU", "memory")
+
+
+def node_shape(resources: Dict[str, float]) -> Dict[str, float]:
+    """A node's CPUs, GPUs and memory (bytes), from Ray's resource totals of the node."""
+    return {k: float(resources.get(k, 0)) for k in _KEYS}
+
+
+def placeable(bundles: List[Dict[str, float]], shapes: List[Dict[str, float]]) -> bool:
+    """Whether ``bundles`` (one placement group, PACK: on as few nodes as possible, several when
+    they must) fit the nodes of ``shapes`` (their totals) at once: every bundle on one node, the
+    bundles on a node within its resources."""
+    def fits(i: int, free: List[Dict[str, float]]) -> bool:
+        if i == len(bundles):
+            return True
+        tried = set()
+        for n, node in enumerate(free):
+            key = tuple(node[k] for k in _KEYS)
+            if key in tried:  # a node of the same free shape as one tried already
+                continue
+            tried.add(key)
+            if all(node.get(k, 0.0) + 1e-9 >= float(v) for k, v in bundles[i].items()):
+                rest = {k: node[k] - float(bundles[i].get(k, 0)) for k in _KEYS}
+                if fits(i + 1, free[:n] + [rest] + free[n + 1:]):
+                    return True
+        return False
+    return fits(0, [dict(s) for s in shapes])
+
+
+def _amount(key: str, value: float) -> str:
+    return f"{value / 2**30:g} GiB" if key == "memory" else f"{value:g} {key}"
+
+
+def _describe(bundles: List[Dict[str, float]]) -> str:
+    return " + ".join("{" + ", ".join(_amount(k, v) for k, v in b.items() if v) + "}" for b in bundles)
+
+
+def _shapes_line(shapes: List[Dict[str, float]]) -> str:
+    """``2 x {4 CPU, 1 GPU, 16 GiB}, ...`` (memory rounded to GiB), or ``none``."""
+    counts: Dict[str, int] = {}
+    for shape in shapes:
+        text = "{" + ", ".join(f"{shape[k] / 2**30:.0f} GiB" if k == "memory" else f"{shape[k]:g} {k}"
+                               for k in _KEYS) + "}"
+        counts[text] = counts.get(text, 0) + 1
+    return ", ".join(f"{n} x {text}" for text, n in counts.items()) or "none"
 
 
 def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False) -> None:

@@ -41,6 +41,8 @@ def run_trial(trial: TrialParams) -> None:
     import ray
     from ray import tune
 
+    from vgray.distributed.devices import use_ray_devices
+    use_ray_devices()  # the trial's device is the GPU of its trainer bundle, or the CPU
     trial_id = tune.get_context().get_trial_id()
     work = Path(tempfile.mkdtemp(prefix=f"vgray-{trial_id}-"))
     done: Dict[int, Dict[str, Any]] = {}

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vgray.data.dataset import ImageSet, Split, open_split
+from vgray.data.ground_truth import LIST_SUFFIXES
 from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_descriptors
 from vgray.evaluate.knn import StreamedFlatSearch, build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.methods import create_method
@@ -48,7 +49,9 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     ``five_crops`` writes the mean descriptor it searches, one row per query.
 
     ``keep``, a dict, receives ``predictions`` (database ids per query, ``-1`` for none) and
-    ``positives`` (the database ids within ``test.positive_dist_threshold`` of each query).
+    ``positives`` (the database ids that are right for each query, by ``test.positives``: within
+    ``test.positive_dist_threshold`` metres, within ``test.positive_frames`` frames, or from the
+    layout's ground-truth files). The figures' ``positives`` says which rule was used.
     """
     rt = rt or Runtime.from_config(cfg, progress=progress)
     extractor = extractor or extract_descriptors
@@ -76,8 +79,9 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     found.matching_s += time.perf_counter() - start
     predictions = np.full((len(split.queries), k), -1, dtype=np.int64)
     predictions[found.q_rows, :merged.shape[1]] = merged
-    positives = split.soft_positives(cfg.test.positive_dist_threshold)
-    result: Dict[str, float] = recall_at_n(predictions, positives, cfg.test.recall_values)
+    positives, rule = split.evaluation_positives(cfg.test.positives, cfg.test.positive_dist_threshold,
+                                                 cfg.test.positive_frames)
+    result: Dict[str, Any] = recall_at_n(predictions, positives, cfg.test.recall_values)
     if keep is not None:
         keep.update(predictions=predictions, positives=positives)
     images = len(split.queries) + len(split.database)
@@ -90,6 +94,7 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
         "matching_ms": 1000.0 * found.matching_s / max(m, 1),
         "index_memory_mb": found.memory_mb,
         "extraction_ms_per_image": 1000.0 * found.extraction_s / max(images, 1),
+        "positives": rule,
     })
     return result
 
@@ -264,10 +269,17 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
 
 
 def dataset_name(root: str) -> str:
-    """A short name of a dataset root for result columns: ``synthetic_small``, ``pitts30k``."""
+    """A short name of a dataset root for result columns: ``synthetic_small``, ``pitts30k``; a root
+    naming ground-truth lists, the list set's (``IMAGES::LISTS/pitts30k_test`` -> ``pitts30k_test``)."""
     if root.startswith("synthetic:"):
         return "synthetic_" + root.split(":", 1)[1]
-    return Path(root.rstrip("/")).name or "dataset"
+    if "::" in root:  # ground-truth lists apart from their images: named after the lists
+        root = root.split("::", 1)[1]
+    name = Path(root.rstrip("/")).name
+    for suffix in LIST_SUFFIXES:  # a root naming one file of a list set: the set's name
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return name or "dataset"
 
 
 def test_sets(cfg) -> Dict[str, str]:
@@ -285,7 +297,8 @@ FIRST_SET_FIGURES = ("matching_ms", "index_memory_mb", "database", "queries")
 def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Optional[Callable] = None,
                log=None) -> Dict[str, Any]:
     """The test of a finished model on every set of ``sets`` (``{name: root}``, see :func:`test_sets`):
-    ``test/<name>/R@N`` for ``test.recall_values`` on each root's test split; ``matching_ms``,
+    ``test/<name>/R@N`` for ``test.recall_values`` on each root's test split and
+    ``test/<name>/positives`` (the rule that decided them, as :func:`evaluate_split` says it); ``matching_ms``,
     ``index_memory_mb``, ``database`` and ``queries`` of the first set; the model's cost
     (``features_dim``: the size searched, ``gflops``, ``model_size_mb``, ``params``).
 
@@ -316,9 +329,11 @@ def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Opt
         figures = evaluate_split(model, splits[name], cfg, rt=rt, progress=False, pca=pca,
                                  extractor=extractor_of(root))
         result.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
+        result[f"test/{name}/positives"] = figures["positives"]
         for key in FIRST_SET_FIGURES:
             result.setdefault(key, figures[key])
     add_cost(result, model, cfg)
     if log is not None:
-        log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("test/")))
+        log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items()
+                                if k.startswith("test/") and "/R@" in k))
     return result

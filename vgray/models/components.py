@@ -19,6 +19,8 @@ builder takes, ``train_blocks``):
 ``init_aggregation`` hands the aggregation the weights of a trained head it has (after loading)
 ``load_source_state_dict()`` loads a state dict in its source layout (torchvision, timm, the
                     authors' files): ``model.pretrained`` files that are not whole networks
+``adapt_network_state()`` sizes its part of a whole network's state dict to the input (DINOv2's
+                    positional embedding), before that state dict is checked and loaded
 ==================  ===============================================================================
 
 Aggregation (``AGGREGATIONS``, builder ``(in_channels, model_cfg) -> Aggregation``):
@@ -66,6 +68,11 @@ class Backbone(nn.Module):
         """Load ``state``, a state dict in the layout of the architecture this backbone is cut from,
         refusing one that does not fit with a line naming ``origin``; each backbone implements it."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_source_state_dict")
+
+    def adapt_network_state(self, state: dict, prefix: str) -> dict:
+        """A whole network's state dict (vgray names) whose keys under ``prefix`` are this backbone's,
+        with any weight that depends on the input size sized for this one; default: unchanged."""
+        return state
 
     def init_aggregation(self, aggregation: "Aggregation", name: str) -> None:
         """Load into ``aggregation`` (registry name ``name``) the trained head this backbone's weights
@@ -116,3 +123,17 @@ class Aggregation(nn.Module):
         """Optimizer parameter groups for the whole network ``model``: by default every trainable
         parameter at ``train.lr`` (the optimizer's default)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
+# -- numerics bf16 does not hold (NetVLAD, CRN, SALAD) --------------------------------------------
+
+def fp32_island(x: torch.Tensor):
+    """A context in which autocast is off on ``x``'s device: the code inside runs in the dtype of
+    its tensors (cast them to float32 first). For numerics bf16 does not hold: a sharp softmax
+    soft-assignment over many clusters, sums of hundreds of residuals, L2 normalisation."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def under_autocast(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (never on the meta device, where shapes are probed)."""
+    return x.device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(x.device.type)

@@ -19,13 +19,24 @@ Sources (the paper's Sec. "pretraining" study and its off-the-shelf landmark-ret
   ``{"state_dict": {"module.conv1.weight": ...}}``.
 - ``cosplace``, ``eigenplaces``: the whole ResNet-18/50/101 conv5 and VGG16 + GeM + FC networks of
   gmberton/CosPlace and gmberton/EigenPlaces (MIT), one release file per descriptor size
-  (``model.fc_output_dim``), in their GeoLocalizationNet layout (read by :mod:`vgray.models.foreign`).
-  Their ResNet-152 files are left out: vgray has no resnet152 backbone.
+  (``model.fc_output_dim``), in their GeoLocalizationNet layout (read by :mod:`vgray.models.foreign`);
+  CosPlace also releases ResNet-152 conv5 (EigenPlaces does not).
 - ``radenovic_gldv1``, ``radenovic_sfm``: the whole ResNet-50/101 + GeM + whitening (FC 2048) networks
   of cnnimageretrieval-pytorch (Radenović et al., TPAMI 2018) trained on Google Landmarks 2018 and
   SfM-120k, as the paper's eval.py ``--off_the_shelf`` loads them: ``{"meta": ..., "state_dict":
   {"features.N...", "pool.p", "whiten.weight", "whiten.bias"}}``. They fit
   ``resnet{50,101}conv5 + gem + fc_output_dim=2048`` only (GeM's p and the whitening are loaded too).
+
+- ``mixvpr``, ``salad``, ``boq``: the whole networks released by their authors, trained on GSV-Cities
+  (read by :mod:`vgray.models.foreign`, loaded whole; the config must be the release's, else refused
+  naming the keys to set). MixVPR (amaralibey/MixVPR, no licence stated): ResNet-50 conv4 + MixVPR
+  4096-d at 320 x 320, ``resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt`` from Google Drive (its
+  README; the 512-d and 128-d files are left out: their MixVPR sizes are not published). SALAD
+  (serizba/salad, GPL-3.0): DINOv2 ViT-B/14 + SALAD 8448-d, ``dino_salad.ckpt`` (hubconf), evaluated at
+  322 x 322. BoQ (amaralibey/Bag-of-Queries, MIT; hubconf ``MODEL_URLS``): ResNet-50 conv4 + BoQ
+  16384-d at 384 x 384 (``resnet50_16384.pth``) and DINOv2 ViT-B/14 + BoQ 12288-d at 322 x 322
+  (``dinov2_12288.pth``, with ``model.dinov2_final_norm=false``: BoQ's DINOv2 leaves the final norm out).
+  All with ImageNet's mean/std.
 
 The paper also evaluates Naver's AP-GeM networks (deep-image-retrieval); their files pickle
 scikit-learn objects, which ``torch.load(weights_only=True)`` refuses to run, so they are left out.
@@ -65,6 +76,9 @@ class WeightsRecord:
     # ``{dim}`` in the URL stands for model.fc_output_dim. Read by vgray.models.foreign.
     dims: tuple = ()
     input_size: Optional[tuple] = None  # (H, W) the publisher trained at, where it is not "any"
+    # Whole networks released once (MixVPR, SALAD, BoQ): the ``model.*`` keys the config must have,
+    # (key, allowed values) with the first value the one to name; read by vgray.models.foreign.
+    network: tuple = ()
 
     def for_dim(self, dim: int) -> "WeightsRecord":
         """The record of the file for descriptor size ``dim`` (records with ``dims``)."""
@@ -99,7 +113,8 @@ def _paper(arch: str, source: str, drive_id: str) -> WeightsRecord:
 def _gmberton(repo: str, arch: str, dims: tuple) -> WeightsRecord:
     """CosPlace / EigenPlaces: one whole network (backbone + GeM + FC) per descriptor size, the
     release files of the repository's hubconf; trained at 512 x 512 with ImageNet's mean/std."""
-    name = {"resnet18": "ResNet18", "resnet50": "ResNet50", "resnet101": "ResNet101", "vgg16": "VGG16"}[arch]
+    name = {"resnet18": "ResNet18", "resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152",
+            "vgg16": "VGG16"}[arch]
     return WeightsRecord(f"https://github.com/gmberton/{repo}/releases/download/v1.0/{name}_{{dim}}_"
                          f"{repo.lower()}.pth", None, licence=f"MIT (gmberton/{repo}); SF-XL data terms",
                          converter="foreign", whole_network=True, dims=dims, input_size=(512, 512))
@@ -110,6 +125,28 @@ def _cirtorch(path: str) -> WeightsRecord:
     return WeightsRecord(_CIR + path, None, licence=_CIR_LICENCE, converter="cirtorch", whole_network=True)
 
 
+def _vpr(url: str, licence: str, input_size: tuple, network: tuple, filename: Optional[str] = None) -> WeightsRecord:
+    return WeightsRecord(url, None, licence=f"{licence}; GSV-Cities data terms", filename=filename,
+                         converter="foreign", whole_network=True, input_size=input_size, network=network)
+
+
+_BOQ = "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/"
+_BOQ_LICENCE = "MIT (amaralibey/Bag-of-Queries)"
+_NO_FC = (("fc_output_dim", (None,)),)
+_MIXVPR_NET = (("backbone", ("resnet50conv4",)), ("aggregation", ("mixvpr",)), ("mixvpr_map_size", ([20, 20],)),
+               ("mixvpr_out_channels", (1024,)), ("mixvpr_out_rows", (4,)), ("mixvpr_depth", (4,)),
+               ("mixvpr_mlp_ratio", (1.0,))) + _NO_FC
+_SALAD_NET = (("backbone", ("dinov2_vitb14",)), ("trunc_te", (None,)), ("dinov2_final_norm", (True,)),
+              ("aggregation", ("salad",)), ("salad_clusters", (64,)), ("salad_cluster_dim", (128,)),
+              ("salad_token_dim", (256,))) + _NO_FC
+
+
+def _boq_net(backbone: str, proj: int, extra: tuple) -> tuple:
+    # boq_proj_channels null is half the backbone's channels: the released 512 and 384.
+    return ((("backbone", (backbone,)),) + extra + (("aggregation", ("boq",)), ("boq_proj_channels", (None, proj)),
+            ("boq_queries", (64,)), ("boq_layers", (2,)), ("boq_row_dim", (32,))) + _NO_FC)
+
+
 # (source architecture, pretrained name) -> record.
 RECORDS: Dict[tuple, WeightsRecord] = {
     ("alexnet", "imagenet"): WeightsRecord(_TV + "alexnet-owt-7be5be79.pth", "7be5be79"),
@@ -117,6 +154,7 @@ RECORDS: Dict[tuple, WeightsRecord] = {
     ("resnet18", "imagenet"): WeightsRecord(_TV + "resnet18-f37072fd.pth", "f37072fd"),
     ("resnet50", "imagenet"): WeightsRecord(_TV + "resnet50-0676ba61.pth", "0676ba61"),
     ("resnet101", "imagenet"): WeightsRecord(_TV + "resnet101-63fe2227.pth", "63fe2227"),
+    ("resnet152", "imagenet"): WeightsRecord(_TV + "resnet152-394f9c45.pth", "394f9c45"),
     ("resnet18", "places"): _paper("resnet18", "places", "1DnEQXhmPxtBUrRc81nAvT8z17bk-GBj5"),
     ("resnet50", "places"): _paper("resnet50", "places", "1zsY4mN4jJ-AsmV3h4hjbT72CBfJsgSGC"),
     ("resnet101", "places"): _paper("resnet101", "places", "1E1ibXQcg7qkmmmyYgmwMTh7Xf1cDNQXa"),
@@ -142,13 +180,24 @@ RECORDS: Dict[tuple, WeightsRecord] = {
                                                         "83fb41ba", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE),
     # CCT-14/7x2 fine-tuned on ImageNet at 384, the file the paper's model/cct/cct.py loads (no hash given).
     # CosPlace (Berton et al., CVPR 2022) and EigenPlaces (ICCV 2023), released per backbone and size
-    # (their hubconf.py); ResNet-152 is released too but vgray has no resnet152 backbone.
+    # (their hubconf.py's AVAILABLE_TRAINED_MODELS; EigenPlaces has no ResNet-152).
     **{(arch, "cosplace"): _gmberton("CosPlace", arch, dims) for arch, dims in (
         ("vgg16", (64, 128, 256, 512)), ("resnet18", (32, 64, 128, 256, 512)),
-        ("resnet50", (32, 64, 128, 256, 512, 1024, 2048)), ("resnet101", (32, 64, 128, 256, 512, 1024, 2048)))},
+        ("resnet50", (32, 64, 128, 256, 512, 1024, 2048)), ("resnet101", (32, 64, 128, 256, 512, 1024, 2048)),
+        ("resnet152", (32, 64, 128, 256, 512, 1024, 2048)))},
     **{(arch, "eigenplaces"): _gmberton("EigenPlaces", arch, dims) for arch, dims in (
         ("vgg16", (512,)), ("resnet18", (256, 512)), ("resnet50", (128, 256, 512, 1024, 2048)),
         ("resnet101", (128, 256, 512, 1024, 2048)))},
+    # MixVPR, SALAD, BoQ: whole networks their authors released (GSV-Cities), loaded whole.
+    ("resnet50", "mixvpr"): _vpr(_DRIVE + "1vuz3PvnR7vxnDDLQrdHJaOA04SQrtk5L", "no licence stated by the publisher "
+                                 "(amaralibey/MixVPR)", (320, 320), _MIXVPR_NET,
+                                 filename="resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"),
+    ("vit_base_patch14_dinov2", "salad"): _vpr("https://github.com/serizba/salad/releases/download/v1.0.0/"
+                                               "dino_salad.ckpt", "GPL-3.0 (serizba/salad)", (322, 322), _SALAD_NET),
+    ("resnet50", "boq"): _vpr(_BOQ + "resnet50_16384.pth", _BOQ_LICENCE, (384, 384),
+                              _boq_net("resnet50conv4", 512, ())),
+    ("vit_base_patch14_dinov2", "boq"): _vpr(_BOQ + "dinov2_12288.pth", _BOQ_LICENCE, (322, 322), _boq_net(
+        "dinov2_vitb14", 384, (("trunc_te", (None,)), ("dinov2_final_norm", (False,))))),
     ("cct_14_7x2_384", "imagenet"): WeightsRecord(
         "https://shi-labs.com/projects/cct/checkpoints/finetuned/cct_14_7x2_384_imagenet.pth", None,
         licence="Apache-2.0 (SHI-Labs/Compact-Transformers); ImageNet terms of access"),
@@ -169,6 +218,10 @@ def record(arch: str, pretrained: str) -> WeightsRecord:
     try:
         return RECORDS[(arch, pretrained)]
     except KeyError:
+        releases = [rec for (_, name), rec in RECORDS.items() if name == pretrained and rec.network]
+        if releases:  # a whole network released for other backbones
+            raise BadInput(f"model.pretrained={pretrained} is a whole network released for "
+                           + " or ".join(_network_keys(rec) for rec in releases) + "; set those")
         have = sorted(name for a, name in RECORDS if a == arch)
         raise BadInput(f"model.pretrained={pretrained}: no such weights for {arch}; "
                        f"available: none, {', '.join(have)}, or a weights file")
@@ -283,7 +336,8 @@ def source_state_dict(arch: str, pretrained: str) -> Optional[dict]:
     """State dict of the source architecture (torchvision names) for a named source, None for ``none``."""
     if pretrained == "none":
         return None
-    if record(arch, pretrained).dims:  # a whole network: its backbone comes with it (load_network_head)
+    rec = record(arch, pretrained)
+    if rec.dims or rec.network:  # a whole network: its backbone comes with it (load_network_head)
         return None
     return _converted(arch, pretrained)[0]
 
@@ -314,6 +368,9 @@ def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     if rec.dims:
         _load_released_network(model, model_cfg, rec)
         return
+    if rec.network:
+        _load_release(model, model_cfg, rec)
+        return
     if not (model_cfg.backbone.endswith("conv5") and model_cfg.aggregation == "gem"
             and model_cfg.fc_output_dim == 2048):
         raise BadInput(f"model.pretrained={model_cfg.pretrained} is a whole {arch} conv5 + GeM + FC 2048 network; "
@@ -325,13 +382,47 @@ def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     model.load_state_dict(head, strict=False)
 
 
+def check_release(model_cfg, arch: str) -> None:
+    """Where ``model.pretrained`` names a whole released network (CosPlace, EigenPlaces, MixVPR, SALAD,
+    BoQ) for the source architecture ``arch``: BadInput naming the keys to set when ``model_cfg`` is
+    not the release's (nothing downloaded). Other sources pass."""
+    m = model_cfg
+    rec = RECORDS.get((arch, m.pretrained))
+    if rec is None or not rec.whole_network:
+        return
+    if rec.dims:
+        want = "vgg16" if arch == "vgg16" else f"{arch}conv5"
+        if not (m.backbone == want and m.aggregation == "gem" and m.fc_output_dim in rec.dims
+                and m.l2 == "before_pool"):
+            raise BadInput(f"model.pretrained={m.pretrained} is a whole {want} + GeM + FC network released for "
+                           f"model.fc_output_dim in {list(rec.dims)}; set model.backbone={want}, "
+                           f"model.aggregation=gem, model.l2=before_pool and model.fc_output_dim to one of those")
+        return
+    wrong = [key for key, allowed in rec.network if getattr(m, key) not in allowed]
+    if wrong:
+        size = f" (input {rec.input_size[0]}x{rec.input_size[1]})" if rec.input_size else ""
+        raise BadInput(f"model.pretrained={m.pretrained} is a whole network released for "
+                       f"{_network_keys(rec)}{size}; set {_network_keys(rec, wrong)}")
+
+
 def _load_released_network(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:
     """CosPlace / EigenPlaces: the file for ``model.fc_output_dim``, loaded whole (backbone, GeM, FC)."""
-    m, arch = model_cfg, model.backbone.arch
-    want = "vgg16" if arch == "vgg16" else f"{arch}conv5"
-    if not (m.backbone == want and m.aggregation == "gem" and m.fc_output_dim in rec.dims and m.l2 == "before_pool"):
-        raise BadInput(f"model.pretrained={m.pretrained} is a whole {want} + GeM + FC network released for "
-                       f"model.fc_output_dim in {list(rec.dims)}; set model.backbone={want}, model.aggregation=gem, "
-                       f"model.l2=before_pool and model.fc_output_dim to one of those")
-    path = _download(rec.for_dim(m.fc_output_dim))
+    check_release(model_cfg, model.backbone.arch)
+    path = _download(rec.for_dim(model_cfg.fc_output_dim))
+    load_network_file(model, read_weights_file(path), str(path))
+
+
+def _value(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _network_keys(rec: WeightsRecord, only=None) -> str:
+    return ", ".join(f"model.{key}={_value(allowed[0])}" for key, allowed in rec.network
+                     if only is None or key in only)
+
+
+def _load_release(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:
+    """MixVPR, SALAD, BoQ: the released file, loaded whole when the config is the release's."""
+    check_release(model_cfg, model.backbone.arch)
+    path = _download(rec)
     load_network_file(model, read_weights_file(path), str(path))

@@ -2,7 +2,8 @@
 
 gflops: 2 x multiply-accumulates of one forward pass of one image at ``data.resize`` (counted by
 torch's FlopCounterMode: convolutions and matrix products); model_size_mb: MiB of the fp32
-parameters; extraction_ms: mean time of a forward pass of one image, after warm-up.
+parameters; extraction_ms: mean time of a forward pass of one image, after warm-up (compiled: per
+image of a batch of ``test.batch_size``, the shape extraction compiles for).
 """
 from __future__ import annotations
 
@@ -40,19 +41,24 @@ def model_cost(model: torch.nn.Module, image_size) -> Dict[str, float]:
 
 
 def extraction_ms(model: torch.nn.Module, image_size, rt: Runtime, runs: int = 10, warmup: int = 3) -> float:
-    """Mean milliseconds of a forward pass of one image on ``rt``'s device and precision."""
+    """Mean milliseconds of a forward pass of one image on ``rt``'s device and precision, in
+    extraction's mode (inference mode, autocast, :meth:`Runtime.forward`). Eager: a batch of one.
+    Compiled (``test.compile``): full batches of ``test.batch_size`` through the graph extraction
+    compiled (one graph per model and input shape; a batch of one would compile another), the
+    figure being a batch's time over its images."""
     model = rt.prepare(model)
-    x = rt.to_device(torch.rand(1, 3, *image_size))
+    batch = rt.batch_size if rt.compile else 1
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     with torch.inference_mode(), rt.autocast():
+        x = rt.to_device(torch.rand(batch, 3, *image_size))
         for _ in range(warmup):
-            model(x)
+            rt.forward(model, x)
         sync()
         start = time.perf_counter()
         for _ in range(runs):
-            model(x)
+            rt.forward(model, x)
         sync()
-    return 1000.0 * (time.perf_counter() - start) / runs
+    return 1000.0 * (time.perf_counter() - start) / runs / batch
 
 
 def profile(cfg, runs: int = 10) -> Dict[str, float]:

@@ -7,7 +7,7 @@ distance in metres is written under it. Written by ``vgray eval --save-predictio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -41,8 +41,12 @@ def _tile(path: str) -> Image.Image:
         return image.convert("RGB").resize(TILE)
 
 
-def draw_grid(split: Split, query: int, candidates: Sequence[int], threshold: float) -> Image.Image:
-    """The query and its ``candidates`` (database ids, ``-1`` for none) side by side."""
+def draw_grid(split: Split, query: int, candidates: Sequence[int], threshold: float,
+              positives: Optional[np.ndarray] = None) -> Image.Image:
+    """The query and its ``candidates`` (database ids, ``-1`` for none) side by side: green when a
+    candidate is one of the query's ``positives`` (default: within ``threshold`` metres), under
+    each its distance in metres (or, without coordinates, ``positive``/``wrong``)."""
+    right_ids = None if positives is None else set(np.asarray(positives).tolist())
     _, _, right, bottom = tile_box(len(candidates))
     canvas = Image.new("RGB", (right + 1 + MARGIN, bottom + 1 + TEXT_H + MARGIN), "white")
     draw = ImageDraw.Draw(canvas)
@@ -53,7 +57,9 @@ def draw_grid(split: Split, query: int, candidates: Sequence[int], threshold: fl
             items.append((None, RED, "none"))
             continue
         dist = float(np.linalg.norm(split.database.utm[c] - q_utm))
-        items.append((split.database.paths[c], GREEN if dist <= threshold else RED, f"{dist:.1f} m"))
+        right = dist <= threshold if right_ids is None else c in right_ids
+        label = f"{dist:.1f} m" if np.isfinite(dist) else ("positive" if right else "wrong")
+        items.append((split.database.paths[c], GREEN if right else RED, label))
     for i, (path, colour, label) in enumerate(items):
         box = tile_box(i)
         draw.rectangle(box, fill=colour)
@@ -72,7 +78,7 @@ def save_predictions(split: Split, predictions: np.ndarray, positives: Sequence[
     written = []
     for rank, q in enumerate(queries[:n]):
         path = out / f"{rank}_{Path(split.queries.paths[q]).stem}.png"
-        draw_grid(split, int(q), [int(c) for c in predictions[q, :k]], threshold).save(path)
+        draw_grid(split, int(q), [int(c) for c in predictions[q, :k]], threshold, positives[q]).save(path)
         written.append(path)
     return written
 

@@ -30,7 +30,7 @@ from vgray.models import build_model
 from vgray.models.network import check_start
 from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
-from vgray.train.losses import LOSSES
+from vgray.train.losses import LOSSES, read_losses
 from vgray.train.mining import Triplet, TrainingQueries, create_miner
 from vgray.train.places import PlaceEpochs
 
@@ -162,7 +162,7 @@ class TripletEpochs:
             for batch, _ in iter_batches(images, self.rt, desc=f"epoch {epoch + 1} [{loop + 1}/{loops}]",
                                          shuffle=True, batch_size=cfg.train.batch_size):
                 losses.append(train_step(model, batch, optimizer, self.rt, cfg))
-        return losses
+        return read_losses(losses)  # one sync an epoch, not one a step
 
 
 def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, progress: bool = True,
@@ -245,9 +245,10 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
                        extractor)
 
 
-def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> float:
+def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> torch.Tensor:
     """One optimizer step on a batch of triplets ``images`` (B, 2 + N, 3, H, W): query, positive,
-    negatives (the layout of :class:`TripletImages`); returns the loss."""
+    negatives (the layout of :class:`TripletImages`); returns the loss, a 0-d tensor on the device
+    (not read here: reading it would wait for the device every step; see :func:`read_losses`)."""
     b, per, c, h, w = images.shape
     x = rt.to_device(images.view(b * per, c, h, w))
     with rt.autocast():
@@ -257,7 +258,7 @@ def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> floa
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def _payload(model, optimizer, regime, state: TrainState, rng, cfg) -> Dict:

@@ -5,6 +5,8 @@ Every loss takes the query descriptors ``q`` (B, D), their positives ``p`` (B, D
 """
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn.functional as F
 
@@ -42,3 +44,10 @@ def sare_ind(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 
     dp = _squared(q, p).unsqueeze(1).expand(b, k)
     logits = -torch.stack([dp, _squared(q, n)], dim=-1)  # (B, N, 2)
     return -F.log_softmax(logits, dim=-1)[..., 0].sum() / (b * k)
+
+
+def read_losses(losses: List[torch.Tensor]) -> List[float]:
+    """The step losses of an epoch (0-d tensors, on the device) as floats, in one host sync: the
+    training step never waits for the device to read its loss (the values are those ``float(loss)``
+    gave at each step)."""
+    return torch.stack(losses).float().cpu().tolist() if losses else []

@@ -13,7 +13,7 @@ than K images are dropped and counted. :class:`PlaceEpochs` is the regime's epoc
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from vgray.errors import BadInput
 from vgray.evaluate.extract import iter_batches
 from vgray.registry import PLACE_LOSSES, PLACE_MINERS
 from vgray.runtime import Runtime
+from vgray.train.losses import read_losses
 
 
 # -- losses and miners: pytorch-metric-learning, with the GSV-Cities publisher's settings ---------
@@ -80,15 +81,34 @@ def no_miner(train_cfg):
 
 # -- place labels ------------------------------------------------------------------------------
 
-def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, min_images: int) -> PlaceSet:
+def heading_of(path: str) -> float:
+    """The heading (degrees) a VG file name carries in its 9th field; BadInput when it has none."""
+    fields = path.rsplit("/", 1)[-1].split("@")
+    try:
+        heading = float(fields[9])
+    except (IndexError, ValueError):
+        raise BadInput(f"image {path}: train.place_heading_deg needs the heading field of the VG file name "
+                       f"(@east@north@zone@letter@lat@lon@pano@tile@heading@…); set it to null for images without one")
+    if not np.isfinite(heading):
+        raise BadInput(f"image {path}: its heading must be a finite number of degrees")
+    return heading
+
+
+def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, min_images: int,
+                heading_deg: Optional[float] = None) -> PlaceSet:
     """Places of a VG-format image set from the UTM grid: cells of ``size`` metres (origin 0, 0);
-    an image joins its cell when within ``radius`` metres of the cell's centre; cells with fewer
-    than ``min_images`` such images are dropped (counted in ``dropped``). Labels follow the cells'
-    (east, north) order."""
+    an image joins its cell when within ``radius`` metres of the cell's centre; with ``heading_deg``,
+    a place is a cell and a heading bin of that width (``heading mod 360 // heading_deg``, as CosPlace
+    splits its classes), so that a place's images look the same way. Places with fewer than
+    ``min_images`` such images are dropped (counted in ``dropped``). Labels follow the places'
+    (east, north[, bin]) order."""
     utm = np.asarray(utm, dtype=np.float64).reshape(-1, 2)
     cell = np.floor(utm / size).astype(np.int64)
     centre = (cell + 0.5) * size
     inside = np.linalg.norm(utm - centre, axis=1) <= radius
+    if heading_deg is not None:
+        bins = np.array([np.floor((heading_of(p) % 360.0) / heading_deg) for p in paths], dtype=np.int64)
+        cell = np.concatenate([cell, bins.reshape(-1, 1)], axis=1)
     cells, inverse, counts = np.unique(cell[inside], axis=0, return_inverse=True, return_counts=True)
     kept = counts >= min_images
     label_of_cell = np.full(len(cells), -1, dtype=np.int64)
@@ -109,12 +129,12 @@ def open_places(cfg) -> PlaceSet:
         split = open_split(cfg.data.root, "train")
         places = grid_places(split.database.paths + split.queries.paths,
                              np.concatenate([split.database.utm, split.queries.utm]),
-                             cfg.train.place_size_m, cfg.test.positive_dist_threshold, k)
+                             cfg.train.place_size_m, cfg.test.positive_dist_threshold, k, cfg.train.place_heading_deg)
     if places.n_places < p:
         raise BadInput(f"train.places_per_batch={p} x train.images_per_place={k}: {cfg.data.root} has only "
                        f"{places.n_places} places of {k} or more images ({places.dropped} smaller dropped); "
                        f"lower train.places_per_batch to at most {places.n_places}"
-                       + ("" if cfg.data.layout == "gsv_cities" else " or change train.place_size_m"))
+                       + ("" if cfg.data.layout == "gsv_cities" else " or change train.place_size_m / place_heading_deg"))
     return places
 
 
@@ -155,8 +175,10 @@ class PlaceImages(SafeDataset):
         return images
 
 
-def place_step(model, images: torch.Tensor, labels: torch.Tensor, loss_fn, miner, optimizer, rt: Runtime) -> float:
-    """One optimizer step on a batch of places ``images`` (P, K, 3, H, W) with place ``labels`` (P,)."""
+def place_step(model, images: torch.Tensor, labels: torch.Tensor, loss_fn, miner, optimizer,
+               rt: Runtime) -> torch.Tensor:
+    """One optimizer step on a batch of places ``images`` (P, K, 3, H, W) with place ``labels`` (P,);
+    returns the loss, a 0-d tensor on the device (read once an epoch: :func:`read_losses`)."""
     p, k, c, h, w = images.shape
     with rt.autocast():
         features = model(rt.to_device(images.view(p * k, c, h, w)))
@@ -166,7 +188,7 @@ def place_step(model, images: torch.Tensor, labels: torch.Tensor, loss_fn, miner
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 class PlaceEpochs:
@@ -210,4 +232,4 @@ class PlaceEpochs:
                                            batch_size=t.places_per_batch):
             losses.append(place_step(model, batch, labels[torch.as_tensor(indices)], self.loss_fn, self.miner,
                                      optimizer, self.rt))
-        return losses
+        return read_losses(losses)  # one sync an epoch, not one a step

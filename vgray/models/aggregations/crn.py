@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgray.models.aggregations.netvlad import NetVLAD
+from vgray.models.components import fp32_island, under_autocast
 from vgray.registry import AGGREGATIONS
 
 
@@ -59,7 +60,13 @@ class CRN(NetVLAD):
         self.crn = ContextualReweighting(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(x, p=2, dim=1)
+        # The normalisation in fp32 under autocast (as NetVLAD's own, :data:`NetVLAD.fp32`); the
+        # context filters are convolutions, in autocast's dtype; the mask weights the fp32 sums.
+        if self.fp32 and under_autocast(x):
+            with fp32_island(x):
+                x = F.normalize(x.float(), p=2, dim=1)
+        else:
+            x = F.normalize(x, p=2, dim=1)
         return super().forward(x, weights=self.crn(x))
 
     def param_groups(self, model: nn.Module, train_cfg) -> list:

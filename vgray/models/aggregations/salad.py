@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgray.errors import BadInput
-from vgray.models.components import Aggregation
+from vgray.models.components import Aggregation, fp32_island, under_autocast
 from vgray.registry import AGGREGATIONS, BACKBONES, add_config_check
 
 HIDDEN = 512  # hidden channels of the three MLPs (the authors' code)
@@ -74,13 +74,21 @@ class SALAD(Aggregation):
         self.dust_bin = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        token = tokens[:, 0]
-        # patch tokens as a (B, C, n, 1) map: 1x1 convolutions need no grid
-        patches = tokens[:, 1:].transpose(1, 2).unsqueeze(-1)
-        features = self.cluster_features(patches).flatten(2)  # (B, l, n)
-        plan = assignment(self.score(patches).flatten(2), self.dust_bin)[:, :-1]  # (B, m, n), dustbin dropped
+        """Under autocast, the MLPs run in its dtype and the Sinkhorn plan, the weighted sums and the
+        normalisations in fp32 (:func:`vgray.models.components.fp32_island`)."""
+        patches = tokens[:, 1:].transpose(1, 2).unsqueeze(-1)  # a (B, C, n, 1) map: 1x1 convs need no grid
+        parts = (self.cluster_features(patches), self.score(patches), self.token_features(tokens[:, 0]))
+        if not under_autocast(tokens):
+            return self._combine(*parts)
+        with fp32_island(tokens):
+            return self._combine(*(part.float() for part in parts))
+
+    def _combine(self, features: torch.Tensor, scores: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
+        """Cluster features (B, l, n, 1), scores (B, m, n, 1), the projected class token (B, g) -> descriptor."""
+        features = features.flatten(2)  # (B, l, n)
+        plan = assignment(scores.flatten(2), self.dust_bin)[:, :-1]  # (B, m, n), dustbin dropped
         aggregated = torch.einsum("bln,bmn->blm", features, plan)  # (B, l, m)
-        out = torch.cat([F.normalize(self.token_features(token), p=2, dim=-1),
+        out = torch.cat([F.normalize(global_token, p=2, dim=-1),
                          F.normalize(aggregated, p=2, dim=1).flatten(1)], dim=-1)
         return F.normalize(out, p=2, dim=-1)
 

@@ -87,7 +87,8 @@ def _check_cnn(cfg) -> None:
 
 # Declared output channels; build_model checks each against a dry forward pass.
 _RESNET_CHANNELS = {("resnet18", 4): 256, ("resnet18", 5): 512, ("resnet50", 4): 1024,
-                    ("resnet50", 5): 2048, ("resnet101", 4): 1024, ("resnet101", 5): 2048}
+                    ("resnet50", 5): 2048, ("resnet101", 4): 1024, ("resnet101", 5): 2048,
+                    ("resnet152", 4): 1024, ("resnet152", 5): 2048}  # 152: CosPlace's, not the paper's
 for (_arch, _stage), _channels in _RESNET_CHANNELS.items():
     BACKBONES.register(f"{_arch}conv{_stage}", type=CNNBackbone, out_channels=_channels, check=_check_cnn)(
         lambda pretrained="none", a=_arch, s=_stage, c=_channels: _resnet(a, s, c, pretrained))

@@ -2,6 +2,9 @@
 Robust Visual Features without Supervision", TMLR 2024) as VG backbones, as SALAD (Izquierdo &
 Civera, CVPR 2024) and BoQ (Ali-bey et al., CVPR 2024) use them: images whose sides are multiples of
 14 -> the final-norm tokens, the class token first, then the patch tokens row-major.
+``model.dinov2_final_norm: false`` leaves DINOv2's final LayerNorm out (the network then has no
+``vit.norm``): the tokens of the last block as they are, as BoQ's DINOv2 backbone gives them
+(amaralibey/Bag-of-Queries, src/backbones.py; SALAD's applies the norm).
 
 ``model.train_blocks`` = how many of the last encoder blocks train; the patch embedding, class token,
 positional embedding and the blocks before them are frozen (SALAD trains the last 4, BoQ the last 2;
@@ -16,6 +19,7 @@ from typing import Optional, Tuple
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vgray.checkpoint import load_fitting
 from vgray.errors import BadInput
@@ -36,15 +40,19 @@ VARIANTS = {
 
 class DINOv2(TokenBackbone):
     """timm's DINOv2 ViT without a classifier; ``forward`` gives the final-norm tokens
-    (B, 1 + h * w, C), the class token first, on the grid (H / 14, W / 14)."""
+    (B, 1 + h * w, C), the class token first, on the grid (H / 14, W / 14); without ``final_norm``
+    the last block's tokens (``vit.norm`` is then an Identity, without weights)."""
 
     def __init__(self, name: str, image_size: Tuple[int, int], trunc_te: Optional[int],
-                 train_blocks: Optional[int], pretrained: str = "none"):
+                 train_blocks: Optional[int], pretrained: str = "none", final_norm: bool = True):
         arch, channels, depth = VARIANTS[name]
         rec = record(arch, "dinov2")  # mean/std of the official weights, even untrained
         super().__init__(arch, channels, 1, (image_size[0] // PATCH, image_size[1] // PATCH), rec.mean, rec.std)
         self.vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=tuple(image_size),
                                      depth=kept_blocks(depth, trunc_te))
+        self.final_norm = final_norm
+        if not final_norm:
+            self.vit.norm = nn.Identity()
         state = source_state_dict(arch, pretrained)
         if state is not None:
             self.load_source_state_dict(state, f"{arch} {pretrained} weights")
@@ -69,7 +77,8 @@ class DINOv2(TokenBackbone):
         blocks beyond trunc_te are dropped and the positional embedding resampled to the input grid."""
         kept = len(self.vit.blocks)
         mapped = {k: v for k, v in dinov2_to_timm(state).items()
-                  if not (k.startswith("blocks.") and int(k.split(".")[1]) >= kept)}
+                  if not (k.startswith("blocks.") and int(k.split(".")[1]) >= kept)
+                  and not (k.startswith("norm.") and not self.final_norm)}
         own = self.vit.pos_embed
         pos = mapped.get("pos_embed")
         if isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape[-1] == own.shape[-1] \
@@ -80,6 +89,19 @@ class DINOv2(TokenBackbone):
                                f"token plus a square grid")
             mapped["pos_embed"] = resample_like_dinov2(pos, side, self.grid)
         load_fitting(self.vit, mapped, f"weights file {origin} does not fit {self.arch}")
+
+    def adapt_network_state(self, state: dict, prefix: str) -> dict:
+        """A whole network's state dict with this backbone under ``prefix``: a positional embedding
+        made for another square grid (a released network's, 37 x 37 at 518 x 518) resampled to this
+        input's grid as DINOv2 does at every forward pass (:func:`resample_like_dinov2`)."""
+        pos, own = state.get(prefix + "vit.pos_embed"), self.vit.pos_embed
+        if not (isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape[-1] == own.shape[-1]
+                and pos.shape != own.shape):
+            return state
+        side = int(round((pos.shape[1] - 1) ** 0.5))
+        if side * side + 1 != pos.shape[1]:
+            return state  # not a class token plus a square grid: refused as a misfit by the caller
+        return {**state, prefix + "vit.pos_embed": resample_like_dinov2(pos, side, self.grid)}
 
 
 def resample_like_dinov2(pos: torch.Tensor, side: int, grid: Tuple[int, int]) -> torch.Tensor:
@@ -133,18 +155,21 @@ def _check_dinov2(cfg) -> None:
 
 @add_config_check
 def check_train_blocks(cfg) -> None:
-    """``model.train_blocks`` applies to the DINOv2 backbones only."""
+    """``model.train_blocks`` and ``model.dinov2_final_norm`` apply to the DINOv2 backbones only."""
     if cfg.model.train_blocks is not None and cfg.model.backbone not in VARIANTS:
         raise BadInput(f"model.train_blocks is for the backbones {', '.join(VARIANTS)}, not "
                        f"model.backbone={cfg.model.backbone}; set it to null")
+    if not cfg.model.dinov2_final_norm and cfg.model.backbone not in VARIANTS:
+        raise BadInput(f"model.dinov2_final_norm=false is for the backbones {', '.join(VARIANTS)}, not "
+                       f"model.backbone={cfg.model.backbone}; set it to true")
 
 
 def _register(name: str) -> None:
     _, channels, _ = VARIANTS[name]
     BACKBONES.register(name, type=DINOv2, out_channels=channels, patch=PATCH, class_token=True,
-                       model_keys=("train_blocks",), check=_check_dinov2)(
-        lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None, train_blocks=None:
-        DINOv2(name, tuple(image_size), trunc_te, train_blocks, pretrained))
+                       model_keys=("train_blocks", "dinov2_final_norm"), check=_check_dinov2)(
+        lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None, train_blocks=None,
+        dinov2_final_norm=True: DINOv2(name, tuple(image_size), trunc_te, train_blocks, pretrained, dinov2_final_norm))
 
 
 for _name in VARIANTS:

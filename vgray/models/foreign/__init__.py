@@ -24,10 +24,34 @@
 5. **backbone source state dict** (torchvision, timm, the CCT authors'): loaded into the backbone by
    its own ``load_source_state_dict``.
 
-The paper's transformer networks (HuggingFace ViT inside its ``VitWrapper``, its CCT copy) are not
-converted: their files are refused as fitting no layout. A file that fits a layout but not the
-configured network is refused with one line saying what it was made for, read from its keys
-(backbone from the first convolution and the block counts, NetVLAD clusters, FC size, channels).
+**MixVPR, SALAD, BoQ** (:mod:`.vpr`) are tried right after 1, before 2, whose ``backbone.`` prefix
+they share. Their released files are the bare state dict of the authors' Lightning ``VPRModel``
+(one's own training's ``.ckpt`` has it under ``state_dict``): ``backbone.…`` and ``aggregator.…``,
+the head with vgray's names (``aggregation.…``). **MixVPR** (amaralibey/MixVPR):
+``backbone.model.{conv1,bn1,layer1..3}.…`` (torchvision's ResNet, layer4 cropped; vgray
+``backbone.body.{0,1,4,5,6}``) and ``aggregator.{mix.N.mix.{0,1,3},channel_proj,row_proj}``.
+**SALAD** (serizba/salad): torch hub's DINOv2 as ``backbone.model.…`` with its final norm (vgray
+``backbone.vit.…``; ``mask_token`` dropped, ViT-g's ``mlp.w12``/``w3`` as ``fc1``/``fc2``) and
+``aggregator.{token_features.{0,2},cluster_features.{0,3},score.{0,3},dust_bin}``. **BoQ**
+(amaralibey/Bag-of-Queries): ``backbone.net.N`` (``Sequential`` of the ResNet's children up to layer3:
+vgray's indices) or ``backbone.dino.…`` (its DINOv2, run *without* the final norm, whose unused
+weights are dropped: ``model.dinov2_final_norm=false``) and ``aggregator.{proj_c,norm_input,
+boqs.N.{encoder,queries,self_attn,norm_q,cross_attn,norm_out},fc}``. DINOv2's positional embedding
+(518 x 518) is resampled to the input by the backbone (``adapt_network_state``), as DINOv2 does.
+Blocks in the file are ``model.trunc_te``.
+
+The paper's transformer networks, in the same train.py checkpoint or bare, are tried after CosPlace /
+EigenPlaces (:mod:`.paper_transformers`): **its ViT** (``backbone.vit_model.…``: HuggingFace's
+``ViTModel`` in its ``VitWrapper``) becomes vgray's ``vit`` (timm's names; query, key and value
+stacked into qkv, the unused pooler left out) and **its CCT** (``backbone.tokenizer.conv_layers.…``,
+``backbone.classifier.…``: the CCT authors' names) vgray's ``cct384``, with cls, seqpool (CCT's
+``classifier.attention_pool``, in every such file, is loaded only into a seqpool network), gem or
+netvlad (its Conv1d weight as a 1x1 Conv2d) and the FC; the blocks in the file are
+``model.trunc_te``. The paper's ``l2=before_pool`` on tokens normalised over the tokens, not the
+channels: such a GeM file loads but its descriptors are not the paper's. A file that fits a layout
+but not the configured network is refused with one line saying what it was made for, read from its
+keys (backbone from the first convolution or the transformer's names and block counts, NetVLAD
+clusters, FC size, channels).
 """
 from vgray.models.foreign.load import LAYOUTS, describe, load_network_file
 

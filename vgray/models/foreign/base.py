@@ -3,7 +3,7 @@ to vgray's names (a :class:`Converted`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -14,10 +14,12 @@ State = Dict[str, torch.Tensor]
 class Converted:
     """A file in vgray's names: ``state`` for the whole network, ``l2`` where the file says where its
     pooling normalised (None: it does not say), ``made`` the config keys it was made for, or None to
-    read them from ``state``."""
+    read them from ``state``; ``optional`` key prefixes of ``state`` that the network may lack (left
+    out then: the paper's CCT files carry their SeqPool layer whatever they pooled with)."""
     state: State
     l2: Optional[str] = None
     made: Optional[str] = None
+    optional: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

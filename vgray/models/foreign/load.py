@@ -1,6 +1,7 @@
 """Which layout a weights file is in, and loading it into a network (or refusing it in one line)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from torch import nn
@@ -9,6 +10,8 @@ from vgray.checkpoint import made_for, mismatches, refuse
 from vgray.errors import BadInput
 from vgray.models.foreign.base import Converted, Layout, State, unwrap
 from vgray.models.foreign.paper import COSPLACE, DIGIT_BACKBONE, PAPER
+from vgray.models.foreign.paper_transformers import PAPER_CCT, PAPER_VIT, PREFIXES, token_backbone, token_keys
+from vgray.models.foreign.vpr import BOQ, MIXVPR, SALAD
 from vgray.registry import BACKBONES
 
 # Top-level names of the backbone source layouts: torchvision ResNet/VGG/AlexNet, timm ViT, CCT.
@@ -22,9 +25,10 @@ def _is_vgray_checkpoint(obj: dict, state: dict) -> bool:
 
 
 def _is_vgray_network(obj: dict, state: dict) -> bool:
-    # The paper's HuggingFace ViT (backbone.vit_model.…) is not converted: it must fit no layout.
+    # The paper's CNNs (backbone.N…) and transformers (backbone.vit_model.…, CCT's backbone.classifier.…)
+    # are converted by their own layouts.
     return (any(k.startswith("backbone.") for k in state)
-            and not any(DIGIT_BACKBONE.match(k) or k.startswith("backbone.vit_model.") for k in state))
+            and not any(DIGIT_BACKBONE.match(k) or k.startswith(PREFIXES) for k in state))
 
 
 def _is_source(obj: dict, state: dict) -> bool:
@@ -40,9 +44,12 @@ def _vgray_checkpoint(obj: dict, state: dict, origin: str) -> Converted:
 
 LAYOUTS = [
     Layout("vgray checkpoint", _is_vgray_checkpoint, _vgray_checkpoint),
+    MIXVPR, SALAD, BOQ,  # before vgray's own: their backbone.… keys would be taken for its names
     Layout("vgray network state dict", _is_vgray_network, lambda obj, state, origin: Converted(state)),
     PAPER,
     COSPLACE,
+    PAPER_VIT,
+    PAPER_CCT,
     Layout("backbone state dict (torchvision, timm, CCT)", _is_source, None),
 ]
 
@@ -54,7 +61,9 @@ _RESNETS = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50
 
 
 def _backbone_of(state: State) -> Optional[str]:
-    """The vgray backbone name a converted CNN state dict was made for (None: not a CNN vgray knows)."""
+    """The vgray backbone name a converted state dict was made for (None: not a backbone vgray knows)."""
+    if token_backbone(state):
+        return token_backbone(state)
     first = state.get("backbone.body.0.weight")
     if first is None or first.dim() != 4:
         return None
@@ -79,7 +88,9 @@ def _aggregation_of(state: State) -> str:
         return "rrm"
     if "aggregation.p" in state:
         return "gem"
-    return "spoc, mac or rmac"
+    if "aggregation.attention.weight" in state:  # the paper's CCT files carry it whatever they pooled with
+        return "seqpool or cls"
+    return "cls" if token_backbone(state) else "spoc, mac or rmac"
 
 
 def describe(state: State) -> str:
@@ -91,24 +102,32 @@ def describe(state: State) -> str:
     if backbone is None:
         channels = centroids.shape[1] if centroids is not None else fc.shape[1] if fc is not None else "?"
         backbone = f"(a backbone of {channels} channels)"
-    parts = [f"model.backbone={backbone}", f"model.aggregation={_aggregation_of(state)}"]
+    parts = [f"model.backbone={backbone}", *token_keys(state), f"model.aggregation={_aggregation_of(state)}"]
     if centroids is not None:
         parts.append(f"model.netvlad_clusters={centroids.shape[0]}")
     parts.append(f"model.fc_output_dim={fc.shape[0] if fc is not None else 'null'}")
     return ", ".join(parts)
 
 
+def _fitting(model: nn.Module, conv: Converted) -> State:
+    """``conv.state`` without the keys under ``conv.optional`` that the network lacks."""
+    if not conv.optional:
+        return conv.state
+    own = model.state_dict()
+    return {k: v for k, v in conv.state.items() if k in own or not k.startswith(conv.optional)}
+
+
 def _refuse_misfit(model: nn.Module, layout: Layout, conv: Converted, origin: str) -> None:
-    found = mismatches(model.state_dict(), conv.state)
-    if conv.made is not None or layout.convert is _vgray_checkpoint:  # a vgray checkpoint says it itself
+    found = mismatches(model.state_dict(), _fitting(model, conv))
+    if layout.convert is _vgray_checkpoint:  # a vgray checkpoint says it itself
         refuse(f"checkpoint {origin} does not fit this network" + (f" (made for {conv.made})" if conv.made else ""),
                found)
         return
     wrong_l2 = (conv.l2 == "before_pool") != (model.l2 == "before_pool")
     if not found and not (conv.l2 and wrong_l2):
         return
-    made = describe(conv.state)
-    backbone = _backbone_of(conv.state)
+    made = conv.made or describe(conv.state)  # the layout's own reading of its keys, if it gives one
+    backbone = None if conv.made else _backbone_of(conv.state)
     missing = f" (vgray has no {backbone} backbone)" if backbone and backbone not in BACKBONES.names() else ""
     l2 = f", model.l2={conv.l2}" if conv.l2 else ""
     first = f"; first difference: {found[0]}" if found else ""
@@ -129,8 +148,9 @@ def load_network_file(model: nn.Module, obj: dict, origin: str) -> str:
             model.backbone.load_source_state_dict(state, origin)
             return layout.name
         conv = layout.convert(obj, state, origin)
+        conv = replace(conv, state=model.backbone.adapt_network_state(conv.state, "backbone."))  # DINOv2's grid
         _refuse_misfit(model, layout, conv, origin)
-        model.load_state_dict(conv.state)
+        model.load_state_dict(_fitting(model, conv))
         return layout.name
     first = ", ".join(list(state)[:3]) or "none (an empty dict)"
     raise BadInput(f"model.pretrained={origin} fits no known layout (tried: {'; '.join(x.name for x in LAYOUTS)}); "

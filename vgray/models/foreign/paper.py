@@ -26,7 +26,7 @@ _GMBERTON_HEAD = {"aggregation.1.p": "aggregation.p", "aggregation.3.weight": "f
                   "aggregation.3.bias": "fc.bias"}
 
 
-def _paper_head(state: dict) -> Optional[Converted]:
+def paper_head(state: dict) -> Optional[Converted]:
     """The paper's aggregation (and FC) keys renamed, or None when a key is not one of its names."""
     has_fc = "aggregation.1.weight" in state and "aggregation.1.bias" in state
     prefix = "aggregation.0." if has_fc else "aggregation."
@@ -61,11 +61,11 @@ def _cnn_backbone(state: dict) -> State:
 
 
 def _is_paper(obj: dict, state: dict) -> bool:
-    return any(DIGIT_BACKBONE.match(k) for k in state) and _paper_head(state) is not None
+    return any(DIGIT_BACKBONE.match(k) for k in state) and paper_head(state) is not None
 
 
 def _paper(obj: dict, state: dict, origin: str) -> Converted:
-    head = _paper_head(state)
+    head = paper_head(state)
     for part, want in (("weight", 1.0), ("bias", 0.0)):
         acc = next((v for k, v in state.items() if k.endswith(f"crn.acc_w.{part}")), None)
         if acc is not None and not torch.all(acc == want):
