@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         cfg = load_config(overrides=[*DEFAULTS, *args.set])
         test, train_split = open_split(cfg.data.root, "test"), open_split(cfg.data.root, "train")
         seed_everything(cfg.seed)
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, image_size=cfg.data.image_size)
         before = evaluate_split(model, test, cfg, progress=False)
         calibrate_batchnorm(model, train_split.database.paths,
                             test_transform(cfg.data.image_size, model.mean, model.std),

@@ -116,13 +116,20 @@ def small_root(tiny_root, tmp_path_factory) -> Path:
 
 # -- Ray clusters in this process (one per test module that asks) ------------------------------
 
-@pytest.fixture(scope="module")
-def ray_local(tiny_root):
-    """A local Ray of 2 CPUs and no GPU (on a GPU machine too), no dashboard, in the ``vgray`` namespace."""
+def local_ray(num_gpus: int = 0):
+    """A local Ray of 2 CPUs declaring ``num_gpus`` GPUs (this machine need not have them), no dashboard,
+    in the ``vgray`` namespace; a generator for module fixtures (shut down after the module)."""
     import ray
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, namespace="vgray", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, namespace="vgray",
+             log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(tiny_root):
+    """A local Ray of 2 CPUs and no GPU (on a GPU machine too)."""
+    yield from local_ray(0)
 
 
 @pytest.fixture(scope="module")

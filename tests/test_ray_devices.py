@@ -3,6 +3,7 @@ Ray that declares 2 GPUs it does not have shows which device each task, actor an
 bundle would pick (the choice is separate from whether CUDA works here)."""
 import pytest
 import torch
+from conftest import local_ray
 
 from vgray.errors import BadInput
 from vgray.runtime import choose_device, resolve_device
@@ -50,11 +51,7 @@ def test_choice_under_an_assignment():
 @pytest.fixture(scope="module")
 def fake_gpu_ray(tiny_root):
     """A local Ray of 2 CPUs that declares 2 GPUs (this machine need not have any)."""
-    import ray
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, namespace="vgray",
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    yield from local_ray(2)
 
 
 def _report(ray, name="auto", **options):

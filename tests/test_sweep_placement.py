@@ -3,7 +3,7 @@ extraction) on the cluster's node shapes before launch: a group that can never b
 in one line (exit 2) naming the node shapes, instead of Tune waiting forever."""
 import pytest
 
-from conftest import write_sweep
+from conftest import local_ray, write_sweep
 from vgray.cli import main
 from vgray.distributed.sweep import node_shape, placeable
 
@@ -26,11 +26,7 @@ def test_placeable_packs_bundles_onto_node_shapes():
 @pytest.fixture(scope="module")
 def one_gpu_ray(tiny_root):
     """A local Ray of one node: 2 CPUs and 1 GPU declared (this machine need not have it)."""
-    import ray
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, namespace="vgray",
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    yield from local_ray(1)
 
 
 @pytest.mark.slow
