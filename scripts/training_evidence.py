@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         model = build_model(cfg.model, image_size=cfg.data.image_size)
         before = evaluate_split(model, test, cfg, progress=False)
         calibrate_batchnorm(model, train_split.database.paths,
-                            test_transform(cfg.data.image_size, model.mean, model.std),
+                            test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order),
                             Runtime.from_config(cfg, progress=False))
         calibrated = evaluate_split(model, test, cfg, progress=False)
         start = time.perf_counter()

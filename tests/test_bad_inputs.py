@@ -138,7 +138,7 @@ CASES = [
      "must have a non-empty list of values"),
     ("sweep grid value refused", lambda d, o: ["sweep", _sweep(d, "k", grid={"model.aggregation": ["gem", "vlad"]})],
      "trial vlad-s0: model.aggregation='vlad' is not allowed"),
-    ("sweep repeats 0", lambda d, o: ["sweep", _sweep(d, "d", repeats=0)], "repeats=0 must be positive"),
+    ("sweep repeats 0", lambda d, o: ["sweep", _sweep(d, "d", repeats=0)], "repeats=0 must lie in [1, 1000]"),
     ("sweep max_failures", lambda d, o: ["sweep", _sweep(d, "e", max_failures="x")], "max_failures='x' must be an integer"),
     ("sweep search algorithm", lambda d, o: ["sweep", _sweep(d, "i", search={
         "algorithm": "hyperopt", "space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}},
@@ -177,7 +177,7 @@ CASES = [
      "--recall 'x' must be positive integers"),
     # vgray synth, profile, bench
     ("synth unknown preset", lambda d, o: ["synth", str(o), "--preset", "huge"], "unknown synthetic preset 'huge'"),
-    ("synth into a file", lambda d, o: ["synth", str(d / "a_file")], "exists and is not a folder"),
+    ("synth into a file", lambda d, o: ["synth", str(d / "a_file")], "is a file, not a folder"),
     ("synth into a foreign folder", lambda d, o: ["synth", str(d / "only_train")], "is not a vgray synthetic dataset"),
     ("profile runs 0", lambda d, o: ["profile", *SET, "--runs", "0", "--json", str(o / "p.json")],
      "--runs=0 must be at least 1"),

@@ -64,15 +64,28 @@ def test_load_fitting_loads_or_leaves_the_module_untouched():
     assert torch.equal(net.weight, torch.ones(2, 3)) and torch.equal(net.bias, other.bias)
 
 
+def resumable(model: nn.Module, generator=None, **changes) -> dict:
+    """A whole training checkpoint of ``model`` (what a resumed run reads), with ``changes``."""
+    return {"model": model.state_dict(), "config": {"model": {"aggregation": "gem"}},
+            "optimizer": torch.optim.Adam(model.parameters()).state_dict(), "mining": {}, "epoch": 0,
+            "best_r5": -1.0, "not_improved": 0, "history": [],
+            "rng": checkpoint.rng_state(generator or np.random.default_rng(0)), **changes}
+
+
 def test_save_then_read_every_way(tmp_path):
     path = tmp_path / "best.pt"
     model = nn.Linear(2, 2)
-    checkpoint.save(path, {"model": model.state_dict(), "config": {"model": {"aggregation": "gem"}}, "epoch": 3})
+    checkpoint.save(path, resumable(model, epoch=1, history=[{"loss": float("nan"), "train_time_s": 1.5}]))
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary left behind
-    assert checkpoint.load(path)["epoch"] == 3
+    assert checkpoint.load(path)["epoch"] == 1
     ck = checkpoint.read_checkpoint(path, "model.resume_from")
     assert checkpoint.made_for(ck) == {"aggregation": "gem"} and checkpoint.made_for({}) == {}
-    assert set(checkpoint.read_weights_file(path)) == {"model", "config", "epoch"}
+    assert set(checkpoint.read_weights_file(path)) == set(checkpoint.RESUME_ENTRIES)
+    # what a sweep keeps (no optimizer, mining or RNG state) starts a network but resumes nothing
+    checkpoint.save(path, {"model": model.state_dict(), "config": {"model": {"aggregation": "gem"}}, "epoch": 3})
+    assert checkpoint.read_checkpoint(path, "model.resume_from")["epoch"] == 3
+    with pytest.raises(BadInput, match="best.pt lacks optimizer, mining, best_r5, not_improved, history, rng"):
+        checkpoint.load(path)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     assert set(checkpoint.read_state_dict(tmp_path / "model.pt")) == {"weight", "bias"}
     # numpy arrays beside the weights (cirtorch's meta) are data, allowed
@@ -88,7 +101,7 @@ def test_readers_refuse_with_one_line(tmp_path):
     cases = [
         (lambda: checkpoint.load(tmp_path / "nope.pt"), "nope.pt: no such file"),
         (lambda: checkpoint.load(junk), "junk.pt is corrupt or not a vgray checkpoint"),
-        (lambda: checkpoint.load(tmp_path / "no_config.pt"), "not a vgray training checkpoint"),
+        (lambda: checkpoint.load(tmp_path / "no_config.pt"), "no_config.pt lacks config, optimizer"),
         (lambda: checkpoint.read_checkpoint(tmp_path / "nope.pt", "model.resume_from"),
          "model.resume_from=.*nope.pt: no such file"),
         (lambda: checkpoint.read_checkpoint(junk, "k"), "k=.*junk.pt cannot be read as a vgray checkpoint"),
@@ -110,9 +123,10 @@ def test_rng_states_saved_with_more_gpus_restore_on_fewer(tmp_path):
     from vgray.checkpoint import cuda_states_to_restore, rng_state, set_rng_state
     generator = np.random.default_rng(7)
     fake = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
+    payload = resumable(nn.Linear(2, 2))  # the network drawn before the states are saved
     saved = rng_state(generator)
     saved["cuda"] = fake
-    checkpoint.save(tmp_path / "c.pt", {"model": {}, "epoch": 1, "rng": saved})
+    checkpoint.save(tmp_path / "c.pt", {**payload, "rng": saved})
     expected = (torch.rand(3), generator.random(), np.random.random())
     generator = np.random.default_rng(0)
     set_rng_state(checkpoint.load(tmp_path / "c.pt")["rng"], generator)  # no raise, CPU states back

@@ -101,6 +101,7 @@ def test_eval_on_ground_truth_lists_equals_brute_force_on_the_files_positives(fo
     assert figures["queries_without_positives"] == 1
     source = "mini_test_pIdx.npy" if form == "msls" else "mini_test_gt.npy"
     assert figures["positives"] == f"files {source}"
+    assert figures["query_set"] == (f"qIdx {Q_N} of {Q_N + 2}" if form == "msls" else f"all {Q_N}")
 
     # vgray locate works on the descriptors saved from a ground-truth set (no coordinates: NaN).
     code = main(["locate", str(root / "query/0000001.jpg"), "--database", str(desc), "--k", "3", "--json"])
@@ -165,6 +166,7 @@ def test_final_test_and_rows_take_a_ground_truth_set(tmp_path, capsys):
     result = final_test(cfg, model, Runtime.from_config(cfg, progress=False), test_sets(cfg))
     assert {k: result[f"test/gt/{k}"] for k in ("R@1", "R@5")} == {k: figures[k] for k in ("R@1", "R@5")}
     assert result["test/gt/positives"] == "files pitts30k_test_gt.npy"
+    assert result["test/gt/query_set"] == f"all {Q_N}"
     row = rows_from_parquet(rows_to_parquet([make_row(cfg, "t0", "gt-s0", result)]))[0]
     assert row["test/gt/positives"] == "files pitts30k_test_gt.npy" and row["test.positives"] == "auto"
 

@@ -173,7 +173,8 @@ def test_each_augmentation_changes_queries_and_keeps_their_size(name):
     aug = load_config(overrides=[f"train.augmentation.{name}={AUGMENTATIONS[name]}"]).train.augmentation
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8))
-    plain = test_transform((20, 30), (0.5,) * 3, (0.5,) * 3)(image)
+    # Training queries resize as PIL images whichever data.resize_order (the paper's TripletsDataset).
+    plain = test_transform((20, 30), (0.5,) * 3, (0.5,) * 3, "pil")(image)
     tf = query_train_transform((20, 30), (0.5,) * 3, (0.5,) * 3, aug)
     torch.manual_seed(0)
     outs = [tf(image) for _ in range(6)]

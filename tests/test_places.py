@@ -78,14 +78,15 @@ def test_grid_places_split_by_heading_bins():
         if np.hypot(e - (ce + 0.5) * size, n - (cn + 0.5) * size) <= 25.0:
             groups_want[(ce, cn, int((h % 360) // alpha))].append(path)
     want = {frozenset(v) for v in groups_want.values() if len(v) >= k}
-    got = grid_places(paths, utm, size, 25.0, k, heading_deg=alpha)
+    got = grid_places(paths, utm, size, 25.0, k, heading_deg=alpha, headings=headings)
     groups = defaultdict(set)
     for p, label in zip(got.paths, got.labels):
         groups[label].add(p)
     assert {frozenset(g) for g in groups.values()} == want and len(want) > 10
     assert got.n_places > grid_places(paths, utm, size, 25.0, k).n_places  # the bins split the cells
     with pytest.raises(BadInput, match="heading field"):
-        grid_places(["/d/@1@2@.jpg"] * 4, np.zeros((4, 2)), size, 25.0, 2, heading_deg=alpha)
+        grid_places(["/d/@1@2@.jpg"] * 4, np.zeros((4, 2)), size, 25.0, 2, heading_deg=alpha,
+                    headings=np.full(4, np.nan))  # what the index gives a name without a heading
 
 
 def test_gsv_cities_reader_on_the_synthetic_world(gsv_root, tiny_root):

@@ -158,11 +158,17 @@ def test_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path):
     import torch
 
     from vgray.errors import BadInput
-    from vgray.checkpoint import load, save
+    import numpy as np
+
+    from vgray.checkpoint import load, rng_state, save
     last = tmp_path / "last.pt"
-    save(last, {"model": {"w": torch.zeros(3)}, "epoch": 1})
+    model = torch.nn.Linear(3, 1)
+    torch.nn.init.zeros_(model.weight)
+    save(last, {"model": model.state_dict(), "config": {}, "optimizer": torch.optim.Adam(model.parameters()).state_dict(),
+                "mining": {}, "epoch": 1, "best_r5": 50.0, "not_improved": 0, "history": [{"train_time_s": 1.0}],
+                "rng": rng_state(np.random.default_rng(0))})  # a whole last.pt, as a resumed run reads it
     tmp = _kill_mid_write("checkpoint", last)
-    assert load(last)["epoch"] == 1 and torch.equal(load(last)["model"]["w"], torch.zeros(3))  # the good one
+    assert load(last)["epoch"] == 1 and torch.equal(load(last)["model"]["weight"], torch.zeros(1, 3))  # the good one
     with pytest.raises(BadInput, match="corrupt or not a vgray checkpoint"):
         load(tmp)  # what was cut off is not a checkpoint: had it been renamed, a resume would refuse it
     assert [p.name for p in tmp_path.glob("*.pt")] == ["last.pt"]  # no reader globbing *.pt sees the stray file

@@ -128,7 +128,7 @@ BAD = [
     ({"name": "x", "grid": {"model.bakbone": ["vgg16"]}}, "grid key 'model.bakbone' is unknown; did you mean model.backbone"),
     ({"name": "x", "grid": {}}, "grid is empty"),
     ({"name": "x", "grid": {"model.backbone": []}}, "non-empty list"),
-    ({"name": "x", "repeats": -1}, "repeats=-1 must be positive"),
+    ({"name": "x", "repeats": -1}, "repeats=-1 must lie in [1, 1000]"),
     ({"name": "x", "grid": {"model.l2": ["before_pool", "sideways"]}}, "trial l2=sideways-s0: model.l2='sideways' is not allowed"),
     ({"name": "x", "search": {"space": {"train.lrr": {"type": "float", "low": 0, "high": 1}}}}, "search space key 'train.lrr'"),
     ({"name": "x", "search": {"space": {"train.lr": {"type": "float", "low": 1, "high": 0}}}}, "low < high"),

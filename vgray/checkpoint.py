@@ -23,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from vgray.atomic import atomic_path
-from vgray.errors import BadInput
+from vgray.errors import BadInput, shown
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,33 +54,209 @@ def _torch_load(path: Path, unreadable: str, mmap: bool = False) -> Any:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:  # a pickled object that is not data: loading it could run code, so none is loaded
+            raise BadInput(f"{unreadable} (it holds a {shown(refused.group(1), 60)} object; allowed: tensors, numbers, "
+                           f"strings, lists and dicts, loaded with torch.load(weights_only=True))")
+        first = (text.strip().splitlines() or [type(exc).__name__])[0]
         raise BadInput(f"{unreadable} ({first[:160]})")
 
 
 def load(path: PathLike) -> Dict[str, Any]:
     """A vgray training checkpoint (``last.pt``/``best.pt``) -> its dict; BadInput when the file is
-    missing, unreadable, or not a training checkpoint (no ``model`` and ``epoch``)."""
+    missing, unreadable, or not a whole training checkpoint (:func:`check_checkpoint` with
+    ``resumable``: every entry a resumed run reads, of the type it reads)."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"checkpoint {path}: no such file")
     obj = _torch_load(path, f"checkpoint {path} is corrupt or not a vgray checkpoint")
-    if not isinstance(obj, dict) or "model" not in obj or "epoch" not in obj:
-        raise BadInput(f"checkpoint {path} is not a vgray training checkpoint (no model/epoch)")
-    return obj
+    return check_checkpoint(obj, f"checkpoint {path}", resumable=True)
 
 
 def read_checkpoint(path: PathLike, key: str) -> Dict[str, Any]:
     """A vgray checkpoint (``model`` and ``config``) named by config ``key`` (``model.resume_from``)
-    -> its dict, memory-mapped; BadInput naming ``key=path`` when it is missing or is none."""
+    -> its dict, memory-mapped and checked (:func:`check_checkpoint`); BadInput naming ``key=path``
+    when it is missing or is none."""
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"{key}={path}: no such file; expected the best.pt or last.pt of a vgray train run")
     obj = _torch_load(p, f"{key}={path} cannot be read as a vgray checkpoint", mmap=True)
-    if not (isinstance(obj, dict) and isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), dict)):
+    if not (isinstance(obj, dict) and "model" in obj and "config" in obj):
         raise BadInput(f"{key}={path} is not a vgray checkpoint (no model and config); expected the best.pt "
                        f"or last.pt of a vgray train run")
+    return check_checkpoint(obj, f"{key}={path}", resumable=False)
+
+
+# -- what a vgray checkpoint holds ---------------------------------------------------------------
+
+MODEL_ENTRIES = ("model", "config")
+RESUME_ENTRIES = ("model", "config", "optimizer", "mining", "epoch", "best_r5", "not_improved", "history", "rng")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return _is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _a(value) -> str:
+    """``a list``, ``a str 'abc'``: what a wrong value is, for a message (cut to a short length)."""
+    name = type(value).__name__
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    article = "an" if name[:1] in "aeiou" else "a"
+    if isinstance(value, (str, bytes, int, float, bool, np.generic)):
+        return f"{article} {name} {shown(value, 40)}"
+    return f"{article} {name}"
+
+
+class _Refuse:
+    """Raises the one line ``"<what>: <entry> is <value>; allowed: <allowed>"``."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __call__(self, entry: str, value, allowed: str):
+        raise BadInput(f"{self.what}: {entry} is {_a(value)}; allowed: {allowed}")
+
+
+def check_checkpoint(obj: Any, what: str, resumable: bool) -> Dict[str, Any]:
+    """The one structure check of vgray checkpoints, before anything is built from one: a dict;
+    ``model`` a state dict (names -> tensors); ``config`` a mapping that :func:`vgray.config.load_config`
+    accepts; with ``resumable`` (``last.pt`` for ``--resume``) also ``optimizer`` (a torch optimizer
+    state), ``mining`` (a mapping), ``epoch`` and ``not_improved`` (integers >= 0), ``best_r5`` (a
+    number in [-1, 100]), ``history`` (one mapping of numbers per epoch) and ``rng`` (states that
+    each generator accepts, tried on fresh generators). Returns ``obj``; BadInput naming ``what``, the
+    entry and what is allowed."""
+    refuse = _Refuse(what)
+    if not isinstance(obj, dict):
+        raise BadInput(f"{what} holds {_a(obj)}, not a vgray checkpoint (a dict of {', '.join(MODEL_ENTRIES)}, ...)")
+    needed = RESUME_ENTRIES if resumable else MODEL_ENTRIES
+    missing = [k for k in needed if k not in obj]
+    if missing:
+        kind = "a resumable vgray checkpoint (last.pt)" if resumable else "a vgray checkpoint"
+        raise BadInput(f"{what} lacks {', '.join(missing)}; {kind} holds {', '.join(needed)}")
+    _check_state_dict(obj["model"], "model", refuse)
+    _check_config(obj["config"], what, refuse)
+    if resumable:
+        _check_training_state(obj, refuse)
     return obj
+
+
+def _check_state_dict(state, entry: str, refuse: _Refuse) -> None:
+    if not isinstance(state, dict) or not state:
+        refuse(entry, state, "a state dict (parameter names -> tensors)")
+    for k, v in state.items():
+        if not isinstance(k, str):
+            refuse(f"a key of {entry}", k, "parameter names (strings)")
+        if not isinstance(v, torch.Tensor):
+            refuse(f"{entry}[{shown(k, 60)}]", v, "a tensor")
+
+
+def _check_config(config, what: str, refuse: _Refuse) -> None:
+    if not isinstance(config, dict):
+        refuse("config", config, "the run's config as a mapping of sections")
+    from vgray.config import load_config  # the ground's schema: sections, keys, types
+    try:
+        load_config(base=config)
+    except BadInput as exc:
+        raise BadInput(f"{what}: config is not a valid vgray config ({exc})")
+
+
+def _check_training_state(obj: Dict[str, Any], refuse: _Refuse) -> None:
+    for entry in ("epoch", "not_improved"):
+        if not _is_int(obj[entry]) or obj[entry] < 0:
+            refuse(entry, obj[entry], "an integer >= 0")
+    r5 = obj["best_r5"]
+    if not _is_number(r5) or not -1 <= r5 <= 100:
+        refuse("best_r5", r5, "a number in [-1, 100] (a recall in percent; -1 before the first epoch)")
+    history = obj["history"]
+    if not isinstance(history, list) or len(history) != obj["epoch"]:
+        refuse("history", history, f"a list of one mapping of metrics per epoch ({obj['epoch']}, as epoch says)")
+    for i, metrics in enumerate(history):
+        if not isinstance(metrics, dict):
+            refuse(f"history[{i}]", metrics, "a mapping of metric names to numbers")
+        for k, v in metrics.items():
+            if not isinstance(k, str) or not _is_number(v):
+                refuse(f"history[{i}][{shown(k, 40)}]", v, "a number")
+    if history and "train_time_s" not in history[-1]:
+        refuse(f"history[{len(history) - 1}]", history[-1], "a mapping holding train_time_s")
+    _check_optimizer(obj["optimizer"], refuse)
+    _check_mining(obj["mining"], refuse)
+    _check_rng(obj["rng"], refuse)
+
+
+def _check_optimizer(state, refuse: _Refuse) -> None:
+    allowed = "a torch optimizer state (state: a mapping, param_groups: a list of mappings with params)"
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) \
+            or not isinstance(state.get("param_groups"), list) or not state["param_groups"]:
+        refuse("optimizer", state, allowed)
+    for i, group in enumerate(state["param_groups"]):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list) \
+                or not all(_is_int(p) for p in group["params"]):
+            refuse(f"optimizer.param_groups[{i}]", group, "a mapping whose params is a list of parameter ids")
+    for pid, per in state["state"].items():
+        if not isinstance(per, dict):
+            refuse(f"optimizer.state[{shown(pid, 20)}]", per, "a mapping of tensors")
+        for k, v in per.items():
+            if not (isinstance(v, torch.Tensor) or _is_number(v) or v is None):
+                refuse(f"optimizer.state[{shown(pid, 20)}][{shown(k, 40)}]", v, "a tensor or a number")
+
+
+def _check_mining(state, refuse: _Refuse) -> None:
+    if not isinstance(state, dict):
+        refuse("mining", state, "a mapping (the miner's cache; empty for most mining methods)")
+    if "queries" in state or "negatives" in state:  # partial mining's cache of hard negatives
+        queries, negatives = state.get("queries"), state.get("negatives")
+        if not isinstance(queries, list) or not all(_is_int(q) for q in queries):
+            refuse("mining.queries", queries, "a list of query ids")
+        if not isinstance(negatives, list) or len(negatives) != len(queries):
+            refuse("mining.negatives", negatives, f"a list of {len(queries)} lists of database ids, one per query")
+        for i, row in enumerate(negatives):
+            if not isinstance(row, list) or not all(_is_int(n) for n in row):
+                refuse(f"mining.negatives[{i}]", row, "a list of database ids")
+
+
+def _check_rng(state, refuse: _Refuse) -> None:
+    """Every saved RNG state is tried on a fresh generator of its kind: a state that one would
+    refuse is refused here, and this process's generators are untouched."""
+    if not isinstance(state, dict):
+        refuse("rng", state, "a mapping of RNG states (python, numpy_global, numpy, torch, cuda)")
+    missing = [k for k in ("python", "numpy_global", "numpy", "torch") if k not in state]
+    if missing:
+        refuse("rng", state, f"a mapping holding {', '.join(missing)} too")
+    trials = {
+        "python": ("a Python random state (random.getstate())", lambda v: random.Random().setstate(_tuples(v))),
+        "numpy_global": ("numpy's global state (kind, 624 keys, pos, has_gauss, cached)",
+                         lambda v: np.random.RandomState().set_state((v[0], np.asarray(v[1], dtype=np.uint32), *v[2:]))),
+        "numpy": ("a numpy Generator state (bit_generator.state)", _try_bit_generator),
+        "torch": ("a torch CPU RNG state (a uint8 tensor)", lambda v: torch.Generator().set_state(v)),
+    }
+    for entry, (allowed, trial) in trials.items():
+        value = state[entry]
+        try:
+            if entry == "torch" and not isinstance(value, torch.Tensor):
+                raise TypeError
+            trial(value)
+        except Exception:
+            refuse(f"rng.{entry}", value, allowed)
+    cuda = state.get("cuda") or []
+    if not isinstance(cuda, list) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda):
+        refuse("rng.cuda", cuda, "a list of CUDA RNG states (uint8 tensors), one per GPU")
+
+
+def _try_bit_generator(value) -> None:
+    if not isinstance(value, dict) or not isinstance(value.get("bit_generator"), str):
+        raise TypeError("not a bit generator state")
+    kind = getattr(np.random, value["bit_generator"], None)
+    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+        raise TypeError("not a numpy bit generator")
+    kind().state = value
 
 
 def made_for(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 from vgray.console import Parser, print_figures
 from vgray.errors import BadInput
+from vgray.paths import check_output_dir, check_output_file
 
 
 def _config_args(p: argparse.ArgumentParser, with_file: bool = True) -> None:
@@ -25,6 +26,12 @@ def _config_args(p: argparse.ArgumentParser, with_file: bool = True) -> None:
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the printed figures to FILE as one JSON object")
+
+
+def _check_json(args) -> None:
+    """``--json FILE`` must be writable before the command runs (not after an hour of evaluation)."""
+    if getattr(args, "json", None):
+        check_output_file(args.json, "--json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html")
     p.add_argument("--failures-only", action="store_true", help="with --predictions: only queries whose top-1 is wrong")
 
+    p = sub.add_parser("datasets", help="the known datasets and their published sizes; check a folder against them")
+    dsub = p.add_subparsers(dest="datasets_command", required=True, parser_class=Parser)
+    q = dsub.add_parser("list", help="the known datasets: layout, published counts per split and role, sources")
+    q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    q = dsub.add_parser("check", help="index a dataset folder and set its counts against the published ones "
+                                      "(exit 1 when they disagree)")
+    q.add_argument("root", metavar="ROOT", help="a VG-format folder, ground-truth lists (FOLDER, FOLDER/NAME or "
+                                                "IMAGES::LISTS) or MSLS as Mapillary ships it")
+    q.add_argument("--name", help="the known dataset it is (default: guessed from the folder's name or its counts)")
+    q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    q.add_argument("--no-positives", action="store_true", help="skip counting the queries without positives")
+
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
@@ -131,11 +150,13 @@ def cmd_synth(args) -> None:
         raise BadInput(f"--layout {args.layout!r} is not allowed; choose vg or gsv_cities")
     if args.layout == "gsv_cities":
         from vgray.data.synthetic.gsv import generate_gsv_cities
-        out = generate_gsv_cities(Path(args.out), preset=args.preset, seed=args.seed)
+        check_output_dir(args.out, "OUT")
+        out = generate_gsv_cities(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
         print(f"wrote the train images of synthetic dataset '{args.preset}' (seed {args.seed}) in the "
               f"GSV-Cities layout to {out}")
         return
     from vgray.data.synthetic import generate
+    check_output_dir(args.out, "OUT")
     out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
     print(f"wrote synthetic dataset '{args.preset}' (seed {args.seed}) to {out}")
 
@@ -146,6 +167,7 @@ def cmd_profile(args) -> None:
     cfg = _load(args)
     if args.runs < 1:
         raise BadInput(f"--runs={args.runs} must be at least 1")
+    _check_json(args)
     figures = profile(cfg, runs=args.runs)
     h, w = cfg.data.image_size
     print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} at {h}x{w}", args.json)
@@ -159,6 +181,12 @@ def cmd_eval(args) -> None:
         raise BadInput(f"--save-predictions={n} must be at least 1")
     if n is None and (args.predictions_failures_only or args.predictions_dir):
         raise BadInput("--predictions-failures-only and --predictions-dir need --save-predictions N")
+    _check_json(args)
+    if args.save_descriptors:
+        check_output_dir(args.save_descriptors, "--save-descriptors")
+    if n is not None:
+        check_output_dir(Path(args.predictions_dir or (Path(args.json).parent if args.json else ".")) / "predictions",
+                         "--predictions-dir" if args.predictions_dir else "the predictions folder")
     cfg = _load(args)
     keep: Optional[Dict] = {} if n is not None else None
     figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
@@ -185,14 +213,19 @@ def cmd_train(args) -> None:
     else:
         cfg = _load(args)
     out = Path(args.out or f"runs/{cfg.model.backbone}-{cfg.model.aggregation}-{cfg.train.mining}-s{cfg.seed}")
+    check_output_dir(out, "--out")
+    _check_json(args)
     if not args.resume and (out / "last.pt").exists():
         raise BadInput(f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another folder")
     extractor = None
     if args.address:  # only when asked: never join some Ray found running on this machine
         from vgray.distributed.descriptors import RayExtractor
         from vgray.distributed.sweep import init_ray
+        from vgray.evaluate.evaluate import check_before_extraction
+        from vgray.models import build_model
+        extractor = RayExtractor(cfg)  # its checks, and the network's, before Ray is joined
+        check_before_extraction(cfg, build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size))
         init_ray(args.address)
-        extractor = RayExtractor(cfg)
     figures = train(cfg, out, resume=args.resume, extractor=extractor)
     print_figures(figures, f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) "
                   f"in {out}", args.json)
@@ -200,11 +233,13 @@ def cmd_train(args) -> None:
 
 def cmd_sweep(args) -> int:
     """``vgray sweep``: run a sweep file on Ray and print its summary; 1 when a trial failed or storage stopped it."""
-    from vgray.distributed.spec import dry_run_table, load_sweep
+    from vgray.distributed.spec import check_dataset_roots, dry_run_table, load_sweep
     spec = load_sweep(args.sweep, storage=args.storage)
-    if args.dry_run:
+    if args.dry_run:  # the plan only: the datasets may live on the cluster it is meant for
         print(dry_run_table(spec))
         return 0
+    if not args.address:
+        check_dataset_roots(spec)
     from vgray.distributed.sweep import run_sweep
     result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     if result.get("storage"):  # stopped scheduling: the rows so far, then where and why on stderr
@@ -222,16 +257,18 @@ def cmd_sweep(args) -> int:
 
 def cmd_extract(args) -> None:
     """``vgray extract``: descriptors of a split through Ray Data, as parquet shards."""
-    from vgray.distributed.extract import ROLES, check_request, extract
+    from vgray.distributed.extract import ROLES, extract, prepare
     from vgray.distributed.sweep import init_ray
     cfg = _load(args)
-    check_request(cfg, args.roles or ROLES, args.shard_size, args.actors)  # before Ray starts
-    from vgray.data.dataset import open_split
-    open_split(cfg.data.root, args.split)  # a missing, empty or unnamed dataset too (its index is cached)
+    check_output_dir(args.out, "--out")
+    # Before Ray starts: the request, the dataset (a missing, empty or unnamed one; its index is
+    # cached), the network built with its weights, the --index string; nothing written yet.
+    prepared = prepare(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
+                       actors=args.actors, index=args.index)
     init_ray(args.address, num_cpus=args.num_cpus)
     figures = extract(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
                       actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat,
-                      index=args.index)
+                      index=args.index, prepared=prepared)
     print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] "
                   f"-> {args.out}")
 
@@ -252,6 +289,7 @@ def cmd_report(args) -> None:
         recalls = []
     if not recalls or any(n < 1 for n in recalls):
         raise BadInput(f"--recall {args.recall!r} must be positive integers separated by commas, e.g. 1,5")
+    check_output_dir(args.out or Path(args.results) / "report", "--out")
     report = make_report(args.results, out=args.out, recalls=recalls, required=args.figures or (),
                          predictions=args.predictions, failures_only=args.failures_only)
     print(report.table_md, end="")
@@ -263,6 +301,60 @@ def cmd_report(args) -> None:
     print(f"open {report.page}")
 
 
+def cmd_datasets(args) -> int:
+    """``vgray datasets list|check``: the catalog of known datasets; a folder's counts against it
+    (1 when a published count disagrees)."""
+    from vgray.data.catalog import catalog_rows, check
+    if args.datasets_command == "list":
+        rows = catalog_rows()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        show = lambda n: "?" if n is None else f"{n:,}"  # noqa: E731
+        print(f"{'name':<16}{'layouts':<15}{'split':<7}{'database':>11}{'queries':>10}  source")
+        for r in rows:
+            print(f"{r['name'] + ('*' if r['paper'] else ''):<16}{','.join(r['layouts']):<15}{r['split']:<7}"
+                  f"{show(r['database']):>11}{show(r['queries']):>10}  {r['source']}")
+        print("* one of the paper's six; ? unknown (no publisher file states it)")
+        return 0
+    from vgray.console import progress_bar
+    bars = {}
+
+    def progress(what: str, seen: int) -> None:
+        bar = bars.get(what)
+        if bar is None:
+            for done in bars.values():  # one folder at a time: one bar on the line
+                done.close()
+            bar = bars[what] = progress_bar(desc=f"indexing {what}", unit=" files")
+        bar.update(seen - bar.n)
+
+    try:
+        report = check(args.root, name=args.name, progress=progress, positives=not args.no_positives)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        show = lambda n: "?" if n is None else f"{n:,}"  # noqa: E731
+        print(f"{args.root}: layout {report['layout']}, dataset {report['dataset'] or 'not recognised'}")
+        if report["dataset"] and not report["compared"]:
+            print(f"  (its published counts are for the layouts {', '.join(report['published_layouts'])}: not compared)")
+        for split, v in report["splits"].items():
+            for role in ("database", "queries"):
+                want = v[f"published_{role}"]
+                verdict = "" if want is None else ("  ok" if want == v[role] else "  DIFFERS")
+                print(f"  {split}/{role:<9} {v[role]:>10,} found  {show(want):>10} published{verdict}")
+            if v["queries_without_positives"] is not None:
+                print(f"  {split} queries without positives: {v['queries_without_positives']:,} ({v['positives']})")
+            print(f"  {split} query set: {v['query_set']} (the queries scored; for MSLS see data.msls_queries)")
+    if not report["agrees"]:
+        print(f"vgray: {args.root}: counts differ from the published ones: {'; '.join(report['mismatches'])}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args) -> None:
     """``vgray bench NAME``: run one benchmark (``vgray bench list`` names them)."""
     from vgray.bench import run_benchmark
@@ -270,14 +362,19 @@ def cmd_bench(args) -> None:
 
 
 COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "sweep": cmd_sweep,
-            "extract": cmd_extract, "locate": cmd_locate, "report": cmd_report, "bench": cmd_bench}
+            "extract": cmd_extract, "locate": cmd_locate, "report": cmd_report, "datasets": cmd_datasets,
+            "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """The ``vgray`` entry point: run one command; returns the exit status (0, 1 on a failure, 2 on bad input)."""
+    """The ``vgray`` entry point: run one command; returns the exit status (0, 1 on a failure, 2 on bad input).
+    Library warnings go to a log, not beside the command's output (:class:`~vgray.console.LibraryWarnings`)."""
+    from vgray.console import LibraryWarnings
+    warned = LibraryWarnings()
     try:
-        args = build_parser().parse_args(argv)
-        code = COMMANDS[args.command](args)
+        with warned:
+            args = build_parser().parse_args(argv)
+            code = COMMANDS[args.command](args)
     except BadInput as exc:
         print(f"vgray: error: {exc}", file=sys.stderr)
         return 2
@@ -286,6 +383,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vgray: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warned.close()
+    warned.summary()
     return code or 0
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import typing
@@ -26,7 +27,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from vgray import registry
-from vgray.errors import BadInput
+from vgray.errors import BadInput, shown
 from vgray.registry import AGGREGATIONS, BACKBONES, LOSSES, MINING, PLACE_LOSSES, PLACE_MINERS, TEST_METHODS
 
 
@@ -53,9 +54,19 @@ class DataConfig:
                        choices=["vg", "gsv_cities"])
     val_root: Optional[str] = _key(None, "VG-format dataset whose val split validates training (null: data.root's; "
                                          "required with data.layout=gsv_cities)")
+    msls_queries: str = _key("im2im", "val/test queries of MSLS's raw layout (train_val/<city>/): im2im (MSLS's "
+                                      "image-to-image set, 740 on its val), all (every non-panorama query, ~11k, "
+                                      "as the VG downloader formats it); README: MSLS",
+                             choices=["im2im", "all"])
     resize: List[int] = _key([480, 640], "[H, W] of train and test images", positive=True, length=2)
     resize_fraction: float = _key(1.0, "scale of both sides of resize (the paper's resolution study)",
                                   range=(1e-3, 1.0))
+    resize_order: str = _key("paper", "order of resizing and normalising test, validation, mining-cache and PCA "
+                                      "images: paper (normalise the full image, then resize the float tensor, "
+                                      "antialiased, on the device where images are decoded: the paper's code), pil "
+                                      "(resize the PIL image, then normalise: vgray before 2026-12); training "
+                                      "triplets resize with PIL either way, as the paper's code does",
+                             choices=["paper", "pil"])
     num_workers: Optional[int] = _key(None, "image-loading worker processes (null: one per CPU, at most 8)",
                                       range=(0, 256))
     skip_corrupt: bool = _key(False, "skip unreadable images (reported by path) instead of stopping")
@@ -300,8 +311,14 @@ def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
         raise _unknown(dotted, keys)
     node = tree
     parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        if node.get(p) is None:  # absent, or a section set to null (its defaults) by an earlier --set
+            node[p] = {}
+        elif not isinstance(node[p], dict):
+            section = ".".join(parts[:i + 1])
+            raise BadInput(f"{section}={shown(node[p])} is a section, not a value: set its keys "
+                           f"({dotted}=...) or give it a mapping")
+        node = node[p]
     node[parts[-1]] = value
 
 
@@ -336,19 +353,19 @@ def _coerce(dotted: str, value: Any, t) -> Any:
         return _coerce(dotted, value, next(a for a in args if a is not type(None)))
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
-            raise BadInput(f"{dotted}={value!r} must be a list of {args[0].__name__}")
+            raise BadInput(f"{dotted}={shown(value)} must be a list of {args[0].__name__}")
         return [_coerce(dotted, v, args[0]) for v in value]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
-            raise BadInput(f"{dotted}={value!r} must be a mapping")
+            raise BadInput(f"{dotted}={shown(value)} must be a mapping")
         return {str(k): _coerce(f"{dotted}.{k}", v, args[1]) for k, v in value.items()}
     if t is bool:
         if not isinstance(value, bool):
-            raise BadInput(f"{dotted}={value!r} must be true or false")
+            raise BadInput(f"{dotted}={shown(value)} must be true or false")
         return value
     if t is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise BadInput(f"{dotted}={value!r} must be an integer")
+            raise BadInput(f"{dotted}={shown(value)} must be an integer")
         return value
     if t is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -357,11 +374,13 @@ def _coerce(dotted: str, value: Any, t) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadInput(f"{dotted}={value!r} must be a number")
+            raise BadInput(f"{dotted}={shown(value)} must be a number")
+        if not math.isfinite(value):  # NaN passes every comparison-based check below
+            raise BadInput(f"{dotted}={shown(value)} must be a finite number")
         return float(value)
     if t is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise BadInput(f"{dotted}={value!r} must be a string")
+            raise BadInput(f"{dotted}={shown(value)} must be a string")
         return _expand(str(value))
     raise TypeError(f"unsupported config type {t} for {dotted}")
 
@@ -382,15 +401,15 @@ def _check_field(dotted: str, f: dataclasses.Field, value: Any) -> None:
     if choices is not None:
         allowed = choices.names() if isinstance(choices, registry.Registry) else choices
         if value not in allowed:
-            raise BadInput(f"{dotted}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+            raise BadInput(f"{dotted}={shown(value)} is not allowed; choose one of: {', '.join(map(str, allowed))}")
     if meta.get("positive") and any(x <= 0 for x in _numbers(value)):
-        raise BadInput(f"{dotted}={value!r} must be positive")
+        raise BadInput(f"{dotted}={shown(value)} must be positive")
     if "range" in meta:
         lo, hi = meta["range"]
         if any(not lo <= x <= hi for x in _numbers(value)):
-            raise BadInput(f"{dotted}={value!r} must lie in [{lo}, {hi}]")
+            raise BadInput(f"{dotted}={shown(value)} must lie in [{lo}, {hi}]")
     if "length" in meta and len(value) != meta["length"]:
-        raise BadInput(f"{dotted}={value!r} must have {meta['length']} values")
+        raise BadInput(f"{dotted}={shown(value)} must have {meta['length']} values")
 
 
 def _build(cls, tree: Dict[str, Any], prefix: str):
@@ -404,7 +423,12 @@ def _build(cls, tree: Dict[str, Any], prefix: str):
         dotted = prefix + name
         t = hints[name]
         if dataclasses.is_dataclass(t):
-            kwargs[name] = _build(t, tree.get(name) or {}, dotted + ".")
+            section = tree.get(name)
+            if section is not None and not isinstance(section, dict):
+                example = next(iter(f.name for f in dataclasses.fields(t)))
+                raise BadInput(f"{dotted}={shown(section)} is a section, not a value: set its keys "
+                               f"({dotted}.{example}=...) or give it a mapping")
+            kwargs[name] = _build(t, section or {}, dotted + ".")
             continue
         if name in tree:
             value = _coerce(dotted, tree[name], t)
@@ -429,26 +453,103 @@ def parse_override(text: str) -> tuple:
     if "=" not in text:
         raise BadInput(f"--set {text!r} must look like key=value (e.g. model.backbone=vgg16)")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise BadInput(f"--set {key}: value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})")
+    value = parse_yaml(raw, f"--set {key.strip()}: value {shown(raw)}") if raw.strip() else ""
     return key.strip(), value
 
 
+MAX_YAML_NODES = 100_000  # a config, a sweep file or a plan is a few hundred nodes
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently).
+    Merge keys (``<<: *base``) may be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class names an unhashable key
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {shown(key)} is given twice (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1}); give each key once", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, limit: int) -> int:
+    """The number of nodes ``node`` stands for once its aliases are expanded (each alias counts
+    the whole node it names), computed on the composed graph without expanding it; stops early past
+    ``limit``. A billion-laughs document of 1 KB stands for 10⁹ nodes."""
+    memo = {}
+
+    def size(n) -> int:
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        memo[key] = limit + 1  # a cycle (a recursive alias) counts as too big
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        memo[key] = total
+        return total
+
+    return size(node)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> Python values with the safe loader, refusing (:class:`BadInput` naming ``where``)
+    malformed text, a key given twice, and aliases that expand past :data:`MAX_YAML_NODES` nodes,
+    before anything is expanded."""
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise BadInput(f"{where}: its anchors and aliases expand to more than {MAX_YAML_NODES:,} values; "
+                           f"a config or sweep file is a few hundred (write the values out, or use base:)")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(f"{where}{line}: not valid YAML ({problem})")
+    except RecursionError:
+        raise BadInput(f"{where}: nested too deeply to be a config or sweep file")
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
-    """Parse a YAML file with the safe loader; unreadable or malformed files are bad input."""
+    """Parse a YAML file (:func:`parse_yaml`); unreadable, not UTF-8 or malformed files are bad input."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except OSError as exc:
         raise BadInput(f"{what} file {p}: cannot be read ({exc.strerror or exc})")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{what} file {p}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{what} file {p}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); "
+                       f"save it as UTF-8")
+    return parse_yaml(text, f"{what} file {p}")
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides=(), base: Optional[Dict] = None) -> Config:

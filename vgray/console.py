@@ -58,3 +58,117 @@ def print_figures(figures: Dict, title: Optional[str] = None, json_path: Optiona
     for k, v in figures.items():
         print(f"{indent}{k:<{width}}  {format_value(v, decimals)}")
     write_json(json_path, figures)
+
+
+class LibraryWarnings:
+    """The Python warnings of one command (PIL's decompression-bomb warning, torch's and Ray's
+    deprecations, ...), kept off the console: a bad-input refusal stays one line, and a command's
+    printout stays its figures. On :meth:`close` they are appended to ``CACHE/warnings.log``
+    (:func:`vgray.paths.cache_dir`); :meth:`summary` (after a normal end) says in one stderr line
+    how many there were and where. Processes vgray forks (loader workers) inherit the handler and
+    append to the same log."""
+
+    def __init__(self):
+        self.caught: list = []
+        self._saved = None
+        self._owner = None
+
+    def __enter__(self):
+        import warnings
+        import os
+        self._owner = os.getpid()
+        self._saved = warnings.showwarning
+        warnings.showwarning = self._show
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _show(self, message, category, filename, lineno, file=None, line=None):
+        import os
+        self.caught.append(f"{filename}:{lineno}: {category.__name__}: {message}")
+        if os.getpid() != self._owner:  # a forked worker: its list dies with it, so log now
+            self._append(self.caught[-1:])
+            self.caught.clear()
+
+    @property
+    def log(self) -> Path:
+        from vgray.paths import cache_dir
+        return cache_dir() / "warnings.log"
+
+    def _append(self, lines) -> None:
+        import sys
+        import time
+        try:
+            with open(self.log, "a", encoding="utf-8") as f:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                command = " ".join(sys.argv[:3])
+                for text in lines:
+                    f.write(f"{stamp} [{command}] {' '.join(str(text).split())}\n")
+        except OSError:
+            pass  # a log that cannot be written must not turn a run into a failure
+
+    def close(self) -> None:
+        """Restore the previous handler and log what was caught."""
+        import warnings
+        if self._saved is not None:
+            warnings.showwarning = self._saved
+            self._saved = None
+        if self.caught:
+            self._append(self.caught)
+
+    def summary(self) -> None:
+        """One stderr line when warnings were caught (after a command that ended normally)."""
+        import sys
+        if self.caught:
+            print(f"vgray: {len(self.caught)} warning{'s' if len(self.caught) > 1 else ''} from libraries "
+                  f"written to {self.log}", file=sys.stderr)
+
+
+def progress_bar(total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True,
+                 bar_format: Optional[str] = None):
+    """The tqdm bar of a long step, the same look for every step (extraction, synthetic worlds,
+    NetVLAD's initialisation, PCA, faiss indexes): on stderr, erased when done, as wide as the
+    terminal. One rule decides whether it shows: ``enabled`` (a command's progress flag,
+    :attr:`vgray.runtime.Runtime.progress`; off inside sweep trials, which report through Tune)
+    and stderr is a terminal (tqdm's ``disable=None``), so logs and captured output stay free of
+    bar redraws. Use it as a context manager and call ``update(n)``; ``bar_format`` as tqdm's."""
+    import sys
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or None, file=sys.stderr, leave=False,
+                dynamic_ncols=True, bar_format=bar_format)
+
+
+class progress_step:
+    """A long step with no progress of its own to report (faiss's k-means, a PCA or an index
+    training: one library call), shown under :func:`progress_bar`'s rule as its name and the time
+    it has run so far, refreshed twice a second, until it ends. It counts nothing: it says what is
+    running and for how long::
+
+        with progress_step("NetVLAD k-means: 50,000 features -> 64 clusters", rt.progress):
+            kmeans.train(x)
+    """
+
+    def __init__(self, desc: str, enabled: bool = True):
+        self.bar = progress_bar(desc=desc, enabled=enabled, bar_format="{desc}: running {elapsed}")
+        self._stop = self._thread = None
+
+    def __enter__(self):
+        if not self.bar.disable:
+            import threading
+            self._stop = threading.Event()
+            # faiss releases the GIL during training, so this thread keeps the time moving.
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self.bar.close()
+        return False

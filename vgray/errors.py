@@ -10,8 +10,24 @@ class BadInput(Exception):
     """Bad user input; ``str(exc)`` is a single line naming the culprit and what is allowed."""
 
     def __init__(self, message: str):
-        # Keep the contract in code: a message is one line, whatever the caller passed.
-        super().__init__(" ".join(str(message).split()))
+        # Keep the contract in code: a message is one line, whatever the caller passed, and a
+        # line a terminal can show (values in messages are cut by :func:`shown` at the source).
+        text = " ".join(str(message).split())
+        super().__init__(text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…")
+
+
+MAX_MESSAGE = 2000
+MAX_VALUE = 80
+
+
+def shown(value, limit: int = MAX_VALUE) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (a value the user typed can be
+    a whole YAML document, a path list or a 10 MB string)."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails is shown by its type
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text)} characters)"
 
 
 def faiss_message(exc: Exception) -> str:

@@ -54,8 +54,8 @@ def utm_zone_from_name(path: str) -> Optional[str]:
     return zone or None
 
 
-def cached_index(db: Database) -> faiss.Index:
-    """The ``test.knn`` index of the database descriptors: read from the cache, else built and cached."""
+def _read_cached_index(db: Database) -> Optional[faiss.Index]:
+    """The cached ``test.knn`` index of ``db``, or None when there is none that fits it."""
     path = index_path(db)
     if path.is_file():
         try:
@@ -64,13 +64,25 @@ def cached_index(db: Database) -> faiss.Index:
                 return index
         except RuntimeError:
             pass  # unreadable (another faiss version, a damaged file): build it again
+    return None
+
+
+def _build_and_cache(db: Database, xb) -> faiss.Index:
+    """The ``test.knn`` index of the (checked) descriptors ``xb``, written atomically to the cache
+    (stale ones removed): only once every check of the database and the photos has passed."""
     index = build_index(db.cfg.test.knn, db.d)
-    fill_index(index, db.descriptors(), seed=db.cfg.seed)
-    with atomic_path(path) as tmp:
+    fill_index(index, xb, seed=db.cfg.seed, progress=True)  # a bar on a terminal while a big index trains
+    with atomic_path(index_path(db)) as tmp:
         faiss.write_index(index, str(tmp))
     for stale in stale_indexes(db):
         stale.unlink(missing_ok=True)
     return index
+
+
+def cached_index(db: Database) -> faiss.Index:
+    """The ``test.knn`` index of the database descriptors: read from the cache, else built and cached."""
+    index = _read_cached_index(db)
+    return index if index is not None else _build_and_cache(db, db.descriptors())
 
 
 def _check_photos(photos: Sequence[str]) -> None:
@@ -107,6 +119,10 @@ def locate(photos: Sequence[str], database: str | os.PathLike, k: int = 5, progr
         raise BadInput("give at least one photo to locate")
     db = open_database(database)
     _check_photos(photos)
+    # The descriptors are read and checked (nulls, size, finite) before the network is built; a
+    # cached index was built from a file that passed these checks (a changed file gets a new key).
+    index = _read_cached_index(db)
+    xb = db.descriptors() if index is None else None
     cfg = db.cfg
     model = _load_network(db)
     method = create_method(cfg, model.mean, model.std)
@@ -123,7 +139,8 @@ def locate(photos: Sequence[str], database: str | os.PathLike, k: int = 5, progr
         raise BadInput(f"--database {db.root}: the network gives {xq.shape[1]}-d descriptors but {DATABASE_FILE} "
                        f"holds {db.d}-d ones")
 
-    index = cached_index(db)
+    if index is None:
+        index = _build_and_cache(db, xb)
     D, I, _ = search(index, xq, method.search_k(min(k, len(db.paths))))
     D, I = D.reshape(m, views, -1), I.reshape(m, views, -1)
     ranked = method.merge(D, I, k)  # (m, <=k) database rows, -1 padded

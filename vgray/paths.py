@@ -2,6 +2,8 @@
 import os
 from pathlib import Path
 
+from vgray.errors import BadInput
+
 
 def cache_dir() -> Path:
     """``$VGRAY_CACHE``, else ``$XDG_CACHE_HOME/vgray``, else ``~/.cache/vgray`` (created)."""
@@ -12,3 +14,39 @@ def cache_dir() -> Path:
         path = Path(base) / "vgray"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _existing_ancestor(path: Path, what: str, given) -> Path:
+    """The nearest existing folder at or above ``path``; BadInput when a file stands in the way or
+    the folder cannot be written."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BadInput(f"{what} {given}: {probe} is a file, not a folder; give a path under a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"{what} {given}: the folder {probe} cannot be written; give a folder you can write")
+    return probe
+
+
+def check_output_dir(path, what: str) -> Path:
+    """``path`` as a folder vgray may create or write into (``what``: the option that named it, such
+    as ``--out``); BadInput before anything runs when it is a file, lies under a file, or cannot be
+    written."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"{what} {path} is a file, not a folder; give a folder (created when absent)")
+    _existing_ancestor(p, what, path)
+    return p
+
+
+def check_output_file(path, what: str) -> Path:
+    """``path`` as a file vgray may write (``what``: the option, such as ``--json``); BadInput before
+    anything runs when it is a folder, lies under a file, or its folder cannot be written."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_dir():
+        raise BadInput(f"{what} {path} is a folder; give a file path")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise BadInput(f"{what} {path} cannot be written; give a file you can write")
+    _existing_ancestor(p.parent, what, path)
+    return p

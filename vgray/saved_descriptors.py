@@ -26,17 +26,18 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from vgray.atomic import atomic_path, commit, temp_name, write_text
 from vgray.checkpoint import load_fitting, read_state_dict
-from vgray.errors import BadInput, faiss_message
+from vgray.errors import BadInput, faiss_message, shown
 
 CONFIG_FILE, MODEL_FILE, PCA_FILE = "config.yaml", "model.pt", "pca.faiss"
 DATABASE_FILE, QUERIES_FILE = "database.parquet", "queries.parquet"
@@ -126,12 +127,131 @@ class DescriptorWriter:
 
 
 def descriptor_matrix(table: pa.Table) -> np.ndarray:
-    """The ``descriptor`` column of a descriptor table as ``(n, d)`` float32."""
+    """The ``descriptor`` column of a descriptor table as ``(n, d)`` float32 (a table
+    :func:`read_descriptor_table` checked: no nulls, one length)."""
     column = table.column("descriptor").combine_chunks()
     if not pa.types.is_fixed_size_list(column.type):  # a plain list column, as other tools write
         return np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return np.ascontiguousarray(flat, dtype=np.float32).reshape(len(table), column.type.list_size)
+
+
+# -- reading a descriptor table: every way it can be wrong is one line ---------------------------
+
+# What each column of a descriptor table may be (the writer's types, and what other tools write
+# for the same values: a large string, integer coordinates, a plain list of float64).
+ALLOWED = {"path": "a string", "utm_east": "a number (float64)", "utm_north": "a number (float64)",
+           "descriptor": "a fixed-size list of float32", "crop": "an integer"}
+
+
+def _type_fits(name: str, t: pa.DataType) -> bool:
+    if name == "path":
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+    if name in ("utm_east", "utm_north"):
+        return pa.types.is_floating(t) or pa.types.is_integer(t)
+    if name == "descriptor":
+        return ((pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
+                and pa.types.is_floating(t.value_type))
+    return pa.types.is_integer(t)  # crop
+
+
+def descriptor_dim(path: str | os.PathLike, what: str, columns=("path", "utm_east", "utm_north", "descriptor")) -> int:
+    """Check the schema of the descriptor table at ``path`` (each of ``columns`` present, of an
+    allowed type) without reading its rows; returns the descriptor size when it is fixed by the
+    type (a fixed-size list), else 0. ``what`` names the file in the one-line BadInput."""
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInput(f"{what} is not a vgray descriptor table (a parquet file of path, utm_east, utm_north, "
+                       f"descriptor): {first[:160]}")
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise BadInput(f"{what} lacks the columns {', '.join(missing)}; "
+                       f"a vgray descriptor table has path, utm_east, utm_north, descriptor")
+    for name in list(columns) + (["crop"] if "crop" in schema.names else []):
+        t = schema.field(name).type
+        if not _type_fits(name, t):
+            raise BadInput(f"{what}: column {name} is of type {str(t)[:60]}; allowed: {ALLOWED[name]}")
+    t = schema.field("descriptor").type if "descriptor" in columns else None
+    return t.list_size if t is not None and pa.types.is_fixed_size_list(t) else 0
+
+
+def _row(table: pa.Table, i: int) -> str:
+    """``row 3 ('@...@.jpg')``: a row named for a message (with its file name when the table has one)."""
+    path = table.column("path")[i].as_py() if "path" in table.column_names else None
+    return f"row {i} ({shown(os.path.basename(path), 60)})" if isinstance(path, str) else f"row {i}"
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_rows(table: pa.Table, what: str, dim: Optional[int] = None) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Check the rows of a descriptor ``table`` read from the file ``what`` names (its schema passed
+    :func:`descriptor_dim`): at least one row, no nulls, descriptors all of one size (``dim`` when
+    given) and finite, coordinates finite in every row or absent (NaN) in every row (a set given by
+    ground-truth lists has none). Returns ``(x (n, d) float32 or None, utm (n, 2) float64 or None)``
+    for the columns the table holds."""
+    if len(table) == 0:
+        raise BadInput(f"{what} holds no rows; expected one row per image")
+    for name in table.column_names:
+        column = table.column(name)
+        if column.null_count:
+            i = _first(column.is_null().to_numpy(zero_copy_only=False))
+            raise BadInput(f"{what}: column {name} is null in {_row(table, i)}; allowed: {ALLOWED.get(name, 'a value')} "
+                           f"in every row")
+    x = utm = None
+    if "descriptor" in table.column_names:
+        column = table.column("descriptor").combine_chunks()
+        values = column.flatten()
+        if values.null_count:
+            sizes = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            owner = np.searchsorted(np.cumsum(sizes), _first(values.is_null().to_numpy(zero_copy_only=False)), "right")
+            raise BadInput(f"{what}: the descriptor of {_row(table, int(owner))} holds a null; allowed: numbers")
+        sizes = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        want = dim or int(sizes[0])
+        if want < 1 or (sizes != want).any():
+            i = _first(sizes != want) if want >= 1 else 0
+            raise BadInput(f"{what}: the descriptor of {_row(table, i)} has {int(sizes[i])} values; allowed: "
+                           f"{want}, the size of this table's descriptors")
+        x = descriptor_matrix(table)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            i = _first(bad)
+            value = x[i][~np.isfinite(x[i])][0]
+            raise BadInput(f"{what}: the descriptor of {_row(table, i)} holds {value}; allowed: finite numbers")
+    if "utm_east" in table.column_names and "utm_north" in table.column_names:
+        utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()],
+                       axis=1).astype(np.float64)
+        finite, absent = np.isfinite(utm).all(axis=1), np.isnan(utm).all(axis=1)
+        if not (finite.all() or absent.all()):
+            i = _first(~finite & ~absent) if (~finite & ~absent).any() else _first(~finite)
+            raise BadInput(f"{what}: {_row(table, i)} has utm_east={utm[i, 0]}, utm_north={utm[i, 1]}; allowed: "
+                           f"finite coordinates in every row, or NaN in every row (a set without coordinates)")
+    return x, utm
+
+
+class CheckedTable(NamedTuple):
+    """A descriptor table that passed every check, with its descriptors and coordinates as arrays
+    (None for a column not read)."""
+    table: pa.Table
+    x: Optional[np.ndarray]  # (n, d) float32
+    utm: Optional[np.ndarray]  # (n, 2) float64
+
+
+def read_descriptor_table(path: str | os.PathLike, what: str, columns=("path", "utm_east", "utm_north", "descriptor"),
+                          dim: Optional[int] = None) -> CheckedTable:
+    """The one reader of descriptor tables: ``columns`` of the parquet file at ``path``, after
+    :func:`descriptor_dim` (schema) and :func:`check_rows` (values, ``dim`` the descriptor size
+    required); ``what`` names the file in errors."""
+    descriptor_dim(path, what, columns)
+    try:
+        table = pq.read_table(path, columns=list(columns))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInput(f"{what} cannot be read ({first[:160]})")
+    return CheckedTable(table, *check_rows(table, what, dim))
 
 
 def read_descriptors(path: str | os.PathLike, flag: str = "--descriptors") -> Tuple[np.ndarray, np.ndarray]:
@@ -140,18 +260,17 @@ def read_descriptors(path: str | os.PathLike, flag: str = "--descriptors") -> Tu
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{flag}: {path} does not exist; write it with vgray eval --save-descriptors DIR")
+    what = f"{flag}: {path}"
     try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise BadInput(f"{flag}: {path} is not a parquet file ({exc})")
-    if "crop" in table.column_names:
+        names = pq.read_schema(path).names
+    except Exception:
+        names = []  # the reader below names what is wrong with the file
+    if "crop" in names:
         raise BadInput(f"{flag}: {path} holds several crops per query (test.method nearest_crop or "
                        f"maj_voting); save the descriptors with a single-view test method")
-    missing = {"utm_east", "utm_north", "descriptor"} - set(table.column_names)
-    if missing:
-        raise BadInput(f"{flag}: {path} lacks the columns {', '.join(sorted(missing))}")
-    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
-    return descriptor_matrix(table), utm.astype(np.float64)
+    checked = read_descriptor_table(path, what, ("path", "utm_east", "utm_north", "descriptor") if "path" in names
+                                    else ("utm_east", "utm_north", "descriptor"))  # path: optional for other tools
+    return checked.x, checked.utm
 
 
 def write_model(out: str | os.PathLike, cfg, model: torch.nn.Module) -> None:
@@ -206,17 +325,33 @@ class Database:
     d: int
 
     def descriptors(self) -> np.ndarray:
-        """``xb`` (n, d) float32, read only when the index is built (a cached index needs none)."""
-        return descriptor_matrix(pq.read_table(self.root / DATABASE_FILE, columns=["descriptor"]))
+        """``xb`` (n, d) float32, read (and checked: no nulls, ``d`` values each, finite) only when
+        the index is built (a cached index needs none: it was built from a checked file, and a
+        changed file gets another cache key)."""
+        what = f"--database {self.root}: {DATABASE_FILE}"
+        x = read_descriptor_table(self.root / DATABASE_FILE, what, ("path", "descriptor"), dim=self.d).x
+        if len(x) != len(self.paths):
+            raise BadInput(f"{what} changed while it was read ({len(self.paths)} rows, now {len(x)})")
+        return x
 
     def pca(self) -> Optional[faiss.PCAMatrix]:
         """The PCA the descriptors were projected with, or None when they were not."""
         return load_pca(self.root / PCA_FILE) if (self.root / PCA_FILE).is_file() else None
 
 
+def expected_dim(cfg, root: Path) -> Optional[int]:
+    """The descriptor size a folder's config fixes without building its network: the PCA's output
+    (``pca.faiss``, else ``model.pca_dim``) or ``model.fc_output_dim``; None when only the network knows."""
+    if (root / PCA_FILE).is_file():
+        return load_pca(root / PCA_FILE).d_out
+    return cfg.model.pca_dim or cfg.model.fc_output_dim
+
+
 def open_database(root: str | os.PathLike) -> Database:
-    """Read ``DIR/config.yaml`` and ``DIR/database.parquet``; missing or foreign files are bad input."""
-    from vgray.config import load_config
+    """Read ``DIR/config.yaml`` and ``DIR/database.parquet`` (its paths and coordinates, checked by
+    :func:`read_descriptor_table`; the descriptors are read when an index is built); missing or
+    foreign files are bad input."""
+    from vgray.config import load_config, read_yaml
 
     root = Path(root)
     if not root.is_dir():
@@ -225,20 +360,25 @@ def open_database(root: str | os.PathLike) -> Database:
         if not (root / name).is_file():
             raise BadInput(f"--database {root}: no {name}; write the folder with vgray eval --save-descriptors {root}")
     try:
-        cfg = load_config(root / CONFIG_FILE)
+        # A folder written before data.resize_order existed holds descriptors of PIL-resized images
+        # (the key's pil): photos located against it must be made the same way.
+        tree = read_yaml(root / CONFIG_FILE)
+        data = tree.get("data") if isinstance(tree, dict) else None
+        legacy = [("data.resize_order", "pil")] if isinstance(data, dict) and "resize_order" not in data else []
+        cfg = load_config(root / CONFIG_FILE, overrides=legacy)
     except BadInput as exc:
         raise BadInput(f"--database {root}: {CONFIG_FILE} is not a valid vgray config ({exc})")
-    try:
-        d = pq.read_schema(root / DATABASE_FILE).field("descriptor").type.list_size
-        table = pq.read_table(root / DATABASE_FILE, columns=["path", "utm_east", "utm_north"])
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"--database {root}: {DATABASE_FILE} is not a vgray descriptor table "
-                       f"(path, utm_east, utm_north, descriptor): {first[:160]}")
-    if len(table) == 0 or not isinstance(d, int) or d < 1:
-        raise BadInput(f"--database {root}: {DATABASE_FILE} holds no descriptors")
-    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
-    return Database(root, cfg, table.column("path").to_pylist(), utm.astype(np.float64), d)
+    what = f"--database {root}: {DATABASE_FILE}"
+    d = descriptor_dim(root / DATABASE_FILE, what)
+    want = expected_dim(cfg, root)
+    if d and want and d != want:
+        raise BadInput(f"{what} holds {d}-d descriptors; allowed: {want}-d, the size its {CONFIG_FILE} and "
+                       f"{PCA_FILE if (root / PCA_FILE).is_file() else 'config'} give")
+    checked = read_descriptor_table(root / DATABASE_FILE, what, ("path", "utm_east", "utm_north"))
+    if not d:  # a plain list column: its size is that of the rows (checked when they are read)
+        first = pq.read_table(root / DATABASE_FILE, columns=["descriptor"]).slice(0, 1).column("descriptor")
+        d = len(first[0].as_py() or [])
+    return Database(root, cfg, checked.table.column("path").to_pylist(), checked.utm, want or d)
 
 
 def index_path(db: Database) -> Path:

@@ -15,7 +15,7 @@ from vgray.errors import BadInput
 # name -> module in vgray.bench with a ``main(argv)``
 BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train",
               "sweep": "vgray.bench.sweep", "knn": "vgray.bench.knn",
-              "search": "vgray.bench.search"}
+              "search": "vgray.bench.search", "index": "vgray.bench.index"}
 
 
 def actor_counts(text: str) -> List[int]:

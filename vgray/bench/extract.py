@@ -43,7 +43,7 @@ from vgray.data.dataset import open_split
 from vgray.data.images import device_transform
 from vgray.errors import BadInput
 from vgray.evaluate.extract import iter_descriptors
-from vgray.evaluate.methods import TEST_METHODS
+from vgray.evaluate.methods import create_method
 from vgray.models import build_model
 from vgray.runtime import Runtime, default_workers, resolve_device
 from vgray.seeding import seed_everything
@@ -185,7 +185,7 @@ def main(argv) -> None:
         return ray_data_bench(cfg, args)
     if args.images < 16 or args.repeats < 1:
         raise BadInput(f"--images={args.images} must be at least 16 and --repeats={args.repeats} at least 1")
-    split = open_split(cfg.data.root, cfg.test.split)
+    split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
     paths = split.database.paths[: args.images]
     rt = Runtime.from_config(cfg, progress=False)
     with tempfile.TemporaryDirectory(prefix="vgray-bench-") as folder:
@@ -199,7 +199,7 @@ def _bench(cfg, args, paths, rt) -> dict:
     seed_everything(cfg.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     baseline = reference_model(cfg, model)  # its own module: vgray's path makes ``model`` channels-last
-    transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
+    transform = create_method(cfg, model.mean, model.std).database_transform
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     workers = default_workers(cfg.data.num_workers)
     decode_rt = dataclasses.replace(rt, decode="torchvision")
@@ -261,13 +261,13 @@ def ray_data_bench(cfg, args) -> None:
         raise BadInput(f"--images={args.images} must be at least 16 and --repeats={args.repeats} at least 1")
     if args.actors:
         _counts(args.actors, 1)  # a bad list is refused before anything starts
-    split = open_split(cfg.data.root, cfg.test.split)
+    split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
     paths = split.database.paths[: args.images]
     seed_everything(cfg.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size).eval()
     baseline = reference_model(cfg, model)
     rt = Runtime.from_config(cfg, progress=False)
-    transform = TEST_METHODS.create(cfg.test.method, cfg.data.image_size, model.mean, model.std).database_transform
+    transform = create_method(cfg, model.mean, model.std).database_transform
     workers = default_workers(cfg.data.num_workers)
     with ray_session(args.address, args.num_cpus):
         cluster = cluster_summary()

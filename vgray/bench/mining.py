@@ -32,11 +32,12 @@ def main(argv) -> None:
     cfg = load_config(overrides=["data.root=synthetic:large", "model.aggregation=gem", "model.pretrained=none",
                                  "data.resize=[60,80]", "test.batch_size=128", *args.overrides])
     seed_everything(cfg.seed)
-    split = open_split(cfg.data.root, args.split)
+    split = open_split(cfg.data.root, args.split, cfg.data.msls_queries)
     data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     rt = Runtime.from_config(cfg, progress=True)
-    source = LocalDescriptors(model, split, test_transform(cfg.data.image_size, model.mean, model.std), rt)
+    cache_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
+    source = LocalDescriptors(model, split, cache_transform, rt)
     if model.needs_init():
         model.aggregation.initialized.fill_(True)
     figures = {"dataset": cfg.data.root, "database": len(split.database),

@@ -14,34 +14,97 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vgray.atomic import atomic_path
-from vgray.errors import BadInput
+from vgray.errors import BadInput, shown
 from vgray.paths import cache_dir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_PATTERN = r"\.(jpg|jpeg|png)$"  # the same, for Arrow's filter (matched ignoring case)
 SPLITS = ("train", "val", "test")
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the heading column
+PARSE_BATCH = 65536  # names parsed at once by the indexer: large enough for Arrow, small enough for memory
+VG_NAME = "@UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg"
 
 
 def parse_name(path: str) -> tuple:
-    """``(utm_east, utm_north, note)`` from a VG file name; BadInput when it carries no coordinates."""
+    """``(utm_east, utm_north, note)`` from a VG file name; BadInput when it carries no coordinates.
+
+    One name at a time (a photo given on the command line, a name in a test); a folder's names are
+    parsed in bulk by :func:`parse_names`, with the same rules."""
     name = os.path.basename(path)
     fields = name.split("@")
     try:
         east, north = float(fields[1]), float(fields[2])
     except (IndexError, ValueError):
-        raise BadInput(f"image {path}: the file name carries no UTM coordinates; expected "
-                       f"@UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg")
+        raise BadInput(f"image {path}: the file name carries no UTM coordinates; expected {VG_NAME}")
     if not (np.isfinite(east) and np.isfinite(north)):
         raise BadInput(f"image {path}: UTM coordinates must be finite numbers")
     note = fields[14] if len(fields) > 15 else ""
     return east, north, note
+
+
+def heading_of_name(name: str) -> float:
+    """The heading (degrees) in field 9 of a VG file name; NaN when the field is absent, empty or
+    not a finite number."""
+    fields = os.path.basename(name).split("@")
+    try:
+        heading = float(fields[9])
+    except (IndexError, ValueError):
+        return float("nan")
+    return heading if np.isfinite(heading) else float("nan")
+
+
+def _field(split: pa.ListArray, k: int) -> tuple:
+    """Field ``k`` of every split name as a string array ("" where the name has no such field),
+    with the mask of the names that have it; one vectorised take, no Python loop."""
+    offsets = split.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    has = lengths > k
+    index = np.where(has, offsets[:-1] + k, 0)
+    values = split.values.take(pa.array(index)) if len(index) else pa.array([], pa.string())
+    return pc.if_else(pa.array(has), values, ""), has
+
+
+def _to_float(strings: pa.Array) -> Optional[np.ndarray]:
+    """float64 of each string, or None when one is not a number (the caller then finds which)."""
+    try:
+        return pc.cast(strings, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def parse_names(names: pa.Array, rel: pa.Array, top: Path) -> Dict[str, object]:
+    """``utm_east``, ``utm_north``, ``heading`` and ``note`` of every file (``names`` the file names,
+    ``rel`` the same files' paths relative to ``top``), parsed in bulk by Arrow: a folder of millions
+    of images costs a few vectorised passes instead of one :func:`parse_name` call per file.
+    BadInput names the first file (in ``rel``'s order) whose name carries no coordinates, as
+    :func:`parse_name` would."""
+    split = pc.split_pattern(names, "@")
+    columns = {}
+    for key, k in (("utm_east", 1), ("utm_north", 2)):
+        strings, has = _field(split, k)
+        values = _to_float(pc.if_else(pa.array(has), strings, "x"))
+        if values is None or not np.isfinite(values).all():
+            # The error path only: the first file at fault, in parse_name's one line (or, where
+            # Arrow is stricter than float(), e.g. about spaces, the values as parse_name reads them).
+            values = np.array([parse_name(str(top / r))[k - 1] for r in rel.to_pylist()], dtype=np.float64)
+        columns[key] = values
+    strings, _ = _field(split, 9)
+    heading = _to_float(pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings))
+    if heading is None:  # a heading field that is not a number: NaN for that image, as for none
+        heading = np.array([heading_of_name(n) for n in names.to_pylist()], dtype=np.float64)
+    columns["heading"] = np.where(np.isfinite(heading), heading, np.nan)
+    note, _ = _field(split, 14)
+    fields = pc.list_value_length(split).to_numpy(zero_copy_only=False)
+    columns["note"] = pc.if_else(pa.array(fields > 15), note, "")
+    return columns
 
 
 @dataclass
@@ -50,6 +113,7 @@ class ImageSet:
     paths: List[str]
     utm: np.ndarray  # (n, 2) float64, east/north metres
     notes: List[str] = field(default_factory=list)
+    headings: Optional[np.ndarray] = None  # (n,) float64 degrees (compass), NaN where unknown; None: not read
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,6 +130,7 @@ class Split:
     queries: ImageSet
     ground_truth: Optional[List[np.ndarray]] = None
     ground_truth_file: Optional[str] = None
+    query_set: str = "all"  # which queries of the split these are (MSLS: im2im or all), as evaluations record it
 
     def evaluation_positives(self, rule: str = "auto", threshold: float = 25.0, frames: int = 10) -> tuple:
         """``(positives per query, the rule as recorded)`` for deciding whether a retrieval is right.
@@ -132,24 +197,123 @@ def split_dir(root: Path, split: str) -> Path:
                    f"splits found: {', '.join(found) or 'none'}")
 
 
-def _walk(top: Path):
-    """All image files under ``top`` (sorted, relative to it) and every directory's mtime."""
-    files, dirs = [], {}
-    stack = [top]
-    while stack:
-        d = stack.pop()
+def _walk(top: Path, progress: Optional[Callable[[int], None]] = None):
+    """The index of the image files under ``top``: ``(columns, dirs)``, ``columns`` the paths
+    relative to ``top`` (Arrow strings, sorted as Python sorts them) with :func:`parse_names`'s
+    columns in the same order, ``dirs`` every directory's mtime.
+
+    ``os.scandir`` without a stat per file (the entry's type comes with the listing). Each
+    directory's names go to Arrow at once, where they are filtered (image extensions) and sorted;
+    directories are visited in the order their ``name/`` sorts among the files, so that the files
+    come out already in the order of their sorted relative paths and need no global sort. Names are
+    parsed :data:`PARSE_BATCH` at a time, so that millions of paths are held as Arrow strings and
+    numbers rather than Python objects, and the parse's temporary arrays stay the size of one batch.
+    ``progress(files seen)`` after each directory."""
+    dirs: Dict[str, int] = {}
+    rel_chunks, parsed, pending = [], [], []
+    state = {"seen": 0, "pending": 0, "failed": False}
+
+    def flush() -> None:
+        names = pa.concat_arrays([n for n, _ in pending])
+        rel = pa.concat_arrays([r for _, r in pending])
+        pending.clear()
+        state["pending"] = 0
+        rel_chunks.append(rel)
+        if not state["failed"]:
+            try:
+                parsed.append(parse_names(names, rel, top))
+            except BadInput:  # named below: the first bad file in sorted order, as files are listed
+                state["failed"] = True
+
+    def emit(chunk: pa.Array, prefix: str) -> None:
+        if len(chunk):
+            pending.append((chunk, pc.binary_join_element_wise(prefix, chunk, "") if prefix else chunk))
+            state["seen"] += len(chunk)
+            state["pending"] += len(chunk)
+            if state["pending"] >= PARSE_BATCH:
+                flush()
+
+    ancestors: List[tuple] = []  # (device, inode) of the folders being visited: a link back to one is a loop
+
+    def visit(d: Path, prefix: str) -> None:
         try:
-            dirs[str(d.relative_to(top))] = d.stat().st_mtime_ns
-            entries = list(os.scandir(d))
+            st = d.stat()
+            dirs[prefix.rstrip("/") or "."] = st.st_mtime_ns
+            with os.scandir(d) as it:
+                entries = list(it)
+            is_dir = np.fromiter((e.is_dir(follow_symlinks=True) for e in entries), bool, len(entries))
         except OSError as exc:
             raise BadInput(f"dataset folder {d}: cannot be read ({exc.strerror})")
-        for e in entries:
-            if e.is_dir(follow_symlinks=True):
-                stack.append(Path(e.path))
-            elif e.name.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.relpath(e.path, top))
-    files.sort()
-    return files, dirs
+        if (st.st_dev, st.st_ino) in ancestors:
+            raise BadInput(f"dataset folder {top}: {d} is a link back to a folder that contains it (a loop); "
+                           f"remove the link or point it elsewhere")
+        ancestors.append((st.st_dev, st.st_ino))
+        if entries:
+            _check_names(d, entries)
+            names = pa.array([e.name for e in entries], pa.string())
+            image = pc.match_substring_regex(names, IMAGE_PATTERN, ignore_case=True).to_numpy(zero_copy_only=False)
+            image &= ~is_dir  # a folder named like an image is a folder
+            _check_regular(d, entries, image)
+            if not is_dir.any():
+                chunk = names.filter(pa.array(image))
+                emit(chunk.take(pc.sort_indices(chunk)), prefix)
+            else:
+                keys = pc.binary_join_element_wise(names, pa.array(np.where(is_dir, "/", "")), "")
+                run: List[int] = []
+                for i in pc.sort_indices(keys).to_numpy():
+                    if is_dir[i]:
+                        emit(names.take(pa.array(run, pa.int64())), prefix)
+                        run = []
+                        visit(Path(entries[i].path), f"{prefix}{entries[i].name}/")
+                    elif image[i]:
+                        run.append(int(i))
+                emit(names.take(pa.array(run, pa.int64())), prefix)
+        ancestors.pop()
+        if progress is not None:
+            progress(state["seen"])
+
+    visit(top, "")
+    if pending:
+        flush()
+    if not rel_chunks:
+        empty = np.zeros(0, np.float64)
+        return {"path": pa.array([], pa.string()), "utm_east": empty, "utm_north": empty, "heading": empty,
+                "note": pa.array([], pa.string())}, dirs
+    files = pa.chunked_array(rel_chunks, pa.string())
+    if state["failed"]:
+        for r in files.to_pylist():
+            parse_name(str(top / r))
+    columns = {"path": files}
+    for key in ("utm_east", "utm_north", "heading"):
+        columns[key] = np.concatenate([p[key] for p in parsed])
+    columns["note"] = pa.chunked_array([p["note"] for p in parsed], pa.string())
+    return columns, dirs
+
+
+def _check_names(folder: Path, entries) -> None:
+    """Names the index can hold: UTF-8 text (a name in another encoding arrives with surrogates)."""
+    for e in entries:
+        try:
+            e.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(e.name)
+            raise BadInput(f"dataset folder {folder}: the name {shown(raw)} is not valid UTF-8; rename the file "
+                           f"(file names must be UTF-8 text)")
+
+
+def _check_regular(folder: Path, entries, image: np.ndarray) -> None:
+    """Every entry named like an image must be a regular file (or a link to one): reading a FIFO
+    blocks forever, and a device or a dangling link is no image."""
+    for i in np.flatnonzero(image):
+        e = entries[i]
+        try:
+            regular = e.is_file(follow_symlinks=True)
+        except OSError:
+            regular = False
+        if not regular:
+            what = "a link to nothing" if e.is_symlink() and not os.path.exists(e.path) else "not a regular file"
+            raise BadInput(f"dataset folder {folder}: {e.name} is {what}; image files must be regular files "
+                           f"(remove it or replace it with the image)")
 
 
 def _dirs_unchanged(top: Path, dirs: Dict[str, int]) -> bool:
@@ -170,56 +334,89 @@ def index_cache_path(top: Path) -> Path:
     return cache_dir() / "index" / f"{top.name}-{digest}.parquet"
 
 
-def _read_index(path: Path, top: Path) -> Optional[pa.Table]:
+def _read_index(path: Path, top: Path) -> Optional[pq.ParquetFile]:
+    """The cached index of ``top`` when it is there, of this version and still valid; else None."""
     try:
-        table = pq.read_table(path)
-        meta = json.loads(table.schema.metadata[b"vgray"])
+        index = pq.ParquetFile(path)
+        meta = json.loads(index.schema_arrow.metadata[b"vgray"])
     except Exception:  # missing, partial or from another version: index again
         return None
     if meta.get("version") != INDEX_VERSION or meta.get("top") != str(top.resolve()):
         return None
-    return table if _dirs_unchanged(top, meta["dirs"]) else None
+    return index if _dirs_unchanged(top, meta["dirs"]) else None
 
 
-def index_images(top: Path) -> ImageSet:
-    """The images under ``top`` (a database/ or queries/ folder), from the cached index when valid."""
+def _image_set(top: Path, batches) -> ImageSet:
+    """An :class:`ImageSet` from the index's record batches, a batch at a time, so that the Python
+    lists it returns never sit beside a second full copy of the index (paths joined per batch; each
+    distinct note one Python string, shared)."""
+    prefix, paths, notes, numbers = str(top) + os.sep, [], [], {"utm_east": [], "utm_north": [], "heading": []}
+    for batch in batches:
+        paths.extend(pc.binary_join_element_wise(prefix, batch.column("path"), "").to_pylist())
+        for key, parts in numbers.items():
+            parts.append(batch.column(key).to_numpy(zero_copy_only=False))
+        coded = batch.column("note").dictionary_encode()
+        notes.extend(np.array(coded.dictionary.to_pylist() + [""], dtype=object)[
+            coded.indices.fill_null(-1).to_numpy(zero_copy_only=False)].tolist())
+    column = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in numbers.items()}
+    return ImageSet(paths=paths, utm=np.stack([column["utm_east"], column["utm_north"]], axis=1), notes=notes,
+                    headings=column["heading"])
+
+
+def index_images(top: Path, progress: Optional[Callable[[int], None]] = None) -> ImageSet:
+    """The images under ``top`` (a database/ or queries/ folder), from the cached index when valid;
+    else walked and parsed in bulk (:func:`_walk`), with ``progress(files seen)`` while it walks
+    (default: the project's progress bar, :func:`vgray.console.progress_bar`), and cached for the
+    next call."""
     cache = index_cache_path(top)
-    table = _read_index(cache, top)
-    if table is None:
-        files, dirs = _walk(top)
-        parsed = [parse_name(str(top / f)) for f in files]
-        table = pa.table({
-            "path": pa.array(files, pa.string()),
-            "utm_east": pa.array([p[0] for p in parsed], pa.float64()),
-            "utm_north": pa.array([p[1] for p in parsed], pa.float64()),
-            "note": pa.array([p[2] for p in parsed], pa.string()),
-        })
-        meta = {"version": INDEX_VERSION, "top": str(top.resolve()), "dirs": dirs}
-        table = table.replace_schema_metadata({b"vgray": json.dumps(meta).encode()})
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp:  # readers never see a half-written index
-            pq.write_table(table, tmp)
-    rel = table.column("path").to_pylist()
-    utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1)
-    return ImageSet(paths=[os.path.join(str(top), r) for r in rel], utm=utm.astype(np.float64),
-                    notes=table.column("note").to_pylist())
+    index = _read_index(cache, top)
+    if index is not None:
+        return _image_set(top, index.iter_batches(batch_size=PARSE_BATCH))
+    if progress is None:  # a command's first use of a big folder: a bar on a terminal (none in trials' logs)
+        from vgray.console import progress_bar
+        with progress_bar(desc=f"indexing {top}", unit=" files") as bar:
+            columns, dirs = _walk(top, lambda seen: bar.update(seen - bar.n))
+    else:
+        columns, dirs = _walk(top, progress)
+    table = pa.table({
+        "path": columns["path"],
+        "utm_east": pa.array(columns["utm_east"], pa.float64()),
+        "utm_north": pa.array(columns["utm_north"], pa.float64()),
+        "heading": pa.array(columns["heading"], pa.float64()),
+        "note": columns["note"],
+    })
+    del columns
+    meta = {"version": INDEX_VERSION, "top": str(top.resolve()), "dirs": dirs}
+    table = table.replace_schema_metadata({b"vgray": json.dumps(meta).encode()})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:  # readers never see a half-written index
+        pq.write_table(table, tmp, row_group_size=PARSE_BATCH)
+    return _image_set(top, table.to_batches(max_chunksize=PARSE_BATCH))
 
 
-def open_split(root: str | Path, split: str = "test") -> Split:
+def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im") -> Split:
     """Read one split of a dataset (``root`` a folder, ``synthetic:<preset>``, or a form naming
-    ground-truth lists: :func:`vgray.data.ground_truth.find_list_set`)."""
+    ground-truth lists: :func:`vgray.data.ground_truth.find_list_set`). A folder in MSLS's raw
+    layout (``train_val/<city>/...``) is read by :mod:`vgray.data.msls`, with ``msls_queries``
+    (``data.msls_queries``: ``im2im`` or ``all``) choosing its val queries; ``Split.query_set``
+    records which queries every layout gives."""
     from vgray.data.ground_truth import find_list_set, read_list_set
     lists = find_list_set(str(root), split)
     if lists is not None:
-        db, queries, positives, source = read_list_set(lists, split)
+        db, queries, positives, source, query_set = read_list_set(lists, split)
         nan = np.full((1, 2), np.nan)
         return Split(root=lists.images, name=split,
                      database=ImageSet(db, np.repeat(nan, len(db), axis=0), [""] * len(db)),
                      queries=ImageSet(queries, np.repeat(nan, len(queries), axis=0), [""] * len(queries)),
-                     ground_truth=positives, ground_truth_file=source.name)
+                     ground_truth=positives, ground_truth_file=source.name, query_set=query_set)
     path = resolve_root(str(root)) if not isinstance(root, Path) else root
     if not path.is_dir():
         raise BadInput(f"data.root={root}: no such folder")
+    from vgray.data.msls import is_msls_raw, read_msls
+    if is_msls_raw(path):
+        database, queries, query_set = read_msls(path, split, msls_queries)
+        return Split(root=path, name=split, database=ImageSet(**database), queries=ImageSet(**queries),
+                     query_set=query_set)
     top = split_dir(path, split)
     sets = {}
     for role in ("database", "queries"):
@@ -230,4 +427,5 @@ def open_split(root: str | Path, split: str = "test") -> Split:
         if len(images) == 0:
             raise BadInput(f"dataset folder {folder} holds no images (.jpg, .jpeg, .png)")
         sets[role] = images
-    return Split(root=path, name=split, database=sets["database"], queries=sets["queries"])
+    return Split(root=path, name=split, database=sets["database"], queries=sets["queries"],
+                 query_set=f"all {len(sets['queries'])}")

@@ -282,8 +282,10 @@ def _on_disk(lists: ListSet, relative: List[str], suffix: str) -> List[str]:
 
 
 def read_list_set(lists: ListSet, split: str):
-    """``(database paths, query paths, positives per query, positives file)`` of ``lists``: every
-    list read with :func:`load_list` and checked (sizes, index ranges, images on disk) before use."""
+    """``(database paths, query paths, positives per query, positives file, query set)`` of ``lists``:
+    every list read with :func:`load_list` and checked (sizes, index ranges, images on disk) before
+    use. The query set names the queries evaluated: ``qIdx 740 of 747`` for a ``_qIdx`` selection,
+    else ``all N``."""
     if split == "train":
         raise BadInput(f"ground-truth lists {lists.prefix}: an evaluation set, with no train split; train on a "
                        f"VG-format dataset (or data.layout=gsv_cities) and give these lists as data.val_root "
@@ -295,4 +297,5 @@ def read_list_set(lists: ListSet, split: str):
     rows, positives, source = _positives(lists, len(q), len(db))
     db_paths = _on_disk(lists, db, DB_SUFFIX)
     q_paths = _on_disk(lists, [q[i] for i in rows], Q_SUFFIX)
-    return db_paths, q_paths, positives, source
+    query_set = f"qIdx {len(rows)} of {len(q)}" if source == lists.file(PIDX_SUFFIX) else f"all {len(q)}"
+    return db_paths, q_paths, positives, source, query_set

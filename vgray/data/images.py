@@ -3,12 +3,14 @@
 Unreadable images are reported by path: the run stops with :class:`~vgray.errors.BadInput`, or,
 with ``data.skip_corrupt``, the image is left out (:func:`unreadable`).
 
-Decoding (``data.decode``): on the PIL path loader workers decode, resize and normalise each image
+Decoding (``data.decode``): on the PIL path loader workers decode and transform each image
 (:class:`ImageList`). On the torchvision path (the hard-resize transform,
 :class:`~vgray.data.transforms.ResizeNormalize`, only; other transforms stay on PIL; see
 :func:`device_transform`) workers only read the files' bytes (:class:`EncodedImages`); each batch
 of JPEGs is decoded in one ``torchvision.io.decode_jpeg`` call on the runtime's device (nvjpeg on a
-GPU, libjpeg-turbo on the CPU; :func:`decode_on_device`), then resized and normalised there. Files
+GPU, libjpeg-turbo on the CPU; :func:`decode_on_device`), then normalised and resized there, or
+resized and normalised, in the order ``data.resize_order`` says
+(:meth:`~vgray.data.transforms.ResizeNormalize.on_tensors`, the same order as the workers'). Files
 that are not JPEGs, or whose bytes do not end with the JPEG end-of-image marker (truncated ones),
 are decoded in the worker (``torchvision.io.decode_image``, PIL where that fails); a JPEG the
 device cannot decode is decoded by PIL from its bytes, so that what PIL can read is read, and what
@@ -17,6 +19,7 @@ it cannot is reported by path with PIL's message, exactly as on the PIL path.
 from __future__ import annotations
 
 import abc
+import os
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -39,8 +42,21 @@ class UnreadableImage(Exception):
         self.path = path
 
 
+def check_regular(path: str) -> None:
+    """A path named like an image must be a regular file: opening a FIFO blocks for ever, and a
+    device or a folder is no image (:class:`UnreadableImage` naming it)."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UnreadableImage(path, exc) from exc
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage(path, OSError("not a regular file (a FIFO, a device or a folder)"))
+
+
 def read_image(path: str) -> Image.Image:
     """The RGB image in file ``path``; raises :class:`UnreadableImage` when it cannot be decoded."""
+    check_regular(path)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
@@ -112,6 +128,7 @@ class EncodedImages(SafeDataset):
 
     def load(self, i: int):
         path = self.paths[i]
+        check_regular(path)
         try:
             with open(path, "rb") as f:
                 data = f.read()

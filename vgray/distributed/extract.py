@@ -44,13 +44,15 @@ _WEIGHT_SOURCES = ("pretrained", "resume_from")
 def model_hash(model, cfg) -> str:
     """sha1 of what makes a descriptor: the network's tensors (``state_dict`` in key order: name,
     dtype, shape and bytes of each) and its architecture (``cfg.model`` without the keys that only
-    say where the weights came from, and the input size ``data.image_size``). Stable for the same
+    say where the weights came from, the input size ``data.image_size`` and ``data.resize_order``,
+    which changes the pixels the network sees below the native size). Stable for the same
     weights however they were saved or loaded (a ``torch.save`` file's bytes are not: the zip
     holds pickled object ids and record names)."""
     import torch
     h = hashlib.sha1()
     arch = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in _WEIGHT_SOURCES}
-    h.update(json.dumps({"model": arch, "image_size": list(cfg.data.image_size)}, sort_keys=True).encode())
+    h.update(json.dumps({"model": arch, "image_size": list(cfg.data.image_size),
+                         "resize_order": cfg.data.resize_order}, sort_keys=True).encode())
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"\n{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
@@ -177,19 +179,20 @@ def pipeline(cfg, rows: List[Dict[str, object]], transforms: Dict[str, object], 
 
 
 def _prepare_model(cfg, split, out: Path, progress: bool):
-    """The network of ``cfg`` and its :func:`model_hash`. A folder written for this very config
-    keeps its model.pt (so its shards stay valid); otherwise the model is built (NetVLAD initialised
-    from the database, as ``vgray eval`` does) and ``config.yaml`` and ``model.pt`` written."""
+    """The network of ``cfg``, its :func:`model_hash`, and whether it was built now. A folder
+    written for this very config keeps its model.pt (so its shards stay valid); otherwise the model
+    is built (NetVLAD initialised from the database, as ``vgray eval`` does), and
+    :func:`extract` writes ``config.yaml`` and ``model.pt``. Writes nothing itself."""
     from vgray.evaluate.evaluate import check_before_extraction
     from vgray.evaluate.extract import initialize_aggregation
     from vgray.evaluate.methods import create_method
     from vgray.models import build_model
     from vgray.runtime import Runtime
-    from vgray.saved_descriptors import CONFIG_FILE, MODEL_FILE, load_model, write_model
+    from vgray.saved_descriptors import CONFIG_FILE, MODEL_FILE, load_model
     from vgray.seeding import seed_everything
 
     same = ((out / CONFIG_FILE).is_file() and (out / MODEL_FILE).is_file()
-            and (out / CONFIG_FILE).read_text() == cfg.to_yaml())
+            and (out / CONFIG_FILE).read_bytes() == cfg.to_yaml().encode())
     if same:
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
         try:
@@ -204,8 +207,7 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
             method = create_method(cfg, model.mean, model.std)
             initialize_aggregation(model, split.database.paths, method.database_transform,
                                    Runtime.from_config(cfg, progress=progress), seed=cfg.seed)
-        write_model(out, cfg, model)
-    return model, model_hash(model, cfg)
+    return model, model_hash(model, cfg), not same
 
 
 def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, object]:
@@ -258,9 +260,39 @@ def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[i
     return roles
 
 
+@dataclass
+class Prepared:
+    """What :func:`extract` checks and builds before Ray starts (:func:`prepare`): the roles, the
+    split, the network and its :func:`model_hash`, and whether the network was built now (then its
+    ``model.pt`` and ``config.yaml`` are written once Ray is up)."""
+    roles: tuple
+    split: object
+    model: object
+    model_sha1: str
+    fresh: bool
+
+
+def prepare(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_size: int = 1000,
+            actors: Optional[int] = None, progress: bool = True, index: Optional[str] = None) -> Prepared:
+    """Every check of an extraction and its network, before Ray starts and before anything is
+    written: the request (:func:`check_request`), the split, the model built (its weights loaded,
+    NetVLAD initialised) or the folder's own ``model.pt`` read back, the ``index`` string."""
+    from vgray.data.dataset import open_split
+    roles = check_request(cfg, roles, shard_size, actors)
+    split = open_split(cfg.data.root, split_name, cfg.data.msls_queries)
+    model, model_sha1, fresh = _prepare_model(cfg, split, Path(out_dir), progress)
+    if index is not None:
+        from vgray.evaluate.knn import build_index
+        if "database" not in roles:
+            raise BadInput(f"--index {index}: an index is made of the database; extract --role database too")
+        build_index(index, model.features_dim)  # a string faiss refuses stops us before any extraction
+    return Prepared(roles, split, model, model_sha1, fresh)
+
+
 def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_size: int = 1000,
             actors: Optional[int] = None, batch_size: Optional[int] = None, progress: bool = True,
-            concat: bool = True, log=None, index: Optional[str] = None) -> Dict[str, object]:
+            concat: bool = True, log=None, index: Optional[str] = None,
+            prepared: Optional[Prepared] = None) -> Dict[str, object]:
     """Descriptors of ``roles`` of split ``split_name`` of ``cfg.data.root`` into ``out_dir``.
 
     With ``concat``, the shards of each role are also joined into ``out_dir/<role>.parquet`` (what
@@ -268,29 +300,28 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
     With ``index`` (a faiss index_factory string, e.g. ``IVF1024,PQ32``), the database shards are
     also made into that index, trained on a sample and filled shard by shard
     (:func:`vgray.distributed.search.index_from_shards`), written to ``out_dir/database.index.faiss``.
-    Ray must be initialised (``vgray.distributed.sweep.init_ray``). Returns figures:
+    Ray must be initialised (``vgray.distributed.sweep.init_ray``); ``prepared`` is what
+    :func:`prepare` returned for these same arguments before Ray started (made here when None). Returns figures:
     ``images`` (extracted now), ``shards_written``, ``shards_kept``, ``skipped`` (unreadable
     images left out), ``features_dim``, ``model_sha1``, ``seconds``, ``images_per_s``.
     """
     import ray
 
-    from vgray.data.dataset import open_split
+    from vgray.saved_descriptors import write_model
 
     log = log or (lambda msg: print(f"vgray: {msg}", file=sys.stderr))
-    roles = check_request(cfg, roles, shard_size, actors)
     if not ray.is_initialized():
+        check_request(cfg, roles, shard_size, actors)
         raise BadInput("vgray extract needs Ray: call vgray.distributed.sweep.init_ray first")
     start_time = time.perf_counter()
+    if prepared is None:
+        prepared = prepare(cfg, split_name, out_dir, roles, shard_size, actors, progress, index)
+    roles, split, model, model_sha1 = prepared.roles, prepared.split, prepared.model, prepared.model_sha1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    split = open_split(cfg.data.root, split_name)
-    model, model_sha1 = _prepare_model(cfg, split, out, progress)
+    if prepared.fresh:
+        write_model(out, cfg, model)
     d = model.features_dim
-    if index is not None:
-        from vgray.evaluate.knn import build_index
-        if "database" not in roles:
-            raise BadInput(f"--index {index}: an index is made of the database; extract --role database too")
-        build_index(index, d)  # a string faiss refuses stops us before any extraction
     transforms = _transforms(cfg, model, roles)
     sets = {role: getattr(split, role) for role in roles}
 

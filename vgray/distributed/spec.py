@@ -43,9 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from vgray.config import Config, all_keys, build_checked, load_config, read_yaml
-from vgray.errors import BadInput
+from vgray.config import Config, all_keys, build_checked, load_config, parse_yaml, read_yaml
+from vgray.errors import BadInput, shown
 
+MAX_TRIALS = 100_000  # planned trials of one sweep (a grid of 10^5 is a mistake, not a study)
 TOP_KEYS = ("name", "base", "task", "grid", "variants", "repeats", "search", "scheduler", "resources", "storage",
             "max_failures", "max_concurrent_trials", "keep_models")
 TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial of the sweep trains
@@ -67,7 +68,7 @@ class Options:
     """The sweep's top-level keys with fixed types."""
     name: Optional[str] = _field(None, "the study's name: a word of letters, digits, '.', '_' or '-'")
     task: str = _field("train", "train, or eval (evaluation only)", choices=["train", "eval"])
-    repeats: int = _field(1, "seeds 0..repeats-1 of every grid point", positive=True)
+    repeats: int = _field(1, "seeds 0..repeats-1 of every grid point", range=(1, 1000))
     storage: str = _field("~/vgray_results", "folder or URI (s3://..., gs://...) every node reaches")
     max_failures: int = _field(0, "retries of a failed trial (-1: forever)", range=(-1, 2**31 - 1))
     max_concurrent_trials: Optional[int] = _field(None, "trials running at once (null: as resources allow)",
@@ -89,7 +90,7 @@ class Dimension:
 class Search:
     """``search``: an Optuna search instead of (or on top of) the grid."""
     algorithm: str = _field("optuna", "the search algorithm", choices=["optuna"])
-    num_samples: int = _field(10, "sampled trials (each runs every seed)", positive=True)
+    num_samples: int = _field(10, "sampled trials (each runs every seed)", range=(1, 100_000))
     metric: str = _field("val/R@5", "what the search optimises: val/R@N or test/<dataset>/R@N")
     mode: str = _field("max", "max or min", choices=["max", "min"])
     sampler: str = _field("tpe", "Optuna's sampler", choices=["tpe", "random"])
@@ -211,11 +212,10 @@ def _target(ref, point: Dict[str, Any]) -> Optional[str]:
     body = ref[len(TRIAL_REF):].strip()
     if "=" not in body:
         return body
-    import yaml
     variant = {}
     for part in body.split(","):
         key, _, raw = part.partition("=")
-        variant[key.strip()] = yaml.safe_load(raw)
+        variant[key.strip()] = parse_yaml(raw, f"model.resume_from {shown(ref)}: value of {key.strip()}")
     return trial_name({**point, **variant}, None)
 
 
@@ -291,10 +291,17 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
         given["storage"] = storage
     options = build_checked(Options, given, "")
     if not isinstance(options.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", options.name):
-        raise BadInput(f"name={options.name!r} must be a word of letters, digits, '.', '_' or '-'")
+        raise BadInput(f"name={shown(options.name)} must be a word of letters, digits, '.', '_' or '-'")
+    if not options.storage.strip():
+        raise BadInput("storage='' must name a folder or a URI (s3://..., gs://...); leave the key out for "
+                       "~/vgray_results")
     base = _base(raw.get("base"), source)
     grid = _grid(raw)
     variants = _variants(raw, grid)
+    planned = math.prod(len(v) for v in grid.values()) * max(1, len(variants)) * options.repeats
+    if planned > MAX_TRIALS:
+        raise BadInput(f"the grid, variants and repeats make {planned:,} trials; a sweep may plan at most "
+                       f"{MAX_TRIALS:,} (split the study, or use search: with num_samples)")
     search = _search(raw["search"]) if raw.get("search") is not None else None
     if search and variants:
         raise BadInput("variants work with a grid, not with search; make the keys search dimensions")
@@ -357,7 +364,7 @@ def _search(raw) -> Search:
     raw = _mapping("search", raw)
     search = build_checked(Search, {k: v for k, v in raw.items() if k != "space"}, "search.")
     if not search.metric.startswith(METRICS_PREFIXES):
-        raise BadInput(f"search.metric={search.metric!r} must be a val/R@N or test/<dataset>/R@N metric")
+        raise BadInput(f"search.metric={shown(search.metric)} must be a val/R@N or test/<dataset>/R@N metric")
     space = _mapping("search.space", raw.get("space") or {})
     if not space:
         raise BadInput("search.space is empty; give at least one dotted key with a type")
@@ -434,7 +441,29 @@ def _check_trials(spec: SweepSpec) -> None:
             try:
                 load_config(base=spec.base, overrides=[(key, value)])
             except BadInput as exc:
-                raise BadInput(f"search.space[{key}]={value!r}: {exc}")
+                raise BadInput(f"search.space[{key}]={shown(value)}: {exc}")
+
+
+def check_dataset_roots(spec: SweepSpec) -> None:
+    """Every dataset a trial reads (``data.root``, ``data.val_root``, ``test.datasets``; in search
+    mode, the base's) must be on this machine, checked before Ray starts: for a sweep launched here,
+    a missing folder would fail every trial. (A sweep that joins a cluster by ``--address`` reads
+    its datasets on the workers, so the driver does not check.)"""
+    from vgray.data.ground_truth import LIST_SUFFIXES, SEPARATOR
+    configs = [(t.name, t.config(spec, t.seeds[0])) for t in spec.trials()] or [("base", load_config(base=spec.base))]
+    seen = set()
+    for name, cfg in configs:
+        roots = [("data.root", cfg.data.root), ("data.val_root", cfg.data.val_root)]
+        roots += [(f"test.datasets.{k}", v) for k, v in (cfg.test.datasets or {}).items()]
+        for key, root in roots:
+            if not root or root.startswith("synthetic:") or (key, root) in seen:
+                continue
+            seen.add((key, root))
+            for part in root.split(SEPARATOR):
+                path = Path(os.path.expandvars(os.path.expanduser(part)))
+                if not (path.exists() or any(Path(str(path) + s).exists() for s in LIST_SUFFIXES)):
+                    raise BadInput(f"sweep {spec.source}: trial {name}: {key}={root}: {path} does not exist on this "
+                                   f"machine; give a dataset folder, ground-truth lists or synthetic:tiny|small|large")
 
 
 def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepSpec:

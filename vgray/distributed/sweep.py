@@ -18,20 +18,29 @@ from vgray.results import PLAN_FILE, make_plan, make_row
 
 
 def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> Optional[str]:
-    """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray with the dashboard on
-    127.0.0.1. Token authentication stays as Ray sets it (on by default). Returns the dashboard URL."""
+    """Join ``address`` (or ``RAY_ADDRESS``) with the cluster's own settings, else start a local Ray
+    whose every service listens on 127.0.0.1 only (:func:`vgray.distributed.cluster.init_local_ray`),
+    the dashboard included. Token authentication stays as Ray sets it (on by default). Returns the
+    dashboard URL."""
     import ray
+
+    from vgray.distributed.cluster import init_local_ray
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ctx = ray.init(address=address, namespace="vgray", log_to_driver=False)
     else:
-        # address="local": a new Ray of our own, never a `ray start` cluster found on this machine
-        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                       namespace="vgray", log_to_driver=False)
+        ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def local_ray(address: Optional[str]) -> bool:
+    """Whether :func:`init_ray` would start a Ray of its own (no address, no ``RAY_ADDRESS``, none
+    up in this process): then the machine's CPUs and GPUs are the cluster, known before it starts."""
+    import ray
+    return not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
 
 
 def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = False,
@@ -46,7 +55,13 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     from vgray.distributed.storage_watch import STORAGE_TROUBLE
     from vgray.distributed.trainable import trainable
 
-    _check_storage(spec, resume)
+    # Every check that can be made before an effect is made first: the sweep folder (read only),
+    # a local Ray's resources against this machine, then the storage probe (which leaves nothing),
+    # and only then Ray starts (or is joined) and the resources meet the cluster's real nodes.
+    _check_sweep_folder(spec, resume)
+    if local_ray(address):
+        _check_resources(spec, [machine_shape(num_cpus)])
+    _check_storage(spec)
     url = init_ray(address, num_cpus)
     _check_resources(spec)
     if url:
@@ -82,31 +97,68 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": trials}
 
 
-def _check_storage(spec: SweepSpec, resume: bool) -> None:
-    """The sweep's folder must be writable, and hold this sweep's Tune state exactly when
-    resuming, before anything launches."""
-    reason = storage_problem(spec.directory)
-    if reason:
-        raise BadInput(f"storage={spec.storage}: {spec.directory} cannot be written ({reason})")
-    exists = Storage(spec.directory).exists("tuner.pkl")
+def _check_sweep_folder(spec: SweepSpec, resume: bool) -> None:
+    """The sweep's folder holds this sweep's Tune state exactly when resuming. Only reads: a
+    refusal leaves no folder behind."""
+    try:
+        exists = Storage(spec.directory, create=False).exists("tuner.pkl")
+    except (OSError, ValueError) as exc:  # a URI pyarrow cannot reach: the storage probe says why
+        exists = False
+        if resume:
+            raise BadInput(f"--resume: storage={spec.storage}: {spec.directory} cannot be read "
+                           f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})") from None
     if resume and not exists:
-        raise BadInput(f"--resume: no sweep to resume in {spec.directory} (no tuner.pkl)")
+        raise BadInput(f"--resume: no sweep to resume in {spec.directory} (no tuner.pkl); "
+                       f"run it without --resume to start it")
     if not resume and exists:
         raise BadInput(f"{spec.directory} already holds sweep '{spec.name}'; pass --resume to continue it, "
                        f"or --storage elsewhere")
 
 
-def _check_resources(spec: SweepSpec) -> None:
+def _check_storage(spec: SweepSpec) -> None:
+    """The sweep's folder must take writes before anything launches (the probe leaves nothing)."""
+    reason = storage_problem(spec.directory)
+    if reason:
+        raise BadInput(f"storage={spec.storage}: {spec.directory} cannot be written ({reason})")
+
+
+def _check_resources(spec: SweepSpec, machine: Optional[List[Dict[str, float]]] = None) -> None:
     """Every trial's placement group (its trainer bundle and, when it may use Ray Data, its
     extraction bundle: :func:`vgray.distributed.descriptors.trial_bundles`) must be placeable on the
-    cluster's alive nodes, before anything launches: Tune would only log a warning and wait forever."""
+    cluster's alive nodes, before anything launches: Tune would only log a warning and wait
+    forever. With ``machine`` (:func:`machine_shape`), before a local Ray starts: on this machine."""
     import ray
-    shapes = [node_shape(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    shapes = machine or [node_shape(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
     for bundles in _trial_bundle_sets(spec):
-        if not placeable(bundles, shapes):
-            raise BadInput(f"resources {spec.resources} fit no node of this cluster: a trial's placement group "
-                           f"needs {_describe(bundles)} (trainer, then Ray Data extraction); node shapes: "
-                           f"{_shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes")
+        if placeable(bundles, shapes):
+            continue
+        needs = (f"a trial's placement group needs {_describe(bundles)} (trainer, then Ray Data extraction)")
+        if machine:
+            raise BadInput(f"resources {spec.resources} do not fit this machine, where vgray starts a local Ray: "
+                           f"{needs}; the machine has {_shape_text(shapes[0])}; lower resources.cpu/gpu/"
+                           f"memory_gb/extract_cpu/extract_gpu, or pass --address to run on a cluster")
+        raise BadInput(f"resources {spec.resources} fit no node of this cluster: {needs}; node shapes: "
+                       f"{_shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes")
+
+
+def machine_shape(num_cpus: Optional[int] = None) -> Dict[str, float]:
+    """The most a local Ray started on this machine can hold (:func:`node_shape`'s keys), known
+    before it starts: ``num_cpus`` or the machine's CPUs, the GPUs it sees
+    (``CUDA_VISIBLE_DEVICES``, else CUDA's count), the physical memory. Upper bounds of what Ray
+    will find (it sets memory aside for its object store), so a refusal here is one Ray would make
+    too; the exact check follows once Ray is up."""
+    cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip()])  # an upper bound: CUDA stops at an invalid one
+    else:
+        import torch
+        gpus = torch.cuda.device_count()
+    try:
+        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound on memory here
+        memory = float("inf")
+    return {"CPU": float(cpus), "GPU": float(gpus), "memory": memory}
 
 
 def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
@@ -165,12 +217,17 @@ def _describe(bundles: List[Dict[str, float]]) -> str:
     return " + ".join("{" + ", ".join(_amount(k, v) for k, v in b.items() if v) + "}" for b in bundles)
 
 
+def _shape_text(shape: Dict[str, float]) -> str:
+    """``{4 CPU, 1 GPU, 16 GiB}`` (memory rounded to GiB)."""
+    return "{" + ", ".join(f"{shape[k] / 2**30:.0f} GiB" if k == "memory" else f"{shape[k]:g} {k}"
+                           for k in _KEYS) + "}"
+
+
 def _shapes_line(shapes: List[Dict[str, float]]) -> str:
-    """``2 x {4 CPU, 1 GPU, 16 GiB}, ...`` (memory rounded to GiB), or ``none``."""
+    """``2 x {4 CPU, 1 GPU, 16 GiB}, ...``, or ``none``."""
     counts: Dict[str, int] = {}
     for shape in shapes:
-        text = "{" + ", ".join(f"{shape[k] / 2**30:.0f} GiB" if k == "memory" else f"{shape[k]:g} {k}"
-                               for k in _KEYS) + "}"
+        text = _shape_text(shape)
         counts[text] = counts.get(text, 0) + 1
     return ", ".join(f"{n} x {text}" for text, n in counts.items()) or "none"
 

@@ -23,6 +23,7 @@ from vgray.evaluate.knn import StreamedFlatSearch, build_index, fill_index, inde
 from vgray.evaluate.methods import create_method
 from vgray.evaluate.pca import apply_pca, check_pca, pca_from_training
 from vgray.evaluate.recall import recall_at_n
+from vgray.errors import BadInput
 from vgray.runtime import Runtime
 from vgray.saved_descriptors import DescriptorWriter, write_model
 from vgray.seeding import seed_everything
@@ -51,7 +52,9 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     ``keep``, a dict, receives ``predictions`` (database ids per query, ``-1`` for none) and
     ``positives`` (the database ids that are right for each query, by ``test.positives``: within
     ``test.positive_dist_threshold`` metres, within ``test.positive_frames`` frames, or from the
-    layout's ground-truth files). The figures' ``positives`` says which rule was used.
+    layout's ground-truth files). The figures' ``positives`` says which rule was used, and
+    ``query_set`` which queries of the split were scored and how many (``Split.query_set``: MSLS's
+    ``im2im 740 of N`` or ``all N``, a ground-truth list's ``qIdx 740 of 747``).
     """
     rt = rt or Runtime.from_config(cfg, progress=progress)
     extractor = extractor or extract_descriptors
@@ -95,6 +98,7 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
         "index_memory_mb": found.memory_mb,
         "extraction_ms_per_image": 1000.0 * found.extraction_s / max(images, 1),
         "positives": rule,
+        "query_set": split.query_set,
     })
     return result
 
@@ -130,6 +134,9 @@ def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor
     queries_s = time.perf_counter() - start
     q_rows = np.flatnonzero(q_valid)
     m = len(q_rows)
+    if m == 0:
+        raise BadInput(f"dataset {split.root} [{split.name}]: none of its {len(split.queries)} query images could be "
+                       f"read (data.skip_corrupt left them all out); there is nothing to evaluate")
     xq = method.pool(xq[q_rows])  # (m, views, d_model)
     views = xq.shape[1]
     xq = project(xq.reshape(m * views, features_dim))  # view-major within each query
@@ -137,20 +144,28 @@ def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor
     start = time.perf_counter()
     if streamed:
         db_ids, D, I, matching_s, memory_mb = _streamed(model, split, method, rt, xq, k, budget, writer, project)
+        _check_read(split, db_ids)
     else:
         xb, db_valid = extractor(model, split.database.paths, method.database_transform, rt, features_dim,
                                  "database")
         db_ids = np.flatnonzero(db_valid)
+        _check_read(split, db_ids)
         xb = project(xb[db_ids])
         if writer is not None:
             writer.add_database(split.database, db_ids, xb)
-        fill_index(index, xb, seed=cfg.seed, name=f"test.knn={cfg.test.knn!r}")
+        fill_index(index, xb, seed=cfg.seed, name=f"test.knn={cfg.test.knn!r}", progress=rt.progress)
         D, I, matching_s = search(index, xq, k)
         memory_mb = index_memory_mb(index)
     database_s = time.perf_counter() - start - matching_s
     if writer is not None:
         writer.finish(split.queries, q_rows, xq, views, pca)
     return _Found(q_rows, views, db_ids, D, I, matching_s, memory_mb, queries_s + database_s)
+
+
+def _check_read(split: Split, db_ids: np.ndarray) -> None:
+    if len(db_ids) == 0:
+        raise BadInput(f"dataset {split.root} [{split.name}]: none of its {len(split.database)} database images could "
+                       f"be read (data.skip_corrupt left them all out); there is nothing to search")
 
 
 def check_before_extraction(cfg, model) -> None:
@@ -184,6 +199,8 @@ def same_size_groups(paths: Sequence[str]) -> List[np.ndarray]:
     groups: Dict[object, List[int]] = {}
     for i, path in enumerate(paths):
         try:
+            if not os.path.isfile(path):  # a FIFO would block open(); the extractor names it
+                raise OSError("not a regular file")
             with Image.open(path) as image:
                 key = image.size
         except Exception:
@@ -252,7 +269,7 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
     :func:`evaluate_split`'s (in-process by default)."""
     from vgray.models import build_model
 
-    split = open_split(cfg.data.root, cfg.test.split)
+    split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
     rt = Runtime.from_config(cfg, progress=progress)
     seed_everything(cfg.seed)
     if model is None:
@@ -298,7 +315,8 @@ def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Opt
                log=None) -> Dict[str, Any]:
     """The test of a finished model on every set of ``sets`` (``{name: root}``, see :func:`test_sets`):
     ``test/<name>/R@N`` for ``test.recall_values`` on each root's test split and
-    ``test/<name>/positives`` (the rule that decided them, as :func:`evaluate_split` says it); ``matching_ms``,
+    ``test/<name>/positives`` (the rule that decided them, as :func:`evaluate_split` says it) and
+    ``test/<name>/query_set`` (which queries, and how many); ``matching_ms``,
     ``index_memory_mb``, ``database`` and ``queries`` of the first set; the model's cost
     (``features_dim``: the size searched, ``gflops``, ``model_size_mb``, ``params``).
 
@@ -316,7 +334,7 @@ def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Opt
             extractors[root] = extractor_for(one) if extractor_for is not None else None
         return extractors[root]
 
-    splits = {name: open_split(root, "test") for name, root in sets.items()}
+    splits = {name: open_split(root, "test", cfg.data.msls_queries) for name, root in sets.items()}
     if splits and model.needs_init():
         seed_everything(cfg.seed)
         first = next(iter(sets))
@@ -330,6 +348,7 @@ def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Opt
                                  extractor=extractor_of(root))
         result.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
         result[f"test/{name}/positives"] = figures["positives"]
+        result[f"test/{name}/query_set"] = figures["query_set"]
         for key in FIRST_SET_FIGURES:
             result.setdefault(key, figures[key])
     add_cost(result, model, cfg)

@@ -9,14 +9,13 @@ device); an unreadable image stops the run with :class:`~vgray.errors.BadInput` 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from vgray.console import progress_bar, progress_step
 from vgray.data.images import (EncodedImages, ImageList, SafeDataset, decode_on_device, device_transform,
                                unreadable)
 from vgray.runtime import Runtime
@@ -47,8 +46,8 @@ def iter_batches(dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffl
     loader = DataLoader(dataset, batch_size=batch_size or rt.batch_size, shuffle=shuffle,
                         num_workers=rt.num_workers, collate_fn=_collate_list if encoded else _collate,
                         pin_memory=rt.device.type == "cuda" and not encoded, persistent_workers=False)
-    bar = tqdm(total=len(dataset), desc=desc, unit="img" if isinstance(dataset, (ImageList, EncodedImages)) else "it",
-               disable=not rt.progress or None, file=sys.stderr, leave=False, dynamic_ncols=True)
+    bar = progress_bar(len(dataset), desc, "img" if isinstance(dataset, (ImageList, EncodedImages)) else "it",
+                       rt.progress)
     with bar:
         for items, indices, errors in loader:
             _report(errors, rt)
@@ -136,4 +135,8 @@ def sample_local_features(model, paths: Sequence[str], transform: Callable, rt: 
 def initialize_aggregation(model, paths: Sequence[str], transform: Callable, rt: Runtime, seed: int = 0) -> None:
     """Initialise an aggregation that asks for it (NetVLAD) from images at ``paths``."""
     if model.needs_init():
-        model.aggregation.initialize(sample_local_features(model, paths, transform, rt, seed=seed), seed=seed)
+        features = sample_local_features(model, paths, transform, rt, seed=seed)
+        # The clustering is one faiss call with no progress of its own: a step with its time.
+        name = type(model.aggregation).__name__.lower()
+        with progress_step(f"{name} init: k-means of {len(features):,} local features", rt.progress):
+            model.aggregation.initialize(features, seed=seed)

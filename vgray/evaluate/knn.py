@@ -21,10 +21,13 @@ from typing import Iterable, List, Tuple
 import faiss
 import numpy as np
 
+from vgray.console import progress_bar, progress_step
 from vgray.errors import BadInput, faiss_message
 
 
 HNSW_EF_SEARCH = 128
+#: Descriptors added to an index at a time, so that a bar can follow a large database being added.
+ADD_CHUNK = 2**16
 
 
 def default_nprobe(nlist: int) -> int:
@@ -73,9 +76,11 @@ def build_index(spec: str, d: int) -> faiss.Index:
 
 
 def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, seed: int = 0,
-               name: str = "the kNN index") -> float:
+               name: str = "the kNN index", progress: bool = False) -> float:
     """Train (on a sample of ``xb`` where the index needs it) and add ``xb``; returns seconds.
-    ``name`` says the index in the error of one that cannot be trained (too few descriptors)."""
+    ``name`` says the index in the error of one that cannot be trained (too few descriptors) and
+    on the console: with ``progress``, the training as one step and a bar over the descriptors
+    added (:mod:`vgray.console`)."""
     start = time.perf_counter()
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     skip_polysemous_training(index)
@@ -84,8 +89,14 @@ def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, se
             sample = xb
             if len(xb) > train_size:
                 sample = xb[np.sort(np.random.default_rng(seed).choice(len(xb), train_size, replace=False))]
-            index.train(sample)
-        index.add(xb)
+            with progress_step(f"{name}: training on {len(sample):,} descriptors", progress):
+                index.train(sample)
+        with progress_bar(len(xb), f"{name}: adding", "vec", progress) as bar:
+            # In chunks, for the bar: the same index as one add (ids in order; an HNSW graph
+            # differs from one add only for databases above ADD_CHUNK).
+            for a in range(0, len(xb), ADD_CHUNK):
+                index.add(xb[a:a + ADD_CHUNK])
+                bar.update(len(xb[a:a + ADD_CHUNK]))
     except RuntimeError as exc:
         raise BadInput(f"{name} cannot be built on {len(xb)} x {xb.shape[1]} descriptors: {faiss_message(exc)}")
     set_search_defaults(index)

@@ -24,18 +24,21 @@ reference reshaped its results with a hard-coded 20, so only ``max(recall_values
 each crop is searched for ``max(recall_values)`` neighbours (``maj_voting``: at least 10, the
 depth of its deepest vote), which gives the same top-N as the reference's 20 for every N <= 20, so
 R@N does not depend on which other N are asked for; ties in the merged distances go to the lower
-database id (the reference used an unstable sort); images are resized as PIL images with
-antialiasing before normalising (the reference resized normalised tensors, and ``central_crop``
-used nearest-neighbour interpolation).
+database id (the reference used an unstable sort); resizes are bilinear with antialiasing
+(``central_crop`` in the reference scaled with nearest-neighbour interpolation, and its
+torchvision 0.8.1 resized tensors without antialiasing).
+
+The order of resizing and normalising is ``data.resize_order``
+(:mod:`vgray.data.transforms`): ``paper`` (the default) normalises the full-size image and then
+resizes and crops the float tensor, as ``BaseDataset.__getitem__`` and ``_test_query_transform``
+do; ``pil`` resizes and crops the PIL image, then normalises.
 """
 from __future__ import annotations
-
-from typing import Callable, List
 
 import numpy as np
 from torchvision import transforms as T
 
-from vgray.data.transforms import test_transform
+from vgray.data.transforms import normalised, test_transform
 from vgray.errors import BadInput
 from vgray.registry import TEST_METHODS
 
@@ -44,20 +47,18 @@ from vgray.registry import TEST_METHODS
 VOTE_DEPTHS = (1, 5, 10)
 
 
-def _normalised(steps: List[Callable], mean, std) -> T.Compose:
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
-
-
 class CoverResize:
-    """Scale a PIL image, aspect kept, until it covers ``(H, W)`` (both sides at least as large)."""
+    """Scale an image (PIL or tensor), aspect kept, until it covers ``(H, W)`` (both sides at
+    least as large)."""
 
     def __init__(self, size):
         self.size = tuple(size)
 
     def __call__(self, image):
         h, w = self.size
-        scale = max(h / image.height, w / image.width)
-        new = (max(h, round(image.height * scale)), max(w, round(image.width * scale)))
+        width, height = T.functional.get_image_size(image)
+        scale = max(h / height, w / width)
+        new = (max(h, round(height * scale)), max(w, round(width * scale)))
         return T.functional.resize(image, list(new), antialias=True)
 
 
@@ -77,7 +78,8 @@ class HardResize:
 
     The interface every test method shares:
 
-    - ``database_transform``: PIL image -> tensor (3, H, W);
+    - ``database_transform``: PIL image -> tensor (3, H, W), resized and normalised in the order
+      ``order`` (``data.resize_order``);
     - ``query_transforms``: one transform per crop the network sees of a query (``crops`` of them);
     - ``batched``: False when queries come out in different sizes (grouped by size, then);
     - ``pool(x)``: (m, crops, d) descriptors -> (m, views, d), the descriptors searched per query;
@@ -90,11 +92,11 @@ class HardResize:
     views = 1
     batched = True
 
-    def __init__(self, image_size, mean, std, majority_weight: float = 0.01):
+    def __init__(self, image_size, mean, std, majority_weight: float = 0.01, order: str = "paper"):
         self.image_size = tuple(image_size)
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.order = mean, std, order
         self.majority_weight = majority_weight
-        self.database_transform = test_transform(self.image_size, mean, std)
+        self.database_transform = test_transform(self.image_size, mean, std, order)
         self.query_transforms = [self.database_transform]
 
     @property
@@ -122,9 +124,9 @@ class SingleQuery(HardResize):
 
     batched = False
 
-    def __init__(self, image_size, mean, std, majority_weight: float = 0.01):
-        super().__init__(image_size, mean, std, majority_weight)
-        self.query_transforms = [_normalised([T.Resize(min(self.image_size), antialias=True)], mean, std)]
+    def __init__(self, image_size, mean, std, majority_weight: float = 0.01, order: str = "paper"):
+        super().__init__(image_size, mean, std, majority_weight, order)
+        self.query_transforms = [normalised([T.Resize(min(self.image_size), antialias=True)], mean, std, order)]
 
 
 class CentralCrop(HardResize):
@@ -132,10 +134,10 @@ class CentralCrop(HardResize):
 
     name = "central_crop"
 
-    def __init__(self, image_size, mean, std, majority_weight: float = 0.01):
-        super().__init__(image_size, mean, std, majority_weight)
-        self.query_transforms = [_normalised([CoverResize(self.image_size), T.CenterCrop(self.image_size)],
-                                             mean, std)]
+    def __init__(self, image_size, mean, std, majority_weight: float = 0.01, order: str = "paper"):
+        super().__init__(image_size, mean, std, majority_weight, order)
+        self.query_transforms = [normalised([CoverResize(self.image_size), T.CenterCrop(self.image_size)],
+                                            mean, std, order)]
 
 
 class FiveCrops(HardResize):
@@ -145,10 +147,10 @@ class FiveCrops(HardResize):
 
     crops = 5
 
-    def __init__(self, image_size, mean, std, majority_weight: float = 0.01):
-        super().__init__(image_size, mean, std, majority_weight)
+    def __init__(self, image_size, mean, std, majority_weight: float = 0.01, order: str = "paper"):
+        super().__init__(image_size, mean, std, majority_weight, order)
         side = min(self.image_size)
-        self.query_transforms = [_normalised([T.Resize(side, antialias=True), Crop(side, c)], mean, std)
+        self.query_transforms = [normalised([T.Resize(side, antialias=True), Crop(side, c)], mean, std, order)
                                  for c in range(5)]
 
     def pool(self, x: np.ndarray) -> np.ndarray:
@@ -221,6 +223,7 @@ for _method in (HardResize, SingleQuery, CentralCrop, FiveCrops, NearestCrop, Ma
 
 
 def create_method(cfg, mean, std) -> HardResize:
-    """The test method ``cfg.test.method`` for a network normalising with ``mean``/``std``."""
+    """The test method ``cfg.test.method`` for a network normalising with ``mean``/``std``, its
+    images resized and normalised in the order ``data.resize_order``."""
     return TEST_METHODS.create(cfg.test.method, cfg.data.image_size, mean, std,
-                               majority_weight=cfg.test.majority_weight)
+                               majority_weight=cfg.test.majority_weight, order=cfg.data.resize_order)

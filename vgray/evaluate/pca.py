@@ -16,14 +16,16 @@ from typing import Callable, Optional
 import faiss
 import numpy as np
 
+from vgray.console import progress_step
 from vgray.errors import BadInput
 
 #: The paper's cap on the training images the PCA is fitted on.
 PCA_IMAGES = 2**14
 
 
-def fit_pca(x: np.ndarray, dim: int) -> faiss.PCAMatrix:
-    """A PCA of the rows of ``x`` (n, d) to ``dim`` components (``dim < d``, ``n >= dim``)."""
+def fit_pca(x: np.ndarray, dim: int, progress: bool = False) -> faiss.PCAMatrix:
+    """A PCA of the rows of ``x`` (n, d) to ``dim`` components (``dim < d``, ``n >= dim``); with
+    ``progress``, the fit is shown as a step (:class:`vgray.console.progress_step`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     if dim >= d:
@@ -31,7 +33,8 @@ def fit_pca(x: np.ndarray, dim: int) -> faiss.PCAMatrix:
     if n < dim:
         raise BadInput(f"model.pca_dim={dim}: the PCA needs at least {dim} training descriptors, got {n}")
     pca = faiss.PCAMatrix(d, dim, 0.0, False)  # eigen_power 0: no whitening; no random rotation
-    pca.train(x)
+    with progress_step(f"pca: fitting {n:,} x {d} descriptors -> {dim}", progress):
+        pca.train(x)
     return pca
 
 
@@ -68,10 +71,11 @@ def training_images(cfg, root: Optional[str] = None):
                        f"{root} has none ({exc})")
 
 
-def pca_from_training(model, cfg, rt, extractor: Optional[Callable] = None, root: Optional[str] = None,
-                      progress: bool = False) -> faiss.PCAMatrix:
+def pca_from_training(model, cfg, rt, extractor: Optional[Callable] = None,
+                      root: Optional[str] = None) -> faiss.PCAMatrix:
     """Fit the PCA of ``model``'s descriptors on at most :data:`PCA_IMAGES` random database images of
-    the train split (hard-resized, as database images are at test time)."""
+    the train split (hard-resized, as database images are at test time); the extraction and the
+    fit show progress as ``rt.progress`` says."""
     from vgray.evaluate.extract import extract_descriptors
     from vgray.evaluate.methods import HardResize
 
@@ -80,7 +84,7 @@ def pca_from_training(model, cfg, rt, extractor: Optional[Callable] = None, root
     rng = np.random.default_rng(cfg.seed)
     count = min(len(images), PCA_IMAGES)
     chosen = np.sort(rng.choice(len(images), size=count, replace=False))
-    transform = HardResize(cfg.data.image_size, model.mean, model.std).database_transform
+    transform = HardResize(cfg.data.image_size, model.mean, model.std, order=cfg.data.resize_order).database_transform
     x, valid = (extractor or extract_descriptors)(model, [images.paths[i] for i in chosen], transform, rt,
                                                   model.features_dim, "pca")
-    return fit_pca(x[valid], cfg.model.pca_dim)
+    return fit_pca(x[valid], cfg.model.pca_dim, progress=rt.progress)

@@ -4,7 +4,8 @@ The page needs no network to be viewed: no script, font or style from elsewhere.
 referenced by relative path (the PNGs lie beside the page, the grids in ``predictions/``): they are
 already files there, so embedding them would double the folder's size, and the page stays small
 enough to open and diff; the folder moves as a whole. Every value read from the results is
-escaped. A few lines of inline script mark the ``<body>`` on ``load`` with how many images loaded
+escaped, and a URL read from them (the dashboard's, from ``plan.json``) becomes a link only when it
+is http(s): never a ``javascript:`` or ``data:`` one. A few lines of inline script mark the ``<body>`` on ``load`` with how many images loaded
 (``data-images``, ``data-images-loaded``) and how many table rows there are (``data-table-rows``),
 which a headless browser reads back to check the page.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Dict, List, Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from vgray.report.tables import Table, config_cell, cost_cell, label, recall_text
 
@@ -49,6 +50,28 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-table-rows", document.querySelectorAll("table.results tbody tr").length);
 });
 """
+
+
+def web_url(text: str) -> Optional[str]:
+    """``text`` as a browser would read it in an ``href`` when that is an http(s) URL with a
+    host, else None. Browsers drop leading and trailing spaces and control characters and every
+    tab and newline inside (``java\tscript:`` runs as ``javascript:``), and schemes are
+    case-insensitive: the check is made on that same reading, and the link is written from it."""
+    url = "".join(c for c in str(text) if c not in "\t\n\r").strip("".join(map(chr, range(0x21))))
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced [ in the host
+        return None
+    return url if parts.scheme.lower() in ("http", "https") and parts.hostname else None
+
+
+def link(text: str) -> str:
+    """``text`` as a link when it is an http(s) URL (:func:`web_url`), else as plain escaped text:
+    a ``javascript:`` or ``data:`` URL from a results folder never becomes a live link."""
+    url = web_url(text)
+    if url is None:
+        return f"<code>{escape(str(text))}</code> (not linked: only http and https URLs are)"
+    return f'<a href="{escape(url)}">{escape(url)}</a>'
 
 
 def _href(path: Path, out: Path) -> str:
@@ -157,7 +180,7 @@ def write_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, 
     body = [
         f"<h1>Sweep {escape(progress.sweep)}</h1>",
         f'<p class="status {status}">{escape(progress.text())} Ray dashboard (while the sweep runs): '
-        f'<a href="{escape(progress.dashboard)}">{escape(progress.dashboard)}</a>. '
+        f"{link(progress.dashboard)}. "
         f"Page made {escape(made)}.</p>",
         "<h2>Table</h2>", _table_html(table),
         "<h2>Figures</h2>", _figures_html(figures, skipped, out),

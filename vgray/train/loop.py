@@ -21,7 +21,7 @@ import torch
 from vgray.atomic import write_text
 from vgray.data.dataset import open_split
 from vgray.data.images import SafeDataset, read_image
-from vgray.data.transforms import query_train_transform, test_transform
+from vgray.data.transforms import query_train_transform, test_transform, train_database_transform
 from vgray.errors import BadInput
 from vgray.evaluate.evaluate import check_before_extraction, evaluate_split, final_test, test_sets
 from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_batches
@@ -130,9 +130,12 @@ class TripletEpochs:
         _check_memory(cfg, self.data, model.features_dim)
         self.miner = create_miner(cfg.train.mining, self.data, cfg.train)
         size = cfg.data.image_size
-        self.db_transform = test_transform(size, model.mean, model.std)
+        # As the paper's TripletsDataset: triplet images resized as PIL images, the mining cache
+        # (its BaseDataset) in the order data.resize_order says (vgray.data.transforms).
+        self.db_transform = train_database_transform(size, model.mean, model.std)
         self.q_transform = query_train_transform(size, model.mean, model.std, cfg.train.augmentation)
-        self.source = LocalDescriptors(model, self.split, self.db_transform, rt, extractor)
+        cache_transform = test_transform(size, model.mean, model.std, cfg.data.resize_order)
+        self.source = LocalDescriptors(model, self.split, cache_transform, rt, extractor)
         self.init_paths = self.split.database.paths
 
     def describe(self, log) -> None:
@@ -179,20 +182,21 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and not last_path.is_file():
         raise BadInput(f"--resume: {last_path} does not exist; nothing to resume")
+    ck = checkpoint.load(last_path) if resume else None  # every entry checked before any data is read
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     rt = Runtime.from_config(cfg, progress=progress)
-    val_split = open_split(cfg.data.val_root or cfg.data.root, "val")
+    val_split = open_split(cfg.data.val_root or cfg.data.root, "val", cfg.data.msls_queries)
     sets = test_sets(cfg)
     for root in sets.values():  # fail on a bad test set now, not after hours of training
-        open_split(root, "test")
+        open_split(root, "test", cfg.data.msls_queries)
 
     # Built before the optimizer, so that its state lands on the device too.
     model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
     # The regime's training data, opened (and refused) before anything is written.
     regime = PlaceEpochs(cfg, model, rt) if cfg.train.regime == "places" else TripletEpochs(cfg, model, rt, extractor)
     check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
-    db_transform = test_transform(cfg.data.image_size, model.mean, model.std)
+    db_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
     # Validation as the paper's: hard_resize, exact search, no PCA (the final test applies them).
     val_cfg = cfg.replace(**{"test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
                              "test.memory_budget_mb": None, "test.knn": "Flat", "test.method": "hard_resize",
@@ -201,10 +205,13 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     optimizer = None
 
     if resume:
-        ck = checkpoint.load(last_path)
         _load_model(model, ck, last_path)
         optimizer = make_optimizer(model, cfg.train)
-        optimizer.load_state_dict(ck["optimizer"])
+        try:  # the structure was checked by checkpoint.load; whether it fits this optimizer is torch's word
+            optimizer.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise BadInput(f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
+                           f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})")
         regime.load_state_dict(ck["mining"])
         state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
         checkpoint.set_rng_state(ck["rng"], rng)

@@ -12,7 +12,8 @@ negatives and in which descriptors a refresh needs:
   takes the hardest among ``neg_samples_num`` random database images and its own previous
   hardest negatives, which are cached per query across refreshes.
 - ``msls_weighted``: ``partial`` with queries drawn with weights favouring night and sideways views,
-  read from the file-name note (``night|day_<view>_<city>``, as MSLS).
+  read from the file-name note (``night|day_<view>_<city>``, as MSLS), or, for MSLS's raw layout,
+  from its ``postprocessed.csv`` (``night``, ``view_direction``: :mod:`vgray.data.msls`).
 
 Mining is written against :class:`DescriptorSource`: "descriptors of these database / query
 indices", so that the descriptors can come from this process or from a Ray Data pipeline.
@@ -192,7 +193,8 @@ def msls_weights(notes: List[str], where: str) -> np.ndarray:
     side = np.array([len(p) > 1 and p[1] == "sideways" for p in parts])
     if not night.any() or not side.any():
         raise BadInput(f"train.mining=msls_weighted needs night and sideways training queries, named in the "
-                       f"file-name note as night|day_<view>_<city> (as MSLS); {where} has "
+                       f"file-name note as night|day_<view>_<city> (VG format) or in MSLS's raw layout by "
+                       f"postprocessed.csv's night and view_direction; {where} has "
                        f"{int(night.sum())} night and {int(side.sum())} sideways queries")
     n = len(notes)
     w = np.ones(n) + night * (n / night.sum()) + side * (n / side.sum())

@@ -81,33 +81,28 @@ def no_miner(train_cfg):
 
 # -- place labels ------------------------------------------------------------------------------
 
-def heading_of(path: str) -> float:
-    """The heading (degrees) a VG file name carries in its 9th field; BadInput when it has none."""
-    fields = path.rsplit("/", 1)[-1].split("@")
-    try:
-        heading = float(fields[9])
-    except (IndexError, ValueError):
-        raise BadInput(f"image {path}: train.place_heading_deg needs the heading field of the VG file name "
-                       f"(@east@north@zone@letter@lat@lon@pano@tile@heading@…); set it to null for images without one")
-    if not np.isfinite(heading):
-        raise BadInput(f"image {path}: its heading must be a finite number of degrees")
-    return heading
-
-
 def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, min_images: int,
-                heading_deg: Optional[float] = None) -> PlaceSet:
+                heading_deg: Optional[float] = None, headings: Optional[np.ndarray] = None) -> PlaceSet:
     """Places of a VG-format image set from the UTM grid: cells of ``size`` metres (origin 0, 0);
     an image joins its cell when within ``radius`` metres of the cell's centre; with ``heading_deg``,
     a place is a cell and a heading bin of that width (``heading mod 360 // heading_deg``, as CosPlace
     splits its classes), so that a place's images look the same way. Places with fewer than
     ``min_images`` such images are dropped (counted in ``dropped``). Labels follow the places'
-    (east, north[, bin]) order."""
+    (east, north[, bin]) order. ``headings`` (degrees, NaN where unknown) are the images' own, as the
+    index read them from the VG names (:attr:`vgray.data.dataset.ImageSet.headings`); with
+    ``heading_deg`` every image needs one (BadInput naming the first without)."""
     utm = np.asarray(utm, dtype=np.float64).reshape(-1, 2)
     cell = np.floor(utm / size).astype(np.int64)
     centre = (cell + 0.5) * size
     inside = np.linalg.norm(utm - centre, axis=1) <= radius
     if heading_deg is not None:
-        bins = np.array([np.floor((heading_of(p) % 360.0) / heading_deg) for p in paths], dtype=np.int64)
+        h = np.full(len(paths), np.nan) if headings is None else np.asarray(headings, dtype=np.float64).reshape(-1)
+        missing = np.flatnonzero(~np.isfinite(h))
+        if len(missing):
+            raise BadInput(f"image {paths[missing[0]]}: train.place_heading_deg needs the heading field of the VG file "
+                           f"name (@east@north@zone@letter@lat@lon@pano@tile@heading@…), a finite number of degrees; "
+                           f"set it to null for images without one")
+        bins = np.floor((h % 360.0) / heading_deg).astype(np.int64)
         cell = np.concatenate([cell, bins.reshape(-1, 1)], axis=1)
     cells, inverse, counts = np.unique(cell[inside], axis=0, return_inverse=True, return_counts=True)
     kept = counts >= min_images
@@ -127,9 +122,12 @@ def open_places(cfg) -> PlaceSet:
         places = read_gsv_cities(cfg.data.root, k)
     else:
         split = open_split(cfg.data.root, "train")
+        headings = [s.headings if s.headings is not None else np.full(len(s), np.nan)
+                    for s in (split.database, split.queries)]
         places = grid_places(split.database.paths + split.queries.paths,
                              np.concatenate([split.database.utm, split.queries.utm]),
-                             cfg.train.place_size_m, cfg.test.positive_dist_threshold, k, cfg.train.place_heading_deg)
+                             cfg.train.place_size_m, cfg.test.positive_dist_threshold, k, cfg.train.place_heading_deg,
+                             headings=np.concatenate(headings))
     if places.n_places < p:
         raise BadInput(f"train.places_per_batch={p} x train.images_per_place={k}: {cfg.data.root} has only "
                        f"{places.n_places} places of {k} or more images ({places.dropped} smaller dropped); "

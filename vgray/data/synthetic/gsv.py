@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgray.console import progress_bar
 from vgray.data.gsv_cities import COLUMNS, image_name
 from vgray.data.synthetic.capture import CAM_FIELDS, capture_plan
 from vgray.data.synthetic.geo import utm_to_latlon
@@ -47,8 +48,9 @@ def _rows(world, plan: dict, kind: str, city: str) -> list:
     return rows
 
 
-def _write_split(tmp: Path, preset_name: str, seed: int) -> int:
-    """Render the train split into ``tmp`` in the GSV-Cities layout; returns the image count."""
+def _write_split(tmp: Path, preset_name: str, seed: int, progress: bool = False) -> int:
+    """Render the train split into ``tmp`` in the GSV-Cities layout, with a bar over the images
+    written when ``progress`` (:func:`vgray.console.progress_bar`); returns the image count."""
     from PIL import Image
 
     preset = PRESETS[preset_name]
@@ -58,8 +60,11 @@ def _write_split(tmp: Path, preset_name: str, seed: int) -> int:
     images.mkdir(parents=True)
     (tmp / "Dataframes").mkdir()
     all_rows = []
+    plans = {kind: capture_plan(world, preset, seed, kind) for kind in KINDS}
+    bar = progress_bar(sum(len(plan["x"]) for plan in plans.values()), f"synthetic {preset_name} (gsv_cities)",
+                       "img", progress)
     for k_kind, kind in enumerate(KINDS):
-        plan = capture_plan(world, preset, seed, kind)
+        plan = plans[kind]
         rows = _rows(world, plan, kind, city)
         n = len(rows)
         for a in range(0, n, BATCH):
@@ -70,7 +75,9 @@ def _write_split(tmp: Path, preset_name: str, seed: int) -> int:
             for i, im in zip(idx, render(world, cams, preset.height, preset.width, seeds)):
                 Image.fromarray(im).save(images / image_name({k: str(v) for k, v in rows[i].items()}), "JPEG",
                                          quality=JPEG_QUALITY)
+            bar.update(len(idx))
         all_rows += rows
+    bar.close()
     with open(tmp / "Dataframes" / f"{city}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
@@ -78,7 +85,7 @@ def _write_split(tmp: Path, preset_name: str, seed: int) -> int:
     return len(all_rows)
 
 
-def generate_gsv_cities(out, preset: str = "tiny", seed: int = 0) -> Path:
+def generate_gsv_cities(out, preset: str = "tiny", seed: int = 0, progress: bool = False) -> Path:
     """Write the train images of the synthetic world ``preset``/``seed`` into ``out`` in the
     GSV-Cities layout, atomically (a temporary sibling moved into place); a folder that already
     holds this preset/seed is returned as is, any other non-empty one refused."""
@@ -98,7 +105,7 @@ def generate_gsv_cities(out, preset: str = "tiny", seed: int = 0) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        n = _write_split(tmp, preset, seed)
+        n = _write_split(tmp, preset, seed, progress)
         (tmp / MARKER).write_text(json.dumps({**wanted, "images": n, "city": city_name(preset)}, indent=1))
         os.replace(tmp, out)
         return out

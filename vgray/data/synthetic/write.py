@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgray.console import progress_bar
 from vgray.data.synthetic.capture import CAM_FIELDS, capture_plan
 from vgray.data.synthetic.geo import UTM_BAND, UTM_ZONE, utm_to_latlon
 from vgray.data.synthetic.presets import PRESETS, SPLITS, Preset
@@ -135,7 +136,7 @@ def generate(out, preset: str = "tiny", seed: int = 0, progress: bool = False) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         counts, jobs = _plan_jobs(p, preset, seed, tmp)
-        _render_jobs(p, preset, jobs, progress)
+        shown = _render_jobs(p, preset, jobs, progress)
         _CACHE.clear()
         marker = dict(format="vgray-synthetic", preset=preset, seed=seed, version=VERSION,
                       image_size=[p.height, p.width], utm_zone=f"{UTM_ZONE}{UTM_BAND}",
@@ -149,7 +150,7 @@ def generate(out, preset: str = "tiny", seed: int = 0, progress: bool = False) -
             if _matches(_read_marker(out), preset, seed):
                 return out
             raise
-        if progress:
+        if shown:  # the bar is erased when done: say what it did
             print(f"synthetic {preset}: wrote {out} in {time.time() - t0:.1f} s", file=sys.stderr)
         return out
     finally:
@@ -193,29 +194,31 @@ def _plan_jobs(p: Preset, preset: str, seed: int, tmp: Path) -> tuple[dict, list
     return counts, jobs
 
 
-def _render_jobs(p: Preset, preset: str, jobs: list, progress: bool) -> None:
+def _render_jobs(p: Preset, preset: str, jobs: list, progress: bool) -> bool:
     """Run the jobs, on every core when the preset asks for processes; each image draws from its
-    own random stream, so the bytes do not depend on how the jobs are shared out."""
+    own random stream, so the bytes do not depend on how the jobs are shared out. With
+    ``progress``, a bar over the images written (:func:`vgray.console.progress_bar`); returns
+    whether it was shown."""
     total = sum(j[5] - j[4] for j in jobs)
-    done = 0
-    if p.processes and (os.cpu_count() or 1) > 1:
-        import multiprocessing as mp
+    with progress_bar(total, f"synthetic {preset}", "img", progress) as bar:
+        if p.processes and (os.cpu_count() or 1) > 1:
+            import multiprocessing as mp
 
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(os.cpu_count()) as pool:
-            for n in pool.imap_unordered(render_range, jobs):
-                done += n
-                if progress:
-                    print(f"synthetic {preset}: {done}/{total} images", file=sys.stderr)
-    else:
-        for job in jobs:
-            done += render_range(job)
-            if progress:
-                print(f"synthetic {preset}: {done}/{total} images", file=sys.stderr)
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(os.cpu_count()) as pool:
+                for n in pool.imap_unordered(render_range, jobs):
+                    bar.update(n)
+        else:
+            for job in jobs:
+                bar.update(render_range(job))
+        return not bar.disable
 
 
-def ensure(preset: str, seed: int = 0, progress: bool = False) -> Path:
-    """The synthetic dataset ``preset``/``seed`` in vgray's cache, generated on first use.
+def ensure(preset: str, seed: int = 0, progress: bool = True) -> Path:
+    """The synthetic dataset ``preset``/``seed`` in vgray's cache, generated on first use, with a
+    bar while it renders (on by default: every command's first ``synthetic:<preset>`` comes here;
+    the bar's rule, :func:`vgray.console.progress_bar`, keeps it off a stderr that is not a
+    terminal, as in sweep trials, whose stderr Ray writes to log files).
 
     Lives in ``cache_dir()/synthetic/<preset>-s<seed>-v<VERSION>``. Concurrent callers
     (processes, or threads each opening the lock) serialise on an ``flock``-ed lock file, so it is

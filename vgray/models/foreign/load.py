@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import nn
 
-from vgray.checkpoint import made_for, mismatches, refuse
+from vgray.checkpoint import check_checkpoint, made_for, mismatches, refuse
 from vgray.errors import BadInput
 from vgray.models.foreign.base import Converted, Layout, State, unwrap
 from vgray.models.foreign.paper import COSPLACE, DIGIT_BACKBONE, PAPER
@@ -37,6 +37,8 @@ def _is_source(obj: dict, state: dict) -> bool:
 
 
 def _vgray_checkpoint(obj: dict, state: dict, origin: str) -> Converted:
+    if "config" in obj:  # a vgray checkpoint's entries, checked as every vgray checkpoint read is
+        check_checkpoint(obj, f"model.pretrained={origin}", resumable=False)
     made = made_for(obj)
     return Converted(obj["model"], made=(f"backbone={made.get('backbone')}, aggregation={made.get('aggregation')}"
                                          if made else None))
