@@ -201,3 +201,19 @@ def torch_home(tmp_path, monkeypatch):
         raise OSError("network unreachable")
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     return tmp_path / "torch"
+
+
+def eval_refused(root, sets, tmp_path: Path, capsys) -> str:
+    """``vgray eval`` on ``root`` with ``sets`` (``key=value`` strings), asking for ``--json`` and
+    ``--save-descriptors`` under ``tmp_path/out``: asserts exit 2, one stderr line and nothing
+    written; returns the line."""
+    from vgray.cli import main
+    out = tmp_path / "out"
+    code = main(["eval", "--set", f"data.root={root}", *[a for s in sets for a in ("--set", s)],
+                 "--json", str(out / "e.json"), "--save-descriptors", str(out / "desc")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vgray: error: "), err
+    assert not out.exists()
+    return lines[0]

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY_SET, write_image
+from conftest import TINY_SET, eval_refused, write_image
 from vgray.cli import main
 from vgray.data.dataset import open_split
 from vgray.errors import BadInput
@@ -276,15 +276,8 @@ BAD = [
 def test_bad_lists_exit_2_with_one_line_and_write_nothing(name, damage, message, tmp_path, capsys):
     root = gt_folder(tmp_path / "ds")
     damage(root)
-    out = tmp_path / "out"
-    code = main(["eval", "--set", f"data.root={root}", *[a for s in SMALL for a in ("--set", s)],
-                 "--json", str(out / "e.json"), "--save-descriptors", str(out / "desc")])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vgray: error: ") and message in lines[0], err
-    assert "allowed" in lines[0]
-    assert not out.exists()
+    line = eval_refused(root, SMALL, tmp_path, capsys)
+    assert message in line and "allowed" in line
     assert not (tmp_path / "MARKER").exists()
 
 
@@ -350,3 +343,13 @@ def test_restricted_loader_reads_numpy_1_pickles(tmp_path):
     assert b"cnumpy.core.multiarray\n_reconstruct" in data
     (tmp_path / "old_gt.npy").write_bytes(data)  # the header (with its magic) and the pickle
     assert [a.tolist() for a in load_list(tmp_path / "old_gt.npy")] == [[0, 1], [9, 10, 11], []]
+
+
+def test_datasets_check_counts_a_sequence_by_frames(tmp_path, capsys):
+    root = nordland_folder(tmp_path / "sequence", list(range(12)), [0, 4, 7, 11, 30])
+    assert main(["datasets", "check", str(root), "--json", "--positives", "frames", "--positive-frames", "1"]) == 0
+    test = json.loads(capsys.readouterr().out)["splits"]["test"]
+    assert (test["database"], test["queries"]) == (12, 5)
+    assert test["positives"] == "frames ±1" and test["queries_without_positives"] == 1  # frame 30
+    assert main(["datasets", "check", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["test"]["positives"] == "radius 25 m"

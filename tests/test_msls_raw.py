@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_SET, write_image
+from conftest import TINY_SET, eval_refused, write_image
 from vgray.cli import main
 from vgray.data.dataset import open_split
 from vgray.data.msls import HEADERS, is_msls_raw
@@ -188,17 +188,10 @@ def test_msls_weighted_mining_takes_the_csv_labels(tmp_path):
 def test_a_missing_column_exits_2_naming_the_file_and_writes_nothing(column, tmp_path, capsys):
     root = msls_folder(tmp_path / "msls")
     write_city(root, "sf", "query", VAL_QUERIES, drop_column=column)
-    out = tmp_path / "out"
-    code = main(["eval", "--set", f"data.root={root}", *[a for s in SMALL for a in ("--set", s)],
-                 "--json", str(out / "e.json"), "--save-descriptors", str(out / "desc")])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vgray: error: "), err
-    assert str(root / "train_val/sf/query/postprocessed.csv") in lines[0]
-    assert f"missing column(s) {column}" in lines[0]
-    assert "key, easting, northing, night, view_direction" in lines[0]
-    assert not out.exists()
+    line = eval_refused(root, SMALL, tmp_path, capsys)
+    assert str(root / "train_val/sf/query/postprocessed.csv") in line
+    assert f"missing column(s) {column}" in line
+    assert "key, easting, northing, night, view_direction" in line
 
 
 def test_a_bad_query_set_choice_exits_2(tmp_path, capsys):
@@ -206,3 +199,14 @@ def test_a_bad_query_set_choice_exits_2(tmp_path, capsys):
     code = main(["eval", "--set", f"data.root={root}", "--set", "data.msls_queries=im2seq"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "data.msls_queries" in err, err
+
+
+def test_datasets_check_names_the_layout_and_the_query_set(tmp_path, capsys):
+    root = msls_folder(tmp_path / "mini")  # a name no known dataset has: nothing to compare against
+    assert main(["datasets", "check", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "msls_raw" and report["dataset"] is None
+    val = report["splits"]["val"]
+    assert (val["queries"], val["database"], val["query_set"]) == (4, 8, "im2im 4 of 10")
+    assert val["queries_without_positives"] == 0  # im2im keeps the queries with a database image within 25 m
+    assert list(report["splits"]) == ["val"]  # the split with public ground truth (test stands for it)

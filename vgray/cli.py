@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--name", help="the known dataset it is (default: guessed from the folder's name or its counts)")
     q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     q.add_argument("--no-positives", action="store_true", help="skip counting the queries without positives")
+    q.add_argument("--positives", default="auto", choices=["auto", "radius", "frames", "files"],
+                   help="how positives are decided, as test.positives (frames: Nordland and other sequences)")
+    q.add_argument("--positive-frames", type=int, default=10, metavar="N", help="with --positives frames: ±N frames")
 
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
@@ -329,7 +332,8 @@ def cmd_datasets(args) -> int:
         bar.update(seen - bar.n)
 
     try:
-        report = check(args.root, name=args.name, progress=progress, positives=not args.no_positives)
+        report = check(args.root, name=args.name, progress=progress, positives=not args.no_positives,
+                       rule=args.positives, frames=args.positive_frames)
     finally:
         for bar in bars.values():
             bar.close()

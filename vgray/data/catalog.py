@@ -183,13 +183,15 @@ def guess(root: str, counts: Dict[str, Dict[str, int]]) -> Optional[Known]:
 
 
 def check(root: str, name: Optional[str] = None, progress: Optional[Callable[[str, int], None]] = None,
-          positives: bool = True) -> Dict:
+          positives: bool = True, rule: str = "auto", frames: int = 10) -> Dict:
     """Index every split of the dataset at ``root`` and set its counts against the published ones.
 
     Returns ``{"root", "layout", "dataset", "splits": {split: {"database", "queries",
     "published_database", "published_queries", "queries_without_positives", "query_set",
     "positives"}}, "mismatches": [...], "agrees"}``; a mismatch is a published count (not None)
-    that differs from the one found. ``progress(what, files seen)`` while a folder is indexed."""
+    that differs from the one found. ``progress(what, files seen)`` while a folder is indexed;
+    ``rule``/``frames`` decide the positives as ``test.positives``/``test.positive_frames`` do
+    (``frames`` for Nordland and other sequences)."""
     from vgray.data import dataset as ds
     if root.startswith("synthetic:"):  # the embedded world: its folder (generated on first use)
         root = str(ds.resolve_root(root))
@@ -207,12 +209,12 @@ def check(root: str, name: Optional[str] = None, progress: Optional[Callable[[st
                 if (top / role).is_dir():
                     ds.index_images(top / role, lambda n, what=f"{split}/{role}": progress(what, n))
         s = ds.open_split(root, split)
-        rule, without = None, None
+        used, without = None, None
         if positives:
-            pos, rule = s.evaluation_positives()
+            pos, used = s.evaluation_positives(rule, frames=frames)
             without = int(sum(len(p) == 0 for p in pos))
         splits[split] = {"database": len(s.database), "queries": len(s.queries),
-                         "queries_without_positives": without, "positives": rule,
+                         "queries_without_positives": without, "positives": used,
                          "query_set": getattr(s, "query_set", "all")}
     if not splits:
         raise BadInput(f"datasets check {root}: no split found (train, val or test)")
