@@ -1,6 +1,6 @@
 """Bad input at the readers' boundaries (issue 18): YAML text that is not UTF-8, aliases that
 expand without bound, keys given twice, NaN and infinity where a number is checked, a section set to
-a scalar, sweep bounds, dataset walks, and a sweep whose datasets are not on this machine. Each case
+a scalar, sweep bounds, dataset walks, output paths, and a sweep whose datasets are not on this machine. Each case
 must end with exit 2, exactly one stderr line naming the culprit, no traceback, within a bounded
 time, with nothing written and no Ray started; one case of each class runs the installed ``vgray``
 script, the others ``vgray.cli.main`` in this process."""
@@ -127,6 +127,21 @@ CASES = {
                           "is not valid UTF-8"),
     "walk dangling link": (lambda d, o: [*EVAL, "--set", f"data.root={vg_folder(d, 'dangling', _dangling)}"],
                            "is a link to nothing"),
+    # 9. output paths that are files, lie under a file, or are folders where a file belongs: refused
+    # before the command runs (not after an hour of evaluation)
+    "eval --json a folder": (lambda d, o: [*EVAL, "--json", str(d)], "--json"),
+    "eval --save-descriptors a file": (lambda d, o: [*EVAL, "--save-descriptors", write(d / "f", "x")],
+                                       "is a file, not a folder"),
+    "eval --predictions-dir under a file": (lambda d, o: [*EVAL, "--save-predictions", "2", "--predictions-dir",
+                                                          write(d / "f", "x") + "/p"], "is a file, not a folder"),
+    "train --out a file": (lambda d, o: ["train", "--out", write(d / "run", "x"), "--set", "model.pretrained=none"],
+                           "is a file, not a folder"),
+    "report --out under a file": (lambda d, o: ["report", str(d), "--out", write(d / "f", "x") + "/r"],
+                                  "is a file, not a folder"),
+    "extract --out under a file": (lambda d, o: ["extract", "--out", write(d / "f", "x") + "/e", "--set",
+                                                 "model.pretrained=none"], "is a file, not a folder"),
+    "profile --json under a file": (lambda d, o: ["profile", "--json", write(d / "f", "x") + "/p.json", "--set",
+                                                  "model.pretrained=none"], "is a file, not a folder"),
     # 10. bounds and emptiness that used to hang or fall back silently
     "repeats huge": (lambda d, o: ["sweep", write(d / "rep.yaml", sweep_text(o, repeats=10**8)), "--dry-run"],
                      "repeats=100000000 must lie in [1, 1000]"),
@@ -142,7 +157,8 @@ CASES = {
 # terminal, no Ray starts); the others call the same entry point, vgray.cli.main, in this process.
 THROUGH_THE_SCRIPT = {"config latin-1", "sweep base file latin-1", "config alias bomb", "config duplicate key",
                       "nan threshold", "sweep resources nan", "--set section to int", "walk fifo", "walk symlink loop",
-                      "repeats huge", "sweep dataset missing"}
+                      "repeats huge", "sweep dataset missing", "eval --save-descriptors a file",
+                      "extract --out under a file"}
 
 
 @pytest.mark.parametrize("case", list(CASES))

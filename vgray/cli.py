@@ -34,6 +34,24 @@ def _check_json(args) -> None:
         check_output_file(args.json, "--json")
 
 
+def _datasets_parser(sub) -> None:
+    """``vgray datasets list|check``."""
+    p = sub.add_parser("datasets", help="the known datasets and their published sizes; check a folder against them")
+    dsub = p.add_subparsers(dest="datasets_command", required=True, parser_class=Parser)
+    q = dsub.add_parser("list", help="the known datasets: layout, published counts per split and role, sources")
+    q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    q = dsub.add_parser("check", help="index a dataset folder and set its counts against the published ones "
+                                      "(exit 1 when they disagree)")
+    q.add_argument("root", metavar="ROOT", help="a VG-format folder, ground-truth lists (FOLDER, FOLDER/NAME or "
+                                                "IMAGES::LISTS) or MSLS as Mapillary ships it")
+    q.add_argument("--name", help="the known dataset it is (default: guessed from the folder's name or its counts)")
+    q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    q.add_argument("--no-positives", action="store_true", help="skip counting the queries without positives")
+    q.add_argument("--positives", default="auto", choices=["auto", "radius", "frames", "files"],
+                   help="how positives are decided, as test.positives (frames: Nordland and other sequences)")
+    q.add_argument("--positive-frames", type=int, default=10, metavar="N", help="with --positives frames: ±N frames")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vgray`` parser: one subcommand per entry of :data:`COMMANDS`."""
     parser = Parser(prog="vgray", description="Deep Visual Geo-localization Benchmark on a Ray cluster")
@@ -118,20 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html")
     p.add_argument("--failures-only", action="store_true", help="with --predictions: only queries whose top-1 is wrong")
 
-    p = sub.add_parser("datasets", help="the known datasets and their published sizes; check a folder against them")
-    dsub = p.add_subparsers(dest="datasets_command", required=True, parser_class=Parser)
-    q = dsub.add_parser("list", help="the known datasets: layout, published counts per split and role, sources")
-    q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    q = dsub.add_parser("check", help="index a dataset folder and set its counts against the published ones "
-                                      "(exit 1 when they disagree)")
-    q.add_argument("root", metavar="ROOT", help="a VG-format folder, ground-truth lists (FOLDER, FOLDER/NAME or "
-                                                "IMAGES::LISTS) or MSLS as Mapillary ships it")
-    q.add_argument("--name", help="the known dataset it is (default: guessed from the folder's name or its counts)")
-    q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    q.add_argument("--no-positives", action="store_true", help="skip counting the queries without positives")
-    q.add_argument("--positives", default="auto", choices=["auto", "radius", "frames", "files"],
-                   help="how positives are decided, as test.positives (frames: Nordland and other sequences)")
-    q.add_argument("--positive-frames", type=int, default=10, metavar="N", help="with --positives frames: ±N frames")
+    _datasets_parser(sub)
 
     p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
     p.add_argument("name", help="benchmark name (vgray bench list)")
