@@ -392,8 +392,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vgray: interrupted", file=sys.stderr)
         return 130
-    finally:
-        warned.close()
     warned.summary()
     return code or 0
 

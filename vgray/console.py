@@ -82,6 +82,7 @@ class LibraryWarnings:
         return self
 
     def __exit__(self, *exc):
+        self.close()
         return False
 
     def _show(self, message, category, filename, lineno, file=None, line=None):

@@ -95,8 +95,9 @@ def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, se
             # In chunks, for the bar: the same index as one add (ids in order; an HNSW graph
             # differs from one add only for databases above ADD_CHUNK).
             for a in range(0, len(xb), ADD_CHUNK):
-                index.add(xb[a:a + ADD_CHUNK])
-                bar.update(len(xb[a:a + ADD_CHUNK]))
+                chunk = xb[a:a + ADD_CHUNK]
+                index.add(chunk)
+                bar.update(len(chunk))
     except RuntimeError as exc:
         raise BadInput(f"{name} cannot be built on {len(xb)} x {xb.shape[1]} descriptors: {faiss_message(exc)}")
     set_search_defaults(index)
