@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray started in this process: trials, the results actor surviving a kill,
 Optuna, ASHA, and resources no node has (driver kills and the Jobs API: test_sweep_jobs.py)."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -19,9 +20,14 @@ def test_results_actor_restarts_and_reloads_without_loss_or_duplicates(ray_local
     assert ray.get([actor.add.remote(row(i)) for i in range(3)]) == [True, True, True]
     pid = ray.get(actor.pid.remote())
     ray.kill(actor, no_restart=False)  # dies; Ray restarts it, and it reloads from disk
+    # The kill is asynchronous: a call sent now may still run on the old process and be retried on
+    # the new one (at least once). Wait for the new process so the calls below meet it.
+    deadline = time.monotonic() + 60
+    while ray.get(actor.pid.remote()) == pid:
+        assert time.monotonic() < deadline, "the results actor was not restarted within 60 s"
+        time.sleep(0.1)
     assert ray.get(actor.add.remote(row(1))) is False  # acknowledged before: not written twice
     assert ray.get(actor.add.remote(row(3))) is True
-    assert ray.get(actor.pid.remote()) != pid
     assert [r["trial_id"] for r in ray.get(actor.rows.remote())] == ["t0", "t1", "t2", "t3"]
     assert [r["trial_id"] for r in rows(tmp_path)] == ["t0", "t1", "t2", "t3"]
     assert "4 |" in ray.get(actor.summary_markdown.remote())  # n = 4 seeds of one config
