@@ -87,9 +87,9 @@ def _refused(argv, tmp_path: Path, expected: str, watched: Path, capsys=None) ->
 
 # The variants run as separate processes (the others in this one: the suite's time): one of each
 # kind of failure, so that a real process is seen to print one line and no traceback for each.
-SCRIPT = {"a weight saved as a list", "epoch as a string", "config.model a string", "no optimizer state",
-          "torch RNG state as a list", "a pickled Python object", "descriptors written as text", "a NaN in one descriptor",
-          "a null descriptor", "one coordinate NaN", "descriptors of another size"}
+# One checkpoint entry of the wrong type, one unsafe pickle, one damaged descriptor table: each
+# process costs seconds (torch's import), and the rest share the code path these three cross.
+SCRIPT = {"a weight saved as a list", "a pickled Python object", "a NaN in one descriptor"}
 
 
 # -- class 5: checkpoint contents -----------------------------------------------------------------
@@ -218,7 +218,9 @@ TABLES = {
                                       "holds -inf; allowed: finite numbers"),
     "a null descriptor": (lambda t: _column(t, "descriptor", _with_null([list(r) for r in _matrix(t)], 4,
                                                                          pa.list_(pa.float32(), _matrix(t).shape[1]))),
-                          "column descriptor is null in row 4"),
+                          # pyarrow 25 (mlflow's pin) cannot read a null fixed-size list back at all
+                          "column descriptor is null in row 4" if int(pa.__version__.split(".")[0]) >= 26
+                          else "database.parquet cannot be read"),
     "a null inside a descriptor": (
         lambda t: _column(t, "descriptor", pa.array([[None, *r[1:]] if i == 9 else list(r) for i, r in enumerate(_matrix(t))],
                                                     pa.list_(pa.float32()))),

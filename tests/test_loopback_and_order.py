@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vgray.cli import main
+
 VGRAY = Path(sys.executable).parent / "vgray"
 TINY = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
         "model": {"pretrained": "none", "aggregation": "gem"}}
@@ -109,7 +111,6 @@ def _sweep_folder(folder: Path, dashboard: str) -> Path:
 
 
 def _page(tmp_path: Path, dashboard: str, capsys) -> str:
-    from vgray.cli import main
     folder = _sweep_folder(tmp_path / "links", dashboard)
     assert main(["report", str(folder), "--out", str(tmp_path / "page")]) == 0, capsys.readouterr().err
     return (tmp_path / "page" / "report.html").read_text()
@@ -193,19 +194,34 @@ CASES = {
 }
 
 
+# Through the installed script: one refusal of the machine check and one of the folder check (each
+# process costs seconds); the others in this process, where Ray must not be up already.
+SWEEP_SCRIPT = {"more CPUs than the machine", "--resume of a sweep that never ran"}
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_sweep_refused_before_launch_leaves_nothing_and_starts_no_ray(case, tmp_path):
+def test_a_sweep_refused_before_launch_leaves_nothing_and_starts_no_ray(case, tmp_path, monkeypatch, capsys):
+    import ray
     build, extra_env, expected = CASES[case]
     d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
     argv = build(d, out)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray"), **extra_env}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([str(VGRAY), *argv], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("vgray: error: "), proc.stderr[-2000:]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if case in SWEEP_SCRIPT:
+        env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray"), **extra_env}
+        proc = subprocess.run([str(VGRAY), *argv], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+        code, err = proc.returncode, proc.stderr
+    else:
+        assert not ray.is_initialized(), "an earlier test left Ray up: the local machine check would not run"
+        for key, value in {"RAY_TMPDIR": str(tmp_path / "ray"), **extra_env}.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code, err = main(argv), capsys.readouterr().err
+        assert not ray.is_initialized(), "Ray was started"
+    lines = err.strip().splitlines()
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("vgray: error: "), err[-2000:]
     assert expected in lines[0], lines[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no STORAGE/NAME, nothing
     assert not (tmp_path / "ray").exists(), "Ray was started"
