@@ -48,7 +48,8 @@ def test_grid_sweep_rows_summary_and_tune_logs(ray_local, tmp_path, capsys):
         cell = f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}"
         assert f"| {agg} | 2 | {cell} |" in (directory / "summary.md").read_text()
         assert f"| {agg} | 2 | {cell} |" in out
-    trial_dirs = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    trial_dirs = sorted(p.name for p in directory.iterdir()
+                        if p.is_dir() and not p.name.startswith(".") and p.name not in ("logs", "report"))
     assert [d.split("_")[0] for d in trial_dirs] == ["gem-s0", "gem-s1"]
     for d in trial_dirs:  # Tune's own CSV and TensorBoard logs stay on
         assert (directory / d / "progress.csv").is_file()

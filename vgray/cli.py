@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true", help="print each trial's config, and Ray's and Tune's log "
+                   "lines on the console (default: in STORAGE/NAME/logs/ray.log)")
 
     p = sub.add_parser("extract", help="descriptors of a split through Ray Data, as parquet shards (re-runs skip complete ones)")
     _config_args(p)
@@ -249,7 +251,7 @@ def cmd_sweep(args) -> int:
     if not args.address:
         check_dataset_roots(spec)
     from vgray.distributed.sweep import run_sweep
-    result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus, verbose=args.verbose)
     if result.get("storage"):  # stopped scheduling: the rows so far, then where and why on stderr
         print(result["summary"])
         print(f"vgray: sweep {spec.name} stopped: {result['storage']}; free space or fix the storage, "
@@ -257,10 +259,28 @@ def cmd_sweep(args) -> int:
         return 1
     print(f"\nsweep {spec.name}: {result['trials']} trials, results in {result['directory']}")
     print(result["summary"])
+    from vgray.distributed.tracking import follow_lines
+    for line in follow_lines(spec):  # TensorBoard on the sweep's folder; the MLflow UI on its store
+        print(line)
+    _sweep_report(spec.name, result["directory"])
     if result["failed"]:
         print(f"vgray: sweep {spec.name} finished with {result['failed']} failed trial(s)", file=sys.stderr)
         return 1
     return 0
+
+
+def _sweep_report(name: str, directory: str) -> None:
+    """A finished sweep's report (tables and figures, no prediction grids: ``vgray report`` draws
+    those on demand): ``report: PATH/report.html``, or one stderr line saying why there is none,
+    which does not fail the sweep."""
+    from vgray.report import make_report
+    try:
+        page = make_report(directory).page
+    except Exception as exc:  # the results are written; the report can be drawn again with vgray report
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"vgray: sweep {name}: report not written ({why}); try: vgray report {directory}", file=sys.stderr)
+        return
+    print(f"report: {page}")
 
 
 def cmd_extract(args) -> None:

@@ -9,7 +9,7 @@ A sweep's folder ``STORAGE/NAME`` holds:
 - ``summary.md`` and ``summary.csv``: one entry per ``config_key`` (:func:`summarize`), each
   metric as mean ± std over the finished seeds (:func:`mean_std`, sample std);
 - ``plan.json``: what the sweep planned (:func:`make_plan`), so that a report can be drawn while it
-  runs.
+  runs, and how it was set up (:data:`SETUP_KEYS`), shown at the top of the report.
 
 The results actor (:mod:`vgray.distributed.results`) writes them; ``vgray report`` reads them
 (:func:`load_rows`, :func:`read_plan`) and needs no Ray.
@@ -237,18 +237,35 @@ def summary_csv(entries: List[Dict[str, Any]]) -> str:
 
 # -- plan.json -------------------------------------------------------------------------------------
 
+# What ``plan.json`` may hold beside the counts (:func:`make_plan`'s ``setup``), all optional:
+# ``base`` (the sweep file's base config), ``grid`` (key -> values), ``variants`` (list of
+# key -> value), ``search`` (algorithm, num_samples, metric, mode, space), ``scheduler``,
+# ``seeds`` (list of ints), ``resources`` (per trial: cpu, gpu, ...), ``storage`` (the sweep's
+# folder) and ``cluster`` (``address``: Ray's GCS address, ``nodes``, ``cpus``, ``gpus``).
+SETUP_KEYS = ("base", "grid", "variants", "search", "scheduler", "seeds", "resources", "storage", "cluster")
+
+
 def make_plan(sweep: str, task: str, trials: int, varied: Sequence[str], keep_models: bool,
-              dashboard: Optional[str], earlier: Optional[bytes] = None, finished: bool = False) -> bytes:
+              dashboard: Optional[str], earlier: Optional[bytes] = None, finished: bool = False,
+              setup: Optional[Dict[str, Any]] = None) -> bytes:
     """The bytes of ``plan.json``: the sweep's name and task, how many rows it will write
     (``trials``: one per config and seed), the keys it varies, whether it keeps models, the Ray
     dashboard's URL, when it started and (``finished``) when its driver ended. ``earlier``: the
-    bytes of the plan a run before this one wrote (a resumed sweep keeps its start and dashboard)."""
+    bytes of the plan a run before this one wrote (a resumed sweep keeps its start and dashboard).
+    ``setup``: what the report shows of how the sweep was set up (:data:`SETUP_KEYS`: the base
+    config, the grid or search, the seeds, the resources per trial, the cluster), added as they
+    are; a plan written before these were recorded lacks them and the report says so."""
     old = parse_plan(earlier) if earlier is not None else {}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plan = {"sweep": sweep, "task": task, "trials": trials, "varied": list(varied), "keep_models": keep_models,
             "dashboard": dashboard or old.get("dashboard") or DEFAULT_DASHBOARD,
             "started": old.get("started", now), "finished": now if finished else None}
-    return json.dumps(plan, indent=1).encode()
+    for key, value in (setup or {}).items():
+        if key in SETUP_KEYS:
+            plan[key] = value
+    if not plan.get("cluster") and old.get("cluster"):  # the driver's end may find Ray gone
+        plan["cluster"] = old["cluster"]
+    return json.dumps(plan, indent=1, default=str).encode()
 
 
 def parse_plan(data: bytes) -> Dict[str, Any]:
@@ -262,7 +279,8 @@ def parse_plan(data: bytes) -> Dict[str, Any]:
 
 def read_plan(directory: str | Path) -> Dict[str, Any]:
     """``directory/plan.json`` (how many trials, the varied keys, whether its driver ended, the
-    dashboard URL); ``{}`` when there is none or it cannot be read."""
+    dashboard URL, and the set-up keys where the sweep recorded them); ``{}`` when there is none
+    or it cannot be read."""
     try:
         return parse_plan((Path(directory) / PLAN_FILE).read_bytes())
     except OSError:

@@ -20,10 +20,12 @@ scheduler: {type: asha, grace_period: 1}
 resources: {cpu: 4, gpu: 1}     # the trainer; plus extract_cpu (default 1) / extract_gpu for Ray Data
 storage: ~/vgray_results
 max_failures: 2
+loggers: [mlflow]            # optional: an MLflow run per trial (TensorBoard and Tune's CSV/JSON are always on)
+mlflow: {tracking_uri: sqlite:///path/mlflow.db, experiment: NAME}   # default: STORAGE/NAME/mlflow.db, the name
 ```
 
 The sections with fixed keys (the options at the top, ``search``, each dimension of its ``space``,
-``scheduler``, ``resources``) are typed frozen dataclasses, built and checked by the config's own
+``scheduler``, ``resources``, ``mlflow``) are typed frozen dataclasses, built and checked by the config's own
 machinery (:func:`vgray.config.build_checked`); ``base``, ``grid`` and ``variants`` hold config keys
 and are checked against the config.
 
@@ -48,7 +50,8 @@ from vgray.errors import BadInput, shown
 
 MAX_TRIALS = 100_000  # planned trials of one sweep (a grid of 10^5 is a mistake, not a study)
 TOP_KEYS = ("name", "base", "task", "grid", "variants", "repeats", "search", "scheduler", "resources", "storage",
-            "max_failures", "max_concurrent_trials", "keep_models")
+            "max_failures", "max_concurrent_trials", "keep_models", "loggers", "mlflow")
+LOGGERS = ("mlflow",)  # trackers a sweep may feed beside Tune's own CSV, JSON and TensorBoard logs
 TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial of the sweep trains
 METRICS_PREFIXES = ("val/R@", "test/")
 GRID_KEY = "trial"  # where a grid trial's entry sits in Tune's dict (the key of its grid_search)
@@ -74,6 +77,14 @@ class Options:
     max_concurrent_trials: Optional[int] = _field(None, "trials running at once (null: as resources allow)",
                                                   positive=True)
     keep_models: bool = _field(False, "keep every trial's best model in STORAGE/NAME/models/")
+    loggers: List[str] = _field([], "experiment trackers fed beside TensorBoard: mlflow")
+
+
+@dataclass(frozen=True)
+class MLflow:
+    """``mlflow``: where ``loggers: [mlflow]`` writes its runs (one per trial)."""
+    tracking_uri: Optional[str] = _field(None, "MLflow tracking URI (default: sqlite:///STORAGE/NAME/mlflow.db)")
+    experiment: Optional[str] = _field(None, "the MLflow experiment (default: the sweep's name)")
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,8 @@ class SweepSpec:
     max_failures: int = 0
     max_concurrent_trials: Optional[int] = None
     keep_models: bool = False
+    loggers: List[str] = field(default_factory=list)
+    mlflow: Optional[MLflow] = None  # set exactly when loggers holds mlflow
     source: str = "<dict>"
 
     # -- derived ---------------------------------------------------------------------------
@@ -307,11 +320,13 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
         raise BadInput("variants work with a grid, not with search; make the keys search dimensions")
     scheduler = _scheduler(raw["scheduler"], options.task) if raw.get("scheduler") is not None else None
     resources = build_checked(Resources, raw.get("resources") or {}, "resources.")
+    loggers = _loggers(options.loggers)
+    mlflow = _mlflow(raw.get("mlflow"), loggers, options.storage)
     return SweepSpec(name=options.name, base=base, task=options.task, grid=grid, variants=variants,
                      repeats=options.repeats, search=search, scheduler=scheduler, resources=resources.as_dict(),
                      storage=options.storage, max_failures=options.max_failures,
                      max_concurrent_trials=options.max_concurrent_trials, keep_models=options.keep_models,
-                     source=source)
+                     loggers=loggers, mlflow=mlflow, source=source)
 
 
 def _base(base, source: str) -> Dict[str, Any]:
@@ -358,6 +373,49 @@ def _variants(raw: Dict[str, Any], grid: Dict[str, List[Any]]) -> List[Dict[str,
     if len({repr(sorted(v.items())) for v in variants}) != len(variants):
         raise BadInput("variants repeat the same row; each must differ")
     return variants
+
+
+def _loggers(loggers: List[str]) -> List[str]:
+    """``loggers``: trackers from :data:`LOGGERS`, each once."""
+    for name in loggers:
+        if name not in LOGGERS:
+            raise BadInput(f"loggers: {shown(name)} is unknown; allowed: {', '.join(LOGGERS)} (TensorBoard "
+                           f"and Tune's CSV/JSON logs are always written)")
+    if len(set(loggers)) != len(loggers):
+        raise BadInput(f"loggers={loggers} names a tracker twice; name each once")
+    return list(loggers)
+
+
+def _mlflow(raw, loggers: List[str], storage: str) -> Optional[MLflow]:
+    """``mlflow``: only with ``loggers: [mlflow]``. Its default store is a SQLite file in the sweep's
+    folder, which a URI storage cannot hold: there ``tracking_uri`` must be given. MLflow 3 refuses
+    file-store URIs (plain folders, ``file:``) unless ``MLFLOW_ALLOW_FILE_STORE`` is set."""
+    if "mlflow" not in loggers:
+        if raw is not None:
+            raise BadInput("mlflow settings are given but loggers does not name mlflow; add loggers: [mlflow] "
+                           "or remove the mlflow section")
+        return None
+    options = build_checked(MLflow, raw if raw is not None else {}, "mlflow.")
+    uri = options.tracking_uri
+    if uri is not None and not uri.strip():
+        raise BadInput("mlflow.tracking_uri='' must name a tracking URI (sqlite:///PATH/mlflow.db, http://HOST:PORT, "
+                       "...); leave the key out for STORAGE/NAME/mlflow.db")
+    if uri is not None and _file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise BadInput(f"mlflow.tracking_uri={shown(uri)} is a file store, which MLflow 3 refuses; use "
+                       f"sqlite:///PATH/mlflow.db or a tracking server (http://HOST:PORT)")
+    if uri is None and "://" in storage:
+        raise BadInput(f"loggers: [mlflow] with storage={shown(storage)}: the default MLflow store is a SQLite file "
+                       f"in the sweep folder, which a URI storage cannot hold; set mlflow.tracking_uri "
+                       f"(sqlite:///PATH/mlflow.db or http://HOST:PORT)")
+    if options.experiment is not None and not options.experiment.strip():
+        raise BadInput("mlflow.experiment='' must name an experiment; leave the key out for the sweep's name")
+    return options
+
+
+def _file_store(uri: str) -> bool:
+    """Whether MLflow reads ``uri`` as a file store: a path, or a ``file:`` URI."""
+    scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) else ""
+    return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter is a path
 
 
 def _search(raw) -> Search:

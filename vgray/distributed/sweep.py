@@ -13,25 +13,31 @@ from typing import Any, Dict, List, Optional
 
 from vgray.distributed.spec import Dimension, SweepSpec, Trial, decode_trial, param_space
 from vgray.distributed.storage import Storage, storage_problem
+from vgray.distributed.tracking import job_metadata, tracker_callbacks
 from vgray.errors import BadInput
 from vgray.results import PLAN_FILE, make_plan, make_row
 
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> Optional[str]:
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None,
+             metadata: Optional[Dict[str, str]] = None) -> Optional[str]:
     """Join ``address`` (or ``RAY_ADDRESS``) with the cluster's own settings, else start a local Ray
     whose every service listens on 127.0.0.1 only (:func:`vgray.distributed.cluster.init_local_ray`),
-    the dashboard included. Token authentication stays as Ray sets it (on by default). Returns the
-    dashboard URL."""
+    the dashboard included. Token authentication stays as Ray sets it (on by default). ``metadata``:
+    the driver job's (a sweep's ``job_name``: :func:`vgray.distributed.tracking.job_metadata`, the
+    name the dashboard's jobs view shows; a job submitted through the Jobs API keeps its own where
+    both set a key). Returns the dashboard URL."""
     import ray
 
     from vgray.distributed.cluster import init_local_ray
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
+    job = ray.job_config.JobConfig(metadata=dict(metadata or {}))
     if address:
-        ctx = ray.init(address=address, namespace="vgray", log_to_driver=False)
+        ctx = ray.init(address=address, namespace="vgray", log_to_driver=False, job_config=job)
     else:
-        ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False)
+        ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False,
+                             job_config=job)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -44,16 +50,13 @@ def local_ray(address: Optional[str]) -> bool:
 
 
 def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = False,
-              num_cpus: Optional[int] = None, out=print) -> Dict[str, Any]:
+              num_cpus: Optional[int] = None, out=print, verbose: bool = False) -> Dict[str, Any]:
     """Run (or resume) ``spec`` on Ray; returns ``{"summary": markdown, "failed": n, "trials": n,
-    "directory": STORAGE/NAME}``, plus ``"storage"`` (why) when the storage stopped taking writes."""
-    import ray
-    from ray import tune
-
-    from vgray.distributed.descriptors import trial_resources
-    from vgray.distributed.results import get_results_actor
-    from vgray.distributed.storage_watch import STORAGE_TROUBLE
-    from vgray.distributed.trainable import trainable
+    "directory": STORAGE/NAME, "log": Ray's log file}``, plus ``"storage"`` (why) when the storage
+    stopped taking writes. The console shows one start line, then the live table of the trials
+    (:mod:`vgray.distributed.live`); Ray's and Tune's log lines go to the log file unless ``verbose``,
+    which also prints each trial's config."""
+    from vgray.distributed.live import console, log_path_for
 
     # Every check that can be made before an effect is made first: the sweep folder (read only),
     # a local Ray's resources against this machine, then the storage probe (which leaves nothing),
@@ -62,10 +65,29 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     if local_ray(address):
         _check_resources(spec, [machine_shape(num_cpus)])
     _check_storage(spec)
-    url = init_ray(address, num_cpus)
+    log = log_path_for(spec.directory, spec.name, uri="://" in spec.directory)
+    with console(log, verbose):
+        return {**_run(spec, address, resume, num_cpus, out, log if not verbose else None), "log": str(log)}
+
+
+def _run(spec: SweepSpec, address: Optional[str], resume: bool, num_cpus: Optional[int], out,
+         log: Optional[Path]) -> Dict[str, Any]:
+    """:func:`run_sweep` once its checks have passed: Ray up, the results actor, the plan, the
+    stages' Tune experiments, the rows of trials that ended without theirs."""
+    import ray
+    from ray import tune
+
+    from vgray.distributed.descriptors import trial_resources
+    from vgray.distributed.live import open_log, reroute, tune_output_off
+    from vgray.distributed.results import get_results_actor
+    from vgray.distributed.storage_watch import STORAGE_TROUBLE
+    from vgray.distributed.trainable import trainable
+
+    url = init_ray(address, num_cpus, metadata=job_metadata(spec))
+    reroute()  # the loggers ray.init configured
     _check_resources(spec)
-    if url:
-        out(f"Ray dashboard: {url}")
+    open_log()  # the sweep is under way: its folder may be written
+    out(_start_line(spec, url, log))
     actor = get_results_actor(spec.name, spec.directory, spec.varied)
     ray.get(actor.rows.remote())  # the actor is up (and has reloaded any earlier rows)
     write_plan(spec, url)
@@ -79,7 +101,10 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
         if number:
             out(f"sweep {spec.name}: stage {number + 1}, {len(stage)} trials starting from first-stage models")
         try:
-            grid = _tuner(spec, resourced, stage, number, resume, out).fit()
+            tuner = _tuner(spec, resourced, stage, number, resume, out)
+            reroute()  # the loggers of what the tuner's callbacks imported (MLflow's)
+            with tune_output_off():  # the LiveTable's console instead
+                grid = tuner.fit()
         except Exception:  # Tune's own writes of the experiment state may be the first to fail
             reason = storage_problem(spec.directory)
             if not reason:
@@ -91,10 +116,43 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
                     "trials": len(rows), "storage": f"{spec.directory} cannot be written "
                     f"({STORAGE_TROUBLE[spec.directory]}); {len(rows)} row(s) kept in results.parquet"}
         failed += _rows_for_unfinished(grid, actor)
+        _prune_checkpoints(grid)
         trials += len(grid)
     summary = ray.get(actor.summary_markdown.remote())
     write_plan(spec, url, finished=True)
     return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": trials}
+
+
+def _start_line(spec: SweepSpec, url: Optional[str], log: Optional[Path]) -> str:
+    """The sweep's one start line: trials, the Ray dashboard, the results folder, Ray's log."""
+    parts = [f"sweep {spec.name}: {spec.num_trials} trials"]
+    if url:
+        parts.append(f"Ray dashboard: {url}")
+    parts.append(f"results in {spec.directory}")
+    if log is not None:
+        parts.append(f"Ray's log in {log}")
+    return "; ".join(parts)
+
+
+def _prune_checkpoints(grid) -> None:
+    """Delete the checkpoints of the finished trials of ``grid`` but their last (which records
+    their seeds done): Tune keeps :data:`CHECKPOINTS_KEPT`, which only a running trial needs.
+    Runs after ``fit()``, whose last snapshot of the experiment state holds them finished."""
+    import posixpath
+
+    from pyarrow import fs as pafs
+    for result in grid:
+        latest = result.checkpoint
+        if result.error is not None or latest is None or not (result.metrics or {}).get("vgray_finished"):
+            continue
+        folder = posixpath.dirname(latest.path.rstrip("/"))
+        try:
+            for info in latest.filesystem.get_file_info(pafs.FileSelector(folder)):
+                if (info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+                        and info.path.rstrip("/") != latest.path.rstrip("/")):
+                    latest.filesystem.delete_dir(info.path)
+        except OSError:  # space is all that is lost; the sweep's results are written
+            continue
 
 
 def _check_sweep_folder(spec: SweepSpec, resume: bool) -> None:
@@ -236,12 +294,35 @@ def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False
     """``STORAGE/NAME/plan.json`` (:func:`vgray.results.make_plan`, written atomically): how many
     rows the sweep will write (one per config and seed), the keys it varies, whether its driver has
     ended, and the Ray dashboard's URL; ``vgray report`` reads it to say how far a running sweep
-    has come (and to show the varied columns while the rows written so far do not differ in them)."""
+    has come (and to show the varied columns while the rows written so far do not differ in them).
+    With them the set-up the report shows at its top (:func:`_plan_setup`): base config, grid or
+    search, seeds, resources per trial, storage and the Ray cluster (address, nodes, CPUs, GPUs)."""
     storage = Storage(spec.directory)
     earlier = storage.read_bytes(PLAN_FILE) if storage.exists(PLAN_FILE) else None
     rows = spec.num_trials * (spec.repeats if spec.search else 1)
     storage.write_bytes(PLAN_FILE, make_plan(spec.name, spec.task, rows, spec.varied, spec.keep_models, dashboard,
-                                             earlier, finished))
+                                             earlier, finished, setup=_plan_setup(spec)))
+
+
+def _plan_setup(spec: SweepSpec) -> Dict[str, Any]:
+    """How the sweep is set up, for the top of its report (:data:`vgray.results.SETUP_KEYS`)."""
+    import dataclasses
+    return {"base": spec.base, "grid": spec.grid, "variants": spec.variants,
+            "search": dataclasses.asdict(spec.search) if spec.search else None,
+            "scheduler": dataclasses.asdict(spec.scheduler) if spec.scheduler else None,
+            "seeds": list(range(spec.repeats)), "resources": spec.resources, "storage": spec.directory,
+            "cluster": _cluster_info()}
+
+
+def _cluster_info() -> Optional[Dict[str, Any]]:
+    """The Ray cluster this driver is connected to: its GCS address, live nodes, CPUs and GPUs;
+    None when Ray is not up (the plan then keeps what an earlier write recorded)."""
+    import ray
+    if not ray.is_initialized():
+        return None
+    total = ray.cluster_resources()
+    return {"address": ray.get_runtime_context().gcs_address, "nodes": sum(bool(n.get("Alive")) for n in ray.nodes()),
+            "cpus": total.get("CPU", 0), "gpus": total.get("GPU", 0)}
 
 
 # -- Tune ------------------------------------------------------------------------------------------
@@ -261,9 +342,21 @@ def _tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], number: int
     return _new_tuner(spec, trainable, stage, storage_path, name)
 
 
+# Tune's checkpoints kept per trial. A trial reports a checkpoint each epoch and one at its end.
+# With num_to_keep=N, Tune forces a snapshot of the experiment state (and a sync to the storage)
+# each time a trial has checkpointed N times since the last one, so that the state never names a
+# checkpoint already deleted; it otherwise snapshots on its own period (10 s at least). N=1 forced
+# one per checkpoint, seconds apart across trials (Tune's "snapshotting has been triggered multiple
+# times" warning). With 3, only a trial that checkpoints 3 times within one period forces one.
+# Once the sweep's state holds a finished trial as finished, its earlier checkpoints are deleted
+# (:func:`_prune_checkpoints`): at rest each trial keeps its last one, as with N=1.
+CHECKPOINTS_KEPT = 3
+
+
 def _new_tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], storage_path: str, name: str):
     from ray import tune
 
+    from vgray.distributed.live import LiveTable
     from vgray.distributed.storage_watch import StorageWatch
     searching = spec.search is not None and spec.scheduler is None  # else the scheduler takes them
     return tune.Tuner(
@@ -280,9 +373,9 @@ def _new_tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], storage
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[StorageWatch(spec.directory)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1),
+            callbacks=[LiveTable.for_sweep(spec), StorageWatch(spec.directory), *tracker_callbacks(spec)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            verbose=0),  # the console is the LiveTable's (vgray.distributed.live)
     )
 
 
@@ -339,6 +432,8 @@ def _rows_for_unfinished(grid, actor) -> int:
     first line of the error, ``stopped`` (by ASHA) with their last validation metrics.
     Returns the number of failed trials."""
     import ray
+
+    from vgray.distributed.live import error_line
     failed = 0
     for result in grid:
         metrics = result.metrics or {}
@@ -348,8 +443,7 @@ def _rows_for_unfinished(grid, actor) -> int:
         trial_id = metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]
         if result.error is not None:
             failed += 1
-            lines = [m for m in str(result.error).strip().splitlines() if m.strip()]
-            error = next((m for m in reversed(lines) if not m.startswith((" ", "Traceback"))), type(result.error).__name__)
+            error = error_line(str(result.error)) or type(result.error).__name__
             status, values = "failed", {}
         else:
             status, error, values = "stopped", "", {k: v for k, v in metrics.items() if k.startswith("val/")}

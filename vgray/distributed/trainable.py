@@ -2,7 +2,8 @@
 
 The trainable turns Tune's dict into the validated config (:func:`vgray.distributed.spec.decode_trial`)
 and calls the library: ``train`` (with a ``report`` callback that forwards each epoch's metrics and the
-run folder as a Tune checkpoint) or, for ``task: eval``, the final test the training loop ends with
+run folder as a Tune checkpoint, and publishes the trial's progress as Ray metrics:
+:func:`vgray.distributed.tracking.publish`) or, for ``task: eval``, the final test the training loop ends with
 (:func:`vgray.evaluate.evaluate.final_test`). The training loop and evaluation know nothing of Ray.
 Each seed's row goes to the sweep's results actor, durably, before the next seed starts.
 """
@@ -65,7 +66,7 @@ def run_trial(trial: TrialParams) -> None:
         cfg = trial.config(seed, resume_from=start)
         several = len(trial.seeds) > 1
         if trial.task == "train":
-            result = _train(cfg, work, seed, done, resume=running == seed)
+            result = _train(cfg, work, seed, done, resume=running == seed, sweep=trial.sweep)
         else:
             result = _evaluate(cfg)
             through_ray += result["ray_data_images"]
@@ -88,24 +89,30 @@ def run_trial(trial: TrialParams) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _train(cfg, work: Path, seed: int, done: Dict[int, Dict[str, Any]], resume: bool) -> Dict[str, Any]:
+def _train(cfg, work: Path, seed: int, done: Dict[int, Dict[str, Any]], resume: bool, sweep: str) -> Dict[str, Any]:
     """Train one seed in ``work/s<seed>``, reporting every epoch to Tune with ``work`` as the
-    checkpoint; ``resume``: continue from its ``last.pt``."""
+    checkpoint, and to Ray's metrics tagged with the ``sweep``'s and the trial's names; ``resume``:
+    continue from its ``last.pt``."""
     from ray import tune
 
+    from vgray.distributed.tracking import TimedExtractor, publish
     from vgray.train.loop import train
     run_dir = work / f"s{seed}"
     # Mining refreshes, validation and the test of sets above data.ray_threshold go through Ray
-    # Data, inside this trial's placement group (its extraction bundle).
+    # Data, inside this trial's placement group (its extraction bundle); timed for the reports.
     extractor = trial_extractor(cfg, log=_quiet)
+    timed = TimedExtractor(extractor)
+    trial_name = tune.get_context().get_trial_name()
 
     def report(metrics, out_dir):
         _write_json(work / STATE_FILE, {"done": done, "running": seed})
         through_ray = {"ray_data_images": extractor.images_through_ray} if extractor is not None else {}
-        tune.report({**metrics, **through_ray, "seed": seed}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        figures = {**metrics, **timed.rate(), **through_ray, "seed": seed}
+        publish(figures, sweep, trial_name)  # the dashboard's metrics view, before Tune may stop the trial
+        tune.report(figures, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     return train(cfg, run_dir, report=report, resume=resume and (run_dir / "last.pt").is_file(), progress=False,
-                 log=_quiet, extractor=extractor)
+                 log=_quiet, extractor=timed)
 
 
 def _evaluate(cfg) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class Report:
     table_md: str
     written: List[Path] = field(default_factory=list)
-    skipped: Dict[str, str] = field(default_factory=dict)  # figure name -> what its rows lack
+    skipped: Dict[str, str] = field(default_factory=dict)  # figure (or part: "pareto vs gflops") -> why not drawn
     page: Optional[Path] = None
     progress: str = ""
 
@@ -44,7 +44,8 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     """Write the tables, every figure the rows allow, the prediction grids of the best config's
     kept model (when ``predictions`` is a count) and ``report.html`` to ``out`` (default
     ``directory/report``). Works on a running sweep's folder: the rows are read as they are.
-    A figure the rows cannot give is skipped with its reason (``Report.skipped``); :class:`BadInput`
+    A figure the rows cannot give, or whose x values are all alike (within 1 %), is skipped with its
+    reason (``Report.skipped``; a part of one, e.g. ``pareto vs gflops``, likewise); :class:`BadInput`
     for one in ``required`` (checked by name first), or for grids asked of a sweep that kept no
     model, raised after every other output (the page included) is written."""
     from vgray.report.figures import FIGURES, Missing
@@ -72,7 +73,7 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     report = Report(markdown(table), write_tables(table, target))
     for name in FIGURES:
         try:
-            report.written += FIGURES[name](rows, varied, target)
+            report.written += FIGURES[name](rows, varied, target, skipped=report.skipped)
         except Missing as exc:
             report.skipped[name] = str(exc)
     grids, failure = None, None
@@ -87,7 +88,7 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     report.progress = progress.text()
     figures = [p for p in report.written if p.suffix == ".png" and p.parent == target]
     report.page = write_page(target, table, figures, report.skipped, progress, grids,
-                             grids_note=str(failure) if failure else None)
+                             grids_note=str(failure) if failure else None, plan=read_plan(directory))
     report.written.append(report.page)
     missing = [f for f in required if f in report.skipped]
     if missing:

@@ -1,55 +1,36 @@
-"""``report.html``: one static page per sweep with its table, every figure and the prediction grids.
+"""``report.html``: one static page per sweep: its set-up, its table, every figure, the failed and
+stopped trials and the prediction grids.
 
-The page needs no network to be viewed: no script, font or style from elsewhere. Images are
-referenced by relative path (the PNGs lie beside the page, the grids in ``predictions/``): they are
-already files there, so embedding them would double the folder's size, and the page stays small
-enough to open and diff; the folder moves as a whole. Every value read from the results is
-escaped, and a URL read from them (the dashboard's, from ``plan.json``) becomes a link only when it
-is http(s): never a ``javascript:`` or ``data:`` one. A few lines of inline script mark the ``<body>`` on ``load`` with how many images loaded
-(``data-images``, ``data-images-loaded``) and how many table rows there are (``data-table-rows``),
-which a headless browser reads back to check the page.
+The page is rendered from the Jinja2 template ``templates/report.html`` with autoescaping on: every
+value read from the results (trial names, errors, config values, the plan) reaches the page as
+text, never as markup; this module only decides *what* to show. The page needs no network to be
+viewed: no script, font or style from elsewhere. Images are referenced by relative path (the PNGs
+lie beside the page, the grids in ``predictions/``): they are already files there, so embedding
+them would double the folder's size, and the page stays small enough to open and diff; the folder
+moves as a whole. A URL read from the results (the dashboard's, from ``plan.json``) becomes a link
+only when it is http(s) with a host: never a ``javascript:`` or ``data:`` one.
+
+The template's inline script sorts a table by the column whose header is clicked (numbers by
+value, ``12.3 ± 0.4`` by its mean; also on loading ``report.html#sort=COLUMN`` or
+``#sort=COLUMN:desc``, COLUMN a header's text or its index from 0), and on ``load`` marks the
+``<body>`` with what a headless browser reads back to check the page: ``data-images``,
+``data-images-loaded``, ``data-table-rows``, ``data-figure-boxes`` (each figure's left, top,
+width, height in pixels) and, once sorted, ``data-sorted``.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import quote, urlsplit
 
 from vgray.report.tables import Table, config_cell, cost_cell, label, recall_text
 
 PAGE = "report.html"
-
-STYLE = """
-body { font-family: sans-serif; margin: 1.5em auto; max-width: 1100px; padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-.status { background: #f3f6fa; border: 1px solid #d5dde8; padding: .6em .9em; }
-.status.running { background: #fff8e6; border-color: #e8d9a8; }
-.wide { overflow-x: auto; }
-table.results { border-collapse: collapse; font-size: .9em; }
-table.results th, table.results td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
-table.results th { background: #eef1f5; }
-table.results td.config { text-align: left; }
-figure { display: inline-block; margin: .6em 1em .6em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: .85em; color: #555; }
-.grids img { display: block; margin: .4em 0; border: 1px solid #ddd; }
-.note { color: #555; font-size: .9em; }
-"""
-
-CHECK = """
-window.addEventListener("load", function () {
-  var images = document.images, loaded = 0;
-  for (var i = 0; i < images.length; i++) {
-    if (images[i].complete && images[i].naturalWidth > 0) loaded++;
-  }
-  document.body.setAttribute("data-images", images.length);
-  document.body.setAttribute("data-images-loaded", loaded);
-  document.body.setAttribute("data-table-rows", document.querySelectorAll("table.results tbody tr").length);
-});
-"""
+TEMPLATE = "report.html"
+NOT_RECORDED = "not recorded"
 
 
 def web_url(text: str) -> Optional[str]:
@@ -65,18 +46,9 @@ def web_url(text: str) -> Optional[str]:
     return url if parts.scheme.lower() in ("http", "https") and parts.hostname else None
 
 
-def link(text: str) -> str:
-    """``text`` as a link when it is an http(s) URL (:func:`web_url`), else as plain escaped text:
-    a ``javascript:`` or ``data:`` URL from a results folder never becomes a live link."""
-    url = web_url(text)
-    if url is None:
-        return f"<code>{escape(str(text))}</code> (not linked: only http and https URLs are)"
-    return f'<a href="{escape(url)}">{escape(url)}</a>'
-
-
 def _href(path: Path, out: Path) -> str:
-    """A relative URL to ``path`` (file names may hold ``#``, ``?``, ``%``), escaped for an attribute."""
-    return escape(quote(path.relative_to(out).as_posix()))
+    """A relative URL to ``path`` (file names may hold ``#``, ``?``, ``%``); the template escapes it."""
+    return quote(path.relative_to(out).as_posix())
 
 
 @dataclass
@@ -112,86 +84,154 @@ class Grids:
     notes: List[str] = field(default_factory=list)
 
 
-def _table_html(table: Table) -> str:
-    head = [escape(k) for k in table.varied] + ["n"] + [escape(label(c)) for c in table.recall]
-    head += [escape(c) for c in table.cost]
-    lines = ['<div class="wide"><table class="results">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>",
-             "<tbody>"]
+# -- what the page shows, as plain values for the template ------------------------------------------
+
+def _yaml(value: Any) -> str:
+    import yaml
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False).strip()
+
+
+def _listed(values: Any) -> str:
+    return ", ".join(map(str, values)) if isinstance(values, list) else str(values)
+
+
+def _varied_text(plan: Dict[str, Any]) -> str:
+    """The varied keys with their values: the grid's lists, the variants, the search space."""
+    lines = [f"{k}: {_listed(v)}" for k, v in (plan.get("grid") or {}).items()] if isinstance(plan.get("grid"), dict) else []
+    variants = plan.get("variants")
+    if isinstance(variants, list) and variants:
+        lines.append(f"{len(variants)} variants: " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in variant.items()) if isinstance(variant, dict) else str(variant)
+            for variant in variants))
+    search = plan.get("search")
+    if isinstance(search, dict):
+        space = search.get("space") if isinstance(search.get("space"), dict) else {}
+        lines.append(f"search ({search.get('algorithm')}, {search.get('num_samples')} samples, "
+                     f"{search.get('mode')} {search.get('metric')}):")
+        lines += [f"  {k}: " + ", ".join(f"{a}={b}" for a, b in dim.items() if b not in (None, [], False))
+                  if isinstance(dim, dict) else f"  {k}: {dim}" for k, dim in space.items()]
+    if not lines and isinstance(plan.get("varied"), list):
+        lines = [str(k) for k in plan["varied"]]
+    if not lines and "varied" in plan:
+        return "nothing: one config"
+    return "\n".join(lines) or NOT_RECORDED
+
+
+def _seeds_text(plan: Dict[str, Any]) -> str:
+    seeds = plan.get("seeds")
+    if not isinstance(seeds, list):
+        return NOT_RECORDED
+    return f"{_listed(seeds)} ({len(seeds)} per config)"
+
+
+def _mapping_text(value: Any, order=()) -> str:
+    if not isinstance(value, dict):
+        return NOT_RECORDED
+    keys = [k for k in order if k in value] + [k for k in value if k not in order]
+    return ", ".join(f"{k} {value[k]:g}" if isinstance(value[k], float) else f"{k} {value[k]}" for k in keys)
+
+
+def _cluster_text(plan: Dict[str, Any]) -> str:
+    cluster = plan.get("cluster")
+    if not isinstance(cluster, dict):
+        return NOT_RECORDED
+    names = {"nodes": ("node", "nodes"), "cpus": ("CPU", "CPUs"), "gpus": ("GPU", "GPUs")}
+    counts = [f"{cluster[k]:g} {names[k][cluster[k] != 1]}" if isinstance(cluster[k], (int, float))
+              else f"{cluster[k]} {names[k][1]}" for k in names if k in cluster]
+    return f"{cluster.get('address') or 'address ' + NOT_RECORDED}" + (f" ({', '.join(counts)})" if counts else "")
+
+
+def _end_text(plan: Dict[str, Any]) -> str:
+    if plan.get("finished"):
+        return str(plan["finished"])
+    return "not yet: the sweep is running (or its driver was stopped)" if plan else NOT_RECORDED
+
+
+def setup_items(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The set-up block at the top of the page: (label, text, pre) for each item of ``plan.json``;
+    an item the plan lacks (an older sweep, or none at all) reads "not recorded"."""
+    scheduler = plan.get("scheduler")
+    items = [
+        ("Task", str(plan.get("task") or NOT_RECORDED), False),
+        ("Base config", _yaml(plan["base"]) if isinstance(plan.get("base"), dict) else NOT_RECORDED, True),
+        ("Varied", _varied_text(plan), True),
+        ("Seeds", _seeds_text(plan), False),
+        ("Trials planned", str(plan.get("trials", NOT_RECORDED)) + (", models kept" if plan.get("keep_models") else ""),
+         False),
+        ("Scheduler", _mapping_text(scheduler, ("type",)) if scheduler else "FIFO (all trials run to the end)"
+         if "scheduler" in plan else NOT_RECORDED, False),
+        ("Resources per trial", _mapping_text(plan.get("resources"), ("cpu", "gpu")), False),
+        ("Cluster", _cluster_text(plan), False),
+        ("Storage", str(plan.get("storage") or NOT_RECORDED), False),
+        ("Started", str(plan.get("started") or NOT_RECORDED), False),
+        ("Ended", _end_text(plan), False),
+    ]
+    return [{"label": a, "text": b, "pre": c, "unknown": b == NOT_RECORDED, "css": "base" if a == "Base config" else ""}
+            for a, b, c in items]
+
+
+def table_view(table: Table) -> Dict[str, Any]:
+    """The results table as header texts and rows of cells (text, bold, config column)."""
+    head = list(table.varied) + ["n"] + [label(c) for c in table.recall] + list(table.cost)
+    rows = []
     for e in table.entries:
-        cells = [f'<td class="config">{escape(config_cell(e.get(k)))}</td>' for k in table.varied]
-        cells.append(f"<td>{escape(str(e['n']))}</td>")
+        cells = [{"text": config_cell(e.get(k)), "config": True, "bold": False} for k in table.varied]
+        cells.append({"text": str(e["n"]), "config": False, "bold": False})
         for c in table.recall:
             text, bold = recall_text(table, e, c)
-            cells.append(f"<td><strong>{escape(text)}</strong></td>" if bold else f"<td>{escape(text)}</td>")
-        cells += [f"<td>{escape(cost_cell(e.get(c)))}</td>" for c in table.cost]
-        lines.append(f'<tr data-config="{escape(str(e["config_key"]))}">' + "".join(cells) + "</tr>")
-    lines += ["</tbody>", "</table></div>",
-              '<p class="note">R@N in percent, mean ± std over n seeds; best of each column in bold. '
-              'Also as <a href="table.md">Markdown</a>, <a href="table.csv">CSV</a>, '
-              '<a href="table.tex">LaTeX</a>.</p>']
-    if table.apart:
-        lines.append("<p>Not averaged in (failed or stopped trials):</p><ul>")
-        for r in table.apart:
-            error = f": {r['error']}" if r.get("error") else ""
-            name = r.get("trial_name") or r["trial_id"]
-            lines.append(f"<li>{escape(str(name))} (seed {escape(str(r['seed']))}) "
-                         f"{escape(str(r['status']))}{escape(str(error))}</li>")
-        lines.append("</ul>")
-    return "\n".join(lines)
+            cells.append({"text": text, "config": False, "bold": bold})
+        cells += [{"text": cost_cell(e.get(c)), "config": False, "bold": False} for c in table.cost]
+        rows.append({"key": str(e["config_key"]), "cells": cells})
+    return {"head": head, "rows": rows}
 
 
-def _figures_html(figures: List[Path], skipped: Dict[str, str], out: Path) -> str:
-    lines = []
-    for png in figures:
-        data = png.with_suffix(".csv")
-        link = f' (<a href="{_href(data, out)}">data</a>)' if data.is_file() else ""
-        lines.append(f'<figure><img src="{_href(png, out)}" alt="{escape(png.stem)}">'
-                     f"<figcaption>{escape(png.stem)}{link}</figcaption></figure>")
-    if not figures:
-        lines.append("<p>No figure: the rows allow none.</p>")
-    if skipped:
-        lines.append('<p class="note">Not drawn:</p><ul class="note">')
-        lines += [f"<li>{escape(name)}: {escape(why)}</li>" for name, why in skipped.items()]
-        lines.append("</ul>")
-    return "\n".join(lines)
+def apart_view(table: Table) -> List[Dict[str, str]]:
+    """Failed and stopped trials: name, seed, status and their error lines."""
+    return [{"name": str(r.get("trial_name") or r["trial_id"]), "seed": str(r.get("seed")), "status": str(r.get("status")),
+             "error": str(r.get("error") or ("stopped early by the scheduler" if r.get("status") == "stopped" else "—"))}
+            for r in table.apart]
 
 
-def _grids_html(grids: Optional[Grids], note: Optional[str], out: Path) -> str:
+def figures_view(figures: List[Path], out: Path) -> List[Dict[str, Optional[str]]]:
+    from vgray.report.figures import caption
+    return [{"src": _href(png, out), "name": png.stem, "caption": caption(png.stem),
+             "data": _href(png.with_suffix(".csv"), out) if png.with_suffix(".csv").is_file() else None}
+            for png in figures]
+
+
+def grids_view(grids: Optional[Grids], out: Path) -> Optional[Dict[str, Any]]:
     if grids is None:
-        return f"<p>{escape(note)}</p>" if note else ""
-    which = "the queries whose top-1 is wrong" if grids.failures_only else "the first queries"
-    lines = [f"<p>Model of trial <code>{escape(grids.trial)}</code> (the best config, {escape(grids.config)}): "
-             f"{len(grids.files)} grids of {escape(which)}, each query (blue) beside its top {grids.k} database "
-             f"images, framed green within {grids.threshold:g} m of the query and red otherwise; the distance in "
-             f"metres under each.</p>", '<div class="grids">']
-    lines += [f'<img src="{_href(f, out)}" alt="{escape(f.stem)}" title="{escape(f.stem)}">' for f in grids.files]
-    lines.append("</div>")
-    if not grids.files:
-        lines.append("<p>No query to show (no failures).</p>")
-    return "\n".join(lines)
+        return None
+    return {"trial": grids.trial, "config": grids.config, "threshold": f"{grids.threshold:g}", "k": grids.k,
+            "which": "the queries whose top-1 is wrong" if grids.failures_only else "the first queries",
+            "files": [{"src": _href(f, out), "name": f.stem} for f in grids.files]}
+
+
+@functools.lru_cache(maxsize=1)
+def _environment():
+    """The Jinja2 environment over this package's ``templates/``, autoescaping every value."""
+    import jinja2
+    return jinja2.Environment(loader=jinja2.PackageLoader("vgray.report", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, str], progress: Progress,
+                grids: Optional[Grids] = None, grids_note: Optional[str] = None,
+                plan: Optional[Dict[str, Any]] = None) -> str:
+    """The text of ``report.html`` (see the module's docstring for what it shows)."""
+    return _environment().get_template(TEMPLATE).render(
+        sweep=progress.sweep, progress=progress.text(), running=bool(progress.running),
+        dashboard=progress.dashboard, dashboard_url=web_url(progress.dashboard),
+        made=time.strftime("%Y-%m-%d %H:%M:%S"), setup=setup_items(plan or {}),
+        table=table_view(table), apart=apart_view(table), figures=figures_view(figures, out), skipped=skipped,
+        grids=grids_view(grids, out), grids_note=grids_note)
 
 
 def write_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, str], progress: Progress,
-               grids: Optional[Grids] = None, grids_note: Optional[str] = None) -> Path:
+               grids: Optional[Grids] = None, grids_note: Optional[str] = None,
+               plan: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``out/report.html`` (atomically) and return its path."""
     from vgray.atomic import write_bytes
-    made = time.strftime("%Y-%m-%d %H:%M:%S")
-    status = "running" if progress.running else ""
-    body = [
-        f"<h1>Sweep {escape(progress.sweep)}</h1>",
-        f'<p class="status {status}">{escape(progress.text())} Ray dashboard (while the sweep runs): '
-        f"{link(progress.dashboard)}. "
-        f"Page made {escape(made)}.</p>",
-        "<h2>Table</h2>", _table_html(table),
-        "<h2>Figures</h2>", _figures_html(figures, skipped, out),
-    ]
-    if grids is not None or grids_note:
-        body += ["<h2>Prediction grids</h2>", _grids_html(grids, grids_note, out)]
-    page = "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>vgray report: {escape(progress.sweep)}</title>", f"<style>{STYLE}</style>",
-        f"<script>{CHECK}</script>", "</head>", "<body>", *body, "</body>", "</html>", ""])
     path = out / PAGE
-    write_bytes(path, page.encode("utf-8"))
+    write_bytes(path, render_page(out, table, figures, skipped, progress, grids, grids_note, plan).encode("utf-8"))
     return path

@@ -137,6 +137,7 @@ class TripletEpochs:
         cache_transform = test_transform(size, model.mean, model.std, cfg.data.resize_order)
         self.source = LocalDescriptors(model, self.split, cache_transform, rt, extractor)
         self.init_paths = self.split.database.paths
+        self.refresh_s = 0.0  # the last epoch's seconds in mining-cache refreshes (:meth:`timings`)
 
     def describe(self, log) -> None:
         if self.data.dropped:
@@ -145,6 +146,12 @@ class TripletEpochs:
 
     def counts(self) -> Dict[str, float]:
         return {"dropped_queries": self.data.dropped}
+
+    def timings(self) -> Dict[str, float]:
+        """The last epoch's ``mining_refresh_s``: seconds spent refreshing the mining cache
+        (extraction and search). For the ``report`` callback only: a timing differs between runs,
+        so it stays out of the history."""
+        return {"mining_refresh_s": self.refresh_s}
 
     def state_dict(self) -> Dict:
         return self.miner.state_dict()
@@ -155,10 +162,13 @@ class TripletEpochs:
     def run_epoch(self, model, optimizer, rng: np.random.Generator, epoch: int) -> List[float]:
         cfg, losses = self.cfg, []
         loops = cfg.train.queries_per_epoch // cfg.train.cache_refresh_rate
+        self.refresh_s = 0.0
         for loop in range(loops):
             model.eval()
             queries = self.miner.sample_queries(rng, cfg.train.cache_refresh_rate)
+            start = time.perf_counter()
             triplets = self.miner.refresh(self.source, queries, rng)
+            self.refresh_s += time.perf_counter() - start
             model.train()
             images = TripletImages(self.split, triplets, self.q_transform, self.db_transform,
                                    cfg.train.augmentation.horizontal_flip)
@@ -173,7 +183,9 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     """Train the model ``cfg`` describes on ``data.root``'s train split; returns the final figures
     (last epoch's metrics, ``test/<dataset>/R@N`` of the best model, cost, time). ``extractor``
     (the contract of :func:`~vgray.evaluate.evaluate.evaluate_split`; default: in this process)
-    supplies the descriptors of mining refreshes, validation and the final test."""
+    supplies the descriptors of mining refreshes, validation and the final test. ``report(metrics,
+    out_dir)`` follows every epoch; it also receives the epoch's timings (``mining_refresh_s``),
+    which the history leaves out."""
     # An aggregation that starts from another's checkpoint (CRN from NetVLAD): refused before any data is read.
     start = cfg.model.resume_from
     made = checkpoint.made_for(checkpoint.read_checkpoint(start, "model.resume_from")) if start else None
@@ -246,7 +258,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         _write_metrics(out, state.history)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         if report is not None:
-            report(metrics, out)
+            report({**metrics, **(regime.timings() if isinstance(regime, TripletEpochs) else {})}, out)
 
     return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log,
                        extractor)
