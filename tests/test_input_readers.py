@@ -87,9 +87,10 @@ def _refused(argv, tmp_path: Path, expected: str, watched: Path, capsys=None) ->
 
 # The variants run as separate processes (the others in this one: the suite's time): one of each
 # kind of failure, so that a real process is seen to print one line and no traceback for each.
-# One checkpoint entry of the wrong type, one unsafe pickle, one damaged descriptor table: each
-# process costs seconds (torch's import), and the rest share the code path these three cross.
-SCRIPT = {"a weight saved as a list", "a pickled Python object", "a NaN in one descriptor"}
+# Two cases of each class (checkpoint contents, descriptor tables): each process costs seconds
+# (reading them needs torch), and the other cases cross the same code in this process.
+SCRIPT = {"a weight saved as a list", "a pickled Python object", "a NaN in one descriptor",
+          "descriptors of another size"}
 
 
 # -- class 5: checkpoint contents -----------------------------------------------------------------

@@ -173,11 +173,11 @@ def cmd_synth(args) -> None:
 
 def cmd_profile(args) -> None:
     """``vgray profile``: features_dim, gflops, model_size_mb, params and extraction_ms of a model."""
-    from vgray.models.profile import profile
-    cfg = _load(args)
+    cfg = _load(args)  # the checks first: a bad config or path is refused before torch is imported
     if args.runs < 1:
         raise BadInput(f"--runs={args.runs} must be at least 1")
     _check_json(args)
+    from vgray.models.profile import profile
     figures = profile(cfg, runs=args.runs)
     h, w = cfg.data.image_size
     print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} at {h}x{w}", args.json)
@@ -185,7 +185,6 @@ def cmd_profile(args) -> None:
 
 def cmd_eval(args) -> None:
     """``vgray eval``: recall@N of a model on a split with its cost; optionally descriptors and prediction grids."""
-    from vgray.evaluate.evaluate import evaluate
     n = args.save_predictions
     if n is not None and n < 1:
         raise BadInput(f"--save-predictions={n} must be at least 1")
@@ -198,6 +197,7 @@ def cmd_eval(args) -> None:
         check_output_dir(Path(args.predictions_dir or (Path(args.json).parent if args.json else ".")) / "predictions",
                          "--predictions-dir" if args.predictions_dir else "the predictions folder")
     cfg = _load(args)
+    from vgray.evaluate.evaluate import evaluate  # after the checks: they need no torch
     keep: Optional[Dict] = {} if n is not None else None
     figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
     h, w = cfg.data.image_size
@@ -216,7 +216,6 @@ def cmd_eval(args) -> None:
 def cmd_train(args) -> None:
     """``vgray train``: train (or resume) a run in --out, then test its best model."""
     from vgray.config import read_yaml, load_config
-    from vgray.train.loop import train
     if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
         # The run's own config, with any --set on top (e.g. a higher train.epochs cap).
         cfg = load_config(base=read_yaml(Path(args.out) / "config.yaml"), overrides=args.overrides)
@@ -236,6 +235,7 @@ def cmd_train(args) -> None:
         extractor = RayExtractor(cfg)  # its checks, and the network's, before Ray is joined
         check_before_extraction(cfg, build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size))
         init_ray(args.address)
+    from vgray.train.loop import train  # after the checks: they need no torch
     figures = train(cfg, out, resume=args.resume, extractor=extractor)
     print_figures(figures, f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) "
                   f"in {out}", args.json)
