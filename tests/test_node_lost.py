@@ -16,7 +16,7 @@ from vgray.cli import main
 pytestmark = pytest.mark.slow
 
 
-def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tmp_path):
+def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tmp_path, monkeypatch):
     import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
@@ -50,6 +50,10 @@ def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tm
 
     watcher = threading.Thread(target=remove_a_busy_node, daemon=True)
     watcher.start()
+    # The driver copies each trial's result.json into the storage with Tune's snapshots of the
+    # experiment state, on Tune's period (at least 10 s) since sweeps keep 3 checkpoints a trial;
+    # this test watches that file for each epoch (a few seconds here), so it asks for 1 s.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
     try:
         assert main(["sweep", str(path), "--address", cluster.address]) == 0
         watcher.join(timeout=5)
