@@ -121,3 +121,18 @@ def test_verbose_prints_each_trial_config_and_leaves_ray_lines_on_the_console(tm
         assert "a Tune warning" not in err
         assert err.strip().splitlines() == [f"ray: ERROR a Tune error (details in {log})"]
         assert "a Tune warning" in log.read_text() and "more" in log.read_text()
+
+
+def test_a_report_that_cannot_be_drawn_is_one_line_and_does_not_fail_the_sweep(tmp_path, capsys):
+    """The sweep's results are written before its report: a report that fails (here a folder
+    without results.parquet) is one stderr line saying how to draw it again, and nothing else."""
+    from vgray.cli import _sweep_report
+    folder = tmp_path / "store" / NAME
+    folder.mkdir(parents=True)
+    _sweep_report(NAME, str(folder))
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vgray: sweep {NAME}: report not written (")
+    assert lines[0].endswith(f"; try: vgray report {folder}"), lines[0]
+    assert "Traceback" not in err
