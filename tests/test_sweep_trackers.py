@@ -39,6 +39,23 @@ def test_bad_loggers_and_mlflow_keys_are_refused_in_one_line(tmp_path, capsys, m
     assert len(err) == 1 and culprit in err[0], err
 
 
+def test_a_tracking_server_that_does_not_answer_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import socket
+
+    import ray
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = write_sweep(tmp_path / "s.yaml", name="unreachable", storage=str(tmp_path / "store"), loggers=["mlflow"],
+                       mlflow={"tracking_uri": f"http://127.0.0.1:{port}"})
+    assert not ray.is_initialized()
+    assert main(["sweep", str(path), "--num-cpus", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no MLflow server answers at 127.0.0.1:{port}" in err[0], err
+    assert not ray.is_initialized() and not (tmp_path / "store").exists()
+
+
 # -- one tracked sweep -----------------------------------------------------------------------------
 
 def _get(url: str, headers=None) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from vgray.distributed.spec import Dimension, SweepSpec, Trial, decode_trial, param_space
 from vgray.distributed.storage import Storage, storage_problem
-from vgray.distributed.tracking import job_metadata, tracker_callbacks
+from vgray.distributed.tracking import check_trackers, job_metadata, tracker_callbacks
 from vgray.errors import BadInput
 from vgray.results import PLAN_FILE, make_plan, make_row
 
@@ -65,6 +65,7 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
     if local_ray(address):
         _check_resources(spec, [machine_shape(num_cpus)])
     _check_storage(spec)
+    check_trackers(spec)
     log = log_path_for(spec.directory, spec.name, uri="://" in spec.directory)
     with console(log, verbose):
         return {**_run(spec, address, resume, num_cpus, out, log if not verbose else None), "log": str(log)}

@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from vgray.distributed.spec import SweepSpec
+from vgray.errors import BadInput, shown
 
 # -- the jobs view ---------------------------------------------------------------------------------
 
@@ -99,6 +100,33 @@ def mlflow_store(spec: SweepSpec) -> Dict[str, Optional[str]]:
     return {"tracking_uri": given or f"sqlite:///{local}/mlflow.db",
             "experiment": (spec.mlflow.experiment if spec.mlflow else None) or spec.name,
             "artifacts": None if given else f"{local}/mlartifacts"}
+
+
+def check_trackers(spec: SweepSpec, timeout: float = 5.0) -> None:
+    """Before anything starts: a tracking server that ``loggers: [mlflow]`` names (an http(s)
+    ``mlflow.tracking_uri``) must accept a connection, else MLflow's retries would fail the sweep
+    from inside Tune's set-up of its callbacks. The driver alone writes to it (Tune calls its
+    loggers there), so this machine's reach is the one that counts."""
+    if "mlflow" not in spec.loggers:
+        return
+    import socket
+    from urllib.parse import urlsplit
+    uri = mlflow_store(spec)["tracking_uri"]
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise BadInput(f"mlflow.tracking_uri={shown(uri)} names no host and port; give http://HOST:PORT")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise BadInput(f"mlflow.tracking_uri={shown(uri)}: no MLflow server answers at {parts.hostname}:{port} "
+                       f"({exc.strerror or type(exc).__name__}); start it (mlflow server --port {port}) or "
+                       f"leave tracking_uri out for STORAGE/NAME/mlflow.db") from None
 
 
 def tracker_callbacks(spec: SweepSpec) -> List[Any]:
