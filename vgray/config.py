@@ -176,10 +176,14 @@ class TrainConfig:
     place_size_m: float = _key(10.0, "places regime on a VG-format set: UTM grid cell of one place, metres",
                                positive=True)
     place_heading_deg: Optional[float] = _key(None, "places regime on a VG-format set: heading bin of one place, "
-                                                    "degrees (CosPlace's alpha; null: headings ignored)",
+                                                    "degrees, bins centred on 0 (CosPlace's alpha; null: headings "
+                                                    "ignored)",
                                               range=(1e-6, 360.0))
     batches_per_epoch: Optional[int] = _key(None, "places regime: batches per epoch (null: every place once)",
                                             positive=True)
+    place_batching: str = _key("random", "places regime: which places share a batch: random (GSV-Cities), proxy "
+                                         "(each batch a place and its P-1 nearest places by mean descriptor of the "
+                                         "last epoch, as GPM builds hard batches)", choices=["random", "proxy"])
     pml_loss: str = _key("multi_similarity", "places regime: loss (multi_similarity, contrastive, triplet, circle)",
                          choices=PLACE_LOSSES)
     pml_miner: str = _key("multi_similarity", "places regime: miner (multi_similarity, triplet_margin, "

@@ -17,7 +17,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,6 +32,9 @@ class PlaceSet:
     paths: List[str]
     labels: np.ndarray  # (n,) int64
     dropped: int = 0    # places left out for having too few images
+    # Per place, the places it must not share a batch with (grid places whose images may be each
+    # other's positives: vgray.train.places.grid_places); None: any two places may.
+    neighbours: Optional[List[np.ndarray]] = None
 
     @property
     def n_places(self) -> int:

@@ -169,6 +169,9 @@ class SweepSpec:
     loggers: List[str] = field(default_factory=list)
     mlflow: Optional[MLflow] = None  # set exactly when loggers holds mlflow
     source: str = "<dict>"
+    # Each trial's first-seed config as parsing checked it (trial name -> Config), for the checks
+    # that follow (check_dataset_roots) to read rather than rebuild.
+    checked: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -484,7 +487,7 @@ def _check_trials(spec: SweepSpec) -> None:
     made: Dict[str, Dict[str, Any]] = {}  # first-stage trial -> its config's model section
     for trial in spec.trials():
         try:
-            cfg = trial.config(spec, trial.seeds[0])
+            cfg = spec.checked[trial.name] = trial.config(spec, trial.seeds[0])
             if trial.after:
                 check_start(cfg.model, made[trial.after], f"model.resume_from={cfg.model.resume_from} "
                                                           f"(the model of trial {trial.after})")
@@ -508,7 +511,8 @@ def check_dataset_roots(spec: SweepSpec) -> None:
     a missing folder would fail every trial. (A sweep that joins a cluster by ``--address`` reads
     its datasets on the workers, so the driver does not check.)"""
     from vgray.data.ground_truth import LIST_SUFFIXES, SEPARATOR
-    configs = [(t.name, t.config(spec, t.seeds[0])) for t in spec.trials()] or [("base", load_config(base=spec.base))]
+    configs = [(t.name, spec.checked.get(t.name) or t.config(spec, t.seeds[0])) for t in spec.trials()] \
+        or [("base", load_config(base=spec.base))]
     seen = set()
     for name, cfg in configs:
         roots = [("data.root", cfg.data.root), ("data.val_root", cfg.data.val_root)]

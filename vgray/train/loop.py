@@ -120,7 +120,7 @@ class TripletEpochs:
     """The paper's epoch (``train.regime: triplets``): ``queries_per_epoch`` queries, the mining cache
     rebuilt every ``cache_refresh_rate`` of them (model in eval mode), triplets in batches of
     ``batch_size``. The interface :func:`train` runs an epoch through, shared with
-    :class:`~vgray.train.places.PlaceEpochs`: ``init_paths``, ``describe``, ``counts``,
+    :class:`~vgray.train.places.PlaceEpochs`: ``init_paths``, ``describe``, ``counts``, ``timings``,
     ``state_dict``/``load_state_dict`` (the mining cache) and ``run_epoch``."""
 
     def __init__(self, cfg, model, rt: Runtime, extractor: Optional[Callable] = None):
@@ -258,7 +258,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         _write_metrics(out, state.history)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         if report is not None:
-            report({**metrics, **(regime.timings() if isinstance(regime, TripletEpochs) else {})}, out)
+            report({**metrics, **regime.timings()}, out)
 
     return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log,
                        extractor)

@@ -85,8 +85,12 @@ def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, m
                 heading_deg: Optional[float] = None, headings: Optional[np.ndarray] = None) -> PlaceSet:
     """Places of a VG-format image set from the UTM grid: cells of ``size`` metres (origin 0, 0);
     an image joins its cell when within ``radius`` metres of the cell's centre; with ``heading_deg``,
-    a place is a cell and a heading bin of that width (``heading mod 360 // heading_deg``, as CosPlace
-    splits its classes), so that a place's images look the same way. Places with fewer than
+    a place is a cell and a heading bin of that width, so that a place's images look the same way
+    (CosPlace's classes); the bins are centred on 0, ``heading_deg``, 2 x ``heading_deg``... degrees
+    (``(heading + heading_deg / 2) mod 360 // heading_deg``), not started there as CosPlace's
+    ``heading // alpha`` is: a capture along streets looks along a few headings (a north-aligned
+    grid's 0/90/180/270), and bins starting at those headings would put a view 5 degrees left of one
+    in the bin of the view 90 degrees to its left. Places with fewer than
     ``min_images`` such images are dropped (counted in ``dropped``). Labels follow the places'
     (east, north[, bin]) order. ``headings`` (degrees, NaN where unknown) are the images' own, as the
     index read them from the VG names (:attr:`vgray.data.dataset.ImageSet.headings`); with
@@ -102,7 +106,7 @@ def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, m
             raise BadInput(f"image {paths[missing[0]]}: train.place_heading_deg needs the heading field of the VG file "
                            f"name (@east@north@zone@letter@lat@lon@pano@tile@heading@…), a finite number of degrees; "
                            f"set it to null for images without one")
-        bins = np.floor((h % 360.0) / heading_deg).astype(np.int64)
+        bins = np.floor(((h + heading_deg / 2.0) % 360.0) / heading_deg).astype(np.int64)
         cell = np.concatenate([cell, bins.reshape(-1, 1)], axis=1)
     cells, inverse, counts = np.unique(cell[inside], axis=0, return_inverse=True, return_counts=True)
     kept = counts >= min_images
@@ -111,7 +115,52 @@ def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, m
     labels = np.full(len(utm), -1, dtype=np.int64)
     labels[inside] = label_of_cell[inverse.reshape(-1)]
     keep = np.flatnonzero(labels >= 0)
-    return PlaceSet(paths=[paths[i] for i in keep], labels=labels[keep], dropped=int((~kept).sum()))
+    n_bins = int(np.ceil(360.0 / heading_deg)) if heading_deg is not None else 0
+    return PlaceSet(paths=[paths[i] for i in keep], labels=labels[keep], dropped=int((~kept).sum()),
+                    neighbours=grid_neighbours(cells[kept], int(np.ceil(radius / size)), n_bins))
+
+
+def grid_neighbours(keys: np.ndarray, reach: int, n_bins: int = 0) -> List[np.ndarray]:
+    """Per grid place (``keys``: its cell's (east, north) indices, then its heading bin when
+    ``n_bins``), the other places it must not share a batch with: those whose cells lie within
+    ``reach`` cells in both directions (``ceil(radius / size)``: beyond, a whole ``radius`` of ground
+    separates any two of their images, so neither can be the other's positive) and, with heading
+    bins, whose bin is the same or next to it (circularly). In a batch such a pair is a negative
+    pair that looks like a positive one (the next cell along a street, looking the same way), the
+    confusion CosPlace's groups avoid. Vectorised: one sorted search per neighbour offset."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(len(keys), -1)
+    if not len(keys):
+        return []
+    lo = keys.min(0) - reach - 1
+    span = keys.max(0) - lo + reach + 2
+    if n_bins:
+        lo[2], span[2] = 0, n_bins
+
+    def code(k):
+        return np.ravel_multi_index(tuple((k - lo).T), tuple(span))
+
+    codes = code(keys)
+    order = np.argsort(codes)
+    sorted_codes = codes[order]
+    pairs = []
+    d_bins = sorted({(-1) % n_bins, 0, 1 % n_bins}) if n_bins else [None]
+    for de in range(-reach, reach + 1):
+        for dn in range(-reach, reach + 1):
+            for db in d_bins:
+                shifted = keys.copy()
+                shifted[:, 0] += de
+                shifted[:, 1] += dn
+                if db is not None:
+                    shifted[:, 2] = (keys[:, 2] + db) % n_bins
+                at = np.searchsorted(sorted_codes, code(shifted))
+                at = np.minimum(at, len(codes) - 1)
+                hit = sorted_codes[at] == code(shifted)
+                mine, theirs = np.flatnonzero(hit), order[at[hit]]
+                other = mine != theirs
+                pairs.append(np.stack([mine[other], theirs[other]], axis=1))
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    bounds = np.searchsorted(pairs[:, 0], np.arange(len(keys) + 1))
+    return [pairs[a:b, 1] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def open_places(cfg) -> PlaceSet:
@@ -128,6 +177,14 @@ def open_places(cfg) -> PlaceSet:
                              np.concatenate([split.database.utm, split.queries.utm]),
                              cfg.train.place_size_m, cfg.test.positive_dist_threshold, k, cfg.train.place_heading_deg,
                              headings=np.concatenate(headings))
+    apart: List[int] = []
+    if places.neighbours is not None and places.n_places >= p:
+        _fill(apart, range(places.n_places), p, np.zeros(places.n_places, dtype=bool), places.neighbours)
+        if len(apart) < p:
+            raise BadInput(f"train.places_per_batch={p}: {cfg.data.root} has {places.n_places} places of {k} or more "
+                           f"images, and a batch takes no two whose images may lie within test.positive_dist_threshold="
+                           f"{cfg.test.positive_dist_threshold:g} m of each other looking the same way: only "
+                           f"{len(apart)} such places were found; lower train.places_per_batch to at most {len(apart)}")
     if places.n_places < p:
         raise BadInput(f"train.places_per_batch={p} x train.images_per_place={k}: {cfg.data.root} has only "
                        f"{places.n_places} places of {k} or more images ({places.dropped} smaller dropped); "
@@ -138,18 +195,171 @@ def open_places(cfg) -> PlaceSet:
 
 # -- the sampler -------------------------------------------------------------------------------
 
-def sample_batches(members: List[np.ndarray], p: int, k: int, n_batches: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n_batches, p, k)`` image indices: each batch P distinct places (the places shuffled, then
-    taken in turn, reshuffled when used up), K distinct images of each drawn at random."""
-    out = np.empty((n_batches, p, k), dtype=np.int64)
+PROXY_DIM = 256
+"""Width of the place proxies of ``train.place_batching: proxy``: descriptors wider than this are
+projected by a fixed Gaussian matrix (cosines kept within a few hundredths), so that building an
+epoch's batches over GSV-Cities' 62,000 places stays a fraction of a second a batch."""
+
+
+def _fill(chosen: List[int], candidates, p: int, blocked: np.ndarray, neighbours) -> None:
+    """Append to ``chosen`` the ``candidates`` (in order) that no chosen place blocks, until P."""
+    for place in candidates:
+        if len(chosen) == p:
+            return
+        if not blocked[place]:
+            chosen.append(int(place))
+            blocked[place] = True
+            if neighbours is not None:
+                blocked[neighbours[place]] = True
+
+
+def _complete(chosen: List[int], p: int, blocked: np.ndarray, neighbours, rng: np.random.Generator) -> None:
+    """When the places left this round cannot give P apart: any places apart, then (only when the
+    set has no P places apart at all, which :func:`open_places` refuses) any others."""
+    if len(chosen) < p:
+        _fill(chosen, rng.permutation(len(blocked)), p, blocked, neighbours)
+    if len(chosen) < p:
+        taken = np.zeros(len(blocked), dtype=bool)
+        taken[chosen] = True
+        _fill(chosen, rng.permutation(len(blocked)), p, taken, None)
+
+
+def random_place_batches(n_places: int, p: int, n_batches: int, rng: np.random.Generator,
+                         neighbours: Optional[List[np.ndarray]] = None) -> np.ndarray:
+    """``(n_batches, p)`` place indices, GSV-Cities' order: the places shuffled, then taken in turn,
+    reshuffled when used up; with ``neighbours``, a place whose neighbour the batch holds waits for
+    the next batch."""
+    out = np.empty((n_batches, p), dtype=np.int64)
     order: List[int] = []
     for b in range(n_batches):
         if len(order) < p:
-            order = list(rng.permutation(len(members)))
-        chosen, order = order[:p], order[p:]
-        for j, place in enumerate(chosen):
+            order = list(rng.permutation(n_places))
+        if neighbours is None:
+            chosen, order = order[:p], order[p:]
+        else:
+            chosen: List[int] = []
+            blocked = np.zeros(n_places, dtype=bool)
+            _fill(chosen, order, p, blocked, neighbours)
+            taken = set(chosen)
+            order = [place for place in order if place not in taken]
+            _complete(chosen, p, blocked, neighbours, rng)
+        out[b] = chosen
+    return out
+
+
+def proxy_place_batches(proxies: np.ndarray, p: int, n_batches: int, rng: np.random.Generator,
+                        neighbours: Optional[List[np.ndarray]] = None) -> np.ndarray:
+    """``(n_batches, p)`` place indices, each row a place and its P-1 nearest places by proxy (the
+    rows of ``proxies``, unit vectors; inner product) among those no batch has taken yet (and, with
+    ``neighbours``, none next to a place already in the batch), the first place of each batch taken
+    in a random order; every place is used once before any repeats, as GPM builds its batches
+    (Ali-bey et al., "Global Proxy-based Hard Mining for Visual Place Recognition", BMVC 2022)."""
+    n = len(proxies)
+    out = np.empty((n_batches, p), dtype=np.int64)
+    available = np.zeros(n, dtype=bool)
+    order, pos = np.arange(0), 0
+    for b in range(n_batches):
+        if available.sum() < p:
+            available[:] = True
+            order, pos = rng.permutation(n), 0
+        while not available[order[pos]]:
+            pos += 1
+        anchor = order[pos]
+        sims = proxies @ proxies[anchor]
+        sims[anchor] = np.inf  # the anchor first, whatever its proxy
+        candidates = np.flatnonzero(available)
+        candidates = candidates[np.argsort(-sims[candidates], kind="stable")]
+        chosen: List[int] = []
+        _fill(chosen, candidates, p, ~available, neighbours)
+        _complete(chosen, p, _blocked_by(chosen, n, neighbours), neighbours, rng)
+        out[b] = chosen
+        available[chosen] = False
+    return out
+
+
+def _blocked_by(chosen: List[int], n: int, neighbours) -> np.ndarray:
+    """The places a batch holding ``chosen`` cannot take: those and their neighbours."""
+    blocked = np.zeros(n, dtype=bool)
+    blocked[chosen] = True
+    for place in chosen if neighbours is not None else ():
+        blocked[neighbours[place]] = True
+    return blocked
+
+
+def sample_batches(members: List[np.ndarray], p: int, k: int, n_batches: int, rng: np.random.Generator,
+                   proxies: Optional[np.ndarray] = None,
+                   neighbours: Optional[List[np.ndarray]] = None) -> np.ndarray:
+    """``(n_batches, p, k)`` image indices: each batch P distinct places, no two of them neighbours
+    (``neighbours``: :func:`grid_neighbours`), K distinct images of each drawn at random. The places
+    by :func:`random_place_batches`, or with ``proxies`` (one unit row a place) by
+    :func:`proxy_place_batches`."""
+    if proxies is not None:
+        places = proxy_place_batches(proxies, p, n_batches, rng, neighbours)
+    else:
+        places = random_place_batches(len(members), p, n_batches, rng, neighbours)
+    out = np.empty((n_batches, p, k), dtype=np.int64)
+    for b in range(n_batches):
+        for j, place in enumerate(places[b]):
             out[b, j] = rng.choice(members[place], size=k, replace=False)
     return out
+
+
+class PlaceProxies:
+    """The places' proxies for ``train.place_batching: proxy``: each place's mean (L2-normalised)
+    descriptor over its images in the last epoch's training steps, taken from the steps' own forward
+    passes (no extra extraction), projected to :data:`PROXY_DIM` when wider, and L2-normalised. GPM
+    learns a separate proxy head; vgray takes the descriptor itself, which needs nothing trained. A
+    place that no epoch has drawn yet gets a random unit proxy, so it joins batches at random."""
+
+    def __init__(self, n_places: int, seed: int):
+        self.n_places, self.seed = n_places, seed
+        self.proxies: Optional[np.ndarray] = None     # (n_places, d): what the next epoch batches by
+        self.projection: Optional[torch.Tensor] = None
+        self._sums = self._counts = None
+
+    def start_epoch(self) -> None:
+        self._sums = self._counts = None
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a step's descriptors (N, D) of places ``labels`` (N,), on the device, without a sync."""
+        features = torch.nn.functional.normalize(features.detach().float(), dim=1)
+        if self.projection is None:
+            d = features.shape[1]
+            if d > PROXY_DIM:
+                g = torch.Generator().manual_seed(self.seed)
+                self.projection = torch.randn(d, PROXY_DIM, generator=g) / PROXY_DIM ** 0.5
+            else:
+                self.projection = torch.eye(d)
+            self.projection = self.projection.to(features.device)
+        projection = self.projection
+        if self._sums is None:
+            self._sums = torch.zeros(self.n_places, projection.shape[1], device=features.device)
+            self._counts = torch.zeros(self.n_places, device=features.device)
+        self._sums.index_add_(0, labels, features @ projection)
+        self._counts.index_add_(0, labels, torch.ones(len(labels), device=features.device))
+
+    def end_epoch(self, rng: np.random.Generator) -> None:
+        """The proxies of the epoch just run; places it did not draw keep their last ones."""
+        if self._sums is None:
+            return
+        sums, counts = self._sums.cpu().numpy(), self._counts.cpu().numpy()
+        if self.proxies is None:
+            self.proxies = rng.standard_normal(sums.shape).astype(np.float32)
+            self.proxies /= np.linalg.norm(self.proxies, axis=1, keepdims=True)
+        seen = counts > 0
+        mean = sums[seen] / counts[seen, None]
+        self.proxies[seen] = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        self._sums = self._counts = None
+
+    def state_dict(self) -> Dict:
+        return {} if self.proxies is None else {"proxies": torch.from_numpy(self.proxies.copy())}
+
+    def load_state_dict(self, state: Dict) -> None:
+        proxies = state.get("proxies")
+        if proxies is not None and tuple(proxies.shape[:1]) != (self.n_places,):
+            raise BadInput(f"the checkpoint's place proxies are for {proxies.shape[0]} places, the training data "
+                           f"has {self.n_places}: resume on the data the run started on")
+        self.proxies = None if proxies is None else proxies.numpy().astype(np.float32)
 
 
 class PlaceImages(SafeDataset):
@@ -174,15 +384,18 @@ class PlaceImages(SafeDataset):
 
 
 def place_step(model, images: torch.Tensor, labels: torch.Tensor, loss_fn, miner, optimizer,
-               rt: Runtime) -> torch.Tensor:
+               rt: Runtime, proxies: Optional[PlaceProxies] = None) -> torch.Tensor:
     """One optimizer step on a batch of places ``images`` (P, K, 3, H, W) with place ``labels`` (P,);
-    returns the loss, a 0-d tensor on the device (read once an epoch: :func:`read_losses`)."""
+    returns the loss, a 0-d tensor on the device (read once an epoch: :func:`read_losses`). The
+    step's descriptors go to ``proxies`` when given."""
     p, k, c, h, w = images.shape
     with rt.autocast():
         features = model(rt.to_device(images.view(p * k, c, h, w)))
     features = features.float()
     y = labels.repeat_interleave(k).to(features.device)
     loss = loss_fn(features, y, miner(features, y)) if miner is not None else loss_fn(features, y)
+    if proxies is not None:
+        proxies.add(features, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -203,31 +416,45 @@ class PlaceEpochs:
         self.miner = PLACE_MINERS.create(t.pml_miner, t)
         self.transform = query_train_transform(cfg.data.image_size, model.mean, model.std, t.augmentation)
         self.init_paths = self.places.paths  # a NetVLAD's clusters start from the training images
+        self.proxies = PlaceProxies(self.places.n_places, cfg.seed) if t.place_batching == "proxy" else None
 
     def describe(self, log) -> None:
         log(f"places regime: {self.places.n_places} places of {self.cfg.train.images_per_place}+ images "
             f"({len(self.places.paths)} images; {self.places.dropped} smaller places dropped), "
-            f"{self.batches} batches of {self.cfg.train.places_per_batch} places an epoch")
+            f"{self.batches} batches of {self.cfg.train.places_per_batch} places an epoch"
+            + (", places batched by proxy from the second epoch" if self.proxies is not None else ""))
 
     def counts(self) -> Dict[str, float]:
         return {"places": self.places.n_places, "dropped_places": self.places.dropped}
 
+    def timings(self) -> Dict[str, float]:
+        """Nothing beyond the epoch's own time: no mining cache is refreshed."""
+        return {}
+
     def state_dict(self) -> Dict:
-        return {}  # nothing cached: the sampler draws from the run's RNG, saved with the checkpoint
+        # The sampler draws from the run's RNG, saved with the checkpoint; the proxies are the one state.
+        return self.proxies.state_dict() if self.proxies is not None else {}
 
     def load_state_dict(self, state: Dict) -> None:
-        pass
+        if self.proxies is not None:
+            self.proxies.load_state_dict(state)
 
     def run_epoch(self, model, optimizer, rng: np.random.Generator, epoch: int) -> List[float]:
         t = self.cfg.train
-        draws = sample_batches(self.members, t.places_per_batch, t.images_per_place, self.batches, rng)
+        proxies = self.proxies.proxies if self.proxies is not None else None
+        draws = sample_batches(self.members, t.places_per_batch, t.images_per_place, self.batches, rng, proxies,
+                               self.places.neighbours)
         labels = torch.as_tensor(self.places.labels[draws[:, :, 0].reshape(-1)])
         images = PlaceImages(self.places.paths, draws.reshape(-1, t.images_per_place), self.transform,
                              t.augmentation.horizontal_flip)
         model.train()
         losses = []
+        if self.proxies is not None:
+            self.proxies.start_epoch()
         for batch, indices in iter_batches(images, self.rt, desc=f"epoch {epoch + 1}", shuffle=False,
                                            batch_size=t.places_per_batch):
             losses.append(place_step(model, batch, labels[torch.as_tensor(indices)], self.loss_fn, self.miner,
-                                     optimizer, self.rt))
+                                     optimizer, self.rt, self.proxies))
+        if self.proxies is not None:
+            self.proxies.end_epoch(rng)
         return read_losses(losses)  # one sync an epoch, not one a step
