@@ -78,7 +78,9 @@ def test_batches_hold_no_two_neighbouring_places():
             assert len(set(batch)) == 6
             assert not any(set(places.neighbours[a].tolist()) & set(batch.tolist()) for a in batch)
     # Without neighbours (GSV-Cities' places) nothing changes: the shuffled places in turn.
-    assert sample_batches(members, 6, 4, 3, np.random.default_rng(0)).shape == (3, 6, 4)
+    draws = sample_batches(members, 6, 4, 3, np.random.default_rng(0))
+    want = np.random.default_rng(0).permutation(len(members))[:18].reshape(3, 6)
+    assert (places.labels[draws[:, :, 0]] == want).all()
 
 
 def test_proxy_batches_are_nearest_places_and_use_every_place_once():
