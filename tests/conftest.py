@@ -169,9 +169,11 @@ def write_sweep(path: Path, base_changes=None, **raw) -> Path:
 
 
 def rows(directory: Path):
-    """The result rows of the sweep in ``directory`` (its results.parquet), as dicts."""
-    import pyarrow.parquet as pq
-    return pq.read_table(directory / "results.parquet").to_pylist()
+    """The result rows of the sweep in ``directory`` (its results.parquet), as dicts. The bytes are
+    read through one open: a live sweep replaces the file by a rename, and pyarrow's path reader opens
+    it twice (footer, then pages), so it could pair one version's footer with the next one's pages."""
+    from vgray.results import rows_from_parquet
+    return rows_from_parquet((directory / "results.parquet").read_bytes())
 
 
 def driver_env():
