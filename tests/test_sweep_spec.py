@@ -65,7 +65,7 @@ def test_modern_heads_covers_the_issues_pairs_with_place_batched_training(monkey
         assert cfg.train.regime == "places" and cfg.data.layout == "gsv_cities"
         assert cfg.data.image_size == ((322, 322) if cfg.model.backbone.startswith("dinov2") else (320, 320))
         assert set(cfg.test.datasets) == {"pitts30k", "msls", "tokyo247", "nordland"}
-        if cfg.model.aggregation == "gem":  # as GSV-Cities trains it: no L2 before pooling, an FC after
+        if cfg.model.aggregation == "gem":  # the raw map pooled, an FC after (the README's reasons)
             assert cfg.model.l2 == "none" and cfg.model.fc_output_dim is not None
 
 
