@@ -19,7 +19,7 @@ from vgray.models.aggregations.mac import mac
 from vgray.models.aggregations.netvlad import NetVLAD
 from vgray.models.aggregations.rmac import rmac, rmac_regions
 from vgray.models.aggregations.spoc import spoc
-from vgray.train.loop import make_optimizer
+from vgray.train.schedule import make_optimizer
 
 BASE = ["model.backbone=resnet18conv4", "model.pretrained=none", "model.netvlad_clusters=4"]
 # The benchmark's network.py wraps these four in model.l2; the others normalise on their own.

@@ -288,6 +288,38 @@ def test_proxy_batching_resumes_exactly(tiny_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_warmup_and_milestones_resume_exactly(tiny_root, tmp_path):
+    """train.warmup_steps and train.lr_milestones (AdamW with weight decay): the schedule's base rates
+    and step counts ride in the optimizer state of last.pt, so a run resumed after epoch 2 trains
+    epoch 3 at the rate the straight run does; the last step's rate is the closed form's."""
+    import torch
+
+    from vgray.checkpoint import load
+    from vgray.train.loop import train
+    from vgray.train.schedule import STEPS, lr_factor
+
+    extra = ["train.optimizer=adamw", "train.weight_decay=0.05", "train.warmup_steps=5", "train.lr_milestones=[2]",
+             "train.lr_gamma=0.5", "train.patience=5"]
+    silent = lambda line: None  # noqa: E731
+    train(load_config(overrides=[*RUN, *extra, "train.epochs=3"]), tmp_path / "a", progress=False, log=silent)
+    train(load_config(overrides=[*RUN, *extra, "train.epochs=2"]), tmp_path / "b", progress=False, log=silent)
+    (group,) = load(tmp_path / "b" / "last.pt")["optimizer"]["param_groups"]
+    assert group[STEPS] == 6 and group["initial_lr"] == 0.001 and group["weight_decay"] == 0.05
+    assert group["lr"] == pytest.approx(0.001 * lr_factor(5, 1, 5, [2], 0.5)) == pytest.approx(0.001)
+    train(load_config(overrides=[*RUN, *extra, "train.epochs=3"]), tmp_path / "b", resume=True, progress=False,
+          log=silent)
+    for run in "ab":
+        (group,) = load(tmp_path / run / "last.pt")["optimizer"]["param_groups"]
+        assert group[STEPS] == 9 and group["lr"] == pytest.approx(0.0005)  # epoch 3: past milestone 2
+    ha, hb = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in "ab"]
+    for a, b in zip(ha, hb):
+        assert {k: v for k, v in a.items() if k != "train_time_s"} == pytest.approx(
+            {k: v for k, v in b.items() if k != "train_time_s"}, abs=1e-6)
+    wa, wb = (load(tmp_path / r / "last.pt")["model"] for r in "ab")
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+@pytest.mark.slow
 def test_places_regime_on_the_gsv_cities_layout(gsv_root, tmp_path):
     out = tmp_path / "gsv"
     assert main(["train", *sets(f"data.root={gsv_root}", "data.layout=gsv_cities", f"data.val_root={TINY}",

@@ -116,6 +116,29 @@ def test_early_stopping(tiny_root, tmp_path):
     assert [m["best_val/R@5"] for m in reported] == list(np.maximum.accumulate(r5))
 
 
+def test_lr_schedule_warms_up_then_steps_down_at_milestones():
+    from vgray.train.schedule import LrSchedule, lr_factor, make_optimizer
+    assert [lr_factor(s, 0, 4, [], 0.1) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor(0, 0, 0, [2, 5], 0.3) == 1.0
+    assert lr_factor(9, 2, 4, [2, 5], 0.3) == pytest.approx(0.3)
+    assert lr_factor(9, 7, 4, [2, 5], 0.3) == pytest.approx(0.09)
+    cfg = load_config(overrides=["train.optimizer=sgd", "train.lr=0.2", "train.warmup_steps=3",
+                                 "train.lr_milestones=[1]", "train.lr_gamma=0.5"])
+    model = build_model(load_config(overrides=["model.pretrained=none"]).model)
+    optimizer = make_optimizer(model, cfg.train)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.001 and optimizer.param_groups[0]["momentum"] == 0.9
+    schedule, seen = LrSchedule(optimizer, cfg.train), []
+    for epoch in range(2):
+        schedule.epoch = epoch
+        for _ in range(3):
+            optimizer.step()  # no gradients: the step changes nothing but the rates
+            seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.2 / 3, 0.4 / 3, 0.2, 0.1, 0.1, 0.1])
+    adamw = make_optimizer(model, load_config(overrides=["train.optimizer=adamw"]).train)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 0.01
+    assert make_optimizer(model, cfg.train.__class__()).param_groups[0]["weight_decay"] == 0.0  # adam
+
+
 def test_sgd_and_sare_and_augmentation_run(tiny_root, tmp_path):
     cfg = quick("train.epochs=1", "train.optimizer=sgd", "train.criterion=sare_joint",
                 "train.augmentation.brightness=0.5", "train.augmentation.horizontal_flip=true",
@@ -208,7 +231,8 @@ def test_step_loss_stays_on_the_device_until_the_epoch_reads_it():
     """``train_step`` returns the loss as a 0-d tensor (no host sync a step); the epoch reads its
     losses once, as the same floats ``float(loss)`` gave."""
     from vgray.runtime import Runtime
-    from vgray.train.loop import make_optimizer, train_step
+    from vgray.train.loop import train_step
+    from vgray.train.schedule import make_optimizer
     from vgray.train.losses import read_losses
     cfg = quick()
     seed_everything(0)

@@ -153,8 +153,17 @@ class TrainConfig:
     mining: str = _key("partial", "negative mining (random, partial, full, msls_weighted)", choices=MINING)
     criterion: str = _key("triplet", "loss (triplet, sare_joint, sare_ind)", choices=LOSSES)
     margin: float = _key(0.1, "triplet margin", positive=True)
-    optimizer: str = _key("adam", "optimizer", choices=["adam", "sgd"])
+    optimizer: str = _key("adam", "optimizer: adam, adamw (BoQ, SALAD), sgd (momentum 0.9; the paper's, MixVPR)",
+                          choices=["adam", "adamw", "sgd"])
     lr: float = _key(1e-5, "learning rate", positive=True)
+    weight_decay: Optional[float] = _key(None, "weight decay (null: 0 for adam, 0.01 for adamw, 0.001 for sgd)",
+                                         range=(0.0, 1.0))
+    warmup_steps: int = _key(0, "linear learning-rate warm-up over this many optimizer steps (0: none; "
+                                "MixVPR 650, BoQ 10 epochs' steps)", range=(0, 2**31 - 1))
+    lr_milestones: List[int] = _key([], "epochs after which the learning rate is multiplied by lr_gamma "
+                                        "(MultiStepLR; MixVPR [5, 10, 15], BoQ [10, 20])", positive=True)
+    lr_gamma: float = _key(0.1, "learning-rate factor at each of lr_milestones (MixVPR 1/3, BoQ 0.1)",
+                           range=(1e-6, 1.0))
     batch_size: int = _key(4, "triplets per batch", positive=True)
     negs_num_per_query: int = _key(10, "negatives per triplet", positive=True)
     neg_samples_num: int = _key(1000, "database images sampled per refresh (partial mining)", positive=True)

@@ -18,7 +18,8 @@ from vgray.config import load_config
 from vgray.models import build_model
 from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
-from vgray.train.loop import make_optimizer, train_step
+from vgray.train.loop import train_step
+from vgray.train.schedule import make_optimizer
 
 
 def plain_step(model, images, optimizer, negs: int, margin: float) -> float:

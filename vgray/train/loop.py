@@ -33,6 +33,7 @@ from vgray.seeding import seed_everything
 from vgray.train.losses import LOSSES, read_losses
 from vgray.train.mining import Triplet, TrainingQueries, create_miner
 from vgray.train.places import PlaceEpochs
+from vgray.train.schedule import LrSchedule, make_optimizer
 
 Report = Callable[[Dict[str, float], Path], None]
 
@@ -87,14 +88,6 @@ class TrainState:
     best_r5: float = -1.0
     not_improved: int = 0
     history: List[Dict[str, float]] = field(default_factory=list)
-
-
-def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
-    groups = model.param_groups(train_cfg)
-    if train_cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=train_cfg.lr)
-    # The paper's SGD: momentum 0.9, weight decay 0.001.
-    return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=0.9, weight_decay=0.001)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -224,6 +217,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise BadInput(f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
                            f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})")
+        schedule = LrSchedule(optimizer, cfg.train)  # after the load: the saved base rates and step counts
         regime.load_state_dict(ck["mining"])
         state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
         checkpoint.set_rng_state(ck["rng"], rng)
@@ -233,6 +227,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         if model.needs_init():
             initialize_aggregation(model, regime.init_paths, db_transform, rt, seed=cfg.seed)
         optimizer = make_optimizer(model, cfg.train)
+        schedule = LrSchedule(optimizer, cfg.train)
         # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
         checkpoint.save(last_path, _payload(model, optimizer, regime, state, rng, cfg))
     _write_text(out / "config.yaml", cfg.to_yaml())  # the config this run (or resumed run) uses
@@ -240,6 +235,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
 
     start_time = time.perf_counter() - (state.history[-1]["train_time_s"] if state.history else 0.0)
     while state.epoch < cfg.train.epochs and state.not_improved < cfg.train.patience:
+        schedule.epoch = state.epoch
         losses = regime.run_epoch(model, optimizer, rng, state.epoch)
         state.epoch += 1
         val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False, extractor=extractor)
