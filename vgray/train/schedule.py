@@ -34,8 +34,8 @@ def make_optimizer(model, train_cfg) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, epoch: int, warmup_steps: int, milestones: Sequence[int], gamma: float) -> float:
-    """The fraction of its base rate a group trains at on optimizer step ``step`` (0-based) of
-    epoch ``epoch`` (0-based: the epochs completed before it)."""
+    """The fraction of its base rate a group trains at on optimizer step ``step`` (0-based, counted
+    over the whole run) in epoch ``epoch`` (0-based: the epochs completed before it)."""
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
     return warm * gamma ** sum(1 for m in milestones if epoch >= m)
 
