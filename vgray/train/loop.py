@@ -217,7 +217,6 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise BadInput(f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
                            f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})")
-        schedule = LrSchedule(optimizer, cfg.train)  # after the load: the saved base rates and step counts
         regime.load_state_dict(ck["mining"])
         state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
         checkpoint.set_rng_state(ck["rng"], rng)
@@ -227,9 +226,9 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         if model.needs_init():
             initialize_aggregation(model, regime.init_paths, db_transform, rt, seed=cfg.seed)
         optimizer = make_optimizer(model, cfg.train)
-        schedule = LrSchedule(optimizer, cfg.train)
         # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
         checkpoint.save(last_path, _payload(model, optimizer, regime, state, rng, cfg))
+    schedule = LrSchedule(optimizer, cfg.train)  # after any load: a resumed run's base rates and step counts
     _write_text(out / "config.yaml", cfg.to_yaml())  # the config this run (or resumed run) uses
     regime.describe(log)
 

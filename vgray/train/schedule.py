@@ -52,7 +52,7 @@ class LrSchedule:
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
             group.setdefault(STEPS, 0)
-        self.handle = optimizer.register_step_pre_hook(self._before_step)
+        optimizer.register_step_pre_hook(self._before_step)
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         for group in optimizer.param_groups:
