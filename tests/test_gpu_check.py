@@ -1,5 +1,6 @@
 """The parts of scripts/gpu_check.sh that run without a GPU (vgray/bench/gpu_check.py), on the CPU:
-the four JPEG kinds and their decode figures, NetVLAD at fp32 against bf16 autocast, the sweep file,
+the four JPEG kinds and their decode figures, NetVLAD and today's heads at fp32 against bf16 autocast,
+the sweep file,
 and the one JSON the script leaves; and the script's refusal without CUDA. What they give on a GPU
 (nvjpeg's figures, bf16 on CUDA, the sweep's devices) is measured only when the script runs on one.
 """
@@ -54,6 +55,19 @@ def test_netvlad_fp32_against_bf16_on_the_cpu(tmp_path):
     assert set(out["fp32"]) == set(out["bf16"]) and "R@1" in out["fp32"]
     # NetVLAD's fp32 island under bf16 autocast: descriptors close to fp32's, not equal.
     assert 0.99 < out["descriptor_cosine"]["min"] <= out["descriptor_cosine"]["mean"] <= 1.0 + 1e-6
+
+
+def test_todays_heads_fp32_against_bf16_on_the_cpu():
+    heads = (("dinov2_vits14", "salad", 56, ("model.salad_clusters=4", "model.salad_cluster_dim=16", "model.salad_token_dim=8")),
+             ("resnet18conv4", "mixvpr", 64, ("model.mixvpr_map_size=[4,4]",)))
+    out = gpu_check.step_heads("cpu", heads=heads, batch=2, batches=1)
+    salad, mixvpr = out["dinov2_vits14+salad"], out["resnet18conv4+mixvpr"]
+    # SALAD: clusters x cluster dim + global token; MixVPR: out channels x out rows (published 1024 x 4).
+    assert salad["input"] == [56, 56] and salad["dim"] == 4 * 16 + 8 and mixvpr["dim"] == 4096
+    for one in (salad, mixvpr):
+        assert one["fp32_images_per_s"] > 0 and one["bf16_images_per_s"] > 0
+        assert one["bf16_over_fp32"] == round(one["bf16_images_per_s"] / one["fp32_images_per_s"], 2)
+        assert 0.99 < one["descriptor_cosine"]["min"] <= one["descriptor_cosine"]["mean"] <= 1.0 + 1e-6
 
 
 def test_the_sweep_file_is_two_half_gpu_trials(tmp_path):

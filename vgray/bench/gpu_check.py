@@ -10,6 +10,11 @@
 - ``precision``: an untrained ResNet-18 conv4 + NetVLAD (clusters from the database) evaluated on
   the synthetic world at fp32 and under bf16 autocast: recall@N of each, and the cosine of each
   image's bf16 descriptor to its fp32 one (mean and min).
+- ``heads``: today's heads at their published input sizes (by default DINOv2-B + SALAD at
+  322x322, and ResNet-50 layer3 + MixVPR and + BoQ at 320x320), untrained (``pretrained: none``):
+  the network's images/s on batches already on the device at fp32 (TF32 off) against bf16
+  autocast, measured in one run, and the cosine of each image's bf16 descriptor to its fp32 one.
+  Extraction's model side alone (the loader is timed by ``bench extract``).
 - ``devices`` (``scripts/gpu_check_devices.py``: Ray lives in vgray.distributed and scripts only):
   on a local Ray holding this machine's GPUs, where tasks shaped like ``gpu: 0.5`` trials (two at
   once) and a ``gpu: 0`` one would run (:func:`vgray.distributed.devices.device_report`).
@@ -41,7 +46,7 @@ import torch
 JPEG_KINDS = {"baseline": ("RGB", {}), "progressive": ("RGB", {"progressive": True}),
               "greyscale": ("L", {}), "cmyk": ("CMYK", {})}
 #: The steps that write ``gpu_check_<step>.json``, in the script's order.
-STEPS = ("jpegs", "cuda_tests", "bench_eager", "precision", "devices", "sweep", "bench_compiled")
+STEPS = ("jpegs", "cuda_tests", "heads", "bench_eager", "precision", "devices", "sweep", "bench_compiled")
 
 
 def _picture(seed: int, size) -> np.ndarray:
@@ -167,6 +172,54 @@ def step_precision(device: str, root: str, size, extra: List[str] = ()) -> Dict[
     return out
 
 
+#: The ``heads`` step's networks: (backbone, aggregation, input side, more config overrides).
+HEADS = (("dinov2_vitb14", "salad", 322, ()),
+         ("resnet50conv4", "mixvpr", 320, ("model.mixvpr_map_size=[20,20]",)),
+         ("resnet50conv4", "boq", 320, ()))
+
+
+def step_heads(device: str, heads=HEADS, batch: int = 64, batches: int = 5) -> Dict[str, object]:
+    """Each head's images/s (``batches`` batches of ``batch`` random images on the device, best of 3
+    after a warm-up) at fp32 without TF32 against bf16 autocast, through the runtime's own
+    preparation (channels-last, eval, inference mode), and the bf16 descriptors' cosine to fp32's."""
+    from vgray.bench.extract import strict_fp32
+    from vgray.config import load_config
+    from vgray.models import build_model
+    from vgray.runtime import Runtime
+    out: Dict[str, object] = {"device": device, "batch": batch, "batches": batches}
+    for backbone, aggregation, side, extra in heads:
+        cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
+                                     "model.pretrained=none", f"data.resize=[{side},{side}]", f"device={device}",
+                                     *extra])
+        torch.manual_seed(0)
+        rt = Runtime.from_config(cfg, progress=False)
+        model = rt.prepare(build_model(cfg.model, image_size=cfg.data.image_size))
+        images = rt.to_device(torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0)))
+        entry: Dict[str, object] = {"input": [side, side]}
+        descriptors = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            run = dataclasses.replace(rt, dtype=dtype)
+
+            def forward():
+                with torch.inference_mode(), run.autocast():
+                    for _ in range(batches):
+                        last = model(images)
+                return last.float()
+            with strict_fp32() if dtype == torch.float32 else nullcontext():
+                result, seconds = _timed(forward, rt.device)
+            entry[f"{name}_images_per_s"] = round(batch * batches / seconds, 1)
+            descriptors[name] = result.cpu().numpy()
+        entry["dim"] = int(descriptors["fp32"].shape[1])
+        entry["bf16_over_fp32"] = round(entry["bf16_images_per_s"] / entry["fp32_images_per_s"], 2)
+        cos = _cosines(descriptors["fp32"], descriptors["bf16"])
+        entry["descriptor_cosine"] = {"mean": float(cos.mean()), "min": float(cos.min())}
+        out[f"{backbone}+{aggregation}"] = entry
+        del model, images
+        if rt.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def sweep_yaml(storage: Path) -> str:
     """A sweep of two short ``gpu: 0.5`` trials on the synthetic tiny world."""
     return f"""name: gpu_check
@@ -260,7 +313,7 @@ def _device_name() -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vgray.bench.gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["jpegs", "precision", "sweep-file", "sweep-figures", "assemble"])
+    p.add_argument("step", choices=["jpegs", "heads", "precision", "sweep-file", "sweep-figures", "assemble"])
     p.add_argument("--out", required=True, type=Path, help="folder of the JSON files")
     p.add_argument("--device", default="cuda", help="device of the jpegs and precision steps")
     p.add_argument("--count", type=int, default=256, help="jpegs: files of each kind")
@@ -282,6 +335,8 @@ def main(argv=None) -> None:
         figures = step_jpegs(args.out, torch.device(args.device), args.count, args.size or (480, 640))
     elif args.step == "precision":
         figures = step_precision(args.device, args.root, args.size or (96, 128))
+    elif args.step == "heads":
+        figures = step_heads(args.device)
     else:
         figures, name = step_sweep_figures(args.out), "sweep"
     (args.out / f"gpu_check_{name}.json").write_text(json.dumps(figures, indent=1, default=str))
