@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared script of a first GPU session (issue 16), about 8 minutes on an H100/H200:
+# The prepared script of a first GPU session (issue 16), 5.4 minutes on an H200 (2026-12-04):
 #   scripts/gpu_check.sh      (PYTHON=... the interpreter, OUT=... the folder of the figures,
 #                              BUDGET=... seconds for all steps, default 480)
 # Writes ONE JSON, $OUT/gpu_check.json (also printed at the end), of these steps, each time-boxed
