@@ -1,8 +1,8 @@
 """The parts of scripts/gpu_check.sh that run without a GPU (vgray/bench/gpu_check.py), on the CPU:
-the four JPEG kinds and their decode figures, NetVLAD and today's heads at fp32 against bf16 autocast,
-the sweep file,
-and the one JSON the script leaves; and the script's refusal without CUDA. What they give on a GPU
-(nvjpeg's figures, bf16 on CUDA, the sweep's devices) is measured only when the script runs on one.
+the four JPEG kinds and their decode figures, NetVLAD and today's heads at fp32 against bf16
+autocast, the sweep file, and the one JSON the script leaves; and the script's refusal without CUDA.
+What they give on a GPU (nvjpeg's figures, bf16 on CUDA, the sweep's devices) is measured only when
+the script runs on one.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def test_netvlad_fp32_against_bf16_on_the_cpu(tmp_path):
 
 
 def test_todays_heads_fp32_against_bf16_on_the_cpu():
-    heads = (("dinov2_vits14", "salad", 56, ("model.salad_clusters=4", "model.salad_cluster_dim=16", "model.salad_token_dim=8")),
+    small_salad = ("model.salad_clusters=4", "model.salad_cluster_dim=16", "model.salad_token_dim=8")
+    heads = (("dinov2_vits14", "salad", 56, small_salad),
              ("resnet18conv4", "mixvpr", 64, ("model.mixvpr_map_size=[4,4]",)))
     out = gpu_check.step_heads("cpu", heads=heads, batch=2, batches=1)
     salad, mixvpr = out["dinov2_vits14+salad"], out["resnet18conv4+mixvpr"]

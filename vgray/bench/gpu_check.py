@@ -24,7 +24,7 @@
 - ``assemble``: one JSON of every step's figures, exit status, time and log tail
   (``DIR/gpu_check.json``), printed.
 
-On a machine without CUDA the ``jpegs`` and ``precision`` steps run with ``--device cpu`` (the
+On a machine without CUDA the ``jpegs``, ``heads`` and ``precision`` steps run with ``--device cpu`` (the
 quick test does that); the script itself refuses to start without CUDA.
 """
 from __future__ import annotations
@@ -315,7 +315,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vgray.bench.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["jpegs", "heads", "precision", "sweep-file", "sweep-figures", "assemble"])
     p.add_argument("--out", required=True, type=Path, help="folder of the JSON files")
-    p.add_argument("--device", default="cuda", help="device of the jpegs and precision steps")
+    p.add_argument("--device", default="cuda", help="device of the jpegs, heads and precision steps")
     p.add_argument("--count", type=int, default=256, help="jpegs: files of each kind")
     p.add_argument("--size", type=int, nargs=2, default=None, help="image size H W")
     p.add_argument("--root", default="synthetic:tiny", help="precision: the dataset (tiny: built by the bench "
