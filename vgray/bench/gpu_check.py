@@ -24,8 +24,8 @@
 - ``assemble``: one JSON of every step's figures, exit status, time and log tail
   (``DIR/gpu_check.json``), printed.
 
-On a machine without CUDA the ``jpegs``, ``heads`` and ``precision`` steps run with ``--device cpu`` (the
-quick test does that); the script itself refuses to start without CUDA.
+On a machine without CUDA the ``jpegs``, ``heads`` and ``precision`` steps run with
+``--device cpu`` (the quick tests do that); the script itself refuses to start without CUDA.
 """
 from __future__ import annotations
 
