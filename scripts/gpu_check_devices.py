@@ -4,6 +4,7 @@ tasks shaped like two ``gpu: 0.5`` trials (at once) and a ``gpu: 0`` one would r
 
     python scripts/gpu_check_devices.py OUT
 """
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ weights, Adam at 1e-3, 10 epochs of 200 queries (no early stop: the best epoch b
 cache refreshed every 100 queries, 4 negatives, a partial-mining sample of 300; every ``--set``
 overrides them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,20 @@ import json
 import sys
 import time
 
-DEFAULTS = ["data.root=synthetic:small", "model.pretrained=none", "model.backbone=resnet18conv4",
-            "model.aggregation=gem", "data.resize=[90,120]", "train.lr=0.001",
-            "train.queries_per_epoch=200", "train.cache_refresh_rate=100", "train.negs_num_per_query=4",
-            "train.neg_samples_num=300", "train.epochs=10", "train.patience=100"]
+DEFAULTS = [
+    "data.root=synthetic:small",
+    "model.pretrained=none",
+    "model.backbone=resnet18conv4",
+    "model.aggregation=gem",
+    "data.resize=[90,120]",
+    "train.lr=0.001",
+    "train.queries_per_epoch=200",
+    "train.cache_refresh_rate=100",
+    "train.negs_num_per_query=4",
+    "train.neg_samples_num=300",
+    "train.epochs=10",
+    "train.patience=100",
+]
 
 
 def main(argv=None) -> int:
@@ -38,8 +49,8 @@ def main(argv=None) -> int:
     from vgray.errors import BadInput
     from vgray.evaluate.evaluate import evaluate_split
     from vgray.evaluate.extract import calibrate_batchnorm
-    from vgray.runtime import Runtime
     from vgray.models import build_model
+    from vgray.runtime import Runtime
     from vgray.seeding import seed_everything
     from vgray.train.loop import train
 
@@ -49,9 +60,12 @@ def main(argv=None) -> int:
         seed_everything(cfg.seed)
         model = build_model(cfg.model, image_size=cfg.data.image_size)
         before = evaluate_split(model, test, cfg, progress=False)
-        calibrate_batchnorm(model, train_split.database.paths,
-                            test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order),
-                            Runtime.from_config(cfg, progress=False))
+        calibrate_batchnorm(
+            model,
+            train_split.database.paths,
+            test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order),
+            Runtime.from_config(cfg, progress=False),
+        )
         calibrated = evaluate_split(model, test, cfg, progress=False)
         start = time.perf_counter()
         result = train(cfg, args.out, progress=False, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -59,16 +73,23 @@ def main(argv=None) -> int:
     except BadInput as e:
         print(f"training_evidence: {e}", file=sys.stderr)
         return 2
-    name = next(key for key in result if key.startswith("test/") and key.endswith("/R@1"))[:-len("R@1")]
+    name = next(key for key in result if key.startswith("test/") and key.endswith("/R@1"))[: -len("R@1")]
     after = {k: result[name + k] for k in ("R@1", "R@5")}
-    row = {"overrides": args.set, "untrained": {k: before[k] for k in ("R@1", "R@5")},
-           "untrained_bn_calibrated": {k: calibrated[k] for k in ("R@1", "R@5")}, "trained": after,
-           "gain_r1": after["R@1"] - before["R@1"], "gain_r1_over_calibrated": after["R@1"] - calibrated["R@1"],
-           "train_s": round(seconds, 1)}
+    row = {
+        "overrides": args.set,
+        "untrained": {k: before[k] for k in ("R@1", "R@5")},
+        "untrained_bn_calibrated": {k: calibrated[k] for k in ("R@1", "R@5")},
+        "trained": after,
+        "gain_r1": after["R@1"] - before["R@1"],
+        "gain_r1_over_calibrated": after["R@1"] - calibrated["R@1"],
+        "train_s": round(seconds, 1),
+    }
     print(json.dumps(row))
-    print(f"| {' '.join(args.set) or 'defaults'} | {before['R@1']:.1f} / {before['R@5']:.1f} "
-          f"| {calibrated['R@1']:.1f} / {calibrated['R@5']:.1f} | {after['R@1']:.1f} / {after['R@5']:.1f} "
-          f"| {row['gain_r1']:+.1f} | {row['gain_r1_over_calibrated']:+.1f} | {seconds:.0f} s |")
+    print(
+        f"| {' '.join(args.set) or 'defaults'} | {before['R@1']:.1f} / {before['R@5']:.1f} "
+        f"| {calibrated['R@1']:.1f} / {calibrated['R@5']:.1f} | {after['R@1']:.1f} / {after['R@5']:.1f} "
+        f"| {row['gain_r1']:+.1f} | {row['gain_r1_over_calibrated']:+.1f} | {seconds:.0f} s |"
+    )
     return 0
 
 

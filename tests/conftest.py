@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: a private vgray cache, hand-made VG folders, the synthetic tiny dataset,
 local Ray clusters, and the sweep files and result rows of the sweep tests."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ torch.set_num_threads(2)
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 # Every test session gets its own cache (dataset indexes, synthetic datasets), never the user's.
-_CACHE = Path(os.environ.setdefault("VGRAY_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "vgray")))
+_CACHE = Path(
+    os.environ.setdefault("VGRAY_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "vgray"))
+)
 
 TINY = "synthetic:tiny"
 # Overrides that make a run tiny: tests never load pretrained weights and use small images.
@@ -39,6 +42,7 @@ def _cpu_unless_marked_cuda(request, monkeypatch):
     :func:`vgray.runtime.set_gpu_assignment`) and in the processes a test starts (a ``vgray``
     command, a sweep driver: CUDA_VISIBLE_DEVICES empty). Tests marked ``cuda`` see the machine."""
     from vgray.runtime import set_gpu_assignment
+
     if request.node.get_closest_marker("cuda"):
         if not CUDA:
             pytest.skip("needs a CUDA GPU")
@@ -57,8 +61,10 @@ def _no_logging_to_closed_streams():
     pytest's capture of an earlier test, closed since; a later log line would print logging's
     "--- Logging error ---" traceback into this test's stderr. Drop such handlers first."""
     import logging
-    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(v, logging.Logger)]
+
+    loggers = [logging.getLogger()] + [
+        v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)
+    ]
     for logger in loggers:
         for handler in list(logger.handlers):
             if getattr(getattr(handler, "stream", None), "closed", False):
@@ -98,6 +104,7 @@ def vg_folder(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_root() -> Path:
     from vgray.data.synthetic import ensure
+
     return ensure("tiny")
 
 
@@ -105,6 +112,7 @@ def tiny_root() -> Path:
 def small_root(tiny_root, tmp_path_factory) -> Path:
     """The first 21 database and 6 query images of the tiny preset's test split."""
     from vgray.data.dataset import open_split
+
     split = open_split(tiny_root, "test")
     root = tmp_path_factory.mktemp("small")
     for role, images, n in (("database", split.database, 21), ("queries", split.queries, 6)):
@@ -116,12 +124,15 @@ def small_root(tiny_root, tmp_path_factory) -> Path:
 
 # -- Ray clusters in this process (one per test module that asks) ------------------------------
 
+
 def local_ray(num_gpus: int = 0):
     """A local Ray of 2 CPUs declaring ``num_gpus`` GPUs (this machine need not have them), no dashboard,
     in the ``vgray`` namespace; a generator for module fixtures (shut down after the module)."""
     import ray
-    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, namespace="vgray",
-             log_to_driver=False)
+
+    ray.init(
+        address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, namespace="vgray", log_to_driver=False
+    )
     yield ray
     ray.shutdown()
 
@@ -137,6 +148,7 @@ def two_nodes():
     """Two Ray nodes on this machine (a head of 1 CPU, a worker of 2); the driver joins the head."""
     import ray
     from ray.cluster_utils import Cluster
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     cluster.add_node(num_cpus=2, num_gpus=0)
     try:
@@ -150,16 +162,25 @@ def two_nodes():
 
 # -- sweeps: a tiny base config, sweep files, result rows, a driver in its own process -----------
 
-SWEEP_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
-              "model": {"pretrained": "none", "aggregation": "gem"},
-              "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
-                        "neg_samples_num": 40, "epochs": 1, "lr": 0.001},
-              "test": {"recall_values": [1, 5], "batch_size": 64}}
+SWEEP_BASE = {
+    "data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
+    "model": {"pretrained": "none", "aggregation": "gem"},
+    "train": {
+        "queries_per_epoch": 10,
+        "cache_refresh_rate": 10,
+        "negs_num_per_query": 2,
+        "neg_samples_num": 40,
+        "epochs": 1,
+        "lr": 0.001,
+    },
+    "test": {"recall_values": [1, 5], "batch_size": 64},
+}
 
 
 def write_sweep(path: Path, base_changes=None, **raw) -> Path:
     """A sweep file over :data:`SWEEP_BASE`; ``base_changes`` maps dotted keys to new base values."""
     import yaml
+
     base = json.loads(json.dumps(SWEEP_BASE))
     for dotted, value in (base_changes or {}).items():
         section, key = dotted.split(".")
@@ -173,6 +194,7 @@ def rows(directory: Path):
     read through one open: a live sweep replaces the file by a rename, and pyarrow's path reader opens
     it twice (footer, then pages), so it could pair one version's footer with the next one's pages."""
     from vgray.results import rows_from_parquet
+
     return rows_from_parquet((directory / "results.parquet").read_bytes())
 
 
@@ -201,6 +223,7 @@ def torch_home(tmp_path, monkeypatch):
 
     def offline(url, dst, **kwargs):
         raise OSError("network unreachable")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     return tmp_path / "torch"
 
@@ -210,9 +233,20 @@ def eval_refused(root, sets, tmp_path: Path, capsys) -> str:
     ``--save-descriptors`` under ``tmp_path/out``: asserts exit 2, one stderr line and nothing
     written; returns the line."""
     from vgray.cli import main
+
     out = tmp_path / "out"
-    code = main(["eval", "--set", f"data.root={root}", *[a for s in sets for a in ("--set", s)],
-                 "--json", str(out / "e.json"), "--save-descriptors", str(out / "desc")])
+    code = main(
+        [
+            "eval",
+            "--set",
+            f"data.root={root}",
+            *[a for s in sets for a in ("--set", s)],
+            "--json",
+            str(out / "e.json"),
+            "--save-descriptors",
+            str(out / "desc"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()

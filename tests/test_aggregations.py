@@ -1,13 +1,14 @@
 """The aggregations beside GeM and NetVLAD (mac, spoc, rmac, rrm, crn), model.l2 as the benchmark's
 code applies it, FC after every aggregation, model.resume_from, and CRN's two-stage training."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, TINY_SET
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import TINY, TINY_SET
 from vgray import checkpoint
 from vgray.cli import main
 from vgray.config import load_config
@@ -58,8 +59,11 @@ def test_declared_interface():
     for name in SELF_NORMALISING:
         assert AGGREGATIONS.type_of(name).pooling is False, name
     # A sequence of tokens has no 2-D layout: regions and context filters need one.
-    assert {n for n in ("mac", "spoc", "rrm", "rmac", "crn") if "tokens" in AGGREGATIONS.type_of(n).inputs} == \
-        {"mac", "spoc", "rrm"}
+    assert {n for n in ("mac", "spoc", "rrm", "rmac", "crn") if "tokens" in AGGREGATIONS.type_of(n).inputs} == {
+        "mac",
+        "spoc",
+        "rrm",
+    }
     assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).starts_from} == {"crn"}
     assert {n for n in AGGREGATIONS.names() if AGGREGATIONS.type_of(n).takes_tokens} == {"cls", "salad", "seqpool"}
 
@@ -101,8 +105,9 @@ def test_forward_backward(aggregation, fc, netvlad_checkpoints):
             assert torch.allclose(model(x).norm(dim=1), torch.ones(2), atol=1e-5)
         for mode in L2_MODES:  # the same modules, joined as build_model joins them for each mode
             net = GeoLocalizationNet(model.backbone, model.aggregation, l2=mode).eval()
-            assert torch.allclose(net(x), pooled_as_the_benchmark(aggregation, model.aggregation, local, mode),
-                                  atol=1e-6), mode
+            assert torch.allclose(
+                net(x), pooled_as_the_benchmark(aggregation, model.aggregation, local, mode), atol=1e-6
+            ), mode
 
     model.train()
     out = model(x)
@@ -131,8 +136,9 @@ def test_rmac_region_layout():
     assert rmac_regions(4, 6) == expected
     assert sorted(rmac_regions(6, 4)) == sorted((l, t, w, h) for t, l, h, w in expected)
     # 4 x 4: the whole map, then 1, 4 and 9 squares of sides 4, 2, 2.
-    assert rmac_regions(4, 4) == [(0, 0, 4, 4), (0, 0, 4, 4)] + [(t, l, 2, 2) for t in (0, 2) for l in (0, 2)] + \
-        [(t, l, 2, 2) for t in (0, 1, 2) for l in (0, 1, 2)]
+    assert rmac_regions(4, 4) == [(0, 0, 4, 4), (0, 0, 4, 4)] + [(t, l, 2, 2) for t in (0, 2) for l in (0, 2)] + [
+        (t, l, 2, 2) for t in (0, 1, 2) for l in (0, 1, 2)
+    ]
 
 
 @pytest.mark.parametrize("cell,inside", [((3, 5), 4), ((1, 3), 6)])
@@ -158,8 +164,14 @@ def test_netvlad_weights_scale_each_local_feature():
     xn = F.normalize(x, dim=1).flatten(2)  # (B, C, N)
     a = vlad.conv(F.normalize(x, dim=1)).flatten(2).softmax(dim=1)  # (B, K, N)
     w = m.flatten(2)
-    ref = torch.stack([torch.stack([sum(w[b, 0, i] * a[b, k, i] * (xn[b, :, i] - vlad.centroids[k])
-                                        for i in range(15)) for k in range(3)]) for b in range(2)])
+    ref = torch.stack(
+        [
+            torch.stack(
+                [sum(w[b, 0, i] * a[b, k, i] * (xn[b, :, i] - vlad.centroids[k]) for i in range(15)) for k in range(3)]
+            )
+            for b in range(2)
+        ]
+    )
     ref = F.normalize(F.normalize(ref, dim=2).flatten(1), dim=1)
     assert torch.allclose(vlad(x, weights=m), ref, atol=1e-5)
     assert torch.allclose(vlad(x, weights=torch.ones_like(m)), vlad(x), atol=1e-6)
@@ -179,8 +191,11 @@ def test_resume_from_loads_the_whole_network(tmp_path):
     again = build_model(cfg_for("gem", f"model.resume_from={tmp_path / 'gem.pt'}").model)
     for k, v in gem.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
-    with pytest.raises(BadInput, match=r"model.resume_from=.*gem.pt does not fit this network \(made for "
-                                       r"backbone=resnet18conv4, aggregation=gem\)"):
+    with pytest.raises(
+        BadInput,
+        match=r"model.resume_from=.*gem.pt does not fit this network \(made for "
+        r"backbone=resnet18conv4, aggregation=gem\)",
+    ):
         build_model(cfg_for("mac", "model.fc_output_dim=8", f"model.resume_from={tmp_path / 'gem.pt'}").model)
     with pytest.raises(BadInput, match="no such file"):
         build_model(cfg_for("gem", f"model.resume_from={tmp_path / 'nope.pt'}").model)
@@ -201,6 +216,7 @@ def cli_error(capsys, tmp_path, *sets):
 def test_crn_refuses_to_train_without_a_netvlad_checkpoint(tmp_path, capsys, netvlad_checkpoints):
     def error(*sets):
         return cli_error(capsys, tmp_path, *sets)
+
     assert "set model.resume_from to the best.pt of a vgray train run with model.aggregation=netvlad" in error()
     save_checkpoint(tmp_path / "gem.pt", "gem")
     assert "was trained with model.aggregation=gem" in error(f"model.resume_from={tmp_path / 'gem.pt'}")
@@ -208,8 +224,9 @@ def test_crn_refuses_to_train_without_a_netvlad_checkpoint(tmp_path, capsys, net
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert "cannot be read as a vgray checkpoint" in error(f"model.resume_from={tmp_path / 'junk.pt'}")
     nv = netvlad_checkpoints[None]
-    assert "model.backbone=resnet18conv4; crn needs a netvlad checkpoint of model.backbone=resnet50conv4" in \
-        error(f"model.resume_from={nv}", "model.backbone=resnet50conv4")
+    assert "model.backbone=resnet18conv4; crn needs a netvlad checkpoint of model.backbone=resnet50conv4" in error(
+        f"model.resume_from={nv}", "model.backbone=resnet50conv4"
+    )
     assert "set model.netvlad_clusters=4" in error(f"model.resume_from={nv}", "model.netvlad_clusters=8")
     assert "set model.fc_output_dim=null" in error(f"model.resume_from={nv}", "model.fc_output_dim=16")
 
@@ -225,9 +242,18 @@ def test_crn_builds_profiles_and_evaluates_without_a_checkpoint(tmp_path):
 
 
 # A few seconds an epoch on two cores (the settings of test_train's quick runs).
-QUICK = [f"data.root={TINY}", *TINY_SET, "data.resize=[32,48]", "model.netvlad_clusters=4",
-         "train.queries_per_epoch=10", "train.cache_refresh_rate=10", "train.negs_num_per_query=2",
-         "train.neg_samples_num=60", "train.epochs=1", "test.recall_values=[1,5,10]"]
+QUICK = [
+    f"data.root={TINY}",
+    *TINY_SET,
+    "data.resize=[32,48]",
+    "model.netvlad_clusters=4",
+    "train.queries_per_epoch=10",
+    "train.cache_refresh_rate=10",
+    "train.negs_num_per_query=2",
+    "train.neg_samples_num=60",
+    "train.epochs=1",
+    "test.recall_values=[1,5,10]",
+]
 
 
 def cli_train(out, test_set, *sets):
@@ -246,8 +272,7 @@ def test_crn_two_stage_training(tiny_root, vg_folder, tmp_path, monkeypatch):
     assert bool(start["aggregation.initialized"])
 
     # Stage 2: CRN from it. Its network holds the checkpoint's weights, the reweighting layer is new.
-    sets = ["model.aggregation=crn", f"model.resume_from={best}", "train.lr_crn_layer=0.002",
-            "train.lr_crn_net=0.0003"]
+    sets = ["model.aggregation=crn", f"model.resume_from={best}", "train.lr_crn_layer=0.002", "train.lr_crn_net=0.0003"]
     cfg = load_config(overrides=[*QUICK, *sets])
     model = build_model(cfg.model)
     own = model.state_dict()
@@ -263,12 +288,14 @@ def test_crn_two_stage_training(tiny_root, vg_folder, tmp_path, monkeypatch):
     # The real run: k-means must not run again, and the first step starts from the checkpoint.
     def no_kmeans(*_a, **_k):
         raise AssertionError("NetVLAD was initialised again")
+
     monkeypatch.setattr(NetVLAD, "initialize", no_kmeans)
     first = []
 
     def before_step(optimizer, *_):
         if not first:
             first.append([p.detach().clone() for p in optimizer.param_groups[1]["params"]])
+
     handle = register_optimizer_step_pre_hook(before_step)
     try:
         assert cli_train(tmp_path / "crn", vg_folder, *sets) == 0
@@ -283,8 +310,15 @@ def test_crn_two_stage_training(tiny_root, vg_folder, tmp_path, monkeypatch):
 
     # A trained CRN checkpoint evaluates without its NetVLAD start.
     trained = tmp_path / "crn" / "best.pt"
-    cfg = load_config(overrides=[*BASE, f"data.root={TINY}", "data.resize=[32,48]", "model.aggregation=crn",
-                                 f"model.pretrained={trained}"])
+    cfg = load_config(
+        overrides=[
+            *BASE,
+            f"data.root={TINY}",
+            "data.resize=[32,48]",
+            "model.aggregation=crn",
+            f"model.pretrained={trained}",
+        ]
+    )
     model = build_model(cfg.model)
     for k, v in checkpoint.load(trained)["model"].items():
         assert torch.equal(model.state_dict()[k], v), k

@@ -6,6 +6,7 @@ at a fresh ``out`` folder that must still be absent (or unchanged) afterwards. M
 ``vgray.cli.main`` in-process (fast); the last test runs a few through the installed ``vgray``
 script to show the same on a real process: no traceback.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,15 +16,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_SET, make_vg_folder, vg_name, write_image
+
 from vgray.cli import main
 
 SET = sum((["--set", s] for s in TINY_SET), []) + ["--set", "data.resize=[32,48]", "--set", "model.aggregation=gem"]
-TRAIN_BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
-              "model": {"pretrained": "none", "aggregation": "gem"},
-              "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
-                        "neg_samples_num": 40, "epochs": 1}}
+TRAIN_BASE = {
+    "data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
+    "model": {"pretrained": "none", "aggregation": "gem"},
+    "train": {
+        "queries_per_epoch": 10,
+        "cache_refresh_rate": 10,
+        "negs_num_per_query": 2,
+        "neg_samples_num": 40,
+        "epochs": 1,
+    },
+}
 
 
 def _sweep(d: Path, name: str, **raw) -> str:
@@ -58,6 +66,7 @@ def inputs(tmp_path_factory):
     (d / "run_done" / "last.pt").write_bytes(b"a previous run")
     # a descriptor folder (vgray locate) with a valid config but a damaged database shard
     from vgray.config import load_config
+
     (d / "db_bad_parquet").mkdir()
     (d / "db_bad_parquet" / "config.yaml").write_text(load_config(overrides=TINY_SET).to_yaml())
     (d / "db_bad_parquet" / "model.pt").write_bytes(b"")
@@ -76,116 +85,299 @@ def _sha(path: Path) -> str:
 # (id, argv builder (inputs dir, fresh output dir) -> argv, text the one line must contain)
 CASES = [
     # configs
-    ("config YAML syntax", lambda d, o: ["train", "--config", str(d / "syntax.yaml"), "--out", str(o)],
-     "syntax.yaml line 2: not valid YAML"),
-    ("config not a mapping", lambda d, o: ["eval", "--config", str(d / "list.yaml"), "--json", str(o / "e.json")],
-     "must be a mapping, not list"),
-    ("config is a folder", lambda d, o: ["eval", "--config", str(d), "--json", str(o / "e.json")],
-     "cannot be read (Is a directory)"),
-    ("config key typo in file", lambda d, o: ["eval", "--config", str(d / "typo.yaml"), "--json", str(o / "e.json")],
-     "model.backbnoe"),
-    ("--set without =", lambda d, o: ["train", *SET, "--set", "train.epochs", "--out", str(o)],
-     "--set 'train.epochs' must look like key=value"),
-    ("--set wrong type", lambda d, o: ["train", *SET, "--set", "train.epochs=abc", "--out", str(o)],
-     "train.epochs='abc' must be an integer"),
-    ("epochs 0", lambda d, o: ["train", *SET, "--set", "train.epochs=0", "--out", str(o)],
-     "train.epochs=0 must be positive"),
-    ("negative lr", lambda d, o: ["train", *SET, "--set", "train.lr=-1", "--out", str(o)],
-     "train.lr=-1.0 must be positive"),
-    ("unknown mining", lambda d, o: ["train", *SET, "--set", "train.mining=bogus", "--out", str(o)],
-     "train.mining='bogus' is not allowed; choose one of"),
-    ("resize with 3 values", lambda d, o: ["train", *SET, "--set", "data.resize=[1,2,3]", "--out", str(o)],
-     "data.resize=[1, 2, 3] must have 2 values"),
-    ("no recall values", lambda d, o: ["eval", *SET, "--set", "test.recall_values=[]", "--json", str(o / "e.json")],
-     "test.recall_values=[] must list at least one N"),
-    ("recall values not increasing", lambda d, o: ["eval", *SET, "--set", "test.recall_values=[5,1]",
-                                                    "--json", str(o / "e.json")], "must be increasing"),
-    ("unset environment variable", lambda d, o: ["eval", *SET, "--set", "data.root=${VGRAY_NOT_SET_ANYWHERE}/x",
-                                                 "--json", str(o / "e.json")], "VGRAY_NOT_SET_ANYWHERE"),
-    ("unknown split", lambda d, o: ["eval", *SET, "--set", "test.split=nope", "--json", str(o / "e.json")],
-     "test.split='nope' is not allowed"),
-    ("queries_per_epoch vs cache_refresh_rate",
-     lambda d, o: ["train", *SET, "--set", "train.queries_per_epoch=15", "--set", "train.cache_refresh_rate=10",
-                   "--out", str(o)], "must be a multiple of train.cache_refresh_rate"),
+    (
+        "config YAML syntax",
+        lambda d, o: ["train", "--config", str(d / "syntax.yaml"), "--out", str(o)],
+        "syntax.yaml line 2: not valid YAML",
+    ),
+    (
+        "config not a mapping",
+        lambda d, o: ["eval", "--config", str(d / "list.yaml"), "--json", str(o / "e.json")],
+        "must be a mapping, not list",
+    ),
+    (
+        "config is a folder",
+        lambda d, o: ["eval", "--config", str(d), "--json", str(o / "e.json")],
+        "cannot be read (Is a directory)",
+    ),
+    (
+        "config key typo in file",
+        lambda d, o: ["eval", "--config", str(d / "typo.yaml"), "--json", str(o / "e.json")],
+        "model.backbnoe",
+    ),
+    (
+        "--set without =",
+        lambda d, o: ["train", *SET, "--set", "train.epochs", "--out", str(o)],
+        "--set 'train.epochs' must look like key=value",
+    ),
+    (
+        "--set wrong type",
+        lambda d, o: ["train", *SET, "--set", "train.epochs=abc", "--out", str(o)],
+        "train.epochs='abc' must be an integer",
+    ),
+    (
+        "epochs 0",
+        lambda d, o: ["train", *SET, "--set", "train.epochs=0", "--out", str(o)],
+        "train.epochs=0 must be positive",
+    ),
+    (
+        "negative lr",
+        lambda d, o: ["train", *SET, "--set", "train.lr=-1", "--out", str(o)],
+        "train.lr=-1.0 must be positive",
+    ),
+    (
+        "unknown mining",
+        lambda d, o: ["train", *SET, "--set", "train.mining=bogus", "--out", str(o)],
+        "train.mining='bogus' is not allowed; choose one of",
+    ),
+    (
+        "resize with 3 values",
+        lambda d, o: ["train", *SET, "--set", "data.resize=[1,2,3]", "--out", str(o)],
+        "data.resize=[1, 2, 3] must have 2 values",
+    ),
+    (
+        "no recall values",
+        lambda d, o: ["eval", *SET, "--set", "test.recall_values=[]", "--json", str(o / "e.json")],
+        "test.recall_values=[] must list at least one N",
+    ),
+    (
+        "recall values not increasing",
+        lambda d, o: ["eval", *SET, "--set", "test.recall_values=[5,1]", "--json", str(o / "e.json")],
+        "must be increasing",
+    ),
+    (
+        "unset environment variable",
+        lambda d, o: ["eval", *SET, "--set", "data.root=${VGRAY_NOT_SET_ANYWHERE}/x", "--json", str(o / "e.json")],
+        "VGRAY_NOT_SET_ANYWHERE",
+    ),
+    (
+        "unknown split",
+        lambda d, o: ["eval", *SET, "--set", "test.split=nope", "--json", str(o / "e.json")],
+        "test.split='nope' is not allowed",
+    ),
+    (
+        "queries_per_epoch vs cache_refresh_rate",
+        lambda d, o: [
+            "train",
+            *SET,
+            "--set",
+            "train.queries_per_epoch=15",
+            "--set",
+            "train.cache_refresh_rate=10",
+            "--out",
+            str(o),
+        ],
+        "must be a multiple of train.cache_refresh_rate",
+    ),
     # dataset folders and images
-    ("dataset without the test split", lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'only_train'}",
-                                                     "--json", str(o / "e.json")], "no 'test' split"),
-    ("dataset without the val split", lambda d, o: ["train", *SET, "--set", f"data.root={d / 'no_val'}",
-                                                    "--out", str(o)], "no 'val' split"),
-    ("data.root is a file", lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'a_file'}",
-                                          "--json", str(o / "e.json")], "not a folder"),
-    ("file names without UTM", lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'no_coords'}",
-                                             "--json", str(o / "e.json")], "IMG_1.jpg: the file name carries no UTM"),
-    ("corrupt image", lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'corrupt'}", "--json", str(o / "e.json"),
-                                    "--save-descriptors", str(o / "desc")], "cannot be read"),
+    (
+        "dataset without the test split",
+        lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'only_train'}", "--json", str(o / "e.json")],
+        "no 'test' split",
+    ),
+    (
+        "dataset without the val split",
+        lambda d, o: ["train", *SET, "--set", f"data.root={d / 'no_val'}", "--out", str(o)],
+        "no 'val' split",
+    ),
+    (
+        "data.root is a file",
+        lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'a_file'}", "--json", str(o / "e.json")],
+        "not a folder",
+    ),
+    (
+        "file names without UTM",
+        lambda d, o: ["eval", *SET, "--set", f"data.root={d / 'no_coords'}", "--json", str(o / "e.json")],
+        "IMG_1.jpg: the file name carries no UTM",
+    ),
+    (
+        "corrupt image",
+        lambda d, o: [
+            "eval",
+            *SET,
+            "--set",
+            f"data.root={d / 'corrupt'}",
+            "--json",
+            str(o / "e.json"),
+            "--save-descriptors",
+            str(o / "desc"),
+        ],
+        "cannot be read",
+    ),
     # checkpoints and weights
-    ("weights file not a checkpoint", lambda d, o: ["eval", *SET, "--set", f"model.pretrained={d / 'not_a_checkpoint.pt'}",
-                                                    "--json", str(o / "e.json")], "not_a_checkpoint.pt cannot be read"),
-    ("resume from a corrupt last.pt", lambda d, o: ["train", *SET, "--resume", "--out", str(d / "run_corrupt")],
-     "run_corrupt/last.pt is corrupt or not a vgray checkpoint"),
-    ("resume with nothing to resume", lambda d, o: ["train", *SET, "--resume", "--out", str(o)],
-     "last.pt does not exist; nothing to resume"),
-    ("--out holds a run", lambda d, o: ["train", *SET, "--out", str(d / "run_done")],
-     "already holds a run (last.pt); pass --resume"),
+    (
+        "weights file not a checkpoint",
+        lambda d, o: [
+            "eval",
+            *SET,
+            "--set",
+            f"model.pretrained={d / 'not_a_checkpoint.pt'}",
+            "--json",
+            str(o / "e.json"),
+        ],
+        "not_a_checkpoint.pt cannot be read",
+    ),
+    (
+        "resume from a corrupt last.pt",
+        lambda d, o: ["train", *SET, "--resume", "--out", str(d / "run_corrupt")],
+        "run_corrupt/last.pt is corrupt or not a vgray checkpoint",
+    ),
+    (
+        "resume with nothing to resume",
+        lambda d, o: ["train", *SET, "--resume", "--out", str(o)],
+        "last.pt does not exist; nothing to resume",
+    ),
+    (
+        "--out holds a run",
+        lambda d, o: ["train", *SET, "--out", str(d / "run_done")],
+        "already holds a run (last.pt); pass --resume",
+    ),
     # sweep files
     ("sweep file missing", lambda d, o: ["sweep", str(d / "nope.yaml")], "nope.yaml: cannot be read"),
     ("sweep YAML syntax", lambda d, o: ["sweep", str(d / "syntax.sweep.yaml")], "not valid YAML"),
-    ("sweep unknown key", lambda d, o: ["sweep", _sweep(d, "a", grdi={"model.aggregation": ["gem"]})],
-     "key 'grdi' is unknown; did you mean grid?"),
-    ("sweep grid key unknown", lambda d, o: ["sweep", _sweep(d, "b", grid={"model.aggregatio": ["gem"]})],
-     "grid key 'model.aggregatio' is unknown"),
-    ("sweep grid empty", lambda d, o: ["sweep", _sweep(d, "c", grid={"model.aggregation": []})],
-     "must have a non-empty list of values"),
-    ("sweep grid value refused", lambda d, o: ["sweep", _sweep(d, "k", grid={"model.aggregation": ["gem", "vlad"]})],
-     "trial vlad-s0: model.aggregation='vlad' is not allowed"),
+    (
+        "sweep unknown key",
+        lambda d, o: ["sweep", _sweep(d, "a", grdi={"model.aggregation": ["gem"]})],
+        "key 'grdi' is unknown; did you mean grid?",
+    ),
+    (
+        "sweep grid key unknown",
+        lambda d, o: ["sweep", _sweep(d, "b", grid={"model.aggregatio": ["gem"]})],
+        "grid key 'model.aggregatio' is unknown",
+    ),
+    (
+        "sweep grid empty",
+        lambda d, o: ["sweep", _sweep(d, "c", grid={"model.aggregation": []})],
+        "must have a non-empty list of values",
+    ),
+    (
+        "sweep grid value refused",
+        lambda d, o: ["sweep", _sweep(d, "k", grid={"model.aggregation": ["gem", "vlad"]})],
+        "trial vlad-s0: model.aggregation='vlad' is not allowed",
+    ),
     ("sweep repeats 0", lambda d, o: ["sweep", _sweep(d, "d", repeats=0)], "repeats=0 must lie in [1, 1000]"),
-    ("sweep max_failures", lambda d, o: ["sweep", _sweep(d, "e", max_failures="x")], "max_failures='x' must be an integer"),
-    ("sweep search algorithm", lambda d, o: ["sweep", _sweep(d, "i", search={
-        "algorithm": "hyperopt", "space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}},
-        "num_samples": 2, "metric": "val/R@5", "mode": "max"})],
-     "search.algorithm='hyperopt' is not allowed; choose one of: optuna"),
-    ("sweep scheduler", lambda d, o: ["sweep", _sweep(d, "j", scheduler={"type": "pbt"})],
-     "scheduler.type='pbt' is not allowed; choose one of: asha, fifo"),
+    (
+        "sweep max_failures",
+        lambda d, o: ["sweep", _sweep(d, "e", max_failures="x")],
+        "max_failures='x' must be an integer",
+    ),
+    (
+        "sweep search algorithm",
+        lambda d, o: [
+            "sweep",
+            _sweep(
+                d,
+                "i",
+                search={
+                    "algorithm": "hyperopt",
+                    "space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}},
+                    "num_samples": 2,
+                    "metric": "val/R@5",
+                    "mode": "max",
+                },
+            ),
+        ],
+        "search.algorithm='hyperopt' is not allowed; choose one of: optuna",
+    ),
+    (
+        "sweep scheduler",
+        lambda d, o: ["sweep", _sweep(d, "j", scheduler={"type": "pbt"})],
+        "scheduler.type='pbt' is not allowed; choose one of: asha, fifo",
+    ),
     ("sweep task", lambda d, o: ["sweep", _sweep(d, "l", task="predict")], "task='predict' is not allowed"),
     ("sweep name", lambda d, o: ["sweep", _sweep(d, "../x")], "name='../x' must be a word"),
-    ("sweep base file missing", lambda d, o: ["sweep", _sweep(d, "m", base=str(d / "nope-base.yaml"))], "nope-base.yaml"),
+    (
+        "sweep base file missing",
+        lambda d, o: ["sweep", _sweep(d, "m", base=str(d / "nope-base.yaml"))],
+        "nope-base.yaml",
+    ),
     ("sweep --resume with nothing", lambda d, o: ["sweep", _sweep(d, "g"), "--resume"], "no sweep to resume"),
-    ("sweep storage is a file", lambda d, o: ["sweep", _sweep(d, "h", storage=str(d / "a_file"))],
-     "a_file/h cannot be written (Not a directory)"),
+    (
+        "sweep storage is a file",
+        lambda d, o: ["sweep", _sweep(d, "h", storage=str(d / "a_file"))],
+        "a_file/h cannot be written (Not a directory)",
+    ),
     # vgray extract (refused before Ray starts)
-    ("extract shard size 0", lambda d, o: ["extract", *SET, "--out", str(o), "--shard-size", "0"],
-     "--shard-size=0 must be at least 1"),
-    ("extract missing dataset", lambda d, o: ["extract", *SET, "--out", str(o), "--set", f"data.root={d / 'nowhere'}"],
-     "nowhere: no such folder"),
+    (
+        "extract shard size 0",
+        lambda d, o: ["extract", *SET, "--out", str(o), "--shard-size", "0"],
+        "--shard-size=0 must be at least 1",
+    ),
+    (
+        "extract missing dataset",
+        lambda d, o: ["extract", *SET, "--out", str(o), "--set", f"data.root={d / 'nowhere'}"],
+        "nowhere: no such folder",
+    ),
     ("extract unknown split", lambda d, o: ["extract", *SET, "--out", str(o), "--split", "nope"], "no 'nope' split"),
-    ("extract multi-crop queries", lambda d, o: ["extract", *SET, "--out", str(o), "--set", "test.method=five_crops"],
-     "test.method=five_crops: vgray extract writes one descriptor per query image"),
+    (
+        "extract multi-crop queries",
+        lambda d, o: ["extract", *SET, "--out", str(o), "--set", "test.method=five_crops"],
+        "test.method=five_crops: vgray extract writes one descriptor per query image",
+    ),
     # vgray locate: descriptor folders and parquet
-    ("locate no database", lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "nodb")],
-     "nodb: no such folder"),
-    ("locate database without files", lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "only_train")],
-     "only_train: no config.yaml"),
-    ("locate damaged database.parquet", lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "db_bad_parquet")],
-     "database.parquet is not a vgray descriptor table"),
-    ("locate k 0", lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "nodb"), "--k", "0"],
-     "--k=0 must be at least 1"),
+    (
+        "locate no database",
+        lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "nodb")],
+        "nodb: no such folder",
+    ),
+    (
+        "locate database without files",
+        lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "only_train")],
+        "only_train: no config.yaml",
+    ),
+    (
+        "locate damaged database.parquet",
+        lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "db_bad_parquet")],
+        "database.parquet is not a vgray descriptor table",
+    ),
+    (
+        "locate k 0",
+        lambda d, o: ["locate", str(d / "a_file"), "--database", str(d / "nodb"), "--k", "0"],
+        "--k=0 must be at least 1",
+    ),
     # vgray report
     ("report missing folder", lambda d, o: ["report", str(d / "nope"), "--out", str(o)], "does not exist"),
-    ("report damaged results.parquet", lambda d, o: ["report", str(d / "results_bad"), "--out", str(o)],
-     "results.parquet"),
-    ("report recall", lambda d, o: ["report", str(d / "results_bad"), "--out", str(o), "--recall", "x"],
-     "--recall 'x' must be positive integers"),
+    (
+        "report damaged results.parquet",
+        lambda d, o: ["report", str(d / "results_bad"), "--out", str(o)],
+        "results.parquet",
+    ),
+    (
+        "report recall",
+        lambda d, o: ["report", str(d / "results_bad"), "--out", str(o), "--recall", "x"],
+        "--recall 'x' must be positive integers",
+    ),
     # vgray synth, profile, bench
     ("synth unknown preset", lambda d, o: ["synth", str(o), "--preset", "huge"], "unknown synthetic preset 'huge'"),
     ("synth into a file", lambda d, o: ["synth", str(d / "a_file")], "is a file, not a folder"),
     ("synth into a foreign folder", lambda d, o: ["synth", str(d / "only_train")], "is not a vgray synthetic dataset"),
-    ("profile runs 0", lambda d, o: ["profile", *SET, "--runs", "0", "--json", str(o / "p.json")],
-     "--runs=0 must be at least 1"),
-    ("profile unknown backbone", lambda d, o: ["profile", "--set", "model.backbone=nope", "--json", str(o / "p.json")],
-     "model.backbone='nope' is not allowed"),
+    (
+        "profile runs 0",
+        lambda d, o: ["profile", *SET, "--runs", "0", "--json", str(o / "p.json")],
+        "--runs=0 must be at least 1",
+    ),
+    (
+        "profile unknown backbone",
+        lambda d, o: ["profile", "--set", "model.backbone=nope", "--json", str(o / "p.json")],
+        "model.backbone='nope' is not allowed",
+    ),
     ("bench unknown", lambda d, o: ["bench", "nonsense"], "unknown benchmark 'nonsense'"),
-    ("bench knn PQ size", lambda d, o: ["bench", "knn", "--index", "PQ7", "--dim", "32", "--database", "300",
-                                        "--json", str(o / "b.json")], "allowed m: 1, 2, 4, 8, 16, 32"),
+    (
+        "bench knn PQ size",
+        lambda d, o: [
+            "bench",
+            "knn",
+            "--index",
+            "PQ7",
+            "--dim",
+            "32",
+            "--database",
+            "300",
+            "--json",
+            str(o / "b.json"),
+        ],
+        "allowed m: 1, 2, 4, 8, 16, 32",
+    ),
     ("usage error", lambda d, o: ["eval", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ]
 

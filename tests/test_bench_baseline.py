@@ -1,6 +1,7 @@
 """``vgray bench extract``'s baseline is the paper's way: its own fresh model in fp32 and the default
 memory format (vgray's path makes the model it prepares channels-last in place), TF32 off, batch 16,
 PIL DataLoader; measured in the same run as vgray's path."""
+
 import json
 
 import torch
@@ -38,9 +39,29 @@ def test_strict_fp32_turns_tf32_off_for_the_block_only():
 
 def test_bench_extract_states_its_baseline(tiny_root, tmp_path):
     from vgray.cli import main
+
     out = tmp_path / "figures.json"
-    assert main(["bench", "extract", "--images", "16", "--repeats", "1", "--batch-size", "16", "--json", str(out),
-                 "--set", "data.num_workers=0", "--set", "data.resize=[32,48]"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "extract",
+                "--images",
+                "16",
+                "--repeats",
+                "1",
+                "--batch-size",
+                "16",
+                "--json",
+                str(out),
+                "--set",
+                "data.num_workers=0",
+                "--set",
+                "data.resize=[32,48]",
+            ]
+        )
+        == 0
+    )
     figures = json.loads(out.read_text())
     assert figures["reference"] == REFERENCE and figures["descriptor_cosine"] > 0.999
     assert list(figures)[-1] == "ratio"
@@ -49,6 +70,7 @@ def test_bench_extract_states_its_baseline(tiny_root, tmp_path):
 def test_reference_loop_leaves_the_model_layout_alone(small_root):
     from vgray.data.dataset import open_split
     from vgray.evaluate.methods import TEST_METHODS
+
     cfg = load_config(overrides=["model.pretrained=none", "model.aggregation=gem", "data.resize=[32,48]"])
     baseline = reference_model(cfg, build_model(cfg.model, image_size=cfg.data.image_size))
     paths = open_split(str(small_root), "test").database.paths[:4]

@@ -1,5 +1,6 @@
 """vgray.checkpoint: the one home of weights files. The fit-check lists every mismatch in one line;
 the readers refuse what they cannot use with one line naming the file; writes are atomic."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,9 +20,11 @@ def test_mismatches_lists_every_kind_in_the_module_order():
     loaded = state(y__weight=(7,), a__weight=(3, 2), c__weight=(1,), x__weight=(7,), z__bias=(6,))
     # The module's keys first, as its layers come (the first layer that differs first), then the extra ones.
     assert mismatches(own, loaded) == [
-        Mismatch("shape", "a.weight", (3, 2), (2, 3)), Mismatch("missing", "b.weight"),
+        Mismatch("shape", "a.weight", (3, 2), (2, 3)),
+        Mismatch("missing", "b.weight"),
         Mismatch("shape", "z.bias", (6,), (5,)),
-        Mismatch("unexpected", "y.weight"), Mismatch("unexpected", "x.weight"),
+        Mismatch("unexpected", "y.weight"),
+        Mismatch("unexpected", "x.weight"),
     ]
     assert mismatches(own, {k: v.clone() for k, v in own.items()}) == []
 
@@ -33,8 +36,11 @@ def test_ignore_and_optional_patterns():
     found = mismatches(own, loaded, ignore=("fc.*", "classifier.*"), optional=("head.crn.*", "*num_batches_tracked"))
     assert found == []
     found = mismatches(own, loaded, optional=("head.crn.*",))
-    assert [str(m) for m in found] == ["fc.weight has shape (365, 2), expected (10, 2)",
-                                       "missing bn.num_batches_tracked", "unexpected classifier.w"]
+    assert [str(m) for m in found] == [
+        "fc.weight has shape (365, 2), expected (10, 2)",
+        "missing bn.num_batches_tracked",
+        "unexpected classifier.w",
+    ]
 
 
 def test_refusal_is_one_line_with_the_first_three_and_a_count():
@@ -43,8 +49,10 @@ def test_refusal_is_one_line_with_the_first_three_and_a_count():
     with pytest.raises(BadInput) as info:
         check_fits(own, loaded, "weights file w.pth does not fit net")
     message = str(info.value)
-    assert message == ("weights file w.pth does not fit net: l0.w has shape (3,), expected (2,); missing l1.w; "
-                       "missing l2.w (and 4 more)")
+    assert message == (
+        "weights file w.pth does not fit net: l0.w has shape (3,), expected (2,); missing l1.w; "
+        "missing l2.w (and 4 more)"
+    )
     assert "\n" not in message
     with pytest.raises(BadInput, match=r"^w: l0.w has shape \(3,\), expected \(2,\)$"):
         check_fits(state(l0__w=(2,)), state(l0__w=(3,)), "w")
@@ -66,10 +74,18 @@ def test_load_fitting_loads_or_leaves_the_module_untouched():
 
 def resumable(model: nn.Module, generator=None, **changes) -> dict:
     """A whole training checkpoint of ``model`` (what a resumed run reads), with ``changes``."""
-    return {"model": model.state_dict(), "config": {"model": {"aggregation": "gem"}},
-            "optimizer": torch.optim.Adam(model.parameters()).state_dict(), "mining": {}, "epoch": 0,
-            "best_r5": -1.0, "not_improved": 0, "history": [],
-            "rng": checkpoint.rng_state(generator or np.random.default_rng(0)), **changes}
+    return {
+        "model": model.state_dict(),
+        "config": {"model": {"aggregation": "gem"}},
+        "optimizer": torch.optim.Adam(model.parameters()).state_dict(),
+        "mining": {},
+        "epoch": 0,
+        "best_r5": -1.0,
+        "not_improved": 0,
+        "history": [],
+        "rng": checkpoint.rng_state(generator or np.random.default_rng(0)),
+        **changes,
+    }
 
 
 def test_save_then_read_every_way(tmp_path):
@@ -102,8 +118,10 @@ def test_readers_refuse_with_one_line(tmp_path):
         (lambda: checkpoint.load(tmp_path / "nope.pt"), "nope.pt: no such file"),
         (lambda: checkpoint.load(junk), "junk.pt is corrupt or not a vgray checkpoint"),
         (lambda: checkpoint.load(tmp_path / "no_config.pt"), "no_config.pt lacks config, optimizer"),
-        (lambda: checkpoint.read_checkpoint(tmp_path / "nope.pt", "model.resume_from"),
-         "model.resume_from=.*nope.pt: no such file"),
+        (
+            lambda: checkpoint.read_checkpoint(tmp_path / "nope.pt", "model.resume_from"),
+            "model.resume_from=.*nope.pt: no such file",
+        ),
         (lambda: checkpoint.read_checkpoint(junk, "k"), "k=.*junk.pt cannot be read as a vgray checkpoint"),
         (lambda: checkpoint.read_checkpoint(tmp_path / "no_config.pt", "k"), "is not a vgray checkpoint"),
         (lambda: checkpoint.read_weights_file(tmp_path / "nope.pt", missing="say this"), "^say this$"),
@@ -121,6 +139,7 @@ def test_rng_states_saved_with_more_gpus_restore_on_fewer(tmp_path):
     """A checkpoint written where 3 GPUs were visible (CUDA RNG states faked here) resumes on a
     machine with fewer or none: the states of the GPUs that exist are restored, the rest ignored."""
     from vgray.checkpoint import cuda_states_to_restore, rng_state, set_rng_state
+
     generator = np.random.default_rng(7)
     fake = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
     payload = resumable(nn.Linear(2, 2))  # the network drawn before the states are saved

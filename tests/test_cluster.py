@@ -9,6 +9,7 @@
 
 No network, no cluster: everything here is file parsing and Ray's pure-Python validation.
 """
+
 import copy
 import json
 import re
@@ -54,6 +55,7 @@ def test_the_expected_files_exist():
 
 
 # --- Ray's cluster-config schema -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_matches_rays_json_schema(name):
@@ -116,6 +118,7 @@ def test_launcher_sets_vgray_datasets_and_installs_vgray(name):
 
 # --- KubeRay -----------------------------------------------------------------------------------
 
+
 def ray_cluster_spec(name):
     docs = load_all(name)
     rays = [d for d in docs if d["apiVersion"] == "ray.io/v1"]
@@ -174,6 +177,7 @@ def test_kuberay_mounts_shared_volumes_for_datasets_and_results(name):
 def test_kuberay_files_declare_the_same_claims():
     def claims(name):
         return {d["metadata"]["name"]: d for d in load_all(name) if d["kind"] == "PersistentVolumeClaim"}
+
     assert claims("kuberay-raycluster.yaml") == claims("kuberay-rayjob.yaml")
 
 
@@ -189,6 +193,7 @@ def test_kuberay_never_publishes_a_service(name):
 
 
 # --- security: ports and auth --------------------------------------------------------------------
+
 
 def cidrs_in(node):
     return {s.strip() for s in walk(node) if isinstance(s, str)}
@@ -243,7 +248,8 @@ def test_no_world_cidr_hides_outside_a_parsed_rule(name):
 def test_port_checker_catches_an_open_dashboard():
     aws = copy.deepcopy(load("aws.yaml"))
     aws["provider"]["security_group"]["IpPermissions"] = [
-        {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+        {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    ]
     assert not all(is_ssh_only(p) for _, p in world_open_rules(aws))
     gcp_rule = {"name": "x", "sourceRanges": ["0.0.0.0/0"], "allowed": [{"IPProtocol": "tcp", "ports": ["6379"]}]}
     assert not all(is_ssh_only(p) for _, p in world_open_rules(gcp_rule))

@@ -1,6 +1,7 @@
 """``test.compile``: one compiled graph per model and input shape class, counted with dynamo's own
 counters on the CPU: short batches padded, long ones split, other image sizes (crops) eager, and
 ``extraction_ms`` through the same graph as extraction."""
+
 import torch
 from torch import nn
 
@@ -19,6 +20,7 @@ class Tiny(nn.Module):
 
 def test_one_graph_per_model_and_shape_class():
     from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)

@@ -1,11 +1,12 @@
 """The dataset reader, its cached index, and positives against a brute-force reference."""
+
 import os
 import time
 
 import numpy as np
 import pytest
-
 from conftest import vg_name, write_image
+
 from vgray.data.dataset import index_cache_path, open_split, parse_name
 from vgray.data.positives import positives_within
 from vgray.errors import BadInput

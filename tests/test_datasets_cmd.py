@@ -1,5 +1,6 @@
 """``vgray datasets list|check``, the bulk indexer (headings, the first bad name, the cached index) and
 ``vgray bench index``, on folders of empty files the tests write (the index reads names, never pixels)."""
+
 import json
 import os
 from pathlib import Path
@@ -12,8 +13,20 @@ from vgray.data.catalog import CATALOG, known
 from vgray.data.dataset import index_cache_path, index_images, parse_name
 from vgray.errors import BadInput
 
-TWELVE = ["pitts30k", "msls", "tokyo247", "san_francisco", "eynsham", "st_lucia",
-          "pitts250k", "nordland", "sped", "amstertime", "svox", "sf_xl"]
+TWELVE = [
+    "pitts30k",
+    "msls",
+    "tokyo247",
+    "san_francisco",
+    "eynsham",
+    "st_lucia",
+    "pitts250k",
+    "nordland",
+    "sped",
+    "amstertime",
+    "svox",
+    "sf_xl",
+]
 
 
 def touch(path: Path) -> None:
@@ -134,8 +147,7 @@ def test_check_unknown_name_is_refused(tmp_path, capsys):
 
 def test_index_reads_headings_notes_and_is_reused(tmp_path):
     top = tmp_path / "database"
-    names = [vg_name(1.0, 2.0, "123.5", "night_front_cph"), vg_name(3.0, 4.0), vg_name(5.0, 6.0, "abc"),
-             "@7@8@.jpg"]
+    names = [vg_name(1.0, 2.0, "123.5", "night_front_cph"), vg_name(3.0, 4.0), vg_name(5.0, 6.0, "abc"), "@7@8@.jpg"]
     for i, n in enumerate(names):
         touch(top / f"d{i % 2}" / n)
     touch(top / "readme.txt")
@@ -165,15 +177,28 @@ def test_index_order_is_pythons_sorted_order_with_folders_among_files(tmp_path):
     the order must still be exactly sorted() of the relative paths ('-' and '.' sort before '/',
     '0' after it; upper case before lower; non-ASCII last)."""
     top = tmp_path / "database"
-    rels = ["x.jpg", "x-1.jpg", "x0.jpg", "X.JPG", "é.jpg", "x/a.jpg", "x/b/c.png", "x/b.jpeg", "x.d/e.jpg",
-            "x0/f.jpg", "y.txt", "x/notes.md"]
+    rels = [
+        "x.jpg",
+        "x-1.jpg",
+        "x0.jpg",
+        "X.JPG",
+        "é.jpg",
+        "x/a.jpg",
+        "x/b/c.png",
+        "x/b.jpeg",
+        "x.d/e.jpg",
+        "x0/f.jpg",
+        "y.txt",
+        "x/notes.md",
+    ]
     for i, r in enumerate(rels):
         touch(top / Path(*r.split("/")).parent / f"{Path(r).stem}@{i}@{i}@.{r.rsplit('.', 1)[1]}")
     (top / "z.jpg").mkdir()  # a folder named like an image is a folder
     touch(top / "z.jpg" / "@1@1@.jpg")
     images = index_images(top)
-    want = sorted(os.path.relpath(p, top) for p in top.rglob("*")
-                  if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    want = sorted(
+        os.path.relpath(p, top) for p in top.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
     assert [os.path.relpath(p, top) for p in images.paths] == want and len(want) == 11
 
 
@@ -192,8 +217,9 @@ def test_index_names_the_first_file_without_coordinates(tmp_path):
 
 
 def test_bench_index_measures_vgray_against_the_baseline(tmp_path, capsys):
-    code, out, err = run(capsys, "bench", "index", "--files", "2000", "--per-dir", "300",
-                         "--json", str(tmp_path / "bench.json"))
+    code, out, err = run(
+        capsys, "bench", "index", "--files", "2000", "--per-dir", "300", "--json", str(tmp_path / "bench.json")
+    )
     assert code == 0, err
     figures = json.loads((tmp_path / "bench.json").read_text())
     assert figures["files"] == 2000 and figures["folders"] == 7

@@ -1,9 +1,10 @@
 """Evaluation: recall@N and the kNN stage against brute-force numpy references; vgray eval end to end."""
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_SET
+
 from vgray.config import load_config
 from vgray.errors import BadInput
 from vgray.evaluate.evaluate import evaluate
@@ -51,7 +52,7 @@ def test_streamed_exact_search_equals_one_flat_index(chunk):
     index = build_index("Flat", 16)
     fill_index(index, xb)
     D, I, _ = search(index, xq, 10)
-    D2, I2 = exact_search_chunks(((o, xb[o:o + chunk]) for o in range(0, len(xb), chunk)), xq, 10)
+    D2, I2 = exact_search_chunks(((o, xb[o : o + chunk]) for o in range(0, len(xb), chunk)), xq, 10)
     assert np.array_equal(I, I2)
     assert np.allclose(D, D2, atol=1e-4)
     assert list(I2[0][:4]) == [0, 250, 251, 252]
@@ -71,15 +72,36 @@ def test_index_strings_and_memory():
 
 
 def eval_cfg(root, *extra):
-    return load_config(overrides=[f"data.root={root}", *TINY_SET, "data.resize=[32,48]",
-                                  "model.aggregation=gem", "test.recall_values=[1,2,5]", *extra])
+    return load_config(
+        overrides=[
+            f"data.root={root}",
+            *TINY_SET,
+            "data.resize=[32,48]",
+            "model.aggregation=gem",
+            "test.recall_values=[1,2,5]",
+            *extra,
+        ]
+    )
 
 
 def test_eval_end_to_end_and_saved_descriptors_recompute_the_recalls(vg_folder, tmp_path):
     out = tmp_path / "desc"
     result = evaluate(eval_cfg(vg_folder), save_descriptors=out, progress=False)
-    assert set(["R@1", "R@2", "R@5", "queries", "queries_without_positives", "database", "features_dim",
-                "matching_ms", "index_memory_mb", "gflops", "model_size_mb"]) <= set(result)
+    assert set(
+        [
+            "R@1",
+            "R@2",
+            "R@5",
+            "queries",
+            "queries_without_positives",
+            "database",
+            "features_dim",
+            "matching_ms",
+            "index_memory_mb",
+            "gflops",
+            "model_size_mb",
+        ]
+    ) <= set(result)
     assert result["queries"] == 4 and result["database"] == 12 and result["features_dim"] == 256
     assert result["queries_without_positives"] == 1  # the query 1 km away still counts as a miss
     assert result["R@5"] <= 75.0
@@ -97,8 +119,9 @@ def test_eval_end_to_end_and_saved_descriptors_recompute_the_recalls(vg_folder, 
 
 def test_streamed_database_gives_the_same_recalls(vg_folder, tmp_path):
     whole = evaluate(eval_cfg(vg_folder), progress=False)
-    streamed = evaluate(eval_cfg(vg_folder, "test.memory_budget_mb=0.002"), save_descriptors=tmp_path / "s",
-                        progress=False)
+    streamed = evaluate(
+        eval_cfg(vg_folder, "test.memory_budget_mb=0.002"), save_descriptors=tmp_path / "s", progress=False
+    )
     for key in ("R@1", "R@2", "R@5", "queries", "database"):
         assert whole[key] == streamed[key], key
     assert streamed["index_memory_mb"] <= 0.002 + 256 * 4 * 16 / 2**20  # one chunk (plus one batch)
@@ -123,6 +146,7 @@ def test_corrupt_image_is_named_or_skipped(vg_folder, tmp_path):
 
 def test_dataset_name_and_test_sets(vg_folder):
     from vgray.evaluate.evaluate import dataset_name, test_sets
+
     assert dataset_name("synthetic:small") == "synthetic_small"
     assert dataset_name("/data/pitts30k/") == "pitts30k"
     assert test_sets(eval_cfg(vg_folder)) == {"ds": str(vg_folder)}
@@ -154,15 +178,25 @@ def test_final_test_gives_the_eval_figures_and_scores_every_set(vg_folder, tmp_p
 
     model, rt = model_and_runtime()
     asked = []
-    one = final_test(cfg, model, rt, test_sets(cfg),
-                     extractor_for=lambda c: asked.append(c.data.root) or extract_descriptors)
+    one = final_test(
+        cfg, model, rt, test_sets(cfg), extractor_for=lambda c: asked.append(c.data.root) or extract_descriptors
+    )
     assert asked == [str(vg_folder)]
     assert {k: one[f"test/ds/{k}"] for k in ("R@1", "R@2", "R@5")} == {k: figures[k] for k in ("R@1", "R@2", "R@5")}
-    for key in ("matching_ms", "index_memory_mb", "database", "queries", "features_dim", "gflops",
-                "model_size_mb", "params"):
+    for key in (
+        "matching_ms",
+        "index_memory_mb",
+        "database",
+        "queries",
+        "features_dim",
+        "gflops",
+        "model_size_mb",
+        "params",
+    ):
         assert key in one, key
-    assert {k: one[k] for k in ("database", "queries", "features_dim", "params")} == \
-        {k: figures[k] for k in ("database", "queries", "features_dim", "params")}
+    assert {k: one[k] for k in ("database", "queries", "features_dim", "params")} == {
+        k: figures[k] for k in ("database", "queries", "features_dim", "params")
+    }
 
     model, rt = model_and_runtime()
     two = final_test(cfg, model, rt, {"a": str(vg_folder), "b": str(other)})

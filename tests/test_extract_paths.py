@@ -7,6 +7,7 @@ perturbation of 1/255 of the input range. Descriptors must then agree to cosine 
 GPU nvjpeg's IDCT adds a few grey levels more, still far inside that) and give the same top-1
 database image for every query; a wrong channel order, mean or std would move them much further.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SET, write_image
 from PIL import Image
 
-from conftest import TINY_SET, write_image
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.data.dataset import open_split
@@ -96,8 +97,9 @@ def test_png_and_corrupt_files_as_on_the_pil_path(mixed_files, capsys):
         assert messages["torchvision"] == messages["pil"]
     got = {}
     for d, r in runtimes.items():  # skip_corrupt: the bad ones left out and reported, PNG and JPEG kept
-        x, valid = extract_descriptors(model, [*good, *bad], transform, dataclasses.replace(r, skip_corrupt=True),
-                                       model.features_dim)
+        x, valid = extract_descriptors(
+            model, [*good, *bad], transform, dataclasses.replace(r, skip_corrupt=True), model.features_dim
+        )
         assert valid.tolist() == [True, True, False, False, False]
         err = capsys.readouterr().err
         assert all(f"skipping unreadable image {p}" in err for p in bad)
@@ -125,6 +127,7 @@ def test_compiled_extraction_equals_eager(tmp_path):
     eager, _ = extract_descriptors(model, paths, transform, rt, model.features_dim)
     crt = dataclasses.replace(rt, compile=True)
     from torch._dynamo.utils import counters
+
     counters.clear()
     first, _ = extract_descriptors(model, paths, transform, crt, model.features_dim)
     graphs = counters["stats"]["unique_graphs"]

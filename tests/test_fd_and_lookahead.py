@@ -7,6 +7,7 @@ process held up to 42 extra descriptors at batch 16, 122 at 64, 202 at 256, 777 
 ``wait_stream``, ``record_stream``); here only that every caller goes through the one place that does
 it and that it is the identity on the CPU.
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_image
 from PIL import Image
 
-from conftest import write_image
 from vgray.data.images import ByteBatch, EncodedImages
 from vgray.data.transforms import ResizeNormalize
 from vgray.errors import BadInput
@@ -30,8 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rt(batch_size, skip_corrupt=False, workers=2):
-    return Runtime(device=torch.device("cpu"), dtype=torch.float32, batch_size=batch_size, num_workers=workers,
-                   skip_corrupt=skip_corrupt, progress=False, decode="torchvision")
+    return Runtime(
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        batch_size=batch_size,
+        num_workers=workers,
+        skip_corrupt=skip_corrupt,
+        progress=False,
+        decode="torchvision",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +154,13 @@ def test_the_stream_sync_is_the_identity_on_the_cpu():
 def _calls(path: Path, name: str):
     """The functions of module ``path`` that call ``name``."""
     tree = ast.parse(path.read_text())
-    return {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-            for n in ast.walk(f) if isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == name}
+    return {
+        f.name
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef)
+        for n in ast.walk(f)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == name
+    }
 
 
 def test_every_decode_then_forward_goes_through_iter_images():
@@ -160,8 +173,11 @@ def test_every_decode_then_forward_goes_through_iter_images():
             continue
         for function in _calls(path, "decode_on_device"):
             callers.setdefault(str(path.relative_to(ROOT)), set()).add(function)
-    assert callers == {"vgray/evaluate/extract.py": {"_decode_batch"},
-                       "vgray/bench/extract.py": {"decode_device"}, "vgray/bench/gpu_check.py": {"jpeg_figures"}}
+    assert callers == {
+        "vgray/evaluate/extract.py": {"_decode_batch"},
+        "vgray/bench/extract.py": {"decode_device"},
+        "vgray/bench/gpu_check.py": {"jpeg_figures"},
+    }
     module = ROOT / "vgray/evaluate/extract.py"
     assert {"iter_descriptors", "calibrate_batchnorm", "sample_local_features"} <= _calls(module, "iter_images")
     assert "iter_images" in _calls(module, "ready_for_caller")
@@ -177,7 +193,9 @@ def test_device_path_on_cuda_matches_the_cpu(tiny_jpegs, tmp_path):
     chroma upsampling differs (nvjpeg's against libjpeg-turbo's fancy upsampling): there it showed
     at most 9 levels on smooth 480x640 JPEGs and 62 on 48x64 ones, about 70 on random 8x8 ones."""
     import dataclasses
+
     from vgray.bench.gpu_check import _picture
+
     rt = dataclasses.replace(_rt(16), device=torch.device("cuda", torch.cuda.current_device()))
     paths = tiny_jpegs[:64]
     gpu = [(images.cpu(), indices) for images, indices in extract.iter_images(paths, _transform(), rt)]

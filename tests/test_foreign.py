@@ -1,6 +1,7 @@
 """Foreign whole-network files through ``model.pretrained: FILE``: each written here in its publisher's
 layout (keys as the publisher names them, wrapped as it wraps them), loaded, and the descriptor of a
 fixed image compared with the one the layout's own arithmetic gives from the written tensors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,9 +22,16 @@ EPS = 1e-6
 
 
 def _config(backbone, aggregation, pretrained="none", *extra):
-    return load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                                  f"model.pretrained={pretrained}", "model.netvlad_clusters=4",
-                                  "data.resize=[64,64]", *extra])
+    return load_config(
+        overrides=[
+            f"model.backbone={backbone}",
+            f"model.aggregation={aggregation}",
+            f"model.pretrained={pretrained}",
+            "model.netvlad_clusters=4",
+            "data.resize=[64,64]",
+            *extra,
+        ]
+    )
 
 
 def _random_state(backbone, aggregation, *extra) -> dict:
@@ -50,7 +58,7 @@ def _publisher_backbone(state: dict, arch: str, stage: int) -> nn.Module:
         body = nn.Sequential(*list(source.features.children())[:-2])
     else:
         body = nn.Sequential(*list(source.children())[: -3 if stage == 4 else -2])
-    body.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    body.load_state_dict({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})
     return body.eval()
 
 
@@ -66,8 +74,9 @@ def _netvlad(x, conv, centroids, mask=None):
     if mask is not None:
         soft = soft * mask.view(n, 1, -1)
     flat = x.view(n, d, -1)
-    vlad = torch.stack([((flat - centroids[k][None, :, None]) * soft[:, k:k + 1]).sum(-1)
-                        for k in range(conv.shape[0])], dim=1)
+    vlad = torch.stack(
+        [((flat - centroids[k][None, :, None]) * soft[:, k : k + 1]).sum(-1) for k in range(conv.shape[0])], dim=1
+    )
     return F.normalize(F.normalize(vlad, p=2, dim=2).view(n, -1), p=2, dim=1)
 
 
@@ -75,20 +84,26 @@ def _paper_state(vgray_state: dict, aggregation: str, l2: str, fc: bool) -> dict
     """A vgray state dict renamed as the paper's GeoLocalizationNet names its parameters."""
     out, pool_index = {}, 1 if l2 == "before_pool" else 0
     inner = "aggregation.0." if fc else "aggregation."
-    names = {"p": f"{pool_index}.p", "norm_in": "ln1", "norm_out": "ln2",
-             "crn.filters.0": "crn.filter_3_3", "crn.filters.1": "crn.filter_5_5", "crn.filters.2": "crn.filter_7_7"}
+    names = {
+        "p": f"{pool_index}.p",
+        "norm_in": "ln1",
+        "norm_out": "ln2",
+        "crn.filters.0": "crn.filter_3_3",
+        "crn.filters.1": "crn.filter_5_5",
+        "crn.filters.2": "crn.filter_7_7",
+    }
     for key, value in vgray_state.items():
         if key.startswith("backbone.body."):
-            out["backbone." + key[len("backbone.body."):]] = value
+            out["backbone." + key[len("backbone.body.") :]] = value
         elif key.startswith("fc."):
             out["aggregation.1." + key[3:]] = value
         elif key == "aggregation.initialized":
             continue  # the paper's NetVLAD has no such buffer
         else:
-            rest = key[len("aggregation."):]
+            rest = key[len("aggregation.") :]
             for ours, theirs in names.items():
                 if rest.startswith(ours):
-                    rest = theirs + rest[len(ours):]
+                    rest = theirs + rest[len(ours) :]
             out[inner + rest] = value
     if aggregation == "crn":  # its accumulation layer: a fixed sum
         out[inner + "crn.acc_w.weight"] = torch.ones(1, 84, 1, 1)
@@ -103,23 +118,38 @@ def _paper_descriptor(state: dict, arch: str, stage: int, aggregation: str, l2: 
     if aggregation in ("gem", "spoc", "mac"):
         x = F.normalize(x, p=2, dim=1) if l2 == "before_pool" else x
         index = 1 if l2 == "before_pool" else 0
-        x = (_gem(x, state[f"{a}{index}.p"]) if aggregation == "gem" else
-             x.mean((-2, -1)) if aggregation == "spoc" else x.amax((-2, -1)))
+        x = (
+            _gem(x, state[f"{a}{index}.p"])
+            if aggregation == "gem"
+            else x.mean((-2, -1))
+            if aggregation == "spoc"
+            else x.amax((-2, -1))
+        )
         x = F.normalize(x, p=2, dim=1) if l2 == "after_pool" else x
     elif aggregation == "netvlad":
         x = _netvlad(x, state[a + "conv.weight"], state[a + "centroids"])
     elif aggregation == "crn":
         xn = F.normalize(x, p=2, dim=1)
         pooled = F.avg_pool2d(xn, kernel_size=3, stride=2, ceil_mode=True)
-        g = torch.cat([F.conv2d(pooled, state[f"{a}crn.filter_{s}_{s}.weight"], state[f"{a}crn.filter_{s}_{s}.bias"],
-                                padding=s // 2) for s in (3, 5, 7)], dim=1).relu()
+        g = torch.cat(
+            [
+                F.conv2d(
+                    pooled, state[f"{a}crn.filter_{s}_{s}.weight"], state[f"{a}crn.filter_{s}_{s}.bias"], padding=s // 2
+                )
+                for s in (3, 5, 7)
+            ],
+            dim=1,
+        ).relu()
         w = F.conv2d(g, state[a + "crn.acc_w.weight"], state[a + "crn.acc_w.bias"]).relu()
         mask = F.interpolate(w, scale_factor=2, mode="bilinear")
         x = _netvlad(x, state[a + "conv.weight"], state[a + "centroids"], mask)
     elif aggregation == "rrm":
         x = F.layer_norm(x.mean((-2, -1)), x.shape[1:2], state[a + "ln1.weight"], state[a + "ln1.bias"])
-        x = x + F.linear(F.linear(x, state[a + "fc1.weight"], state[a + "fc1.bias"]).relu(),
-                         state[a + "fc2.weight"], state[a + "fc2.bias"])
+        x = x + F.linear(
+            F.linear(x, state[a + "fc1.weight"], state[a + "fc1.bias"]).relu(),
+            state[a + "fc2.weight"],
+            state[a + "fc2.bias"],
+        )
         x = F.normalize(F.layer_norm(x, x.shape[1:2], state[a + "ln2.weight"], state[a + "ln2.bias"]), p=2, dim=1)
     if fc:
         x = F.normalize(F.linear(x, state["aggregation.1.weight"], state["aggregation.1.bias"]), p=2, dim=1)
@@ -150,9 +180,17 @@ def test_paper_layout_gives_the_papers_descriptor(tmp_path, backbone, aggregatio
     extra = [f"model.l2={l2}"] + ([f"model.fc_output_dim={fc}"] if fc else [])
     state = _paper_state(_random_state(backbone, aggregation, *extra), aggregation, l2, bool(fc))
     # train.py's checkpoint: DataParallel's prefix, numpy scalars and arrays beside the weights.
-    torch.save({"epoch_num": 3, "model_state_dict": {f"module.{k}": v for k, v in state.items()},
-                "optimizer_state_dict": {"state": {}, "param_groups": []}, "recalls": np.array([50.0, 60.0]),
-                "best_r5": np.float64(60.0), "not_improved_num": 0}, tmp_path / "last_model.pth")
+    torch.save(
+        {
+            "epoch_num": 3,
+            "model_state_dict": {f"module.{k}": v for k, v in state.items()},
+            "optimizer_state_dict": {"state": {}, "param_groups": []},
+            "recalls": np.array([50.0, 60.0]),
+            "best_r5": np.float64(60.0),
+            "not_improved_num": 0,
+        },
+        tmp_path / "last_model.pth",
+    )
     torch.save(state, tmp_path / "bare.pth")  # the model zoo's files: the bare state dict
     arch, stage = (backbone[:-5], int(backbone[-1])) if "conv" in backbone else (backbone, 0)
     want = _paper_descriptor(state, arch, stage, aggregation, l2, bool(fc))
@@ -193,18 +231,44 @@ def test_cosplace_eigenplaces_file_and_named_source(tmp_path, torch_home, source
 
 
 def test_named_release_refuses_a_size_or_network_it_was_not_released_for(torch_home, capsys, small_root):
-    code = main(["eval", "--set", f"data.root={small_root}", "--set", "model.backbone=resnet18conv5",
-                 "--set", "model.aggregation=gem", "--set", "model.fc_output_dim=100",
-                 "--set", "model.pretrained=cosplace",
-                 "--set", "data.resize=[64,64]", "--set", "data.num_workers=0"])
+    code = main(
+        [
+            "eval",
+            "--set",
+            f"data.root={small_root}",
+            "--set",
+            "model.backbone=resnet18conv5",
+            "--set",
+            "model.aggregation=gem",
+            "--set",
+            "model.fc_output_dim=100",
+            "--set",
+            "model.pretrained=cosplace",
+            "--set",
+            "data.resize=[64,64]",
+            "--set",
+            "data.num_workers=0",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "model.fc_output_dim in [32, 64, 128, 256, 512]" in err
 
 
 def _eval(root, tmp_path, *sets):
-    args = ["eval", "--set", f"data.root={root}", "--set", "data.resize=[64,64]", "--set", "data.num_workers=0",
-            "--set", "model.netvlad_clusters=4", "--json", str(tmp_path / "e.json")]
+    args = [
+        "eval",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "data.resize=[64,64]",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "model.netvlad_clusters=4",
+        "--json",
+        str(tmp_path / "e.json"),
+    ]
     for s in sets:
         args += ["--set", s]
     return main(args)
@@ -212,48 +276,82 @@ def _eval(root, tmp_path, *sets):
 
 def test_paper_checkpoint_evaluates_through_the_cli(tmp_path, small_root, capsys):
     state = _paper_state(_random_state("resnet18conv4", "netvlad"), "netvlad", "before_pool", False)
-    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "best_r5": np.float64(1.0)},
-               tmp_path / "best_model.pth")
-    assert _eval(small_root, tmp_path, "model.backbone=resnet18conv4", "model.aggregation=netvlad",
-                 f"model.pretrained={tmp_path / 'best_model.pth'}") == 0
+    torch.save(
+        {"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "best_r5": np.float64(1.0)},
+        tmp_path / "best_model.pth",
+    )
+    assert (
+        _eval(
+            small_root,
+            tmp_path,
+            "model.backbone=resnet18conv4",
+            "model.aggregation=netvlad",
+            f"model.pretrained={tmp_path / 'best_model.pth'}",
+        )
+        == 0
+    )
     assert (tmp_path / "e.json").is_file()
 
 
 def test_a_misfit_names_what_the_file_was_made_for(tmp_path, small_root, capsys):
     state = _paper_state(_random_state("resnet18conv4", "netvlad"), "netvlad", "before_pool", False)
     torch.save({"model_state_dict": state}, tmp_path / "netvlad.pth")
-    code = _eval(small_root, tmp_path, "model.backbone=resnet18conv4", "model.aggregation=gem",
-                 f"model.pretrained={tmp_path / 'netvlad.pth'}")
+    code = _eval(
+        small_root,
+        tmp_path,
+        "model.backbone=resnet18conv4",
+        "model.aggregation=gem",
+        f"model.pretrained={tmp_path / 'netvlad.pth'}",
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "the paper's" in err and ("made for model.backbone=resnet18conv4, model.aggregation=netvlad, "
-                                     "model.netvlad_clusters=4, model.fc_output_dim=null" in err)
+    assert "the paper's" in err and (
+        "made for model.backbone=resnet18conv4, model.aggregation=netvlad, "
+        "model.netvlad_clusters=4, model.fc_output_dim=null" in err
+    )
     assert not (tmp_path / "e.json").exists()
 
     # GeM p at the paper's before_pool place, into a config that normalises after the pool.
     gem = _paper_state(_random_state("resnet18conv4", "gem"), "gem", "before_pool", False)
     torch.save(gem, tmp_path / "gem.pth")
-    code = _eval(small_root, tmp_path, "model.backbone=resnet18conv4", "model.aggregation=gem", "model.l2=after_pool",
-                 f"model.pretrained={tmp_path / 'gem.pth'}")
+    code = _eval(
+        small_root,
+        tmp_path,
+        "model.backbone=resnet18conv4",
+        "model.aggregation=gem",
+        "model.l2=after_pool",
+        f"model.pretrained={tmp_path / 'gem.pth'}",
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "model.l2=before_pool" in err, err
 
     # A ResNet-18 conv5 CosPlace network into a conv4 config.
     cos = _gmberton_state(_random_state("resnet18conv5", "gem", "model.fc_output_dim=32"))
     torch.save(cos, tmp_path / "cos.pth")
-    code = _eval(small_root, tmp_path, "model.backbone=resnet18conv4", "model.aggregation=gem",
-                 f"model.pretrained={tmp_path / 'cos.pth'}")
+    code = _eval(
+        small_root,
+        tmp_path,
+        "model.backbone=resnet18conv4",
+        "model.aggregation=gem",
+        f"model.pretrained={tmp_path / 'cos.pth'}",
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert ("CosPlace/EigenPlaces layout) is a network made for model.backbone=resnet18conv5, "
-            "model.aggregation=gem") in err
+    assert (
+        "CosPlace/EigenPlaces layout) is a network made for model.backbone=resnet18conv5, model.aggregation=gem"
+    ) in err
     assert "model.fc_output_dim=32" in err
 
 
 def test_unknown_layout_names_the_layouts_tried(tmp_path, small_root, capsys):
     torch.save({"encoder.stem.weight": torch.zeros(2), "decoder.proj.weight": torch.zeros(2)}, tmp_path / "odd.pth")
-    code = _eval(small_root, tmp_path, "model.backbone=resnet18conv4", "model.aggregation=gem",
-                 f"model.pretrained={tmp_path / 'odd.pth'}")
+    code = _eval(
+        small_root,
+        tmp_path,
+        "model.backbone=resnet18conv4",
+        "model.aggregation=gem",
+        f"model.pretrained={tmp_path / 'odd.pth'}",
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "fits no known layout" in err and "the paper's" in err and "CosPlace/EigenPlaces" in err

@@ -2,6 +2,7 @@
 ResNet-152 through ``model.pretrained: FILE``: each file written here with random tensors in its
 publisher's names and shapes, loaded, and the descriptor of a fixed image compared with the one the
 publisher's arithmetic gives from the written tensors (written below with functional ops)."""
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,16 @@ def _image(size: int) -> torch.Tensor:
 
 
 def _config(backbone, aggregation, pretrained, size, *extra):
-    return load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                                  f"model.pretrained={pretrained}", "model.netvlad_clusters=4",
-                                  f"data.resize=[{size},{size}]", *extra]).model
+    return load_config(
+        overrides=[
+            f"model.backbone={backbone}",
+            f"model.aggregation={aggregation}",
+            f"model.pretrained={pretrained}",
+            "model.netvlad_clusters=4",
+            f"data.resize=[{size},{size}]",
+            *extra,
+        ]
+    ).model
 
 
 def _descriptor(path, backbone, aggregation, size, *extra) -> torch.Tensor:
@@ -80,6 +88,7 @@ def _head(r, state, aggregation, l2, fc, dim):
 
 # -- the paper's arithmetic ---------------------------------------------------------------------
 
+
 def _attention(x, q, k, v, heads):
     """Multi-head scaled dot-product attention of (B, N, C) queries, keys and values."""
     b, n, c = x.shape
@@ -98,8 +107,16 @@ def _hf_vit(s: dict, image: torch.Tensor, blocks: int) -> torch.Tensor:
     def lin(x, name):
         return F.linear(x, s[name + ".weight"], s[name + ".bias"])
 
-    x = F.conv2d(image, s[p + "embeddings.patch_embeddings.projection.weight"],
-                 s[p + "embeddings.patch_embeddings.projection.bias"], stride=16).flatten(2).transpose(1, 2)
+    x = (
+        F.conv2d(
+            image,
+            s[p + "embeddings.patch_embeddings.projection.weight"],
+            s[p + "embeddings.patch_embeddings.projection.bias"],
+            stride=16,
+        )
+        .flatten(2)
+        .transpose(1, 2)
+    )
     x = torch.cat([s[p + "embeddings.cls_token"].expand(x.shape[0], -1, -1), x], 1)
     x = x + s[p + "embeddings.position_embeddings"]
     for i in range(blocks):
@@ -116,8 +133,12 @@ def _paper_cct(s: dict, image: torch.Tensor, blocks: int) -> torch.Tensor:
     """The paper's CCT (model/cct): tokenizer, positional embedding, encoder layers, final norm."""
     x = image
     for i in range(2):
-        x = F.max_pool2d(F.conv2d(x, s[f"backbone.tokenizer.conv_layers.{i}.0.weight"], stride=2, padding=3).relu(),
-                         3, stride=2, padding=1)
+        x = F.max_pool2d(
+            F.conv2d(x, s[f"backbone.tokenizer.conv_layers.{i}.0.weight"], stride=2, padding=3).relu(),
+            3,
+            stride=2,
+            padding=1,
+        )
     x = x.flatten(2).transpose(1, 2) + s["backbone.classifier.positional_emb"]
 
     def lin(x, name, bias=True):
@@ -139,8 +160,9 @@ def _paper_pool(s: dict, tokens: torch.Tensor, aggregation: str, l2: str, fc, cc
     if aggregation in ("gem", "netvlad"):
         x = tokens if cct else tokens[:, 1:]  # VitWrapper: the patch tokens
     elif aggregation == "seqpool":
-        weights = F.linear(tokens, s["backbone.classifier.attention_pool.weight"],
-                           s["backbone.classifier.attention_pool.bias"]).softmax(dim=1)
+        weights = F.linear(
+            tokens, s["backbone.classifier.attention_pool.weight"], s["backbone.classifier.attention_pool.bias"]
+        ).softmax(dim=1)
         x = (weights.transpose(-1, -2) @ tokens).squeeze(-2)
     else:
         x = tokens[:, 0]  # the class token (CCT: the first token)
@@ -154,8 +176,9 @@ def _paper_pool(s: dict, tokens: torch.Tensor, aggregation: str, l2: str, fc, cc
         t = F.normalize(x.permute(0, 2, 1), p=2, dim=1)  # (B, C, T)
         conv, centroids = s[a + "conv.weight"], s[a + "centroids"]
         soft = F.conv1d(t, conv).softmax(dim=1)
-        vlad = torch.stack([((t - centroids[k][None, :, None]) * soft[:, k:k + 1]).sum(-1)
-                            for k in range(conv.shape[0])], dim=1)
+        vlad = torch.stack(
+            [((t - centroids[k][None, :, None]) * soft[:, k : k + 1]).sum(-1) for k in range(conv.shape[0])], dim=1
+        )
         x = F.normalize(F.normalize(vlad, p=2, dim=2).flatten(1), p=2, dim=1)
     if fc:
         x = F.normalize(F.linear(x, s["aggregation.1.weight"], s["aggregation.1.bias"]), p=2, dim=1)
@@ -163,6 +186,7 @@ def _paper_pool(s: dict, tokens: torch.Tensor, aggregation: str, l2: str, fc, cc
 
 
 # -- ViT ----------------------------------------------------------------------------------------
+
 
 def _vit_state(blocks: int, size: int, aggregation: str, l2: str, fc) -> dict:
     r, s = _Random(11), {}
@@ -188,12 +212,20 @@ def _vit_state(blocks: int, size: int, aggregation: str, l2: str, fc) -> dict:
 
 def _save_train_checkpoint(state: dict, path) -> None:
     """train.py's checkpoint: DataParallel's prefix, numpy scalars and arrays beside the weights."""
-    torch.save({"epoch_num": 3, "model_state_dict": {f"module.{k}": v for k, v in state.items()},
-                "recalls": np.array([50.0, 60.0]), "best_r5": np.float64(60.0)}, path)
+    torch.save(
+        {
+            "epoch_num": 3,
+            "model_state_dict": {f"module.{k}": v for k, v in state.items()},
+            "recalls": np.array([50.0, 60.0]),
+            "best_r5": np.float64(60.0),
+        },
+        path,
+    )
 
 
-@pytest.mark.parametrize("aggregation, l2, fc", [("cls", "before_pool", None), ("gem", "after_pool", 16),
-                                                 ("netvlad", "before_pool", None)])
+@pytest.mark.parametrize(
+    "aggregation, l2, fc", [("cls", "before_pool", None), ("gem", "after_pool", 16), ("netvlad", "before_pool", None)]
+)
 def test_paper_vit_gives_the_papers_descriptor(tmp_path, aggregation, l2, fc):
     blocks, size = 2, 224
     state = _vit_state(blocks, size, aggregation, l2, fc)
@@ -207,19 +239,24 @@ def test_paper_vit_gives_the_papers_descriptor(tmp_path, aggregation, l2, fc):
 
 def test_vit_names_stack_query_key_value_and_drop_the_pooler():
     state = _vit_state(1, 224, "cls", "none", None)
-    hf = {k[len(VIT):]: v for k, v in state.items() if k.startswith(VIT)}
+    hf = {k[len(VIT) :]: v for k, v in state.items() if k.startswith(VIT)}
     timm_state = vit_to_timm(hf)
     assert not any(k.startswith("pooler.") for k in timm_state)
     qkv = timm_state["blocks.0.attn.qkv.weight"]
     assert qkv.shape == (3 * D_VIT, D_VIT)
-    torch.testing.assert_close(qkv[D_VIT:2 * D_VIT], hf["encoder.layer.0.attention.attention.key.weight"])
-    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight", "blocks.0.mlp.fc2.bias"} <= set(timm_state)
+    torch.testing.assert_close(qkv[D_VIT : 2 * D_VIT], hf["encoder.layer.0.attention.attention.key.weight"])
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight", "blocks.0.mlp.fc2.bias"} <= set(
+        timm_state
+    )
 
 
 def test_paper_vit_for_another_network_names_what_it_was_made_for(tmp_path):
     torch.save(_vit_state(2, 224, "gem", "after_pool", None), tmp_path / "vit.pth")
-    with pytest.raises(BadInput, match=r"the paper's ViT.*made for model\.backbone=vit, model\.trunc_te=2, "
-                                       r"data\.resize=\[224,224\], model\.aggregation=gem"):
+    with pytest.raises(
+        BadInput,
+        match=r"the paper's ViT.*made for model\.backbone=vit, model\.trunc_te=2, "
+        r"data\.resize=\[224,224\], model\.aggregation=gem",
+    ):
         build_model(_config("vit", "gem", str(tmp_path / "vit.pth"), 224, "model.trunc_te=3", "model.l2=after_pool"))
     with pytest.raises(BadInput, match="model.l2=after_pool"):  # GeM's p first: no L2Norm before it
         build_model(_config("vit", "gem", str(tmp_path / "vit.pth"), 224, "model.trunc_te=2", "model.l2=before_pool"))
@@ -235,6 +272,7 @@ def test_paper_transformer_gem_after_its_token_wise_l2norm_is_refused(tmp_path):
 
 
 # -- CCT ----------------------------------------------------------------------------------------
+
 
 def _cct_state(blocks: int, aggregation: str, l2: str, fc) -> dict:
     r, s = _Random(13), {}
@@ -258,16 +296,17 @@ def _cct_state(blocks: int, aggregation: str, l2: str, fc) -> dict:
 def test_paper_cct_tokenizer_and_one_block_give_the_papers_tokens():
     state = _cct_state(1, "cls", "none", None)
     model = build_model(_config("cct384", "cls", "none", 384, "model.trunc_te=1")).eval()
-    own, pool = cct_to_vgray({k[len(CCT):]: v for k, v in state.items()})
+    own, pool = cct_to_vgray({k[len(CCT) :]: v for k, v in state.items()})
     model.backbone.load_state_dict(own)
     assert set(pool) == {"weight", "bias"}
     with torch.no_grad():
-        torch.testing.assert_close(model.backbone(_image(384)), _paper_cct(state, _image(384), 1),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.backbone(_image(384)), _paper_cct(state, _image(384), 1), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("aggregation, l2, fc", [("cls", "none", None), ("seqpool", "none", 16),
-                                                 ("gem", "none", None), ("netvlad", "before_pool", None)])
+@pytest.mark.parametrize(
+    "aggregation, l2, fc",
+    [("cls", "none", None), ("seqpool", "none", 16), ("gem", "none", None), ("netvlad", "before_pool", None)],
+)
 def test_paper_cct_gives_the_papers_descriptor(tmp_path, aggregation, l2, fc):
     blocks, size = 1, 384
     state = _cct_state(blocks, aggregation, l2, fc)
@@ -280,7 +319,7 @@ def test_paper_cct_gives_the_papers_descriptor(tmp_path, aggregation, l2, fc):
 
 def test_cct_names_are_those_vgray_reads_from_the_cct_authors_files():
     state = _cct_state(1, "cls", "none", None)
-    own, _ = cct_to_vgray({k[len(CCT):]: v for k, v in state.items()})
+    own, _ = cct_to_vgray({k[len(CCT) :]: v for k, v in state.items()})
     for name in own:
         assert f"backbone.{source_key(name)}" in state, name
 
@@ -294,6 +333,7 @@ def test_the_paper_transformer_layouts_are_claimed_by_their_own_layout():
 
 # -- ResNet-152 and CosPlace's releases ---------------------------------------------------------
 
+
 def test_cosplace_resnet152_file_and_named_source(tmp_path, torch_home):
     """CosPlace's ResNet-152 layout (backbone.N…, aggregation = L2Norm, GeM, Flatten, Linear, L2Norm)."""
     torch.manual_seed(3)
@@ -306,8 +346,13 @@ def test_cosplace_resnet152_file_and_named_source(tmp_path, torch_home):
     body = nn.Sequential(*list(source.children())[:-2]).eval()
     r = _Random(17)
     state = {f"backbone.{k}": v for k, v in body.state_dict().items()}
-    state.update({"aggregation.1.p": torch.tensor([2.7]), "aggregation.3.weight": r(32, 2048, scale=0.03),
-                  "aggregation.3.bias": r(32, scale=0.02)})
+    state.update(
+        {
+            "aggregation.1.p": torch.tensor([2.7]),
+            "aggregation.3.weight": r(32, 2048, scale=0.03),
+            "aggregation.3.bias": r(32, scale=0.02),
+        }
+    )
     image = _image(64)
     with torch.no_grad():
         x = F.normalize(body(image), p=2, dim=1)

@@ -2,6 +2,7 @@
 file is written here in its publisher's layout (``VPRModel``'s ``backbone.…`` and ``aggregator.…``
 names and shapes, tiny sizes), loaded, and the descriptor of a fixed image compared with the one the
 publisher's arithmetic gives from the written tensors (torch functional ops, not vgray's modules)."""
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ def _descriptor(cfg, image):
 
 # -- the publishers' backbones, from the file's tensors ----------------------------------------
 
+
 def _resnet50_state(seed: int) -> dict:
     """A torchvision ResNet-50 cropped after layer3, random weights and BatchNorm statistics, in
     torchvision's names (conv1, bn1, layer1…)."""
@@ -83,16 +85,35 @@ def _resnet_features(state: dict, image: torch.Tensor) -> torch.Tensor:
 def _dinov2_hub_state(dim: int, blocks: int, grid: int, seed: int) -> dict:
     """A DINOv2 in torch hub's names (``mask_token`` and the final ``norm`` included), its positional
     embedding made for a ``grid`` x ``grid`` patch grid."""
-    shapes = {"cls_token": (1, 1, dim), "pos_embed": (1, 1 + grid * grid, dim), "mask_token": (1, dim),
-              "patch_embed.proj.weight": (dim, 3, 14, 14), "patch_embed.proj.bias": (dim,),
-              "norm.weight": (dim,), "norm.bias": (dim,)}
+    shapes = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 1 + grid * grid, dim),
+        "mask_token": (1, dim),
+        "patch_embed.proj.weight": (dim, 3, 14, 14),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
+    }
     for i in range(blocks):
         b = f"blocks.{i}."
-        shapes.update({b + "norm1.weight": (dim,), b + "norm1.bias": (dim,), b + "attn.qkv.weight": (3 * dim, dim),
-                       b + "attn.qkv.bias": (3 * dim,), b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,),
-                       b + "ls1.gamma": (dim,), b + "norm2.weight": (dim,), b + "norm2.bias": (dim,),
-                       b + "mlp.fc1.weight": (4 * dim, dim), b + "mlp.fc1.bias": (4 * dim,),
-                       b + "mlp.fc2.weight": (dim, 4 * dim), b + "mlp.fc2.bias": (dim,), b + "ls2.gamma": (dim,)})
+        shapes.update(
+            {
+                b + "norm1.weight": (dim,),
+                b + "norm1.bias": (dim,),
+                b + "attn.qkv.weight": (3 * dim, dim),
+                b + "attn.qkv.bias": (3 * dim,),
+                b + "attn.proj.weight": (dim, dim),
+                b + "attn.proj.bias": (dim,),
+                b + "ls1.gamma": (dim,),
+                b + "norm2.weight": (dim,),
+                b + "norm2.bias": (dim,),
+                b + "mlp.fc1.weight": (4 * dim, dim),
+                b + "mlp.fc1.bias": (4 * dim,),
+                b + "mlp.fc2.weight": (dim, 4 * dim),
+                b + "mlp.fc2.bias": (dim,),
+                b + "ls2.gamma": (dim,),
+            }
+        )
     state = _random(shapes, seed)
     for i in range(blocks):  # LayerScale near its trained size, not DINOv2's 1e-5 start
         state[f"blocks.{i}.ls1.gamma"] = state[f"blocks.{i}.ls1.gamma"].abs() + 0.5
@@ -117,42 +138,64 @@ def _dinov2_tokens(s: dict, image: torch.Tensor, heads: int, final_norm: bool) -
     n = x.shape[1]
     blocks = sorted({int(k.split(".")[1]) for k in s if k.startswith("blocks.")})
     for i in blocks:
-        p = lambda name: s[f"blocks.{i}.{name}"]  # noqa: E731
+        p = lambda name, i=i: s[f"blocks.{i}.{name}"]  # noqa: E731
         y = F.layer_norm(x, (c,), p("norm1.weight"), p("norm1.bias"), eps=1e-6)
         qkv = F.linear(y, p("attn.qkv.weight"), p("attn.qkv.bias")).reshape(b, n, 3, heads, c // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         a = torch.softmax(q @ k.transpose(-2, -1) * (c // heads) ** -0.5, dim=-1) @ v
-        x = x + p("ls1.gamma") * F.linear(a.transpose(1, 2).reshape(b, n, c), p("attn.proj.weight"),
-                                          p("attn.proj.bias"))
+        x = x + p("ls1.gamma") * F.linear(
+            a.transpose(1, 2).reshape(b, n, c), p("attn.proj.weight"), p("attn.proj.bias")
+        )
         y = F.layer_norm(x, (c,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
-        x = x + p("ls2.gamma") * F.linear(F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))),
-                                          p("mlp.fc2.weight"), p("mlp.fc2.bias"))
+        x = x + p("ls2.gamma") * F.linear(
+            F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))), p("mlp.fc2.weight"), p("mlp.fc2.bias")
+        )
     if final_norm:
         x = F.layer_norm(x, (c,), s["norm.weight"], s["norm.bias"], eps=1e-6)
     return x
 
 
 def _under(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # -- MixVPR (amaralibey/MixVPR) ------------------------------------------------------------------
 
-MIXVPR_TINY = ["model.backbone=resnet50conv4", "model.aggregation=mixvpr", "data.resize=[32,32]",
-               "model.mixvpr_map_size=[2,2]", "model.mixvpr_out_channels=8", "model.mixvpr_out_rows=2",
-               "model.mixvpr_depth=2"]
+MIXVPR_TINY = [
+    "model.backbone=resnet50conv4",
+    "model.aggregation=mixvpr",
+    "data.resize=[32,32]",
+    "model.mixvpr_map_size=[2,2]",
+    "model.mixvpr_out_channels=8",
+    "model.mixvpr_out_rows=2",
+    "model.mixvpr_depth=2",
+]
 
 
 def _mixvpr_file(n: int, channels: int, out_channels: int, rows: int, depth: int, seed: int = 1) -> dict:
     """VPRModel(backbone=ResNet (``backbone.model.…``), aggregator=MixVPR)'s state dict."""
-    shapes = {"channel_proj.weight": (out_channels, channels), "channel_proj.bias": (out_channels,),
-              "row_proj.weight": (rows, n), "row_proj.bias": (rows,)}
+    shapes = {
+        "channel_proj.weight": (out_channels, channels),
+        "channel_proj.bias": (out_channels,),
+        "row_proj.weight": (rows, n),
+        "row_proj.bias": (rows,),
+    }
     for i in range(depth):
-        shapes.update({f"mix.{i}.mix.0.weight": (n,), f"mix.{i}.mix.0.bias": (n,), f"mix.{i}.mix.1.weight": (n, n),
-                       f"mix.{i}.mix.1.bias": (n,), f"mix.{i}.mix.3.weight": (n, n), f"mix.{i}.mix.3.bias": (n,)})
+        shapes.update(
+            {
+                f"mix.{i}.mix.0.weight": (n,),
+                f"mix.{i}.mix.0.bias": (n,),
+                f"mix.{i}.mix.1.weight": (n, n),
+                f"mix.{i}.mix.1.bias": (n,),
+                f"mix.{i}.mix.3.weight": (n, n),
+                f"mix.{i}.mix.3.bias": (n,),
+            }
+        )
     head = _random(shapes, seed, scale=0.5)
-    return {**{f"backbone.model.{k}": v for k, v in _resnet50_state(seed).items()},
-            **{f"aggregator.{k}": v for k, v in head.items()}}
+    return {
+        **{f"backbone.model.{k}": v for k, v in _resnet50_state(seed).items()},
+        **{f"aggregator.{k}": v for k, v in head.items()},
+    }
 
 
 def _mixvpr_descriptor(state: dict, image: torch.Tensor) -> torch.Tensor:
@@ -162,8 +205,11 @@ def _mixvpr_descriptor(state: dict, image: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     for i in range(len({k.split(".")[1] for k in a if k.startswith("mix.")})):
         y = F.layer_norm(x, (n,), a[f"mix.{i}.mix.0.weight"], a[f"mix.{i}.mix.0.bias"])
-        y = F.linear(F.linear(y, a[f"mix.{i}.mix.1.weight"], a[f"mix.{i}.mix.1.bias"]).relu(),
-                     a[f"mix.{i}.mix.3.weight"], a[f"mix.{i}.mix.3.bias"])
+        y = F.linear(
+            F.linear(y, a[f"mix.{i}.mix.1.weight"], a[f"mix.{i}.mix.1.bias"]).relu(),
+            a[f"mix.{i}.mix.3.weight"],
+            a[f"mix.{i}.mix.3.bias"],
+        )
         x = x + y
     x = F.linear(x.permute(0, 2, 1), a["channel_proj.weight"], a["channel_proj.bias"]).permute(0, 2, 1)
     x = F.linear(x, a["row_proj.weight"], a["row_proj.bias"])
@@ -192,30 +238,51 @@ def test_mixvpr_named_source_refuses_a_config_that_is_not_the_release(torch_home
     message = str(refused.value)
     assert "\n" not in message and message.endswith(
         "set model.mixvpr_map_size=[20, 20], model.mixvpr_out_channels=1024, model.mixvpr_out_rows=4, "
-        "model.mixvpr_depth=4"), message
+        "model.mixvpr_depth=4"
+    ), message
     assert "model.pretrained=mixvpr is a whole network released for model.backbone=resnet50conv4" in message
     assert "(input 320x320)" in message
 
 
 # -- SALAD (serizba/salad) -----------------------------------------------------------------------
 
-SALAD_TINY = ["model.backbone=dinov2_vits14", "model.trunc_te=1", "data.resize=[56,56]", "model.aggregation=salad",
-              "model.salad_clusters=4", "model.salad_cluster_dim=8", "model.salad_token_dim=16"]
+SALAD_TINY = [
+    "model.backbone=dinov2_vits14",
+    "model.trunc_te=1",
+    "data.resize=[56,56]",
+    "model.aggregation=salad",
+    "model.salad_clusters=4",
+    "model.salad_cluster_dim=8",
+    "model.salad_token_dim=16",
+]
 
 
 def _salad_file(seed: int = 3) -> dict:
     """VPRModel(backbone=DINOv2 (torch hub's, ``backbone.model.…``), aggregator=SALAD)'s state dict:
     ViT-S/14, one block, a positional embedding made for a 3 x 3 grid (resampled to 4 x 4)."""
     c, m, l, g = 384, 4, 8, 16
-    head = _random({"token_features.0.weight": (512, c), "token_features.0.bias": (512,),
-                    "token_features.2.weight": (g, 512), "token_features.2.bias": (g,),
-                    "cluster_features.0.weight": (512, c, 1, 1), "cluster_features.0.bias": (512,),
-                    "cluster_features.3.weight": (l, 512, 1, 1), "cluster_features.3.bias": (l,),
-                    "score.0.weight": (512, c, 1, 1), "score.0.bias": (512,),
-                    "score.3.weight": (m, 512, 1, 1), "score.3.bias": (m,)}, seed)
+    head = _random(
+        {
+            "token_features.0.weight": (512, c),
+            "token_features.0.bias": (512,),
+            "token_features.2.weight": (g, 512),
+            "token_features.2.bias": (g,),
+            "cluster_features.0.weight": (512, c, 1, 1),
+            "cluster_features.0.bias": (512,),
+            "cluster_features.3.weight": (l, 512, 1, 1),
+            "cluster_features.3.bias": (l,),
+            "score.0.weight": (512, c, 1, 1),
+            "score.0.bias": (512,),
+            "score.3.weight": (m, 512, 1, 1),
+            "score.3.bias": (m,),
+        },
+        seed,
+    )
     head["dust_bin"] = torch.tensor(0.7)
-    return {**{f"backbone.model.{k}": v for k, v in _dinov2_hub_state(c, 1, 3, seed).items()},
-            **{f"aggregator.{k}": v for k, v in head.items()}}
+    return {
+        **{f"backbone.model.{k}": v for k, v in _dinov2_hub_state(c, 1, 3, seed).items()},
+        **{f"aggregator.{k}": v for k, v in head.items()},
+    }
 
 
 def _salad_descriptor(state: dict, image: torch.Tensor) -> torch.Tensor:
@@ -229,9 +296,13 @@ def _salad_descriptor(state: dict, image: torch.Tensor) -> torch.Tensor:
     def mlp(name, y):
         y = F.conv2d(y, a[f"{name}.0.weight"], a[f"{name}.0.bias"]).relu()
         return F.conv2d(y, a[f"{name}.3.weight"], a[f"{name}.3.bias"]).flatten(2)
+
     f, s = mlp("cluster_features", x), mlp("score", x)
-    t = F.linear(F.linear(t, a["token_features.0.weight"], a["token_features.0.bias"]).relu(),
-                 a["token_features.2.weight"], a["token_features.2.bias"])
+    t = F.linear(
+        F.linear(t, a["token_features.0.weight"], a["token_features.0.bias"]).relu(),
+        a["token_features.2.weight"],
+        a["token_features.2.bias"],
+    )
     b, m, n = s.shape
     scores = torch.cat([s, a["dust_bin"].expand(b, 1, n)], dim=1)
     norm = -math.log(n + m)
@@ -257,39 +328,69 @@ def test_salad_dinov2_file_gives_the_publishers_descriptor(tmp_path):
 
     # Into other head sizes: refused in one line naming what it was made for.
     with pytest.raises(BadInput) as refused:
-        build_model(_config(*SALAD_TINY, "model.salad_clusters=5",
-                            f"model.pretrained={tmp_path / 'dino_salad.ckpt'}").model, image_size=(56, 56))
+        build_model(
+            _config(*SALAD_TINY, "model.salad_clusters=5", f"model.pretrained={tmp_path / 'dino_salad.ckpt'}").model,
+            image_size=(56, 56),
+        )
     message = str(refused.value)
     assert "\n" not in message and "SALAD (serizba/salad) layout" in message, message
-    assert ("made for model.backbone=dinov2_vits14, model.trunc_te=1, model.dinov2_final_norm=true, "
-            "model.aggregation=salad, model.salad_clusters=4, model.salad_cluster_dim=8") in message
+    assert (
+        "made for model.backbone=dinov2_vits14, model.trunc_te=1, model.dinov2_final_norm=true, "
+        "model.aggregation=salad, model.salad_clusters=4, model.salad_cluster_dim=8"
+    ) in message
 
 
 # -- BoQ (amaralibey/Bag-of-Queries) -------------------------------------------------------------
 
-BOQ_HEAD = ["model.aggregation=boq", "model.boq_proj_channels=64", "model.boq_queries=4", "model.boq_layers=2",
-            "model.boq_row_dim=2"]
+BOQ_HEAD = [
+    "model.aggregation=boq",
+    "model.boq_proj_channels=64",
+    "model.boq_queries=4",
+    "model.boq_layers=2",
+    "model.boq_row_dim=2",
+]
 
 
 def _attention_shapes(prefix: str, d: int) -> dict:
-    return {prefix + "in_proj_weight": (3 * d, d), prefix + "in_proj_bias": (3 * d,),
-            prefix + "out_proj.weight": (d, d), prefix + "out_proj.bias": (d,)}
+    return {
+        prefix + "in_proj_weight": (3 * d, d),
+        prefix + "in_proj_bias": (3 * d,),
+        prefix + "out_proj.weight": (d, d),
+        prefix + "out_proj.bias": (d,),
+    }
 
 
 def _boq_head(channels: int, d: int = 64, queries: int = 4, layers: int = 2, rows: int = 2, seed: int = 4) -> dict:
     """BoQ's aggregator: proj_c, norm_input, boqs.N.{encoder (a TransformerEncoderLayer), queries,
     self_attn, norm_q, cross_attn, norm_out}, fc."""
-    shapes = {"proj_c.weight": (d, channels, 3, 3), "proj_c.bias": (d,), "norm_input.weight": (d,),
-              "norm_input.bias": (d,), "fc.weight": (rows, layers * queries), "fc.bias": (rows,)}
+    shapes = {
+        "proj_c.weight": (d, channels, 3, 3),
+        "proj_c.bias": (d,),
+        "norm_input.weight": (d,),
+        "norm_input.bias": (d,),
+        "fc.weight": (rows, layers * queries),
+        "fc.bias": (rows,),
+    }
     for i in range(layers):
         b = f"boqs.{i}."
         shapes.update(_attention_shapes(b + "encoder.self_attn.", d))
-        shapes.update({b + "encoder.linear1.weight": (4 * d, d), b + "encoder.linear1.bias": (4 * d,),
-                       b + "encoder.linear2.weight": (d, 4 * d), b + "encoder.linear2.bias": (d,),
-                       b + "encoder.norm1.weight": (d,), b + "encoder.norm1.bias": (d,),
-                       b + "encoder.norm2.weight": (d,), b + "encoder.norm2.bias": (d,),
-                       b + "queries": (1, queries, d), b + "norm_q.weight": (d,), b + "norm_q.bias": (d,),
-                       b + "norm_out.weight": (d,), b + "norm_out.bias": (d,)})
+        shapes.update(
+            {
+                b + "encoder.linear1.weight": (4 * d, d),
+                b + "encoder.linear1.bias": (4 * d,),
+                b + "encoder.linear2.weight": (d, 4 * d),
+                b + "encoder.linear2.bias": (d,),
+                b + "encoder.norm1.weight": (d,),
+                b + "encoder.norm1.bias": (d,),
+                b + "encoder.norm2.weight": (d,),
+                b + "encoder.norm2.bias": (d,),
+                b + "queries": (1, queries, d),
+                b + "norm_q.weight": (d,),
+                b + "norm_q.bias": (d,),
+                b + "norm_out.weight": (d,),
+                b + "norm_out.bias": (d,),
+            }
+        )
         shapes.update(_attention_shapes(b + "self_attn.", d))
         shapes.update(_attention_shapes(b + "cross_attn.", d))
     head = _random(shapes, seed, scale=0.3)
@@ -302,11 +403,14 @@ def _mha(a: dict, prefix: str, q: torch.Tensor, kv: torch.Tensor, heads: int) ->
     """nn.MultiheadAttention(batch_first=True)'s arithmetic from its in_proj / out_proj tensors."""
     w, bias = a[prefix + "in_proj_weight"], a[prefix + "in_proj_bias"]
     d = q.shape[-1]
-    qs, ks, vs = (F.linear(x, w[i * d:(i + 1) * d], bias[i * d:(i + 1) * d]) for i, x in enumerate((q, kv, kv)))
+    qs, ks, vs = (F.linear(x, w[i * d : (i + 1) * d], bias[i * d : (i + 1) * d]) for i, x in enumerate((q, kv, kv)))
     split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
     att = torch.softmax(split(qs) @ split(ks).transpose(-2, -1) / math.sqrt(d // heads), dim=-1) @ split(vs)
-    return F.linear(att.transpose(1, 2).reshape(q.shape[0], q.shape[1], d), a[prefix + "out_proj.weight"],
-                    a[prefix + "out_proj.bias"])
+    return F.linear(
+        att.transpose(1, 2).reshape(q.shape[0], q.shape[1], d),
+        a[prefix + "out_proj.weight"],
+        a[prefix + "out_proj.bias"],
+    )
 
 
 def _boq_descriptor(a: dict, x: torch.Tensor) -> torch.Tensor:
@@ -319,11 +423,18 @@ def _boq_descriptor(a: dict, x: torch.Tensor) -> torch.Tensor:
     x = F.layer_norm(x, (d,), a["norm_input.weight"], a["norm_input.bias"])
     outs = []
     for i in range(len({k.split(".")[1] for k in a if k.startswith("boqs.")})):
-        p = lambda name: a[f"boqs.{i}.{name}"]  # noqa: E731
-        x = F.layer_norm(x + _mha(a, f"boqs.{i}.encoder.self_attn.", x, x, heads), (d,), p("encoder.norm1.weight"),
-                         p("encoder.norm1.bias"))
-        ff = F.linear(F.linear(x, p("encoder.linear1.weight"), p("encoder.linear1.bias")).relu(),
-                      p("encoder.linear2.weight"), p("encoder.linear2.bias"))
+        p = lambda name, i=i: a[f"boqs.{i}.{name}"]  # noqa: E731
+        x = F.layer_norm(
+            x + _mha(a, f"boqs.{i}.encoder.self_attn.", x, x, heads),
+            (d,),
+            p("encoder.norm1.weight"),
+            p("encoder.norm1.bias"),
+        )
+        ff = F.linear(
+            F.linear(x, p("encoder.linear1.weight"), p("encoder.linear1.bias")).relu(),
+            p("encoder.linear2.weight"),
+            p("encoder.linear2.bias"),
+        )
         x = F.layer_norm(x + ff, (d,), p("encoder.norm2.weight"), p("encoder.norm2.bias"))
         q = p("queries").repeat(x.shape[0], 1, 1)
         q = F.layer_norm(q + _mha(a, f"boqs.{i}.self_attn.", q, q, heads), (d,), p("norm_q.weight"), p("norm_q.bias"))
@@ -336,27 +447,42 @@ def _boq_descriptor(a: dict, x: torch.Tensor) -> torch.Tensor:
 def test_boq_resnet50_file_gives_the_publishers_descriptor(tmp_path):
     # BoQ's ResNet: backbone.net = Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3).
     index = {name: i for i, name in enumerate(RESNET_NAMES)}
-    backbone = {f"backbone.net.{index[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v
-                for k, v in _resnet50_state(5).items()}
+    backbone = {
+        f"backbone.net.{index[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v for k, v in _resnet50_state(5).items()
+    }
     head = _boq_head(1024)
     torch.save({**backbone, **{f"aggregator.{k}": v for k, v in head.items()}}, tmp_path / "resnet50_boq.pth")
     image = _image(32)
     want = _boq_descriptor(head, _resnet_features(_resnet50_state(5), image))
-    got = _descriptor(_config("model.backbone=resnet50conv4", "data.resize=[32,32]", *BOQ_HEAD,
-                              f"model.pretrained={tmp_path / 'resnet50_boq.pth'}"), image)
+    got = _descriptor(
+        _config(
+            "model.backbone=resnet50conv4",
+            "data.resize=[32,32]",
+            *BOQ_HEAD,
+            f"model.pretrained={tmp_path / 'resnet50_boq.pth'}",
+        ),
+        image,
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_boq_dinov2_file_gives_the_publishers_descriptor_without_the_final_norm(tmp_path):
     dino = _dinov2_hub_state(384, 1, 3, seed=6)  # the hub model's final norm is in the file, unused
     head = _boq_head(384, seed=7)
-    torch.save({**{f"backbone.dino.{k}": v for k, v in dino.items()}, **{f"aggregator.{k}": v for k, v in head.items()}},
-               tmp_path / "dinov2_boq.pth")
+    torch.save(
+        {**{f"backbone.dino.{k}": v for k, v in dino.items()}, **{f"aggregator.{k}": v for k, v in head.items()}},
+        tmp_path / "dinov2_boq.pth",
+    )
     image = _image(56)
     tokens = _dinov2_tokens(dino, image, heads=6, final_norm=False)
     want = _boq_descriptor(head, tokens[:, 1:].transpose(1, 2).reshape(1, 384, 4, 4))
-    tiny = ["model.backbone=dinov2_vits14", "model.trunc_te=1", "data.resize=[56,56]", *BOQ_HEAD,
-            f"model.pretrained={tmp_path / 'dinov2_boq.pth'}"]
+    tiny = [
+        "model.backbone=dinov2_vits14",
+        "model.trunc_te=1",
+        "data.resize=[56,56]",
+        *BOQ_HEAD,
+        f"model.pretrained={tmp_path / 'dinov2_boq.pth'}",
+    ]
     got = _descriptor(_config(*tiny, "model.dinov2_final_norm=false"), image)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -371,8 +497,9 @@ def test_boq_dinov2_file_gives_the_publishers_descriptor_without_the_final_norm(
 def _boq_resnet50_release(seed: int) -> tuple:
     """resnet50_16384.pth's layout and sizes (proj 512, 64 queries, 2 blocks, 32 rows): (file, head)."""
     index = {name: i for i, name in enumerate(RESNET_NAMES)}
-    backbone = {f"backbone.net.{index[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v
-                for k, v in _resnet50_state(seed).items()}
+    backbone = {
+        f"backbone.net.{index[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v for k, v in _resnet50_state(seed).items()
+    }
     head = _boq_head(1024, d=512, queries=64, layers=2, rows=32, seed=seed)
     return {**backbone, **{f"aggregator.{k}": v for k, v in head.items()}}, head
 
@@ -386,8 +513,10 @@ def test_boq_named_source_offline_from_the_cache_path(torch_home):
     state, head = _boq_resnet50_release(8)
     torch.save(state, target)
     image = _image(32)  # any size: the release is trained at 384 x 384
-    got = _descriptor(_config("model.backbone=resnet50conv4", "data.resize=[32,32]", "model.aggregation=boq",
-                              "model.pretrained=boq"), image)
+    got = _descriptor(
+        _config("model.backbone=resnet50conv4", "data.resize=[32,32]", "model.aggregation=boq", "model.pretrained=boq"),
+        image,
+    )
     assert got.shape == (1, 16384)
     want = _boq_descriptor(head, _resnet_features(_resnet50_state(8), image))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -398,23 +527,48 @@ def test_boq_named_sources_refuse_a_config_that_is_not_the_release(torch_home):
     assert rec.url.endswith("/v1.0/dinov2_12288.pth") and rec.input_size == (322, 322)
     assert record("resnet50", "boq").url.endswith("/v1.0/resnet50_16384.pth")
     with pytest.raises(BadInput) as refused:  # the release leaves DINOv2's final norm out
-        build_model(_config("model.backbone=dinov2_vitb14", "model.trunc_te=1", "data.resize=[56,56]",
-                            "model.aggregation=boq", "model.pretrained=boq").model, image_size=(56, 56))
+        build_model(
+            _config(
+                "model.backbone=dinov2_vitb14",
+                "model.trunc_te=1",
+                "data.resize=[56,56]",
+                "model.aggregation=boq",
+                "model.pretrained=boq",
+            ).model,
+            image_size=(56, 56),
+        )
     message = str(refused.value)
     assert "\n" not in message and message.endswith("set model.trunc_te=null, model.dinov2_final_norm=false"), message
     # SALAD is released on DINOv2 ViT-B/14 only.
-    with pytest.raises(BadInput, match=r"model.pretrained=salad is a whole network released for "
-                                       r"model.backbone=dinov2_vitb14, .*; set those$"):
-        build_model(_config("model.backbone=dinov2_vits14", "model.trunc_te=1", "data.resize=[56,56]",
-                            "model.aggregation=salad", "model.salad_clusters=4", "model.pretrained=salad").model,
-                    image_size=(56, 56))
+    with pytest.raises(
+        BadInput,
+        match=r"model.pretrained=salad is a whole network released for "
+        r"model.backbone=dinov2_vitb14, .*; set those$",
+    ):
+        build_model(
+            _config(
+                "model.backbone=dinov2_vits14",
+                "model.trunc_te=1",
+                "data.resize=[56,56]",
+                "model.aggregation=salad",
+                "model.salad_clusters=4",
+                "model.pretrained=salad",
+            ).model,
+            image_size=(56, 56),
+        )
 
 
 def test_unknown_layout_is_still_refused(tmp_path):
     torch.save({"aggregator.odd.weight": torch.zeros(2), "encoder.stem.weight": torch.zeros(2)}, tmp_path / "odd.pth")
     with pytest.raises(BadInput) as refused:
-        build_model(_config("model.backbone=resnet18conv4", "model.aggregation=gem", "data.resize=[64,64]",
-                            f"model.pretrained={tmp_path / 'odd.pth'}").model)
+        build_model(
+            _config(
+                "model.backbone=resnet18conv4",
+                "model.aggregation=gem",
+                "data.resize=[64,64]",
+                f"model.pretrained={tmp_path / 'odd.pth'}",
+            ).model
+        )
     message = str(refused.value)
     assert "\n" not in message and "fits no known layout" in message
     assert "MixVPR (amaralibey/MixVPR)" in message and "SALAD (serizba/salad)" in message and "BoQ" in message
@@ -428,13 +582,20 @@ def test_dinov2_without_final_norm_takes_the_official_weights(torch_home):
     torch.save(hub, target)
     image = _image(56)
     for final_norm in (False, True):
-        cfg = _config("model.backbone=dinov2_vits14", "model.trunc_te=1", "data.resize=[56,56]",
-                      "model.aggregation=gem", "model.pretrained=dinov2", f"model.dinov2_final_norm={final_norm}")
+        cfg = _config(
+            "model.backbone=dinov2_vits14",
+            "model.trunc_te=1",
+            "data.resize=[56,56]",
+            "model.aggregation=gem",
+            "model.pretrained=dinov2",
+            f"model.dinov2_final_norm={final_norm}",
+        )
         model = build_model(cfg.model, image_size=cfg.data.image_size).eval()
         assert any(k.startswith("backbone.vit.norm.") for k in model.state_dict()) == final_norm
         with torch.no_grad():
             got = model.backbone(image)
-        torch.testing.assert_close(got, _dinov2_tokens(hub, image, heads=6, final_norm=final_norm),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            got, _dinov2_tokens(hub, image, heads=6, final_norm=final_norm), rtol=1e-4, atol=1e-5
+        )
     with pytest.raises(BadInput, match="dinov2_final_norm=false is for the backbones"):
         _config("model.backbone=resnet18conv4", "model.dinov2_final_norm=false")

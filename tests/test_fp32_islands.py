@@ -2,6 +2,7 @@
 and normalisations) run in fp32 inside autocast: under CPU bf16 autocast, fed bf16 features as a bf16
 backbone would, their descriptors stay within a bound of the fp32 ones, and closer than without the
 island."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ def test_salad_sinkhorn_and_sums_run_in_fp32_under_bf16_autocast():
     """SALAD's MLPs run in bf16, its plan, weighted sums and normalisations in fp32: the descriptor is
     float32 and closer to the fp32 one than the same arithmetic left in bf16."""
     from vgray.models.aggregations.salad import SALAD
+
     torch.manual_seed(0)
     model = SALAD(96, clusters=16, cluster_dim=32, token_dim=32, dropout=0.0).eval()
     tokens = torch.randn(4, 1 + 200, 96)
@@ -52,8 +54,9 @@ def test_salad_sinkhorn_and_sums_run_in_fp32_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = model(tokens.bfloat16())
             patches = tokens.bfloat16()[:, 1:].transpose(1, 2).unsqueeze(-1)
-            bf16 = model._combine(model.cluster_features(patches), model.score(patches),
-                                  model.token_features(tokens.bfloat16()[:, 0]))
+            bf16 = model._combine(
+                model.cluster_features(patches), model.score(patches), model.token_features(tokens.bfloat16()[:, 0])
+            )
         assert torch.equal(model(tokens), reference)  # without autocast: unchanged
     assert got.dtype == torch.float32
     island = 1 - F.cosine_similarity(got, reference, dim=1).min().item()

@@ -4,6 +4,7 @@ autocast, the sweep file, and the one JSON the script leaves; and the script's r
 What they give on a GPU (nvjpeg's figures, bf16 on CUDA, the sweep's devices) is measured only when
 the script runs on one.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,12 @@ import subprocess
 from pathlib import Path
 
 import torch
+from conftest import make_vg_folder
 from PIL import Image
 
-from conftest import make_vg_folder
 from vgray.bench import gpu_check
-from vgray.distributed.spec import parse_sweep
 from vgray.config import parse_yaml
+from vgray.distributed.spec import parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_jpeg_kinds_decode_to_rgb_and_assemble_into_one_json(tmp_path):
     figures = gpu_check.step_jpegs(tmp_path, torch.device("cpu"), 2, (24, 32))
     modes = {kind: Image.open(tmp_path / "jpegs" / kind / "0000.jpg") for kind in gpu_check.JPEG_KINDS}
-    assert {k: m.mode for k, m in modes.items()} == {"baseline": "RGB", "progressive": "RGB",
-                                                      "greyscale": "L", "cmyk": "CMYK"}
+    assert {k: m.mode for k, m in modes.items()} == {
+        "baseline": "RGB",
+        "progressive": "RGB",
+        "greyscale": "L",
+        "cmyk": "CMYK",
+    }
     assert modes["progressive"].info.get("progressive") and not modes["baseline"].info.get("progressive")
     for kind, one in figures["kinds"].items():
         assert one["kinds_read"] == ["jpeg"] and one["shapes_rgb"] and one["device_errors"] == 0, kind
@@ -49,8 +54,9 @@ def test_netvlad_fp32_against_bf16_on_the_cpu(tmp_path):
     db = [(500000.0 + 10 * i, 4100000.0) for i in range(12)]
     q = [(500003.0, 4100001.0), (500052.0, 4099998.0), (500110.0, 4100000.0)]
     root = make_vg_folder(tmp_path / "ds", db, q, size=(32, 48))
-    out = gpu_check.step_precision("cpu", str(root), (32, 48),
-                                   ["model.netvlad_clusters=4", "data.num_workers=0", "test.batch_size=16"])
+    out = gpu_check.step_precision(
+        "cpu", str(root), (32, 48), ["model.netvlad_clusters=4", "data.num_workers=0", "test.batch_size=16"]
+    )
     assert out["device"] == "cpu" and out["descriptor_cosine"]["images"] == 15
     assert set(out["fp32"]) == set(out["bf16"]) and "R@1" in out["fp32"]
     # NetVLAD's fp32 island under bf16 autocast: descriptors close to fp32's, not equal.
@@ -59,8 +65,10 @@ def test_netvlad_fp32_against_bf16_on_the_cpu(tmp_path):
 
 def test_todays_heads_fp32_against_bf16_on_the_cpu():
     small_salad = ("model.salad_clusters=4", "model.salad_cluster_dim=16", "model.salad_token_dim=8")
-    heads = (("dinov2_vits14", "salad", 56, small_salad),
-             ("resnet18conv4", "mixvpr", 64, ("model.mixvpr_map_size=[4,4]",)))
+    heads = (
+        ("dinov2_vits14", "salad", 56, small_salad),
+        ("resnet18conv4", "mixvpr", 64, ("model.mixvpr_map_size=[4,4]",)),
+    )
     out = gpu_check.step_heads("cpu", heads=heads, batch=2, batches=1)
     salad, mixvpr = out["dinov2_vits14+salad"], out["resnet18conv4+mixvpr"]
     # SALAD: clusters x cluster dim + global token; MixVPR: out channels x out rows (published 1024 x 4).
@@ -78,8 +86,16 @@ def test_the_sweep_file_is_two_half_gpu_trials(tmp_path):
 
 def test_the_script_refuses_without_cuda(tmp_path):
     # CUDA hidden from the script's process, so that this runs on a GPU machine too
-    done = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh")], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": str(ROOT / ".venv/bin/python"),
-                               "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts/gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "OUT": str(tmp_path),
+            "PYTHON": str(ROOT / ".venv/bin/python"),
+            "CUDA_VISIBLE_DEVICES": "",
+        },
+    )
     assert done.returncode == 3 and done.stderr.strip().splitlines() == ["gpu_check: no CUDA device here"]
     assert not (tmp_path / "gpu_check.json").exists()

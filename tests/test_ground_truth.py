@@ -7,6 +7,7 @@ saved descriptors and the files' own positives. A Nordland-like sequence in the 
 naming is scored by ±N frames the same way. Bad lists exit 2 with one line and write nothing; a
 pickle that would run code is refused before it runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_SET, eval_refused, write_image
+
 from vgray.cli import main
 from vgray.data.dataset import open_split
 from vgray.errors import BadInput
 
 RECALLS = [1, 2, 3, 5]
-SMALL = [*TINY_SET, "data.resize=[32,32]", "model.aggregation=gem", f"test.recall_values={RECALLS}",
-         "device=cpu"]
+SMALL = [*TINY_SET, "data.resize=[32,32]", "model.aggregation=gem", f"test.recall_values={RECALLS}", "device=cpu"]
 
 DB_N, Q_N = 10, 6
 # Per query, the positives as the file gives them: several, one, none, unordered.
@@ -67,16 +67,28 @@ def brute_recalls(xb, xq, positives, recall_values):
     d = ((xq[:, None, :].astype(np.float64) - xb[None, :, :].astype(np.float64)) ** 2).sum(-1)
     out = {}
     for n in recall_values:
-        hits = sum(bool(set(np.lexsort((np.arange(len(xb)), d[i]))[:n].tolist()) & set(positives[i]))
-                   for i in range(len(xq)))
+        hits = sum(
+            bool(set(np.lexsort((np.arange(len(xb)), d[i]))[:n].tolist()) & set(positives[i])) for i in range(len(xq))
+        )
         out[f"R@{n}"] = 100.0 * hits / len(xq)
     return out
 
 
 def run_eval(root, tmp_path, capsys, *extra, cli=()):
     desc, js = tmp_path / "desc", tmp_path / "eval.json"
-    code = main(["eval", "--set", f"data.root={root}", *[a for s in [*SMALL, *extra] for a in ("--set", s)],
-                 "--json", str(js), "--save-descriptors", str(desc), *cli])
+    code = main(
+        [
+            "eval",
+            "--set",
+            f"data.root={root}",
+            *[a for s in [*SMALL, *extra] for a in ("--set", s)],
+            "--json",
+            str(js),
+            "--save-descriptors",
+            str(desc),
+            *cli,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     figures = json.loads(js.read_text())
@@ -90,7 +102,8 @@ def run_eval(root, tmp_path, capsys, *extra, cli=()):
 def test_eval_on_ground_truth_lists_equals_brute_force_on_the_files_positives(form, tmp_path, capsys):
     root = gt_folder(tmp_path / "ds", form=form)
     figures, xb, xq, db_paths, q_paths, desc = run_eval(
-        root, tmp_path, capsys, cli=["--save-predictions", "6", "--predictions-dir", str(tmp_path / "grids")])
+        root, tmp_path, capsys, cli=["--save-predictions", "6", "--predictions-dir", str(tmp_path / "grids")]
+    )
     assert db_paths == [str(root / f"ref/{i:07d}.jpg") for i in range(DB_N)]  # the list's order
     assert len(list((tmp_path / "grids" / "predictions").glob("*.png"))) == 6  # coloured by the files' positives
     used = [0, 2, 3, 4, 6, 7] if form == "msls" else list(range(Q_N))  # MSLS: only qIdx's queries
@@ -114,6 +127,7 @@ def test_eval_on_ground_truth_lists_equals_brute_force_on_the_files_positives(fo
 
 def test_dataset_names_of_ground_truth_roots():
     from vgray.evaluate.evaluate import dataset_name
+
     assert dataset_name("/data/gt/pitts30k_test") == "pitts30k_test"
     assert dataset_name("/data/gt/msls_val_qIdx.npy") == "msls_val"
     assert dataset_name("/data/msls::~/salad/datasets/msls_val/msls_val") == "msls_val"
@@ -176,8 +190,11 @@ def nordland_folder(root: Path, db_frames, q_frames) -> Path:
     frames 100 m apart (so that a 25 m radius finds only the same frame)."""
     for role, frames in (("database", db_frames), ("queries", q_frames)):
         for f in frames:
-            write_image(root / "images" / "test" / role / f"@0@{100.0 * f:.1f}@@@@@{f}@@@@@@@@.jpg",
-                        seed=hash((role, f)) % 2**32, size=(40, 40))
+            write_image(
+                root / "images" / "test" / role / f"@0@{100.0 * f:.1f}@@@@@{f}@@@@@@@@.jpg",
+                seed=hash((role, f)) % 2**32,
+                size=(40, 40),
+            )
     return root
 
 
@@ -185,8 +202,9 @@ def nordland_folder(root: Path, db_frames, q_frames) -> Path:
 def test_frame_positives_equal_brute_force(n, tmp_path, capsys):
     db_frames, q_frames = list(range(12)), [0, 4, 7, 11, 30]
     root = nordland_folder(tmp_path / "nordland", db_frames, q_frames)
-    figures, xb, xq, db_paths, q_paths, _ = run_eval(root, tmp_path, capsys, "test.positives=frames",
-                                                      f"test.positive_frames={n}")
+    figures, xb, xq, db_paths, q_paths, _ = run_eval(
+        root, tmp_path, capsys, "test.positives=frames", f"test.positive_frames={n}"
+    )
     db_f = [int(Path(p).name.split("@")[7]) for p in db_paths]
     q_f = [int(Path(p).name.split("@")[7]) for p in q_paths]
     positives = [[i for i, d in enumerate(db_f) if abs(d - f) <= n] for f in q_f]
@@ -202,6 +220,7 @@ def test_ten_frames_are_the_radius_on_the_downloaders_nordland():
     25 m pick the same database images."""
     from vgray.data.dataset import parse_name
     from vgray.data.positives import positives_within, positives_within_frames
+
     db = [f"@0@{i * 25 / 10.5:07.1f}@@@@@{i}@@@@@@@@.jpg" for i in range(60)]
     q = [db[i] for i in (0, 5, 29, 59)]
     db_utm, q_utm = (np.array([parse_name(n)[:2] for n in names]) for names in (db, q))
@@ -213,6 +232,7 @@ def test_ten_frames_are_the_radius_on_the_downloaders_nordland():
 
 def test_frame_rule_and_a_name_without_frames():
     from vgray.data.positives import frame_number, positives_within_frames
+
     assert frame_number("/x/@0@00012.3@@@@@42@@@@@@@@.jpg") == 42
     assert frame_number("ref/0000123.jpg") == 123
     got = positives_within_frames([f"{i:03d}.jpg" for i in range(6)], ["002.jpg", "009.jpg"], 2)
@@ -267,7 +287,11 @@ BAD = [
     ("gt longer than queries", break_long_gt, "mini_test_gt.npy: holds positives for 7 queries, but there are 6"),
     ("index out of range", break_index_range, f"database index {DB_N} is out of range; allowed: 0 to {DB_N - 1}"),
     ("qIdx out of range", break_qidx_range, "mini_test_qIdx.npy: query index 99 is out of range; allowed: 0 to 5"),
-    ("pickle runs code", break_with_code, "mini_test_gt.npy: its pickle names io.open, which is refused (nothing of it ran)"),
+    (
+        "pickle runs code",
+        break_with_code,
+        "mini_test_gt.npy: its pickle names io.open, which is refused (nothing of it ran)",
+    ),
     ("pickle holds a dict", break_with_dict, "mini_test_gt.npy: holds ndarray values other than numbers"),
 ]
 
@@ -286,6 +310,7 @@ def test_the_refused_pickle_would_have_run(tmp_path):
     root = gt_folder(tmp_path / "ds")
     break_with_code(root)
     from vgray.data.ground_truth import load_list
+
     with pytest.raises(BadInput, match=r"its pickle names (io|builtins)\.open, which is refused"):
         load_list(root / "mini_test_gt.npy")
     assert not (tmp_path / "MARKER").exists()
@@ -295,6 +320,7 @@ def test_the_refused_pickle_would_have_run(tmp_path):
 
 def test_restricted_loader_reads_the_publishers_forms(tmp_path):
     from vgray.data.ground_truth import load_list
+
     save_object_array(tmp_path / "a_gt.npy", [[1, 2], [], [5]])
     assert [a.tolist() for a in load_list(tmp_path / "a_gt.npy")] == [[1, 2], [], [5]]
     np.save(tmp_path / "b.npy", np.array(["x/1.jpg", "y/2.jpg"], dtype=object), allow_pickle=True)  # msls_test
@@ -305,9 +331,11 @@ def test_restricted_loader_reads_the_publishers_forms(tmp_path):
 
 # -- slow: Ray (vgray extract, an eval sweep with a ground-truth test set, its report) -------------
 
+
 @pytest.mark.slow
 def test_extract_sweep_and_report_take_a_ground_truth_set(ray_local, tmp_path, capsys):
     from conftest import rows, write_sweep
+
     from vgray.config import load_config
     from vgray.distributed.extract import extract
 
@@ -318,8 +346,13 @@ def test_extract_sweep_and_report_take_a_ground_truth_set(ray_local, tmp_path, c
     paths = pq.read_table(tmp_path / "x" / "queries.parquet").column("path").to_pylist()
     assert paths == [str(root / f"query/{i:07d}.jpg") for i in (0, 2, 3, 4, 6, 7)]
 
-    sweep = write_sweep(tmp_path / "gt.yaml", base_changes={"test.datasets": {"pitts": str(root)}},
-                        name="gt", task="eval", storage=str(tmp_path / "store"))
+    sweep = write_sweep(
+        tmp_path / "gt.yaml",
+        base_changes={"test.datasets": {"pitts": str(root)}},
+        name="gt",
+        task="eval",
+        storage=str(tmp_path / "store"),
+    )
     assert main(["sweep", str(sweep)]) == 0
     (row,) = rows(tmp_path / "store" / "gt")
     assert row["status"] == "ok" and row["test/pitts/positives"] == "files pitts30k_test_pIdx.npy"
@@ -334,6 +367,7 @@ def test_restricted_loader_reads_numpy_1_pickles(tmp_path):
     import pickle
 
     from vgray.data.ground_truth import load_list
+
     array = np.empty(3, dtype=object)
     array[:] = [np.array([0, 1]), np.array([9, 10, 11], dtype=np.int64), np.array([], dtype=np.int64)]
     buffer = io.BytesIO()

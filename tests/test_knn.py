@@ -1,6 +1,7 @@
 """The kNN index study and PCA: every index family through evaluation on tiny, the refusals
 (PQ sizes, strings faiss rejects, PCA without training images), PCA end to end with pca.faiss
 saved and reloaded, vgray bench knn, and the Fig. 4b sweep file."""
+
 import json
 import re
 from pathlib import Path
@@ -9,8 +10,8 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY, TINY_SET, make_vg_folder
+
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.data.dataset import open_split
@@ -30,8 +31,7 @@ BASE = [*TINY_SET, "data.resize=[32,48]", "test.split=val", "model.aggregation=g
 # One of each family of the paper's Fig. 4b, plus PCA/OPQ prefixes; 4-bit PQ codebooks, as tiny's
 # val database (252 images) is smaller than the 256 centroids of 8-bit ones.
 # (OPQ trains 8-bit codebooks whatever the PQ after it: test_search_defaults trains one.)
-INDEXES = ["Flat", "IVF16,Flat", "PQ16x4", "IVF16,PQ16x4", "IMI2x3,PQ16x4", "HNSW16", "PCAR64,IVF8,PQ8x4",
-           "PCA64,Flat"]
+INDEXES = ["Flat", "IVF16,Flat", "PQ16x4", "IVF16,PQ16x4", "IMI2x3,PQ16x4", "HNSW16", "PCAR64,IVF8,PQ8x4", "PCA64,Flat"]
 
 
 def cfg_of(*extra, root=TINY):
@@ -67,8 +67,9 @@ def test_every_index_family_runs_on_tiny(tiny_model, extractor):
     results = {}
     for spec in INDEXES:
         cfg = cfg_of(f"test.knn={spec}")
-        results[spec] = evaluate_split(tiny_model, split, cfg, rt=Runtime.from_config(cfg, progress=False),
-                                       extractor=extractor)
+        results[spec] = evaluate_split(
+            tiny_model, split, cfg, rt=Runtime.from_config(cfg, progress=False), extractor=extractor
+        )
     flat = results["Flat"]
     for spec, r in results.items():
         assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100, spec
@@ -98,16 +99,26 @@ def test_search_defaults():
     assert default_nprobe(2**16) == 256
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("PQ7", "test.knn='PQ7': a PQ code of 7 sub-vectors needs m dividing the 256-d descriptors it encodes; "
-            "allowed m: 1, 2, 4, 8, 16, 32, 64, 128, 256"),
-    ("PCA64,IVF8,PQ12", "needs m dividing the 64-d descriptors it encodes; allowed m: 1, 2, 4, 8, 16, 32, 64"),
-    ("OPQ7_64,PQ8", "OPQ7_64 splits 64-d vectors into 7 sub-vectors"),
-    ("Bogus42", "test.knn='Bogus42' is refused by faiss for 256-d descriptors: could not parse index string Bogus42"),
-    ("PCA512,Flat", "PCA512 cannot make 512-d vectors out of 256-d descriptors"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            "PQ7",
+            "test.knn='PQ7': a PQ code of 7 sub-vectors needs m dividing the 256-d descriptors it encodes; "
+            "allowed m: 1, 2, 4, 8, 16, 32, 64, 128, 256",
+        ),
+        ("PCA64,IVF8,PQ12", "needs m dividing the 64-d descriptors it encodes; allowed m: 1, 2, 4, 8, 16, 32, 64"),
+        ("OPQ7_64,PQ8", "OPQ7_64 splits 64-d vectors into 7 sub-vectors"),
+        (
+            "Bogus42",
+            "test.knn='Bogus42' is refused by faiss for 256-d descriptors: could not parse index string Bogus42",
+        ),
+        ("PCA512,Flat", "PCA512 cannot make 512-d vectors out of 256-d descriptors"),
+    ],
+)
 def test_bad_index_strings_exit_2_with_one_line_before_extraction(spec, message, capsys, monkeypatch):
     import vgray.evaluate.evaluate as ev
+
     monkeypatch.setattr(ev, "extract_descriptors", None)  # any extraction would fail loudly instead
     code = main(["eval", "--set", f"data.root={TINY}", *(f"--set={s}" for s in BASE), "--set", f"test.knn={spec}"])
     err = capsys.readouterr().err
@@ -151,6 +162,7 @@ def test_pca_end_to_end_saved_and_reloaded(tiny_model, extractor, tmp_path):
     pca = load_pca(out / "pca.faiss")
     assert (pca.d_in, pca.d_out) == (256, 16)
     from vgray.evaluate.methods import create_method
+
     transform = create_method(cfg, tiny_model.mean, tiny_model.std).database_transform
     raw, _ = extract_descriptors(tiny_model, split.database.paths, transform, rt, 256)
     assert np.allclose(apply_pca(pca, raw), xb, atol=1e-4)
@@ -166,8 +178,9 @@ def test_streamed_database_with_pca_and_crops_gives_the_same_recalls(tiny_model,
     results = []
     for budget in ([], ["test.memory_budget_mb=0.003"]):  # 0.003 MB: 49 database descriptors a chunk
         cfg = cfg_of("model.pca_dim=16", "test.method=maj_voting", *budget)
-        results.append(evaluate_split(tiny_model, split, cfg, rt=Runtime.from_config(cfg, progress=False),
-                                      extractor=extractor))
+        results.append(
+            evaluate_split(tiny_model, split, cfg, rt=Runtime.from_config(cfg, progress=False), extractor=extractor)
+        )
     whole, streamed = results
     assert {k: whole[k] for k in ("R@1", "R@5", "R@10")} == {k: streamed[k] for k in ("R@1", "R@5", "R@10")}
     assert streamed["index_memory_mb"] < whole["index_memory_mb"]
@@ -179,11 +192,22 @@ def test_pca_refusals(tmp_path, capsys):
     only_test = make_vg_folder(tmp_path / "only_test", db, q)
     small_train = make_vg_folder(make_vg_folder(tmp_path / "small", db, q), db, q, split="train")
     for root, pca_dim, message in (
-            (TINY, 256, "model.pca_dim=256 must be smaller than the network's descriptor size 256"),
-            (only_test, 8, "model.pca_dim=8 fits the PCA on training images, but the dataset"),
-            (small_train, 16, "model.pca_dim=16 needs at least 16 training images to fit the PCA")):
-        code = main(["eval", "--set", f"data.root={root}", *(f"--set={s}" for s in BASE), "--set", "test.split=test",
-                     "--set", f"model.pca_dim={pca_dim}"])
+        (TINY, 256, "model.pca_dim=256 must be smaller than the network's descriptor size 256"),
+        (only_test, 8, "model.pca_dim=8 fits the PCA on training images, but the dataset"),
+        (small_train, 16, "model.pca_dim=16 needs at least 16 training images to fit the PCA"),
+    ):
+        code = main(
+            [
+                "eval",
+                "--set",
+                f"data.root={root}",
+                *(f"--set={s}" for s in BASE),
+                "--set",
+                "test.split=test",
+                "--set",
+                f"model.pca_dim={pca_dim}",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     with pytest.raises(BadInput, match="PCA file .*missing.faiss does not exist"):
@@ -193,15 +217,38 @@ def test_pca_refusals(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_knn_runs_on_synthetic_and_saved_descriptors(tiny_model, tmp_path, capsys):
     figures = tmp_path / "knn.json"
-    assert main(["bench", "knn", "--database", "600", "--queries", "40", "--dim", "32", "--repeats", "1",
-                 "--json", str(figures)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "knn",
+                "--database",
+                "600",
+                "--queries",
+                "40",
+                "--dim",
+                "32",
+                "--repeats",
+                "1",
+                "--json",
+                str(figures),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ratio") and lines[-2].startswith("ratio_index")
     data = json.loads(figures.read_text())
     families = ("Flat", "IVF128,Flat", "PQ4", "IVF128,PQ4", "IMI2x5,PQ4", "HNSW32")
     for spec in families:
-        assert {f"{spec} R@1", f"{spec} matching_ms", f"{spec} memory_mb", f"{spec} speedup_vs_flat",
-                f"{spec} memory_vs_flat", f"{spec} R@1_vs_flat"} <= set(data), spec
+        assert {
+            f"{spec} R@1",
+            f"{spec} matching_ms",
+            f"{spec} memory_mb",
+            f"{spec} speedup_vs_flat",
+            f"{spec} memory_vs_flat",
+            f"{spec} R@1_vs_flat",
+        } <= set(data), spec
     assert data["Flat speedup_vs_flat"] == 1.0 and data["PQ4 memory_vs_flat"] < 0.5
     assert 20 < data["Flat R@1"] < 100  # a real retrieval task: neither trivial nor hopeless
     # On descriptors saved by vgray eval, with its own index list.
@@ -234,11 +281,24 @@ def test_training_tests_with_pca_and_the_index_validation_does_not(tmp_path):
     """The final test of a training run applies model.pca_dim (fitted on its train split) and
     test.knn; validation stays the paper's (hard_resize, exact search, full descriptors)."""
     from vgray.train.loop import train
-    cfg = load_config(overrides=[f"data.root={TINY}", *TINY_SET, "data.resize=[32,48]", "model.aggregation=gem",
-                                 "train.queries_per_epoch=10", "train.cache_refresh_rate=10",
-                                 "train.negs_num_per_query=2", "train.neg_samples_num=40", "train.epochs=1",
-                                 "test.recall_values=[1,5]", "model.pca_dim=32", "test.knn=IVF16,PQ8",
-                                 "test.method=nearest_crop"])
+
+    cfg = load_config(
+        overrides=[
+            f"data.root={TINY}",
+            *TINY_SET,
+            "data.resize=[32,48]",
+            "model.aggregation=gem",
+            "train.queries_per_epoch=10",
+            "train.cache_refresh_rate=10",
+            "train.negs_num_per_query=2",
+            "train.neg_samples_num=40",
+            "train.epochs=1",
+            "test.recall_values=[1,5]",
+            "model.pca_dim=32",
+            "test.knn=IVF16,PQ8",
+            "test.method=nearest_crop",
+        ]
+    )
     result = train(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
     assert result["features_dim"] == 32 and 0 <= result["test/synthetic_tiny/R@1"] <= 100
     assert result["index_memory_mb"] < 920 * 32 * 4 / 2**20  # PQ codes of the 32-d projections

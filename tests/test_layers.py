@@ -5,6 +5,7 @@ name or module, and no function over 100 lines unless a comment above it says wh
 A failure prints what to fix: the contract report, each circle as a chain of modules, each private
 access with its file and line.
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,17 +45,27 @@ def graph() -> grimp.ImportGraph:
 
 # -- (a) the contracts of pyproject.toml -------------------------------------------------------
 
+
 def test_import_linter_contracts_are_kept():
     """The layers, Ray only in vgray.distributed, report without distributed, private modules."""
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports; "
-                               "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"import-linter: contracts broken\n{done.stdout}\n{done.stderr}"
     assert "0 broken" in done.stdout, done.stdout
 
 
 # -- (b) no import circle ----------------------------------------------------------------------
+
 
 def strongly_connected(nodes: Set[str], edges: Dict[str, Set[str]]) -> List[List[str]]:
     """Tarjan's strongly connected components of the graph, iteratively (no recursion limit)."""
@@ -135,6 +146,7 @@ def test_no_import_circle(graph):
 
 
 # -- (c) no private name or module of another module -------------------------------------------
+
 
 def imported_module(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     """The absolute module a ``from ... import`` reads from (relative imports resolved)."""
@@ -246,12 +258,18 @@ def long_functions(path: Path) -> Iterator[Tuple[int, str, int]]:
 
 
 def test_no_function_over_100_lines_unless_a_comment_says_why():
-    found = [f"  {path.relative_to(ROOT)}:{line}: {name} ({length} lines)"
-             for path in module_files().values() for line, name, length in long_functions(path)]
-    assert not found, f"functions over {MAX_LINES} lines (split them, or say why in a comment above):\n" + "\n".join(found)
+    found = [
+        f"  {path.relative_to(ROOT)}:{line}: {name} ({length} lines)"
+        for path in module_files().values()
+        for line, name, length in long_functions(path)
+    ]
+    assert not found, f"functions over {MAX_LINES} lines (split them, or say why in a comment above):\n" + "\n".join(
+        found
+    )
 
 
 # -- the checks themselves, on made-up code ----------------------------------------------------
+
 
 def test_the_circle_finder_finds_circles_and_only_those():
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
@@ -261,22 +279,38 @@ def test_the_circle_finder_finds_circles_and_only_those():
 
 
 def test_the_private_check_sees_each_way_of_taking_a_private_name(tmp_path):
-    code = ("from vgray.cli import _Parser\n"
-            "from vgray.models import _registry\n"
-            "import vgray.train.loop as loop\n"
-            "from vgray import atomic\n"
-            "from .sibling import _helper\n"
-            "from vgray.errors import BadInput, __doc__\n"
-            "def f():\n"
-            "    return loop._step, atomic.write_text, atomic._tmp_name, vgray_obj._x\n")
+    code = (
+        "from vgray.cli import _Parser\n"
+        "from vgray.models import _registry\n"
+        "import vgray.train.loop as loop\n"
+        "from vgray import atomic\n"
+        "from .sibling import _helper\n"
+        "from vgray.errors import BadInput, __doc__\n"
+        "def f():\n"
+        "    return loop._step, atomic.write_text, atomic._tmp_name, vgray_obj._x\n"
+    )
     path = tmp_path / "mod.py"
     path.write_text(code)
-    modules = {"vgray.cli", "vgray.models", "vgray.models._registry", "vgray.train", "vgray.train.loop",
-               "vgray.atomic", "vgray.errors", "vgray.bench", "vgray.bench.sibling", "vgray.bench.mod"}
+    modules = {
+        "vgray.cli",
+        "vgray.models",
+        "vgray.models._registry",
+        "vgray.train",
+        "vgray.train.loop",
+        "vgray.atomic",
+        "vgray.errors",
+        "vgray.bench",
+        "vgray.bench.sibling",
+        "vgray.bench.mod",
+    }
     found = sorted(what for _, what in private_uses("vgray.bench.mod", path, modules))
-    assert found == ["atomic._tmp_name (vgray.atomic._tmp_name)", "from vgray.bench.sibling import _helper",
-                     "from vgray.cli import _Parser", "from vgray.models import _registry",
-                     "loop._step (vgray.train.loop._step)"]
+    assert found == [
+        "atomic._tmp_name (vgray.atomic._tmp_name)",
+        "from vgray.bench.sibling import _helper",
+        "from vgray.cli import _Parser",
+        "from vgray.models import _registry",
+        "loop._step (vgray.train.loop._step)",
+    ]
     # Inside its own package a private module is fine; a module's own private names too.
     inside = tmp_path / "network.py"
     inside.write_text("from vgray.models import _registry\nfrom vgray.models.network import _own\n")
@@ -286,5 +320,7 @@ def test_the_private_check_sees_each_way_of_taking_a_private_name(tmp_path):
 def test_the_length_check_counts_decorators_and_accepts_a_reason(tmp_path):
     body = "".join(f"    x{i} = {i}\n" for i in range(99))
     path = tmp_path / "long.py"
-    path.write_text(f"@decorator\ndef long():\n{body}\n\n# one table, read top to bottom\ndef explained():\n{body}    pass\n")
+    path.write_text(
+        f"@decorator\ndef long():\n{body}\n\n# one table, read top to bottom\ndef explained():\n{body}    pass\n"
+    )
     assert list(long_functions(path)) == [(2, "long", 101)]  # the decorator, the def, 99 lines

@@ -1,5 +1,6 @@
 """vgray locate: descriptors saved by ``vgray eval --save-descriptors`` answer where new photos were
 taken, with the same network and transform as the evaluation, through a cached kNN index."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_SET
+
 from vgray.cli import main
 from vgray.locate import cached_index
 from vgray.saved_descriptors import open_database
 
 # NetVLAD from random weights: its k-means clusters exist only in the evaluated model, so locate
 # gives the evaluation's descriptors only if model.pt carries them.
-EVAL_SET = TINY_SET + ["data.resize=[64,64]", "model.backbone=resnet18conv4", "model.aggregation=netvlad",
-                       "model.netvlad_clusters=8"]
+EVAL_SET = TINY_SET + [
+    "data.resize=[64,64]",
+    "model.backbone=resnet18conv4",
+    "model.aggregation=netvlad",
+    "model.netvlad_clusters=8",
+]
 
 
 def _sets(values):
@@ -162,9 +167,9 @@ def test_pca_and_multi_crop_queries(tiny_root, tmp_path, capsys):
 
     method = create_method(load_config(out / "config.yaml"), (0, 0, 0), (1, 1, 1))
     for q, result in zip((0, 1), answer["photos"]):
-        crops = xq[5 * q: 5 * q + 5]
+        crops = xq[5 * q : 5 * q + 5]
         D = ((crops[:, None, :] - xb[None]) ** 2).sum(-1)  # (5 crops, database)
-        I = np.argsort(D, axis=1, kind="stable")[:, :method.search_k(3)]
+        I = np.argsort(D, axis=1, kind="stable")[:, : method.search_k(3)]
         D = np.take_along_axis(D, I, 1)
         expected = method.merge(D[None], I[None], 3)[0]
         assert [m["path"] for m in result["matches"]] == [db_paths[i] for i in expected]

@@ -2,6 +2,7 @@
 URLs; and the checks come before the effects (no ``STORAGE/NAME`` left behind, no Ray started, no
 output folder made) for sweeps and ``vgray extract``. The command-line cases run the installed
 ``vgray`` script: exit 2, exactly one stderr line, nothing written, no Ray session."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -21,8 +22,10 @@ import yaml
 from vgray.cli import main
 
 VGRAY = Path(sys.executable).parent / "vgray"
-TINY = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
-        "model": {"pretrained": "none", "aggregation": "gem"}}
+TINY = {
+    "data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
+    "model": {"pretrained": "none", "aggregation": "gem"},
+}
 
 
 # -- loopback: every listening socket of a local Ray vgray starts -----------------------------------
@@ -78,8 +81,14 @@ def test_a_local_ray_started_by_vgray_listens_on_loopback_only(tmp_path):
     env = {**os.environ, "RAY_TMPDIR": session}
     env.pop("RAY_ADDRESS", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", LISTENERS, str(tmp_path / "store")], capture_output=True,
-                              text=True, timeout=300, env=env, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-c", LISTENERS, str(tmp_path / "store")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=tmp_path,
+        )
     finally:
         shutil.rmtree(session, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,21 +97,33 @@ def test_a_local_ray_started_by_vgray_listens_on_loopback_only(tmp_path):
     names = {s["process"] for s in listening}
     # the test sees Ray's servers at all: the GCS, the raylet and the workers' gRPC servers
     assert {"gcs_server", "raylet"} <= names and len(listening) >= 5, listening
-    outside = [f"{s['process']} (pid {s['pid']}, {s['cmd']}) on {s['ip']}:{s['port']}"
-               for s in listening if not is_loopback(s["ip"])]
+    outside = [
+        f"{s['process']} (pid {s['pid']}, {s['cmd']}) on {s['ip']}:{s['port']}"
+        for s in listening
+        if not is_loopback(s["ip"])
+    ]
     assert not outside, "listening outside loopback: " + "; ".join(outside)
     assert report["dashboard"].startswith("http://127.0.0.1:"), report["dashboard"]
 
 
 # -- report.html: only http(s) URLs become links ---------------------------------------------------
 
+
 def _sweep_folder(folder: Path, dashboard: str) -> Path:
     """A finished two-seed sweep's folder (rows made by the results model) whose plan names ``dashboard``."""
     from vgray.config import load_config
     from vgray.results import make_plan, make_row, rows_to_parquet
+
     folder.mkdir(parents=True)
-    rows = [make_row(load_config(base=TINY, overrides=[f"seed={s}"]), f"t{s}", f"tiny-gem-s{s}",
-                     {"test/tiny/R@1": 40.0 + s, "test/tiny/R@5": 70.0 + s}) for s in (0, 1)]
+    rows = [
+        make_row(
+            load_config(base=TINY, overrides=[f"seed={s}"]),
+            f"t{s}",
+            f"tiny-gem-s{s}",
+            {"test/tiny/R@1": 40.0 + s, "test/tiny/R@5": 70.0 + s},
+        )
+        for s in (0, 1)
+    ]
     (folder / "results.parquet").write_bytes(rows_to_parquet(rows))
     (folder / "plan.json").write_bytes(make_plan("links", "eval", 2, [], False, None, finished=True))
     plan = json.loads((folder / "plan.json").read_text())
@@ -120,15 +141,18 @@ def _hrefs(html: str):
     return re.findall(r"""href\s*=\s*["']([^"']*)["']""", html, flags=re.IGNORECASE)
 
 
-@pytest.mark.parametrize("url", [
-    "javascript:alert(1)",
-    "JAVASCRIPT:alert(document.cookie)",
-    " java\tscript:alert(1)",                 # browsers drop the tab and the leading space
-    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
-    "vbscript:msgbox(1)",
-    "//dash.example.org:8265",                # no scheme: relative to wherever the page is opened
-    "http:alert(1)",                          # http without a host
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "JAVASCRIPT:alert(document.cookie)",
+        " java\tscript:alert(1)",  # browsers drop the tab and the leading space
+        "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+        "vbscript:msgbox(1)",
+        "//dash.example.org:8265",  # no scheme: relative to wherever the page is opened
+        "http:alert(1)",  # http without a host
+    ],
+)
 def test_a_dashboard_url_that_is_not_http_is_shown_as_text_not_linked(url, tmp_path, capsys):
     html = _page(tmp_path, url, capsys)
     for href in _hrefs(html):
@@ -138,10 +162,13 @@ def test_a_dashboard_url_that_is_not_http_is_shown_as_text_not_linked(url, tmp_p
     assert escape(url) in html  # still readable on the page
 
 
-@pytest.mark.parametrize("url,href", [
-    ("http://10.1.2.3:8265", "http://10.1.2.3:8265"),
-    ("HTTPS://dash.example.org/ray?x=1&y=<2>", "HTTPS://dash.example.org/ray?x=1&amp;y=&lt;2&gt;"),
-])
+@pytest.mark.parametrize(
+    "url,href",
+    [
+        ("http://10.1.2.3:8265", "http://10.1.2.3:8265"),
+        ("HTTPS://dash.example.org/ray?x=1&y=<2>", "HTTPS://dash.example.org/ray?x=1&amp;y=&lt;2&gt;"),
+    ],
+)
 def test_an_http_dashboard_url_is_still_a_link(url, href, tmp_path, capsys):
     html = _page(tmp_path, url, capsys)
     assert f'<a href="{href}">' in html
@@ -149,8 +176,10 @@ def test_an_http_dashboard_url_is_still_a_link(url, href, tmp_path, capsys):
 
 # -- checks before effects -----------------------------------------------------------------------
 
+
 def test_the_storage_probe_leaves_no_folder_it_made(tmp_path):
     from vgray.distributed.storage import storage_problem
+
     target = tmp_path / "store" / "deeper" / "sweep"
     assert storage_problem(str(target)) is None
     assert not (tmp_path / "store").exists()
@@ -178,18 +207,36 @@ def _held(d: Path, store: Path) -> str:
 MANY = 4096  # more CPUs than any machine the suite runs on
 
 CASES = {
-    "more CPUs than the machine": (lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": MANY})], {},
-                                   "do not fit this machine"),
-    "more memory than the machine": (lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": 1, "memory_gb": 2**20})],
-                                     {}, "do not fit this machine"),
-    "a GPU where none is visible": (lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": 1, "gpu": 1})],
-                                    {"CUDA_VISIBLE_DEVICES": ""}, "1 GPU"),
-    "CPUs beyond --num-cpus": (lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": 3}), "--num-cpus", "2"],
-                               {}, "do not fit this machine"),
-    "--resume of a sweep that never ran": (lambda d, o: ["sweep", _sweep(d, o / "a" / "b" / "store"), "--resume"], {},
-                                           "no sweep to resume"),
-    "--resume with too many CPUs too": (lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": MANY}),
-                                                      "--resume"], {}, "no sweep to resume"),
+    "more CPUs than the machine": (
+        lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": MANY})],
+        {},
+        "do not fit this machine",
+    ),
+    "more memory than the machine": (
+        lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": 1, "memory_gb": 2**20})],
+        {},
+        "do not fit this machine",
+    ),
+    "a GPU where none is visible": (
+        lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": 1, "gpu": 1})],
+        {"CUDA_VISIBLE_DEVICES": ""},
+        "1 GPU",
+    ),
+    "CPUs beyond --num-cpus": (
+        lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": 3}), "--num-cpus", "2"],
+        {},
+        "do not fit this machine",
+    ),
+    "--resume of a sweep that never ran": (
+        lambda d, o: ["sweep", _sweep(d, o / "a" / "b" / "store"), "--resume"],
+        {},
+        "no sweep to resume",
+    ),
+    "--resume with too many CPUs too": (
+        lambda d, o: ["sweep", _sweep(d, o / "store", resources={"cpu": MANY}), "--resume"],
+        {},
+        "no sweep to resume",
+    ),
     "a second run without --resume": (lambda d, o: ["sweep", _held(d, o / "held")], {}, "pass --resume"),
 }
 
@@ -202,6 +249,7 @@ SWEEP_SCRIPT = {"more CPUs than the machine", "--resume of a sweep that never ra
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_sweep_refused_before_launch_leaves_nothing_and_starts_no_ray(case, tmp_path, monkeypatch, capsys):
     import ray
+
     build, extra_env, expected = CASES[case]
     d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
@@ -230,11 +278,26 @@ def test_a_sweep_refused_before_launch_leaves_nothing_and_starts_no_ray(case, tm
 def test_extract_refuses_a_bad_index_before_ray_starts_or_its_folder_is_made(tiny_root, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     env.pop("RAY_ADDRESS", None)
-    base = [str(VGRAY), "extract", "--set", f"data.root={tiny_root}", "--set", "data.resize=[32,48]",
-            "--set", "model.pretrained=none", "--set", "model.aggregation=gem", "--set", "data.num_workers=0",
-            "--num-cpus", "2"]
-    for extra, expected in ((["--out", str(tmp_path / "shards"), "--index", "IVFnot,PQ"], "IVFnot,PQ"),
-                            (["--out", str(tmp_path / "shards"), "--set", "test.knn=HNSWx"], "HNSWx")):
+    base = [
+        str(VGRAY),
+        "extract",
+        "--set",
+        f"data.root={tiny_root}",
+        "--set",
+        "data.resize=[32,48]",
+        "--set",
+        "model.pretrained=none",
+        "--set",
+        "model.aggregation=gem",
+        "--set",
+        "data.num_workers=0",
+        "--num-cpus",
+        "2",
+    ]
+    for extra, expected in (
+        (["--out", str(tmp_path / "shards"), "--index", "IVFnot,PQ"], "IVFnot,PQ"),
+        (["--out", str(tmp_path / "shards"), "--set", "test.knn=HNSWx"], "HNSWx"),
+    ):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, proc.stderr[-2000:]
@@ -248,9 +311,26 @@ def test_train_on_a_cluster_checks_its_network_before_joining(tiny_root, tmp_pat
     needs the network, made before ``--address`` is joined (here an address where no Ray listens)."""
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     env.pop("RAY_ADDRESS", None)
-    argv = [str(VGRAY), "train", "--address", "127.0.0.1:9", "--out", str(tmp_path / "run"),
-            "--set", f"data.root={tiny_root}", "--set", "data.resize=[32,48]", "--set", "model.pretrained=none",
-            "--set", "model.aggregation=gem", "--set", "data.num_workers=0", "--set", "test.knn=PQ7"]
+    argv = [
+        str(VGRAY),
+        "train",
+        "--address",
+        "127.0.0.1:9",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.root={tiny_root}",
+        "--set",
+        "data.resize=[32,48]",
+        "--set",
+        "model.pretrained=none",
+        "--set",
+        "model.aggregation=gem",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "test.knn=PQ7",
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,12 +1,13 @@
 """Test-time methods: transforms, the nearest_crop and maj_voting merges against hand-computed
 cases, independence from test.recall_values, and every method through vgray eval on tiny."""
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY, TINY_SET, vg_name, write_image
 from PIL import Image
 
-from conftest import TINY, TINY_SET, vg_name, write_image
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.evaluate.evaluate import evaluate
@@ -34,7 +35,7 @@ def test_query_transforms_keep_the_aspect_ratio_as_the_paper_defines():
     assert torch.allclose(crops[4], resized[:, :, 10:42])
     for name in ("five_crops", "nearest_crop", "maj_voting"):
         with pytest.raises(Exception, match="feeds a query as 5 crops"):
-            create(name).query_transform
+            _ = create(name).query_transform
     # Database images are hard-resized whatever the method.
     assert all(create(n).database_transform(image).shape == (3, 32, 48) for n in TEST_METHODS.names())
 
@@ -65,8 +66,7 @@ def test_majority_voting_equals_the_hand_computed_votes():
     D1 = [[0.50, 0.60], [0.45, 0.70], [0.55, 0.80]]
     I, D = np.array([I0, I1]), np.array([D0, D1])
     voted = majority_votes(D, I, w)
-    expected = np.array([[[0.94, 1.04], [0.98, 0.99], [0.995, 1.14]],
-                         [[0.21, 0.60], [0.39, 0.61], [0.26, 0.74]]])
+    expected = np.array([[[0.94, 1.04], [0.98, 0.99], [0.995, 1.14]], [[0.21, 0.60], [0.39, 0.61], [0.26, 0.74]]])
     assert np.allclose(voted, expected)
     assert np.array_equal(D, np.array([D0, D1]))  # the input is left alone
     method = create("maj_voting", weight=w)
@@ -97,15 +97,29 @@ def test_merged_top_n_does_not_depend_on_the_recall_values(name):
 
 
 def eval_cfg(method, *extra, root=TINY):
-    return load_config(overrides=[f"data.root={root}", *TINY_SET, "data.resize=[32,48]", "test.split=val",
-                                  "model.aggregation=gem", "test.recall_values=[1,3,7]", f"test.method={method}",
-                                  *extra])
+    return load_config(
+        overrides=[
+            f"data.root={root}",
+            *TINY_SET,
+            "data.resize=[32,48]",
+            "test.split=val",
+            "model.aggregation=gem",
+            "test.recall_values=[1,3,7]",
+            f"test.method={method}",
+            *extra,
+        ]
+    )
 
 
 # nearest_crop (several crops, a merge, the crop rows saved) runs in the quick suite; the rest are slow.
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) for m in
-                                    ("hard_resize", "single_query", "central_crop", "five_crops", "maj_voting")]
-                         + ["nearest_crop"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(m, marks=pytest.mark.slow)
+        for m in ("hard_resize", "single_query", "central_crop", "five_crops", "maj_voting")
+    ]
+    + ["nearest_crop"],
+)
 def test_every_method_runs_on_tiny(method, tmp_path):
     out = tmp_path / "desc"
     result = evaluate(eval_cfg(method), save_descriptors=out, progress=False)
@@ -124,7 +138,10 @@ def test_every_method_runs_on_tiny(method, tmp_path):
         m = create(method)
         D, I, _ = search(index, xq, m.search_k(7))
         merged = m.merge(D.reshape(100, 5, -1), I.reshape(100, 5, -1), 7)
-        utm = lambda t: np.stack([t.column("utm_east").to_numpy(), t.column("utm_north").to_numpy()], 1)
+
+        def utm(t):
+            return np.stack([t.column("utm_east").to_numpy(), t.column("utm_north").to_numpy()], 1)
+
         utm_q = utm(queries)[::5]
         positives = [np.flatnonzero(np.hypot(*(utm(database) - u).T) <= 25) for u in utm_q]
         assert recall_at_n(merged, positives, [1, 3, 7]) == pytest.approx({k: result[k] for k in ("R@1", "R@3", "R@7")})

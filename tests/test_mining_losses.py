@@ -1,5 +1,6 @@
 """Losses against plain loops of the paper's formulas; mining against brute-force references on a
 constructed split with known descriptors; augmentations."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,8 @@ from vgray.errors import BadInput
 from vgray.train.losses import LOSSES
 from vgray.train.mining import TrainingQueries, create_miner, msls_weights
 
-
 # -- losses -------------------------------------------------------------------------------------
+
 
 def _batch(seed=0, b=3, n=5, d=8):
     g = torch.Generator().manual_seed(seed)
@@ -22,7 +23,7 @@ def _batch(seed=0, b=3, n=5, d=8):
 def test_triplet_equals_the_papers_loop():
     q, p, n = _batch()
     ref = torch.nn.TripletMarginLoss(margin=0.1, p=2, reduction="sum")
-    total = sum(ref(q[i:i + 1], p[i:i + 1], n[i, j:j + 1]) for i in range(3) for j in range(5))
+    total = sum(ref(q[i : i + 1], p[i : i + 1], n[i, j : j + 1]) for i in range(3) for j in range(5))
     assert LOSSES.create("triplet", q, p, n, margin=0.1).item() == pytest.approx(total.item() / 15, rel=1e-5)
 
 
@@ -54,9 +55,12 @@ def _world(seed=0, notes=None):
     db_utm = np.stack([np.arange(200) * 5.0, np.zeros(200)], 1) + [500000.0, 4100000.0]
     q_utm = db_utm[rng.choice(200, 40, replace=False)] + rng.normal(0, 2, size=(40, 2))
     q_utm[0] = [400000.0, 4100000.0]  # far away: no hard positive, dropped
-    split = Split(root="constructed", name="train",
-                  database=ImageSet([f"db{i}" for i in range(200)], db_utm),
-                  queries=ImageSet([f"q{i}" for i in range(40)], q_utm, notes or ["day_forward_x"] * 40))
+    split = Split(
+        root="constructed",
+        name="train",
+        database=ImageSet([f"db{i}" for i in range(200)], db_utm),
+        queries=ImageSet([f"q{i}" for i in range(40)], q_utm, notes or ["day_forward_x"] * 40),
+    )
     xb = rng.normal(size=(200, D)).astype(np.float32)
     xq = rng.normal(size=(40, D)).astype(np.float32)
     return split, xb, xq
@@ -132,7 +136,10 @@ def test_full_mining_keeps_each_querys_hardest_negatives():
     q = np.array([data.usable[0]] * 1)
     first = miner.refresh(Recorder(xb, xq), q, rng)[0].negatives
     second = miner.refresh(Recorder(xb, xq), q, rng)[0].negatives
-    d = lambda ids: ((xb[ids] - xq[q[0]]) ** 2).sum(1)
+
+    def d(ids):
+        return ((xb[ids] - xq[q[0]]) ** 2).sum(1)
+
     # the previous hardest stay candidates, so the new hardest are at least as hard
     assert np.all(np.sort(d(second)) <= np.sort(d(first)))
     state = miner.state_dict()
@@ -162,14 +169,23 @@ def test_msls_weighted_favours_night_and_sideways():
 
 # -- augmentation -------------------------------------------------------------------------------
 
-AUGMENTATIONS = {"brightness": 0.9, "contrast": 0.9, "saturation": 0.9, "hue": 0.4, "perspective": 0.8,
-                 "rotation": 60, "resized_crop": 0.7}
+AUGMENTATIONS = {
+    "brightness": 0.9,
+    "contrast": 0.9,
+    "saturation": 0.9,
+    "hue": 0.4,
+    "perspective": 0.8,
+    "rotation": 60,
+    "resized_crop": 0.7,
+}
 
 
 @pytest.mark.parametrize("name", list(AUGMENTATIONS))
 def test_each_augmentation_changes_queries_and_keeps_their_size(name):
     from PIL import Image
+
     from vgray.data.transforms import query_train_transform, test_transform
+
     aug = load_config(overrides=[f"train.augmentation.{name}={AUGMENTATIONS[name]}"]).train.augmentation
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8))
@@ -188,10 +204,12 @@ def test_horizontal_flip_turns_the_whole_triplet(tiny_root):
     """train.augmentation.horizontal_flip: each triplet is flipped as a whole (query, positive and
     negatives together) or not at all, about half the time; off, never."""
     from conftest import TINY
+
     from vgray.data.dataset import open_split
     from vgray.data.transforms import test_transform
     from vgray.train.loop import TripletImages
     from vgray.train.mining import Triplet
+
     split = open_split(TINY, "train")
     tf = test_transform((24, 32), (0.5,) * 3, (0.5,) * 3)
     triplets = [Triplet(q, q % 7, np.array([10 + q, 20 + q, 30 + q])) for q in range(16)]

@@ -1,6 +1,7 @@
 """MixVPR (WACV 2023) and Conv-AP (GSV-Cities, 2022): forward and backward on tiny inputs, the
 published descriptor sizes, the arithmetic against a brute-force numpy reference, and the refusals
 at load time (exit 2, one line)."""
+
 import json
 
 import numpy as np
@@ -26,6 +27,7 @@ def _meta_model(cfg):
 
 # -- published sizes ------------------------------------------------------------------------------
 
+
 def test_mixvpr_published_settings_give_4096():
     cfg = _config("mixvpr", "model.backbone=resnet50conv4", "data.resize=[320,320]")
     assert cfg.model.mixvpr_map_size == [20, 20]  # the defaults are the published ones
@@ -36,12 +38,20 @@ def test_mixvpr_published_settings_give_4096():
     assert len(agg.mix) == 4 and agg.mix[0].mix[1].weight.shape == (400, 400)
 
 
-@pytest.mark.parametrize("backbone,channels,dim", [("resnet50conv4", 512, 2048), ("resnet50conv5", 1024, 4096),
-                                                   ("resnet50conv5", 2048, 8192), ("resnet50conv5", 128, 512)])
+@pytest.mark.parametrize(
+    "backbone,channels,dim",
+    [
+        ("resnet50conv4", 512, 2048),
+        ("resnet50conv5", 1024, 4096),
+        ("resnet50conv5", 2048, 8192),
+        ("resnet50conv5", 128, 512),
+    ],
+)
 def test_convap_published_sizes(backbone, channels, dim):
     # GSV-Cities: 2048-d [512x2x2] (the default); released on the full ResNet-50: 512 to 8192-d.
-    cfg = _config("convap", f"model.backbone={backbone}", "data.resize=[320,320]",
-                  f"model.convap_out_channels={channels}")
+    cfg = _config(
+        "convap", f"model.backbone={backbone}", "data.resize=[320,320]", f"model.convap_out_channels={channels}"
+    )
     model = _meta_model(cfg)
     assert model.features_dim == dim
     assert model.aggregation.channel_pool.weight.shape[:2] == (channels, 1024 if backbone.endswith("4") else 2048)
@@ -49,10 +59,14 @@ def test_convap_published_sizes(backbone, channels, dim):
 
 # -- forward and backward on tiny inputs -----------------------------------------------------------
 
-@pytest.mark.parametrize("aggregation,extra,dim", [
-    ("mixvpr", ["model.mixvpr_map_size=[4,5]", "model.mixvpr_out_channels=16", "model.mixvpr_out_rows=3"], 48),
-    ("convap", ["model.convap_out_channels=8", "model.convap_pool_size=[2,3]"], 48),
-])
+
+@pytest.mark.parametrize(
+    "aggregation,extra,dim",
+    [
+        ("mixvpr", ["model.mixvpr_map_size=[4,5]", "model.mixvpr_out_channels=16", "model.mixvpr_out_rows=3"], 48),
+        ("convap", ["model.convap_out_channels=8", "model.convap_pool_size=[2,3]"], 48),
+    ],
+)
 def test_forward_backward_tiny(aggregation, extra, dim):
     torch.manual_seed(0)
     cfg = _config(aggregation, "model.backbone=resnet18conv4", "data.resize=[64,80]", *extra)
@@ -68,13 +82,21 @@ def test_forward_backward_tiny(aggregation, extra, dim):
 
 def test_mixvpr_on_a_transformer_patch_grid():
     # ViT-B/16 at 224x224: a 14x14 patch grid, fixed by the input size like a CNN's map.
-    cfg = _config("mixvpr", "model.backbone=vit", "data.resize=[224,224]", "model.trunc_te=1",
-                  "model.mixvpr_map_size=[14,14]", "model.mixvpr_out_channels=8", "model.mixvpr_depth=1")
+    cfg = _config(
+        "mixvpr",
+        "model.backbone=vit",
+        "data.resize=[224,224]",
+        "model.trunc_te=1",
+        "model.mixvpr_map_size=[14,14]",
+        "model.mixvpr_out_channels=8",
+        "model.mixvpr_depth=1",
+    )
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     assert model(torch.rand(1, 3, 224, 224)).shape == (1, 32)
 
 
 # -- the arithmetic against a hand computation ------------------------------------------------------
+
 
 def _np(t):
     return t.detach().double().numpy()
@@ -98,18 +120,25 @@ def test_mixvpr_matches_brute_force_reference():
                 mu = sum(r) / len(r)
                 var = sum((v - mu) ** 2 for v in r) / len(r)
                 z = [(v - mu) / np.sqrt(var + ln.eps) * g + be for v, g, be in zip(r, _np(ln.weight), _np(ln.bias))]
-                hidden = [max(0.0, sum(W[k] * z[k] for k in range(len(z))) + bb)
-                          for W, bb in zip(_np(fc1.weight), _np(fc1.bias))]
-                mixed.append([v + sum(W[k] * hidden[k] for k in range(len(hidden))) + bb
-                              for v, W, bb in zip(r, _np(fc2.weight), _np(fc2.bias))])
+                hidden = [
+                    max(0.0, sum(W[k] * z[k] for k in range(len(z))) + bb)
+                    for W, bb in zip(_np(fc1.weight), _np(fc1.bias))
+                ]
+                mixed.append(
+                    [
+                        v + sum(W[k] * hidden[k] for k in range(len(hidden))) + bb
+                        for v, W, bb in zip(r, _np(fc2.weight), _np(fc2.bias))
+                    ]
+                )
             rows = mixed
         Wc, bc = _np(agg.channel_proj.weight), _np(agg.channel_proj.bias)
         Wr, br = _np(agg.row_proj.weight), _np(agg.row_proj.bias)
         n = h * w
         proj = [[sum(Wc[o, c] * rows[c][p] for c in range(C)) + bc[o] for p in range(n)] for o in range(out_channels)]
         # (out_channels, out_rows), flattened channel-major
-        out = np.array([sum(Wr[q, p] * proj[o][p] for p in range(n)) + br[q]
-                        for o in range(out_channels) for q in range(out_rows)])
+        out = np.array(
+            [sum(Wr[q, p] * proj[o][p] for p in range(n)) + br[q] for o in range(out_channels) for q in range(out_rows)]
+        )
         want.append(out / np.linalg.norm(out))
     got = agg(x).detach().numpy()
     assert got.shape == (2, out_channels * out_rows)
@@ -126,8 +155,11 @@ def test_convap_matches_brute_force_reference():
     for o in range(out_channels):  # channel-major: o, then the pooled rows and columns
         for ci in range(2):
             for cj in range(2):
-                cell = [sum(W[o, c] * xs[c, i, j] for c in range(C)) + bias[o]
-                        for i in range(2 * ci, 2 * ci + 2) for j in range(3 * cj, 3 * cj + 3)]
+                cell = [
+                    sum(W[o, c] * xs[c, i, j] for c in range(C)) + bias[o]
+                    for i in range(2 * ci, 2 * ci + 2)
+                    for j in range(3 * cj, 3 * cj + 3)
+                ]
                 out.append(sum(cell) / len(cell))
     out = np.array(out)
     np.testing.assert_allclose(agg(x).detach().numpy()[0], out / np.linalg.norm(out), rtol=1e-5, atol=1e-6)
@@ -135,20 +167,57 @@ def test_convap_matches_brute_force_reference():
 
 # -- refusals at load --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv,message", [
-    (["--set", "data.resize=[480,640]"], "model.mixvpr_map_size=[20, 20] but model.backbone=resnet50conv4 gives a "
-                                         "30x40 feature map at data.image_size [480, 640]"),
-    (["--set", "data.resize=[320,320]", "--set", "model.backbone=resnet18conv4", "--set",
-      "model.mixvpr_map_size=[10,10]"], "gives a 20x20 feature map"),
-    (["--set", "data.resize=[320,320]", "--set", "test.method=single_query"], "test.method=single_query"),
-    (["--set", "data.resize=[320,480]", "--set", "model.mixvpr_map_size=[20,30]", "--set",
-      "test.method=five_crops"], "test.method=five_crops"),
-    (["--set", "data.resize=[320,320]", "--set", "model.mixvpr_map_size=[20]"], "model.mixvpr_map_size"),
-])
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--set", "data.resize=[480,640]"],
+            "model.mixvpr_map_size=[20, 20] but model.backbone=resnet50conv4 gives a "
+            "30x40 feature map at data.image_size [480, 640]",
+        ),
+        (
+            [
+                "--set",
+                "data.resize=[320,320]",
+                "--set",
+                "model.backbone=resnet18conv4",
+                "--set",
+                "model.mixvpr_map_size=[10,10]",
+            ],
+            "gives a 20x20 feature map",
+        ),
+        (["--set", "data.resize=[320,320]", "--set", "test.method=single_query"], "test.method=single_query"),
+        (
+            [
+                "--set",
+                "data.resize=[320,480]",
+                "--set",
+                "model.mixvpr_map_size=[20,30]",
+                "--set",
+                "test.method=five_crops",
+            ],
+            "test.method=five_crops",
+        ),
+        (["--set", "data.resize=[320,320]", "--set", "model.mixvpr_map_size=[20]"], "model.mixvpr_map_size"),
+    ],
+)
 def test_mixvpr_refusals_exit_2_with_one_line(argv, message, tmp_path, capsys):
     out = tmp_path / "p.json"
-    code = main(["profile", "--set", "model.backbone=resnet50conv4", "--set", "model.aggregation=mixvpr",
-                 "--set", "model.pretrained=none", *argv, "--json", str(out)])
+    code = main(
+        [
+            "profile",
+            "--set",
+            "model.backbone=resnet50conv4",
+            "--set",
+            "model.aggregation=mixvpr",
+            "--set",
+            "model.pretrained=none",
+            *argv,
+            "--json",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err
@@ -162,8 +231,22 @@ def test_convap_refuses_bad_pool_size():
 
 def test_profile_mixvpr_json(tmp_path, capsys):
     out = tmp_path / "p.json"
-    code = main(["profile", "--set", "model.backbone=resnet18conv4", "--set", "model.aggregation=mixvpr",
-                 "--set", "model.pretrained=none", "--set", "data.resize=[64,80]",
-                 "--set", "model.mixvpr_map_size=[4,5]", "--json", str(out)])
+    code = main(
+        [
+            "profile",
+            "--set",
+            "model.backbone=resnet18conv4",
+            "--set",
+            "model.aggregation=mixvpr",
+            "--set",
+            "model.pretrained=none",
+            "--set",
+            "data.resize=[64,80]",
+            "--set",
+            "model.mixvpr_map_size=[4,5]",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads(out.read_text())["features_dim"] == 4096

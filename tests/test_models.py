@@ -1,5 +1,6 @@
 """The model registries: every backbone x aggregation builds, declares its sizes truthfully, gets
 gradients where the paper trains, and the cost figures reproduce the paper's Table 3."""
+
 import json
 
 import numpy as np
@@ -14,14 +15,22 @@ from vgray.models.aggregations.mixvpr import local_map_size
 from vgray.models.backbones import BACKBONES
 from vgray.models.profile import model_cost
 
+
 def _allowed(backbone, aggregation):
     """What the registries allow: the backbone's output is an input of the aggregation, and the
     components' own load-time checks accept the pair."""
     if BACKBONES.type_of(backbone).output not in AGGREGATIONS.type_of(aggregation).inputs:
         return False
     try:
-        load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                               "model.pretrained=none", *small_size(backbone)[1], *fitted(backbone, aggregation)])
+        load_config(
+            overrides=[
+                f"model.backbone={backbone}",
+                f"model.aggregation={aggregation}",
+                "model.pretrained=none",
+                *small_size(backbone)[1],
+                *fitted(backbone, aggregation),
+            ]
+        )
     except BadInput:
         return False
     return True
@@ -37,8 +46,15 @@ DIM_OF_CHANNELS = {"boq": lambda channels: channels // 2 * 32}
 
 
 def model_for(backbone, aggregation, *extra):
-    cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                                 "model.pretrained=none", "model.netvlad_clusters=8", *extra])
+    cfg = load_config(
+        overrides=[
+            f"model.backbone={backbone}",
+            f"model.aggregation={aggregation}",
+            "model.pretrained=none",
+            "model.netvlad_clusters=8",
+            *extra,
+        ]
+    )
     return build_model(cfg.model, image_size=cfg.data.image_size)
 
 
@@ -66,8 +82,12 @@ def fitted(backbone, aggregation):
 
 # ResNet-152 is ResNet-101's code with more blocks (torchvision's, truncated the same way) and 2.5x its
 # time on CPU: it is tried with one aggregation, the one its CosPlace releases use.
-PAIRS = [(b, a) for b in BACKBONES.names() for a in AGGREGATIONS.names()
-         if _allowed(b, a) and (not b.startswith("resnet152") or a == "gem")]
+PAIRS = [
+    (b, a)
+    for b in BACKBONES.names()
+    for a in AGGREGATIONS.names()
+    if _allowed(b, a) and (not b.startswith("resnet152") or a == "gem")
+]
 
 
 @pytest.mark.parametrize("fc", [None, 32])
@@ -81,8 +101,12 @@ def test_every_pair_forward_backward(backbone, aggregation, fc):
     extra += fitted(backbone, aggregation)
     model = model_for(backbone, aggregation, *extra)
     channels = BACKBONES.info(backbone)["out_channels"]
-    expected = fc or OWN_DIM.get(aggregation) or DIM_OF_CHANNELS.get(aggregation, lambda c: None)(channels) or \
-        channels * (8 if aggregation in VLAD_LIKE else 1)
+    expected = (
+        fc
+        or OWN_DIM.get(aggregation)
+        or DIM_OF_CHANNELS.get(aggregation, lambda c: None)(channels)
+        or channels * (8 if aggregation in VLAD_LIKE else 1)
+    )
     assert model.features_dim == expected
     model.train()
     x = torch.rand(2, 3, *size)
@@ -137,8 +161,14 @@ TABLE3 = {
 @pytest.mark.parametrize("backbone,aggregation", list(TABLE3))
 def test_table3_cost_within_2_percent(backbone, aggregation):
     dim, gflops, size = TABLE3[(backbone, aggregation)]
-    cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                                 "model.pretrained=none", "data.resize=[480,640]"])
+    cfg = load_config(
+        overrides=[
+            f"model.backbone={backbone}",
+            f"model.aggregation={aggregation}",
+            "model.pretrained=none",
+            "data.resize=[480,640]",
+        ]
+    )
     with torch.device("meta"):  # shapes only: no weights initialised, no real forward pass
         model = build_model(cfg.model)
     cost = model_cost(model, cfg.data.image_size)
@@ -150,6 +180,7 @@ def test_table3_cost_within_2_percent(backbone, aggregation):
 def test_weights_files_load(tmp_path):
     """A torchvision state dict of the source architecture and a whole-network checkpoint both load."""
     import torchvision
+
     torch.manual_seed(1)
     source = torchvision.models.resnet18(weights=None)
     torch.save(source.state_dict(), tmp_path / "tv.pth")
@@ -183,8 +214,10 @@ def test_offline_imagenet_fails_with_where_to_put_the_file(tmp_path, monkeypatch
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
     # No network here: the download fails and the message names the URL and the cache path.
     from vgray.models.pretrained import RECORDS, WeightsRecord
-    monkeypatch.setitem(RECORDS, ("resnet18", "imagenet"),
-                        WeightsRecord("http://127.0.0.1:9/resnet18-f37072fd.pth", "f37072fd"))
+
+    monkeypatch.setitem(
+        RECORDS, ("resnet18", "imagenet"), WeightsRecord("http://127.0.0.1:9/resnet18-f37072fd.pth", "f37072fd")
+    )
     with pytest.raises(BadInput, match=r"put that file at .*checkpoints/resnet18-f37072fd.pth"):
         model_for("resnet18conv4", "gem", "model.pretrained=imagenet")
 
@@ -232,8 +265,13 @@ def _profile_settings(aggregation):
 def test_profile_works_for_every_aggregation(aggregation, tmp_path):
     """``vgray profile`` needs no weights and no checkpoint, whatever the aggregation (crn included)."""
     from vgray.cli import main
-    sets = [f"model.aggregation={aggregation}", "model.pretrained=none", "model.netvlad_clusters=8",
-            *_profile_settings(aggregation)]
+
+    sets = [
+        f"model.aggregation={aggregation}",
+        "model.pretrained=none",
+        "model.netvlad_clusters=8",
+        *_profile_settings(aggregation),
+    ]
     argv = ["profile", "--runs", "1", "--json", str(tmp_path / "p.json")]
     for s in sets:
         argv += ["--set", s]

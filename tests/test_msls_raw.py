@@ -9,6 +9,7 @@ descriptors with positives computed here from MSLS's rule; the results name the 
 msls_weighted mining takes its weights from the CSV labels; a CSV without a needed column exits 2
 with one line and writes nothing.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,30 +18,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_SET, eval_refused, write_image
+
 from vgray.cli import main
 from vgray.data.dataset import open_split
 from vgray.data.msls import HEADERS, is_msls_raw
 
 RECALLS = [1, 2, 3, 5]
-SMALL = [*TINY_SET, "data.resize=[32,32]", "model.aggregation=gem", f"test.recall_values={RECALLS}",
-         "device=cpu", "model.backbone=resnet18conv4"]
+SMALL = [
+    *TINY_SET,
+    "data.resize=[32,32]",
+    "model.aggregation=gem",
+    f"test.recall_values={RECALLS}",
+    "device=cpu",
+    "model.backbone=resnet18conv4",
+]
 
 # One row per image: (offset east in m, subtask all, pano, night, view_direction, ca).
-DB_ROWS = [(0, True, False, False, "Forward", 10.0), (40, True, False, True, "Forward", 20.0),
-           (80, True, False, False, "Sideways", 30.0), (120, True, False, False, "Backward", 40.0),
-           (160, False, False, False, "Forward", 50.0), (200, True, True, False, "Forward", 60.0)]
-VAL_QUERIES = [
-    (3, True, False, False, "Forward", 11.0),     # im2im: db 0 within 3 m
-    (45, True, False, True, "Sideways", 21.0),    # im2im, night and sideways
-    (400, True, False, False, "Forward", 0.0),    # subtask all, but no database image within 25 m
-    (82, False, False, False, "Forward", 31.0),   # not in subtask all: only in the 'all' set
-    (120, True, True, False, "Forward", 41.0),    # a panorama: in neither set
-    (165, True, False, True, "Forward", None),    # its only near db image (160) is not in subtask all
+DB_ROWS = [
+    (0, True, False, False, "Forward", 10.0),
+    (40, True, False, True, "Forward", 20.0),
+    (80, True, False, False, "Sideways", 30.0),
+    (120, True, False, False, "Backward", 40.0),
+    (160, False, False, False, "Forward", 50.0),
+    (200, True, True, False, "Forward", 60.0),
 ]
-TRAIN_QUERIES = [(2, True, False, False, "Forward", 1.0), (41, True, False, True, "Forward", 2.0),
-                 (79, True, False, False, "Sideways", 3.0), (121, True, False, True, "Sideways", 4.0)]
+VAL_QUERIES = [
+    (3, True, False, False, "Forward", 11.0),  # im2im: db 0 within 3 m
+    (45, True, False, True, "Sideways", 21.0),  # im2im, night and sideways
+    (400, True, False, False, "Forward", 0.0),  # subtask all, but no database image within 25 m
+    (82, False, False, False, "Forward", 31.0),  # not in subtask all: only in the 'all' set
+    (120, True, True, False, "Forward", 41.0),  # a panorama: in neither set
+    (165, True, False, True, "Forward", None),  # its only near db image (160) is not in subtask all
+]
+TRAIN_QUERIES = [
+    (2, True, False, False, "Forward", 1.0),
+    (41, True, False, True, "Forward", 2.0),
+    (79, True, False, False, "Sideways", 3.0),
+    (121, True, False, True, "Sideways", 4.0),
+]
 ORIGIN = {"cph": (720000.0, 6170000.0), "sf": (550000.0, 4180000.0), "trondheim": (570000.0, 7030000.0)}
 
 
@@ -53,18 +69,21 @@ def write_city(root: Path, city: str, role: str, rows, drop_column: str = None) 
     east0, north0 = ORIGIN[city]
     tables = {
         "seq_info.csv": [[i, k, f"seq{city}", i] for i, k in enumerate(keys)],
-        "postprocessed.csv": [[i, k, east0 + r[0], north0, 7, False, r[3], r[4]]
-                              for i, (k, r) in enumerate(zip(keys, rows))],
-        "raw.csv": [[i, k, 12.5, 55.6, "" if r[5] is None else r[5], "2017-01-01", r[2]]
-                    for i, (k, r) in enumerate(zip(keys, rows))],
+        "postprocessed.csv": [
+            [i, k, east0 + r[0], north0, 7, False, r[3], r[4]] for i, (k, r) in enumerate(zip(keys, rows))
+        ],
+        "raw.csv": [
+            [i, k, 12.5, 55.6, "" if r[5] is None else r[5], "2017-01-01", r[2]]
+            for i, (k, r) in enumerate(zip(keys, rows))
+        ],
         "subtask_index.csv": [[i, r[1], False, False, False, False, False, False] for i, r in enumerate(rows)],
     }
     for name, data in tables.items():
         header = HEADERS[name].split(",")
         if drop_column and drop_column in header and name == "postprocessed.csv":
             at = header.index(drop_column)
-            header = header[:at] + header[at + 1:]
-            data = [d[:at] + d[at + 1:] for d in data]
+            header = header[:at] + header[at + 1 :]
+            data = [d[:at] + d[at + 1 :] for d in data]
         with open(folder / name, "w", newline="") as f:
             csv.writer(f).writerows([header, *data])
     return keys
@@ -127,12 +146,14 @@ def test_both_query_sets_give_the_counts_the_files_define(tmp_path):
 
 def test_eval_recalls_equal_brute_force_on_msls_positives(tmp_path, capsys):
     from test_ground_truth import brute_recalls, run_eval
+
     root = msls_folder(tmp_path / "msls")
     for query_set, size in (("im2im", "im2im 4 of 10"), ("all", "all 10")):
         out = tmp_path / query_set
         out.mkdir()
-        figures, xb, xq, db_paths, q_paths, _ = run_eval(root, out, capsys, *SMALL[len(SMALL) - 1:],
-                                                         f"data.msls_queries={query_set}")
+        figures, xb, xq, db_paths, q_paths, _ = run_eval(
+            root, out, capsys, *SMALL[len(SMALL) - 1 :], f"data.msls_queries={query_set}"
+        )
         db, db_utm, q, q_utm = expected(root, query_set)
         assert db_paths == db and q_paths == q
         # MSLS's positives: database images within 25 m (sklearn radius_neighbors, inclusive).
@@ -156,8 +177,10 @@ def test_eval_prints_and_rows_record_the_query_set(tmp_path, capsys):
     root = msls_folder(tmp_path / "msls")
     assert main(["eval", "--set", f"data.root={root}", *[a for s in SMALL for a in ("--set", s)]]) == 0
     printed = capsys.readouterr().out
-    assert any(line.split()[:2] == ["query_set", "im2im"] and line.rstrip().endswith("4 of 10")
-               for line in printed.splitlines()), printed
+    assert any(
+        line.split()[:2] == ["query_set", "im2im"] and line.rstrip().endswith("4 of 10")
+        for line in printed.splitlines()
+    ), printed
     cfg = load_config(overrides=[*SMALL, f"test.datasets={{msls: {root}}}", "data.msls_queries=all"])
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     result = final_test(cfg, model, Runtime.from_config(cfg, progress=False), test_sets(cfg))
@@ -168,10 +191,15 @@ def test_eval_prints_and_rows_record_the_query_set(tmp_path, capsys):
 def test_msls_weighted_mining_takes_the_csv_labels(tmp_path):
     from vgray.config import load_config
     from vgray.train.mining import TrainingQueries, create_miner
+
     root = msls_folder(tmp_path / "msls")
     split = open_split(root, "train")
-    assert split.queries.notes == ["day_forward_trondheim", "night_forward_trondheim", "day_sideways_trondheim",
-                                   "night_sideways_trondheim"]
+    assert split.queries.notes == [
+        "day_forward_trondheim",
+        "night_forward_trondheim",
+        "day_sideways_trondheim",
+        "night_sideways_trondheim",
+    ]
     cfg = load_config(overrides=[*SMALL, "train.mining=msls_weighted"])
     data = TrainingQueries(split, 10.0, 25.0)
     assert data.usable.tolist() == [0, 1, 2, 3]

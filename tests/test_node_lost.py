@@ -2,6 +2,7 @@
 without CPUs and two one-CPU workers on this machine): the trial it ran is retried from its last
 checkpoint on the other node, the sweep finishes, every trial has one row and the summary's means
 are those of the rows."""
+
 import json
 import threading
 import time
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import rows, write_sweep
+
 from vgray.cli import main
 
 pytestmark = pytest.mark.slow
@@ -25,8 +26,14 @@ def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tm
     workers = [cluster.add_node(num_cpus=1, num_gpus=0) for _ in range(2)]
     cluster.wait_for_nodes()
     raylets = {w.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: w for w in workers}
-    path = write_sweep(tmp_path / "s.yaml", {"train.epochs": 3, "train.patience": 3}, name="lost",
-                       storage=str(tmp_path / "store"), grid={"train.lr": [0.001, 0.0001]}, max_failures=2)
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        {"train.epochs": 3, "train.patience": 3},
+        name="lost",
+        storage=str(tmp_path / "store"),
+        grid={"train.lr": [0.001, 0.0001]},
+        max_failures=2,
+    )
     directory = tmp_path / "store" / "lost"
     removed = {}
 
@@ -66,7 +73,9 @@ def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tm
     assert sorted(r["train.lr"] for r in got) == [0.0001, 0.001]  # each trial exactly once
     assert len({r["trial_id"] for r in got}) == 2 and all(r["status"] == "ok" and r["epochs"] == 3 for r in got)
     # the trial on the lost node started again from its checkpoint: epoch 1 is not trained twice
-    reports = [json.loads(x) for x in (directory / removed["trial"] / "result.json").read_text().splitlines() if x.strip()]
+    reports = [
+        json.loads(x) for x in (directory / removed["trial"] / "result.json").read_text().splitlines() if x.strip()
+    ]
     assert [r["epoch"] for r in reports if r.get("epoch") is not None] == [1, 2, 3], reports
     assert all(r["pid"] != removed["pid"] for r in reports if r.get("epoch") in (2, 3))  # another process went on
     # the summary's mean ± std are those of the rows (one seed per config here: std 0)

@@ -1,22 +1,40 @@
 """Place-batched training (train.regime=places): the sampler, places from the UTM grid, the GSV-Cities
 reader on the synthetic world's GSV-Cities output, a short run that checkpoints and resumes, bad inputs."""
+
 import csv
 import json
 from collections import defaultdict
 
 import numpy as np
 import pytest
-
 from conftest import TINY, TINY_SET
+
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.data.gsv_cities import COLUMNS, image_name, read_gsv_cities
 from vgray.errors import BadInput
-from vgray.train.places import (PLACE_LOSSES, PLACE_MINERS, PROXY_DIM, PlaceProxies, grid_neighbours, grid_places,
-                                proxy_place_batches, sample_batches)
+from vgray.train.places import (
+    PLACE_LOSSES,
+    PLACE_MINERS,
+    PROXY_DIM,
+    PlaceProxies,
+    grid_neighbours,
+    grid_places,
+    proxy_place_batches,
+    sample_batches,
+)
 
-RUN = [f"data.root={TINY}", *TINY_SET, "data.resize=[48,64]", "model.aggregation=gem", "train.regime=places",
-       "train.places_per_batch=8", "train.batches_per_epoch=3", "train.lr=0.001", "test.recall_values=[1,5]"]
+RUN = [
+    f"data.root={TINY}",
+    *TINY_SET,
+    "data.resize=[48,64]",
+    "model.aggregation=gem",
+    "train.regime=places",
+    "train.places_per_batch=8",
+    "train.batches_per_epoch=3",
+    "train.lr=0.001",
+    "test.recall_values=[1,5]",
+]
 
 
 def sets(*extra):
@@ -39,8 +57,8 @@ def test_sampler_yields_p_distinct_places_of_k_distinct_images():
     assert draws.shape == (20, 8, 4)
     for batch in draws:
         places = labels[batch]
-        assert (places == places[:, :1]).all()           # K images of one place per row
-        assert len(set(places[:, 0])) == 8               # P distinct places
+        assert (places == places[:, :1]).all()  # K images of one place per row
+        assert len(set(places[:, 0])) == 8  # P distinct places
         assert all(len(set(row)) == 4 for row in batch)  # K distinct images
     # Every place is used before any repeats (30 places, 8 a batch: the first 3 batches are distinct).
     assert len(set(labels[draws[:3, :, 0]].ravel())) == 24
@@ -55,8 +73,13 @@ def test_grid_neighbours_match_a_brute_force_reference(reach, n_bins):
     keys = np.unique(keys, axis=0)  # a place is one cell (and bin)
     got = grid_neighbours(keys, reach, n_bins)
     for i, a in enumerate(keys):
-        want = [j for j, b in enumerate(keys) if j != i and np.abs(a[:2] - b[:2]).max() <= reach
-                and (not n_bins or min((a[2] - b[2]) % n_bins, (b[2] - a[2]) % n_bins) <= 1)]
+        want = [
+            j
+            for j, b in enumerate(keys)
+            if j != i
+            and np.abs(a[:2] - b[:2]).max() <= reach
+            and (not n_bins or min((a[2] - b[2]) % n_bins, (b[2] - a[2]) % n_bins) <= 1)
+        ]
         assert sorted(got[i].tolist()) == want, i
 
 
@@ -66,8 +89,7 @@ def test_batches_hold_no_two_neighbouring_places():
     rng = np.random.default_rng(5)
     utm = np.stack([rng.uniform(0, 300, 3000), rng.uniform(0, 50, 3000)], axis=1)
     headings = rng.choice([0.0, 90.0, 180.0, 270.0], len(utm)) + rng.uniform(-20, 20, len(utm))
-    places = grid_places([f"i{i}" for i in range(len(utm))], utm, 10.0, 25.0, 4, heading_deg=90.0,
-                         headings=headings)
+    places = grid_places([f"i{i}" for i in range(len(utm))], utm, 10.0, 25.0, 4, heading_deg=90.0, headings=headings)
     assert all(len(n) for n in places.neighbours)  # reach 3 cells, same and next bins
     members = places.members()
     proxies = rng.standard_normal((places.n_places, 8))
@@ -112,8 +134,7 @@ def test_proxy_batches_are_nearest_places_and_use_every_place_once():
         rest = np.flatnonzero(available & ~np.isin(np.arange(40), batch))
         assert available[batch].all() and any(nearest(a, batch, rest) for a in batch)
         available[batch] = False
-    draws = sample_batches([np.arange(4 * i, 4 * i + 4) for i in range(40)], 5, 2, 8, np.random.default_rng(4),
-                           proxies)
+    draws = sample_batches([np.arange(4 * i, 4 * i + 4) for i in range(40)], 5, 2, 8, np.random.default_rng(4), proxies)
     assert (draws[:, :, 0] // 4 == batches).all()  # sample_batches takes these places, K images each
 
 
@@ -194,12 +215,20 @@ def test_grid_places_split_by_heading_bins():
     # Bins are centred on 0, 90, 180, 270: views 5 degrees either side of north share a place (bins
     # starting at 0 would split them, as a capture along a north-aligned street grid looks), and the
     # edge is north-east: 44 degrees joins them, 46 does not.
-    one = grid_places([f"v{i}" for i in range(4)], np.full((4, 2), 10.0), size, 25.0, 2, heading_deg=alpha,
-                      headings=np.array([355.0, 5.0, 44.0, 46.0]))
+    one = grid_places(
+        [f"v{i}" for i in range(4)],
+        np.full((4, 2), 10.0),
+        size,
+        25.0,
+        2,
+        heading_deg=alpha,
+        headings=np.array([355.0, 5.0, 44.0, 46.0]),
+    )
     assert [sorted(m.tolist()) for m in one.members()] == [[0, 1, 2]] and one.dropped == 1
     with pytest.raises(BadInput, match="heading field"):
-        grid_places(["/d/@1@2@.jpg"] * 4, np.zeros((4, 2)), size, 25.0, 2, heading_deg=alpha,
-                    headings=np.full(4, np.nan))  # what the index gives a name without a heading
+        grid_places(
+            ["/d/@1@2@.jpg"] * 4, np.zeros((4, 2)), size, 25.0, 2, heading_deg=alpha, headings=np.full(4, np.nan)
+        )  # what the index gives a name without a heading
 
 
 def test_gsv_cities_reader_on_the_synthetic_world(gsv_root, tiny_root):
@@ -235,6 +264,7 @@ def test_gsv_cities_reader_on_the_synthetic_world(gsv_root, tiny_root):
 
 def test_losses_and_miners_from_pytorch_metric_learning():
     import torch
+
     cfg = load_config(overrides=["train.regime=places"]).train
     x = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
     y = torch.arange(4).repeat_interleave(4)
@@ -270,8 +300,15 @@ def test_proxy_batching_resumes_exactly(tiny_root, tmp_path):
     from vgray.train.loop import train
 
     def cfg(epochs):
-        return load_config(overrides=[*RUN, "model.fc_output_dim=32", "train.place_batching=proxy",
-                                      "train.patience=5", f"train.epochs={epochs}"])
+        return load_config(
+            overrides=[
+                *RUN,
+                "model.fc_output_dim=32",
+                "train.place_batching=proxy",
+                "train.patience=5",
+                f"train.epochs={epochs}",
+            ]
+        )
 
     silent = lambda line: None  # noqa: E731
     train(cfg(3), tmp_path / "a", progress=False, log=silent)
@@ -282,7 +319,8 @@ def test_proxy_batching_resumes_exactly(tiny_root, tmp_path):
     assert len(ha) == len(hb) == 3
     for a, b in zip(ha, hb):
         assert {k: v for k, v in a.items() if k != "train_time_s"} == pytest.approx(
-            {k: v for k, v in b.items() if k != "train_time_s"}, abs=1e-6)
+            {k: v for k, v in b.items() if k != "train_time_s"}, abs=1e-6
+        )
     wa, wb = (load(tmp_path / r / "last.pt")["model"] for r in "ab")
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
 
@@ -298,23 +336,31 @@ def test_warmup_and_milestones_resume_exactly(tiny_root, tmp_path):
     from vgray.train.loop import train
     from vgray.train.schedule import STEPS, lr_factor
 
-    extra = ["train.optimizer=adamw", "train.weight_decay=0.05", "train.warmup_steps=5", "train.lr_milestones=[2]",
-             "train.lr_gamma=0.5", "train.patience=5"]
+    extra = [
+        "train.optimizer=adamw",
+        "train.weight_decay=0.05",
+        "train.warmup_steps=5",
+        "train.lr_milestones=[2]",
+        "train.lr_gamma=0.5",
+        "train.patience=5",
+    ]
     silent = lambda line: None  # noqa: E731
     train(load_config(overrides=[*RUN, *extra, "train.epochs=3"]), tmp_path / "a", progress=False, log=silent)
     train(load_config(overrides=[*RUN, *extra, "train.epochs=2"]), tmp_path / "b", progress=False, log=silent)
     (group,) = load(tmp_path / "b" / "last.pt")["optimizer"]["param_groups"]
     assert group[STEPS] == 6 and group["initial_lr"] == 0.001 and group["weight_decay"] == 0.05
     assert group["lr"] == pytest.approx(0.001 * lr_factor(5, 1, 5, [2], 0.5)) == pytest.approx(0.001)
-    train(load_config(overrides=[*RUN, *extra, "train.epochs=3"]), tmp_path / "b", resume=True, progress=False,
-          log=silent)
+    train(
+        load_config(overrides=[*RUN, *extra, "train.epochs=3"]), tmp_path / "b", resume=True, progress=False, log=silent
+    )
     for run in "ab":
         (group,) = load(tmp_path / run / "last.pt")["optimizer"]["param_groups"]
         assert group[STEPS] == 9 and group["lr"] == pytest.approx(0.0005)  # epoch 3: past milestone 2
     ha, hb = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in "ab"]
     for a, b in zip(ha, hb):
         assert {k: v for k, v in a.items() if k != "train_time_s"} == pytest.approx(
-            {k: v for k, v in b.items() if k != "train_time_s"}, abs=1e-6)
+            {k: v for k, v in b.items() if k != "train_time_s"}, abs=1e-6
+        )
     wa, wb = (load(tmp_path / r / "last.pt")["model"] for r in "ab")
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
 
@@ -322,9 +368,24 @@ def test_warmup_and_milestones_resume_exactly(tiny_root, tmp_path):
 @pytest.mark.slow
 def test_places_regime_on_the_gsv_cities_layout(gsv_root, tmp_path):
     out = tmp_path / "gsv"
-    assert main(["train", *sets(f"data.root={gsv_root}", "data.layout=gsv_cities", f"data.val_root={TINY}",
-                                f"test.datasets={{tiny: '{TINY}'}}", "train.epochs=1", "train.batches_per_epoch=2"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *sets(
+                    f"data.root={gsv_root}",
+                    "data.layout=gsv_cities",
+                    f"data.val_root={TINY}",
+                    f"test.datasets={{tiny: '{TINY}'}}",
+                    "train.epochs=1",
+                    "train.batches_per_epoch=2",
+                ),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "best.pt").is_file() and (out / "metrics.jsonl").is_file()
 
 
@@ -340,10 +401,19 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     common = ["data.layout=gsv_cities", f"data.val_root={TINY}", f"test.datasets={{tiny: '{TINY}'}}"]
     one_line_exit_2(["train", *sets(f"data.root={empty}", *common), "--out", str(out)], capsys, "Dataframes")
-    one_line_exit_2(["train", *sets("train.places_per_batch=1000"), "--out", str(out)], capsys,
-                    "train.places_per_batch=1000", "places")
-    one_line_exit_2(["train", *sets("train.places_per_batch=50"), "--out", str(out)], capsys,  # 113 places, 20 apart
-                    "train.places_per_batch=50", "test.positive_dist_threshold=25 m", "at most 20")
+    one_line_exit_2(
+        ["train", *sets("train.places_per_batch=1000"), "--out", str(out)],
+        capsys,
+        "train.places_per_batch=1000",
+        "places",
+    )
+    one_line_exit_2(
+        ["train", *sets("train.places_per_batch=50"), "--out", str(out)],
+        capsys,  # 113 places, 20 apart
+        "train.places_per_batch=50",
+        "test.positive_dist_threshold=25 m",
+        "at most 20",
+    )
     one_line_exit_2(["train", *sets("data.layout=gsv_cities"), "--out", str(out)], capsys, "data.val_root")
     one_line_exit_2(["train", *sets("train.pml_loss=nope"), "--out", str(out)], capsys, "multi_similarity")
     one_line_exit_2(["synth", str(out), "--layout", "nope"], capsys, "--layout")
@@ -353,8 +423,13 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
 def test_evaluating_a_gsv_cities_folder_says_what_it_is(gsv_root, tmp_path, capsys):
     """A GSV-Cities folder given as a VG dataset: the message names the layout and what to do."""
     out = tmp_path / "eval.json"
-    one_line_exit_2(["eval", *sets(f"data.root={gsv_root}"), "--json", str(out)], capsys,
-                    "GSV-Cities layout", "data.layout=gsv_cities", "VG-format")
+    one_line_exit_2(
+        ["eval", *sets(f"data.root={gsv_root}"), "--json", str(out)],
+        capsys,
+        "GSV-Cities layout",
+        "data.layout=gsv_cities",
+        "VG-format",
+    )
     assert not out.exists()
     with pytest.raises(BadInput, match="images_per_place"):
         load_config(overrides=["train.images_per_place=1"])

@@ -1,18 +1,26 @@
 """vgray eval --save-predictions: PNG grids whose frames agree with the truth from the UTM coordinates."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, TINY_SET
 from PIL import Image
 
-from conftest import TINY, TINY_SET
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.evaluate.evaluate import evaluate
 from vgray.report.predictions import BORDER, GREEN, RED, tile_box
 
-SETS = [f"data.root={TINY}", *TINY_SET, "data.resize=[32,48]", "model.backbone=resnet18conv4",
-        "model.aggregation=gem", "test.split=val", "test.recall_values=[1,5]"]
+SETS = [
+    f"data.root={TINY}",
+    *TINY_SET,
+    "data.resize=[32,48]",
+    "model.backbone=resnet18conv4",
+    "model.aggregation=gem",
+    "test.split=val",
+    "test.recall_values=[1,5]",
+]
 EVAL = ["eval", *sum((["--set", s] for s in SETS), [])]
 
 
@@ -24,8 +32,12 @@ def run(tiny_root, tmp_path_factory):
     keep = {}
     evaluate(cfg, progress=False, keep=keep)
     assert main([*EVAL, "--json", str(out / "all" / "r.json"), "--save-predictions", "4"]) == 0
-    assert main([*EVAL, "--predictions-dir", str(out / "fail"), "--save-predictions", "1000",
-                 "--predictions-failures-only"]) == 0
+    assert (
+        main(
+            [*EVAL, "--predictions-dir", str(out / "fail"), "--save-predictions", "1000", "--predictions-failures-only"]
+        )
+        == 0
+    )
     return cfg, keep, out
 
 
@@ -57,8 +69,11 @@ def test_grids_of_the_first_n_queries_frame_candidates_by_distance(run):
 def test_failures_only_writes_the_queries_whose_top1_is_wrong(run):
     cfg, keep, out = run
     split, predictions = keep["split"], keep["predictions"]
-    wrong = [q for q in range(len(split.queries))
-             if not _within(split, q, int(predictions[q, 0]), cfg.test.positive_dist_threshold)]
+    wrong = [
+        q
+        for q in range(len(split.queries))
+        if not _within(split, q, int(predictions[q, 0]), cfg.test.positive_dist_threshold)
+    ]
     assert 0 < len(wrong) < len(split.queries)
     files = _grids(out / "fail" / "predictions")
     assert [f.name for f in files] == [f"{i}_{Path(split.queries.paths[q]).stem}.png" for i, q in enumerate(wrong)]

@@ -1,5 +1,6 @@
 """Pretrained sources: files in each publisher's format, placed where the cache expects them, load
 into the backbones (and, for the off-the-shelf GeM networks, into GeM and the FC) and equal them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,21 +41,31 @@ def _assert_body_equals(backbone, source_model) -> None:
         torch.testing.assert_close(value, reference[f"{backbone.source_names[int(index)]}.{rest}"], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("source, wrap", [
-    ("imagenet", lambda sd: sd),                                                   # torchvision: plain
-    ("places", lambda sd: sd),                                                     # the paper's: plain, 365 classes
-    ("gldv2", lambda sd: sd),                                                      # the paper's: plain, 512 classes
-    # CSAIL's files come from PyTorch 0.2 (DataParallel, no BatchNorm counters yet).
-    ("places365_csail", lambda sd: {"epoch": 90, "arch": "resnet18", "best_prec1": 53.5,
-                                    "state_dict": {f"module.{k}": v for k, v in sd.items()
-                                                   if not k.endswith("num_batches_tracked")}}),
-])
+@pytest.mark.parametrize(
+    "source, wrap",
+    [
+        ("imagenet", lambda sd: sd),  # torchvision: plain
+        ("places", lambda sd: sd),  # the paper's: plain, 365 classes
+        ("gldv2", lambda sd: sd),  # the paper's: plain, 512 classes
+        # CSAIL's files come from PyTorch 0.2 (DataParallel, no BatchNorm counters yet).
+        (
+            "places365_csail",
+            lambda sd: {
+                "epoch": 90,
+                "arch": "resnet18",
+                "best_prec1": 53.5,
+                "state_dict": {f"module.{k}": v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
+            },
+        ),
+    ],
+)
 def test_resnet18_sources_load_and_equal(torch_home, source, wrap):
     classes = {"imagenet": 1000, "places": 365, "gldv2": 512, "places365_csail": 365}[source]
     published = _randomised(torchvision.models.resnet18(num_classes=classes), seed=1)
     _place("resnet18", source, wrap(published.state_dict()))
-    _assert_body_equals(create_backbone("resnet18conv5" if source == "places" else "resnet18conv4",
-                                        pretrained=source), published)
+    _assert_body_equals(
+        create_backbone("resnet18conv5" if source == "places" else "resnet18conv4", pretrained=source), published
+    )
 
 
 @pytest.mark.slow
@@ -79,13 +90,28 @@ def test_off_the_shelf_gem_network_loads_whole(torch_home):
     whiten = torch.nn.Linear(2048, 2048)
     state = {f"features.{k}": v for k, v in features.state_dict().items()}
     state.update({"pool.p": p, "whiten.weight": whiten.weight.detach(), "whiten.bias": whiten.bias.detach()})
-    meta = {"architecture": "resnet50", "pooling": "gem", "local_whitening": False, "regional": False,
-            "whitening": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "outputdim": 2048,
-            "Lw": {"retrieval-SfM-120k": {"ss": {"m": np.zeros((2048, 1)), "P": np.eye(4)}}}}
+    meta = {
+        "architecture": "resnet50",
+        "pooling": "gem",
+        "local_whitening": False,
+        "regional": False,
+        "whitening": True,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "outputdim": 2048,
+        "Lw": {"retrieval-SfM-120k": {"ss": {"m": np.zeros((2048, 1)), "P": np.eye(4)}}},
+    }
     _place("resnet50", "radenovic_gldv1", {"meta": meta, "state_dict": state})
 
-    cfg = load_config(overrides=["model.backbone=resnet50conv5", "model.aggregation=gem", "model.fc_output_dim=2048",
-                                 "model.l2=after_pool", "model.pretrained=radenovic_gldv1"])
+    cfg = load_config(
+        overrides=[
+            "model.backbone=resnet50conv5",
+            "model.aggregation=gem",
+            "model.fc_output_dim=2048",
+            "model.l2=after_pool",
+            "model.pretrained=radenovic_gldv1",
+        ]
+    )
     model = build_model(cfg.model)
     _assert_body_equals(model.backbone, source)
     torch.testing.assert_close(model.aggregation.p.detach(), p, rtol=0, atol=0)
@@ -99,8 +125,21 @@ def test_off_the_shelf_gem_network_loads_whole(torch_home):
 
 def test_missing_file_offline_says_where_to_put_it(torch_home, tiny_root, capsys):
     target = cached_path(RECORDS[("resnet18", "places")])
-    code = main(["eval", "--set", "data.root=" + str(tiny_root), "--set", "model.pretrained=places",
-                 "--set", "model.aggregation=gem", "--set", "data.resize=[32,32]", "--set", "data.num_workers=0"])
+    code = main(
+        [
+            "eval",
+            "--set",
+            "data.root=" + str(tiny_root),
+            "--set",
+            "model.pretrained=places",
+            "--set",
+            "model.aggregation=gem",
+            "--set",
+            "data.resize=[32,32]",
+            "--set",
+            "data.num_workers=0",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and str(target) in err and "Traceback" not in err
@@ -121,7 +160,7 @@ def test_wrong_structure_and_unknown_pairs_are_bad_input(torch_home):
 
 
 def test_records_are_data():
-    for (arch, source), rec in RECORDS.items():
+    for rec in RECORDS.values():
         assert rec.url.startswith("http") and rec.file and rec.licence
         assert len(rec.mean) == 3 and len(rec.std) == 3
         assert rec.sha256_prefix is None or all(c in "0123456789abcdef" for c in rec.sha256_prefix)

@@ -5,6 +5,7 @@ trial, whose Runtime has ``progress=False``) or when stderr is not a terminal.
 
 The terminal is a real pseudo-terminal: stderr is pointed at its slave end while a step runs and
 what arrives at the master end is read back."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,8 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import TINY_SET
+
 from vgray.config import load_config
 from vgray.console import progress_bar, progress_step
 from vgray.data.dataset import open_split
@@ -56,6 +57,7 @@ def terminal_stderr():
             if not data:
                 break
             chunks.append(data)
+
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     stream = io.TextIOWrapper(os.fdopen(slave, "wb", buffering=0), write_through=True)
@@ -113,8 +115,10 @@ def test_synthetic_generation_shows_a_bar_over_the_images(tmp_path, mini_preset)
     with terminal_stderr() as out:
         generate(tmp_path / "world", preset=mini_preset, progress=True)
     text = out.text
-    total = sum(len(open_split(tmp_path / "world", split).database) + len(open_split(tmp_path / "world", split).queries)
-                for split in ("train", "val", "test"))
+    total = sum(
+        len(open_split(tmp_path / "world", split).database) + len(open_split(tmp_path / "world", split).queries)
+        for split in ("train", "val", "test")
+    )
     assert "synthetic mini:" in text and f"/{total} [" in text and "img/s" in text  # a bar over every image
     assert f"synthetic mini: wrote {tmp_path / 'world'}" in text  # the bar is erased: one line says what it did
     with terminal_stderr() as out:
@@ -138,8 +142,9 @@ def test_netvlad_initialisation_shows_the_images_and_the_kmeans(mini_root, progr
     method = create_method(cfg, model.mean, model.std)
     paths = open_split(mini_root, "val").database.paths[:16]
     with terminal_stderr() as out:
-        initialize_aggregation(model, paths, method.database_transform,
-                               Runtime.from_config(cfg, progress=progress), seed=0)
+        initialize_aggregation(
+            model, paths, method.database_transform, Runtime.from_config(cfg, progress=progress), seed=0
+        )
     assert not model.needs_init()
     text = out.text
     if progress:
@@ -183,8 +188,13 @@ def test_evaluation_with_pca_and_ivf_shows_each_step_unless_quiet(mini_root, pro
     assert figures["R@1"] >= 0
     text = out.text
     if progress:
-        for step in ("pca: fitting", "queries", "database", "test.knn='IVF4,Flat': training on",
-                     "test.knn='IVF4,Flat': adding"):
+        for step in (
+            "pca: fitting",
+            "queries",
+            "database",
+            "test.knn='IVF4,Flat': training on",
+            "test.knn='IVF4,Flat': adding",
+        ):
             assert step in text, step
     else:
         assert text == ""

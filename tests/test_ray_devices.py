@@ -1,6 +1,7 @@
 """The device of code Ray runs comes from what Ray assigned, never from what the machine has: a local
 Ray that declares 2 GPUs it does not have shows which device each task, actor and placement-group
 bundle would pick (the choice is separate from whether CUDA works here)."""
+
 import pytest
 import torch
 from conftest import local_ray
@@ -18,6 +19,7 @@ def test_choice_without_a_scheduler_is_the_machines():
 def test_the_suite_runs_on_the_cpu_unless_marked_cuda():
     # tests/conftest.py: this process as one assigned no GPU, and no GPU for the processes it starts
     import os
+
     assert resolve_device("auto") == torch.device("cpu")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
 
@@ -56,6 +58,7 @@ def fake_gpu_ray(tiny_root):
 
 def _report(ray, name="auto", **options):
     from vgray.distributed.devices import device_report
+
     return ray.get(ray.remote(device_report).options(num_cpus=0.5, **options).remote(name, True))
 
 
@@ -64,7 +67,9 @@ def test_tasks_pick_what_ray_assigned(fake_gpu_ray):
     ray = fake_gpu_ray
     none = _report(ray, num_gpus=0)  # CUDA "present": still the CPU
     assert none["assigned"] == [] and none["device"] == "cpu"
-    assert _report(ray, "cuda", num_gpus=0)["device"].startswith("refused: device=cuda: Ray assigned this worker no GPU")
+    assert _report(ray, "cuda", num_gpus=0)["device"].startswith(
+        "refused: device=cuda: Ray assigned this worker no GPU"
+    )
     one = _report(ray, num_gpus=1)
     assert len(one["assigned"]) == 1 and one["visible"] == one["assigned"][0] and one["device"] == "cuda:0"
     half = _report(ray, num_gpus=0.5)  # a fraction of a GPU is that GPU
@@ -90,11 +95,19 @@ def test_placement_group_bundles_pick_their_own_devices(fake_gpu_ray):
     ray = fake_gpu_ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5, "GPU": 1}], strategy="PACK")
     ray.get(pg.ready(), timeout=60)
     try:
-        at = lambda i, gpus: dict(num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
-            placement_group=pg, placement_group_bundle_index=i))
+
+        def at(i, gpus):
+            return dict(
+                num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                ),
+            )
+
         assert _report(ray, **at(0, 0))["device"] == "cpu"
         assert _report(ray, **at(1, 0))["device"] == "cpu"  # in the GPU bundle, but asked for none
         assert _report(ray, **at(1, 1))["device"] == "cuda:0"
@@ -110,8 +123,16 @@ def test_extraction_actor_runtime_follows_ray(fake_gpu_ray):
     from vgray.config import load_config
     from vgray.distributed.extract import _Embed
     from vgray.models import build_model
-    cfg = load_config(overrides=["model.pretrained=none", "model.backbone=resnet18conv4",
-                                 "model.aggregation=gem", "data.resize=[32,48]", "device=auto"])
+
+    cfg = load_config(
+        overrides=[
+            "model.pretrained=none",
+            "model.backbone=resnet18conv4",
+            "model.aggregation=gem",
+            "data.resize=[32,48]",
+            "device=auto",
+        ]
+    )
     state = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size).state_dict()
 
     class Probe(_Embed):
@@ -131,6 +152,7 @@ def test_extraction_actor_runtime_follows_ray(fake_gpu_ray):
 @pytest.mark.slow
 def test_driver_keeps_the_machines_choice(fake_gpu_ray):
     from vgray.distributed.devices import device_report, use_ray_devices
+
     use_ray_devices()
     assert device_report(cuda_present=True)["assigned"] is None
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

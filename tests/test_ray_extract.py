@@ -1,6 +1,7 @@
 """``vgray extract`` on a two-node local Ray cluster: Ray Data descriptors equal the in-process
 ones, a re-run keeps complete shards, truncated shards and shards of another model are extracted
 again, and an unreadable image stops the run (exit 2, one line naming it) unless skipped."""
+
 import json
 import shutil
 from pathlib import Path
@@ -9,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import TINY_SET
+
 from vgray.cli import main
 from vgray.config import load_config
 
@@ -25,6 +26,7 @@ def config(root: Path, *extra: str):
 
 def run(cfg, out: Path, messages=None, **kw):
     from vgray.distributed.extract import extract
+
     kw = {"shard_size": 8, "actors": 2, "batch_size": 4, **kw}
     return extract(cfg, "test", out, progress=False, log=(messages.append if messages is not None else None), **kw)
 
@@ -44,9 +46,9 @@ def extracted(two_nodes, small_root, tmp_path_factory):
 def test_ray_data_descriptors_equal_the_in_process_ones(extracted, small_root):
     from vgray.data.dataset import open_split
     from vgray.evaluate.extract import extract_descriptors
-    from vgray.runtime import Runtime
     from vgray.evaluate.methods import create_method
     from vgray.models import build_model
+    from vgray.runtime import Runtime
 
     out, figures = extracted
     assert figures["images"] == 27 and figures["shards_written"] == 3 + 1 and figures["shards_kept"] == 0
@@ -65,7 +67,7 @@ def test_ray_data_descriptors_equal_the_in_process_ones(extracted, small_root):
         assert paths == images.paths
         np.testing.assert_allclose(got, xb, rtol=1e-4, atol=1e-5)
         table = pq.read_table(out / role / "shard-00000.parquet")
-        np.testing.assert_array_equal(table.column("utm_east").to_numpy(), images.utm[:len(table), 0])
+        np.testing.assert_array_equal(table.column("utm_east").to_numpy(), images.utm[: len(table), 0])
     meta = json.loads(pq.read_metadata(out / "database" / "shard-00002.parquet").metadata[b"vgray"])
     assert (meta["start"], meta["stop"], meta["count"], meta["features_dim"]) == (16, 21, 5, 256)
     assert meta["model_sha1"] == figures["model_sha1"]
@@ -84,7 +86,7 @@ def test_rerun_keeps_complete_shards_and_extracts_bad_ones_again(extracted, smal
 
     truncated, other_model, other_size = (out / "database" / f"shard-0000{k}.parquet" for k in range(3))
     data = truncated.read_bytes()
-    truncated.write_bytes(data[:len(data) // 2])
+    truncated.write_bytes(data[: len(data) // 2])
     for path, key, value in ((other_model, "model_sha1", "0" * 40), (other_size, "features_dim", 512)):
         table = pq.read_table(path)
         meta = json.loads(table.schema.metadata[b"vgray"])
@@ -94,7 +96,9 @@ def test_rerun_keeps_complete_shards_and_extracts_bad_ones_again(extracted, smal
     assert (third["images"], third["shards_written"], third["shards_kept"]) == (21, 3, 1)
     assert len(messages) == 3 and all("extracting it again" in m for m in messages)
     assert "unreadable" in messages[0] and "model_sha1" in messages[1] and "features_dim" in messages[2]
-    assert (out / "queries" / "shard-00000.parquet").stat().st_mtime_ns == before[out / "queries" / "shard-00000.parquet"]
+    assert (out / "queries" / "shard-00000.parquet").stat().st_mtime_ns == before[
+        out / "queries" / "shard-00000.parquet"
+    ]
     _, redone = descriptors(out / "database.parquet")
     np.testing.assert_allclose(redone, reference, rtol=1e-4, atol=1e-5)
 
@@ -104,8 +108,22 @@ def test_unreadable_image_exits_2_naming_it_or_is_skipped(two_nodes, small_root,
     shutil.copytree(small_root, root)
     bad = sorted((root / "images" / "test" / "database").iterdir())[3]
     bad.write_bytes(b"not a jpeg")
-    code = main(["extract", *sum((["--set", s] for s in SET), []), "--set", f"data.root={root}",
-                 "--out", str(tmp_path / "out"), "--shard-size", "8", "--actors", "1", "--batch-size", "8"])
+    code = main(
+        [
+            "extract",
+            *sum((["--set", s] for s in SET), []),
+            "--set",
+            f"data.root={root}",
+            "--out",
+            str(tmp_path / "out"),
+            "--shard-size",
+            "8",
+            "--actors",
+            "1",
+            "--batch-size",
+            "8",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("vgray: error:")]
@@ -126,6 +144,7 @@ def test_index_option_makes_the_shards_into_a_faiss_index(extracted, small_root,
     import faiss
 
     from vgray.evaluate.knn import build_index, fill_index, search
+
     out, _ = extracted
     figures = run(config(small_root), out, index="IVF2,Flat")  # every shard kept: no extraction
     assert (figures["images"], figures["index"]) == (0, "IVF2,Flat")
@@ -135,19 +154,36 @@ def test_index_option_makes_the_shards_into_a_faiss_index(extracted, small_root,
     fill_index(reference, xb, seed=0)
     assert index.ntotal == 21
     np.testing.assert_array_equal(search(index, xb[:5], 3)[1], search(reference, xb[:5], 3)[1])
-    code = main(["extract", *sum((["--set", s] for s in SET), []), "--set", f"data.root={small_root}",
-                 "--out", str(tmp_path / "bad"), "--index", "IVF2,PQ7"])
+    code = main(
+        [
+            "extract",
+            *sum((["--set", s] for s in SET), []),
+            "--set",
+            f"data.root={small_root}",
+            "--out",
+            str(tmp_path / "bad"),
+            "--index",
+            "IVF2,PQ7",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "PQ" in err and not (tmp_path / "bad" / "database").exists()
 
 
-@pytest.mark.parametrize("args, culprit", [(["--shard-size", "0"], "--shard-size=0"), (["--actors", "0"], "--actors=0"),
-                                           (["--set", "model.pca_dim=8"], "model.pca_dim")])
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--shard-size", "0"], "--shard-size=0"),
+        (["--actors", "0"], "--actors=0"),
+        (["--set", "model.pca_dim=8"], "model.pca_dim"),
+    ],
+)
 def test_bad_requests_exit_2_before_ray_starts(args, culprit, tmp_path, capsys, monkeypatch):
     import vgray.distributed.sweep
 
     def no_ray(*a, **k):
         raise AssertionError("Ray started before the request was checked")
+
     monkeypatch.setattr(vgray.distributed.sweep, "init_ray", no_ray)
     assert main(["extract", "--set", "model.pretrained=none", "--out", str(tmp_path), *args]) == 2
     assert culprit in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The README's commands are the code's: every `vgray ...` line in it parses and its config loads,
 the Makefile's demo runs for real, and .ci/run calls the README's test command."""
+
 import re
 import shlex
 from pathlib import Path
@@ -53,5 +54,6 @@ def test_make_demo_is_the_quickstart_sweep(capsys):
     assert argv[:2] == ["sweep", "sweeps/quickstart.yaml"]
     assert f"vgray {' '.join(argv)}" in README
     from vgray.cli import main
+
     assert main([*argv, "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("sweep quickstart: 4 trials (train)")

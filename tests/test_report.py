@@ -6,6 +6,7 @@ bad inputs (exit 2, one line). Without Ray, from rows made by the results model:
 block, figure grid and captions, skipped-figure reasons and failed trials read back with an HTML
 parser (hostile names and errors escaped), plan.json files of any shape, and the page in Chromium
 (figures side by side, a header click sorting the table by value)."""
+
 import csv
 import json
 import os
@@ -30,11 +31,19 @@ from vgray.cli import main
 from vgray.report.figures import pareto_front
 from vgray.results import SETUP_KEYS
 
-BASE = {"data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
-        "model": {"pretrained": "none", "aggregation": "gem"},
-        "train": {"queries_per_epoch": 10, "cache_refresh_rate": 10, "negs_num_per_query": 2,
-                  "neg_samples_num": 40, "epochs": 1, "lr": 0.001},
-        "test": {"recall_values": [1, 5], "batch_size": 64}}
+BASE = {
+    "data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
+    "model": {"pretrained": "none", "aggregation": "gem"},
+    "train": {
+        "queries_per_epoch": 10,
+        "cache_refresh_rate": 10,
+        "negs_num_per_query": 2,
+        "neg_samples_num": 40,
+        "epochs": 1,
+        "lr": 0.001,
+    },
+    "test": {"recall_values": [1, 5], "batch_size": 64},
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,14 +55,16 @@ def one_error_line(capsys) -> str:
 
 # -- fast: bad input that needs no sweep, and the Pareto front against brute force ------------------
 
+
 def test_missing_folder_or_results_file_or_rows_is_refused_in_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in one_error_line(capsys)
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no results.parquet" in one_error_line(capsys)
     (tmp_path / "sweep_a").mkdir()
-    schema = pa.schema([("config_key", pa.string()), ("seed", pa.int64()), ("status", pa.string()),
-                        ("trial_id", pa.string())])
+    schema = pa.schema(
+        [("config_key", pa.string()), ("seed", pa.int64()), ("status", pa.string()), ("trial_id", pa.string())]
+    )
     pq.write_table(schema.empty_table(), tmp_path / "sweep_a" / "results.parquet")
     assert main(["report", str(tmp_path)]) == 2  # the storage folder above the sweeps
     assert str(tmp_path / "sweep_a") in one_error_line(capsys)
@@ -77,25 +88,33 @@ def test_pareto_front_matches_brute_force():
         recall = rng.integers(0, 5, n).astype(float)
         # brute force: i is on the front unless some j costs no more and recalls more, or recalls as
         # much for less cost; among exact duplicates the first in (cost, -recall) order is kept
-        dominated = {i for i in range(n) for j in range(n)
-                     if (cost[j] <= cost[i] and recall[j] > recall[i]) or (cost[j] < cost[i] and recall[j] >= recall[i])}
+        dominated = {
+            i
+            for i in range(n)
+            for j in range(n)
+            if (cost[j] <= cost[i] and recall[j] > recall[i]) or (cost[j] < cost[i] and recall[j] >= recall[i])
+        }
         front = pareto_front(list(cost), list(recall))
         assert {(cost[i], recall[i]) for i in front} == {(cost[i], recall[i]) for i in range(n) if i not in dominated}
         assert len(front) == len({(cost[i], recall[i]) for i in front})
 
 
-@pytest.mark.parametrize("values,why", [
-    ([0.3990, 0.3995, 0.3990], "gflops spans 0.3990–0.3995 (0.13 %)"),
-    ([256, 256], "gflops has one value (256)"),
-    ([-2.0, -2.01], "gflops spans -2.010–-2.000 (0.5 %)"),
-    ([100.0, 100.5], "gflops spans 100.0–100.5 (0.5 %)"),
-    ([100.0, 101.0], "gflops spans 100.0–101.0 (0.99 %)"),
-    ([99.0, 100.0], None),            # 1 % of the largest: drawn
-    ([0.0, 1e-9], None),              # tiny numbers, but far apart for their size
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "values,why",
+    [
+        ([0.3990, 0.3995, 0.3990], "gflops spans 0.3990–0.3995 (0.13 %)"),
+        ([256, 256], "gflops has one value (256)"),
+        ([-2.0, -2.01], "gflops spans -2.010–-2.000 (0.5 %)"),
+        ([100.0, 100.5], "gflops spans 100.0–100.5 (0.5 %)"),
+        ([100.0, 101.0], "gflops spans 100.0–101.0 (0.99 %)"),
+        ([99.0, 100.0], None),  # 1 % of the largest: drawn
+        ([0.0, 1e-9], None),  # tiny numbers, but far apart for their size
+        ([], None),
+    ],
+)
 def test_an_x_axis_of_one_value_or_within_1_percent_is_flat(values, why):
     from vgray.report.figures import flat_axis
+
     assert flat_axis(values, "gflops") == why
 
 
@@ -103,8 +122,12 @@ def test_an_x_axis_of_one_value_or_within_1_percent_is_flat(values, why):
 
 EVIL = "<script>alert('x')</script>"
 # R@1 of each config's two seeds: means 9.5, 100, 40.5, 75 (sorted as text, "9.5" would come first)
-SCORES = {("Flat", 1.0): (9.0, 10.0), ("Flat", 0.5): (100.0, 100.0), ("HNSW8", 1.0): (40.0, 41.0),
-          ("HNSW8", 0.5): (75.0, 75.0)}
+SCORES = {
+    ("Flat", 1.0): (9.0, 10.0),
+    ("Flat", 0.5): (100.0, 100.0),
+    ("HNSW8", 1.0): (40.0, 41.0),
+    ("HNSW8", 0.5): (75.0, 75.0),
+}
 
 
 def _made_rows():
@@ -113,13 +136,22 @@ def _made_rows():
     then a failed trial whose name and error are markup, and a stopped one."""
     from vgray.config import load_config
     from vgray.results import make_row
+
     rows = []
     for i, ((knn, fraction), scores) in enumerate(SCORES.items()):
         for seed, score in enumerate(scores):
-            cfg = load_config(base=BASE, overrides=[f"seed={seed}", f"test.knn={knn}", f"data.resize_fraction={fraction}"])
-            metrics = {"test/tiny/R@1": score, "gflops": 0.3990 + 0.0005 * (i % 2), "features_dim": 256,
-                       "matching_ms": 0.5 + i + 0.1 * seed, "extraction_ms": 3.0 + 2 * i, "database": 100 * 10 ** (i // 2),
-                       "queries": 10}
+            cfg = load_config(
+                base=BASE, overrides=[f"seed={seed}", f"test.knn={knn}", f"data.resize_fraction={fraction}"]
+            )
+            metrics = {
+                "test/tiny/R@1": score,
+                "gflops": 0.3990 + 0.0005 * (i % 2),
+                "features_dim": 256,
+                "matching_ms": 0.5 + i + 0.1 * seed,
+                "extraction_ms": 3.0 + 2 * i,
+                "database": 100 * 10 ** (i // 2),
+                "queries": 10,
+            }
             if i:
                 metrics["index_memory_mb"] = 0.25 * i
             rows.append(make_row(cfg, f"t{i}{seed}", f"{knn}-{fraction}-s{seed}", metrics))
@@ -131,17 +163,26 @@ def _made_rows():
 
 def _made_sweep(folder: Path, setup=None) -> Path:
     from vgray.results import make_plan, rows_to_parquet
+
     folder.mkdir(parents=True)
     (folder / "results.parquet").write_bytes(rows_to_parquet(_made_rows()))
-    (folder / "plan.json").write_bytes(make_plan("made", "eval", 8, ["test.knn", "data.resize_fraction"], False, None,
-                                                 finished=True, setup=setup))
+    (folder / "plan.json").write_bytes(
+        make_plan("made", "eval", 8, ["test.knn", "data.resize_fraction"], False, None, finished=True, setup=setup)
+    )
     return folder
 
 
-SETUP = {"base": {**BASE, "note": f"</pre>{EVIL}"},
-         "grid": {"test.knn": ["Flat", "HNSW8"], "data.resize_fraction": [1.0, 0.5]},
-         "variants": [], "search": None, "scheduler": None, "seeds": [0, 1], "resources": {"cpu": 1.0, "gpu": 0.0},
-         "storage": "/data/store/made", "cluster": {"address": "10.0.0.7:6379", "nodes": 3, "cpus": 24.0, "gpus": 2.0}}
+SETUP = {
+    "base": {**BASE, "note": f"</pre>{EVIL}"},
+    "grid": {"test.knn": ["Flat", "HNSW8"], "data.resize_fraction": [1.0, 0.5]},
+    "variants": [],
+    "search": None,
+    "scheduler": None,
+    "seeds": [0, 1],
+    "resources": {"cpu": 1.0, "gpu": 0.0},
+    "storage": "/data/store/made",
+    "cluster": {"address": "10.0.0.7:6379", "nodes": 3, "cpus": 24.0, "gpus": 2.0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +190,7 @@ def made_report(tmp_path_factory):
     """The report (folder, page text, printed lines) of :func:`_made_sweep` with a full set-up."""
     import contextlib
     import io
+
     folder = _made_sweep(tmp_path_factory.mktemp("made") / "made", SETUP)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -216,8 +258,8 @@ def test_report_page_shows_the_setup_the_figure_grid_the_skips_and_the_failed_tr
     assert setup["Storage"] == "/data/store/made" and setup["Ended"] == setup["Started"] != "not recorded"
     assert yaml.safe_load(setup["Base config"]) == SETUP["base"]
     # one script only, the page's own: the sorting and the marks; nothing from the network
-    assert len(page.scripts) == 1 and "vgraySort" in page.scripts[0] and "addEventListener(\"click\"" in page.scripts[0]
-    assert EVIL not in html and "<link" not in html and "src=\"http" not in html
+    assert len(page.scripts) == 1 and "vgraySort" in page.scripts[0] and 'addEventListener("click"' in page.scripts[0]
+    assert EVIL not in html and "<link" not in html and 'src="http' not in html
     # the table: one row per finished config, sortable
     results = page.tables["results sortable"]
     assert results[0][:4] == ["test.knn", "data.resize_fraction", "n", "tiny/R@1"] and len(results) == 1 + 4
@@ -233,7 +275,7 @@ def test_report_page_shows_the_setup_the_figure_grid_the_skips_and_the_failed_tr
     drawn = sorted(p.name for p in out.glob("*.png"))
     assert sorted(f["img"] for f in page.figures) == drawn and len(drawn) >= 4
     for f in page.figures:
-        stem = f["img"][:-len(".png")]
+        stem = f["img"][: -len(".png")]
         assert f["caption"].startswith(f"{stem} (data): ") and "a point is one config" in f["caption"]
     pareto = next(f for f in page.figures if f["img"] == "pareto_matching_ms.png")
     assert "matching_ms (ms per query)" in pareto["caption"] and "Pareto front" in pareto["caption"]
@@ -261,6 +303,7 @@ def test_figure_numbers_are_the_means_over_seeds(made_report):
 
 def test_report_of_an_old_plan_or_none_says_not_recorded(tmp_path, capsys):
     from vgray.results import make_plan, parse_plan
+
     old = _made_sweep(tmp_path / "old")  # a plan as written before the set-up was recorded
     plan = parse_plan((old / "plan.json").read_bytes())
     assert not {"base", "seeds", "cluster", "resources"} & set(plan)
@@ -274,16 +317,29 @@ def test_report_of_an_old_plan_or_none_says_not_recorded(tmp_path, capsys):
     setup = dict(PageParts((old / "report" / "report.html").read_text()).setup)
     assert setup["Started"] == setup["Ended"] == setup["Cluster"] == "not recorded"
     # a resumed sweep's plan keeps its start, and the cluster when Ray is gone at the end
-    again = parse_plan(make_plan("made", "eval", 8, [], False, None, earlier=json.dumps(
-        {**plan, "started": "earlier", "cluster": SETUP["cluster"]}).encode(), finished=True, setup={"cluster": None}))
+    again = parse_plan(
+        make_plan(
+            "made",
+            "eval",
+            8,
+            [],
+            False,
+            None,
+            earlier=json.dumps({**plan, "started": "earlier", "cluster": SETUP["cluster"]}).encode(),
+            finished=True,
+            setup={"cluster": None},
+        )
+    )
     assert again["started"] == "earlier" and again["cluster"] == SETUP["cluster"] and again["finished"]
     capsys.readouterr()
 
 
 JSON_TEXT = st.lists(st.sampled_from(list("ab :/.-_<>&\"'=;\n") + ["</pre>", "<script>"]), max_size=12).map("".join)
-JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | JSON_TEXT,
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(JSON_TEXT, inner, max_size=3),
-                          max_leaves=8)
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(JSON_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -293,9 +349,16 @@ def test_any_plan_json_renders_each_set_up_item_as_text(plan):
     reads back from the page exactly as it was made, so no value escapes its element."""
     from vgray.report.html import Progress, render_page, setup_items
     from vgray.report.tables import build_table
+
     rows = _made_rows()
-    page = render_page(Path("."), build_table(rows, ["test.knn", "data.resize_fraction"]), [], {},
-                       Progress("made", 8, 2, 8, False), plan=plan)
+    page = render_page(
+        Path("."),
+        build_table(rows, ["test.knn", "data.resize_fraction"]),
+        [],
+        {},
+        Progress("made", 8, 2, 8, False),
+        plan=plan,
+    )
     assert dict(PageParts(page).setup) == {i["label"]: i["text"].strip() for i in setup_items(plan)}
     assert page.count("<script>") == 1
 
@@ -304,8 +367,12 @@ def test_report_page_in_chromium_lays_figures_in_a_grid_and_sorts_by_a_header(ma
     out = made_report[0]
     page = (out / "report.html").as_uri()
     # sorted through the header's click handler (#sort= clicks it), numbers by value: 100 > 75 > 40.5 > 9.5
-    dom = chromium("--virtual-time-budget=10000", "--dump-dom", "--window-size=1200,1600",
-                   page + "#sort=" + quote("tiny/R@1") + ":desc").stdout
+    dom = chromium(
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        "--window-size=1200,1600",
+        page + "#sort=" + quote("tiny/R@1") + ":desc",
+    ).stdout
     marks = body_attributes(dom)
     assert marks["data-sorted"] == "3:desc" and marks["data-images"] == marks["data-images-loaded"] != "0"
     table = PageParts(dom).tables["results sortable"]
@@ -324,9 +391,11 @@ def test_report_page_in_chromium_lays_figures_in_a_grid_and_sorts_by_a_header(ma
 
 # -- slow: real sweeps --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ray_local(tiny_root):
     import ray
+
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, namespace="vgray", log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -334,8 +403,9 @@ def ray_local(tiny_root):
 
 def run_sweep(tmp: Path, name: str, **raw) -> Path:
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "base": BASE, "resources": {"cpu": 1},
-                                    "storage": str(tmp / "store"), **raw}))
+    path.write_text(
+        yaml.safe_dump({"name": name, "base": BASE, "resources": {"cpu": 1}, "storage": str(tmp / "store"), **raw})
+    )
     assert main(["sweep", str(path)]) == 0
     return tmp / "store" / name
 
@@ -343,15 +413,21 @@ def run_sweep(tmp: Path, name: str, **raw) -> Path:
 @pytest.fixture(scope="module")
 def eval_sweep(ray_local, tmp_path_factory) -> Path:
     """2 index types x 2 resolutions x 2 seeds, task eval."""
-    return run_sweep(tmp_path_factory.mktemp("eval"), "knn_res", task="eval", repeats=2,
-                     grid={"test.knn": ["Flat", "HNSW8"], "data.resize_fraction": [1.0, 0.5]})
+    return run_sweep(
+        tmp_path_factory.mktemp("eval"),
+        "knn_res",
+        task="eval",
+        repeats=2,
+        grid={"test.knn": ["Flat", "HNSW8"], "data.resize_fraction": [1.0, 0.5]},
+    )
 
 
 @pytest.fixture(scope="module")
 def train_sweep(ray_local, tmp_path_factory) -> Path:
     """Training with and without a brightness augmentation, one seed each; the models are kept."""
-    return run_sweep(tmp_path_factory.mktemp("train"), "aug", grid={"train.augmentation.brightness": [0.0, 0.5]},
-                     keep_models=True)
+    return run_sweep(
+        tmp_path_factory.mktemp("train"), "aug", grid={"train.augmentation.brightness": [0.0, 0.5]}, keep_models=True
+    )
 
 
 def rows(directory: Path):
@@ -386,7 +462,9 @@ def test_tables_hold_the_mean_and_std_of_the_rows_with_the_best_in_bold(eval_swe
         means = {}
         for knn in ("Flat", "HNSW8"):
             for fraction in (1.0, 0.5):
-                vals = [r[f"test/{column}"] for r in got if r["test.knn"] == knn and r["data.resize_fraction"] == fraction]
+                vals = [
+                    r[f"test/{column}"] for r in got if r["test.knn"] == knn and r["data.resize_fraction"] == fraction
+                ]
                 assert len(vals) == 2
                 means[(knn, fraction)] = (np.mean(vals), np.std(vals, ddof=1))
         best = max(f"{m:.1f}" for m, _ in means.values())
@@ -438,9 +516,14 @@ def test_figures_of_the_eval_sweep_and_the_one_it_cannot_give(eval_sweep, tmp_pa
     for p in fig3:
         assert p["series"].startswith("knn=")
         knn = p["series"].split("=", 1)[1]
-        vals = [r["test/synthetic_tiny/R@1"] for r in got
-                if r["test.knn"] == knn and r["data.resize_fraction"] == float(p["data.resize_fraction"])]
-        assert float(p["R@1"]) == pytest.approx(np.mean(vals)) and float(p["R@1 std"]) == pytest.approx(np.std(vals, ddof=1))
+        vals = [
+            r["test/synthetic_tiny/R@1"]
+            for r in got
+            if r["test.knn"] == knn and r["data.resize_fraction"] == float(p["data.resize_fraction"])
+        ]
+        assert float(p["R@1"]) == pytest.approx(np.mean(vals)) and float(p["R@1 std"]) == pytest.approx(
+            np.std(vals, ddof=1)
+        )
     # Fig. 4a: every config searched the same database with descriptors of one size: one x value,
     # so the figure is not drawn and the report says why (its numbers: test_figure_numbers_...)
     sizes = {r["database"] * r["features_dim"] for r in got}
@@ -451,8 +534,11 @@ def test_figures_of_the_eval_sweep_and_the_one_it_cannot_give(eval_sweep, tmp_pa
     fig4b = png_with_csv(out, "fig4b_knn")
     for p in fig4b:
         series = dict(s.split("=", 1) for s in p["series"].split(", "))
-        group = [r for r in got if r["test.knn"] == series["knn"]
-                 and r["data.resize_fraction"] == float(series["resize_fraction"])]
+        group = [
+            r
+            for r in got
+            if r["test.knn"] == series["knn"] and r["data.resize_fraction"] == float(series["resize_fraction"])
+        ]
         assert len(group) == 2
         assert float(p["index_memory_mb"]) == pytest.approx(np.mean([r["index_memory_mb"] for r in group]))
         assert float(p["matching_ms"]) == pytest.approx(np.mean([r["matching_ms"] for r in group]))
@@ -467,8 +553,9 @@ def test_figures_of_the_eval_sweep_and_the_one_it_cannot_give(eval_sweep, tmp_pa
         front = png_with_csv(out, f"pareto_{cost}")
         assert len(front) == 4
         on = [p for p in front if p["on_front"] == "True"]
-        assert on and all(not (float(q[cost]) <= float(p[cost]) and float(q["R@1"]) > float(p["R@1"]))
-                          for p in on for q in front)
+        assert on and all(
+            not (float(q[cost]) <= float(p[cost]) and float(q["R@1"]) > float(p["R@1"])) for p in on for q in front
+        )
     assert (out / "pareto_gflops.png").is_file() and (out / "pareto_index_memory_mb.png").is_file()
     assert not list(out.glob("fig2_*"))
 
@@ -502,8 +589,10 @@ def test_rows_of_two_sweeps_mixed_are_refused(eval_sweep, train_sweep, tmp_path,
     # both sweeps ran the default config (Flat, full resolution, no augmentation) with seed 0
     mixed = tmp_path / "mixed"
     mixed.mkdir()
-    table = pa.concat_tables([pq.read_table(eval_sweep / "results.parquet"), pq.read_table(train_sweep / "results.parquet")],
-                             promote_options="default")
+    table = pa.concat_tables(
+        [pq.read_table(eval_sweep / "results.parquet"), pq.read_table(train_sweep / "results.parquet")],
+        promote_options="default",
+    )
     pq.write_table(table, mixed / "results.parquet")
     assert main(["report", str(mixed)]) == 2
     assert "mixes rows of different sweeps" in one_error_line(capsys)
@@ -512,8 +601,14 @@ def test_rows_of_two_sweeps_mixed_are_refused(eval_sweep, train_sweep, tmp_path,
 
 # -- report.html in a real browser, prediction grids, the live view ---------------------------------
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
@@ -525,8 +620,9 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
             pytest.fail("chromium is not installed (CI installs Debian's chromium package in .ci/run)")
         pytest.skip("chromium is not installed (apt-get install chromium); report.html is not checked in a browser")
     with tempfile.TemporaryDirectory(prefix="vgray-chromium-") as profile:
-        done = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
@@ -539,6 +635,7 @@ def body_attributes(dom: str) -> dict:
 @pytest.mark.slow
 def test_report_page_renders_in_chromium_with_every_image_and_the_prediction_grids(train_sweep, tmp_path, capsys):
     from PIL import Image
+
     out = tmp_path / "rep"
     assert main(["report", str(train_sweep), "--out", str(out), "--predictions", "3"]) == 0
     printed = capsys.readouterr().out
@@ -546,15 +643,16 @@ def test_report_page_renders_in_chromium_with_every_image_and_the_prediction_gri
     assert f"open {page}" in printed
     html = page.read_text()
     assert "http://" not in html.replace("http://127.0.0.1:8265", "")  # no network but the dashboard link
-    assert "https://" not in html and "<link" not in html and "src=\"http" not in html
+    assert "https://" not in html and "<link" not in html and 'src="http' not in html
     sources = [unquote(s) for s in re.findall(r'<img src="([^"]+)"', html)]
     figures = sorted(p.name for p in out.glob("*.png"))
     grids = sorted(p.relative_to(out).as_posix() for p in (out / "predictions").glob("*.png"))
     assert len(grids) == 3 and sorted(sources) == sorted(figures + grids)
     # the browser: every image loaded, one table row per config of the sweep, and a screenshot
     shot = tmp_path / "shot.png"
-    dom = chromium("--virtual-time-budget=10000", "--dump-dom", f"--screenshot={shot}", "--window-size=1200,1600",
-                   page.as_uri()).stdout
+    dom = chromium(
+        "--virtual-time-budget=10000", "--dump-dom", f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()
+    ).stdout
     marks = body_attributes(dom)
     configs = {r["config_key"] for r in rows(train_sweep)}
     assert marks["data-images"] == str(len(sources)) and marks["data-images-loaded"] == str(len(sources))
@@ -562,7 +660,9 @@ def test_report_page_renders_in_chromium_with_every_image_and_the_prediction_gri
     for brightness in ("0.0", "0.5"):
         row = next(r for r in rows(train_sweep) if r["train.augmentation.brightness"] == float(brightness))
         cell = f"{row['test/synthetic_tiny/R@1']:.1f} ± 0.0"
-        assert re.search(rf"<td class=\"config\">{re.escape(brightness)}</td><td>1</td><td>(<strong>)?{re.escape(cell)}", dom)
+        assert re.search(
+            rf"<td class=\"config\">{re.escape(brightness)}</td><td>1</td><td>(<strong>)?{re.escape(cell)}", dom
+        )
     assert "Sweep finished: 2 of 2 trials done" in dom
     # the set-up the sweep recorded in plan.json, and the figure its equal GFLOPs make pointless
     parts = PageParts(dom)
@@ -589,7 +689,7 @@ def test_predictions_of_a_sweep_without_kept_models_exit_2_and_the_rest_is_writt
     assert "keep_models" in line and "holds no kept models" in line
     assert (out / "table.md").is_file() and (out / "fig3_resolution.png").is_file()
     html = (out / "report.html").read_text()
-    assert "keep_models" in html and html.count('<tr data-config=') == 4
+    assert "keep_models" in html and html.count("<tr data-config=") == 4
     assert main(["report", str(eval_sweep), "--out", str(out), "--failures-only"]) == 2
     assert "--predictions" in one_error_line(capsys)
 
@@ -601,8 +701,11 @@ def test_live_view_of_a_running_sweep(eval_sweep, tmp_path, capsys):
     # the set-up the report shows at its top
     assert plan["base"] == BASE and plan["seeds"] == [0, 1] and plan["resources"]["cpu"] == 1
     assert plan["grid"] == {"test.knn": ["Flat", "HNSW8"], "data.resize_fraction": [1.0, 0.5]}
-    assert plan["search"] is None and Path(plan["storage"]) == eval_sweep.resolve() and plan["started"] <= plan["finished"]
+    assert (
+        plan["search"] is None and Path(plan["storage"]) == eval_sweep.resolve() and plan["started"] <= plan["finished"]
+    )
     import ray
+
     assert plan["cluster"] == {"address": ray.get_runtime_context().gcs_address, "nodes": 1, "cpus": 2, "gpus": 0}
     # the folder as it is while the sweep runs: its plan not finished, the rows written so far
     live = tmp_path / "knn_res"
@@ -636,6 +739,7 @@ def test_summary_is_readable_from_the_live_results_actor(eval_sweep, tmp_path):
 
     from vgray.distributed.results import get_results_actor, live_summary, summarize, summary_markdown
     from vgray.report.rows import varied_keys
+
     got = rows(eval_sweep)
     varied = varied_keys(got)
     actor = get_results_actor("live-view", str(tmp_path / "live-view"), varied)
@@ -648,7 +752,9 @@ def test_summary_is_readable_from_the_live_results_actor(eval_sweep, tmp_path):
             vals = [r["test/synthetic_tiny/R@1"] for r in got[:5] if r["config_key"] == entry["config_key"]]
             assert entry["n"] == len(vals) and entry["test/synthetic_tiny/R@1"] == pytest.approx(np.mean(vals))
             assert entry["test/synthetic_tiny/R@1 std"] == pytest.approx(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
-        assert live["markdown"] == summary_markdown(live["rows"]) and live["markdown"].count("\n| ") == len(live["rows"])
+        assert live["markdown"] == summary_markdown(live["rows"]) and live["markdown"].count("\n| ") == len(
+            live["rows"]
+        )
     finally:
         ray.kill(actor)
     with pytest.raises(ValueError):

@@ -10,6 +10,7 @@ to float rounding (1e-5; measured: equal). In the PIL order the device resizes u
 where the worker resizes with PIL: at most one grey level in a pixel (rounding), i.e. 1/(255 *
 std) <= 0.0175 after normalising; 0.02 is asked.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY_SET
 from PIL import Image, ImageDraw
 from torchvision.transforms import functional as TF
 
-from conftest import TINY_SET
 from vgray.cli import main
 from vgray.config import load_config
 from vgray.data.images import read_image
@@ -93,10 +94,12 @@ def test_training_images_resize_as_pil_images_whichever_the_order(photo):
     images (resized_transform); only its mining cache, a BaseDataset, resizes tensors."""
     image = read_image(photo)
     aug = load_config().train.augmentation  # all off: the query transform is the resize alone
-    torch.testing.assert_close(train_database_transform(SMALL, MEAN, STD)(image), _pil_reference(image, SMALL),
-                               rtol=0, atol=0)
-    torch.testing.assert_close(query_train_transform(SMALL, MEAN, STD, aug)(image), _pil_reference(image, SMALL),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        train_database_transform(SMALL, MEAN, STD)(image), _pil_reference(image, SMALL), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        query_train_transform(SMALL, MEAN, STD, aug)(image), _pil_reference(image, SMALL), rtol=0, atol=0
+    )
 
 
 def test_multi_crop_test_methods_follow_the_order(photo):
@@ -110,13 +113,15 @@ def test_multi_crop_test_methods_follow_the_order(photo):
     pil_crops = TF.five_crop(TF.resize(image, side, antialias=True), [side, side])
     for c in range(5):
         torch.testing.assert_close(five["paper"].query_transforms[c](image), paper_crops[c], rtol=0, atol=1e-6)
-        torch.testing.assert_close(five["pil"].query_transforms[c](image),
-                                   TF.normalize(TF.to_tensor(pil_crops[c]), MEAN, STD), rtol=0, atol=0)
+        torch.testing.assert_close(
+            five["pil"].query_transforms[c](image), TF.normalize(TF.to_tensor(pil_crops[c]), MEAN, STD), rtol=0, atol=0
+        )
     central = TEST_METHODS.create("central_crop", SMALL, MEAN, STD, order="paper").query_transforms[0](image)
     scale = max(SMALL[0] / NATIVE[0], SMALL[1] / NATIVE[1])
     cover = [max(SMALL[0], round(NATIVE[0] * scale)), max(SMALL[1], round(NATIVE[1] * scale))]
-    torch.testing.assert_close(central, TF.center_crop(TF.resize(full, cover, antialias=True), list(SMALL)),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        central, TF.center_crop(TF.resize(full, cover, antialias=True), list(SMALL)), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("order,atol", [("paper", 1e-5), ("pil", 0.02)])
@@ -154,6 +159,7 @@ def test_shards_of_one_order_are_not_taken_for_the_other():
     """``vgray extract`` keeps a shard only when its model hash matches: the order is part of it."""
     from vgray.distributed.extract import model_hash
     from vgray.models import build_model
+
     cfg = load_config(overrides=[*TINY_SET, "model.aggregation=gem", "data.resize=[32,48]"])
     torch.manual_seed(0)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
@@ -166,14 +172,24 @@ def test_a_descriptor_folder_from_before_the_key_is_read_as_pil(tmp_path):
     """Saved descriptors (``--save-descriptors``, ``vgray locate --database``) written before
     data.resize_order existed were made with PIL's order: photos are located with it too."""
     import yaml
+
     from vgray.saved_descriptors import CONFIG_FILE, DATABASE_FILE, MODEL_FILE, open_database
+
     cfg = load_config(overrides=TINY_SET)
     tree = cfg.to_dict()
     assert tree["data"]["resize_order"] == "paper"  # a folder written now says which order
-    table = pa.table({"path": ["a.jpg"], "utm_east": [0.0], "utm_north": [0.0],
-                      "descriptor": pa.array([[0.5, 0.5]], type=pa.list_(pa.float32(), 2))})
-    for name, data in (("new", tree), ("old", {**tree, "data": {k: v for k, v in tree["data"].items()
-                                                                 if k != "resize_order"}})):
+    table = pa.table(
+        {
+            "path": ["a.jpg"],
+            "utm_east": [0.0],
+            "utm_north": [0.0],
+            "descriptor": pa.array([[0.5, 0.5]], type=pa.list_(pa.float32(), 2)),
+        }
+    )
+    for name, data in (
+        ("new", tree),
+        ("old", {**tree, "data": {k: v for k, v in tree["data"].items() if k != "resize_order"}}),
+    ):
         folder = tmp_path / name
         folder.mkdir()
         (folder / CONFIG_FILE).write_text(yaml.safe_dump(data))
@@ -197,13 +213,22 @@ def test_resize_order_study_script_prints_what_eval_measured(tiny_root, tmp_path
     import importlib.util
     import json
     from pathlib import Path
+
     spec = importlib.util.spec_from_file_location(
-        "resize_order_study", Path(__file__).resolve().parent.parent / "scripts" / "resize_order_study.py")
+        "resize_order_study", Path(__file__).resolve().parent.parent / "scripts" / "resize_order_study.py"
+    )
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    sets = [*TINY_SET, "data.root=synthetic:tiny", "data.resize=[32,48]", "train.queries_per_epoch=10",
-            "train.cache_refresh_rate=10", "train.negs_num_per_query=2", "train.neg_samples_num=40",
-            "train.epochs=1"]
+    sets = [
+        *TINY_SET,
+        "data.root=synthetic:tiny",
+        "data.resize=[32,48]",
+        "train.queries_per_epoch=10",
+        "train.cache_refresh_rate=10",
+        "train.negs_num_per_query=2",
+        "train.neg_samples_num=40",
+        "train.epochs=1",
+    ]
     out = tmp_path / "study"
     assert study.main(["--out", str(out), "--fractions", "0.5", *sum((["--set", s] for s in sets), [])]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -216,7 +241,7 @@ def test_resize_order_study_script_prints_what_eval_measured(tiny_root, tmp_path
     assert rows[0]["image_size"] == [16, 24]
     table = (out / "table.md").read_text().splitlines()
     assert len(table) == 3 and table[2].startswith("| 0.5 | 16×24 |")
-    assert printed[-len(table):] == table
+    assert printed[-len(table) :] == table
     with pytest.raises(SystemExit) as exc:  # a bad config stops with vgray's status
         study.main(["--out", str(tmp_path / "bad"), "--set", "data.resize_order=bicubic"])
     assert exc.value.code == 2

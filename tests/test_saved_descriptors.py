@@ -1,5 +1,6 @@
 """The saved-descriptor folder (vgray.saved_descriptors): its tables written and read back, a partial
 write leaving nothing, foreign tables refused in one line."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,8 +13,9 @@ from vgray.saved_descriptors import DATABASE_FILE, QUERIES_FILE, DescriptorWrite
 
 
 def _images(n: int):
-    return SimpleNamespace(paths=[f"/x/img{i}.jpg" for i in range(n)],
-                           utm=np.stack([np.arange(n) * 10.0, np.full(n, 5.0)], axis=1))
+    return SimpleNamespace(
+        paths=[f"/x/img{i}.jpg" for i in range(n)], utm=np.stack([np.arange(n) * 10.0, np.full(n, 5.0)], axis=1)
+    )
 
 
 def test_writer_round_trip_and_crops(tmp_path):
@@ -41,8 +43,13 @@ def test_abort_leaves_nothing(tmp_path):
 
 
 def test_foreign_tables(tmp_path):
-    plain = pa.table({"utm_east": [1.0, 2.0], "utm_north": [3.0, 4.0],
-                      "descriptor": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32()))})
+    plain = pa.table(
+        {
+            "utm_east": [1.0, 2.0],
+            "utm_north": [3.0, 4.0],
+            "descriptor": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32())),
+        }
+    )
     assert np.array_equal(descriptor_matrix(plain), [[1, 2], [3, 4]])
     pq.write_table(plain.drop_columns(["utm_north"]), tmp_path / "t.parquet")
     with pytest.raises(BadInput, match="lacks the columns utm_north"):

@@ -1,5 +1,6 @@
 """Sharded exact search (vgray.distributed.search) against one faiss Flat index, on a two-node
 local Ray cluster, and ``vgray bench search`` at tiny sizes."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,14 @@ def flat(xb, xq, k):
 
 def write_shard(path, xb, offset):
     n, d = xb.shape
-    table = pa.table({
-        "path": [f"db/{offset + i}.jpg" for i in range(n)],
-        "utm_east": np.arange(offset, offset + n, dtype=np.float64),
-        "utm_north": np.zeros(n),
-        "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(xb.reshape(-1), pa.float32()), d),
-    })
+    table = pa.table(
+        {
+            "path": [f"db/{offset + i}.jpg" for i in range(n)],
+            "utm_east": np.arange(offset, offset + n, dtype=np.float64),
+            "utm_north": np.zeros(n),
+            "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(xb.reshape(-1), pa.float32()), d),
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -54,6 +57,7 @@ def two_nodes():
     """Two Ray nodes on this machine (1 CPU each); the driver is connected to the head."""
     import ray
     from ray.cluster_utils import Cluster
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     cluster.add_node(num_cpus=1, num_gpus=0)
     cluster.wait_for_nodes()
@@ -64,10 +68,14 @@ def two_nodes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sizes", [[300], [150, 150], [100, 100, 100], [60, 60, 60, 60, 60], [1, 7, 250, 2, 40]],
-                         ids=["1", "2", "3", "5", "uneven"])
+@pytest.mark.parametrize(
+    "sizes",
+    [[300], [150, 150], [100, 100, 100], [60, 60, 60, 60, 60], [1, 7, 250, 2, 40]],
+    ids=["1", "2", "3", "5", "uneven"],
+)
 def test_sharded_search_equals_flat(two_nodes, sizes):
     from vgray.distributed.search import ShardedFlatSearch
+
     rng = np.random.default_rng(len(sizes))
     xb = rng.standard_normal((300, 32), dtype=np.float32)
     xq = rng.standard_normal((50, 32), dtype=np.float32)  # 50 >= 20 queries: faiss's BLAS path
@@ -95,6 +103,7 @@ def test_equal_distances_keep_the_lower_id_first(two_nodes):
     """Duplicated database vectors (small integers: every distance exact) tie; faiss and the merge
     both list the lower id first, wherever the copies sit."""
     from vgray.distributed.search import ShardedFlatSearch
+
     rng = np.random.default_rng(3)
     base = rng.integers(-3, 4, size=(20, 8)).astype(np.float32)
     xb = np.concatenate([base, base, base[::-1]])  # each vector three times, in three shards
@@ -114,6 +123,7 @@ def test_equal_distances_keep_the_lower_id_first(two_nodes):
 @pytest.mark.slow
 def test_parquet_shards_load_in_their_actors(two_nodes, tmp_path):
     from vgray.distributed.search import ShardedFlatSearch
+
     rng = np.random.default_rng(5)
     xb = rng.standard_normal((230, 16), dtype=np.float32)
     xq = rng.standard_normal((25, 16), dtype=np.float32)
@@ -138,6 +148,7 @@ def test_parquet_shards_load_in_their_actors(two_nodes, tmp_path):
 
 def test_bad_database_input_is_refused(tmp_path):
     from vgray.distributed.search import ShardedFlatSearch
+
     with pytest.raises(BadInput, match="not both or neither"):
         ShardedFlatSearch()
     bad = tmp_path / "x.parquet"
@@ -149,9 +160,29 @@ def test_bad_database_input_is_refused(tmp_path):
 @pytest.mark.slow
 def test_bench_search_runs_with_tiny_sizes(two_nodes, tmp_path, capsys):
     from vgray.cli import main
+
     out = tmp_path / "search.json"
-    assert main(["bench", "search", "--database", "2000", "--dim", "16", "--queries", "40", "--actors", "1,2",
-                 "--repeats", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "search",
+                "--database",
+                "2000",
+                "--dim",
+                "16",
+                "--queries",
+                "40",
+                "--actors",
+                "1,2",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     figures = json.loads(out.read_text())
     assert figures["actors=1 exact"] == 1.0 and figures["actors=2 exact"] == 1.0
     assert figures["actors=2 nodes_used"] == 2

@@ -1,12 +1,13 @@
 """Descriptor shards without Ray: the shard metadata's model hash (stable for the same weights,
 however saved), and compressed faiss indexes trained on a sample of shards and filled shard by shard."""
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import TINY_SET
+
 from vgray.config import load_config
 from vgray.errors import BadInput
 
@@ -17,6 +18,7 @@ def test_model_hash_is_stable_for_the_same_weights(tmp_path):
     from vgray.distributed.extract import model_hash
     from vgray.models import build_model
     from vgray.seeding import seed_everything
+
     cfg = load_config(overrides=SET)
 
     def built(c):
@@ -43,9 +45,13 @@ def test_model_hash_is_stable_for_the_same_weights(tmp_path):
 def write_shards(folder, xb, sizes):
     files, start = [], 0
     for k, n in enumerate(sizes):
-        part = np.ascontiguousarray(xb[start:start + n])
-        table = pa.table({"path": [f"img{i}.jpg" for i in range(start, start + n)],
-                          "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), xb.shape[1])})
+        part = np.ascontiguousarray(xb[start : start + n])
+        table = pa.table(
+            {
+                "path": [f"img{i}.jpg" for i in range(start, start + n)],
+                "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), xb.shape[1]),
+            }
+        )
         files.append(str(folder / f"shard-{k:05d}.parquet"))
         pq.write_table(table, files[-1])
         start += n
@@ -56,6 +62,7 @@ def write_shards(folder, xb, sizes):
 def test_index_from_shards_equals_the_index_of_the_concatenated_descriptors(tmp_path, spec):
     from vgray.distributed.search import index_from_shards
     from vgray.evaluate.knn import build_index, fill_index, search
+
     rng = np.random.default_rng(3)
     xb = rng.standard_normal((700, 16), dtype=np.float32)
     xq = xb[rng.integers(0, 700, 25)] + 0.05 * rng.standard_normal((25, 16), dtype=np.float32)
@@ -73,6 +80,7 @@ def test_index_from_shards_equals_the_index_of_the_concatenated_descriptors(tmp_
 
 def test_index_from_shards_refuses_mixed_dimensions(tmp_path):
     from vgray.distributed.search import index_from_shards
+
     rng = np.random.default_rng(0)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

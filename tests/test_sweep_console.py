@@ -4,13 +4,13 @@ STORAGE/NAME/logs/ray.log, Tune's snapshot warning not raised at all; ``--verbos
 
 The sweep runs as the user runs it, ``vgray sweep`` in its own process, so that what Ray prints to
 the driver's terminal (through its loggers, or straight to the file descriptors) is read too."""
+
 import logging
 import re
 import subprocess
 import sys
 
 import pytest
-
 from conftest import driver_env, write_sweep
 
 NAME = "console"
@@ -21,11 +21,21 @@ RAY_LINE = re.compile(r"\b(INFO|WARNING)\b \S+\.py:\d+ --")  # Ray's log format:
 def sweep(tiny_root, tmp_path_factory):
     """One two-trial sweep (gem, netvlad) run through the installed command line."""
     tmp = tmp_path_factory.mktemp("console")
-    path = write_sweep(tmp / "s.yaml", {"model.netvlad_clusters": 8}, name=NAME,
-                       grid={"model.aggregation": ["gem", "netvlad"]}, storage=str(tmp / "store"),
-                       loggers=["mlflow"])  # MLflow logs its store's set-up on a handler of its own
-    done = subprocess.run([sys.executable, "-m", "vgray.cli", "sweep", str(path), "--num-cpus", "2"],
-                          capture_output=True, text=True, env=driver_env(), timeout=600)
+    path = write_sweep(
+        tmp / "s.yaml",
+        {"model.netvlad_clusters": 8},
+        name=NAME,
+        grid={"model.aggregation": ["gem", "netvlad"]},
+        storage=str(tmp / "store"),
+        loggers=["mlflow"],
+    )  # MLflow logs its store's set-up on a handler of its own
+    done = subprocess.run(
+        [sys.executable, "-m", "vgray.cli", "sweep", str(path), "--num-cpus", "2"],
+        capture_output=True,
+        text=True,
+        env=driver_env(),
+        timeout=600,
+    )
     return done, tmp / "store" / NAME
 
 
@@ -36,19 +46,29 @@ def test_console_is_the_start_line_the_live_table_and_the_end(sweep):
     console = done.stdout + done.stderr
     # No log line of Ray or Tune, no box of Tune's output engine.
     assert not [line for line in console.splitlines() if RAY_LINE.search(line)], console
-    for word in ("experiment_state.py", "tune.py", "worker.py", "Trial status", "╭", "/tmp/ray/session",
-                 "INFO mlflow", "WARNING mlflow"):
+    for word in (
+        "experiment_state.py",
+        "tune.py",
+        "worker.py",
+        "Trial status",
+        "╭",
+        "/tmp/ray/session",
+        "INFO mlflow",
+        "WARNING mlflow",
+    ):
         assert word not in console, word
     lines = done.stdout.splitlines()
     log = directory / "logs" / "ray.log"
-    assert lines[0] == (f"sweep {NAME}: 2 trials; Ray dashboard: {lines[0].split('Ray dashboard: ')[1].split(';')[0]}; "
-                        f"results in {directory}; Ray's log in {log}")
+    assert lines[0] == (
+        f"sweep {NAME}: 2 trials; Ray dashboard: {lines[0].split('Ray dashboard: ')[1].split(';')[0]}; "
+        f"results in {directory}; Ray's log in {log}"
+    )
     assert lines[0].split("Ray dashboard: ")[1].startswith("http://127.0.0.1:")
 
     # The live table: a header, then rows whose varied column holds the trial's value.
     header = lines[1].split()
     assert header[:3] == ["trial", "status", "aggregation"] and header[3:] == ["epoch", "loss", "R@1", "R@5", "time"]
-    table = [line.split() for line in lines[2:lines.index("")]]
+    table = [line.split() for line in lines[2 : lines.index("")]]
     assert table and all(len(row) == len(header) for row in table), table
     for row in table:
         assert row[0] in ("gem-s0", "netvlad-s0") and row[2] == row[0].split("-")[0], row
@@ -60,7 +80,9 @@ def test_console_is_the_start_line_the_live_table_and_the_end(sweep):
 
     # The end: the summary, TensorBoard on the sweep's folder, the report written.
     assert f"sweep {NAME}: 2 trials, results in {directory}" in lines
-    assert any(line.startswith("| gem | 1 |") for line in lines) and any(line.startswith("| netvlad | 1 |") for line in lines)
+    assert any(line.startswith("| gem | 1 |") for line in lines) and any(
+        line.startswith("| netvlad | 1 |") for line in lines
+    )
     assert f"TensorBoard: tensorboard --logdir {directory}" in lines
     assert f"MLflow: mlflow ui --backend-store-uri sqlite:///{directory}/mlflow.db (experiment {NAME})" in lines
     assert lines[-1] == f"report: {directory / 'report' / 'report.html'}"
@@ -78,13 +100,16 @@ def test_console_is_the_start_line_the_live_table_and_the_end(sweep):
 
 def _trial(config):
     from ray.tune.experiment import Trial
+
     return Trial("vgray_trainable", config=config, stub=True, trial_name_creator=lambda t: "gem-s0")
 
 
 def _spec(tmp_path):
     from vgray.distributed.spec import load_sweep
-    path = write_sweep(tmp_path / "s.yaml", name=NAME, grid={"model.aggregation": ["gem", "netvlad"]},
-                       storage=str(tmp_path / "store"))
+
+    path = write_sweep(
+        tmp_path / "s.yaml", name=NAME, grid={"model.aggregation": ["gem", "netvlad"]}, storage=str(tmp_path / "store")
+    )
     return load_sweep(str(path))
 
 
@@ -97,6 +122,7 @@ def test_verbose_prints_each_trial_config_and_leaves_ray_lines_on_the_console(tm
 
     from vgray.distributed.live import LiveTable, console, open_log
     from vgray.distributed.spec import GRID_KEY, param_space
+
     spec = _spec(tmp_path)
     space = param_space(spec, None, tune.grid_search, None)
     trial = _trial({**space, GRID_KEY: space[GRID_KEY]["grid_search"][0]})  # as Tune resolves the grid
@@ -127,6 +153,7 @@ def test_a_report_that_cannot_be_drawn_is_one_line_and_does_not_fail_the_sweep(t
     """The sweep's results are written before its report: a report that fails (here a folder
     without results.parquet) is one stderr line saying how to draw it again, and nothing else."""
     from vgray.cli import _sweep_report
+
     folder = tmp_path / "store" / NAME
     folder.mkdir(parents=True)
     _sweep_report(NAME, str(folder))

@@ -2,6 +2,7 @@
 killed, and a sweep submitted through the Ray Jobs API to a `ray start --head` cluster on loopback.
 Kept apart from test_sweep_ray.py so that no in-process Ray runs beside these clusters (two Rays on
 one machine contend for the agents' default ports)."""
+
 import os
 import signal
 import socket
@@ -11,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import driver_env, rows, wait_for_first_row, write_sweep
 
 pytestmark = pytest.mark.slow
 
 
 def test_resume_after_the_driver_is_killed(tiny_root, tmp_path):
-    path = write_sweep(tmp_path / "s.yaml", name="killed", storage=str(tmp_path / "store"),
-                       grid={"train.lr": [0.001, 0.0001, 0.00001]})
+    path = write_sweep(
+        tmp_path / "s.yaml", name="killed", storage=str(tmp_path / "store"), grid={"train.lr": [0.001, 0.0001, 0.00001]}
+    )
     directory = tmp_path / "store" / "killed"
     cmd = [sys.executable, "-m", "vgray.cli", "sweep", str(path), "--num-cpus", "1"]
     log = open(tmp_path / "driver.log", "w")
@@ -52,18 +53,35 @@ def _free_port() -> int:
 
 def test_sweep_submitted_through_the_jobs_api(tiny_root, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
+
     assert os.environ["RAY_AUTH_MODE"] == "token"  # conftest: the cluster and this client use a token
-    path = write_sweep(tmp_path / "s.yaml", name="jobs", storage=str(tmp_path / "store"),
-                       grid={"model.aggregation": ["gem"]})
+    path = write_sweep(
+        tmp_path / "s.yaml", name="jobs", storage=str(tmp_path / "store"), grid={"model.aggregation": ["gem"]}
+    )
     ray_cli = str(Path(sys.executable).parent / "ray")
     # `ray start` in token mode needs a token to exist (ray.init makes one; ray start does not)
     subprocess.run([ray_cli, "get-auth-token", "--generate"], check=True, capture_output=True)
     port, dash, agent = _free_port(), _free_port(), _free_port()
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                             f"--dashboard-agent-listen-port={agent}", "--include-dashboard=true"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=driver_env(),
-                            start_new_session=True, cwd=str(Path(sys.executable).parent))
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            f"--dashboard-agent-listen-port={agent}",
+            "--include-dashboard=true",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=driver_env(),
+        start_new_session=True,
+        cwd=str(Path(sys.executable).parent),
+    )
     try:
         client, last = None, None
         deadline = time.time() + 120
@@ -77,8 +95,10 @@ def test_sweep_submitted_through_the_jobs_api(tiny_root, tmp_path):
         job = None
         while job is None and time.time() < deadline:
             try:  # the head's job agent may come up a little after the dashboard
-                job = client.submit_job(entrypoint=f"{sys.executable} -m vgray.cli sweep {path}",
-                                        runtime_env={"env_vars": {"VGRAY_CACHE": os.environ["VGRAY_CACHE"]}})
+                job = client.submit_job(
+                    entrypoint=f"{sys.executable} -m vgray.cli sweep {path}",
+                    runtime_env={"env_vars": {"VGRAY_CACHE": os.environ["VGRAY_CACHE"]}},
+                )
             except RuntimeError as exc:
                 last = exc
                 time.sleep(2)

@@ -2,35 +2,46 @@
 sweep's name), the Ray metrics of running trials (read from the local Ray's metrics endpoint),
 TensorBoard's event files in the sweep's folder, and MLflow (``loggers: [mlflow]``): one real
 two-trial sweep serves them all; the sweep-file checks of ``loggers``/``mlflow`` need no Ray."""
+
 import json
 import re
 import struct
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import rows, write_sweep
+
 from vgray.cli import main
 
-GAUGES = ("ray_vgray_trial_epoch", "ray_vgray_trial_val_recall_at_5", "ray_vgray_trial_extraction_images_per_second",
-          "ray_vgray_trial_mining_refresh_seconds")
+GAUGES = (
+    "ray_vgray_trial_epoch",
+    "ray_vgray_trial_val_recall_at_5",
+    "ray_vgray_trial_extraction_images_per_second",
+    "ray_vgray_trial_mining_refresh_seconds",
+)
 LRS = [0.001, 0.0002]
 
 
 # -- the sweep file's loggers and mlflow keys (no Ray) ---------------------------------------------
 
-@pytest.mark.parametrize("extra, culprit", [
-    ({"loggers": ["wandb"]}, "loggers: 'wandb' is unknown; allowed: mlflow"),
-    ({"loggers": "mlflow"}, "loggers='mlflow' must be a list"),
-    ({"loggers": ["mlflow", "mlflow"]}, "names a tracker twice"),
-    ({"mlflow": {"experiment": "e"}}, "loggers does not name mlflow"),
-    ({"loggers": ["mlflow"], "mlflow": {"uri": "sqlite:///x.db"}}, "mlflow key 'uri' is unknown; allowed: tracking_uri, experiment"),
-    ({"loggers": ["mlflow"], "mlflow": {"tracking_uri": "./mlruns"}}, "is a file store, which MLflow 3 refuses"),
-    ({"loggers": ["mlflow"], "storage": "s3://bucket/sweeps"}, "set mlflow.tracking_uri"),
-])
+
+@pytest.mark.parametrize(
+    "extra, culprit",
+    [
+        ({"loggers": ["wandb"]}, "loggers: 'wandb' is unknown; allowed: mlflow"),
+        ({"loggers": "mlflow"}, "loggers='mlflow' must be a list"),
+        ({"loggers": ["mlflow", "mlflow"]}, "names a tracker twice"),
+        ({"mlflow": {"experiment": "e"}}, "loggers does not name mlflow"),
+        (
+            {"loggers": ["mlflow"], "mlflow": {"uri": "sqlite:///x.db"}},
+            "mlflow key 'uri' is unknown; allowed: tracking_uri, experiment",
+        ),
+        ({"loggers": ["mlflow"], "mlflow": {"tracking_uri": "./mlruns"}}, "is a file store, which MLflow 3 refuses"),
+        ({"loggers": ["mlflow"], "storage": "s3://bucket/sweeps"}, "set mlflow.tracking_uri"),
+    ],
+)
 def test_bad_loggers_and_mlflow_keys_are_refused_in_one_line(tmp_path, capsys, monkeypatch, extra, culprit):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     path = write_sweep(tmp_path / "s.yaml", **{"name": "bad", "storage": str(tmp_path / "store"), **extra})
@@ -43,12 +54,18 @@ def test_a_tracking_server_that_does_not_answer_is_refused_before_ray_starts(tmp
     import socket
 
     import ray
+
     with socket.socket() as s:  # a port nothing listens on once closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    path = write_sweep(tmp_path / "s.yaml", name="unreachable", storage=str(tmp_path / "store"), loggers=["mlflow"],
-                       mlflow={"tracking_uri": f"http://127.0.0.1:{port}"})
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        name="unreachable",
+        storage=str(tmp_path / "store"),
+        loggers=["mlflow"],
+        mlflow={"tracking_uri": f"http://127.0.0.1:{port}"},
+    )
     assert not ray.is_initialized()
     assert main(["sweep", str(path), "--num-cpus", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -57,6 +74,7 @@ def test_a_tracking_server_that_does_not_answer_is_refused_before_ray_starts(tmp
 
 
 # -- one tracked sweep -----------------------------------------------------------------------------
+
 
 def _get(url: str, headers=None) -> bytes:
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5).read()
@@ -87,11 +105,13 @@ class Watcher(threading.Thread):
 
     def poll(self):
         import ray
+
         if not ray.is_initialized() or not (self.directory / "plan.json").is_file():
             return
         try:
             if not self.jobs:
                 from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
                 url = json.loads((self.directory / "plan.json").read_text())["dashboard"]
                 self.jobs = json.loads(_get(f"{url}/api/jobs/", get_auth_headers_if_auth_enabled({})))
             for node in ray.nodes():
@@ -109,10 +129,12 @@ def tracked(tiny_root, tmp_path_factory):
     the CLI on a local Ray it starts (with its dashboard), watched while it runs. Ray exports
     metrics every second here (``RAY_metrics_report_interval_ms``, read when Ray starts)."""
     import ray
+
     assert not ray.is_initialized(), "another module left Ray up"
     tmp = tmp_path_factory.mktemp("tracked")
-    path = write_sweep(tmp / "s.yaml", name="tracked", grid={"train.lr": LRS}, loggers=["mlflow"],
-                       storage=str(tmp / "store"))
+    path = write_sweep(
+        tmp / "s.yaml", name="tracked", grid={"train.lr": LRS}, loggers=["mlflow"], storage=str(tmp / "store")
+    )
     directory = tmp / "store" / "tracked"
     watcher = Watcher(directory)
     with pytest.MonkeyPatch.context() as mp:
@@ -126,8 +148,12 @@ def tracked(tiny_root, tmp_path_factory):
             watcher.join(30)
             ray.shutdown()
     assert code == 0
-    yield {"directory": directory, "watcher": watcher, "rows": rows(directory),
-           "names": sorted(r["trial_name"] for r in rows(directory))}
+    yield {
+        "directory": directory,
+        "watcher": watcher,
+        "rows": rows(directory),
+        "names": sorted(r["trial_name"] for r in rows(directory)),
+    }
 
 
 @pytest.mark.slow
@@ -156,12 +182,13 @@ def test_running_trials_export_their_progress_as_ray_metrics(tracked):
 def _scalars(events: Path):
     """``{tag: [(step, value), ...]}`` of a TensorBoard event file (TFRecord: length, CRC, event, CRC)."""
     from tensorboardX.proto import event_pb2
+
     out = {}
     data = events.read_bytes()
     at = 0
     while at + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[at:at + 8])
-        event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
         at += 12 + length + 4
         for value in event.summary.value:
             out.setdefault(value.tag, []).append((event.step, value.simple_value))
@@ -185,6 +212,7 @@ def test_tensorboard_events_in_the_sweep_folder_hold_the_epoch_scalars(tracked):
 @pytest.mark.slow
 def test_mlflow_holds_one_run_per_trial_with_its_varied_key_and_epoch_metrics(tracked):
     from mlflow import MlflowClient
+
     directory = tracked["directory"]
     client = MlflowClient(tracking_uri=f"sqlite:///{directory}/mlflow.db")
     experiment = client.get_experiment_by_name("tracked")
@@ -195,8 +223,10 @@ def test_mlflow_holds_one_run_per_trial_with_its_varied_key_and_epoch_metrics(tr
         row = next(r for r in tracked["rows"] if r["trial_name"] == name)
         assert run.info.status == "FINISHED"
         assert run.data.params == {"train.lr": str(row["train.lr"]), "seed": "0", "trial": name}
-        history = {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-                   for key in ("epoch", "loss", "val/R_at_1", "val/R_at_5")}
+        history = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            for key in ("epoch", "loss", "val/R_at_1", "val/R_at_5")
+        }
         assert history["epoch"] == [(1, 1.0)] and len(history["loss"]) == 1
         # step 1: the epoch; step 2: the final report (the test, and val/ as the mean over the seeds)
         assert history["val/R_at_5"] == [(step, pytest.approx(row["val/R@5"])) for step in (1, 2)]
@@ -217,14 +247,17 @@ def test_a_restored_driver_continues_each_trials_mlflow_run(tmp_path):
 
     from vgray.distributed.spec import GRID_KEY, load_sweep, param_space
     from vgray.distributed.tracking import mlflow_store, tracker_callbacks
-    path = write_sweep(tmp_path / "s.yaml", name="resumed", grid={"train.lr": LRS}, loggers=["mlflow"],
-                       storage=str(tmp_path / "store"))
+
+    path = write_sweep(
+        tmp_path / "s.yaml", name="resumed", grid={"train.lr": LRS}, loggers=["mlflow"], storage=str(tmp_path / "store")
+    )
     spec = load_sweep(str(path))
     (tmp_path / "store" / "resumed").mkdir(parents=True)
     entries = param_space(spec, None, lambda entries: entries, None)
     config = {**entries, GRID_KEY: entries[GRID_KEY][0]}
-    trial = Trial("vgray_trainable", config=config, stub=True, trial_id="abc_00000",
-                  trial_name_creator=lambda t: "lr=0.001-s0")
+    trial = Trial(
+        "vgray_trainable", config=config, stub=True, trial_id="abc_00000", trial_name_creator=lambda t: "lr=0.001-s0"
+    )
     first = tracker_callbacks(spec)[0]
     saved = cloudpickle.dumps(first)  # as Tune keeps it in tuner.pkl, before setting it up
     first.setup()

@@ -3,6 +3,7 @@
 The retrieval-task check runs vgray's own evaluation (random-init ResNet-18 conv4 + GeM) against
 random descriptors.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from vgray.data import synthetic as S
 from vgray.errors import BadInput
@@ -43,6 +44,7 @@ def utm(folder: Path) -> tuple[list[Path], np.ndarray]:
 # Tests
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return S.generate(tmp_path_factory.mktemp("synthetic") / "tiny", "tiny", seed=0)
@@ -64,7 +66,7 @@ def test_format(tiny):
             assert 400_000 < east < 600_000 and 4_000_000 < north < 5_000_000
             assert fields[2:4] == ["33", "T"]
             lat, lon = float(fields[4]), float(fields[5])
-            assert 40 < lat < 48 and 14 < lon < 16          # zone 33 band T
+            assert 40 < lat < 48 and 14 < lon < 16  # zone 33 band T
             assert fields[6] and 0 <= int(fields[8]) < 360
             note = fields[13]
             assert note == "day_forward_synth" if kind == "database" else QUERY_NOTE.match(note)
@@ -96,8 +98,9 @@ def test_deterministic(tiny, tmp_path):
             assert f.read_bytes() == (tiny / "images" / "test" / kind / f.name).read_bytes()
     # Another seed, another city.
     other = S.capture_plan(S.build_world(preset, 1, 2), preset, 1, "database")
-    assert not np.array_equal(other["x"][:50], S.capture_plan(S.build_world(preset, 0, 2),
-                                                              preset, 0, "database")["x"][:50])
+    assert not np.array_equal(
+        other["x"][:50], S.capture_plan(S.build_world(preset, 0, 2), preset, 0, "database")["x"][:50]
+    )
 
 
 def tree_digest(root: Path) -> str:
@@ -121,8 +124,9 @@ def pixel_fingerprint(root: Path) -> list:
     stats, means = [], []
     for split in S.SPLITS:
         for kind in S.KINDS:
-            pixels = [np.asarray(Image.open(f), dtype=np.float64)
-                      for f in sorted((root / "images" / split / kind).iterdir())]
+            pixels = [
+                np.asarray(Image.open(f), dtype=np.float64) for f in sorted((root / "images" / split / kind).iterdir())
+            ]
             means += [p.mean() for p in pixels]
             flat = np.concatenate([p.ravel() for p in pixels])
             stats += [flat.mean(), flat.std()]
@@ -140,8 +144,28 @@ def pixel_fingerprint(root: Path) -> list:
 # one level and so the JPEG bytes, not the look (the byte digest this test held until 2026-12-03
 # was an AVX2 machine's; an AVX-512 one wrote other bytes from the same code).
 TINY_SEED0_NAMES = "25a715c5784985360f53e0954b04d99fbf5a5b454026255a56e2b4aa56728884"
-TINY_SEED0_PIXELS = [105.3602, 48.4211, 96.7968, 55.4627, 106.5867, 46.4769, 93.5223, 58.1366, 106.2844, 47.0913,
-                     90.9137, 56.8639, -126.7711, -36.1715, 97.4331, 67.1165, 188.8455, -11.2006, -28.5868, 55.2961]
+TINY_SEED0_PIXELS = [
+    105.3602,
+    48.4211,
+    96.7968,
+    55.4627,
+    106.5867,
+    46.4769,
+    93.5223,
+    58.1366,
+    106.2844,
+    47.0913,
+    90.9137,
+    56.8639,
+    -126.7711,
+    -36.1715,
+    97.4331,
+    67.1165,
+    188.8455,
+    -11.2006,
+    -28.5868,
+    55.2961,
+]
 
 
 def test_tiny_dataset_is_unchanged(tiny):
@@ -151,8 +175,7 @@ def test_tiny_dataset_is_unchanged(tiny):
 
 
 def test_splits_are_disjoint_areas(tiny):
-    where = {s: np.concatenate([utm(tiny / "images" / s / k)[1] for k in S.KINDS])
-             for s in S.SPLITS}
+    where = {s: np.concatenate([utm(tiny / "images" / s / k)[1] for k in S.KINDS]) for s in S.SPLITS}
     for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
         gap = np.linalg.norm(where[a][:, None] - where[b][None], axis=2).min()
         assert gap > 100, (a, b, gap)
@@ -172,7 +195,7 @@ def test_generate_again_returns_at_once(tiny):
     assert S.generate(tiny, "tiny", seed=0) == tiny
     assert time.time() - t0 < 1.0
     assert (tiny / S.MARKER).stat().st_mtime_ns == before
-    assert not list(tiny.parent.glob(".tiny.tmp-*"))        # no leftover temporary folder
+    assert not list(tiny.parent.glob(".tiny.tmp-*"))  # no leftover temporary folder
 
 
 def test_refuses_foreign_or_other_folders(tiny, tmp_path):
@@ -184,7 +207,7 @@ def test_refuses_foreign_or_other_folders(tiny, tmp_path):
     assert "\n" not in str(e.value) and str(foreign) in str(e.value)
     assert (foreign / "notes.txt").read_text() == "mine"
     with pytest.raises(BadInput):
-        S.generate(tiny, "tiny", seed=1)                   # holds seed 0
+        S.generate(tiny, "tiny", seed=1)  # holds seed 0
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(BadInput):
         S.generate(tmp_path / "a_file", "tiny")
@@ -197,8 +220,7 @@ def test_refuses_foreign_or_other_folders(tiny, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-MICRO = S.Preset("micro", 32, 48, train=S.SplitSpec(1, 1, 4), val=S.SplitSpec(1, 1, 4),
-                 test=S.SplitSpec(1, 1, 4))
+MICRO = S.Preset("micro", 32, 48, train=S.SplitSpec(1, 1, 4), val=S.SplitSpec(1, 1, 4), test=S.SplitSpec(1, 1, 4))
 
 
 def _ensure_in_child(queue):
@@ -209,7 +231,7 @@ def test_ensure_is_safe_under_concurrency(tmp_path, monkeypatch):
     monkeypatch.setenv("VGRAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(S.PRESETS, "micro", MICRO)
     leftover = tmp_path / "cache" / "synthetic" / f".micro-s3-v{S.VERSION}.tmp-killed"
-    leftover.mkdir(parents=True)                            # as if a run had been killed
+    leftover.mkdir(parents=True)  # as if a run had been killed
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_ensure_in_child, args=(queue,)) for _ in range(3)]
@@ -262,14 +284,24 @@ def test_is_a_real_retrieval_task(tiny_root, capsys):
     from vgray.evaluate.evaluate import evaluate
 
     preset = S.PRESETS["tiny"]
-    cfg = load_config(overrides=[f"data.root={tiny_root}", "model.backbone=resnet18conv4", "model.aggregation=gem",
-                                 "model.pretrained=none", f"data.resize=[{preset.height},{preset.width}]",
-                                 "data.num_workers=0", "test.recall_values=[1,5,20]"])
+    cfg = load_config(
+        overrides=[
+            f"data.root={tiny_root}",
+            "model.backbone=resnet18conv4",
+            "model.aggregation=gem",
+            "model.pretrained=none",
+            f"data.resize=[{preset.height},{preset.width}]",
+            "data.num_workers=0",
+            "test.recall_values=[1,5,20]",
+        ]
+    )
     cnn = evaluate(cfg, progress=False)
     random, expected_r1 = random_descriptor_recalls(open_split(tiny_root, "test"), [1, 5, 20])
     with capsys.disabled():  # the README's figures
-        print(f"\ntiny/test: cnn {cnn['R@1']:.1f}/{cnn['R@5']:.1f}/{cnn['R@20']:.1f}, random "
-              f"{random['R@1']:.1f}/{random['R@5']:.1f}/{random['R@20']:.1f} (R@1 expected {expected_r1:.2f})")
+        print(
+            f"\ntiny/test: cnn {cnn['R@1']:.1f}/{cnn['R@5']:.1f}/{cnn['R@20']:.1f}, random "
+            f"{random['R@1']:.1f}/{random['R@5']:.1f}/{random['R@20']:.1f} (R@1 expected {expected_r1:.2f})"
+        )
     assert cnn["queries_without_positives"] == 0
     assert cnn["R@1"] >= 5 * expected_r1
     assert cnn["R@1"] < 60.0

@@ -1,5 +1,6 @@
 """The training loop on the synthetic tiny world: it learns, resumes exactly, stops early, and
 refuses what cannot be done."""
+
 import json
 import os
 import signal
@@ -10,8 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, TINY_SET
+
 from vgray import checkpoint
 from vgray.config import load_config
 from vgray.data.dataset import open_split
@@ -22,9 +23,18 @@ from vgray.seeding import seed_everything
 from vgray.train.loop import train
 
 # A few seconds an epoch on two cores: 32x48 images, 2 negatives, 20 queries an epoch.
-QUICK = [f"data.root={TINY}", *TINY_SET, "data.resize=[32,48]", "model.aggregation=gem",
-         "train.queries_per_epoch=20", "train.cache_refresh_rate=10", "train.negs_num_per_query=2",
-         "train.neg_samples_num=60", "train.lr=0.0001", "test.recall_values=[1,5,10]"]
+QUICK = [
+    f"data.root={TINY}",
+    *TINY_SET,
+    "data.resize=[32,48]",
+    "model.aggregation=gem",
+    "train.queries_per_epoch=20",
+    "train.cache_refresh_rate=10",
+    "train.negs_num_per_query=2",
+    "train.neg_samples_num=60",
+    "train.lr=0.0001",
+    "test.recall_values=[1,5,10]",
+]
 
 
 def quick(*extra):
@@ -43,14 +53,20 @@ def calibrate_batchnorm(model, paths, cfg):
     from vgray.data.transforms import test_transform
     from vgray.evaluate.extract import calibrate_batchnorm as calibrate
     from vgray.runtime import Runtime
-    calibrate(model, paths, test_transform(cfg.data.image_size, model.mean, model.std),
-              Runtime.from_config(cfg, progress=False))
+
+    calibrate(
+        model,
+        paths,
+        test_transform(cfg.data.image_size, model.mean, model.std),
+        Runtime.from_config(cfg, progress=False),
+    )
 
 
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_raises_r5(tiny_root, tmp_path):
-    cfg = quick("train.epochs=4", "train.patience=4", "train.mining=partial", "train.lr=0.001",
-                "train.cache_refresh_rate=20")
+    cfg = quick(
+        "train.epochs=4", "train.patience=4", "train.mining=partial", "train.lr=0.001", "train.cache_refresh_rate=20"
+    )
     seed_everything(cfg.seed)
     untrained = build_model(cfg.model)
     calibrate_batchnorm(untrained, open_split(cfg.data.root, "train").database.paths, cfg)
@@ -118,12 +134,20 @@ def test_early_stopping(tiny_root, tmp_path):
 
 def test_lr_schedule_warms_up_then_steps_down_at_milestones():
     from vgray.train.schedule import LrSchedule, lr_factor, make_optimizer
+
     assert [lr_factor(s, 0, 4, [], 0.1) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_factor(0, 0, 0, [2, 5], 0.3) == 1.0
     assert lr_factor(9, 2, 4, [2, 5], 0.3) == pytest.approx(0.3)
     assert lr_factor(9, 7, 4, [2, 5], 0.3) == pytest.approx(0.09)
-    cfg = load_config(overrides=["train.optimizer=sgd", "train.lr=0.2", "train.warmup_steps=3",
-                                 "train.lr_milestones=[1]", "train.lr_gamma=0.5"])
+    cfg = load_config(
+        overrides=[
+            "train.optimizer=sgd",
+            "train.lr=0.2",
+            "train.warmup_steps=3",
+            "train.lr_milestones=[1]",
+            "train.lr_gamma=0.5",
+        ]
+    )
     model = build_model(load_config(overrides=["model.pretrained=none"]).model)
     optimizer = make_optimizer(model, cfg.train)
     assert optimizer.param_groups[0]["weight_decay"] == 0.001 and optimizer.param_groups[0]["momentum"] == 0.9
@@ -140,15 +164,21 @@ def test_lr_schedule_warms_up_then_steps_down_at_milestones():
 
 
 def test_sgd_and_sare_and_augmentation_run(tiny_root, tmp_path):
-    cfg = quick("train.epochs=1", "train.optimizer=sgd", "train.criterion=sare_joint",
-                "train.augmentation.brightness=0.5", "train.augmentation.horizontal_flip=true",
-                "train.queries_per_epoch=10")
+    cfg = quick(
+        "train.epochs=1",
+        "train.optimizer=sgd",
+        "train.criterion=sare_joint",
+        "train.augmentation.brightness=0.5",
+        "train.augmentation.horizontal_flip=true",
+        "train.queries_per_epoch=10",
+    )
     result = train(cfg, tmp_path / "run", progress=False, log=silent)
     assert np.isfinite(result["loss"]) and result["epochs"] == 1
 
 
 def test_dropped_queries_are_logged(tmp_path):
     from conftest import make_vg_folder
+
     db = [(500000.0 + 10 * i, 4100000.0) for i in range(30)]
     q = [(500001.0 + 10 * i, 4100001.0) for i in range(8)] + [(510000.0, 4100000.0)] * 2
     root = tmp_path / "ds"
@@ -168,12 +198,24 @@ def test_bad_training_inputs(tiny_root, tmp_path):
         quick("train.queries_per_epoch=15")
     train(quick("train.epochs=1", "train.queries_per_epoch=10"), tmp_path / "run", progress=False, log=silent)
     with pytest.raises(BadInput, match="was made for backbone=resnet18conv4, aggregation=gem"):
-        train(quick("train.epochs=2", "model.aggregation=netvlad", "model.netvlad_clusters=4",
-                    "train.queries_per_epoch=10"), tmp_path / "run", resume=True, progress=False, log=silent)
+        train(
+            quick(
+                "train.epochs=2", "model.aggregation=netvlad", "model.netvlad_clusters=4", "train.queries_per_epoch=10"
+            ),
+            tmp_path / "run",
+            resume=True,
+            progress=False,
+            log=silent,
+        )
     (tmp_path / "run" / "last.pt").write_bytes(b"\x00garbage")
     with pytest.raises(BadInput, match="is corrupt or not a vgray checkpoint"):
-        train(quick("train.epochs=2", "train.queries_per_epoch=10"), tmp_path / "run", resume=True,
-              progress=False, log=silent)
+        train(
+            quick("train.epochs=2", "train.queries_per_epoch=10"),
+            tmp_path / "run",
+            resume=True,
+            progress=False,
+            log=silent,
+        )
     with pytest.raises(BadInput, match="nothing to resume"):
         train(quick(), tmp_path / "nothing", resume=True, progress=False, log=silent)
 
@@ -184,8 +226,13 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint(tiny_root, tmp_path):
     args = [sys.executable, "-m", "vgray.cli", "train", "--out", str(out)]
     for s in QUICK + ["train.epochs=50", "train.patience=50"]:
         args += ["--set", s]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "VGRAY_CACHE": os.environ["VGRAY_CACHE"]})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "VGRAY_CACHE": os.environ["VGRAY_CACHE"]},
+    )
     deadline = time.time() + 240
     while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -206,8 +253,9 @@ def test_training_evidence_script_reports_what_it_measured(tiny_root, tmp_path):
     calibrated baseline is a different network (BatchNorm statistics of the data)."""
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "training_evidence.py")
     sets = [a for o in [*QUICK, "train.epochs=1"] for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, script, *sets, "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, script, *sets, "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.splitlines()[0])
     cfg = quick("train.epochs=1")
@@ -215,14 +263,19 @@ def test_training_evidence_script_reports_what_it_measured(tiny_root, tmp_path):
     before = evaluate_split(build_model(cfg.model), open_split(cfg.data.root, "test"), cfg, progress=False)
     assert row["untrained"] == {"R@1": before["R@1"], "R@5": before["R@5"]}
     tested = dict(part.split("=") for part in proc.stderr.split("test: ")[1].split()[:2])
-    assert [round(row["trained"][k], 2) for k in ("R@1", "R@5")] == \
-        [float(tested[f"test/synthetic_tiny/{k}"]) for k in ("R@1", "R@5")]
+    assert [round(row["trained"][k], 2) for k in ("R@1", "R@5")] == [
+        float(tested[f"test/synthetic_tiny/{k}"]) for k in ("R@1", "R@5")
+    ]
     assert row["gain_r1"] == row["trained"]["R@1"] - row["untrained"]["R@1"]
     assert row["untrained_bn_calibrated"] != row["untrained"]
     assert proc.stdout.splitlines()[1].startswith("| ") and (tmp_path / "run" / "best.pt").is_file()
 
-    bad = subprocess.run([sys.executable, script, "--set", "train.criterion=hinge", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, script, "--set", "train.criterion=hinge", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "train.criterion" in bad.stderr
     assert not (tmp_path / "x").exists()
 
@@ -232,8 +285,9 @@ def test_step_loss_stays_on_the_device_until_the_epoch_reads_it():
     losses once, as the same floats ``float(loss)`` gave."""
     from vgray.runtime import Runtime
     from vgray.train.loop import train_step
-    from vgray.train.schedule import make_optimizer
     from vgray.train.losses import read_losses
+    from vgray.train.schedule import make_optimizer
+
     cfg = quick()
     seed_everything(0)
     rt = Runtime.from_config(cfg, progress=False)

@@ -1,22 +1,23 @@
 """The transformer backbones (ViT-B/16, CCT-14/7x2) and their aggregations (cls, seqpool, and GeM /
 NetVLAD on patch tokens): forward and backward, NetVLAD's k-means initialisation on tokens, trunc_te /
 freeze_te where 0 means 0, the load-time refusals, the weights files, and the cost figures."""
+
 import json
 
 import pytest
 import timm
 import torch
-
 from conftest import TINY_SET, write_image
+
 from vgray.cli import main
 from vgray.config import load_config
+from vgray.data.transforms import test_transform as resize_transform
 from vgray.errors import BadInput
 from vgray.evaluate.extract import initialize_aggregation, sample_local_features
-from vgray.data.transforms import test_transform as resize_transform
 from vgray.models import build_model
 from vgray.models.backbones.cct import CCT, source_key
-from vgray.models.profile import model_cost
 from vgray.models.pretrained import RECORDS, WeightsRecord, cached_path, record
+from vgray.models.profile import model_cost
 from vgray.runtime import Runtime
 
 SIZE = {"vit": 224, "cct384": 384}
@@ -24,8 +25,16 @@ SIZE = {"vit": 224, "cct384": 384}
 
 def config(backbone, aggregation, *extra):
     s = SIZE[backbone]
-    return load_config(overrides=[*TINY_SET, f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                                  f"data.resize=[{s},{s}]", "model.netvlad_clusters=8", *extra])
+    return load_config(
+        overrides=[
+            *TINY_SET,
+            f"model.backbone={backbone}",
+            f"model.aggregation={aggregation}",
+            f"data.resize=[{s},{s}]",
+            "model.netvlad_clusters=8",
+            *extra,
+        ]
+    )
 
 
 def model_for(backbone, aggregation, *extra):
@@ -33,10 +42,18 @@ def model_for(backbone, aggregation, *extra):
     return build_model(cfg.model, image_size=cfg.data.image_size)
 
 
-@pytest.mark.parametrize("backbone,aggregation,fc", [
-    ("vit", "cls", None), ("vit", "gem", None), ("vit", "netvlad", 32),
-    ("cct384", "cls", None), ("cct384", "seqpool", 32), ("cct384", "gem", None), ("cct384", "netvlad", None),
-])
+@pytest.mark.parametrize(
+    "backbone,aggregation,fc",
+    [
+        ("vit", "cls", None),
+        ("vit", "gem", None),
+        ("vit", "netvlad", 32),
+        ("cct384", "cls", None),
+        ("cct384", "seqpool", 32),
+        ("cct384", "gem", None),
+        ("cct384", "netvlad", None),
+    ],
+)
 def test_forward_backward(backbone, aggregation, fc):
     torch.manual_seed(0)
     model = model_for(backbone, aggregation, "model.trunc_te=1", *([f"model.fc_output_dim={fc}"] if fc else []))
@@ -115,21 +132,31 @@ def test_trunc_and_freeze_where_zero_means_zero():
     assert trainable_blocks(vit.blocks) == [False, True] and vit.norm.weight.requires_grad
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model.aggregation=cls"], "cannot pool the feature_map of model.backbone=resnet18conv4"),
-    (["model.aggregation=seqpool"], "cannot pool the feature_map"),
-    (["model.trunc_te=2"], "model.trunc_te applies to the transformer backbones"),
-    (["model.backbone=vgg16", "model.freeze_te=0"], "model.freeze_te applies to the transformer backbones"),
-    (["model.backbone=vit", "data.resize=[200,200]"], "needs data.resize (times resize_fraction) in [(224, 224), (384, 384)]"),
-    (["model.backbone=vit", "data.resize=[224,320]"], "not [224, 320]"),
-    (["model.backbone=cct384", "data.resize=[224,224]"], "in [(384, 384)]"),
-    (["model.backbone=vit", "data.resize=[224,224]", "model.aggregation=seqpool"],
-     "model.aggregation=seqpool pools the tokens of a backbone trained with it (cct384)"),
-    (["model.backbone=cct384", "data.resize=[384,384]", "model.aggregation=rmac"],
-     "cannot pool the tokens of model.backbone=cct384; allowed: boq, cls, convap, gem"),
-    (["model.backbone=vit", "data.resize=[224,224]", "model.trunc_te=13"], "allowed: null or 0..12"),
-    (["model.backbone=cct384", "data.resize=[384,384]", "model.freeze_te=15"], "allowed: null or 0..14"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.aggregation=cls"], "cannot pool the feature_map of model.backbone=resnet18conv4"),
+        (["model.aggregation=seqpool"], "cannot pool the feature_map"),
+        (["model.trunc_te=2"], "model.trunc_te applies to the transformer backbones"),
+        (["model.backbone=vgg16", "model.freeze_te=0"], "model.freeze_te applies to the transformer backbones"),
+        (
+            ["model.backbone=vit", "data.resize=[200,200]"],
+            "needs data.resize (times resize_fraction) in [(224, 224), (384, 384)]",
+        ),
+        (["model.backbone=vit", "data.resize=[224,320]"], "not [224, 320]"),
+        (["model.backbone=cct384", "data.resize=[224,224]"], "in [(384, 384)]"),
+        (
+            ["model.backbone=vit", "data.resize=[224,224]", "model.aggregation=seqpool"],
+            "model.aggregation=seqpool pools the tokens of a backbone trained with it (cct384)",
+        ),
+        (
+            ["model.backbone=cct384", "data.resize=[384,384]", "model.aggregation=rmac"],
+            "cannot pool the tokens of model.backbone=cct384; allowed: boq, cls, convap, gem",
+        ),
+        (["model.backbone=vit", "data.resize=[224,224]", "model.trunc_te=13"], "allowed: null or 0..12"),
+        (["model.backbone=cct384", "data.resize=[384,384]", "model.freeze_te=15"], "allowed: null or 0..14"),
+    ],
+)
 def test_refused_at_load(overrides, message):
     with pytest.raises(BadInput) as err:
         load_config(overrides=["model.pretrained=none", *overrides])
@@ -137,28 +164,47 @@ def test_refused_at_load(overrides, message):
 
 
 def test_resize_fraction_counts_for_the_vit_size():
-    cfg = load_config(overrides=["model.backbone=vit", "model.aggregation=cls", "data.resize=[448,448]",
-                                 "data.resize_fraction=0.5"])
+    cfg = load_config(
+        overrides=["model.backbone=vit", "model.aggregation=cls", "data.resize=[448,448]", "data.resize_fraction=0.5"]
+    )
     assert cfg.data.image_size == (224, 224)
 
 
 def test_cli_exit_status(tmp_path, capsys):
-    code = main(["profile", "--set", "model.backbone=vit", "--set", "model.aggregation=cls",
-                 "--set", "data.resize=[200,200]"])
+    code = main(
+        ["profile", "--set", "model.backbone=vit", "--set", "model.aggregation=cls", "--set", "data.resize=[200,200]"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "data.resize" in err
-    code = main(["profile", "--set", "model.backbone=vit", "--set", "model.aggregation=cls", "--set",
-                 "data.resize=[224,224]", "--set", "model.trunc_te=1", "--runs", "1", "--json", str(tmp_path / "p.json")])
+    code = main(
+        [
+            "profile",
+            "--set",
+            "model.backbone=vit",
+            "--set",
+            "model.aggregation=cls",
+            "--set",
+            "data.resize=[224,224]",
+            "--set",
+            "model.trunc_te=1",
+            "--runs",
+            "1",
+            "--json",
+            str(tmp_path / "p.json"),
+        ]
+    )
     assert code == 0
     assert json.loads((tmp_path / "p.json").read_text())["features_dim"] == 768
 
 
 def test_descriptor_sizes_and_flops_of_the_paper_models():
     """Full depth, on the meta device (no weights, no real forward pass)."""
+
     def cost(backbone, aggregation, *extra):
         cfg = config(backbone, aggregation, "model.netvlad_clusters=64", *extra)
         with torch.device("meta"):
             return model_cost(build_model(cfg.model, image_size=cfg.data.image_size), cfg.data.image_size)
+
     vit = cost("vit", "cls")
     assert vit["features_dim"] == 768
     # ViT-B/16 at 224: 17.6 GMACs (as timm reports it), 2 FLOPs per MAC here.
@@ -200,8 +246,11 @@ def test_vit_weights_file_and_offline_named_source(tmp_path, monkeypatch):
 
     cached.unlink()
     rec = RECORDS[("vit_base_patch16_224", "imagenet")]
-    monkeypatch.setitem(RECORDS, ("vit_base_patch16_224", "imagenet"),
-                        WeightsRecord("http://127.0.0.1:9/" + cached.name, rec.sha256_prefix, rec.mean, rec.std))
+    monkeypatch.setitem(
+        RECORDS,
+        ("vit_base_patch16_224", "imagenet"),
+        WeightsRecord("http://127.0.0.1:9/" + cached.name, rec.sha256_prefix, rec.mean, rec.std),
+    )
     with pytest.raises(BadInput, match=r"put that file at .*checkpoints/jx_vit_base_patch16_224_in21k-e5005f0a.pth"):
         model_for("vit", "cls", "model.trunc_te=1", "model.pretrained=imagenet")
 
@@ -230,5 +279,7 @@ def test_cct_checkpoint_layout_and_seqpool_weights(tmp_path, monkeypatch):
 
     state["classifier.blocks.0.linear1.weight"] = torch.randn(5, 384)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(BadInput, match=r"bad.pth does not fit cct_14_7x2_384: blocks.0.mlp.fc1.weight has shape \(5, 384\)"):
+    with pytest.raises(
+        BadInput, match=r"bad.pth does not fit cct_14_7x2_384: blocks.0.mlp.fc1.weight has shape \(5, 384\)"
+    ):
         model_for("cct384", "cls", "model.trunc_te=1", f"model.pretrained={tmp_path / 'bad.pth'}")

@@ -7,6 +7,7 @@ the folder. A reader sees the old file or the new one, never part of one; a proc
 disk filled mid-write leaves the previous good file and removes (or, when killed, leaves behind)
 only its temporary, which nothing ever reads.
 """
+
 from __future__ import annotations
 
 import os

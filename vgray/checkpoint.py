@@ -18,6 +18,7 @@ temporary file that is then moved into place (:mod:`vgray.atomic`). Whether a st
 network is decided by one check, :func:`mismatches` / :func:`check_fits`, which lists every missing,
 unexpected and wrongly shaped key in one line.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -41,10 +42,15 @@ PathLike = Union[str, os.PathLike]
 # Some publishers store numpy arrays and scalars beside the weights (cirtorch's meta; the paper's
 # train.py: ``recalls`` an array, ``best_r5`` an np.float64); rebuilding them runs no code, so these
 # are allowed on top of what ``weights_only`` allows (the dtype classes of the plain numeric dtypes).
-_NUMPY_GLOBALS = [np.ndarray, np.dtype, (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-                  np._core.multiarray._reconstruct, (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-                  np._core.multiarray.scalar,
-                  *{type(np.dtype(t)) for t in ("b1", "f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")}]
+_NUMPY_GLOBALS = [
+    np.ndarray,
+    np.dtype,
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    np._core.multiarray._reconstruct,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    np._core.multiarray.scalar,
+    *{type(np.dtype(t)) for t in ("b1", "f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")},
+]
 
 
 def _torch_load(path: Path, unreadable: str, mmap: bool = False) -> Any:
@@ -57,8 +63,10 @@ def _torch_load(path: Path, unreadable: str, mmap: bool = False) -> Any:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if refused:  # a pickled object that is not data: loading it could run code, so none is loaded
-            raise BadInput(f"{unreadable} (it holds a {shown(refused.group(1), 60)} object; allowed: tensors, numbers, "
-                           f"strings, lists and dicts, loaded with torch.load(weights_only=True))")
+            raise BadInput(
+                f"{unreadable} (it holds a {shown(refused.group(1), 60)} object; allowed: tensors, numbers, "
+                f"strings, lists and dicts, loaded with torch.load(weights_only=True))"
+            )
         first = (text.strip().splitlines() or [type(exc).__name__])[0]
         raise BadInput(f"{unreadable} ({first[:160]})")
 
@@ -83,8 +91,10 @@ def read_checkpoint(path: PathLike, key: str) -> Dict[str, Any]:
         raise BadInput(f"{key}={path}: no such file; expected the best.pt or last.pt of a vgray train run")
     obj = _torch_load(p, f"{key}={path} cannot be read as a vgray checkpoint", mmap=True)
     if not (isinstance(obj, dict) and "model" in obj and "config" in obj):
-        raise BadInput(f"{key}={path} is not a vgray checkpoint (no model and config); expected the best.pt "
-                       f"or last.pt of a vgray train run")
+        raise BadInput(
+            f"{key}={path} is not a vgray checkpoint (no model and config); expected the best.pt "
+            f"or last.pt of a vgray train run"
+        )
     return check_checkpoint(obj, f"{key}={path}", resumable=False)
 
 
@@ -162,6 +172,7 @@ def _check_config(config, what: str, refuse: _Refuse) -> None:
     if not isinstance(config, dict):
         refuse("config", config, "the run's config as a mapping of sections")
     from vgray.config import load_config  # the ground's schema: sections, keys, types
+
     try:
         load_config(base=config)
     except BadInput as exc:
@@ -193,12 +204,19 @@ def _check_training_state(obj: Dict[str, Any], refuse: _Refuse) -> None:
 
 def _check_optimizer(state, refuse: _Refuse) -> None:
     allowed = "a torch optimizer state (state: a mapping, param_groups: a list of mappings with params)"
-    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) \
-            or not isinstance(state.get("param_groups"), list) or not state["param_groups"]:
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("state"), dict)
+        or not isinstance(state.get("param_groups"), list)
+        or not state["param_groups"]
+    ):
         refuse("optimizer", state, allowed)
     for i, group in enumerate(state["param_groups"]):
-        if not isinstance(group, dict) or not isinstance(group.get("params"), list) \
-                or not all(_is_int(p) for p in group["params"]):
+        if (
+            not isinstance(group, dict)
+            or not isinstance(group.get("params"), list)
+            or not all(_is_int(p) for p in group["params"])
+        ):
             refuse(f"optimizer.param_groups[{i}]", group, "a mapping whose params is a list of parameter ids")
     for pid, per in state["state"].items():
         if not isinstance(per, dict):
@@ -232,8 +250,10 @@ def _check_rng(state, refuse: _Refuse) -> None:
         refuse("rng", state, f"a mapping holding {', '.join(missing)} too")
     trials = {
         "python": ("a Python random state (random.getstate())", lambda v: random.Random().setstate(_tuples(v))),
-        "numpy_global": ("numpy's global state (kind, 624 keys, pos, has_gauss, cached)",
-                         lambda v: np.random.RandomState().set_state((v[0], np.asarray(v[1], dtype=np.uint32), *v[2:]))),
+        "numpy_global": (
+            "numpy's global state (kind, 624 keys, pos, has_gauss, cached)",
+            lambda v: np.random.RandomState().set_state((v[0], np.asarray(v[1], dtype=np.uint32), *v[2:])),
+        ),
         "numpy": ("a numpy Generator state (bit_generator.state)", _try_bit_generator),
         "torch": ("a torch CPU RNG state (a uint8 tensor)", lambda v: torch.Generator().set_state(v)),
     }
@@ -293,6 +313,7 @@ def read_state_dict(path: PathLike, what: Optional[str] = None) -> Dict[str, tor
 
 # -- writing -----------------------------------------------------------------------------------
 
+
 def save(path: PathLike, payload: Dict[str, Any]) -> None:
     """Write ``payload`` with ``torch.save`` to a temporary file, then ``os.replace``: a reader sees
     the old file or the new one."""
@@ -302,9 +323,11 @@ def save(path: PathLike, payload: Dict[str, Any]) -> None:
 
 # -- fitting a state dict to a network ---------------------------------------------------------
 
+
 class Mismatch(NamedTuple):
     """One way a loaded state dict differs from a module's: ``kind`` is ``missing`` (the module has
     ``key``, the file not), ``unexpected`` (the other way round) or ``shape``."""
+
     kind: str
     key: str
     have: tuple = ()  # shape in the loaded state dict (kind "shape")
@@ -320,8 +343,9 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
-def mismatches(own: Mapping[str, Any], loaded: Mapping[str, Any], ignore: Sequence[str] = (),
-               optional: Sequence[str] = ()) -> List[Mismatch]:
+def mismatches(
+    own: Mapping[str, Any], loaded: Mapping[str, Any], ignore: Sequence[str] = (), optional: Sequence[str] = ()
+) -> List[Mismatch]:
     """Every difference between ``own`` (a module's state dict) and ``loaded``: first the keys of
     ``own`` missing from ``loaded`` or of another shape there, in the module's order (so that the
     first layer that differs comes first), then the keys ``own`` lacks, in ``loaded``'s order.
@@ -351,8 +375,13 @@ def refuse(what: str, found: Sequence[Mismatch], shown: int = 3) -> None:
     raise BadInput(f"{what}: {listed}{more}")
 
 
-def check_fits(own: Mapping[str, Any], loaded: Mapping[str, Any], what: str, ignore: Sequence[str] = (),
-               optional: Sequence[str] = ()) -> None:
+def check_fits(
+    own: Mapping[str, Any],
+    loaded: Mapping[str, Any],
+    what: str,
+    ignore: Sequence[str] = (),
+    optional: Sequence[str] = (),
+) -> None:
     """:func:`mismatches`, refused with one line (:func:`refuse`); ``what`` says what does not fit
     what (``"weights file w.pth does not fit vit_base_patch16_224"``)."""
     refuse(what, mismatches(own, loaded, ignore, optional))
@@ -366,6 +395,7 @@ def load_fitting(module: torch.nn.Module, state: Mapping[str, Any], what: str, o
 
 
 # -- random number generators ------------------------------------------------------------------
+
 
 def rng_state(generator: np.random.Generator) -> Dict[str, Any]:
     """Every RNG state a training run draws from (Python, numpy's global and ``generator``, torch,

@@ -3,6 +3,7 @@
 Exit status: 0 on success, 2 on bad input (one line on stderr naming the culprit and what is
 allowed, no traceback), 1 on a failure while running.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,14 @@ from vgray.paths import check_output_dir, check_output_file
 def _config_args(p: argparse.ArgumentParser, with_file: bool = True) -> None:
     if with_file:
         p.add_argument("--config", help="YAML config file (sections data, model, train, test)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, value read as YAML (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, value read as YAML (repeatable)",
+    )
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
 
 
@@ -40,15 +47,24 @@ def _datasets_parser(sub) -> None:
     dsub = p.add_subparsers(dest="datasets_command", required=True, parser_class=Parser)
     q = dsub.add_parser("list", help="the known datasets: layout, published counts per split and role, sources")
     q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    q = dsub.add_parser("check", help="index a dataset folder and set its counts against the published ones "
-                                      "(exit 1 when they disagree)")
-    q.add_argument("root", metavar="ROOT", help="a VG-format folder, ground-truth lists (FOLDER, FOLDER/NAME or "
-                                                "IMAGES::LISTS) or MSLS as Mapillary ships it")
+    q = dsub.add_parser(
+        "check", help="index a dataset folder and set its counts against the published ones (exit 1 when they disagree)"
+    )
+    q.add_argument(
+        "root",
+        metavar="ROOT",
+        help="a VG-format folder, ground-truth lists (FOLDER, FOLDER/NAME or "
+        "IMAGES::LISTS) or MSLS as Mapillary ships it",
+    )
     q.add_argument("--name", help="the known dataset it is (default: guessed from the folder's name or its counts)")
     q.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     q.add_argument("--no-positives", action="store_true", help="skip counting the queries without positives")
-    q.add_argument("--positives", default="auto", choices=["auto", "radius", "frames", "files"],
-                   help="how positives are decided, as test.positives (frames: Nordland and other sequences)")
+    q.add_argument(
+        "--positives",
+        default="auto",
+        choices=["auto", "radius", "frames", "files"],
+        help="how positives are decided, as test.positives (frames: Nordland and other sequences)",
+    )
     q.add_argument("--positive-frames", type=int, default=10, metavar="N", help="with --positives frames: ±N frames")
 
 
@@ -61,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--preset", default="tiny", help="tiny, small or large")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", default="vg", help="vg (the VG format, every split) or gsv_cities (the train "
-                                                  "images as GSV-Cities: Dataframes/<city>.csv + Images/<city>/)")
+    p.add_argument(
+        "--layout",
+        default="vg",
+        help="vg (the VG format, every split) or gsv_cities (the train "
+        "images as GSV-Cities: Dataframes/<city>.csv + Images/<city>/)",
+    )
 
     p = sub.add_parser("profile", help="cost of a model: features_dim, gflops, model_size_mb, params, extraction_ms")
     _config_args(p)
@@ -72,24 +92,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="recall@N of a model on a dataset split, with its cost")
     _config_args(p)
     _json_arg(p)
-    p.add_argument("--save-descriptors", metavar="DIR", help="write DIR/database.parquet, DIR/queries.parquet, "
-                   "DIR/config.yaml and DIR/model.pt (what vgray locate reads)")
-    p.add_argument("--save-predictions", type=int, metavar="N", help="write PNG grids of the first N queries: "
-                   "the query, then its top-k (k = min(5, max recall value)) database images framed green when within "
-                   "test.positive_dist_threshold metres, red otherwise, the distance under each; into "
-                   "PREDICTIONS_DIR/predictions/<rank>_<query-file-stem>.png")
-    p.add_argument("--predictions-failures-only", action="store_true",
-                   help="with --save-predictions: the first N queries whose top-1 is wrong")
-    p.add_argument("--predictions-dir", metavar="PREDICTIONS_DIR", help="folder for predictions/ "
-                   "(default: the folder of --json, else the current folder)")
+    p.add_argument(
+        "--save-descriptors",
+        metavar="DIR",
+        help="write DIR/database.parquet, DIR/queries.parquet, "
+        "DIR/config.yaml and DIR/model.pt (what vgray locate reads)",
+    )
+    p.add_argument(
+        "--save-predictions",
+        type=int,
+        metavar="N",
+        help="write PNG grids of the first N queries: "
+        "the query, then its top-k (k = min(5, max recall value)) database images framed green when within "
+        "test.positive_dist_threshold metres, red otherwise, the distance under each; into "
+        "PREDICTIONS_DIR/predictions/<rank>_<query-file-stem>.png",
+    )
+    p.add_argument(
+        "--predictions-failures-only",
+        action="store_true",
+        help="with --save-predictions: the first N queries whose top-1 is wrong",
+    )
+    p.add_argument(
+        "--predictions-dir",
+        metavar="PREDICTIONS_DIR",
+        help="folder for predictions/ (default: the folder of --json, else the current folder)",
+    )
 
     p = sub.add_parser("train", help="train a model (the paper's protocol), then test the best one")
     _config_args(p)
     _json_arg(p)
     p.add_argument("--out", default=None, help="run folder (default: runs/<backbone>-<aggregation>-<mining>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT): mining refreshes, validation "
-                   "and test extract sets above data.ray_threshold through Ray Data (default: all in-process)")
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster (auto or HOST:PORT): mining refreshes, validation "
+        "and test extract sets above data.ray_threshold through Ray Data (default: all in-process)",
+    )
 
     p = sub.add_parser("sweep", help="run a sweep file as Ray Tune trials; prints the summary table")
     p.add_argument("sweep", help="sweep YAML (see sweeps/)")
@@ -98,44 +136,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--verbose", action="store_true", help="print each trial's config, and Ray's and Tune's log "
-                   "lines on the console (default: in STORAGE/NAME/logs/ray.log)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print each trial's config, and Ray's and Tune's log "
+        "lines on the console (default: in STORAGE/NAME/logs/ray.log)",
+    )
 
-    p = sub.add_parser("extract", help="descriptors of a split through Ray Data, as parquet shards (re-runs skip complete ones)")
+    p = sub.add_parser(
+        "extract", help="descriptors of a split through Ray Data, as parquet shards (re-runs skip complete ones)"
+    )
     _config_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder, readable by every node "
-                   "(DIR/<role>/shard-NNNNN.parquet, DIR/database.parquet, DIR/config.yaml, DIR/model.pt)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder, readable by every node "
+        "(DIR/<role>/shard-NNNNN.parquet, DIR/database.parquet, DIR/config.yaml, DIR/model.pt)",
+    )
     p.add_argument("--split", default="test", help="dataset split (default test)")
-    p.add_argument("--role", dest="roles", action="append", choices=["database", "queries"],
-                   help="database and/or queries (repeatable; default both)")
+    p.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        choices=["database", "queries"],
+        help="database and/or queries (repeatable; default both)",
+    )
     p.add_argument("--shard-size", type=int, default=1000, help="images per parquet shard (default 1000)")
     p.add_argument("--actors", type=int, help="model actors (default: one per GPU, else half the CPUs)")
     p.add_argument("--batch-size", type=int, help="images per batch (default test.batch_size)")
-    p.add_argument("--no-concat", action="store_true", help="write only the shards, not DIR/database.parquet "
-                   "and DIR/queries.parquet (their concatenation, which vgray locate reads)")
-    p.add_argument("--index", metavar="SPEC", help="also make the database shards into this faiss index "
-                   "(index_factory string, e.g. IVF1024,PQ32: trained on a sample, filled shard by shard) "
-                   "in DIR/database.index.faiss")
+    p.add_argument(
+        "--no-concat",
+        action="store_true",
+        help="write only the shards, not DIR/database.parquet "
+        "and DIR/queries.parquet (their concatenation, which vgray locate reads)",
+    )
+    p.add_argument(
+        "--index",
+        metavar="SPEC",
+        help="also make the database shards into this faiss index "
+        "(index_factory string, e.g. IVF1024,PQ32: trained on a sample, filled shard by shard) "
+        "in DIR/database.index.faiss",
+    )
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
     p = sub.add_parser("locate", help="where photos were taken: their top-k database matches and predicted position")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to locate")
-    p.add_argument("--database", required=True, metavar="DIR",
-                   help="descriptors saved by vgray eval --save-descriptors DIR (with its config.yaml and model.pt)")
+    p.add_argument(
+        "--database",
+        required=True,
+        metavar="DIR",
+        help="descriptors saved by vgray eval --save-descriptors DIR (with its config.yaml and model.pt)",
+    )
     p.add_argument("--k", type=int, default=5, help="database matches per photo (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
-    p = sub.add_parser("report", help="a sweep's results as the paper's tables (md, csv, tex), figures (png + csv) "
-                                      "and report.html; works on a running sweep's folder")
-    p.add_argument("results", metavar="RESULTS_DIR", help="a sweep's results folder (STORAGE/NAME, with results.parquet)")
+    p = sub.add_parser(
+        "report",
+        help="a sweep's results as the paper's tables (md, csv, tex), figures (png + csv) "
+        "and report.html; works on a running sweep's folder",
+    )
+    p.add_argument(
+        "results", metavar="RESULTS_DIR", help="a sweep's results folder (STORAGE/NAME, with results.parquet)"
+    )
     p.add_argument("--out", help="where to write (default: RESULTS_DIR/report)")
     p.add_argument("--recall", default="1", help="recall values in the table, comma-separated (default 1; e.g. 1,5)")
-    p.add_argument("--figure", dest="figures", action="append", metavar="NAME",
-                   help="a figure that must be drawn (repeatable; exit 2 when the rows cannot give it): augmentation, "
-                        "resolution, matching_time, knn, pareto; every figure the rows allow is written anyway")
-    p.add_argument("--predictions", type=int, metavar="N", help="prediction grids of N queries from the best "
-                   "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html")
+    p.add_argument(
+        "--figure",
+        dest="figures",
+        action="append",
+        metavar="NAME",
+        help="a figure that must be drawn (repeatable; exit 2 when the rows cannot give it): augmentation, "
+        "resolution, matching_time, knn, pareto; every figure the rows allow is written anyway",
+    )
+    p.add_argument(
+        "--predictions",
+        type=int,
+        metavar="N",
+        help="prediction grids of N queries from the best "
+        "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html",
+    )
     p.add_argument("--failures-only", action="store_true", help="with --predictions: only queries whose top-1 is wrong")
 
     _datasets_parser(sub)
@@ -148,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from vgray.config import help_text, load_config
+
     if args.help_config:
         print(help_text())
         raise SystemExit(0)
@@ -160,12 +242,16 @@ def cmd_synth(args) -> None:
         raise BadInput(f"--layout {args.layout!r} is not allowed; choose vg or gsv_cities")
     if args.layout == "gsv_cities":
         from vgray.data.synthetic.gsv import generate_gsv_cities
+
         check_output_dir(args.out, "OUT")
         out = generate_gsv_cities(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
-        print(f"wrote the train images of synthetic dataset '{args.preset}' (seed {args.seed}) in the "
-              f"GSV-Cities layout to {out}")
+        print(
+            f"wrote the train images of synthetic dataset '{args.preset}' (seed {args.seed}) in the "
+            f"GSV-Cities layout to {out}"
+        )
         return
     from vgray.data.synthetic import generate
+
     check_output_dir(args.out, "OUT")
     out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
     print(f"wrote synthetic dataset '{args.preset}' (seed {args.seed}) to {out}")
@@ -178,6 +264,7 @@ def cmd_profile(args) -> None:
         raise BadInput(f"--runs={args.runs} must be at least 1")
     _check_json(args)
     from vgray.models.profile import profile
+
     figures = profile(cfg, runs=args.runs)
     h, w = cfg.data.image_size
     print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} at {h}x{w}", args.json)
@@ -194,28 +281,43 @@ def cmd_eval(args) -> None:
     if args.save_descriptors:
         check_output_dir(args.save_descriptors, "--save-descriptors")
     if n is not None:
-        check_output_dir(Path(args.predictions_dir or (Path(args.json).parent if args.json else ".")) / "predictions",
-                         "--predictions-dir" if args.predictions_dir else "the predictions folder")
+        check_output_dir(
+            Path(args.predictions_dir or (Path(args.json).parent if args.json else ".")) / "predictions",
+            "--predictions-dir" if args.predictions_dir else "the predictions folder",
+        )
     cfg = _load(args)
     from vgray.evaluate.evaluate import evaluate  # after the checks: they need no torch
+
     keep: Optional[Dict] = {} if n is not None else None
     figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
     h, w = cfg.data.image_size
-    print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} "
-                  f"[{cfg.test.split}] at {h}x{w}, kNN {cfg.test.knn}", args.json)
+    print_figures(
+        figures,
+        f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} "
+        f"[{cfg.test.split}] at {h}x{w}, kNN {cfg.test.knn}",
+        args.json,
+    )
     if keep is not None:
         from vgray.report.predictions import save_predictions
+
         base = Path(args.predictions_dir or (Path(args.json).parent if args.json else "."))
-        written = save_predictions(keep["split"], keep["predictions"], keep["positives"],
-                                   cfg.test.positive_dist_threshold, base / "predictions", n,
-                                   k=min(5, max(cfg.test.recall_values)),
-                                   failures_only=args.predictions_failures_only)
+        written = save_predictions(
+            keep["split"],
+            keep["predictions"],
+            keep["positives"],
+            cfg.test.positive_dist_threshold,
+            base / "predictions",
+            n,
+            k=min(5, max(cfg.test.recall_values)),
+            failures_only=args.predictions_failures_only,
+        )
         print(f"{len(written)} prediction grids in {base / 'predictions'}")
 
 
 def cmd_train(args) -> None:
     """``vgray train``: train (or resume) a run in --out, then test its best model."""
-    from vgray.config import read_yaml, load_config
+    from vgray.config import load_config, read_yaml
+
     if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
         # The run's own config, with any --set on top (e.g. a higher train.epochs cap).
         cfg = load_config(base=read_yaml(Path(args.out) / "config.yaml"), overrides=args.overrides)
@@ -225,25 +327,33 @@ def cmd_train(args) -> None:
     check_output_dir(out, "--out")
     _check_json(args)
     if not args.resume and (out / "last.pt").exists():
-        raise BadInput(f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another folder")
+        raise BadInput(
+            f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another folder"
+        )
     extractor = None
     if args.address:  # only when asked: never join some Ray found running on this machine
         from vgray.distributed.descriptors import RayExtractor
         from vgray.distributed.sweep import init_ray
         from vgray.evaluate.evaluate import check_before_extraction
         from vgray.models import build_model
+
         extractor = RayExtractor(cfg)  # its checks, and the network's, before Ray is joined
         check_before_extraction(cfg, build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size))
         init_ray(args.address)
     from vgray.train.loop import train  # after the checks: they need no torch
+
     figures = train(cfg, out, resume=args.resume, extractor=extractor)
-    print_figures(figures, f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) "
-                  f"in {out}", args.json)
+    print_figures(
+        figures,
+        f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) in {out}",
+        args.json,
+    )
 
 
 def cmd_sweep(args) -> int:
     """``vgray sweep``: run a sweep file on Ray and print its summary; 1 when a trial failed or storage stopped it."""
     from vgray.distributed.spec import check_dataset_roots, dry_run_table, load_sweep
+
     spec = load_sweep(args.sweep, storage=args.storage)
     if args.dry_run:  # the plan only: the datasets may live on the cluster it is meant for
         print(dry_run_table(spec))
@@ -251,15 +361,20 @@ def cmd_sweep(args) -> int:
     if not args.address:
         check_dataset_roots(spec)
     from vgray.distributed.sweep import run_sweep
+
     result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus, verbose=args.verbose)
     if result.get("storage"):  # stopped scheduling: the rows so far, then where and why on stderr
         print(result["summary"])
-        print(f"vgray: sweep {spec.name} stopped: {result['storage']}; free space or fix the storage, "
-              f"then run the same command with --resume", file=sys.stderr)
+        print(
+            f"vgray: sweep {spec.name} stopped: {result['storage']}; free space or fix the storage, "
+            f"then run the same command with --resume",
+            file=sys.stderr,
+        )
         return 1
     print(f"\nsweep {spec.name}: {result['trials']} trials, results in {result['directory']}")
     print(result["summary"])
     from vgray.distributed.tracking import follow_lines
+
     for line in follow_lines(spec):  # TensorBoard on the sweep's folder; the MLflow UI on its store
         print(line)
     _sweep_report(spec.name, result["directory"])
@@ -274,6 +389,7 @@ def _sweep_report(name: str, directory: str) -> None:
     those on demand): ``report: PATH/report.html``, or one stderr line saying why there is none,
     which does not fail the sweep."""
     from vgray.report import make_report
+
     try:
         page = make_report(directory).page
     except Exception as exc:  # the results are written; the report can be drawn again with vgray report
@@ -287,23 +403,42 @@ def cmd_extract(args) -> None:
     """``vgray extract``: descriptors of a split through Ray Data, as parquet shards."""
     from vgray.distributed.extract import ROLES, extract, prepare
     from vgray.distributed.sweep import init_ray
+
     cfg = _load(args)
     check_output_dir(args.out, "--out")
     # Before Ray starts: the request, the dataset (a missing, empty or unnamed one; its index is
     # cached), the network built with its weights, the --index string; nothing written yet.
-    prepared = prepare(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
-                       actors=args.actors, index=args.index)
+    prepared = prepare(
+        cfg,
+        args.split,
+        args.out,
+        roles=args.roles or ROLES,
+        shard_size=args.shard_size,
+        actors=args.actors,
+        index=args.index,
+    )
     init_ray(args.address, num_cpus=args.num_cpus)
-    figures = extract(cfg, args.split, args.out, roles=args.roles or ROLES, shard_size=args.shard_size,
-                      actors=args.actors, batch_size=args.batch_size, concat=not args.no_concat,
-                      index=args.index, prepared=prepared)
-    print_figures(figures, f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] "
-                  f"-> {args.out}")
+    figures = extract(
+        cfg,
+        args.split,
+        args.out,
+        roles=args.roles or ROLES,
+        shard_size=args.shard_size,
+        actors=args.actors,
+        batch_size=args.batch_size,
+        concat=not args.no_concat,
+        index=args.index,
+        prepared=prepared,
+    )
+    print_figures(
+        figures, f"{cfg.model.backbone} + {cfg.model.aggregation} on {cfg.data.root} [{args.split}] -> {args.out}"
+    )
 
 
 def cmd_locate(args) -> None:
     """``vgray locate``: where photos were taken, from descriptors saved by ``vgray eval``."""
     from vgray.locate import format_table, locate
+
     answer = locate(args.photos, args.database, k=args.k)
     print(json.dumps(answer, indent=2) if args.json else format_table(answer))
 
@@ -311,6 +446,7 @@ def cmd_locate(args) -> None:
 def cmd_report(args) -> None:
     """``vgray report``: a sweep's tables, figures and report.html."""
     from vgray.report import make_report
+
     try:
         recalls = [int(v) for v in args.recall.split(",") if v.strip()]
     except ValueError:
@@ -318,8 +454,14 @@ def cmd_report(args) -> None:
     if not recalls or any(n < 1 for n in recalls):
         raise BadInput(f"--recall {args.recall!r} must be positive integers separated by commas, e.g. 1,5")
     check_output_dir(args.out or Path(args.results) / "report", "--out")
-    report = make_report(args.results, out=args.out, recalls=recalls, required=args.figures or (),
-                         predictions=args.predictions, failures_only=args.failures_only)
+    report = make_report(
+        args.results,
+        out=args.out,
+        recalls=recalls,
+        required=args.figures or (),
+        predictions=args.predictions,
+        failures_only=args.failures_only,
+    )
     print(report.table_md, end="")
     for path in report.written:
         print(f"wrote {path}")
@@ -333,6 +475,7 @@ def cmd_datasets(args) -> int:
     """``vgray datasets list|check``: the catalog of known datasets; a folder's counts against it
     (1 when a published count disagrees)."""
     from vgray.data.catalog import catalog_rows, check
+
     if args.datasets_command == "list":
         rows = catalog_rows()
         if args.json:
@@ -341,11 +484,14 @@ def cmd_datasets(args) -> int:
         show = lambda n: "?" if n is None else f"{n:,}"  # noqa: E731
         print(f"{'name':<16}{'layouts':<15}{'split':<7}{'database':>11}{'queries':>10}  source")
         for r in rows:
-            print(f"{r['name'] + ('*' if r['paper'] else ''):<16}{','.join(r['layouts']):<15}{r['split']:<7}"
-                  f"{show(r['database']):>11}{show(r['queries']):>10}  {r['source']}")
+            print(
+                f"{r['name'] + ('*' if r['paper'] else ''):<16}{','.join(r['layouts']):<15}{r['split']:<7}"
+                f"{show(r['database']):>11}{show(r['queries']):>10}  {r['source']}"
+            )
         print("* one of the paper's six; ? unknown (no publisher file states it)")
         return 0
     from vgray.console import progress_bar
+
     bars = {}
 
     def progress(what: str, seen: int) -> None:
@@ -357,8 +503,14 @@ def cmd_datasets(args) -> int:
         bar.update(seen - bar.n)
 
     try:
-        report = check(args.root, name=args.name, progress=progress, positives=not args.no_positives,
-                       rule=args.positives, frames=args.positive_frames)
+        report = check(
+            args.root,
+            name=args.name,
+            progress=progress,
+            positives=not args.no_positives,
+            rule=args.positives,
+            frames=args.positive_frames,
+        )
     finally:
         for bar in bars.values():
             bar.close()
@@ -368,7 +520,9 @@ def cmd_datasets(args) -> int:
         show = lambda n: "?" if n is None else f"{n:,}"  # noqa: E731
         print(f"{args.root}: layout {report['layout']}, dataset {report['dataset'] or 'not recognised'}")
         if report["dataset"] and not report["compared"]:
-            print(f"  (its published counts are for the layouts {', '.join(report['published_layouts'])}: not compared)")
+            print(
+                f"  (its published counts are for the layouts {', '.join(report['published_layouts'])}: not compared)"
+            )
         for split, v in report["splits"].items():
             for role in ("database", "queries"):
                 want = v[f"published_{role}"]
@@ -378,8 +532,10 @@ def cmd_datasets(args) -> int:
                 print(f"  {split} queries without positives: {v['queries_without_positives']:,} ({v['positives']})")
             print(f"  {split} query set: {v['query_set']} (the queries scored; for MSLS see data.msls_queries)")
     if not report["agrees"]:
-        print(f"vgray: {args.root}: counts differ from the published ones: {'; '.join(report['mismatches'])}",
-              file=sys.stderr)
+        print(
+            f"vgray: {args.root}: counts differ from the published ones: {'; '.join(report['mismatches'])}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -387,18 +543,29 @@ def cmd_datasets(args) -> int:
 def cmd_bench(args) -> None:
     """``vgray bench NAME``: run one benchmark (``vgray bench list`` names them)."""
     from vgray.bench import run_benchmark
+
     run_benchmark(args.name, args.rest)
 
 
-COMMANDS = {"synth": cmd_synth, "profile": cmd_profile, "eval": cmd_eval, "train": cmd_train, "sweep": cmd_sweep,
-            "extract": cmd_extract, "locate": cmd_locate, "report": cmd_report, "datasets": cmd_datasets,
-            "bench": cmd_bench}
+COMMANDS = {
+    "synth": cmd_synth,
+    "profile": cmd_profile,
+    "eval": cmd_eval,
+    "train": cmd_train,
+    "sweep": cmd_sweep,
+    "extract": cmd_extract,
+    "locate": cmd_locate,
+    "report": cmd_report,
+    "datasets": cmd_datasets,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``vgray`` entry point: run one command; returns the exit status (0, 1 on a failure, 2 on bad input).
     Library warnings go to a log, not beside the command's output (:class:`~vgray.console.LibraryWarnings`)."""
     from vgray.console import LibraryWarnings
+
     warned = LibraryWarnings()
     try:
         with warned:

@@ -10,6 +10,7 @@ paper's illegal combinations raise :class:`~vgray.errors.BadInput` naming the do
 anything runs. Derived values (descriptor size, FLOPs) are computed by the model, never written back
 into the config: the dataclasses are frozen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,36 +48,59 @@ def _key(default, help: str, **checks):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = _key("synthetic:tiny", "dataset folder in the VG format, synthetic:tiny|small|large, or ground-truth "
-                                       "lists: FOLDER, FOLDER/NAME or IMAGES::LISTS (README: ground-truth lists)")
-    layout: str = _key("vg", "layout of data.root: vg (the VG format), gsv_cities (Dataframes/<city>.csv + "
-                             "Images/<city>/; training with train.regime=places only)",
-                       choices=["vg", "gsv_cities"])
-    val_root: Optional[str] = _key(None, "VG-format dataset whose val split validates training (null: data.root's; "
-                                         "required with data.layout=gsv_cities)")
-    msls_queries: str = _key("im2im", "val/test queries of MSLS's raw layout (train_val/<city>/): im2im (MSLS's "
-                                      "image-to-image set, 740 on its val), all (every non-panorama query, ~11k, "
-                                      "as the VG downloader formats it); README: MSLS",
-                             choices=["im2im", "all"])
+    root: str = _key(
+        "synthetic:tiny",
+        "dataset folder in the VG format, synthetic:tiny|small|large, or ground-truth "
+        "lists: FOLDER, FOLDER/NAME or IMAGES::LISTS (README: ground-truth lists)",
+    )
+    layout: str = _key(
+        "vg",
+        "layout of data.root: vg (the VG format), gsv_cities (Dataframes/<city>.csv + "
+        "Images/<city>/; training with train.regime=places only)",
+        choices=["vg", "gsv_cities"],
+    )
+    val_root: Optional[str] = _key(
+        None,
+        "VG-format dataset whose val split validates training (null: data.root's; "
+        "required with data.layout=gsv_cities)",
+    )
+    msls_queries: str = _key(
+        "im2im",
+        "val/test queries of MSLS's raw layout (train_val/<city>/): im2im (MSLS's "
+        "image-to-image set, 740 on its val), all (every non-panorama query, ~11k, "
+        "as the VG downloader formats it); README: MSLS",
+        choices=["im2im", "all"],
+    )
     resize: List[int] = _key([480, 640], "[H, W] of train and test images", positive=True, length=2)
-    resize_fraction: float = _key(1.0, "scale of both sides of resize (the paper's resolution study)",
-                                  range=(1e-3, 1.0))
-    resize_order: str = _key("paper", "order of resizing and normalising test, validation, mining-cache and PCA "
-                                      "images: paper (normalise the full image, then resize the float tensor, "
-                                      "antialiased, on the device where images are decoded: the paper's code), pil "
-                                      "(resize the PIL image, then normalise: vgray before 2026-12); training "
-                                      "triplets resize with PIL either way, as the paper's code does",
-                             choices=["paper", "pil"])
-    num_workers: Optional[int] = _key(None, "image-loading worker processes (null: one per CPU, at most 8)",
-                                      range=(0, 256))
+    resize_fraction: float = _key(
+        1.0, "scale of both sides of resize (the paper's resolution study)", range=(1e-3, 1.0)
+    )
+    resize_order: str = _key(
+        "paper",
+        "order of resizing and normalising test, validation, mining-cache and PCA "
+        "images: paper (normalise the full image, then resize the float tensor, "
+        "antialiased, on the device where images are decoded: the paper's code), pil "
+        "(resize the PIL image, then normalise: vgray before 2026-12); training "
+        "triplets resize with PIL either way, as the paper's code does",
+        choices=["paper", "pil"],
+    )
+    num_workers: Optional[int] = _key(
+        None, "image-loading worker processes (null: one per CPU, at most 8)", range=(0, 256)
+    )
     skip_corrupt: bool = _key(False, "skip unreadable images (reported by path) instead of stopping")
-    decode: str = _key("auto", "how extraction decodes images: torchvision (JPEG bytes decoded in batches on the "
-                               "device, nvjpeg on a GPU, then resized and normalised there; hard-resize "
-                               "transforms only), pil (in loader workers), auto (torchvision on a CUDA device)",
-                        choices=["auto", "pil", "torchvision"])
-    ray_threshold: int = _key(20000, "on Ray (sweep trials, vgray train --address), extract sets of more images "
-                                     "than this through Ray Data, smaller ones in-process (0: always Ray Data)",
-                              range=(0, 2**31 - 1))
+    decode: str = _key(
+        "auto",
+        "how extraction decodes images: torchvision (JPEG bytes decoded in batches on the "
+        "device, nvjpeg on a GPU, then resized and normalised there; hard-resize "
+        "transforms only), pil (in loader workers), auto (torchvision on a CUDA device)",
+        choices=["auto", "pil", "torchvision"],
+    )
+    ray_threshold: int = _key(
+        20000,
+        "on Ray (sweep trials, vgray train --address), extract sets of more images "
+        "than this through Ray Data, smaller ones in-process (0: always Ray Data)",
+        range=(0, 2**31 - 1),
+    )
 
     @property
     def image_size(self) -> tuple:
@@ -88,51 +112,82 @@ class DataConfig:
 class ModelConfig:
     backbone: str = _key("resnet18conv4", "backbone (registry name)", choices=BACKBONES)
     aggregation: str = _key("netvlad", "aggregation (registry name)", choices=AGGREGATIONS)
-    pretrained: str = _key("imagenet", "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
-                                       "radenovic_sfm, cosplace, eigenplaces, dinov2, mixvpr, salad, boq, or a weights "
-                                       "file (a vgray checkpoint, the paper's, CosPlace's, MixVPR's, SALAD's, BoQ's: "
-                                       "detected from its keys)")
+    pretrained: str = _key(
+        "imagenet",
+        "none, imagenet, places, gldv2, places365_csail, radenovic_gldv1, "
+        "radenovic_sfm, cosplace, eigenplaces, dinov2, mixvpr, salad, boq, or a weights "
+        "file (a vgray checkpoint, the paper's, CosPlace's, MixVPR's, SALAD's, BoQ's: "
+        "detected from its keys)",
+    )
     netvlad_clusters: int = _key(64, "NetVLAD clusters", positive=True)
-    fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size",
-                                        positive=True)
-    l2: str = _key("before_pool", "where pooling aggregations L2-normalise",
-                   choices=["before_pool", "after_pool", "none"])
+    fc_output_dim: Optional[int] = _key(None, "FC layer (then L2) after the aggregation to this size", positive=True)
+    l2: str = _key(
+        "before_pool", "where pooling aggregations L2-normalise", choices=["before_pool", "after_pool", "none"]
+    )
     gem_p: float = _key(3.0, "initial (learnable) GeM power p", positive=True)
-    pca_dim: Optional[int] = _key(None, "PCA of the descriptors to this size, fitted on training images "
-                                        "(null: off)", positive=True)
-    trunc_te: Optional[int] = _key(None, "transformers: keep the first N encoder blocks (null: all; 0 means 0)",
-                                   range=(0, 1000))
-    freeze_te: Optional[int] = _key(None, "transformers: freeze the patch embedding and blocks before N "
-                                          "(null: none frozen; 0 freezes the embedding only)", range=(0, 1000))
-    resume_from: Optional[str] = _key(None, "checkpoint whose weights start this model (CRN: a NetVLAD "
-                                            "checkpoint of the same backbone)")
-    mixvpr_map_size: List[int] = _key([20, 20], "MixVPR: [h, w] of the feature map it is built for; must be the "
-                                                "backbone's at data.image_size (resnet50conv4 at 320x320: 20x20)",
-                                      positive=True, length=2)
+    pca_dim: Optional[int] = _key(
+        None, "PCA of the descriptors to this size, fitted on training images (null: off)", positive=True
+    )
+    trunc_te: Optional[int] = _key(
+        None, "transformers: keep the first N encoder blocks (null: all; 0 means 0)", range=(0, 1000)
+    )
+    freeze_te: Optional[int] = _key(
+        None,
+        "transformers: freeze the patch embedding and blocks before N "
+        "(null: none frozen; 0 freezes the embedding only)",
+        range=(0, 1000),
+    )
+    resume_from: Optional[str] = _key(
+        None, "checkpoint whose weights start this model (CRN: a NetVLAD checkpoint of the same backbone)"
+    )
+    mixvpr_map_size: List[int] = _key(
+        [20, 20],
+        "MixVPR: [h, w] of the feature map it is built for; must be the "
+        "backbone's at data.image_size (resnet50conv4 at 320x320: 20x20)",
+        positive=True,
+        length=2,
+    )
     mixvpr_out_channels: int = _key(1024, "MixVPR: channel projection size (published 1024)", positive=True)
-    mixvpr_out_rows: int = _key(4, "MixVPR: row projection size; descriptor = out_channels x out_rows (4)",
-                                positive=True)
+    mixvpr_out_rows: int = _key(
+        4, "MixVPR: row projection size; descriptor = out_channels x out_rows (4)", positive=True
+    )
     mixvpr_depth: int = _key(4, "MixVPR: Feature-Mixer blocks L (4)", positive=True)
     mixvpr_mlp_ratio: float = _key(1.0, "MixVPR: Feature-Mixer MLP hidden size / h*w (1)", positive=True)
-    convap_out_channels: int = _key(512, "Conv-AP: channels of its 1x1 conv (GSV-Cities 512; released "
-                                         "128 to 2048)", positive=True)
-    convap_pool_size: List[int] = _key([2, 2], "Conv-AP: [s1, s2] of its adaptive average pooling; "
-                                               "descriptor = out_channels x s1 x s2 (2x2)", positive=True, length=2)
-    train_blocks: Optional[int] = _key(None, "DINOv2: how many of the last encoder blocks train, the rest and the "
-                                             "embeddings frozen (SALAD 4, BoQ 2; null: all train)", range=(0, 1000))
-    dinov2_final_norm: bool = _key(True, "DINOv2: LayerNorm the tokens after the last block, as DINOv2 and SALAD "
-                                         "do (false: the last block's tokens, as BoQ's released network)")
-    salad_clusters: int = _key(64, "SALAD: clusters m (64); descriptor = clusters x cluster_dim + token_dim",
-                               positive=True)
+    convap_out_channels: int = _key(
+        512, "Conv-AP: channels of its 1x1 conv (GSV-Cities 512; released 128 to 2048)", positive=True
+    )
+    convap_pool_size: List[int] = _key(
+        [2, 2],
+        "Conv-AP: [s1, s2] of its adaptive average pooling; descriptor = out_channels x s1 x s2 (2x2)",
+        positive=True,
+        length=2,
+    )
+    train_blocks: Optional[int] = _key(
+        None,
+        "DINOv2: how many of the last encoder blocks train, the rest and the "
+        "embeddings frozen (SALAD 4, BoQ 2; null: all train)",
+        range=(0, 1000),
+    )
+    dinov2_final_norm: bool = _key(
+        True,
+        "DINOv2: LayerNorm the tokens after the last block, as DINOv2 and SALAD "
+        "do (false: the last block's tokens, as BoQ's released network)",
+    )
+    salad_clusters: int = _key(
+        64, "SALAD: clusters m (64); descriptor = clusters x cluster_dim + token_dim", positive=True
+    )
     salad_cluster_dim: int = _key(128, "SALAD: channels l of each cluster's aggregated features (128)", positive=True)
     salad_token_dim: int = _key(256, "SALAD: size g of the global (class) token's projection (256)", positive=True)
     salad_dropout: float = _key(0.3, "SALAD: dropout in its score and feature MLPs (0.3)", range=(0.0, 0.99))
     boq_queries: int = _key(64, "BoQ: learned queries per block (64)", positive=True)
     boq_layers: int = _key(2, "BoQ: stacked blocks (2)", positive=True)
     boq_row_dim: int = _key(32, "BoQ: output rows; descriptor = proj_channels x row_dim (32)", positive=True)
-    boq_proj_channels: Optional[int] = _key(None, "BoQ: channels of its 3x3 input projection (null: half the "
-                                                  "backbone's: 512 on resnet50conv4, 384 on dinov2_vitb14)",
-                                            positive=True)
+    boq_proj_channels: Optional[int] = _key(
+        None,
+        "BoQ: channels of its 3x3 input projection (null: half the "
+        "backbone's: 512 on resnet50conv4, 384 on dinov2_vitb14)",
+        positive=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -143,8 +198,9 @@ class AugmentationConfig:
     hue: float = _key(0.0, "ColorJitter hue on queries (0: off)", range=(0.0, 0.5))
     perspective: float = _key(0.0, "RandomPerspective distortion scale on queries (0: off)", range=(0.0, 1.0))
     rotation: float = _key(0.0, "RandomRotation degrees on queries (0: off)", range=(0.0, 180.0))
-    resized_crop: float = _key(0.0, "RandomResizedCrop on queries, scale down to 1 - strength (0: off)",
-                               range=(0.0, 0.99))
+    resized_crop: float = _key(
+        0.0, "RandomResizedCrop on queries, scale down to 1 - strength (0: off)", range=(0.0, 0.99)
+    )
     horizontal_flip: bool = _key(False, "flip the whole triplet horizontally with probability 0.5")
 
 
@@ -153,17 +209,29 @@ class TrainConfig:
     mining: str = _key("partial", "negative mining (random, partial, full, msls_weighted)", choices=MINING)
     criterion: str = _key("triplet", "loss (triplet, sare_joint, sare_ind)", choices=LOSSES)
     margin: float = _key(0.1, "triplet margin", positive=True)
-    optimizer: str = _key("adam", "optimizer: adam, adamw (BoQ, SALAD), sgd (momentum 0.9; the paper's, MixVPR)",
-                          choices=["adam", "adamw", "sgd"])
+    optimizer: str = _key(
+        "adam",
+        "optimizer: adam, adamw (BoQ, SALAD), sgd (momentum 0.9; the paper's, MixVPR)",
+        choices=["adam", "adamw", "sgd"],
+    )
     lr: float = _key(1e-5, "learning rate", positive=True)
-    weight_decay: Optional[float] = _key(None, "weight decay (null: 0 for adam, 0.01 for adamw, 0.001 for sgd)",
-                                         range=(0.0, 1.0))
-    warmup_steps: int = _key(0, "linear learning-rate warm-up over this many optimizer steps (0: none; "
-                                "MixVPR 650, BoQ 10 epochs' steps)", range=(0, 2**31 - 1))
-    lr_milestones: List[int] = _key([], "epochs after which the learning rate is multiplied by lr_gamma "
-                                        "(MultiStepLR; MixVPR [5, 10, 15], BoQ [10, 20])", positive=True)
-    lr_gamma: float = _key(0.1, "learning-rate factor at each of lr_milestones (MixVPR 1/3, BoQ 0.1)",
-                           range=(1e-6, 1.0))
+    weight_decay: Optional[float] = _key(
+        None, "weight decay (null: 0 for adam, 0.01 for adamw, 0.001 for sgd)", range=(0.0, 1.0)
+    )
+    warmup_steps: int = _key(
+        0,
+        "linear learning-rate warm-up over this many optimizer steps (0: none; MixVPR 650, BoQ 10 epochs' steps)",
+        range=(0, 2**31 - 1),
+    )
+    lr_milestones: List[int] = _key(
+        [],
+        "epochs after which the learning rate is multiplied by lr_gamma "
+        "(MultiStepLR; MixVPR [5, 10, 15], BoQ [10, 20])",
+        positive=True,
+    )
+    lr_gamma: float = _key(
+        0.1, "learning-rate factor at each of lr_milestones (MixVPR 1/3, BoQ 0.1)", range=(1e-6, 1.0)
+    )
     batch_size: int = _key(4, "triplets per batch", positive=True)
     negs_num_per_query: int = _key(10, "negatives per triplet", positive=True)
     neg_samples_num: int = _key(1000, "database images sampled per refresh (partial mining)", positive=True)
@@ -175,35 +243,55 @@ class TrainConfig:
     lr_crn_layer: float = _key(5e-3, "CRN: learning rate of the contextual reweighting layer", positive=True)
     lr_crn_net: float = _key(5e-4, "CRN: learning rate of the rest of the network", positive=True)
     memory_budget_mb: Optional[float] = _key(
-        None, "largest mining cache a refresh may hold; full mining refuses a bigger database (null: no limit)",
-        positive=True)
-    regime: str = _key("triplets", "training regime: triplets (the paper's, with offline mining), places "
-                                   "(batches of P places x K images, pytorch-metric-learning loss and miner)",
-                       choices=["triplets", "places"])
+        None,
+        "largest mining cache a refresh may hold; full mining refuses a bigger database (null: no limit)",
+        positive=True,
+    )
+    regime: str = _key(
+        "triplets",
+        "training regime: triplets (the paper's, with offline mining), places "
+        "(batches of P places x K images, pytorch-metric-learning loss and miner)",
+        choices=["triplets", "places"],
+    )
     places_per_batch: int = _key(16, "places regime: places per batch (P)", positive=True)
     images_per_place: int = _key(4, "places regime: images per place (K; GSV-Cities: 4)", range=(2, 1000))
-    place_size_m: float = _key(10.0, "places regime on a VG-format set: UTM grid cell of one place, metres",
-                               positive=True)
-    place_heading_deg: Optional[float] = _key(None, "places regime on a VG-format set: heading bin of one place, "
-                                                    "degrees, bins centred on 0 (CosPlace's alpha; null: headings "
-                                                    "ignored)",
-                                              range=(1e-6, 360.0))
-    batches_per_epoch: Optional[int] = _key(None, "places regime: batches per epoch (null: every place once)",
-                                            positive=True)
-    place_batching: str = _key("random", "places regime: which places share a batch: random (GSV-Cities), proxy "
-                                         "(each batch a place and its P-1 nearest places by mean descriptor of the "
-                                         "last epoch, as GPM builds hard batches)", choices=["random", "proxy"])
-    pml_loss: str = _key("multi_similarity", "places regime: loss (multi_similarity, contrastive, triplet, circle)",
-                         choices=PLACE_LOSSES)
-    pml_miner: str = _key("multi_similarity", "places regime: miner (multi_similarity, triplet_margin, "
-                                              "pair_margin, none)", choices=PLACE_MINERS)
+    place_size_m: float = _key(
+        10.0, "places regime on a VG-format set: UTM grid cell of one place, metres", positive=True
+    )
+    place_heading_deg: Optional[float] = _key(
+        None,
+        "places regime on a VG-format set: heading bin of one place, "
+        "degrees, bins centred on 0 (CosPlace's alpha; null: headings "
+        "ignored)",
+        range=(1e-6, 360.0),
+    )
+    batches_per_epoch: Optional[int] = _key(
+        None, "places regime: batches per epoch (null: every place once)", positive=True
+    )
+    place_batching: str = _key(
+        "random",
+        "places regime: which places share a batch: random (GSV-Cities), proxy "
+        "(each batch a place and its P-1 nearest places by mean descriptor of the "
+        "last epoch, as GPM builds hard batches)",
+        choices=["random", "proxy"],
+    )
+    pml_loss: str = _key(
+        "multi_similarity", "places regime: loss (multi_similarity, contrastive, triplet, circle)", choices=PLACE_LOSSES
+    )
+    pml_miner: str = _key(
+        "multi_similarity",
+        "places regime: miner (multi_similarity, triplet_margin, pair_margin, none)",
+        choices=PLACE_MINERS,
+    )
     ms_alpha: float = _key(1.0, "multi-similarity loss alpha (GSV-Cities: 1)", positive=True)
     ms_beta: float = _key(50.0, "multi-similarity loss beta (GSV-Cities: 50)", positive=True)
     ms_base: float = _key(0.0, "multi-similarity loss base (GSV-Cities: 0)", range=(-1.0, 1.0))
-    miner_margin: float = _key(0.1, "multi-similarity miner epsilon / triplet miner margin (GSV-Cities: 0.1)",
-                               range=(0.0, 10.0))
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig,
-                                             metadata={"help": "query augmentations"})
+    miner_margin: float = _key(
+        0.1, "multi-similarity miner epsilon / triplet miner margin (GSV-Cities: 0.1)", range=(0.0, 10.0)
+    )
+    augmentation: AugmentationConfig = field(
+        default_factory=AugmentationConfig, metadata={"help": "query augmentations"}
+    )
 
 
 @dataclass(frozen=True)
@@ -212,22 +300,32 @@ class TestConfig:
     method: str = _key("hard_resize", "test-time method", choices=TEST_METHODS)
     recall_values: List[int] = _key([1, 5, 10, 20], "N of recall@N", positive=True)
     positive_dist_threshold: float = _key(25.0, "a retrieval is right within this many metres", positive=True)
-    positives: str = _key("auto", "which database images are right: radius (within positive_dist_threshold "
-                                  "metres), frames (within positive_frames frames: sequences such as Nordland), "
-                                  "files (a ground-truth layout's lists), auto (files where the layout has them, "
-                                  "else radius)", choices=["auto", "radius", "frames", "files"])
-    positive_frames: int = _key(10, "test.positives=frames: a retrieval is right within this many frames "
-                                    "(Nordland: 1; 10 as BoQ and the VG downloader's Nordland)", range=(0, 2**31 - 1))
-    majority_weight: float = _key(0.01, "maj_voting: weight of a crop's vote for a database image",
-                                  range=(0.0, 1e6))
+    positives: str = _key(
+        "auto",
+        "which database images are right: radius (within positive_dist_threshold "
+        "metres), frames (within positive_frames frames: sequences such as Nordland), "
+        "files (a ground-truth layout's lists), auto (files where the layout has them, "
+        "else radius)",
+        choices=["auto", "radius", "frames", "files"],
+    )
+    positive_frames: int = _key(
+        10,
+        "test.positives=frames: a retrieval is right within this many frames "
+        "(Nordland: 1; 10 as BoQ and the VG downloader's Nordland)",
+        range=(0, 2**31 - 1),
+    )
+    majority_weight: float = _key(0.01, "maj_voting: weight of a crop's vote for a database image", range=(0.0, 1e6))
     knn: str = _key("Flat", "faiss index_factory string of the kNN index")
     batch_size: int = _key(32, "images per extraction batch", positive=True)
     compile: bool = _key(False, "torch.compile the network for extraction (inductor; compiled once per model)")
     memory_budget_mb: Optional[float] = _key(
-        None, "stream the database in chunks when its descriptors exceed this (Flat only; null: no limit)",
-        positive=True)
-    datasets: Dict[str, str] = _key({}, "test sets after training, {name: root}; default: the training "
-                                        "dataset's own test split")
+        None,
+        "stream the database in chunks when its descriptors exceed this (Flat only; null: no limit)",
+        positive=True,
+    )
+    datasets: Dict[str, str] = _key(
+        {}, "test sets after training, {name: root}; default: the training dataset's own test split"
+    )
 
 
 @dataclass(frozen=True)
@@ -238,8 +336,9 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig, metadata={"help": "evaluation protocol"})
     seed: int = _key(0, "random seed", range=(0, 2**32 - 1))
     device: str = _key("auto", "auto (cuda when available), cpu, cuda, cuda:N")
-    precision: str = _key("auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16",
-                          choices=["auto", "fp32", "bf16"])
+    precision: str = _key(
+        "auto", "auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, bf16", choices=["auto", "fp32", "bf16"]
+    )
 
     # -- views -------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -266,6 +365,7 @@ class Config:
 
 
 # -- building a config -----------------------------------------------------------------------
+
 
 def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     out = {}
@@ -308,6 +408,7 @@ def all_keys() -> Dict[str, dataclasses.Field]:
                 walk(t, prefix + f.name + ".")
             else:
                 out[prefix + f.name] = f
+
     walk(Config, "")
     return out
 
@@ -328,17 +429,20 @@ def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
         if node.get(p) is None:  # absent, or a section set to null (its defaults) by an earlier --set
             node[p] = {}
         elif not isinstance(node[p], dict):
-            section = ".".join(parts[:i + 1])
-            raise BadInput(f"{section}={shown(node[p])} is a section, not a value: set its keys "
-                           f"({dotted}=...) or give it a mapping")
+            section = ".".join(parts[: i + 1])
+            raise BadInput(
+                f"{section}={shown(node[p])} is a section, not a value: set its keys "
+                f"({dotted}=...) or give it a mapping"
+            )
         node = node[p]
     node[parts[-1]] = value
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any], prefix: str = "") -> None:
     if not isinstance(update, dict):
-        raise BadInput(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
-                       f"not {type(update).__name__}")
+        raise BadInput(
+            f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, not {type(update).__name__}"
+        )
     for k, v in update.items():
         dotted = prefix + str(k)
         if isinstance(base.get(k), dict) and _section_type(dotted) is not None:
@@ -439,8 +543,10 @@ def _build(cls, tree: Dict[str, Any], prefix: str):
             section = tree.get(name)
             if section is not None and not isinstance(section, dict):
                 example = next(iter(f.name for f in dataclasses.fields(t)))
-                raise BadInput(f"{dotted}={shown(section)} is a section, not a value: set its keys "
-                               f"({dotted}.{example}=...) or give it a mapping")
+                raise BadInput(
+                    f"{dotted}={shown(section)} is a section, not a value: set its keys "
+                    f"({dotted}.{example}=...) or give it a mapping"
+                )
             kwargs[name] = _build(t, section or {}, dotted + ".")
             continue
         if name in tree:
@@ -490,8 +596,12 @@ class _Loader(yaml.SafeLoader):
                     continue  # the base class names an unhashable key
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {shown(key)} is given twice (lines {seen[key] + 1} and "
-                                    f"{key_node.start_mark.line + 1}); give each key once", key_node.start_mark)
+                        None,
+                        None,
+                        f"key {shown(key)} is given twice (lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1}); give each key once",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -535,8 +645,10 @@ def parse_yaml(text: str, where: str) -> Any:
         if node is None:
             return None
         if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
-            raise BadInput(f"{where}: its anchors and aliases expand to more than {MAX_YAML_NODES:,} values; "
-                           f"a config or sweep file is a few hundred (write the values out, or use base:)")
+            raise BadInput(
+                f"{where}: its anchors and aliases expand to more than {MAX_YAML_NODES:,} values; "
+                f"a config or sweep file is a few hundred (write the values out, or use base:)"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -560,8 +672,9 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadInput(f"{what} file {p}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); "
-                       f"save it as UTF-8")
+        raise BadInput(
+            f"{what} file {p}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save it as UTF-8"
+        )
     return parse_yaml(text, f"{what} file {p}")
 
 
@@ -588,6 +701,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides=(), base: Op
 
 # -- the paper's cross-checks ----------------------------------------------------------------
 
+
 def cross_check(cfg: Config) -> None:
     """Refuse combinations the paper's protocol does not allow, naming the keys involved.
 
@@ -605,25 +719,35 @@ def cross_check(cfg: Config) -> None:
         if callable(check):
             check(cfg)
     if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
-        raise BadInput(f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
-                       f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}")
+        raise BadInput(
+            f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
+            f"train.cache_refresh_rate={cfg.train.cache_refresh_rate}"
+        )
     if cfg.data.layout == "gsv_cities":
         if cfg.train.regime != "places":
-            raise BadInput("data.layout=gsv_cities holds place-labelled training images only: "
-                           "set train.regime=places (and data.val_root, test.datasets to VG-format sets)")
+            raise BadInput(
+                "data.layout=gsv_cities holds place-labelled training images only: "
+                "set train.regime=places (and data.val_root, test.datasets to VG-format sets)"
+            )
         if cfg.data.val_root is None or not cfg.test.datasets:
-            raise BadInput("data.layout=gsv_cities has no val or test split: set data.val_root and "
-                           "test.datasets to VG-format datasets (e.g. synthetic:tiny)")
+            raise BadInput(
+                "data.layout=gsv_cities has no val or test split: set data.val_root and "
+                "test.datasets to VG-format datasets (e.g. synthetic:tiny)"
+            )
         if cfg.model.pca_dim is not None:
-            raise BadInput("model.pca_dim is fitted on data.root's VG-format train split, which "
-                           "data.layout=gsv_cities lacks; set model.pca_dim=null")
+            raise BadInput(
+                "model.pca_dim is fitted on data.root's VG-format train split, which "
+                "data.layout=gsv_cities lacks; set model.pca_dim=null"
+            )
     if not cfg.test.recall_values:
         raise BadInput("test.recall_values=[] must list at least one N, e.g. [1, 5, 10, 20]")
     if sorted(set(cfg.test.recall_values)) != list(cfg.test.recall_values):
         raise BadInput(f"test.recall_values={cfg.test.recall_values} must be increasing with no repeats")
     if cfg.test.memory_budget_mb is not None and cfg.test.knn.replace(" ", "") != "Flat":
-        raise BadInput(f"test.memory_budget_mb streams the database through an exact search, which only "
-                       f"test.knn=Flat allows, not {cfg.test.knn!r}")
+        raise BadInput(
+            f"test.memory_budget_mb streams the database through an exact search, which only "
+            f"test.knn=Flat allows, not {cfg.test.knn!r}"
+        )
     if not cfg.test.knn.strip():
         raise BadInput("test.knn must be a faiss index_factory string such as Flat, IVF1024,PQ16 or HNSW32")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):

@@ -4,6 +4,7 @@ figures with its ``--json FILE`` copy.
 
 It sits in the ground, below both, so that ``bench`` need not reach up into ``cli`` for them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def format_value(value, decimals: int = 2) -> str:
     """A figure as printed: floats with ``decimals`` decimals, or 3 significant digits when that
     would print a small non-zero value as 0; anything else as ``str``."""
     if isinstance(value, float):
-        if abs(value) >= 10.0 ** -decimals or value == 0:
+        if abs(value) >= 10.0**-decimals or value == 0:
             return f"{value:.{decimals}f}"
         return f"{value:.3g}"
     return str(value)
@@ -46,8 +47,9 @@ def write_json(path: Optional[str], figures: Dict) -> None:
     write_text(target, json.dumps(figures, indent=2) + "\n")
 
 
-def print_figures(figures: Dict, title: Optional[str] = None, json_path: Optional[str] = None,
-                  decimals: int = 2) -> None:
+def print_figures(
+    figures: Dict, title: Optional[str] = None, json_path: Optional[str] = None, decimals: int = 2
+) -> None:
     """Print one figure a line, names aligned, in the order of ``figures``; under ``title``
     (indented by two) when one is given. Then :func:`write_json` to ``json_path``."""
     indent = ""
@@ -74,8 +76,9 @@ class LibraryWarnings:
         self._owner = None
 
     def __enter__(self):
-        import warnings
         import os
+        import warnings
+
         self._owner = os.getpid()
         self._saved = warnings.showwarning
         warnings.showwarning = self._show
@@ -87,6 +90,7 @@ class LibraryWarnings:
 
     def _show(self, message, category, filename, lineno, file=None, line=None):
         import os
+
         self.caught.append(f"{filename}:{lineno}: {category.__name__}: {message}")
         if os.getpid() != self._owner:  # a forked worker: its list dies with it, so log now
             self._append(self.caught[-1:])
@@ -95,11 +99,13 @@ class LibraryWarnings:
     @property
     def log(self) -> Path:
         from vgray.paths import cache_dir
+
         return cache_dir() / "warnings.log"
 
     def _append(self, lines) -> None:
         import sys
         import time
+
         try:
             with open(self.log, "a", encoding="utf-8") as f:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -112,6 +118,7 @@ class LibraryWarnings:
     def close(self) -> None:
         """Restore the previous handler and log what was caught."""
         import warnings
+
         if self._saved is not None:
             warnings.showwarning = self._saved
             self._saved = None
@@ -121,13 +128,22 @@ class LibraryWarnings:
     def summary(self) -> None:
         """One stderr line when warnings were caught (after a command that ended normally)."""
         import sys
+
         if self.caught:
-            print(f"vgray: {len(self.caught)} warning{'s' if len(self.caught) > 1 else ''} from libraries "
-                  f"written to {self.log}", file=sys.stderr)
+            print(
+                f"vgray: {len(self.caught)} warning{'s' if len(self.caught) > 1 else ''} from libraries "
+                f"written to {self.log}",
+                file=sys.stderr,
+            )
 
 
-def progress_bar(total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True,
-                 bar_format: Optional[str] = None):
+def progress_bar(
+    total: Optional[int] = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+    bar_format: Optional[str] = None,
+):
     """The tqdm bar of a long step, the same look for every step (extraction, synthetic worlds,
     NetVLAD's initialisation, PCA, faiss indexes): on stderr, erased when done, as wide as the
     terminal. One rule decides whether it shows: ``enabled`` (a command's progress flag,
@@ -135,9 +151,19 @@ def progress_bar(total: Optional[int] = None, desc: str = "", unit: str = "it", 
     and stderr is a terminal (tqdm's ``disable=None``), so logs and captured output stay free of
     bar redraws. Use it as a context manager and call ``update(n)``; ``bar_format`` as tqdm's."""
     import sys
+
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or None, file=sys.stderr, leave=False,
-                dynamic_ncols=True, bar_format=bar_format)
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled or None,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        bar_format=bar_format,
+    )
 
 
 class progress_step:
@@ -157,6 +183,7 @@ class progress_step:
     def __enter__(self):
         if not self.bar.disable:
             import threading
+
             self._stop = threading.Event()
             # faiss releases the GIL during training, so this thread keeps the time moving.
             self._thread = threading.Thread(target=self._tick, daemon=True)

@@ -13,7 +13,7 @@ class BadInput(Exception):
         # Keep the contract in code: a message is one line, whatever the caller passed, and a
         # line a terminal can show (values in messages are cut by :func:`shown` at the source).
         text = " ".join(str(message).split())
-        super().__init__(text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…")
+        super().__init__(text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…")
 
 
 MAX_MESSAGE = 2000
@@ -27,13 +27,14 @@ def shown(value, limit: int = MAX_VALUE) -> str:
         text = repr(value)
     except Exception:  # a repr that fails is shown by its type
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 def faiss_message(exc: Exception) -> str:
     """The useful line of a faiss C++ error (they come with file, line and function), for the
     one-line :class:`BadInput` of an index, a PCA or a file faiss refuses."""
     import re
+
     text = " ".join(str(exc).split())
     text = re.sub(r"^.*?Error in .*? at \S+:\d+: ", "", text)  # C++ function, file and line
     if "Error:" in text:

@@ -14,6 +14,7 @@ hashing the index string and the size and modification time of ``database.parque
 database or another ``test.knn`` builds (and atomically writes) a new one, and stale ones are removed.
 The folder's files and formats live in :mod:`vgray.saved_descriptors`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,9 +103,11 @@ def _load_network(db: Database):
 
 def _position(path: str, east: float, north: float) -> Dict[str, object]:
     # A set given by ground-truth lists has no coordinates (NaN): null in the answer.
-    out: Dict[str, object] = {"utm_east": float(east) if math.isfinite(east) else None,
-                              "utm_north": float(north) if math.isfinite(north) else None,
-                              "utm_zone": utm_zone_from_name(path)}
+    out: Dict[str, object] = {
+        "utm_east": float(east) if math.isfinite(east) else None,
+        "utm_north": float(north) if math.isfinite(north) else None,
+        "utm_zone": utm_zone_from_name(path),
+    }
     latlon = latlon_from_name(path)
     out["lat"], out["lon"] = latlon if latlon else (None, None)
     return out
@@ -136,8 +139,10 @@ def locate(photos: Sequence[str], database: str | os.PathLike, k: int = 5, progr
     if pca is not None:
         xq = apply_pca(pca, xq)
     if xq.shape[1] != db.d:
-        raise BadInput(f"--database {db.root}: the network gives {xq.shape[1]}-d descriptors but {DATABASE_FILE} "
-                       f"holds {db.d}-d ones")
+        raise BadInput(
+            f"--database {db.root}: the network gives {xq.shape[1]}-d descriptors but {DATABASE_FILE} "
+            f"holds {db.d}-d ones"
+        )
 
     if index is None:
         index = _build_and_cache(db, xb)
@@ -151,23 +156,44 @@ def locate(photos: Sequence[str], database: str | os.PathLike, k: int = 5, progr
         for rank, row in enumerate(r for r in ranked[i] if r >= 0):
             # faiss gives squared L2; a merged image's distance is that of its nearest view.
             squared = float(D[i][I[i] == row].min())
-            matches.append({"rank": rank + 1, "path": db.paths[row], "distance": math.sqrt(max(squared, 0.0)),
-                            **_position(db.paths[row], *db.utm[row])})
-        predicted = ({"path": matches[0]["path"], **{key: matches[0][key] for key in
-                                                      ("utm_east", "utm_north", "utm_zone", "lat", "lon")}}
-                     if matches else None)
+            matches.append(
+                {
+                    "rank": rank + 1,
+                    "path": db.paths[row],
+                    "distance": math.sqrt(max(squared, 0.0)),
+                    **_position(db.paths[row], *db.utm[row]),
+                }
+            )
+        predicted = (
+            {
+                "path": matches[0]["path"],
+                **{key: matches[0][key] for key in ("utm_east", "utm_north", "utm_zone", "lat", "lon")},
+            }
+            if matches
+            else None
+        )
         results.append({"photo": str(photo), "predicted": predicted, "matches": matches})
-    return {"database": str(db.root), "database_size": len(db.paths), "knn": cfg.test.knn,
-            "test_method": cfg.test.method, "features_dim": db.d, "k": k, "photos": results}
+    return {
+        "database": str(db.root),
+        "database_size": len(db.paths),
+        "knn": cfg.test.knn,
+        "test_method": cfg.test.method,
+        "features_dim": db.d,
+        "k": k,
+        "photos": results,
+    }
 
 
 def format_table(answer: Dict) -> str:
     """The human-readable answer: per photo, the predicted position, then its ranked matches."""
+
     def number(v, width: int):
         return f"{'-':>{width}}" if v is None else f"{v:>{width}.6f}"
 
-    lines = [f"database {answer['database']} ({answer['database_size']} images, kNN {answer['knn']}, "
-             f"{answer['features_dim']}-d, test method {answer['test_method']})"]
+    lines = [
+        f"database {answer['database']} ({answer['database_size']} images, kNN {answer['knn']}, "
+        f"{answer['features_dim']}-d, test method {answer['test_method']})"
+    ]
     for result in answer["photos"]:
         p = result["predicted"]
         lines.append("")
@@ -175,15 +201,21 @@ def format_table(answer: Dict) -> str:
             lines.append(f"{result['photo']}: no match")
             continue
         zone = f" zone {p['utm_zone']}" if p["utm_zone"] else ""
-        where = (f"UTM {p['utm_east']:.2f} E {p['utm_north']:.2f} N{zone}" if p["utm_east"] is not None
-                 else f"{p['path']} (the database holds no coordinates)")
+        where = (
+            f"UTM {p['utm_east']:.2f} E {p['utm_north']:.2f} N{zone}"
+            if p["utm_east"] is not None
+            else f"{p['path']} (the database holds no coordinates)"
+        )
         if p["lat"] is not None:
             where += f", lat {p['lat']:.6f} lon {p['lon']:.6f}"
         lines.append(f"{result['photo']}: predicted {where}")
-        lines.append(f"  {'rank':>4}  {'distance':>9}  {'utm_east':>12}  {'utm_north':>12}  {'lat':>10}  "
-                     f"{'lon':>11}  path")
+        lines.append(
+            f"  {'rank':>4}  {'distance':>9}  {'utm_east':>12}  {'utm_north':>12}  {'lat':>10}  {'lon':>11}  path"
+        )
         for mt in result["matches"]:
             east, north = (f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in (mt["utm_east"], mt["utm_north"]))
-            lines.append(f"  {mt['rank']:>4}  {mt['distance']:>9.4f}  {east}  "
-                         f"{north}  {number(mt['lat'], 10)}  {number(mt['lon'], 11)}  {mt['path']}")
+            lines.append(
+                f"  {mt['rank']:>4}  {mt['distance']:>9.4f}  {east}  "
+                f"{north}  {number(mt['lat'], 10)}  {number(mt['lon'], 11)}  {mt['path']}"
+            )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Where vgray keeps what it makes for itself (dataset indexes, synthetic datasets)."""
+
 import os
 from pathlib import Path
 

@@ -14,6 +14,7 @@ take; ``type``, the class the builder returns, whose class attributes declare wh
 and gives (read with :meth:`Registry.type_of`); and the family's own facts. The backbone and
 aggregation interface, and their facts, are documented in one place: :mod:`vgray.models.components`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -43,6 +44,7 @@ class Registry:
             self._builders[name] = builder
             self._info[name] = info
             return builder
+
         return decorator
 
     def names(self, pattern: str = "*") -> List[str]:

@@ -14,6 +14,7 @@ A sweep's folder ``STORAGE/NAME`` holds:
 The results actor (:mod:`vgray.distributed.results`) writes them; ``vgray report`` reads them
 (:func:`load_rows`, :func:`read_plan`) and needs no Ray.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,16 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 # What a configuration costs (the paper's cost figures): averaged over seeds in the summary and the
 # report's tables, and the x axes of the Pareto fronts.
-COST_COLUMNS = ("features_dim", "gflops", "model_size_mb", "extraction_ms", "matching_ms", "index_memory_mb",
-                "train_time_s", "epochs")
+COST_COLUMNS = (
+    "features_dim",
+    "gflops",
+    "model_size_mb",
+    "extraction_ms",
+    "matching_ms",
+    "index_memory_mb",
+    "train_time_s",
+    "epochs",
+)
 # Counts a row records beside the costs: the network's parameters and the sizes of the searched sets
 # (Fig. 4a's x axis is database x features_dim). Kept in the rows, not columns of the tables.
 SIZE_COLUMNS = ("params", "database", "queries")
@@ -49,18 +58,35 @@ Row = Dict[str, Any]
 
 # -- rows ------------------------------------------------------------------------------------------
 
-def make_row(cfg, trial_id: str, name: str, result: Dict[str, Any], status: str = "ok", error: str = "",
-             config_key: Optional[str] = None) -> Row:
+
+def make_row(
+    cfg,
+    trial_id: str,
+    name: str,
+    result: Dict[str, Any],
+    status: str = "ok",
+    error: str = "",
+    config_key: Optional[str] = None,
+) -> Row:
     """One results row of the trial ``trial_id`` (readable ``name``) run with ``cfg`` (a
     :class:`vgray.config.Config`): its flattened config (values other than numbers, strings and
     booleans as text), the ids, ``status`` and ``error``, and from ``result`` the metrics (``val/``,
     ``test/``, cost and size columns; anything else is left out). ``config_key`` defaults to
     ``cfg.key()``; a trial that starts from another trial's model passes the key of its config as
     the sweep states it, so that its seeds (each from its own file) share one key."""
-    row: Row = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-                for k, v in cfg.flat().items()}
-    row.update({"trial_id": trial_id, "trial_name": name, "config_key": config_key or cfg.key(), "seed": cfg.seed,
-                "status": status, "error": error})
+    row: Row = {
+        k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in cfg.flat().items()
+    }
+    row.update(
+        {
+            "trial_id": trial_id,
+            "trial_name": name,
+            "config_key": config_key or cfg.key(),
+            "seed": cfg.seed,
+            "status": status,
+            "error": error,
+        }
+    )
     for k, v in result.items():
         if k.startswith(("val/", "test/")) or k in COST_COLUMNS or k in SIZE_COLUMNS:
             row[k] = v
@@ -106,8 +132,10 @@ def load_rows(directory: str | Path) -> List[Row]:
     if not path.is_file():
         inner = sorted(p.parent.name for p in folder.glob(f"*/{RESULTS_FILE}"))
         if inner:
-            raise BadInput(f"RESULTS_DIR {folder} holds no {RESULTS_FILE} but {len(inner)} sweep folders; "
-                           f"report one of them: {', '.join(str(folder / n) for n in inner)}")
+            raise BadInput(
+                f"RESULTS_DIR {folder} holds no {RESULTS_FILE} but {len(inner)} sweep folders; "
+                f"report one of them: {', '.join(str(folder / n) for n in inner)}"
+            )
         raise BadInput(f"RESULTS_DIR {folder} holds no {RESULTS_FILE} (written by vgray sweep){_so_far(folder)}")
     try:
         rows = rows_from_parquet(path.read_bytes())
@@ -117,8 +145,10 @@ def load_rows(directory: str | Path) -> List[Row]:
         raise BadInput(f"{path} holds no rows (no trial of the sweep has finished yet){_so_far(folder)}")
     for column in ("config_key", "seed", "status", "trial_id"):
         if any(r.get(column) is None for r in rows):
-            raise BadInput(f"{path}: rows without a {column!r} column; vgray sweep writes config_key, seed, "
-                           f"status and trial_id in every row")
+            raise BadInput(
+                f"{path}: rows without a {column!r} column; vgray sweep writes config_key, seed, "
+                f"status and trial_id in every row"
+            )
     check_one_sweep(rows, path)
     return rows
 
@@ -133,12 +163,15 @@ def check_one_sweep(rows: List[Row], path: Path) -> None:
     for r in rows:
         key = (r["config_key"], r["seed"])
         if key in seen and seen[key] != r["trial_id"]:
-            raise BadInput(f"{path} mixes rows of different sweeps: config {r['config_key']} seed {r['seed']} "
-                           f"appears in trials {seen[key]} and {r['trial_id']}; report one sweep's folder")
+            raise BadInput(
+                f"{path} mixes rows of different sweeps: config {r['config_key']} seed {r['seed']} "
+                f"appears in trials {seen[key]} and {r['trial_id']}; report one sweep's folder"
+            )
         seen[key] = r["trial_id"]
 
 
 # -- mean ± std over seeds ---------------------------------------------------------------------------
+
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
@@ -169,8 +202,14 @@ def summarize(rows: List[Row], varied: Sequence[str]) -> List[Dict[str, Any]]:
     for key, group in groups.items():
         ok = [r for r in group if r.get("status") == "ok"]
         entry: Dict[str, Any] = {k: group[0].get(k) for k in varied}
-        entry.update({"config_key": key, "n": len(ok), "failed": sum(r.get("status") == "failed" for r in group),
-                      "stopped": sum(r.get("status") == "stopped" for r in group)})
+        entry.update(
+            {
+                "config_key": key,
+                "n": len(ok),
+                "failed": sum(r.get("status") == "failed" for r in group),
+                "stopped": sum(r.get("status") == "stopped" for r in group),
+            }
+        )
         if entry["failed"]:
             entry["error"] = next(r.get("error") for r in group if r.get("status") == "failed")
         for m in [*metrics, *val, *COST_COLUMNS]:
@@ -245,9 +284,17 @@ def summary_csv(entries: List[Dict[str, Any]]) -> str:
 SETUP_KEYS = ("base", "grid", "variants", "search", "scheduler", "seeds", "resources", "storage", "cluster")
 
 
-def make_plan(sweep: str, task: str, trials: int, varied: Sequence[str], keep_models: bool,
-              dashboard: Optional[str], earlier: Optional[bytes] = None, finished: bool = False,
-              setup: Optional[Dict[str, Any]] = None) -> bytes:
+def make_plan(
+    sweep: str,
+    task: str,
+    trials: int,
+    varied: Sequence[str],
+    keep_models: bool,
+    dashboard: Optional[str],
+    earlier: Optional[bytes] = None,
+    finished: bool = False,
+    setup: Optional[Dict[str, Any]] = None,
+) -> bytes:
     """The bytes of ``plan.json``: the sweep's name and task, how many rows it will write
     (``trials``: one per config and seed), the keys it varies, whether it keeps models, the Ray
     dashboard's URL, when it started and (``finished``) when its driver ended. ``earlier``: the
@@ -257,9 +304,16 @@ def make_plan(sweep: str, task: str, trials: int, varied: Sequence[str], keep_mo
     are; a plan written before these were recorded lacks them and the report says so."""
     old = parse_plan(earlier) if earlier is not None else {}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    plan = {"sweep": sweep, "task": task, "trials": trials, "varied": list(varied), "keep_models": keep_models,
-            "dashboard": dashboard or old.get("dashboard") or DEFAULT_DASHBOARD,
-            "started": old.get("started", now), "finished": now if finished else None}
+    plan = {
+        "sweep": sweep,
+        "task": task,
+        "trials": trials,
+        "varied": list(varied),
+        "keep_models": keep_models,
+        "dashboard": dashboard or old.get("dashboard") or DEFAULT_DASHBOARD,
+        "started": old.get("started", now),
+        "finished": now if finished else None,
+    }
     for key, value in (setup or {}).items():
         if key in SETUP_KEYS:
             plan[key] = value
@@ -290,5 +344,7 @@ def read_plan(directory: str | Path) -> Dict[str, Any]:
 def _so_far(folder: Path) -> str:
     plan = read_plan(folder)
     if plan and not plan.get("finished") and isinstance(plan.get("trials"), int):
-        return f"; sweep {plan.get('sweep')} is running: 0 of {plan['trials']} trials done, run vgray report again later"
+        return (
+            f"; sweep {plan.get('sweep')} is running: 0 of {plan['trials']} trials done, run vgray report again later"
+        )
     return ""

@@ -6,6 +6,7 @@ under bf16 autocast with pinned, non-blocking transfers; on the CPU the same cod
 ``test.compile`` runs it through ``torch.compile`` (compiled once per model object, batches padded
 or split to one shape so that it compiles once; images of another size run eager).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,9 @@ def _local_ordinal(gpu_id: str, visible: Optional[List[str]]) -> int:
     return int(gpu_id) if gpu_id.isdigit() else 0
 
 
-def choose_device(name: str, assigned: Optional[Sequence[str]], visible: Optional[Sequence[str]] = None,
-                  cuda_present: bool = False) -> torch.device:
+def choose_device(
+    name: str, assigned: Optional[Sequence[str]], visible: Optional[Sequence[str]] = None, cuda_present: bool = False
+) -> torch.device:
     """The device a ``device`` key value picks, without asking whether CUDA works (see
     :func:`resolve_device`). ``assigned``: the GPU ids a scheduler gave this process (None: no
     scheduler, so ``auto`` is CUDA when ``cuda_present``); ``visible``: CUDA_VISIBLE_DEVICES as a list.
@@ -79,8 +81,10 @@ def choose_device(name: str, assigned: Optional[Sequence[str]], visible: Optiona
     index = device.index or 0
     if index >= len(assigned):
         have = f"{len(assigned)} GPU(s) ({', '.join(assigned)})" if assigned else "no GPU"
-        raise BadInput(f"device={name}: Ray assigned this worker {have}; cuda:N counts the worker's own GPUs "
-                       f"from 0 (use auto, or give the trial/actor more GPUs)")
+        raise BadInput(
+            f"device={name}: Ray assigned this worker {have}; cuda:N counts the worker's own GPUs "
+            f"from 0 (use auto, or give the trial/actor more GPUs)"
+        )
     return torch.device("cuda", _local_ordinal(assigned[index], visible))
 
 
@@ -92,12 +96,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = choose_device(name, assigned, _visible_cuda(), cuda_present=cuda)
     if device.type == "cuda" and not cuda:
         if assigned:
-            raise BadInput(f"device={name}: Ray assigned GPU {', '.join(assigned)} to this worker but CUDA is "
-                           f"not available in it; declare only the GPUs a node has")
+            raise BadInput(
+                f"device={name}: Ray assigned GPU {', '.join(assigned)} to this worker but CUDA is "
+                f"not available in it; declare only the GPUs a node has"
+            )
         raise BadInput(f"device={name}: no CUDA device is available here; use auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise BadInput(f"device={name}: CUDA ordinal {device.index} does not exist here "
-                       f"({torch.cuda.device_count()} visible GPU(s))")
+        raise BadInput(
+            f"device={name}: CUDA ordinal {device.index} does not exist here "
+            f"({torch.cuda.device_count()} visible GPU(s))"
+        )
     return device
 
 
@@ -116,24 +124,31 @@ def default_workers(num_workers: Optional[int]) -> int:
 @dataclass
 class Runtime:
     """Where and how the network runs during extraction."""
+
     device: torch.device
     dtype: torch.dtype
     batch_size: int = 32
     num_workers: int = 0
     skip_corrupt: bool = False
     progress: bool = True
-    decode: str = "pil"     # data.decode: auto, pil, torchvision
-    compile: bool = False   # test.compile
+    decode: str = "pil"  # data.decode: auto, pil, torchvision
+    compile: bool = False  # test.compile
 
     @classmethod
     def from_config(cls, cfg, progress: bool = True) -> "Runtime":
         """The runtime of a config (``device``, ``precision``, ``test.batch_size``, ``test.compile``,
         ``data.num_workers``, ``data.skip_corrupt``, ``data.decode``)."""
         device = resolve_device(cfg.device)
-        return cls(device=device, dtype=resolve_precision(cfg.precision, device),
-                   batch_size=cfg.test.batch_size, num_workers=default_workers(cfg.data.num_workers),
-                   skip_corrupt=cfg.data.skip_corrupt, progress=progress,
-                   decode=cfg.data.decode, compile=cfg.test.compile)
+        return cls(
+            device=device,
+            dtype=resolve_precision(cfg.precision, device),
+            batch_size=cfg.test.batch_size,
+            num_workers=default_workers(cfg.data.num_workers),
+            skip_corrupt=cfg.data.skip_corrupt,
+            progress=progress,
+            decode=cfg.data.decode,
+            compile=cfg.test.compile,
+        )
 
     def decodes_on_device(self) -> bool:
         """Whether images are decoded (and transformed, where the transform can run on tensors) on
@@ -175,8 +190,9 @@ class Runtime:
                 return eager(images)
         n = len(images)
         if n > self.batch_size:
-            return torch.cat([self.forward(model, images[i:i + self.batch_size])
-                              for i in range(0, n, self.batch_size)])
+            return torch.cat(
+                [self.forward(model, images[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+            )
         if n < self.batch_size:
             images = torch.cat([images, images.new_zeros((self.batch_size - n, *images.shape[1:]))])
             images = images.contiguous(memory_format=torch.channels_last)
@@ -185,8 +201,10 @@ class Runtime:
         except Exception as exc:
             if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 first = (str(exc).strip().splitlines() or [""])[-1][:200]
-                raise BadInput(f"test.compile=true: torch.compile cannot compile the network on this machine "
-                               f"({type(exc).__name__}: {first}); set test.compile=false") from exc
+                raise BadInput(
+                    f"test.compile=true: torch.compile cannot compile the network on this machine "
+                    f"({type(exc).__name__}: {first}); set test.compile=false"
+                ) from exc
             raise
 
 

@@ -20,6 +20,7 @@ Every file is written to a temporary name and moved into place. Part of the grou
 only :mod:`vgray.atomic`, :mod:`vgray.checkpoint`, :mod:`vgray.config` and :mod:`vgray.errors`), so
 that evaluation, locate and the Ray extraction share it without importing each other.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,7 @@ DATABASE_FILE, QUERIES_FILE = "database.parquet", "queries.parquet"
 INDEX_FILE = "database.index.faiss"  # vgray extract --index
 
 
-def descriptor_table(images, rows: np.ndarray, descriptors: np.ndarray,
-                     crop: Optional[np.ndarray] = None) -> pa.Table:
+def descriptor_table(images, rows: np.ndarray, descriptors: np.ndarray, crop: Optional[np.ndarray] = None) -> pa.Table:
     """The ``--save-descriptors`` schema for rows ``rows`` of ``images`` (anything with ``paths``
     and ``utm`` (n, 2), such as :class:`~vgray.data.dataset.ImageSet`) and their ``descriptors``
     (len(rows), d): path, utm_east, utm_north (float64), descriptor (float32 list); with ``crop``
@@ -55,11 +55,13 @@ def descriptor_table(images, rows: np.ndarray, descriptors: np.ndarray,
     columns = {"path": pa.array([images.paths[i] for i in rows], pa.string())}
     if crop is not None:
         columns["crop"] = pa.array(crop, pa.int8())
-    columns.update({
-        "utm_east": pa.array(images.utm[rows, 0], pa.float64()),
-        "utm_north": pa.array(images.utm[rows, 1], pa.float64()),
-        "descriptor": pa.FixedSizeListArray.from_arrays(flat, d),
-    })
+    columns.update(
+        {
+            "utm_east": pa.array(images.utm[rows, 0], pa.float64()),
+            "utm_north": pa.array(images.utm[rows, 1], pa.float64()),
+            "descriptor": pa.FixedSizeListArray.from_arrays(flat, d),
+        }
+    )
     return pa.table(columns)
 
 
@@ -109,8 +111,9 @@ class DescriptorWriter:
         """Append database rows ``rows`` of ``images`` with their descriptors ``xb``."""
         self.database.write(descriptor_table(images, rows, xb))
 
-    def finish(self, images, rows: np.ndarray, xq: np.ndarray, views: int,
-               pca: Optional[faiss.VectorTransform] = None) -> None:
+    def finish(
+        self, images, rows: np.ndarray, xq: np.ndarray, views: int, pca: Optional[faiss.VectorTransform] = None
+    ) -> None:
         """Write the queries (``rows`` of ``images``; ``xq`` holds ``views`` rows per query,
         query-major: a ``crop`` column when more than one) and ``pca``, then move every file into place."""
         crop = np.tile(np.arange(views), len(rows)) if views > 1 else None
@@ -140,8 +143,13 @@ def descriptor_matrix(table: pa.Table) -> np.ndarray:
 
 # What each column of a descriptor table may be (the writer's types, and what other tools write
 # for the same values: a large string, integer coordinates, a plain list of float64).
-ALLOWED = {"path": "a string", "utm_east": "a number (float64)", "utm_north": "a number (float64)",
-           "descriptor": "a fixed-size list of float32", "crop": "an integer"}
+ALLOWED = {
+    "path": "a string",
+    "utm_east": "a number (float64)",
+    "utm_north": "a number (float64)",
+    "descriptor": "a fixed-size list of float32",
+    "crop": "an integer",
+}
 
 
 def _type_fits(name: str, t: pa.DataType) -> bool:
@@ -150,8 +158,9 @@ def _type_fits(name: str, t: pa.DataType) -> bool:
     if name in ("utm_east", "utm_north"):
         return pa.types.is_floating(t) or pa.types.is_integer(t)
     if name == "descriptor":
-        return ((pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
-                and pa.types.is_floating(t.value_type))
+        return (
+            pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+        ) and pa.types.is_floating(t.value_type)
     return pa.types.is_integer(t)  # crop
 
 
@@ -163,12 +172,16 @@ def descriptor_dim(path: str | os.PathLike, what: str, columns=("path", "utm_eas
         schema = pq.read_schema(path)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"{what} is not a vgray descriptor table (a parquet file of path, utm_east, utm_north, "
-                       f"descriptor): {first[:160]}")
+        raise BadInput(
+            f"{what} is not a vgray descriptor table (a parquet file of path, utm_east, utm_north, "
+            f"descriptor): {first[:160]}"
+        )
     missing = [c for c in columns if c not in schema.names]
     if missing:
-        raise BadInput(f"{what} lacks the columns {', '.join(missing)}; "
-                       f"a vgray descriptor table has path, utm_east, utm_north, descriptor")
+        raise BadInput(
+            f"{what} lacks the columns {', '.join(missing)}; "
+            f"a vgray descriptor table has path, utm_east, utm_north, descriptor"
+        )
     for name in list(columns) + (["crop"] if "crop" in schema.names else []):
         t = schema.field(name).type
         if not _type_fits(name, t):
@@ -187,7 +200,9 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def check_rows(table: pa.Table, what: str, dim: Optional[int] = None) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def check_rows(
+    table: pa.Table, what: str, dim: Optional[int] = None
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """Check the rows of a descriptor ``table`` read from the file ``what`` names (its schema passed
     :func:`descriptor_dim`): at least one row, no nulls, descriptors all of one size (``dim`` when
     given) and finite, coordinates finite in every row or absent (NaN) in every row (a set given by
@@ -199,8 +214,10 @@ def check_rows(table: pa.Table, what: str, dim: Optional[int] = None) -> Tuple[O
         column = table.column(name)
         if column.null_count:
             i = _first(column.is_null().to_numpy(zero_copy_only=False))
-            raise BadInput(f"{what}: column {name} is null in {_row(table, i)}; allowed: {ALLOWED.get(name, 'a value')} "
-                           f"in every row")
+            raise BadInput(
+                f"{what}: column {name} is null in {_row(table, i)}; allowed: {ALLOWED.get(name, 'a value')} "
+                f"in every row"
+            )
     x = utm = None
     if "descriptor" in table.column_names:
         column = table.column("descriptor").combine_chunks()
@@ -213,8 +230,10 @@ def check_rows(table: pa.Table, what: str, dim: Optional[int] = None) -> Tuple[O
         want = dim or int(sizes[0])
         if want < 1 or (sizes != want).any():
             i = _first(sizes != want) if want >= 1 else 0
-            raise BadInput(f"{what}: the descriptor of {_row(table, i)} has {int(sizes[i])} values; allowed: "
-                           f"{want}, the size of this table's descriptors")
+            raise BadInput(
+                f"{what}: the descriptor of {_row(table, i)} has {int(sizes[i])} values; allowed: "
+                f"{want}, the size of this table's descriptors"
+            )
         x = descriptor_matrix(table)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
@@ -222,26 +241,34 @@ def check_rows(table: pa.Table, what: str, dim: Optional[int] = None) -> Tuple[O
             value = x[i][~np.isfinite(x[i])][0]
             raise BadInput(f"{what}: the descriptor of {_row(table, i)} holds {value}; allowed: finite numbers")
     if "utm_east" in table.column_names and "utm_north" in table.column_names:
-        utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()],
-                       axis=1).astype(np.float64)
+        utm = np.stack([table.column("utm_east").to_numpy(), table.column("utm_north").to_numpy()], axis=1).astype(
+            np.float64
+        )
         finite, absent = np.isfinite(utm).all(axis=1), np.isnan(utm).all(axis=1)
         if not (finite.all() or absent.all()):
             i = _first(~finite & ~absent) if (~finite & ~absent).any() else _first(~finite)
-            raise BadInput(f"{what}: {_row(table, i)} has utm_east={utm[i, 0]}, utm_north={utm[i, 1]}; allowed: "
-                           f"finite coordinates in every row, or NaN in every row (a set without coordinates)")
+            raise BadInput(
+                f"{what}: {_row(table, i)} has utm_east={utm[i, 0]}, utm_north={utm[i, 1]}; allowed: "
+                f"finite coordinates in every row, or NaN in every row (a set without coordinates)"
+            )
     return x, utm
 
 
 class CheckedTable(NamedTuple):
     """A descriptor table that passed every check, with its descriptors and coordinates as arrays
     (None for a column not read)."""
+
     table: pa.Table
     x: Optional[np.ndarray]  # (n, d) float32
     utm: Optional[np.ndarray]  # (n, 2) float64
 
 
-def read_descriptor_table(path: str | os.PathLike, what: str, columns=("path", "utm_east", "utm_north", "descriptor"),
-                          dim: Optional[int] = None) -> CheckedTable:
+def read_descriptor_table(
+    path: str | os.PathLike,
+    what: str,
+    columns=("path", "utm_east", "utm_north", "descriptor"),
+    dim: Optional[int] = None,
+) -> CheckedTable:
     """The one reader of descriptor tables: ``columns`` of the parquet file at ``path``, after
     :func:`descriptor_dim` (schema) and :func:`check_rows` (values, ``dim`` the descriptor size
     required); ``what`` names the file in errors."""
@@ -266,10 +293,15 @@ def read_descriptors(path: str | os.PathLike, flag: str = "--descriptors") -> Tu
     except Exception:
         names = []  # the reader below names what is wrong with the file
     if "crop" in names:
-        raise BadInput(f"{flag}: {path} holds several crops per query (test.method nearest_crop or "
-                       f"maj_voting); save the descriptors with a single-view test method")
-    checked = read_descriptor_table(path, what, ("path", "utm_east", "utm_north", "descriptor") if "path" in names
-                                    else ("utm_east", "utm_north", "descriptor"))  # path: optional for other tools
+        raise BadInput(
+            f"{flag}: {path} holds several crops per query (test.method nearest_crop or "
+            f"maj_voting); save the descriptors with a single-view test method"
+        )
+    checked = read_descriptor_table(
+        path,
+        what,
+        ("path", "utm_east", "utm_north", "descriptor") if "path" in names else ("utm_east", "utm_north", "descriptor"),
+    )  # path: optional for other tools
     return checked.x, checked.utm
 
 
@@ -318,6 +350,7 @@ def load_pca(path: str | os.PathLike) -> faiss.PCAMatrix:
 @dataclasses.dataclass
 class Database:
     """A saved descriptor folder: config, paths and UTM positions of the database, descriptor size."""
+
     root: Path
     cfg: object
     paths: List[str]
@@ -372,8 +405,10 @@ def open_database(root: str | os.PathLike) -> Database:
     d = descriptor_dim(root / DATABASE_FILE, what)
     want = expected_dim(cfg, root)
     if d and want and d != want:
-        raise BadInput(f"{what} holds {d}-d descriptors; allowed: {want}-d, the size its {CONFIG_FILE} and "
-                       f"{PCA_FILE if (root / PCA_FILE).is_file() else 'config'} give")
+        raise BadInput(
+            f"{what} holds {d}-d descriptors; allowed: {want}-d, the size its {CONFIG_FILE} and "
+            f"{PCA_FILE if (root / PCA_FILE).is_file() else 'config'} give"
+        )
     checked = read_descriptor_table(root / DATABASE_FILE, what, ("path", "utm_east", "utm_north"))
     if not d:  # a plain list column: its size is that of the rows (checked when they are read)
         first = pq.read_table(root / DATABASE_FILE, columns=["descriptor"]).slice(0, 1).column("descriptor")

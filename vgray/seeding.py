@@ -1,4 +1,5 @@
 """One call seeds every generator a run draws from (weights init, sampling, augmentation)."""
+
 import random
 
 import numpy as np

@@ -4,6 +4,7 @@ prints the ratio last. Run on demand, never in the test suite.
 A new benchmark is a module ``vgray/bench/<name>.py`` with a ``main(argv)`` that builds its options
 on :func:`bench_parser` and ends with :func:`print_figures`, listed in :data:`BENCHMARKS`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,9 +14,15 @@ from vgray import console
 from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
-BENCHMARKS = {"extract": "vgray.bench.extract", "mining": "vgray.bench.mining", "train": "vgray.bench.train",
-              "sweep": "vgray.bench.sweep", "knn": "vgray.bench.knn",
-              "search": "vgray.bench.search", "index": "vgray.bench.index"}
+BENCHMARKS = {
+    "extract": "vgray.bench.extract",
+    "mining": "vgray.bench.mining",
+    "train": "vgray.bench.train",
+    "sweep": "vgray.bench.sweep",
+    "knn": "vgray.bench.knn",
+    "search": "vgray.bench.search",
+    "index": "vgray.bench.index",
+}
 
 
 def actor_counts(text: str) -> List[int]:
@@ -33,8 +40,14 @@ def bench_parser(name: str, defaults: str) -> console.Parser:
     """The options every benchmark shares: ``--set`` config overrides (``defaults`` says what runs
     without them) and ``--json FILE``; usage errors exit 2 in one line, as ``vgray``'s own."""
     p = console.Parser(prog=f"vgray bench {name}")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"config overrides (default: {defaults})")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"config overrides (default: {defaults})",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as one JSON object")
     return p
 

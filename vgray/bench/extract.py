@@ -26,6 +26,7 @@ The data is ``synthetic:<preset>``'s test database (``--set data.root=...`` for 
 ``--address`` joins a running cluster, else a local one is started (``--num-cpus``) and shut
 down at the end. ``ratio``: the best Ray Data images/s over the reference's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +53,7 @@ from vgray.seeding import seed_everything
 class _PlainImages(Dataset):
     def __init__(self, paths, transform):
         from PIL import Image
+
         self.paths, self.transform, self.open = paths, transform, Image.open
 
     def __len__(self):
@@ -113,6 +115,7 @@ class _PilDecode(Dataset):
     def __getitem__(self, i):
         from PIL import Image
         from torchvision.transforms.functional import pil_to_tensor
+
         with Image.open(self.paths[i]) as image:
             return pil_to_tensor(image.convert("RGB"))
 
@@ -127,6 +130,7 @@ def decode_device(paths, rt):
     """Decoding alone on vgray's device path: workers read bytes, the batch is decoded on rt.device."""
     from vgray.data.images import EncodedImages, decode_on_device
     from vgray.evaluate.extract import iter_batches
+
     n = 0
     for items, indices in iter_batches(EncodedImages(paths), rt, "decode"):
         images, _ = decode_on_device(items, [paths[i] for i in indices], rt.device)
@@ -139,6 +143,7 @@ def _write_jpegs(paths, size, count, folder):
     from pathlib import Path
 
     from PIL import Image
+
     out = []
     for i in range(count):
         target = Path(folder) / f"{i:06d}.jpg"
@@ -159,16 +164,25 @@ def _timed(fn, sync):
 def main(argv) -> None:
     """``vgray bench extract``: vgray's extraction (or Ray Data's, with ``--preset large``) against
     the paper's loop; prints images/s and the ratio last."""
-    p = bench_parser("extract", "resnet18conv4 + gem on synthetic:tiny at 96x128; on a CUDA device "
-                                "resnet50conv4 + gem at 480x640 from 480x640 JPEGs")
+    p = bench_parser(
+        "extract",
+        "resnet18conv4 + gem on synthetic:tiny at 96x128; on a CUDA device "
+        "resnet50conv4 + gem at 480x640 from 480x640 JPEGs",
+    )
     p.add_argument("--images", type=int, default=None, help="database images to extract (512; CUDA: 2048)")
     p.add_argument("--batch-size", type=int, default=None, help="vgray's batch size (64; CUDA: 128)")
     p.add_argument("--compile", action="store_true", help="vgray's path compiles the network (test.compile)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path, alternating; best kept")
-    p.add_argument("--preset", choices=["tiny", "small", "large"], help="synthetic dataset (data.root); "
-                   "large: Ray Data extraction with 1, 2, ... actors against the reference loop")
-    p.add_argument("--actors", help="Ray Data mode: comma-separated actor counts (default 1, 2, 4, ... "
-                   "up to half the cluster's CPUs)")
+    p.add_argument(
+        "--preset",
+        choices=["tiny", "small", "large"],
+        help="synthetic dataset (data.root); "
+        "large: Ray Data extraction with 1, 2, ... actors against the reference loop",
+    )
+    p.add_argument(
+        "--actors",
+        help="Ray Data mode: comma-separated actor counts (default 1, 2, 4, ... up to half the cluster's CPUs)",
+    )
     p.add_argument("--address", default=None, help="Ray Data mode: a running Ray cluster (auto or HOST:PORT)")
     p.add_argument("--num-cpus", type=int, default=None, help="Ray Data mode: CPUs of the local Ray (default: all)")
     args = p.parse_args(argv)
@@ -176,11 +190,22 @@ def main(argv) -> None:
     cuda = resolve_device(load_config(overrides=args.overrides).device).type == "cuda"
     args.images = (2048 if cuda else 512) if args.images is None else args.images
     args.batch_size = (128 if cuda else 64) if args.batch_size is None else args.batch_size
-    defaults = (["model.backbone=resnet50conv4", "data.resize=[480,640]"] if cuda and not args.preset
-                else ["data.resize=[96,128]"])
-    cfg = load_config(overrides=["model.aggregation=gem", "model.pretrained=none", *defaults,
-                                 f"test.batch_size={args.batch_size}", *preset,
-                                 *(["test.compile=true"] if args.compile else []), *args.overrides])
+    defaults = (
+        ["model.backbone=resnet50conv4", "data.resize=[480,640]"]
+        if cuda and not args.preset
+        else ["data.resize=[96,128]"]
+    )
+    cfg = load_config(
+        overrides=[
+            "model.aggregation=gem",
+            "model.pretrained=none",
+            *defaults,
+            f"test.batch_size={args.batch_size}",
+            *preset,
+            *(["test.compile=true"] if args.compile else []),
+            *args.overrides,
+        ]
+    )
     if args.preset == "large" or args.actors:
         return ray_data_bench(cfg, args)
     if args.images < 16 or args.repeats < 1:
@@ -257,6 +282,7 @@ def ray_data_bench(cfg, args) -> None:
     """Ray Data extraction with each actor count against the reference loop (``--preset large``)."""
     from vgray.distributed.cluster import cluster_summary, ray_session
     from vgray.distributed.descriptors import ray_descriptors
+
     if args.images < 16 or args.repeats < 1:
         raise BadInput(f"--images={args.images} must be at least 16 and --repeats={args.repeats} at least 1")
     if args.actors:
@@ -278,20 +304,32 @@ def ray_data_bench(cfg, args) -> None:
         ref_s, ray_s = float("inf"), {n: float("inf") for n in counts}
         cosine = {}
         for _ in range(args.repeats):
-            ref, seconds = _timed(lambda: reference_extract(baseline, paths, transform, rt.device, workers),
-                                  lambda: None)
+            ref, seconds = _timed(
+                lambda: reference_extract(baseline, paths, transform, rt.device, workers), lambda: None
+            )
             ref_s = min(ref_s, seconds)
             for n in counts:
-                (got, _), seconds = _timed(lambda: ray_descriptors(cfg, model, paths, transform, model.features_dim,
-                                                                   False, args.batch_size, n), lambda: None)
+                (got, _), seconds = _timed(
+                    lambda n=n: ray_descriptors(
+                        cfg, model, paths, transform, model.features_dim, False, args.batch_size, n
+                    ),
+                    lambda: None,
+                )
                 ray_s[n] = min(ray_s[n], seconds)
-                cosine[n] = float(np.min(np.sum(ref * got, 1) /
-                                         (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))))
+                cosine[n] = float(
+                    np.min(np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)))
+                )
         h, w = cfg.data.image_size
-        figures = {"model": f"{cfg.model.backbone}+{cfg.model.aggregation}", "data": cfg.data.root,
-                   "image_size": f"{h}x{w}", "images": len(paths), "cluster_cpus": cpus,
-                   "nodes": cluster["nodes"], "loader_workers": workers,
-                   "reference_images_per_s": len(paths) / ref_s}
+        figures = {
+            "model": f"{cfg.model.backbone}+{cfg.model.aggregation}",
+            "data": cfg.data.root,
+            "image_size": f"{h}x{w}",
+            "images": len(paths),
+            "cluster_cpus": cpus,
+            "nodes": cluster["nodes"],
+            "loader_workers": workers,
+            "reference_images_per_s": len(paths) / ref_s,
+        }
         for n in counts:
             figures[f"actors={n} images_per_s"] = len(paths) / ray_s[n]
             figures[f"actors={n} vs_reference"] = ref_s / ray_s[n]

@@ -27,6 +27,7 @@
 On a machine without CUDA the ``jpegs``, ``heads`` and ``precision`` steps run with
 ``--device cpu`` (the quick tests do that); the script itself refuses to start without CUDA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ import numpy as np
 import torch
 
 #: The four JPEG kinds: (PIL mode, save options).
-JPEG_KINDS = {"baseline": ("RGB", {}), "progressive": ("RGB", {"progressive": True}),
-              "greyscale": ("L", {}), "cmyk": ("CMYK", {})}
+JPEG_KINDS = {
+    "baseline": ("RGB", {}),
+    "progressive": ("RGB", {"progressive": True}),
+    "greyscale": ("L", {}),
+    "cmyk": ("CMYK", {}),
+}
 #: The steps that write ``gpu_check_<step>.json``, in the script's order.
 STEPS = ("jpegs", "cuda_tests", "heads", "bench_eager", "precision", "devices", "sweep", "bench_compiled")
 
@@ -52,7 +57,7 @@ STEPS = ("jpegs", "cuda_tests", "heads", "bench_eager", "precision", "devices", 
 def _picture(seed: int, size) -> np.ndarray:
     """A smooth RGB picture (compresses like a photograph, unlike noise) of ``size`` (H, W)."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size[0], 0:size[1]] / max(size)
+    y, x = np.mgrid[0 : size[0], 0 : size[1]] / max(size)
     channels = [np.sin(x * rng.uniform(3, 20) + y * rng.uniform(3, 20) + rng.uniform(0, 6)) for _ in range(3)]
     return ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
 
@@ -60,6 +65,7 @@ def _picture(seed: int, size) -> np.ndarray:
 def write_jpegs(folder: Path, count: int, size=(480, 640)) -> Dict[str, List[str]]:
     """``count`` JPEG files of each kind in ``folder``: ``{kind: paths}``."""
     from PIL import Image
+
     out = {}
     for kind, (mode, options) in JPEG_KINDS.items():
         (folder / kind).mkdir(parents=True, exist_ok=True)
@@ -91,6 +97,7 @@ def _max_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> int:
 def _bare_nvjpeg(data: List[torch.Tensor], device: torch.device):
     """torchvision's batched decode alone on ``device`` (no fallback): the images or the error."""
     from torchvision.io import ImageReadMode, decode_jpeg
+
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device), None
     except Exception as exc:  # what nvjpeg says about this kind is a figure here
@@ -103,6 +110,7 @@ def jpeg_figures(paths: List[str], device: torch.device) -> Dict[str, object]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from vgray.data.images import ByteBatch, EncodedImages, decode_on_device
+
     items = [EncodedImages(paths).load(i) for i in range(len(paths))]
     batch = ByteBatch.pack(items)
     data = [t for _, t in batch]
@@ -110,23 +118,29 @@ def jpeg_figures(paths: List[str], device: torch.device) -> Dict[str, object]:
     cpu, cpu_s = _timed(lambda: [decode_jpeg(t, mode=ImageReadMode.RGB) for t in data], torch.device("cpu"))
     (dev, errors), dev_s = _timed(lambda: decode_on_device(batch, paths, device), device)
     bare, bare_error = _bare_nvjpeg(data, device)
-    return {"images": len(paths), "kinds_read": sorted({kind for kind, _ in items}),
-            "cpu_images_per_s": round(len(paths) / cpu_s, 1),
-            "device_images_per_s": round(len(paths) / dev_s, 1),
-            "device_errors": len(errors),
-            "shapes_rgb": all(x is not None and x.shape[0] == 3 and x.shape[1:] == p.shape[1:]
-                              for x, p in zip(dev, pil)),
-            "max_diff_cpu_vs_pil": _max_diff(cpu, pil),
-            "max_diff_device_vs_cpu": _max_diff(dev, cpu), "max_diff_device_vs_pil": _max_diff(dev, pil),
-            "bare_decode": "ok" if bare is not None else bare_error,
-            "bare_max_diff_vs_pil": _max_diff(bare, pil) if bare is not None else None}
+    return {
+        "images": len(paths),
+        "kinds_read": sorted({kind for kind, _ in items}),
+        "cpu_images_per_s": round(len(paths) / cpu_s, 1),
+        "device_images_per_s": round(len(paths) / dev_s, 1),
+        "device_errors": len(errors),
+        "shapes_rgb": all(x is not None and x.shape[0] == 3 and x.shape[1:] == p.shape[1:] for x, p in zip(dev, pil)),
+        "max_diff_cpu_vs_pil": _max_diff(cpu, pil),
+        "max_diff_device_vs_cpu": _max_diff(dev, cpu),
+        "max_diff_device_vs_pil": _max_diff(dev, pil),
+        "bare_decode": "ok" if bare is not None else bare_error,
+        "bare_max_diff_vs_pil": _max_diff(bare, pil) if bare is not None else None,
+    }
 
 
 def step_jpegs(out: Path, device: torch.device, count: int, size) -> Dict[str, object]:
     """Figures of every JPEG kind (files made in ``out/jpegs``)."""
     files = write_jpegs(out / "jpegs", count, size)
-    return {"device": str(device), "size": list(size),
-            "kinds": {kind: jpeg_figures(paths, device) for kind, paths in files.items()}}
+    return {
+        "device": str(device),
+        "size": list(size),
+        "kinds": {kind: jpeg_figures(paths, device) for kind, paths in files.items()},
+    }
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -144,9 +158,18 @@ def step_precision(device: str, root: str, size, extra: List[str] = ()) -> Dict[
     from vgray.evaluate.extract import extract_descriptors
     from vgray.models import build_model
     from vgray.runtime import Runtime
-    cfg = load_config(overrides=[f"data.root={root}", "model.backbone=resnet18conv4", "model.aggregation=netvlad",
-                                 "model.pretrained=none", f"data.resize=[{size[0]},{size[1]}]", f"device={device}",
-                                 *extra])
+
+    cfg = load_config(
+        overrides=[
+            f"data.root={root}",
+            "model.backbone=resnet18conv4",
+            "model.aggregation=netvlad",
+            "model.pretrained=none",
+            f"data.resize=[{size[0]},{size[1]}]",
+            f"device={device}",
+            *extra,
+        ]
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     split = open_split(cfg.data.root, "test")
@@ -156,14 +179,16 @@ def step_precision(device: str, root: str, size, extra: List[str] = ()) -> Dict[
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         kept = []
 
-        def extractor(*args, **kwargs):
+        def extractor(*args, kept=kept, **kwargs):
             x, valid = extract_descriptors(*args, **kwargs)
             kept.append(x)
             return x, valid
+
         start = time.perf_counter()
         with strict_fp32() if dtype == torch.float32 else nullcontext():  # fp32 without TF32
-            figures = evaluate_split(model, split, cfg, dataclasses.replace(rt, dtype=dtype), extractor=extractor,
-                                     progress=False)
+            figures = evaluate_split(
+                model, split, cfg, dataclasses.replace(rt, dtype=dtype), extractor=extractor, progress=False
+            )
         out[name] = {k: v for k, v in figures.items() if k.startswith("R@")}
         out[name]["seconds"] = round(time.perf_counter() - start, 2)
         descriptors[name] = np.concatenate(kept)
@@ -173,9 +198,11 @@ def step_precision(device: str, root: str, size, extra: List[str] = ()) -> Dict[
 
 
 #: The ``heads`` step's networks: (backbone, aggregation, input side, more config overrides).
-HEADS = (("dinov2_vitb14", "salad", 322, ()),
-         ("resnet50conv4", "mixvpr", 320, ("model.mixvpr_map_size=[20,20]",)),
-         ("resnet50conv4", "boq", 320, ()))
+HEADS = (
+    ("dinov2_vitb14", "salad", 322, ()),
+    ("resnet50conv4", "mixvpr", 320, ("model.mixvpr_map_size=[20,20]",)),
+    ("resnet50conv4", "boq", 320, ()),
+)
 
 
 def step_heads(device: str, heads=HEADS, batch: int = 64, batches: int = 5) -> Dict[str, object]:
@@ -186,11 +213,19 @@ def step_heads(device: str, heads=HEADS, batch: int = 64, batches: int = 5) -> D
     from vgray.config import load_config
     from vgray.models import build_model
     from vgray.runtime import Runtime
+
     out: Dict[str, object] = {"device": device, "batch": batch, "batches": batches}
     for backbone, aggregation, side, extra in heads:
-        cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.aggregation={aggregation}",
-                                     "model.pretrained=none", f"data.resize=[{side},{side}]", f"device={device}",
-                                     *extra])
+        cfg = load_config(
+            overrides=[
+                f"model.backbone={backbone}",
+                f"model.aggregation={aggregation}",
+                "model.pretrained=none",
+                f"data.resize=[{side},{side}]",
+                f"device={device}",
+                *extra,
+            ]
+        )
         torch.manual_seed(0)
         rt = Runtime.from_config(cfg, progress=False)
         model = rt.prepare(build_model(cfg.model, image_size=cfg.data.image_size))
@@ -200,11 +235,12 @@ def step_heads(device: str, heads=HEADS, batch: int = 64, batches: int = 5) -> D
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             run = dataclasses.replace(rt, dtype=dtype)
 
-            def forward():
+            def forward(run=run, model=model, images=images):
                 with torch.inference_mode(), run.autocast():
                     for _ in range(batches):
                         last = model(images)
                 return last.float()
+
             with strict_fp32() if dtype == torch.float32 else nullcontext():
                 result, seconds = _timed(forward, rt.device)
             entry[f"{name}_images_per_s"] = round(batch * batches / seconds, 1)
@@ -240,6 +276,7 @@ max_failures: 0
 def sweep_storage() -> Path:
     """Where the check's sweep keeps its results (outside the folder that travels back)."""
     import tempfile
+
     return Path(tempfile.gettempdir()) / "vgray_gpu_check_sweep"
 
 
@@ -248,7 +285,7 @@ def step_sweep_figures(out: Path) -> Dict[str, object]:
     MiB`` lines) with their largest memory, and the sweep's result rows (trial, device columns)."""
     procs: Dict[str, Dict[str, object]] = {}
     csv = out / "sweep_gpu_procs.csv"
-    for line in (csv.read_text().splitlines() if csv.exists() else []):
+    for line in csv.read_text().splitlines() if csv.exists() else []:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 3 and parts[2].isdigit():
             entry = procs.setdefault(parts[0], {"name": parts[1], "max_mib": 0})
@@ -257,6 +294,7 @@ def step_sweep_figures(out: Path) -> Dict[str, object]:
     figures: Dict[str, object] = {"gpu_processes": procs, "results_rows": None}
     if rows.exists():
         import pyarrow.parquet as pq
+
         table = pq.read_table(rows)
         figures["results_rows"] = table.num_rows
         figures["columns_with_device"] = [c for c in table.column_names if "device" in c or "gpu" in c]
@@ -266,13 +304,15 @@ def step_sweep_figures(out: Path) -> Dict[str, object]:
 def _cuda_tests(out: Path) -> Dict[str, object]:
     """The counts of pytest's junit file ``out/cuda_tests.xml`` (empty without it)."""
     import xml.etree.ElementTree as ET
+
     path = out / "cuda_tests.xml"
     if not path.exists():
         return {}
     suite = ET.parse(path).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    failed = [c.get("name") for c in suite.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]
+    failed = [
+        c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None or c.find("error") is not None
+    ]
     return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} | {"failed": failed}
 
 
@@ -288,8 +328,11 @@ def assemble(out: Path) -> Dict[str, object]:
     if (out / "status.tsv").exists():
         for line in (out / "status.tsv").read_text().splitlines():
             step, rc, seconds = line.split("\t")
-            status[step] = ({"rc": None, "skipped": "the script's time budget was spent"} if rc == "skipped" else
-                            {"rc": int(rc), "seconds": float(seconds), "timed_out": int(rc) in (124, 137)})
+            status[step] = (
+                {"rc": None, "skipped": "the script's time budget was spent"}
+                if rc == "skipped"
+                else {"rc": int(rc), "seconds": float(seconds), "timed_out": int(rc) in (124, 137)}
+            )
     steps = {}
     for step in STEPS:
         entry = dict(status.get(step, {"rc": None, "not_run": True}))
@@ -301,8 +344,12 @@ def assemble(out: Path) -> Dict[str, object]:
         if entry.get("rc") not in (0, None):
             entry["log_tail"] = _log_tail(out / f"{step}.log")
         steps[step] = entry
-    result = {"device": _device_name(), "torch": torch.__version__, "steps": steps,
-              "failed": [s for s, e in steps.items() if e.get("rc") not in (0, None)]}
+    result = {
+        "device": _device_name(),
+        "torch": torch.__version__,
+        "steps": steps,
+        "failed": [s for s, e in steps.items() if e.get("rc") not in (0, None)],
+    }
     (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
@@ -318,8 +365,11 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda", help="device of the jpegs, heads and precision steps")
     p.add_argument("--count", type=int, default=256, help="jpegs: files of each kind")
     p.add_argument("--size", type=int, nargs=2, default=None, help="image size H W")
-    p.add_argument("--root", default="synthetic:tiny", help="precision: the dataset (tiny: built by the bench "
-                   "step before, 96x128 images)")
+    p.add_argument(
+        "--root",
+        default="synthetic:tiny",
+        help="precision: the dataset (tiny: built by the bench step before, 96x128 images)",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "assemble":
@@ -327,6 +377,7 @@ def main(argv=None) -> None:
         return
     if args.step == "sweep-file":
         import shutil
+
         shutil.rmtree(sweep_storage() / "gpu_check", ignore_errors=True)  # this check's own, from a run before
         (args.out / "sweep.yaml").write_text(sweep_yaml(sweep_storage()))
         return

@@ -15,6 +15,7 @@ so that every peak memory figure is its own (``ru_maxrss`` of the child):
 Each prints files/s and peak RSS (and the rise over the process's RSS after its imports); the ratios
 are vgray cold against the baseline.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,10 @@ def generate(top: Path, n: int, per_dir: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(start, min(start + per_dir, n)):
             east, north = 543000.0 + (i % 3000) * 1.37, 4176000.0 + (i // 3000) * 2.11
-            name = (f"@{east:.2f}@{north:.2f}@10@S@37.{i:07d}@-122.{i:07d}@pano{i:08d}@{i % 12:02d}"
-                    f"@{(i * 30) % 360}@0@@@2013{i % 12 + 1:02d}@@.jpg")
+            name = (
+                f"@{east:.2f}@{north:.2f}@10@S@37.{i:07d}@-122.{i:07d}@pano{i:08d}@{i % 12:02d}"
+                f"@{(i * 30) % 360}@0@@@2013{i % 12 + 1:02d}@@.jpg"
+            )
             os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
@@ -70,6 +73,7 @@ def child(kind: str, top: str) -> dict:
     if kind != "baseline":
         import numpy  # noqa: F401  (imports before the 'after imports' RSS, as the baseline's are)
         import pyarrow  # noqa: F401
+
         from vgray.data.dataset import index_images
     before = _rss_mb()
     start = time.perf_counter()
@@ -81,8 +85,9 @@ def child(kind: str, top: str) -> dict:
 
 def _run_child(kind: str, top: Path, cache: Path) -> dict:
     env = dict(os.environ, VGRAY_CACHE=str(cache))
-    out = subprocess.run([sys.executable, "-m", "vgray.bench.index", "--child", kind, str(top)], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vgray.bench.index", "--child", kind, str(top)], env=env, capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"vgray bench index: the {kind} run failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,11 +97,15 @@ def main(argv) -> None:
     """``vgray bench index``: files/s and peak memory of vgray's indexer (cold and cached) against a
     plain walk-and-parse loop, on a generated tree of ``--files`` empty VG-named files."""
     from vgray.bench import bench_parser, print_figures
+
     p = bench_parser("index", "1,000,000 files in folders of 1,000")
     p.add_argument("--files", type=int, default=1_000_000, help="files in the generated tree (default 1000000)")
     p.add_argument("--per-dir", type=int, default=1000, help="files per subfolder (default 1000)")
-    p.add_argument("--dir", help="where to generate the tree (default: a temporary folder, removed afterwards; "
-                                 "a given folder is kept, and reused when it already holds --files files)")
+    p.add_argument(
+        "--dir",
+        help="where to generate the tree (default: a temporary folder, removed afterwards; "
+        "a given folder is kept, and reused when it already holds --files files)",
+    )
     args = p.parse_args(argv)
     if args.files < 1 or args.per_dir < 1:
         raise BadInput(f"--files={args.files} and --per-dir={args.per_dir} must be at least 1")
@@ -107,8 +116,9 @@ def main(argv) -> None:
         reuse = top.is_dir() and sum(len(f) for _, _, f in os.walk(top)) == args.files
         if not reuse:
             if top.exists():
-                raise BadInput(f"--dir {args.dir}: {top} exists and does not hold {args.files} files; "
-                               f"give an empty or new folder")
+                raise BadInput(
+                    f"--dir {args.dir}: {top} exists and does not hold {args.files} files; give an empty or new folder"
+                )
             generate(top, args.files, args.per_dir)
         generate_s = time.perf_counter() - start
         cache = work / "cache"
@@ -116,8 +126,12 @@ def main(argv) -> None:
         for kind, r in runs.items():
             if r["files"] != args.files:
                 raise RuntimeError(f"vgray bench index: the {kind} run saw {r['files']} files, not {args.files}")
-        figures = {"files": args.files, "folders": -(-args.files // args.per_dir),
-                   "generate_s": generate_s, "tree_reused": reuse}
+        figures = {
+            "files": args.files,
+            "folders": -(-args.files // args.per_dir),
+            "generate_s": generate_s,
+            "tree_reused": reuse,
+        }
         for kind, r in runs.items():
             figures[f"{kind}_s"] = r["seconds"]
             figures[f"{kind}_files_per_s"] = r["files"] / max(r["seconds"], 1e-9)

@@ -13,6 +13,7 @@ Descriptors: ``--descriptors DIR`` reads a set saved by ``vgray eval --save-desc
 default a synthetic set is made here (:func:`synthetic_descriptors`): ``--database`` images of
 ``--places`` places, in ``--dim`` dimensions.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,6 +61,7 @@ def synthetic_descriptors(database: int, queries: int, dim: int, places: int, se
 def saved_descriptors(folder: str, threshold: float):
     """``(xb, xq, positives)`` from ``vgray eval --save-descriptors`` output."""
     from vgray.data.positives import positives_within
+
     xb, utm_b = read_descriptors(Path(folder) / DATABASE_FILE)
     xq, utm_q = read_descriptors(Path(folder) / QUERIES_FILE)
     return xb, xq, positives_within(utm_b, utm_q, threshold)
@@ -73,8 +75,14 @@ def default_indexes(n: int, d: int) -> List[str]:
     m = max((c for c in range(1, max(1, d // 8) + 1) if d % c == 0), default=1)
     bits = min(8, max(2, round(math.log2(n) / 2)))
     pq_bits = "" if n >= 256 else "x4"  # 8-bit codebooks need 256 training descriptors
-    return ["Flat", f"IVF{nlist},Flat", f"PQ{m}{pq_bits}", f"IVF{nlist},PQ{m}{pq_bits}",
-            f"IMI2x{bits},PQ{m}{pq_bits}", "HNSW32"]
+    return [
+        "Flat",
+        f"IVF{nlist},Flat",
+        f"PQ{m}{pq_bits}",
+        f"IVF{nlist},PQ{m}{pq_bits}",
+        f"IMI2x{bits},PQ{m}{pq_bits}",
+        "HNSW32",
+    ]
 
 
 def measure(spec: str, xb, xq, positives, k: int, repeats: int, seed: int) -> Dict[str, float]:
@@ -85,8 +93,12 @@ def measure(spec: str, xb, xq, positives, k: int, repeats: int, seed: int) -> Di
     for _ in range(repeats):
         _, I, seconds = search(index, xq, k)
         best = min(best, seconds)
-    return {"R@1": recall_at_n(I, positives, [1])["R@1"], "matching_ms": 1000.0 * best / len(xq),
-            "memory_mb": index_memory_mb(index), "build_s": build_s}
+    return {
+        "R@1": recall_at_n(I, positives, [1])["R@1"],
+        "matching_ms": 1000.0 * best / len(xq),
+        "memory_mb": index_memory_mb(index),
+        "build_s": build_s,
+    }
 
 
 def main(argv) -> None:
@@ -94,8 +106,13 @@ def main(argv) -> None:
     R@1, matching time, memory; prints the ratio last."""
     p = bench_parser("knn", "a synthetic set of 50,000 x 256-d database and 1,000 query descriptors")
     p.add_argument("--descriptors", metavar="DIR", help="descriptors saved by vgray eval --save-descriptors DIR")
-    p.add_argument("--index", action="append", default=[], metavar="SPEC",
-                   help="a faiss index_factory string (repeatable; default: the Fig. 4b families)")
+    p.add_argument(
+        "--index",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a faiss index_factory string (repeatable; default: the Fig. 4b families)",
+    )
     p.add_argument("--database", type=int, default=50_000, help="synthetic database descriptors")
     p.add_argument("--queries", type=int, default=1_000, help="synthetic queries")
     p.add_argument("--dim", type=int, default=256, help="synthetic descriptor size")
@@ -121,19 +138,32 @@ def main(argv) -> None:
     for spec in specs:  # refuse a bad string before building anything
         build_index(spec, xb.shape[1])
 
-    figures: Dict[str, object] = {"descriptors": source, "database": len(xb), "queries": len(xq),
-                                  "dim": int(xb.shape[1]), "threads": faiss.omp_get_max_threads()}
+    figures: Dict[str, object] = {
+        "descriptors": source,
+        "database": len(xb),
+        "queries": len(xq),
+        "dim": int(xb.shape[1]),
+        "threads": faiss.omp_get_max_threads(),
+    }
     measured = {spec: measure(spec, xb, xq, positives, 20, args.repeats, cfg.seed) for spec in specs}
     flat = measured["Flat"]
     for spec, m in measured.items():
-        figures.update({f"{spec} R@1": m["R@1"], f"{spec} matching_ms": m["matching_ms"],
-                        f"{spec} memory_mb": m["memory_mb"], f"{spec} build_s": m["build_s"]})
+        figures.update(
+            {
+                f"{spec} R@1": m["R@1"],
+                f"{spec} matching_ms": m["matching_ms"],
+                f"{spec} memory_mb": m["memory_mb"],
+                f"{spec} build_s": m["build_s"],
+            }
+        )
     for spec, m in measured.items():
-        figures.update({
-            f"{spec} R@1_vs_flat": m["R@1"] / flat["R@1"] if flat["R@1"] else float("nan"),
-            f"{spec} speedup_vs_flat": flat["matching_ms"] / max(m["matching_ms"], 1e-9),
-            f"{spec} memory_vs_flat": m["memory_mb"] / flat["memory_mb"],
-        })
+        figures.update(
+            {
+                f"{spec} R@1_vs_flat": m["R@1"] / flat["R@1"] if flat["R@1"] else float("nan"),
+                f"{spec} speedup_vs_flat": flat["matching_ms"] / max(m["matching_ms"], 1e-9),
+                f"{spec} memory_vs_flat": m["memory_mb"] / flat["memory_mb"],
+            }
+        )
     kept = [s for s, m in measured.items() if s != "Flat" and m["R@1"] >= 0.9 * flat["R@1"]]
     fastest = min(kept, key=lambda s: measured[s]["matching_ms"]) if kept else None
     figures["ratio_index"] = fastest or "none keeps 90% of Flat's R@1"

@@ -5,6 +5,7 @@ Each refresh runs the real miner with the in-process descriptor source on the sa
 same model; what differs is which descriptors a method needs (random: the queries and their
 positives; partial: plus ``neg_samples_num`` database images; full: the whole database).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,16 @@ def main(argv) -> None:
     p.add_argument("--split", default="train", help="split whose database is mined")
     p.add_argument("--methods", default="random,partial,full")
     args = p.parse_args(argv)
-    cfg = load_config(overrides=["data.root=synthetic:large", "model.aggregation=gem", "model.pretrained=none",
-                                 "data.resize=[60,80]", "test.batch_size=128", *args.overrides])
+    cfg = load_config(
+        overrides=[
+            "data.root=synthetic:large",
+            "model.aggregation=gem",
+            "model.pretrained=none",
+            "data.resize=[60,80]",
+            "test.batch_size=128",
+            *args.overrides,
+        ]
+    )
     seed_everything(cfg.seed)
     split = open_split(cfg.data.root, args.split, cfg.data.msls_queries)
     data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
@@ -40,8 +49,12 @@ def main(argv) -> None:
     source = LocalDescriptors(model, split, cache_transform, rt)
     if model.needs_init():
         model.aggregation.initialized.fill_(True)
-    figures = {"dataset": cfg.data.root, "database": len(split.database),
-               "queries_per_refresh": cfg.train.cache_refresh_rate, "neg_samples_num": cfg.train.neg_samples_num}
+    figures = {
+        "dataset": cfg.data.root,
+        "database": len(split.database),
+        "queries_per_refresh": cfg.train.cache_refresh_rate,
+        "neg_samples_num": cfg.train.neg_samples_num,
+    }
     seconds = {}
     for method in args.methods.split(","):
         miner = create_miner(method, data, cfg.train)

@@ -14,6 +14,7 @@ the contract). Last, ``ratio``: the speed-up of the largest actor count.
 Ray: ``--address`` joins a running cluster (``auto`` or ``HOST:PORT``); without it a Ray already
 initialised in this process is used, else a local one is started and shut down at the end.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,6 +68,7 @@ def main(argv) -> None:
 
     from vgray.distributed.cluster import cluster_summary, ray_session
     from vgray.distributed.search import ShardedFlatSearch, same_as_flat
+
     with ray_session(args.address):
         xb, xq = synthetic_database(args.database, args.queries, args.dim, args.seed)
         flat = faiss.IndexFlatL2(args.dim)
@@ -76,9 +78,14 @@ def main(argv) -> None:
         cluster = cluster_summary()
         cpus, node_cpus = cluster["cpus"], cluster["node_cpus"]
         figures: Dict[str, object] = {
-            "database": args.database, "dim": args.dim, "queries": args.queries, "k": args.k,
-            "nodes": cluster["nodes"], "cluster_cpus": cpus,
-            "flat_threads": faiss.omp_get_max_threads(), "flat_memory_mb": xb.nbytes / 2**20,
+            "database": args.database,
+            "dim": args.dim,
+            "queries": args.queries,
+            "k": args.k,
+            "nodes": cluster["nodes"],
+            "cluster_cpus": cpus,
+            "flat_threads": faiss.omp_get_max_threads(),
+            "flat_memory_mb": xb.nbytes / 2**20,
             "flat_qps": args.queries / flat_s,
         }
         speedups = {}
@@ -87,15 +94,17 @@ def main(argv) -> None:
             sharded = ShardedFlatSearch(xb, actors=n, num_cpus=min(cpus / n, node_cpus))
             try:
                 D, I = sharded.search(xq, args.k)
-                seconds = _best_seconds(lambda: sharded.search(xq, args.k), args.repeats)
+                seconds = _best_seconds(lambda sharded=sharded: sharded.search(xq, args.k), args.repeats)
                 speedups[n] = flat_s / seconds
-                figures.update({
-                    f"actors={n} nodes_used": len({s["node_id"] for s in sharded.shards}),
-                    f"actors={n} actor_memory_mb": max(sharded.actor_bytes()) / 2**20,
-                    f"actors={n} qps": args.queries / seconds,
-                    f"actors={n} speedup_vs_flat": speedups[n],
-                    f"actors={n} exact": float(same_as_flat(D0, I0, D, I).mean()),
-                })
+                figures.update(
+                    {
+                        f"actors={n} nodes_used": len({s["node_id"] for s in sharded.shards}),
+                        f"actors={n} actor_memory_mb": max(sharded.actor_bytes()) / 2**20,
+                        f"actors={n} qps": args.queries / seconds,
+                        f"actors={n} speedup_vs_flat": speedups[n],
+                        f"actors={n} exact": float(same_as_flat(D0, I0, D, I).mean()),
+                    }
+                )
             finally:
                 sharded.close()
         figures["ratio"] = speedups[counts[-1]]

@@ -6,6 +6,7 @@ the default memory format, the triplet loss summed in a Python loop over the bat
 vectorised. Both train copies of the same model on the same random batches, alternating, each
 timed after a warm-up; the ratio is printed last.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,7 +31,7 @@ def plain_step(model, images, optimizer, negs: int, margin: float) -> float:
     loss = 0.0
     for i in range(b):
         for j in range(negs):
-            loss = loss + criterion(features[i, 0:1], features[i, 1:2], features[i, 2 + j:3 + j])
+            loss = loss + criterion(features[i, 0:1], features[i, 1:2], features[i, 2 + j : 3 + j])
     loss = loss / (b * negs)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -44,8 +45,9 @@ def main(argv) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps of each path per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each path's best kept")
     args = p.parse_args(argv)
-    cfg = load_config(overrides=["model.aggregation=gem", "model.pretrained=none", "data.resize=[120,160]",
-                                 *args.overrides])
+    cfg = load_config(
+        overrides=["model.aggregation=gem", "model.pretrained=none", "data.resize=[120,160]", *args.overrides]
+    )
     seed_everything(cfg.seed)
     rt = Runtime.from_config(cfg, progress=False)
     base = build_model(cfg.model, image_size=cfg.data.image_size)
@@ -68,17 +70,27 @@ def main(argv) -> None:
         sync()
         return (time.perf_counter() - start) / args.steps
 
-    run_ours = lambda: train_step(ours_model, images, ours_opt, rt, cfg)
-    run_plain = lambda: plain_step(plain_model, plain_images, plain_opt, n, cfg.train.margin)
+    def run_ours():
+        return train_step(ours_model, images, ours_opt, rt, cfg)
+
+    def run_plain():
+        return plain_step(plain_model, plain_images, plain_opt, n, cfg.train.margin)
+
     run_ours(), run_plain()  # warm-up
     ours_s = plain_s = float("inf")
     for _ in range(args.rounds):
         plain_s = min(plain_s, time_steps(run_plain))
         ours_s = min(ours_s, time_steps(run_ours))
     h, w = cfg.data.image_size
-    figures = {"model": f"{cfg.model.backbone}+{cfg.model.aggregation}", "image_size": f"{h}x{w}",
-               "device": str(rt.device), "precision": str(rt.dtype).replace("torch.", ""),
-               "triplet": f"1+1+{n}", "batch_triplets": b,
-               "plain_triplets_per_s": b / plain_s, "vgray_triplets_per_s": b / ours_s,
-               "ratio": plain_s / ours_s}
+    figures = {
+        "model": f"{cfg.model.backbone}+{cfg.model.aggregation}",
+        "image_size": f"{h}x{w}",
+        "device": str(rt.device),
+        "precision": str(rt.dtype).replace("torch.", ""),
+        "triplet": f"1+1+{n}",
+        "batch_triplets": b,
+        "plain_triplets_per_s": b / plain_s,
+        "vgray_triplets_per_s": b / ours_s,
+        "ratio": plain_s / ours_s,
+    }
     print_figures(figures, args.json)

@@ -13,6 +13,7 @@ ground-truth lists that GSV-Cities, MixVPR, SALAD and BoQ evaluate on (Pitts30k 
 test queries, MSLS val and test, Nordland, SPED). Read from code: gmberton/VPR-datasets-downloader
 (the VG format's downloader: which splits a dataset gets, how Eynsham's database is cut).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class Known:
     Mapillary ships it): another layout of the same images may hold other counts (Nordland's VG copy
     is another split), so a check compares only within these; ``paper`` whether it is one of the
     benchmark paper's six."""
+
     name: str
     title: str
     layouts: tuple
@@ -52,56 +54,135 @@ def _sizes(**splits) -> Dict[str, Dict[str, Optional[int]]]:
     return {s: {"database": v[0], "queries": v[1]} for s, v in splits.items()}
 
 
-CATALOG: Dict[str, Known] = {k.name: k for k in [
-    # -- the paper's six ------------------------------------------------------------------------
-    Known("pitts30k", "Pitts30k", ("vg", "lists"), _sizes(train=(None, None), val=(10000, 7608), test=(10000, 6816)),
-          {"train": f"unknown: {DOWNLOADER}format_pitts30k.py writes it from pitts30k_train.mat, which is not public",
-           "val": f"{SALAD}Pittsburgh/pitts30k_val_{{db,q}}Images.npy",
-           "test": f"{SALAD}Pittsburgh/pitts30k_test_{{db,q}}Images.npy"},
-          paper=True, aliases=("pitts30k", "pittsburgh30k")),
-    Known("msls", "Mapillary SLS (MSLS)", ("msls_raw", "lists"),
-          _sizes(val=(None, 747), test=(36565, 1135)),
-          {"val": f"{SALAD}msls_val/msls_val_qImages.npy (747 queries, 740 of them evaluated: msls_val_qIdx.npy); "
-                  "the database list is not in the stored copy",
-           "test": f"{SALAD}msls_test/msls_test_{{db,q}}Images.npy (no public ground truth)"},
-          paper=True, aliases=("msls", "mapillary_sls", "mapillary"),
-          note="the VG-format copy (format_mapillary.py) links test/ to val/; which queries are scored is the "
-               "split's query set (data.msls_queries)"),
-    Known("tokyo247", "Tokyo 24/7", ("vg",), _sizes(test=(None, None)),
-          {"test": f"unknown: {DOWNLOADER}format_tokyo247.py formats it from tokyo247.mat, which is not public"},
-          paper=True, aliases=("tokyo247", "tokyo24_7", "tokyo")),
-    Known("san_francisco", "R-SF (San Francisco Landmark)", ("vg",), _sizes(test=(None, 598)),
-          {"test": f"queries: {DOWNLOADER}download_san_francisco.py reads their poses from "
-                   "reference_poses_addTM_all_598.txt; database: unknown"},
-          paper=True, aliases=("san_francisco", "sf", "r-sf", "rsf")),
-    Known("eynsham", "Eynsham", ("vg",), _sizes(test=(23935, None)),
-          {"test": f"database: {DOWNLOADER}download_eynsham.py (history) takes the first 4,787 panoramas x 5 tiles; "
-                   "queries: unknown"},
-          paper=True),
-    Known("st_lucia", "St Lucia", ("vg",), _sizes(test=(None, None)),
-          {"test": f"unknown: {DOWNLOADER}download_st_lucia.py (history) takes the first pass as database and the "
-                   "last as queries, frame counts not stated"},
-          paper=True, aliases=("st_lucia", "stlucia")),
-    # -- further sets ---------------------------------------------------------------------------
-    Known("pitts250k", "Pitts250k", ("vg", "lists"), _sizes(train=(None, None), val=(None, None), test=(None, 8280)),
-          {"train": "unknown", "val": "unknown",
-           "test": f"queries: {SALAD}Pittsburgh/pitts250k_test_qImages.npy; database: unknown (list not stored)"}),
-    Known("nordland", "Nordland", ("lists",), _sizes(test=(27592, 2760)),
-          {"test": f"{SALAD}Nordland/Nordland_{{db,q}}Images.npy (VPR-Bench split, as GSV-Cities/SALAD/BoQ test)"},
-          note=f"{DOWNLOADER}download_nordland.py writes another split (Patch-NetVLAD's: summer database, winter "
-               "queries, positives within 10 frames); its counts are not stated"),
-    Known("sped", "SPED", ("lists", "vg"), _sizes(test=(607, 607)),
-          {"test": f"{SALAD}SPED/SPED_{{db,q}}Images.npy; {DOWNLOADER}download_sped.py pairs the same SPEDTEST "
-                   "ref/ and query/ one to one (it asserts equal counts)"}),
-    Known("amstertime", "AmsterTime", ("vg",), _sizes(test=(None, None)),
-          {"test": f"unknown: {DOWNLOADER}download_amstertime.py pairs database and queries one to one"}),
-    Known("svox", "SVOX", ("vg",), _sizes(test=(None, None)), {"test": "unknown"}),
-    Known("sf_xl", "SF-XL (San Francisco eXtra Large)", ("vg",), _sizes(train=(None, None), val=(None, None),
-                                                                     test=(None, None)),
-          {"train": "unknown", "val": "unknown",
-           "test": "unknown (gmberton/CosPlace README: about 1 TB in all; no image counts)"},
-          aliases=("sf_xl", "sfxl", "sf-xl")),
-]}
+CATALOG: Dict[str, Known] = {
+    k.name: k
+    for k in [
+        # -- the paper's six ------------------------------------------------------------------------
+        Known(
+            "pitts30k",
+            "Pitts30k",
+            ("vg", "lists"),
+            _sizes(train=(None, None), val=(10000, 7608), test=(10000, 6816)),
+            {
+                "train": f"unknown: {DOWNLOADER}format_pitts30k.py writes it from pitts30k_train.mat, which is not public",
+                "val": f"{SALAD}Pittsburgh/pitts30k_val_{{db,q}}Images.npy",
+                "test": f"{SALAD}Pittsburgh/pitts30k_test_{{db,q}}Images.npy",
+            },
+            paper=True,
+            aliases=("pitts30k", "pittsburgh30k"),
+        ),
+        Known(
+            "msls",
+            "Mapillary SLS (MSLS)",
+            ("msls_raw", "lists"),
+            _sizes(val=(None, 747), test=(36565, 1135)),
+            {
+                "val": f"{SALAD}msls_val/msls_val_qImages.npy (747 queries, 740 of them evaluated: msls_val_qIdx.npy); "
+                "the database list is not in the stored copy",
+                "test": f"{SALAD}msls_test/msls_test_{{db,q}}Images.npy (no public ground truth)",
+            },
+            paper=True,
+            aliases=("msls", "mapillary_sls", "mapillary"),
+            note="the VG-format copy (format_mapillary.py) links test/ to val/; which queries are scored is the "
+            "split's query set (data.msls_queries)",
+        ),
+        Known(
+            "tokyo247",
+            "Tokyo 24/7",
+            ("vg",),
+            _sizes(test=(None, None)),
+            {"test": f"unknown: {DOWNLOADER}format_tokyo247.py formats it from tokyo247.mat, which is not public"},
+            paper=True,
+            aliases=("tokyo247", "tokyo24_7", "tokyo"),
+        ),
+        Known(
+            "san_francisco",
+            "R-SF (San Francisco Landmark)",
+            ("vg",),
+            _sizes(test=(None, 598)),
+            {
+                "test": f"queries: {DOWNLOADER}download_san_francisco.py reads their poses from "
+                "reference_poses_addTM_all_598.txt; database: unknown"
+            },
+            paper=True,
+            aliases=("san_francisco", "sf", "r-sf", "rsf"),
+        ),
+        Known(
+            "eynsham",
+            "Eynsham",
+            ("vg",),
+            _sizes(test=(23935, None)),
+            {
+                "test": f"database: {DOWNLOADER}download_eynsham.py (history) takes the first 4,787 panoramas x 5 tiles; "
+                "queries: unknown"
+            },
+            paper=True,
+        ),
+        Known(
+            "st_lucia",
+            "St Lucia",
+            ("vg",),
+            _sizes(test=(None, None)),
+            {
+                "test": f"unknown: {DOWNLOADER}download_st_lucia.py (history) takes the first pass as database and the "
+                "last as queries, frame counts not stated"
+            },
+            paper=True,
+            aliases=("st_lucia", "stlucia"),
+        ),
+        # -- further sets ---------------------------------------------------------------------------
+        Known(
+            "pitts250k",
+            "Pitts250k",
+            ("vg", "lists"),
+            _sizes(train=(None, None), val=(None, None), test=(None, 8280)),
+            {
+                "train": "unknown",
+                "val": "unknown",
+                "test": f"queries: {SALAD}Pittsburgh/pitts250k_test_qImages.npy; database: unknown (list not stored)",
+            },
+        ),
+        Known(
+            "nordland",
+            "Nordland",
+            ("lists",),
+            _sizes(test=(27592, 2760)),
+            {"test": f"{SALAD}Nordland/Nordland_{{db,q}}Images.npy (VPR-Bench split, as GSV-Cities/SALAD/BoQ test)"},
+            note=f"{DOWNLOADER}download_nordland.py writes another split (Patch-NetVLAD's: summer database, winter "
+            "queries, positives within 10 frames); its counts are not stated",
+        ),
+        Known(
+            "sped",
+            "SPED",
+            ("lists", "vg"),
+            _sizes(test=(607, 607)),
+            {
+                "test": f"{SALAD}SPED/SPED_{{db,q}}Images.npy; {DOWNLOADER}download_sped.py pairs the same SPEDTEST "
+                "ref/ and query/ one to one (it asserts equal counts)"
+            },
+        ),
+        Known(
+            "amstertime",
+            "AmsterTime",
+            ("vg",),
+            _sizes(test=(None, None)),
+            {"test": f"unknown: {DOWNLOADER}download_amstertime.py pairs database and queries one to one"},
+        ),
+        Known("svox", "SVOX", ("vg",), _sizes(test=(None, None)), {"test": "unknown"}),
+        Known(
+            "sf_xl",
+            "SF-XL (San Francisco eXtra Large)",
+            ("vg",),
+            _sizes(train=(None, None), val=(None, None), test=(None, None)),
+            {
+                "train": "unknown",
+                "val": "unknown",
+                "test": "unknown (gmberton/CosPlace README: about 1 TB in all; no image counts)",
+            },
+            aliases=("sf_xl", "sfxl", "sf-xl"),
+        ),
+    ]
+}
 
 
 def known(name: str) -> Known:
@@ -118,19 +199,31 @@ def catalog_rows() -> List[Dict]:
     rows = []
     for e in CATALOG.values():
         for split, roles in e.sizes.items():
-            rows.append({"name": e.name, "title": e.title, "paper": e.paper, "layouts": list(e.layouts), "split": split,
-                         "database": roles["database"], "queries": roles["queries"],
-                         "source": e.sources.get(split, "unknown"), "note": e.note})
+            rows.append(
+                {
+                    "name": e.name,
+                    "title": e.title,
+                    "paper": e.paper,
+                    "layouts": list(e.layouts),
+                    "split": split,
+                    "database": roles["database"],
+                    "queries": roles["queries"],
+                    "source": e.sources.get(split, "unknown"),
+                    "note": e.note,
+                }
+            )
     return rows
 
 
 # -- vgray datasets check --------------------------------------------------------------------------
+
 
 def detect_layout(root: str) -> str:
     """``vg``, ``lists``, ``gsv_cities`` or ``msls_raw`` for the dataset at ``root``; BadInput when
     it is no folder or none of them."""
     from vgray.data.dataset import SPLITS
     from vgray.data.ground_truth import find_list_set
+
     path = Path(root).expanduser()
     if "::" not in root and not path.exists() and find_list_set(root, "test") is None:
         raise BadInput(f"datasets check {root}: no such folder")
@@ -146,14 +239,17 @@ def detect_layout(root: str) -> str:
         is_msls_raw = None
     if is_msls_raw is not None and is_msls_raw(path):
         return "msls_raw"
-    raise BadInput(f"datasets check {root}: not a dataset; expected a VG-format folder (images/{{train,val,test}}/"
-                   f"{{database,queries}}/), ground-truth lists (NAME_dbImages.npy, NAME_qImages.npy, NAME_gt.npy), "
-                   f"a GSV-Cities folder (Dataframes/, Images/) or MSLS as Mapillary ships it")
+    raise BadInput(
+        f"datasets check {root}: not a dataset; expected a VG-format folder (images/{{train,val,test}}/"
+        f"{{database,queries}}/), ground-truth lists (NAME_dbImages.npy, NAME_qImages.npy, NAME_gt.npy), "
+        f"a GSV-Cities folder (Dataframes/, Images/) or MSLS as Mapillary ships it"
+    )
 
 
 def _splits_present(root: str, layout: str) -> List[str]:
     from vgray.data.dataset import SPLITS
     from vgray.data.ground_truth import find_list_set
+
     path = Path(root).expanduser()
     if layout == "vg":
         return [s for s in SPLITS if (path / "images" / s).is_dir() or (path / s).is_dir()]
@@ -182,8 +278,14 @@ def guess(root: str, counts: Dict[str, Dict[str, int]]) -> Optional[Known]:
     return None
 
 
-def check(root: str, name: Optional[str] = None, progress: Optional[Callable[[str, int], None]] = None,
-          positives: bool = True, rule: str = "auto", frames: int = 10) -> Dict:
+def check(
+    root: str,
+    name: Optional[str] = None,
+    progress: Optional[Callable[[str, int], None]] = None,
+    positives: bool = True,
+    rule: str = "auto",
+    frames: int = 10,
+) -> Dict:
     """Index every split of the dataset at ``root`` and set its counts against the published ones.
 
     Returns ``{"root", "layout", "dataset", "splits": {split: {"database", "queries",
@@ -193,12 +295,15 @@ def check(root: str, name: Optional[str] = None, progress: Optional[Callable[[st
     ``rule``/``frames`` decide the positives as ``test.positives``/``test.positive_frames`` do
     (``frames`` for Nordland and other sequences)."""
     from vgray.data import dataset as ds
+
     if root.startswith("synthetic:"):  # the embedded world: its folder (generated on first use)
         root = str(ds.resolve_root(root))
     layout = detect_layout(root)
     if layout == "gsv_cities":
-        raise BadInput(f"datasets check {root}: a GSV-Cities folder holds place-labelled training images, no "
-                       f"database/queries splits to count; check the VG-format or list sets it is tested on")
+        raise BadInput(
+            f"datasets check {root}: a GSV-Cities folder holds place-labelled training images, no "
+            f"database/queries splits to count; check the VG-format or list sets it is tested on"
+        )
     entry = known(name) if name else None
     splits = {}
     for split in _splits_present(root, layout):
@@ -213,9 +318,13 @@ def check(root: str, name: Optional[str] = None, progress: Optional[Callable[[st
         if positives:
             pos, used = s.evaluation_positives(rule, frames=frames)
             without = int(sum(len(p) == 0 for p in pos))
-        splits[split] = {"database": len(s.database), "queries": len(s.queries),
-                         "queries_without_positives": without, "positives": used,
-                         "query_set": getattr(s, "query_set", "all")}
+        splits[split] = {
+            "database": len(s.database),
+            "queries": len(s.queries),
+            "queries_without_positives": without,
+            "positives": used,
+            "query_set": getattr(s, "query_set", "all"),
+        }
     if not splits:
         raise BadInput(f"datasets check {root}: no split found (train, val or test)")
     entry = entry or guess(root, {s: {r: v[r] for r in ROLES} for s, v in splits.items()})
@@ -227,6 +336,13 @@ def check(root: str, name: Optional[str] = None, progress: Optional[Callable[[st
             v[f"published_{role}"] = want
             if want is not None and want != v[role]:
                 mismatches.append(f"{split}/{role}: {v[role]} found, {want} published")
-    return {"root": root, "layout": layout, "dataset": entry.name if entry else None,
-            "published_layouts": list(entry.layouts) if entry else None, "compared": comparable, "splits": splits,
-            "mismatches": mismatches, "agrees": not mismatches}
+    return {
+        "root": root,
+        "layout": layout,
+        "dataset": entry.name if entry else None,
+        "published_layouts": list(entry.layouts) if entry else None,
+        "compared": comparable,
+        "splits": splits,
+        "mismatches": mismatches,
+        "agrees": not mismatches,
+    }

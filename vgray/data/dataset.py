@@ -7,6 +7,7 @@ Only east and north are required, and fields come from the file *name* only (a d
 folder's path and validated by the modification times of its directories, so that a folder of a
 million images is not walked on every run and a changed folder is indexed again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -110,6 +111,7 @@ def parse_names(names: pa.Array, rel: pa.Array, top: Path) -> Dict[str, object]:
 @dataclass
 class ImageSet:
     """The database or the queries of one split: paths in search order, with their UTM positions."""
+
     paths: List[str]
     utm: np.ndarray  # (n, 2) float64, east/north metres
     notes: List[str] = field(default_factory=list)
@@ -124,6 +126,7 @@ class Split:
     """One split of a dataset: ``database`` and ``queries``; with ``ground_truth`` (a layout whose
     files define the positives, :mod:`vgray.data.ground_truth`), each query's positive database
     indices as the file ``ground_truth_file`` gives them."""
+
     root: Path
     name: str
     database: ImageSet
@@ -140,31 +143,37 @@ class Split:
         the query (:func:`vgray.data.positives.frame_number`); ``auto`` files where the layout has
         them, else radius."""
         from vgray.data.positives import positives_within, positives_within_frames
+
         if rule == "auto":
             rule = "files" if self.ground_truth is not None else "radius"
         if rule == "files":
             if self.ground_truth is None:
-                raise BadInput(f"test.positives=files: dataset {self.root} is in the VG format and has no "
-                               f"ground-truth files; choose auto, radius or frames")
+                raise BadInput(
+                    f"test.positives=files: dataset {self.root} is in the VG format and has no "
+                    f"ground-truth files; choose auto, radius or frames"
+                )
             return self.ground_truth, f"files {self.ground_truth_file}"
         if rule == "frames":
-            return (positives_within_frames(self.database.paths, self.queries.paths, frames),
-                    f"frames ±{frames}")
+            return (positives_within_frames(self.database.paths, self.queries.paths, frames), f"frames ±{frames}")
         if rule != "radius":
             raise BadInput(f"test.positives={rule!r} is not allowed; choose auto, radius, frames or files")
         if self.ground_truth is not None:
-            raise BadInput(f"test.positives=radius: dataset {self.root} is given by ground-truth lists, which carry "
-                           f"no coordinates; choose auto (its files), files or frames")
+            raise BadInput(
+                f"test.positives=radius: dataset {self.root} is given by ground-truth lists, which carry "
+                f"no coordinates; choose auto (its files), files or frames"
+            )
         return positives_within(self.database.utm, self.queries.utm, threshold), f"radius {threshold:g} m"
 
     def soft_positives(self, threshold: float = 25.0) -> List[np.ndarray]:
         """Per query, the database indices within ``threshold`` metres (evaluation), nearest first."""
         from vgray.data.positives import positives_within
+
         return positives_within(self.database.utm, self.queries.utm, threshold)
 
     def hard_positives(self, threshold: float = 10.0) -> List[np.ndarray]:
         """Per query, the database indices within ``threshold`` metres (training), nearest first."""
         from vgray.data.positives import positives_within
+
         return positives_within(self.database.utm, self.queries.utm, threshold)
 
 
@@ -172,12 +181,15 @@ def resolve_root(root: str) -> Path:
     """``synthetic:<preset>`` -> the embedded dataset (generated on first use); else the folder."""
     if root.startswith("synthetic:"):
         from vgray.data import synthetic
+
         return synthetic.ensure(root.split(":", 1)[1])
     path = Path(os.path.expandvars(os.path.expanduser(root)))
     if not path.exists():
-        raise BadInput(f"data.root={root}: no such folder; give a dataset folder in the VG format, "
-                       f"ground-truth lists (FOLDER/NAME for FOLDER/NAME_dbImages.npy, or IMAGES::LISTS) "
-                       f"or synthetic:tiny|small|large")
+        raise BadInput(
+            f"data.root={root}: no such folder; give a dataset folder in the VG format, "
+            f"ground-truth lists (FOLDER/NAME for FOLDER/NAME_dbImages.npy, or IMAGES::LISTS) "
+            f"or synthetic:tiny|small|large"
+        )
     if not path.is_dir():
         raise BadInput(f"data.root={root}: not a folder; give a dataset folder in the VG format")
     return path
@@ -190,11 +202,15 @@ def split_dir(root: Path, split: str) -> Path:
             return candidate
     found = [s for s in SPLITS if (root / "images" / s).is_dir() or (root / s).is_dir()]
     if not found and (root / "Dataframes").is_dir() and (root / "Images").is_dir():
-        raise BadInput(f"dataset {root} is in the GSV-Cities layout (Dataframes/, Images/): place-labelled "
-                       f"training images with no '{split}' split; train on it with data.layout=gsv_cities and "
-                       f"train.regime=places, and evaluate on a VG-format folder (images/{split}/)")
-    raise BadInput(f"dataset {root}: no '{split}' split (looked for images/{split}/ and {split}/); "
-                   f"splits found: {', '.join(found) or 'none'}")
+        raise BadInput(
+            f"dataset {root} is in the GSV-Cities layout (Dataframes/, Images/): place-labelled "
+            f"training images with no '{split}' split; train on it with data.layout=gsv_cities and "
+            f"train.regime=places, and evaluate on a VG-format folder (images/{split}/)"
+        )
+    raise BadInput(
+        f"dataset {root}: no '{split}' split (looked for images/{split}/ and {split}/); "
+        f"splits found: {', '.join(found) or 'none'}"
+    )
 
 
 def _walk(top: Path, progress: Optional[Callable[[int], None]] = None):
@@ -245,8 +261,10 @@ def _walk(top: Path, progress: Optional[Callable[[int], None]] = None):
         except OSError as exc:
             raise BadInput(f"dataset folder {d}: cannot be read ({exc.strerror})")
         if (st.st_dev, st.st_ino) in ancestors:
-            raise BadInput(f"dataset folder {top}: {d} is a link back to a folder that contains it (a loop); "
-                           f"remove the link or point it elsewhere")
+            raise BadInput(
+                f"dataset folder {top}: {d} is a link back to a folder that contains it (a loop); "
+                f"remove the link or point it elsewhere"
+            )
         ancestors.append((st.st_dev, st.st_ino))
         if entries:
             _check_names(d, entries)
@@ -277,8 +295,13 @@ def _walk(top: Path, progress: Optional[Callable[[int], None]] = None):
         flush()
     if not rel_chunks:
         empty = np.zeros(0, np.float64)
-        return {"path": pa.array([], pa.string()), "utm_east": empty, "utm_north": empty, "heading": empty,
-                "note": pa.array([], pa.string())}, dirs
+        return {
+            "path": pa.array([], pa.string()),
+            "utm_east": empty,
+            "utm_north": empty,
+            "heading": empty,
+            "note": pa.array([], pa.string()),
+        }, dirs
     files = pa.chunked_array(rel_chunks, pa.string())
     if state["failed"]:
         for r in files.to_pylist():
@@ -297,8 +320,10 @@ def _check_names(folder: Path, entries) -> None:
             e.name.encode("utf-8")
         except UnicodeEncodeError:
             raw = os.fsencode(e.name)
-            raise BadInput(f"dataset folder {folder}: the name {shown(raw)} is not valid UTF-8; rename the file "
-                           f"(file names must be UTF-8 text)")
+            raise BadInput(
+                f"dataset folder {folder}: the name {shown(raw)} is not valid UTF-8; rename the file "
+                f"(file names must be UTF-8 text)"
+            )
 
 
 def _check_regular(folder: Path, entries, image: np.ndarray) -> None:
@@ -312,8 +337,10 @@ def _check_regular(folder: Path, entries, image: np.ndarray) -> None:
             regular = False
         if not regular:
             what = "a link to nothing" if e.is_symlink() and not os.path.exists(e.path) else "not a regular file"
-            raise BadInput(f"dataset folder {folder}: {e.name} is {what}; image files must be regular files "
-                           f"(remove it or replace it with the image)")
+            raise BadInput(
+                f"dataset folder {folder}: {e.name} is {what}; image files must be regular files "
+                f"(remove it or replace it with the image)"
+            )
 
 
 def _dirs_unchanged(top: Path, dirs: Dict[str, int]) -> bool:
@@ -356,11 +383,18 @@ def _image_set(top: Path, batches) -> ImageSet:
         for key, parts in numbers.items():
             parts.append(batch.column(key).to_numpy(zero_copy_only=False))
         coded = batch.column("note").dictionary_encode()
-        notes.extend(np.array(coded.dictionary.to_pylist() + [""], dtype=object)[
-            coded.indices.fill_null(-1).to_numpy(zero_copy_only=False)].tolist())
+        notes.extend(
+            np.array(coded.dictionary.to_pylist() + [""], dtype=object)[
+                coded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            ].tolist()
+        )
     column = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in numbers.items()}
-    return ImageSet(paths=paths, utm=np.stack([column["utm_east"], column["utm_north"]], axis=1), notes=notes,
-                    headings=column["heading"])
+    return ImageSet(
+        paths=paths,
+        utm=np.stack([column["utm_east"], column["utm_north"]], axis=1),
+        notes=notes,
+        headings=column["heading"],
+    )
 
 
 def index_images(top: Path, progress: Optional[Callable[[int], None]] = None) -> ImageSet:
@@ -374,17 +408,20 @@ def index_images(top: Path, progress: Optional[Callable[[int], None]] = None) ->
         return _image_set(top, index.iter_batches(batch_size=PARSE_BATCH))
     if progress is None:  # a command's first use of a big folder: a bar on a terminal (none in trials' logs)
         from vgray.console import progress_bar
+
         with progress_bar(desc=f"indexing {top}", unit=" files") as bar:
             columns, dirs = _walk(top, lambda seen: bar.update(seen - bar.n))
     else:
         columns, dirs = _walk(top, progress)
-    table = pa.table({
-        "path": columns["path"],
-        "utm_east": pa.array(columns["utm_east"], pa.float64()),
-        "utm_north": pa.array(columns["utm_north"], pa.float64()),
-        "heading": pa.array(columns["heading"], pa.float64()),
-        "note": columns["note"],
-    })
+    table = pa.table(
+        {
+            "path": columns["path"],
+            "utm_east": pa.array(columns["utm_east"], pa.float64()),
+            "utm_north": pa.array(columns["utm_north"], pa.float64()),
+            "heading": pa.array(columns["heading"], pa.float64()),
+            "note": columns["note"],
+        }
+    )
     del columns
     meta = {"version": INDEX_VERSION, "top": str(top.resolve()), "dirs": dirs}
     table = table.replace_schema_metadata({b"vgray": json.dumps(meta).encode()})
@@ -401,22 +438,30 @@ def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im
     (``data.msls_queries``: ``im2im`` or ``all``) choosing its val queries; ``Split.query_set``
     records which queries every layout gives."""
     from vgray.data.ground_truth import find_list_set, read_list_set
+
     lists = find_list_set(str(root), split)
     if lists is not None:
         db, queries, positives, source, query_set = read_list_set(lists, split)
         nan = np.full((1, 2), np.nan)
-        return Split(root=lists.images, name=split,
-                     database=ImageSet(db, np.repeat(nan, len(db), axis=0), [""] * len(db)),
-                     queries=ImageSet(queries, np.repeat(nan, len(queries), axis=0), [""] * len(queries)),
-                     ground_truth=positives, ground_truth_file=source.name, query_set=query_set)
+        return Split(
+            root=lists.images,
+            name=split,
+            database=ImageSet(db, np.repeat(nan, len(db), axis=0), [""] * len(db)),
+            queries=ImageSet(queries, np.repeat(nan, len(queries), axis=0), [""] * len(queries)),
+            ground_truth=positives,
+            ground_truth_file=source.name,
+            query_set=query_set,
+        )
     path = resolve_root(str(root)) if not isinstance(root, Path) else root
     if not path.is_dir():
         raise BadInput(f"data.root={root}: no such folder")
     from vgray.data.msls import is_msls_raw, read_msls
+
     if is_msls_raw(path):
         database, queries, query_set = read_msls(path, split, msls_queries)
-        return Split(root=path, name=split, database=ImageSet(**database), queries=ImageSet(**queries),
-                     query_set=query_set)
+        return Split(
+            root=path, name=split, database=ImageSet(**database), queries=ImageSet(**queries), query_set=query_set
+        )
     top = split_dir(path, split)
     sets = {}
     for role in ("database", "queries"):
@@ -427,5 +472,10 @@ def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im
         if len(images) == 0:
             raise BadInput(f"dataset folder {folder} holds no images (.jpg, .jpeg, .png)")
         sets[role] = images
-    return Split(root=path, name=split, database=sets["database"], queries=sets["queries"],
-                 query_set=f"all {len(sets['queries'])}")
+    return Split(
+        root=path,
+        name=split,
+        database=sets["database"],
+        queries=sets["queries"],
+        query_set=f"all {len(sets['queries'])}",
+    )

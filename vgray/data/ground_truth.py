@@ -29,6 +29,7 @@ file holds. :func:`load_list` never does: an object array is rebuilt by :class:`
 which allows only the callables NumPy needs to rebuild arrays of numbers and strings, and refuses
 any other in one line before anything of it runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,11 +43,17 @@ import numpy as np
 from vgray.errors import BadInput
 
 DB_SUFFIX, Q_SUFFIX, GT_SUFFIX, QIDX_SUFFIX, PIDX_SUFFIX = (
-    "_dbImages.npy", "_qImages.npy", "_gt.npy", "_qIdx.npy", "_pIdx.npy")
+    "_dbImages.npy",
+    "_qImages.npy",
+    "_gt.npy",
+    "_qIdx.npy",
+    "_pIdx.npy",
+)
 LIST_SUFFIXES = (DB_SUFFIX, Q_SUFFIX, GT_SUFFIX, QIDX_SUFFIX, PIDX_SUFFIX)
 SEPARATOR = "::"
-ALLOWED_TEXT = ("numeric NumPy arrays (integer, float, bool), strings, and object arrays of those, "
-                "as numpy.save writes them")
+ALLOWED_TEXT = (
+    "numeric NumPy arrays (integer, float, bool), strings, and object arrays of those, as numpy.save writes them"
+)
 
 
 def _pickle_callables() -> dict:
@@ -55,14 +62,20 @@ def _pickle_callables() -> dict:
     and the bytes of protocol-2 pickles (``_codecs.encode``). Taken from live objects, so that no
     private module is imported."""
     import codecs
+
     reconstruct = np.zeros(1).__reduce__()[0]
     scalar = np.int64(0).__reduce__()[0]
     allowed = {("_codecs", "encode"): codecs.encode}
     for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar
-    for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                   "numpy._core.numeric"):
+    for module in (
+        "numpy",
+        "numpy.core.multiarray",
+        "numpy._core.multiarray",
+        "numpy.core.numeric",
+        "numpy._core.numeric",
+    ):
         allowed[(module, "ndarray")] = np.ndarray
         allowed[(module, "dtype")] = np.dtype
     return allowed
@@ -82,13 +95,17 @@ class NumericUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         found = self.allowed.get((module, name))
         if found is None:
-            raise BadInput(f"ground-truth list {self.source}: its pickle names {module}.{name}, which is "
-                           f"refused (nothing of it ran); allowed: {ALLOWED_TEXT}")
+            raise BadInput(
+                f"ground-truth list {self.source}: its pickle names {module}.{name}, which is "
+                f"refused (nothing of it ran); allowed: {ALLOWED_TEXT}"
+            )
         return found
 
     def persistent_load(self, pid):
-        raise BadInput(f"ground-truth list {self.source}: its pickle holds a persistent id, which is refused; "
-                       f"allowed: {ALLOWED_TEXT}")
+        raise BadInput(
+            f"ground-truth list {self.source}: its pickle holds a persistent id, which is refused; "
+            f"allowed: {ALLOWED_TEXT}"
+        )
 
 
 def _numeric(value) -> bool:
@@ -113,8 +130,9 @@ def load_list(path: Path) -> np.ndarray:
         if "allow_pickle" not in str(exc):
             raise BadInput(f"ground-truth list {path}: not a .npy file ({exc}); allowed: {ALLOWED_TEXT}")
     except Exception as exc:  # empty, truncated
-        raise BadInput(f"ground-truth list {path}: not a readable .npy file ({type(exc).__name__}: {exc}); "
-                       f"allowed: {ALLOWED_TEXT}")
+        raise BadInput(
+            f"ground-truth list {path}: not a readable .npy file ({type(exc).__name__}: {exc}); allowed: {ALLOWED_TEXT}"
+        )
     fmt = np.lib.format
     with open(path, "rb") as f:
         try:
@@ -129,17 +147,21 @@ def load_list(path: Path) -> np.ndarray:
         except BadInput:
             raise
         except Exception as exc:  # truncated, corrupt: still nothing but allowed callables ran
-            raise BadInput(f"ground-truth list {path}: not a readable .npy object array ({exc}); "
-                           f"allowed: {ALLOWED_TEXT}")
+            raise BadInput(
+                f"ground-truth list {path}: not a readable .npy object array ({exc}); allowed: {ALLOWED_TEXT}"
+            )
     if not isinstance(array, np.ndarray) or array.shape != tuple(shape) or not _numeric(array):
-        raise BadInput(f"ground-truth list {path}: holds {type(array).__name__} values other than numbers "
-                       f"and strings; allowed: {ALLOWED_TEXT}")
+        raise BadInput(
+            f"ground-truth list {path}: holds {type(array).__name__} values other than numbers "
+            f"and strings; allowed: {ALLOWED_TEXT}"
+        )
     return array
 
 
 @dataclass(frozen=True)
 class ListSet:
     """A ground-truth list set: the files ``prefix`` + suffix, image paths relative to ``images``."""
+
     images: Path
     prefix: Path
 
@@ -158,7 +180,7 @@ def _expand(text: str) -> Path:
 def _strip_suffix(path: Path) -> Optional[Path]:
     for suffix in LIST_SUFFIXES:
         if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            return path.with_name(path.name[:-len(suffix)])
+            return path.with_name(path.name[: -len(suffix)])
     return None
 
 
@@ -167,7 +189,7 @@ def _has_vg_split(folder: Path) -> bool:
 
 
 def _sets_in(folder: Path) -> List[str]:
-    return sorted(p.name[:-len(DB_SUFFIX)] for p in folder.glob("*" + DB_SUFFIX) if len(p.name) > len(DB_SUFFIX))
+    return sorted(p.name[: -len(DB_SUFFIX)] for p in folder.glob("*" + DB_SUFFIX) if len(p.name) > len(DB_SUFFIX))
 
 
 def _choose(folder: Path, split: str, root: str) -> Path:
@@ -180,8 +202,10 @@ def _choose(folder: Path, split: str, root: str) -> Path:
     fitting = [n for n in names if n.lower().endswith("_" + split)]
     if len(fitting) == 1:
         return folder / fitting[0]
-    raise BadInput(f"data root {root}: {folder} holds the ground-truth list sets {', '.join(names)}, and "
-                   f"{'none' if not fitting else 'several'} named *_{split}; name one: {folder}/NAME")
+    raise BadInput(
+        f"data root {root}: {folder} holds the ground-truth list sets {', '.join(names)}, and "
+        f"{'none' if not fitting else 'several'} named *_{split}; name one: {folder}/NAME"
+    )
 
 
 def _lists_prefix(text: str, images: Optional[Path], split: str, root: str) -> Optional[Path]:
@@ -212,8 +236,10 @@ def find_list_set(root: str, split: str) -> Optional[ListSet]:
             raise BadInput(f"data root {root}: the image folder {images} (before {SEPARATOR}) is not a folder")
         prefix = _lists_prefix(right, images, split, root)
         if prefix is None:
-            raise BadInput(f"data root {root}: {right.strip()} (after {SEPARATOR}) names no ground-truth lists; "
-                           f"give a prefix (DIR/NAME for DIR/NAME{DB_SUFFIX}), a list file, or a folder of lists")
+            raise BadInput(
+                f"data root {root}: {right.strip()} (after {SEPARATOR}) names no ground-truth lists; "
+                f"give a prefix (DIR/NAME for DIR/NAME{DB_SUFFIX}), a list file, or a folder of lists"
+            )
         return ListSet(images=images, prefix=prefix)
     prefix = _lists_prefix(root, None, split, root)
     return None if prefix is None else ListSet(images=prefix.parent, prefix=prefix)
@@ -222,12 +248,16 @@ def find_list_set(root: str, split: str) -> Optional[ListSet]:
 def _paths(lists: ListSet, suffix: str) -> List[str]:
     path = lists.file(suffix)
     if not path.is_file():
-        raise BadInput(f"ground-truth lists {lists.prefix}: {path.name} is missing; a list set needs "
-                       f"NAME{DB_SUFFIX}, NAME{Q_SUFFIX} and NAME{GT_SUFFIX} (or NAME{QIDX_SUFFIX} with NAME{PIDX_SUFFIX})")
+        raise BadInput(
+            f"ground-truth lists {lists.prefix}: {path.name} is missing; a list set needs "
+            f"NAME{DB_SUFFIX}, NAME{Q_SUFFIX} and NAME{GT_SUFFIX} (or NAME{QIDX_SUFFIX} with NAME{PIDX_SUFFIX})"
+        )
     array = load_list(path)
     if array.ndim != 1 or not all(isinstance(v, (str, np.str_)) for v in array.tolist()):
-        raise BadInput(f"ground-truth list {path}: must be a 1-D array of image paths (strings), "
-                       f"not {array.dtype} of shape {array.shape}")
+        raise BadInput(
+            f"ground-truth list {path}: must be a 1-D array of image paths (strings), "
+            f"not {array.dtype} of shape {array.shape}"
+        )
     return [str(v) for v in array.tolist()]
 
 
@@ -242,8 +272,9 @@ def _indices(path: Path, array, what: str, high: int, row: Optional[int] = None)
     a = a.astype(np.int64).ravel()
     bad = a[(a < 0) | (a >= high)]
     if len(bad):
-        raise BadInput(f"ground-truth list {path}{where}: {what} {int(bad[0])} is out of range; "
-                       f"allowed: 0 to {high - 1}")
+        raise BadInput(
+            f"ground-truth list {path}{where}: {what} {int(bad[0])} is out of range; allowed: 0 to {high - 1}"
+        )
     return a
 
 
@@ -252,22 +283,28 @@ def _positives(lists: ListSet, queries: int, database: int):
     qidx_file, pidx_file, gt_file = lists.file(QIDX_SUFFIX), lists.file(PIDX_SUFFIX), lists.file(GT_SUFFIX)
     if qidx_file.is_file():
         if not pidx_file.is_file():
-            raise BadInput(f"ground-truth lists {lists.prefix}: {qidx_file.name} needs {pidx_file.name} (the "
-                           f"positives of those queries), which is missing")
+            raise BadInput(
+                f"ground-truth lists {lists.prefix}: {qidx_file.name} needs {pidx_file.name} (the "
+                f"positives of those queries), which is missing"
+            )
         rows = _indices(qidx_file, load_list(qidx_file), "query index", queries)
         source = pidx_file
     elif gt_file.is_file():
         rows, source = np.arange(queries, dtype=np.int64), gt_file
     else:
-        raise BadInput(f"ground-truth lists {lists.prefix}: no positives: expected {gt_file.name}, or "
-                       f"{qidx_file.name} with {pidx_file.name} (MSLS test's lists have none: its positives "
-                       f"are not public)")
+        raise BadInput(
+            f"ground-truth lists {lists.prefix}: no positives: expected {gt_file.name}, or "
+            f"{qidx_file.name} with {pidx_file.name} (MSLS test's lists have none: its positives "
+            f"are not public)"
+        )
     gt = load_list(source)
     entries = list(gt) if gt.ndim >= 1 else []
     if gt.ndim == 0 or len(entries) != len(rows):
-        raise BadInput(f"ground-truth list {source}: holds positives for {len(entries)} queries, but there are "
-                       f"{len(rows)} queries ({'its ' + qidx_file.name if source == pidx_file else Q_SUFFIX[1:]}); "
-                       f"allowed: one entry per query")
+        raise BadInput(
+            f"ground-truth list {source}: holds positives for {len(entries)} queries, but there are "
+            f"{len(rows)} queries ({'its ' + qidx_file.name if source == pidx_file else Q_SUFFIX[1:]}); "
+            f"allowed: one entry per query"
+        )
     return rows, [_indices(source, e, "database index", database, row=i) for i, e in enumerate(entries)], source
 
 
@@ -275,9 +312,11 @@ def _on_disk(lists: ListSet, relative: List[str], suffix: str) -> List[str]:
     paths = [os.path.join(str(lists.images), r) for r in relative]
     missing = [r for r, p in zip(relative, paths) if not os.path.isfile(p)]
     if missing:
-        raise BadInput(f"ground-truth list {lists.file(suffix)}: {len(missing)} of its {len(paths)} images are not "
-                       f"on disk under {lists.images} (e.g. {missing[0]}); allowed: paths relative to the dataset "
-                       f"folder, every one present")
+        raise BadInput(
+            f"ground-truth list {lists.file(suffix)}: {len(missing)} of its {len(paths)} images are not "
+            f"on disk under {lists.images} (e.g. {missing[0]}); allowed: paths relative to the dataset "
+            f"folder, every one present"
+        )
     return paths
 
 
@@ -287,9 +326,11 @@ def read_list_set(lists: ListSet, split: str):
     use. The query set names the queries evaluated: ``qIdx 740 of 747`` for a ``_qIdx`` selection,
     else ``all N``."""
     if split == "train":
-        raise BadInput(f"ground-truth lists {lists.prefix}: an evaluation set, with no train split; train on a "
-                       f"VG-format dataset (or data.layout=gsv_cities) and give these lists as data.val_root "
-                       f"or in test.datasets")
+        raise BadInput(
+            f"ground-truth lists {lists.prefix}: an evaluation set, with no train split; train on a "
+            f"VG-format dataset (or data.layout=gsv_cities) and give these lists as data.val_root "
+            f"or in test.datasets"
+        )
     db = _paths(lists, DB_SUFFIX)
     q = _paths(lists, Q_SUFFIX)
     if not db or not q:

@@ -11,6 +11,7 @@ where ``lat`` and ``lon`` are written as Python writes the floats read from the 
 simply gets one integer label per ``(city, place_id)`` pair. Places with fewer than
 ``min_images`` images are dropped, as the publisher's ``min_img_per_place`` does.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,10 @@ COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "pa
 @dataclass
 class PlaceSet:
     """Place-labelled training images: ``paths[i]`` shows place ``labels[i]`` (0..n_places-1)."""
+
     paths: List[str]
     labels: np.ndarray  # (n,) int64
-    dropped: int = 0    # places left out for having too few images
+    dropped: int = 0  # places left out for having too few images
     # Per place, the places it must not share a batch with (grid places whose images may be each
     # other's positives: vgray.train.places.grid_places); None: any two places may.
     neighbours: Optional[List[np.ndarray]] = None
@@ -49,8 +51,10 @@ class PlaceSet:
 
 def image_name(row: Dict[str, str]) -> str:
     """The publisher's file name of the image a dataframe row describes (see the module docstring)."""
-    return (f"{row['city_id']}_{int(row['place_id']) % 10**5:07d}_{int(row['year']):04d}_{int(row['month']):02d}_"
-            f"{int(row['northdeg']):03d}_{float(row['lat'])}_{float(row['lon'])}_{row['panoid']}.jpg")
+    return (
+        f"{row['city_id']}_{int(row['place_id']) % 10**5:07d}_{int(row['year']):04d}_{int(row['month']):02d}_"
+        f"{int(row['northdeg']):03d}_{float(row['lat'])}_{float(row['lon'])}_{row['panoid']}.jpg"
+    )
 
 
 def _read_city(csv_path: Path) -> List[Dict[str, str]]:
@@ -59,8 +63,7 @@ def _read_city(csv_path: Path) -> List[Dict[str, str]]:
             reader = csv.DictReader(f)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise BadInput(f"GSV-Cities dataframe {csv_path}: no column {missing[0]}; "
-                               f"needs {', '.join(COLUMNS)}")
+                raise BadInput(f"GSV-Cities dataframe {csv_path}: no column {missing[0]}; needs {', '.join(COLUMNS)}")
             rows = list(reader)
     except OSError as exc:
         raise BadInput(f"GSV-Cities dataframe {csv_path}: cannot be read ({exc.strerror or exc})")
@@ -68,8 +71,10 @@ def _read_city(csv_path: Path) -> List[Dict[str, str]]:
         try:
             image_name(row)
         except (TypeError, ValueError):
-            raise BadInput(f"GSV-Cities dataframe {csv_path} line {n}: place_id, year, month, northdeg must be "
-                           f"integers and lat, lon numbers")
+            raise BadInput(
+                f"GSV-Cities dataframe {csv_path} line {n}: place_id, year, month, northdeg must be "
+                f"integers and lat, lon numbers"
+            )
     return rows
 
 
@@ -80,8 +85,10 @@ def read_gsv_cities(root, min_images: int) -> PlaceSet:
     root = Path(root)
     frames = sorted((root / "Dataframes").glob("*.csv")) if (root / "Dataframes").is_dir() else []
     if not frames:
-        raise BadInput(f"data.root={root}: no Dataframes/<city>.csv; a GSV-Cities folder holds Dataframes/*.csv "
-                       f"and Images/<city>/ (or set data.layout=vg for a VG-format dataset)")
+        raise BadInput(
+            f"data.root={root}: no Dataframes/<city>.csv; a GSV-Cities folder holds Dataframes/*.csv "
+            f"and Images/<city>/ (or set data.layout=vg for a VG-format dataset)"
+        )
     groups: Dict[Tuple[str, int], List[str]] = {}
     for frame in frames:
         listed: Dict[str, set] = {}

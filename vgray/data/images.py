@@ -16,6 +16,7 @@ are decoded in the worker (``torchvision.io.decode_image``, PIL where that fails
 device cannot decode is decoded by PIL from its bytes, so that what PIL can read is read, and what
 it cannot is reported by path with PIL's message, exactly as on the PIL path.
 """
+
 from __future__ import annotations
 
 import abc
@@ -46,6 +47,7 @@ def check_regular(path: str) -> None:
     """A path named like an image must be a regular file: opening a FIFO blocks for ever, and a
     device or a folder is no image (:class:`UnreadableImage` naming it)."""
     import stat
+
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -68,8 +70,10 @@ def unreadable(path: str, message: str, skip_corrupt: bool, log: Optional[Callab
     """An image that cannot be read: the run stops with :class:`BadInput` naming it or, with
     ``data.skip_corrupt``, it is reported (``log``, default stderr) and left out."""
     if not skip_corrupt:
-        raise BadInput(f"image {path} cannot be read ({message}); fix or remove it, "
-                       f"or set data.skip_corrupt=true to leave such images out")
+        raise BadInput(
+            f"image {path} cannot be read ({message}); fix or remove it, "
+            f"or set data.skip_corrupt=true to leave such images out"
+        )
     (log or (lambda m: print(f"vgray: {m}", file=sys.stderr)))(f"skipping unreadable image {path} ({message})")
 
 
@@ -143,6 +147,7 @@ def decode_here(path: str, data: Optional[bytes] = None) -> torch.Tensor:
     """uint8 (3, h, w) of the image in file ``path`` (``data``: its bytes), decoded on the CPU:
     by torchvision unless it is a JPEG (one that gets here is incomplete or broken), else by PIL."""
     from torchvision.io import ImageReadMode, decode_image
+
     if data is not None and not data.startswith(_JPEG_START):
         try:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -183,7 +188,7 @@ class ByteBatch:
         return len(self.kinds)
 
     def __getitem__(self, k: int) -> Tuple[str, torch.Tensor]:
-        return self.kinds[k], self.data[self.offsets[k]:self.offsets[k + 1]].view(self.shapes[k])
+        return self.kinds[k], self.data[self.offsets[k] : self.offsets[k + 1]].view(self.shapes[k])
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))
@@ -196,6 +201,7 @@ def decode_on_device(items: Sequence[Tuple[str, torch.Tensor]], paths: Sequence[
     that call fails, each JPEG is decoded alone, and one the device cannot decode is decoded by
     PIL from its bytes (an :class:`UnreadableImage` there is an error ``(k, (path, message))``)."""
     from torchvision.io import ImageReadMode, decode_jpeg
+
     images: List[Optional[torch.Tensor]] = [None] * len(items)
     errors = []
     jpegs = [k for k, (kind, _) in enumerate(items) if kind == "jpeg"]

@@ -47,6 +47,7 @@ far apart in easting/northing, so no image of one is within metres of the other'
 The CSVs are read with pyarrow's multi-threaded CSV reader (a few seconds for MSLS's 1.6M rows),
 so nothing is cached.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,9 +63,30 @@ from vgray.errors import BadInput
 
 #: ``default_cities`` of mapillary_sls/datasets/msls.py.
 CITIES = {
-    "train": ("trondheim", "london", "boston", "melbourne", "amsterdam", "helsinki", "tokyo", "toronto",
-              "saopaulo", "moscow", "zurich", "paris", "bangkok", "budapest", "austin", "berlin", "ottawa",
-              "phoenix", "goa", "amman", "nairobi", "manila"),
+    "train": (
+        "trondheim",
+        "london",
+        "boston",
+        "melbourne",
+        "amsterdam",
+        "helsinki",
+        "tokyo",
+        "toronto",
+        "saopaulo",
+        "moscow",
+        "zurich",
+        "paris",
+        "bangkok",
+        "budapest",
+        "austin",
+        "berlin",
+        "ottawa",
+        "phoenix",
+        "goa",
+        "amman",
+        "nairobi",
+        "manila",
+    ),
     "val": ("cph", "sf"),
     "test": ("miami", "athens", "buenosaires", "stockholm", "bengaluru", "kampala"),
 }
@@ -104,6 +126,7 @@ def _known_cities() -> List[str]:
 @dataclass
 class _Images:
     """One city's database or queries as its CSVs give them, in row order."""
+
     paths: List[str]
     utm: np.ndarray
     notes: List[str]
@@ -113,27 +136,36 @@ class _Images:
 
     def take(self, keep: np.ndarray) -> "_Images":
         rows = np.flatnonzero(keep)
-        return _Images([self.paths[i] for i in rows], self.utm[rows], [self.notes[i] for i in rows],
-                       self.headings[rows], self.pano[rows], self.subtask_all[rows])
+        return _Images(
+            [self.paths[i] for i in rows],
+            self.utm[rows],
+            [self.notes[i] for i in rows],
+            self.headings[rows],
+            self.pano[rows],
+            self.subtask_all[rows],
+        )
 
 
 def _read_csv(path: Path) -> pa.Table:
     """``path`` with the columns of :data:`COLUMNS` checked; BadInput naming the file otherwise."""
     name = path.name
     if not path.is_file():
-        raise BadInput(f"MSLS file {path} is missing; each train_val/<city>/{{database,query}}/ folder needs "
-                       f"{', '.join(COLUMNS)} (as mapillary_sls ships them)")
+        raise BadInput(
+            f"MSLS file {path} is missing; each train_val/<city>/{{database,query}}/ folder needs "
+            f"{', '.join(COLUMNS)} (as mapillary_sls ships them)"
+        )
     strings = {c: pa.string() for c in COLUMNS[name] if c not in ("easting", "northing", "ca")}
     try:
         table = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=strings))
     except (pa.ArrowInvalid, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInput(f"MSLS file {path}: cannot be read as CSV ({first}); allowed: a CSV with header "
-                       f"{HEADERS[name]}")
+        raise BadInput(f"MSLS file {path}: cannot be read as CSV ({first}); allowed: a CSV with header {HEADERS[name]}")
     missing = [c for c in COLUMNS[name] if c not in table.column_names]
     if missing:
-        raise BadInput(f"MSLS file {path}: missing column(s) {', '.join(missing)}; allowed: a CSV with columns "
-                       f"{', '.join(COLUMNS[name])} (MSLS's header: {HEADERS[name]})")
+        raise BadInput(
+            f"MSLS file {path}: missing column(s) {', '.join(missing)}; allowed: a CSV with columns "
+            f"{', '.join(COLUMNS[name])} (MSLS's header: {HEADERS[name]})"
+        )
     return table
 
 
@@ -144,8 +176,10 @@ def _numbers(table: pa.Table, column: str, path: Path, finite: bool) -> np.ndarr
     values = col.to_numpy(zero_copy_only=False).astype(np.float64)
     if finite and not np.all(np.isfinite(values)):
         row = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise BadInput(f"MSLS file {path}: column {column} is empty or not finite at data row {row + 1}; "
-                       f"allowed: UTM metres on every row")
+        raise BadInput(
+            f"MSLS file {path}: column {column} is empty or not finite at data row {row + 1}; "
+            f"allowed: UTM metres on every row"
+        )
     return values
 
 
@@ -155,8 +189,10 @@ def _flags(table: pa.Table, column: str, path: Path) -> np.ndarray:
     bad = pc.invert(pc.or_(true, false)).to_numpy(zero_copy_only=False)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise BadInput(f"MSLS file {path}: column {column} holds {table.column(column)[row].as_py()!r} at data "
-                       f"row {row + 1}; allowed: True or False")
+        raise BadInput(
+            f"MSLS file {path}: column {column} holds {table.column(column)[row].as_py()!r} at data "
+            f"row {row + 1}; allowed: True or False"
+        )
     return true.to_numpy(zero_copy_only=False).astype(bool)
 
 
@@ -166,16 +202,20 @@ def _read_images(root: Path, city: str, role: str) -> _Images:
     tables = {name: _read_csv(folder / name) for name in COLUMNS}
     rows = {name: t.num_rows for name, t in tables.items()}
     if len(set(rows.values())) != 1:
-        raise BadInput(f"MSLS folder {folder}: its CSVs must describe the same images row by row, but have "
-                       f"{', '.join(f'{n} {r}' for n, r in rows.items())} rows")
+        raise BadInput(
+            f"MSLS folder {folder}: its CSVs must describe the same images row by row, but have "
+            f"{', '.join(f'{n} {r}' for n, r in rows.items())} rows"
+        )
     keys = tables["seq_info.csv"].column("key")
     for name in ("postprocessed.csv", "raw.csv"):
         other = tables[name].column("key")
         differ = pc.invert(pc.equal(pc.fill_null(keys, ""), pc.fill_null(other, ""))).to_numpy(zero_copy_only=False)
         if differ.any():
             row = int(np.flatnonzero(differ)[0])
-            raise BadInput(f"MSLS file {folder / name}: key {other[row].as_py()!r} at data row {row + 1} differs "
-                           f"from seq_info.csv's {keys[row].as_py()!r}; allowed: the same keys in the same order")
+            raise BadInput(
+                f"MSLS file {folder / name}: key {other[row].as_py()!r} at data row {row + 1} differs "
+                f"from seq_info.csv's {keys[row].as_py()!r}; allowed: the same keys in the same order"
+            )
     post = tables["postprocessed.csv"]
     post_path = folder / "postprocessed.csv"
     utm = np.stack([_numbers(post, "easting", post_path, True), _numbers(post, "northing", post_path, True)], 1)
@@ -184,18 +224,24 @@ def _read_images(root: Path, city: str, role: str) -> _Images:
     notes = [f"{'night' if n else 'day'}_{v}_{city}" for n, v in zip(night.tolist(), views)]
     images = str(folder / "images")
     paths = [f"{images}/{k}.jpg" for k in keys.to_pylist()]
-    return _Images(paths=paths, utm=utm, notes=notes,
-                   headings=_numbers(tables["raw.csv"], "ca", folder / "raw.csv", False),
-                   pano=_flags(tables["raw.csv"], "pano", folder / "raw.csv"),
-                   subtask_all=_flags(tables["subtask_index.csv"], "all", folder / "subtask_index.csv"))
+    return _Images(
+        paths=paths,
+        utm=utm,
+        notes=notes,
+        headings=_numbers(tables["raw.csv"], "ca", folder / "raw.csv", False),
+        pano=_flags(tables["raw.csv"], "pano", folder / "raw.csv"),
+        subtask_all=_flags(tables["subtask_index.csv"], "all", folder / "subtask_index.csv"),
+    )
 
 
 def _concat(parts: Sequence[_Images]) -> Dict[str, object]:
     """The cities' images one after the other, as :class:`~vgray.data.dataset.ImageSet`'s fields."""
-    return {"paths": [p for part in parts for p in part.paths],
-            "utm": np.concatenate([p.utm for p in parts]).reshape(-1, 2),
-            "notes": [n for part in parts for n in part.notes],
-            "headings": np.concatenate([p.headings for p in parts])}
+    return {
+        "paths": [p for part in parts for p in part.paths],
+        "utm": np.concatenate([p.utm for p in parts]).reshape(-1, 2),
+        "notes": [n for part in parts for n in part.notes],
+        "headings": np.concatenate([p.headings for p in parts]),
+    }
 
 
 def cities_present(root: Path, split: str) -> List[str]:
@@ -212,6 +258,7 @@ def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, d
     (this module does not import it: no import circle). ``query_set`` is ``data.msls_queries``
     and applies to ``val``/``test``."""
     from vgray.data.positives import positives_within
+
     if query_set not in QUERY_SETS:
         raise BadInput(f"data.msls_queries={query_set!r} is not allowed; choose {' or '.join(QUERY_SETS)}")
     if split not in CITIES:
@@ -219,8 +266,10 @@ def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, d
     cities = cities_present(root, split)
     if not cities:
         wanted = CITIES["val" if split == "test" else split]
-        raise BadInput(f"MSLS {root}: split '{split}' has none of its cities under train_val/ "
-                       f"(MSLS's {'val' if split == 'test' else split} cities: {', '.join(wanted)})")
+        raise BadInput(
+            f"MSLS {root}: split '{split}' has none of its cities under train_val/ "
+            f"(MSLS's {'val' if split == 'test' else split} cities: {', '.join(wanted)})"
+        )
     databases, queries = [], []
     all_queries = 0
     for city in cities:
@@ -231,8 +280,12 @@ def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, d
         if split != "train" and query_set == "im2im":
             db = db.take(db.subtask_all)
             q = q.take(q.subtask_all)
-            has_positive = np.array([len(p) > 0 for p in positives_within(db.utm, q.utm, IM2IM_THRESHOLD)]
-                                    if len(db.paths) else np.zeros(len(q.paths), bool), dtype=bool)
+            has_positive = np.array(
+                [len(p) > 0 for p in positives_within(db.utm, q.utm, IM2IM_THRESHOLD)]
+                if len(db.paths)
+                else np.zeros(len(q.paths), bool),
+                dtype=bool,
+            )
             q = q.take(has_positive)
         databases.append(db)
         queries.append(q)

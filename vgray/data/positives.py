@@ -6,6 +6,7 @@ positives. faiss range search on float32 would lose the last metre at UTM magnit
 coordinates are centred first, the search radius widened by a metre, and the candidates filtered
 exactly in float64.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def positives_within(db_utm: np.ndarray, q_utm: np.ndarray, threshold: float) ->
     lims, _, ids = index.range_search((q - origin).astype(np.float32), float((threshold + 1.0) ** 2))
     out = []
     for i in range(len(q)):
-        cand = ids[lims[i]:lims[i + 1]].astype(np.int64)
+        cand = ids[lims[i] : lims[i + 1]].astype(np.int64)
         dist = np.hypot(*(db[cand] - q[i]).T) if len(cand) else np.empty(0)
         keep = dist <= threshold
         cand, dist = cand[keep], dist[keep]
@@ -58,9 +59,11 @@ def frame_number(path: str) -> int:
     stem = os.path.splitext(name)[0]
     if stem.isdigit():
         return int(stem)
-    raise BadInput(f"test.positives=frames: image {path} carries no frame number; allowed: an integer "
-                   f"pano_id field (@east@north@zone@letter@lat@lon@FRAME@...@.jpg, as the VG downloader names "
-                   f"Nordland) or a name of digits (0000123.jpg)")
+    raise BadInput(
+        f"test.positives=frames: image {path} carries no frame number; allowed: an integer "
+        f"pano_id field (@east@north@zone@letter@lat@lon@FRAME@...@.jpg, as the VG downloader names "
+        f"Nordland) or a name of digits (0000123.jpg)"
+    )
 
 
 def positives_within_frames(db_paths: Sequence[str], q_paths: Sequence[str], frames: int) -> List[np.ndarray]:
@@ -74,6 +77,6 @@ def positives_within_frames(db_paths: Sequence[str], q_paths: Sequence[str], fra
     hi = np.searchsorted(sorted_db, q + frames, side="right")
     out = []
     for i in range(len(q)):
-        cand = order[lo[i]:hi[i]]
+        cand = order[lo[i] : hi[i]]
         out.append(cand[np.lexsort((cand, np.abs(db[cand] - q[i])))])
     return out

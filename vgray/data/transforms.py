@@ -23,6 +23,7 @@ positives and negatives go through ``resized_transform`` (PIL resize, then norma
 :func:`query_train_transform` and :func:`train_database_transform`. Only the mining cache, which
 ``BaseDataset`` builds, follows ``data.resize_order``.
 """
+
 from __future__ import annotations
 
 from torchvision import transforms as T
@@ -69,6 +70,7 @@ class ResizeNormalize(T.Compose):
         rounded to uint8 as PIL's resize is), then scaled and normalised."""
         import torch
         from torchvision.transforms.v2 import functional as F
+
         device = images[0].device
         groups = {}
         for k, image in enumerate(images):
@@ -114,8 +116,11 @@ def query_train_transform(image_size, mean, std, aug):
     then the PIL resize and normalisation of :func:`train_database_transform`, whichever
     ``data.resize_order``."""
     size = tuple(image_size)
-    steps = [T.ColorJitter(**{name: getattr(aug, name)})
-             for name in ("brightness", "contrast", "saturation", "hue") if getattr(aug, name) > 0]
+    steps = [
+        T.ColorJitter(**{name: getattr(aug, name)})
+        for name in ("brightness", "contrast", "saturation", "hue")
+        if getattr(aug, name) > 0
+    ]
     if aug.perspective > 0:
         steps.append(T.RandomPerspective(distortion_scale=aug.perspective, p=0.5))
     if aug.resized_crop > 0:

@@ -5,6 +5,7 @@ of importing Ray. A sweep joins or starts Ray with its dashboard (:func:`vgray.d
 init_ray`); a benchmark wants a bare Ray of its own unless told an address, and to leave things as
 it found them.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -32,8 +33,9 @@ def init_local_ray(num_cpus: Optional[int] = None, dashboard: bool = False, **kw
     switch = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                        **kwargs)
+        return ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs
+        )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = switch
 
@@ -48,6 +50,7 @@ def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None) -
     here is shut down on leaving.
     """
     import ray
+
     started = not ray.is_initialized()
     if started and address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -64,12 +67,17 @@ def cluster_summary() -> Dict[str, float]:
     """The connected cluster: ``cpus`` (all of its CPUs), ``nodes`` (alive ones) and ``node_cpus``
     (the CPUs of its largest node: what one actor can have at most)."""
     import ray
+
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    return {"cpus": float(ray.cluster_resources().get("CPU", 1.0)), "nodes": len(alive),
-            "node_cpus": max((float(n["Resources"].get("CPU", 0.0)) for n in alive), default=0.0)}
+    return {
+        "cpus": float(ray.cluster_resources().get("CPU", 1.0)),
+        "nodes": len(alive),
+        "node_cpus": max((float(n["Resources"].get("CPU", 0.0)) for n in alive), default=0.0),
+    }
 
 
 def shutdown_ray() -> None:
     """Disconnect from Ray (and stop the local Ray this process started)."""
     import ray
+
     ray.shutdown()

@@ -18,6 +18,7 @@ actor is scheduled into that group, sized to the extraction bundle, so that tria
 extraction slots can never hold all of the cluster (no deadlock). A trial without an extraction
 bundle extracts in-process.
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,8 +40,14 @@ class RayExtractor:
     placement group: as many as its extraction bundles hold). ``images_through_ray`` counts the
     images extracted by Ray Data so far."""
 
-    def __init__(self, cfg, threshold: Optional[int] = None, actors: Optional[int] = None,
-                 batch_size: Optional[int] = None, log: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        cfg,
+        threshold: Optional[int] = None,
+        actors: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        log: Optional[Callable[[str], None]] = None,
+    ):
         self.cfg = cfg
         self.threshold = cfg.data.ray_threshold if threshold is None else threshold
         if self.threshold < 0:
@@ -54,19 +61,32 @@ class RayExtractor:
     def uses_ray(self, count: int) -> bool:
         """Whether a set of ``count`` images goes through Ray Data."""
         import ray
+
         if count == 0 or not ray.is_initialized():
             return False
         if count <= self.threshold and self.threshold > 0:
             return False
         return _budget() is not None
 
-    def __call__(self, model, paths: Sequence[str], transform, rt, features_dim: int,
-                 desc: str = "images") -> Tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, model, paths: Sequence[str], transform, rt, features_dim: int, desc: str = "images"
+    ) -> Tuple[np.ndarray, np.ndarray]:
         from vgray.evaluate.extract import extract_descriptors
+
         if not self.uses_ray(len(paths)):
             return extract_descriptors(model, paths, transform, rt, features_dim, desc)
-        out, valid = ray_descriptors(self.cfg, model, paths, transform, features_dim, rt.skip_corrupt,
-                                     self.batch_size, self.actors, rt.progress, self.log)
+        out, valid = ray_descriptors(
+            self.cfg,
+            model,
+            paths,
+            transform,
+            features_dim,
+            rt.skip_corrupt,
+            self.batch_size,
+            self.actors,
+            rt.progress,
+            self.log,
+        )
         self.images_through_ray += int(valid.sum())
         self.calls_through_ray += 1
         return out, valid
@@ -77,6 +97,7 @@ def _budget() -> Optional[Dict[str, object]]:
     (``{"pg": None}``); inside one (a Tune trial), its bundles after the first (the trainer's):
     ``{"pg": group, "cpu": n, "gpu": n}``, or None when it has no such bundle."""
     import ray
+
     pg = ray.util.get_current_placement_group()
     if pg is None:
         return {"pg": None}
@@ -96,12 +117,13 @@ def _plan(budget: Dict[str, object], actors: Optional[int]) -> Dict[str, object]
     import ray
 
     from vgray.distributed.extract import default_plan
+
     if budget["pg"] is None:
         return {**default_plan(ray, actors), "strategy": None, "limits": None}
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     cpu, gpu = budget["cpu"], budget["gpu"]
-    strategy = PlacementGroupSchedulingStrategy(placement_group=budget["pg"],
-                                                placement_group_capture_child_tasks=True)
+    strategy = PlacementGroupSchedulingStrategy(placement_group=budget["pg"], placement_group_capture_child_tasks=True)
     if gpu > 0:  # one actor per whole GPU (or one on the fraction), the CPUs decode
         n = max(1, int(gpu)) if actors is None else actors
         plan = {"actors": n, "actor_cpus": 0, "actor_gpus": gpu / n, "decode_cpus": min(1.0, cpu) if cpu else 0}
@@ -113,16 +135,25 @@ def _plan(budget: Dict[str, object], actors: Optional[int]) -> Dict[str, object]
     return {**plan, "strategy": strategy, "limits": (cpu, gpu)}
 
 
-def ray_descriptors(cfg, model, paths: Sequence[str], transform, features_dim: int, skip_corrupt: bool,
-                    batch_size: int, actors: Optional[int] = None, progress: bool = False,
-                    log: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
+def ray_descriptors(
+    cfg,
+    model,
+    paths: Sequence[str],
+    transform,
+    features_dim: int,
+    skip_corrupt: bool,
+    batch_size: int,
+    actors: Optional[int] = None,
+    progress: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Descriptors ``(len(paths), features_dim)`` float32 of ``model`` (its current weights) through
     Ray Data, and a mask of the images read. An unreadable image stops with :class:`BadInput`
     naming it, or with ``skip_corrupt`` is left out (reported, masked)."""
     import ray
 
-    from vgray.distributed.extract import pipeline
     from vgray.data.images import unreadable
+    from vgray.distributed.extract import pipeline
 
     budget = _budget()
     if budget is None:
@@ -147,10 +178,12 @@ def ray_descriptors(cfg, model, paths: Sequence[str], transform, features_dim: i
 
 # -- trials ----------------------------------------------------------------------------------
 
+
 def _set_sizes(root: str) -> int:
     """The largest database or query set among ``root``'s splits (0 when it cannot be read now:
     the trial will say why)."""
     from vgray.data.dataset import open_split
+
     biggest = 0
     for split in ("train", "val", "test"):
         try:
@@ -209,8 +242,11 @@ def trial_resources(spec) -> Callable[[dict], object]:
             cfg = trial.config(trial.seeds[0])
         except Exception:  # a config that cannot load: the trial itself reports it
             cfg = None
-        bundles = trial_bundles(spec.resources, cfg) if cfg is not None else trial_bundles(
-            {**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None)
+        bundles = (
+            trial_bundles(spec.resources, cfg)
+            if cfg is not None
+            else trial_bundles({**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None)
+        )
         return PlacementGroupFactory(bundles, strategy="PACK")
 
     return request
@@ -220,4 +256,5 @@ def trial_extractor(cfg, log=None) -> Optional[RayExtractor]:
     """The extractor a trial (or ``vgray train --address``) hands to training: a
     :class:`RayExtractor` when Ray is up, else None (in-process)."""
     import ray
+
     return RayExtractor(cfg, log=log) if ray.is_initialized() else None

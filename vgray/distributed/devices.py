@@ -9,6 +9,7 @@ set_gpu_assignment`): in a Ray worker ``auto`` is then the CPU without an assign
 first assigned one at its local ordinal, and ``cuda:N`` the worker's N-th GPU (refused when it has
 fewer). In the driver, and without Ray, the machine decides as before.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -18,6 +19,7 @@ def ray_assigned_gpus() -> Optional[List[str]]:
     """The GPU ids Ray assigned to the current task or actor (``[]``: none), or None outside a Ray
     worker (no Ray, or the driver)."""
     import ray
+
     if not ray.is_initialized():
         return None
     ctx = ray.get_runtime_context()
@@ -30,6 +32,7 @@ def use_ray_devices() -> None:
     """Make :func:`vgray.runtime.resolve_device` follow Ray's GPU assignment in this process (called
     where a trial or an extraction actor starts; harmless in the driver)."""
     from vgray.runtime import set_gpu_assignment
+
     set_gpu_assignment(ray_assigned_gpus)
 
 
@@ -44,6 +47,7 @@ def device_report(name: str = "auto", cuda_present: Optional[bool] = None) -> Di
 
     from vgray.errors import BadInput
     from vgray.runtime import choose_device
+
     assigned = ray_assigned_gpus()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     cuda = torch.cuda.is_available() if cuda_present is None else cuda_present

@@ -10,6 +10,7 @@ the network, built once per actor from the config and the weights the driver sav
 count), each to a temporary name moved into place. A re-run keeps the shards that are complete and
 of this model; a truncated shard or one of another model is extracted again, never mixed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,10 +50,15 @@ def model_hash(model, cfg) -> str:
     weights however they were saved or loaded (a ``torch.save`` file's bytes are not: the zip
     holds pickled object ids and record names)."""
     import torch
+
     h = hashlib.sha1()
     arch = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in _WEIGHT_SOURCES}
-    h.update(json.dumps({"model": arch, "image_size": list(cfg.data.image_size),
-                         "resize_order": cfg.data.resize_order}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {"model": arch, "image_size": list(cfg.data.image_size), "resize_order": cfg.data.resize_order},
+            sort_keys=True,
+        ).encode()
+    )
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"\n{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
@@ -67,6 +73,7 @@ def paths_sha1(paths: Sequence[str]) -> str:
 @dataclass(frozen=True)
 class Shard:
     """Images ``start:stop`` of ``role``, the work of one parquet file."""
+
     role: str
     k: int
     start: int
@@ -100,6 +107,7 @@ def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], s
     """Ray Data stage 1 (CPU tasks): paths -> transformed images (B, 3, H, W) float32; an image that
     cannot be read becomes zeros of ``shape`` with its message in ``error`` (the driver decides)."""
     from vgray.data.images import UnreadableImage, read_image
+
     images, errors = [], []
     for path, role in zip(batch["path"], batch["role"]):
         try:
@@ -109,8 +117,7 @@ def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], s
             images.append(None)
             errors.append(str(exc))
     stacked = np.stack([im if im is not None else np.zeros(shape, np.float32) for im in images])
-    return {"role": batch["role"], "index": batch["index"], "image": stacked,
-            "error": np.asarray(errors, dtype=object)}
+    return {"role": batch["role"], "index": batch["index"], "image": stacked, "error": np.asarray(errors, dtype=object)}
 
 
 class _Embed:
@@ -120,9 +127,10 @@ class _Embed:
 
     def __init__(self, cfg, model_file: Optional[str] = None, state=None):
         from vgray.checkpoint import read_state_dict
-        from vgray.models import build_model
         from vgray.distributed.devices import use_ray_devices
+        from vgray.models import build_model
         from vgray.runtime import Runtime
+
         use_ray_devices()  # the actor's device is the GPU Ray gave it, or the CPU
         self.rt = Runtime.from_config(cfg, progress=False)
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
@@ -130,6 +138,7 @@ class _Embed:
             state = read_state_dict(model_file)
         elif not isinstance(state, dict):
             import ray
+
             state = ray.get(state)
         model.load_state_dict(state)
         self.model = self.rt.prepare(model)
@@ -137,6 +146,7 @@ class _Embed:
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import torch
+
         ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
         out = np.zeros((len(ok), self.features_dim), dtype=np.float32)
         if ok.any():
@@ -146,8 +156,15 @@ class _Embed:
         return {"role": batch["role"], "index": batch["index"], "descriptor": out, "error": batch["error"]}
 
 
-def pipeline(cfg, rows: List[Dict[str, object]], transforms: Dict[str, object], embed: Dict[str, object],
-             plan: Dict[str, object], batch_size: int, progress: bool):
+def pipeline(
+    cfg,
+    rows: List[Dict[str, object]],
+    transforms: Dict[str, object],
+    embed: Dict[str, object],
+    plan: Dict[str, object],
+    batch_size: int,
+    progress: bool,
+):
     """The Ray Data dataset of every extraction: ``rows`` (role, index, path) decoded and transformed
     (``transforms[role]``) in CPU tasks, the network in an actor pool (:class:`_Embed`, built from
     ``embed``: ``model_file`` or ``state``). ``plan``: the actors and each stage's resources, and
@@ -159,8 +176,11 @@ def pipeline(cfg, rows: List[Dict[str, object]], transforms: Dict[str, object], 
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = False
     limits = plan.get("limits")
-    ctx.execution_options.resource_limits = (ExecutionResources.for_limits(cpu=limits[0], gpu=limits[1])
-                                             if limits is not None else ExecutionResources.for_limits())
+    ctx.execution_options.resource_limits = (
+        ExecutionResources.for_limits(cpu=limits[0], gpu=limits[1])
+        if limits is not None
+        else ExecutionResources.for_limits()
+    )
     placed = {"scheduling_strategy": plan["strategy"]} if plan.get("strategy") is not None else {}
     shape = (3, *cfg.data.image_size)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
@@ -171,11 +191,23 @@ def pipeline(cfg, rows: List[Dict[str, object]], transforms: Dict[str, object], 
         # idle: the decode tasks' memory request keeps them apart. A decode worker holds
         # torchvision and PIL (about 450 MiB measured) and a few batches.
         decode_args["memory"] = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
-    ds = ds.map_batches(decode_images, fn_kwargs={"transforms": transforms, "shape": shape},
-                        batch_size=batch_size, batch_format="numpy", **decode_args)
-    return ds.map_batches(_Embed, fn_constructor_kwargs={"cfg": cfg, **embed}, batch_size=batch_size,
-                          batch_format="numpy", concurrency=plan["actors"], num_cpus=plan["actor_cpus"],
-                          num_gpus=plan["actor_gpus"], **placed)
+    ds = ds.map_batches(
+        decode_images,
+        fn_kwargs={"transforms": transforms, "shape": shape},
+        batch_size=batch_size,
+        batch_format="numpy",
+        **decode_args,
+    )
+    return ds.map_batches(
+        _Embed,
+        fn_constructor_kwargs={"cfg": cfg, **embed},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=plan["actors"],
+        num_cpus=plan["actor_cpus"],
+        num_gpus=plan["actor_gpus"],
+        **placed,
+    )
 
 
 def _prepare_model(cfg, split, out: Path, progress: bool):
@@ -191,8 +223,11 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
     from vgray.saved_descriptors import CONFIG_FILE, MODEL_FILE, load_model
     from vgray.seeding import seed_everything
 
-    same = ((out / CONFIG_FILE).is_file() and (out / MODEL_FILE).is_file()
-            and (out / CONFIG_FILE).read_bytes() == cfg.to_yaml().encode())
+    same = (
+        (out / CONFIG_FILE).is_file()
+        and (out / MODEL_FILE).is_file()
+        and (out / CONFIG_FILE).read_bytes() == cfg.to_yaml().encode()
+    )
     if same:
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
         try:
@@ -205,16 +240,24 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
         check_before_extraction(cfg, model)
         if model.needs_init():
             method = create_method(cfg, model.mean, model.std)
-            initialize_aggregation(model, split.database.paths, method.database_transform,
-                                   Runtime.from_config(cfg, progress=progress), seed=cfg.seed)
+            initialize_aggregation(
+                model,
+                split.database.paths,
+                method.database_transform,
+                Runtime.from_config(cfg, progress=progress),
+                seed=cfg.seed,
+            )
     return model, model_hash(model, cfg), not same
 
 
 def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, object]:
     from vgray.evaluate.methods import create_method
+
     method = create_method(cfg, model.mean, model.std)
-    return {"database": method.database_transform,
-            "queries": method.query_transforms[0] if "queries" in roles else method.database_transform}
+    return {
+        "database": method.database_transform,
+        "queries": method.query_transforms[0] if "queries" in roles else method.database_transform,
+    }
 
 
 def _default_actors(ray) -> tuple:
@@ -234,8 +277,12 @@ def default_plan(ray, actors: Optional[int]) -> Dict[str, float]:
     n = actors or default
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     decode = 1.0 if cpus >= 2 else cpus / 2
-    return {"actors": n, "actor_cpus": 0 if gpus else min(1.0, (cpus - decode) / n), "actor_gpus": gpus,
-            "decode_cpus": decode}
+    return {
+        "actors": n,
+        "actor_cpus": 0 if gpus else min(1.0, (cpus - decode) / n),
+        "actor_gpus": gpus,
+        "decode_cpus": decode,
+    }
 
 
 def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[int]) -> tuple:
@@ -249,14 +296,19 @@ def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[i
         if role not in ROLES:
             raise BadInput(f"role {role!r}: allowed are {', '.join(ROLES)}")
     if cfg.model.pca_dim is not None:
-        raise BadInput("model.pca_dim: vgray extract writes the network's descriptors, before PCA; "
-                       "unset it (or use vgray eval --save-descriptors)")
+        raise BadInput(
+            "model.pca_dim: vgray extract writes the network's descriptors, before PCA; "
+            "unset it (or use vgray eval --save-descriptors)"
+        )
     if "queries" in roles:
         from vgray.evaluate.methods import create_method
+
         method = create_method(cfg, (0.0,) * 3, (1.0,) * 3)  # only its crops matter here
         if method.crops != 1 or not method.batched:
-            raise BadInput(f"test.method={cfg.test.method}: vgray extract writes one descriptor per query image; "
-                           f"use hard_resize or central_crop (or extract --role database only)")
+            raise BadInput(
+                f"test.method={cfg.test.method}: vgray extract writes one descriptor per query image; "
+                f"use hard_resize or central_crop (or extract --role database only)"
+            )
     return roles
 
 
@@ -265,6 +317,7 @@ class Prepared:
     """What :func:`extract` checks and builds before Ray starts (:func:`prepare`): the roles, the
     split, the network and its :func:`model_hash`, and whether the network was built now (then its
     ``model.pt`` and ``config.yaml`` are written once Ray is up)."""
+
     roles: tuple
     split: object
     model: object
@@ -272,27 +325,47 @@ class Prepared:
     fresh: bool
 
 
-def prepare(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_size: int = 1000,
-            actors: Optional[int] = None, progress: bool = True, index: Optional[str] = None) -> Prepared:
+def prepare(
+    cfg,
+    split_name: str,
+    out_dir,
+    roles: Sequence[str] = ROLES,
+    shard_size: int = 1000,
+    actors: Optional[int] = None,
+    progress: bool = True,
+    index: Optional[str] = None,
+) -> Prepared:
     """Every check of an extraction and its network, before Ray starts and before anything is
     written: the request (:func:`check_request`), the split, the model built (its weights loaded,
     NetVLAD initialised) or the folder's own ``model.pt`` read back, the ``index`` string."""
     from vgray.data.dataset import open_split
+
     roles = check_request(cfg, roles, shard_size, actors)
     split = open_split(cfg.data.root, split_name, cfg.data.msls_queries)
     model, model_sha1, fresh = _prepare_model(cfg, split, Path(out_dir), progress)
     if index is not None:
         from vgray.evaluate.knn import build_index
+
         if "database" not in roles:
             raise BadInput(f"--index {index}: an index is made of the database; extract --role database too")
         build_index(index, model.features_dim)  # a string faiss refuses stops us before any extraction
     return Prepared(roles, split, model, model_sha1, fresh)
 
 
-def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_size: int = 1000,
-            actors: Optional[int] = None, batch_size: Optional[int] = None, progress: bool = True,
-            concat: bool = True, log=None, index: Optional[str] = None,
-            prepared: Optional[Prepared] = None) -> Dict[str, object]:
+def extract(
+    cfg,
+    split_name: str,
+    out_dir,
+    roles: Sequence[str] = ROLES,
+    shard_size: int = 1000,
+    actors: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    progress: bool = True,
+    concat: bool = True,
+    log=None,
+    index: Optional[str] = None,
+    prepared: Optional[Prepared] = None,
+) -> Dict[str, object]:
     """Descriptors of ``roles`` of split ``split_name`` of ``cfg.data.root`` into ``out_dir``.
 
     With ``concat``, the shards of each role are also joined into ``out_dir/<role>.parquet`` (what
@@ -326,8 +399,14 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
     sets = {role: getattr(split, role) for role in roles}
 
     def expected(sh: Shard) -> Dict:
-        return {"model_sha1": model_sha1, "features_dim": d, "role": sh.role, "start": sh.start,
-                "stop": sh.stop, "paths_sha1": paths_sha1(sets[sh.role].paths[sh.start:sh.stop])}
+        return {
+            "model_sha1": model_sha1,
+            "features_dim": d,
+            "role": sh.role,
+            "start": sh.start,
+            "stop": sh.stop,
+            "paths_sha1": paths_sha1(sets[sh.role].paths[sh.start : sh.stop]),
+        }
 
     pending: List[Shard] = []
     kept = 0
@@ -351,8 +430,9 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
 
     written = skipped = extracted = 0
     if pending:
-        written, skipped, extracted = _run(cfg, out, pending, sets, transforms, d, expected, actors, batch_size,
-                                           progress, log)
+        written, skipped, extracted = _run(
+            cfg, out, pending, sets, transforms, d, expected, actors, batch_size, progress, log
+        )
     for role in roles if concat else ():
         count = -(-len(sets[role]) // shard_size)
         tables = [pq.read_table(shard_path(out, role, k)) for k in range(count)]
@@ -363,32 +443,51 @@ def extract(cfg, split_name: str, out_dir, roles: Sequence[str] = ROLES, shard_s
         import faiss
 
         from vgray.distributed.search import index_from_shards
+
         started = time.perf_counter()
         files = [shard_path(out, "database", k) for k in range(-(-len(sets["database"]) // shard_size))]
         built = index_from_shards([str(f) for f in files], index, seed=cfg.seed)
         from vgray.atomic import atomic_path
+
         with atomic_path(out / INDEX_FILE) as tmp:
             faiss.write_index(built, str(tmp))
-        figures = {"index": index, "index_seconds": time.perf_counter() - started,
-                   "index_mb": (out / INDEX_FILE).stat().st_size / 2**20}
+        figures = {
+            "index": index,
+            "index_seconds": time.perf_counter() - started,
+            "index_mb": (out / INDEX_FILE).stat().st_size / 2**20,
+        }
     seconds = time.perf_counter() - start_time
-    return {**figures, "images": extracted, "shards_written": written, "shards_kept": kept, "skipped": skipped,
-            "features_dim": d, "model_sha1": model_sha1, "seconds": seconds,
-            "images_per_s": extracted / seconds if seconds > 0 else 0.0}
+    return {
+        **figures,
+        "images": extracted,
+        "shards_written": written,
+        "shards_kept": kept,
+        "skipped": skipped,
+        "features_dim": d,
+        "model_sha1": model_sha1,
+        "seconds": seconds,
+        "images_per_s": extracted / seconds if seconds > 0 else 0.0,
+    }
 
 
-def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expected, actors, batch_size,
-         progress: bool, log):
+def _run(
+    cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expected, actors, batch_size, progress: bool, log
+):
     """Extract the ``pending`` shards through Ray Data; returns (written, skipped, images)."""
     import ray
+
     from vgray.data.images import unreadable
     from vgray.saved_descriptors import MODEL_FILE, descriptor_table
 
     batch_size = batch_size or cfg.test.batch_size
-    rows = [{"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
-            for sh in pending for i in range(sh.start, sh.stop)]
-    ds = pipeline(cfg, rows, transforms, {"model_file": str(out / MODEL_FILE)}, default_plan(ray, actors),
-                  batch_size, progress)
+    rows = [
+        {"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
+        for sh in pending
+        for i in range(sh.start, sh.stop)
+    ]
+    ds = pipeline(
+        cfg, rows, transforms, {"model_file": str(out / MODEL_FILE)}, default_plan(ray, actors), batch_size, progress
+    )
 
     owner = {(sh.role, i): sh for sh in pending for i in range(sh.start, sh.stop)}
     buffers: Dict[Shard, Dict[int, Optional[np.ndarray]]] = {sh: {} for sh in pending}
@@ -405,8 +504,7 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
             if len(buffers[sh]) == sh.stop - sh.start:
                 got = buffers.pop(sh)
                 rows_ok = np.asarray([i for i in range(sh.start, sh.stop) if got[i] is not None], dtype=np.int64)
-                xb = (np.stack([got[i] for i in rows_ok]) if len(rows_ok)
-                      else np.zeros((0, d), dtype=np.float32))
+                xb = np.stack([got[i] for i in rows_ok]) if len(rows_ok) else np.zeros((0, d), dtype=np.float32)
                 table = descriptor_table(sets[role], rows_ok, xb)
                 meta = {**expected(sh), "count": int(len(rows_ok)), "skipped": int(sh.stop - sh.start - len(rows_ok))}
                 table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
@@ -416,4 +514,3 @@ def _run(cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expecte
     if buffers:  # cannot happen unless Ray dropped rows; never leave a partial shard
         raise RuntimeError(f"{len(buffers)} shard(s) incomplete after extraction")
     return written, skipped, images
-

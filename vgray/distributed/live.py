@@ -11,6 +11,7 @@ leaves Ray's log lines on the console.
 the driver into ``STORAGE/NAME/logs/ray.log`` (a local folder when the storage is a URI); their
 ERROR lines still show on the console as one line each, so that a failure is not hidden.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,7 @@ def console(log_path: Optional[Path], verbose: bool) -> Iterator[None]:
     saved = dict(_SETTINGS)
     _SETTINGS["verbose"] = verbose
     try:
-        with (contextlib.nullcontext() if verbose or log_path is None else ray_log_file(log_path)):
+        with contextlib.nullcontext() if verbose or log_path is None else ray_log_file(log_path):
             yield
     finally:
         _SETTINGS.update(saved)
@@ -52,11 +53,13 @@ def log_path_for(directory: str, name: str, uri: bool) -> Path:
     ``CACHE/sweeps/NAME/ray.log`` on this machine (:func:`vgray.paths.cache_dir`)."""
     if uri:
         from vgray.paths import cache_dir
+
         return cache_dir() / "sweeps" / name / LOG_NAME
     return Path(directory) / "logs" / LOG_NAME
 
 
 # -- Ray's log lines -----------------------------------------------------------------------------
+
 
 class _ErrorLine(logging.StreamHandler):
     """Ray's ERROR lines on the console: the first line of each, and where the rest is. Its own
@@ -77,8 +80,11 @@ def _ray_loggers() -> List[logging.Logger]:
     (``loggers: [mlflow]``: it logs its store's set-up on a stderr handler of its own)."""
     loggers = [logging.getLogger("ray")]
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if (name.startswith("ray.") or name.split(".")[0] == "mlflow") and isinstance(logger, logging.Logger) \
-                and logger.handlers:
+        if (
+            (name.startswith("ray.") or name.split(".")[0] == "mlflow")
+            and isinstance(logger, logging.Logger)
+            and logger.handlers
+        ):
             loggers.append(logger)
     return loggers
 
@@ -141,8 +147,9 @@ class _LateFile(logging.Handler):
             except OSError:  # a storage that refuses writes: the sweep says so; the lines are lost
                 self.file = logging.NullHandler()
                 return
-            self.file.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s "
-                                                     "-- %(message)s"))  # Ray's own format
+            self.file.setFormatter(
+                logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s")
+            )  # Ray's own format
             self.file.addFilter(_NoColour())
             for record in self.waiting:
                 self.file.handle(record)
@@ -202,6 +209,7 @@ def ray_log_file(log_path: Path) -> Iterator[None]:
     are not log records of Ray and stay on the console; a crash before the log opened prints the
     lines kept for it."""
     from vgray.errors import BadInput
+
     routing = _Routing(log_path)
     _ROUTING.append(routing)
     routing.apply()
@@ -253,6 +261,7 @@ _NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
 
 
 # -- the live table --------------------------------------------------------------------------------
+
 
 def short_names(keys: List[str]) -> Dict[str, str]:
     """Column names of the varied keys: the last dotted component (``model.aggregation`` ->
@@ -352,10 +361,16 @@ class LiveTable(Callback):
                     figures[column] = result[key]
             if "time_total_s" in result:
                 figures["time"] = result["time_total_s"]
-        cells = {"trial": str(trial), "status": status, **{self.names[k]: v for k, v in self._values(trial).items()},
-                 "epoch": _cell(figures.get("epoch")), "loss": _cell(figures.get("loss")),
-                 "R@1": _recall(figures.get("R@1")), "R@5": _recall(figures.get("R@5")),
-                 "time": _duration(figures.get("time"))}
+        cells = {
+            "trial": str(trial),
+            "status": status,
+            **{self.names[k]: v for k, v in self._values(trial).items()},
+            "epoch": _cell(figures.get("epoch")),
+            "loss": _cell(figures.get("loss")),
+            "R@1": _recall(figures.get("R@1")),
+            "R@5": _recall(figures.get("R@5")),
+            "time": _duration(figures.get("time")),
+        }
         key = tuple(cells.items())
         if figures.get("_printed") == key and not note:
             return  # nothing changed since its last row
@@ -375,6 +390,7 @@ class LiveTable(Callback):
         """``--verbose``: the config the trial runs (its first seed), one ``key: value`` a line,
         the keys that differ from vgray's defaults (the rest would bury them)."""
         from vgray.config import Config
+
         params = decode_trial(trial.config or {})
         try:
             config = _flatten(params.config(params.seeds[0] if params.seeds else 0).to_dict())
@@ -416,8 +432,11 @@ def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def _dotted(tree: Dict[str, Any], key: str) -> Any:

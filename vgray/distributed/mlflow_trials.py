@@ -1,5 +1,6 @@
 """Tune's MLflow logger shaped for sweeps (``loggers: [mlflow]``); apart from
 :mod:`vgray.distributed.tracking` because importing it imports mlflow, which trials do not need."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,6 @@ import mlflow  # noqa: F401  (here, not first in the callback's set-up: its logg
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from vgray.distributed.spec import decode_trial
-
 
 # Reported figures an MLflow run receives (Tune's own bookkeeping stays out).
 TRACKED_PREFIXES = ("val/", "best_val/", "test/")
@@ -55,17 +55,18 @@ class MLflowTrials(MLflowLoggerCallback):
     by the ``vgray.trial_id`` tag) instead of starting another."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifacts: Optional[str], sweep: str):
-        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment,
-                         tags={"vgray.sweep": sweep})
+        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment, tags={"vgray.sweep": sweep})
         self.artifacts = artifacts
         self._client = None
 
     def setup(self, *args, **kwargs):
         from mlflow import MlflowClient
+
         if self.artifacts:
             os.makedirs(self.artifacts, exist_ok=True)
-        self.mlflow_util.setup_mlflow(tracking_uri=self.tracking_uri, experiment_name=self.experiment_name,
-                                      artifact_location=self.artifacts)
+        self.mlflow_util.setup_mlflow(
+            tracking_uri=self.tracking_uri, experiment_name=self.experiment_name, artifact_location=self.artifacts
+        )
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         self._trial_runs = {}
 
@@ -76,19 +77,25 @@ class MLflowTrials(MLflowLoggerCallback):
     def _run_of(self, trial) -> str:
         """The run of ``trial``: the one an earlier driver started for it, else a new one."""
         experiment = self.mlflow_util.experiment_id
-        found = self._client.search_runs([experiment], filter_string=f"tags.`vgray.trial_id` = '{trial.trial_id}'",
-                                         max_results=1)
+        found = self._client.search_runs(
+            [experiment], filter_string=f"tags.`vgray.trial_id` = '{trial.trial_id}'", max_results=1
+        )
         if found:
             return found[0].info.run_id
         from mlflow.entities import Param
-        run = self._client.create_run(experiment, run_name=str(trial),
-                                      tags={**self.tags, "vgray.trial_id": trial.trial_id, "trial_name": str(trial)})
+
+        run = self._client.create_run(
+            experiment,
+            run_name=str(trial),
+            tags={**self.tags, "vgray.trial_id": trial.trial_id, "trial_name": str(trial)},
+        )
         params = [Param(k, v) for k, v in trial_params(trial.config, str(trial)).items()]
         self._client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
 
     def log_trial_result(self, iteration: int, trial, result: Dict):
         from mlflow.entities import Metric
+
         self.log_trial_start(trial)
         step = int(result.get("training_iteration") or iteration)
         stamp = int(time.time() * 1000)

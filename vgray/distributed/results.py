@@ -8,14 +8,23 @@ durably (temporary file, fsync, rename) *before* it says yes, and rewrites ``sum
 dies, Ray restarts it and it reloads from disk, so an acknowledged row is never lost and a row is
 never written twice.
 """
+
 from __future__ import annotations
 
 import os
 from typing import Any, Dict, List, Optional
 
 from vgray.distributed.storage import Storage
-from vgray.results import (RESULTS_FILE, SUMMARY_CSV, SUMMARY_MD, rows_from_parquet, rows_to_parquet, summarize,
-                           summary_csv, summary_markdown)
+from vgray.results import (
+    RESULTS_FILE,
+    SUMMARY_CSV,
+    SUMMARY_MD,
+    rows_from_parquet,
+    rows_to_parquet,
+    summarize,
+    summary_csv,
+    summary_markdown,
+)
 
 ACTOR_NAMESPACE = "vgray"
 
@@ -92,14 +101,18 @@ def actor_name(sweep_name: str) -> str:
 
 def get_results_actor(sweep_name: str, directory: str, varied: List[str]):
     """The sweep's results actor: created on first use, found by name afterwards."""
-    return results_actor_class().options(name=actor_name(sweep_name), namespace=ACTOR_NAMESPACE,
-                                         get_if_exists=True).remote(directory, varied)
+    return (
+        results_actor_class()
+        .options(name=actor_name(sweep_name), namespace=ACTOR_NAMESPACE, get_if_exists=True)
+        .remote(directory, varied)
+    )
 
 
 def find_results_actor(sweep_name: str):
     """The results actor of the running sweep ``sweep_name`` (from a trial or a driver connected to
     its Ray); ``ValueError`` when no such actor lives on this cluster."""
     import ray
+
     return ray.get_actor(actor_name(sweep_name), namespace=ACTOR_NAMESPACE)
 
 
@@ -108,6 +121,7 @@ def live_summary(sweep_name: str) -> Dict[str, Any]:
     sweep's Ray): ``{"rows": summary rows, "markdown": the table, "count": rows received}``.
     ``ValueError`` when no such actor lives on this cluster."""
     import ray
+
     actor = find_results_actor(sweep_name)
     entries, markdown, rows = ray.get([actor.summary.remote(), actor.summary_markdown.remote(), actor.rows.remote()])
     return {"rows": entries, "markdown": markdown, "count": len(rows)}

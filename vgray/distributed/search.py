@@ -14,6 +14,7 @@ The database comes as a numpy array or as parquet shard files with the columns t
 each actor reads only its own files. Names as in faiss: ``xb`` database, ``xq`` queries, ``D``
 distances, ``I`` ids, ``k``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,6 +28,7 @@ def read_descriptors(path: str) -> np.ndarray:
     """The ``descriptor`` column of one parquet shard as a ``(n, d)`` float32 array."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     try:
         column = pq.read_table(path, columns=["descriptor"]).column("descriptor").combine_chunks()
     except Exception as exc:
@@ -41,23 +43,26 @@ def shard_rows(path: str) -> Tuple[int, int]:
     """``(rows, d)`` of a parquet shard, read from its footer and schema (no data loaded)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     try:
         meta = pq.ParquetFile(path)
     except Exception as exc:
         raise BadInput(f"{path}: not a parquet file ({exc})")
     schema = meta.schema_arrow
     if "descriptor" not in schema.names or not pa.types.is_fixed_size_list(schema.field("descriptor").type):
-        raise BadInput(f"{path}: needs a 'descriptor' column (fixed-size list of float32), as "
-                       f"vgray eval --save-descriptors writes it")
+        raise BadInput(
+            f"{path}: needs a 'descriptor' column (fixed-size list of float32), as "
+            f"vgray eval --save-descriptors writes it"
+        )
     return meta.metadata.num_rows, schema.field("descriptor").type.list_size
 
 
 class _SearchShard:
     """One contiguous part of the database, ids ``offset .. offset + ntotal - 1``, in a Flat index."""
 
-    def __init__(self, offset: int, d: int, threads: int, xb: Optional[np.ndarray] = None,
-                 files: Sequence[str] = ()):
+    def __init__(self, offset: int, d: int, threads: int, xb: Optional[np.ndarray] = None, files: Sequence[str] = ()):
         import faiss
+
         faiss.omp_set_num_threads(threads)
         self.offset = offset
         self.index = faiss.IndexFlatL2(d)
@@ -67,14 +72,19 @@ class _SearchShard:
 
     def search(self, xq: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         from vgray.evaluate.knn import search
+
         D, I, _ = search(self.index, xq, k)
         return D, np.where(I < 0, -1, I + self.offset)  # faiss pads missing results with -1
 
     def info(self) -> Dict[str, object]:
         import ray
-        return {"offset": self.offset, "ntotal": int(self.index.ntotal),
-                "bytes": int(self.index.ntotal) * self.index.d * 4,
-                "node_id": ray.get_runtime_context().get_node_id()}
+
+        return {
+            "offset": self.offset,
+            "ntotal": int(self.index.ntotal),
+            "bytes": int(self.index.ntotal) * self.index.d * 4,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
 
 
 class ShardedFlatSearch:
@@ -88,10 +98,19 @@ class ShardedFlatSearch:
     RuntimeError says so. Needs ``ray.init`` first; :meth:`close` ends the actors.
     """
 
-    def __init__(self, xb: Optional[np.ndarray] = None, *, files: Sequence[str] = (), actors: int = 2,
-                 sizes: Optional[Sequence[int]] = None, num_cpus: float = 1.0, threads: Optional[int] = None,
-                 start_timeout_s: float = 300.0):
+    def __init__(
+        self,
+        xb: Optional[np.ndarray] = None,
+        *,
+        files: Sequence[str] = (),
+        actors: int = 2,
+        sizes: Optional[Sequence[int]] = None,
+        num_cpus: float = 1.0,
+        threads: Optional[int] = None,
+        start_timeout_s: float = 300.0,
+    ):
         import ray
+
         if (xb is None) == (not files):
             raise BadInput("give the database either as an array (xb) or as parquet shard files, not both or neither")
         if actors < 1:
@@ -109,15 +128,17 @@ class ShardedFlatSearch:
             self.d = int(xb.shape[1])
             offset = 0
             for n in sizes:  # each part goes through the object store once, as its own object
-                self.actors.append(remote.remote(offset, self.d, threads, xb=ray.put(xb[offset:offset + n])))
+                self.actors.append(remote.remote(offset, self.d, threads, xb=ray.put(xb[offset : offset + n])))
                 offset += n
         else:
             rows = [shard_rows(str(f)) for f in files]
             dims = {d for _, d in rows}
             if len(dims) != 1:
                 bad = next(str(f) for f, (_, d) in zip(files, rows) if d != rows[0][1])
-                raise BadInput(f"{bad}: descriptors of {dims - {rows[0][1]}} dimensions, but {files[0]} has "
-                               f"{rows[0][1]}; all shards of a database must come from one model")
+                raise BadInput(
+                    f"{bad}: descriptors of {dims - {rows[0][1]}} dimensions, but {files[0]} has "
+                    f"{rows[0][1]}; all shards of a database must come from one model"
+                )
             self.d = rows[0][1]
             counts = [n for n, _ in rows]
             groups = _contiguous_groups(counts, min(actors, len(files)))
@@ -126,18 +147,23 @@ class ShardedFlatSearch:
                 self.actors.append(remote.remote(offset, self.d, threads, files=[str(f) for f in files[lo:hi]]))
                 offset += sum(counts[lo:hi])
         try:
-            self.shards: List[Dict[str, object]] = ray.get([a.info.remote() for a in self.actors],
-                                                           timeout=start_timeout_s)
+            self.shards: List[Dict[str, object]] = ray.get(
+                [a.info.remote() for a in self.actors], timeout=start_timeout_s
+            )
         except ray.exceptions.GetTimeoutError:
             self.close()
-            raise RuntimeError(f"{actors} search actors of {num_cpus} CPUs each did not start within "
-                               f"{start_timeout_s} s; does the cluster have room for them?") from None
+            raise RuntimeError(
+                f"{actors} search actors of {num_cpus} CPUs each did not start within "
+                f"{start_timeout_s} s; does the cluster have room for them?"
+            ) from None
         self.ntotal = sum(int(s["ntotal"]) for s in self.shards)
 
     def search(self, xq: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(D, I)``: the ``min(k, ntotal)`` nearest database ids of every query, as one Flat index gives."""
         import ray
+
         from vgray.evaluate.knn import merge_topk
+
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.d:
             raise BadInput(f"queries of shape {xq.shape}: need (m, {self.d}) to match the database descriptors")
@@ -154,6 +180,7 @@ class ShardedFlatSearch:
 
     def close(self) -> None:
         import ray
+
         for a in self.actors:
             ray.kill(a)
         self.actors = []
@@ -198,22 +225,28 @@ def index_from_shards(files: Sequence[str], spec: str, train_size: int = 200_000
     ``seed``, so the index is the one it builds from them (the same ids for every query)."""
     from vgray.errors import faiss_message
     from vgray.evaluate.knn import build_index, set_search_defaults, skip_polysemous_training
+
     if not files:
         raise BadInput("index_from_shards: no descriptor shards given")
     rows = [shard_rows(str(f)) for f in files]
     d = rows[0][1]
     for f, (_, d2) in zip(files, rows):
         if d2 != d:
-            raise BadInput(f"{f}: descriptors of {d2} dimensions, but {files[0]} has {d}; "
-                           f"all shards of a database must come from one model")
+            raise BadInput(
+                f"{f}: descriptors of {d2} dimensions, but {files[0]} has {d}; "
+                f"all shards of a database must come from one model"
+            )
     counts = np.asarray([n for n, _ in rows], dtype=np.int64)
     total = int(counts.sum())
     index = build_index(spec, d)
     skip_polysemous_training(index)
     try:
         if not index.is_trained:
-            chosen = (np.arange(total) if total <= train_size else
-                      np.sort(np.random.default_rng(seed).choice(total, train_size, replace=False)))
+            chosen = (
+                np.arange(total)
+                if total <= train_size
+                else np.sort(np.random.default_rng(seed).choice(total, train_size, replace=False))
+            )
             starts = np.concatenate([[0], np.cumsum(counts)])
             sample = []
             for k, f in enumerate(files):

@@ -33,6 +33,7 @@ The trial codec: :func:`param_space` writes a sweep's trials into Tune's dict, :
 reads one trial back from it (grid trials nested under :data:`GRID_KEY`, sampled search keys at the
 top) as a :class:`TrialParams`, whose :meth:`TrialParams.config` is the validated config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,23 @@ from vgray.config import Config, all_keys, build_checked, load_config, parse_yam
 from vgray.errors import BadInput, shown
 
 MAX_TRIALS = 100_000  # planned trials of one sweep (a grid of 10^5 is a mistake, not a study)
-TOP_KEYS = ("name", "base", "task", "grid", "variants", "repeats", "search", "scheduler", "resources", "storage",
-            "max_failures", "max_concurrent_trials", "keep_models", "loggers", "mlflow")
+TOP_KEYS = (
+    "name",
+    "base",
+    "task",
+    "grid",
+    "variants",
+    "repeats",
+    "search",
+    "scheduler",
+    "resources",
+    "storage",
+    "max_failures",
+    "max_concurrent_trials",
+    "keep_models",
+    "loggers",
+    "mlflow",
+)
 LOGGERS = ("mlflow",)  # trackers a sweep may feed beside Tune's own CSV, JSON and TensorBoard logs
 TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial of the sweep trains
 METRICS_PREFIXES = ("val/R@", "test/")
@@ -69,13 +85,15 @@ def _field(default, help: str, **checks):
 @dataclass(frozen=True)
 class Options:
     """The sweep's top-level keys with fixed types."""
+
     name: Optional[str] = _field(None, "the study's name: a word of letters, digits, '.', '_' or '-'")
     task: str = _field("train", "train, or eval (evaluation only)", choices=["train", "eval"])
     repeats: int = _field(1, "seeds 0..repeats-1 of every grid point", range=(1, 1000))
     storage: str = _field("~/vgray_results", "folder or URI (s3://..., gs://...) every node reaches")
     max_failures: int = _field(0, "retries of a failed trial (-1: forever)", range=(-1, 2**31 - 1))
-    max_concurrent_trials: Optional[int] = _field(None, "trials running at once (null: as resources allow)",
-                                                  positive=True)
+    max_concurrent_trials: Optional[int] = _field(
+        None, "trials running at once (null: as resources allow)", positive=True
+    )
     keep_models: bool = _field(False, "keep every trial's best model in STORAGE/NAME/models/")
     loggers: List[str] = _field([], "experiment trackers fed beside TensorBoard: mlflow")
 
@@ -83,6 +101,7 @@ class Options:
 @dataclass(frozen=True)
 class MLflow:
     """``mlflow``: where ``loggers: [mlflow]`` writes its runs (one per trial)."""
+
     tracking_uri: Optional[str] = _field(None, "MLflow tracking URI (default: sqlite:///STORAGE/NAME/mlflow.db)")
     experiment: Optional[str] = _field(None, "the MLflow experiment (default: the sweep's name)")
 
@@ -90,6 +109,7 @@ class MLflow:
 @dataclass(frozen=True)
 class Dimension:
     """One dimension of a search space: a float or int range, or categorical ``choices``."""
+
     type: Optional[str] = _field(None, "float, int or categorical", choices=["float", "int", "categorical"])
     low: Optional[float] = _field(None, "lowest value of a float or int range")
     high: Optional[float] = _field(None, "highest value of a float or int range")
@@ -100,6 +120,7 @@ class Dimension:
 @dataclass(frozen=True)
 class Search:
     """``search``: an Optuna search instead of (or on top of) the grid."""
+
     algorithm: str = _field("optuna", "the search algorithm", choices=["optuna"])
     num_samples: int = _field(10, "sampled trials (each runs every seed)", range=(1, 100_000))
     metric: str = _field("val/R@5", "what the search optimises: val/R@N or test/<dataset>/R@N")
@@ -112,12 +133,13 @@ class Search:
 @dataclass(frozen=True)
 class Scheduler:
     """``scheduler``: FIFO, or ASHA stopping the worse training trials early."""
+
     type: Optional[str] = _field(None, "asha or fifo", choices=["asha", "fifo"])
     grace_period: int = _field(1, "ASHA: epochs before a trial may be stopped", positive=True)
-    reduction_factor: float = _field(2.0, "ASHA: the fraction kept at each rung is 1/reduction_factor",
-                                     positive=True)
-    max_t: Optional[int] = _field(None, "ASHA: the last rung (null: the largest train.epochs, plus the test)",
-                                  positive=True)
+    reduction_factor: float = _field(2.0, "ASHA: the fraction kept at each rung is 1/reduction_factor", positive=True)
+    max_t: Optional[int] = _field(
+        None, "ASHA: the last rung (null: the largest train.epochs, plus the test)", positive=True
+    )
     metric: str = _field("val/R@5", "ASHA: the metric compared at each rung")
     mode: str = _field("max", "max or min", choices=["max", "min"])
 
@@ -126,6 +148,7 @@ class Scheduler:
 class Resources:
     """``resources`` of one trial (fractions allowed): its trainer, and its Ray Data extraction
     bundle (``extract_cpu``, default 1, and ``extract_gpu``; see vgray.distributed.descriptors)."""
+
     cpu: float = _field(1.0, "CPUs of the trainer", range=(0, math.inf))
     gpu: float = _field(0.0, "GPUs of the trainer", range=(0, math.inf))
     memory_gb: Optional[float] = _field(None, "memory of the trainer", range=(0, math.inf))
@@ -140,6 +163,7 @@ class Resources:
 @dataclass
 class Trial:
     """One trial: dotted overrides on top of the base config, and the seeds it runs."""
+
     name: str
     overrides: Dict[str, Any]
     seeds: List[int]
@@ -201,11 +225,14 @@ class SweepSpec:
         out = []
         for point, variant in itertools.product(points, self.variants or [{}]):
             overrides = {**dict(zip(keys, point)), **variant}
-            target = _target(overrides.get("model.resume_from", self.base.get("model", {}).get("resume_from")),
-                             dict(zip(keys, point)))
+            target = _target(
+                overrides.get("model.resume_from", self.base.get("model", {}).get("resume_from")),
+                dict(zip(keys, point)),
+            )
             for seed in range(self.repeats):
-                out.append(Trial(trial_name(overrides, seed), overrides, [seed],
-                                 after=f"{target}-s{seed}" if target else None))
+                out.append(
+                    Trial(trial_name(overrides, seed), overrides, [seed], after=f"{target}-s{seed}" if target else None)
+                )
         # Trials that start from another's model come last: the second stage.
         return [t for t in out if not t.after] + [t for t in out if t.after]
 
@@ -225,7 +252,7 @@ def _target(ref, point: Dict[str, Any]) -> Optional[str]:
     ``trial:KEY=VALUE,...``: the trial at the same grid point whose variant is those keys."""
     if not (isinstance(ref, str) and ref.startswith(TRIAL_REF)):
         return None
-    body = ref[len(TRIAL_REF):].strip()
+    body = ref[len(TRIAL_REF) :].strip()
     if "=" not in body:
         return body
     variant = {}
@@ -243,7 +270,7 @@ def trial_name(overrides: Dict[str, Any], seed: Optional[int]) -> str:
         if key == "data.root":  # the dataset's folder name says it: pitts30k, msls, synthetic:small
             text = text.rstrip("/").rsplit("/", 1)[-1]
         if key == "model.resume_from" and text.startswith(TRIAL_REF):  # from=netvlad
-            body = text[len(TRIAL_REF):]
+            body = text[len(TRIAL_REF) :]
             key, text = "model.from", "+".join(p.split("=", 1)[-1] for p in body.split(","))
         text = re.sub(r"[^A-Za-z0-9.+=_-]+", "_", text)[:24]
         leaf = key.rsplit(".", 1)[-1]
@@ -255,6 +282,7 @@ def trial_name(overrides: Dict[str, Any], seed: Optional[int]) -> str:
 
 
 # -- parsing -------------------------------------------------------------------------------------
+
 
 def _unknown(what: str, key: str, allowed) -> BadInput:
     near = difflib.get_close_matches(key, list(allowed), n=3, cutoff=0.5)
@@ -309,15 +337,18 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
     if not isinstance(options.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", options.name):
         raise BadInput(f"name={shown(options.name)} must be a word of letters, digits, '.', '_' or '-'")
     if not options.storage.strip():
-        raise BadInput("storage='' must name a folder or a URI (s3://..., gs://...); leave the key out for "
-                       "~/vgray_results")
+        raise BadInput(
+            "storage='' must name a folder or a URI (s3://..., gs://...); leave the key out for ~/vgray_results"
+        )
     base = _base(raw.get("base"), source)
     grid = _grid(raw)
     variants = _variants(raw, grid)
     planned = math.prod(len(v) for v in grid.values()) * max(1, len(variants)) * options.repeats
     if planned > MAX_TRIALS:
-        raise BadInput(f"the grid, variants and repeats make {planned:,} trials; a sweep may plan at most "
-                       f"{MAX_TRIALS:,} (split the study, or use search: with num_samples)")
+        raise BadInput(
+            f"the grid, variants and repeats make {planned:,} trials; a sweep may plan at most "
+            f"{MAX_TRIALS:,} (split the study, or use search: with num_samples)"
+        )
     search = _search(raw["search"]) if raw.get("search") is not None else None
     if search and variants:
         raise BadInput("variants work with a grid, not with search; make the keys search dimensions")
@@ -325,11 +356,24 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
     resources = build_checked(Resources, raw.get("resources") or {}, "resources.")
     loggers = _loggers(options.loggers)
     mlflow = _mlflow(raw.get("mlflow"), loggers, options.storage)
-    return SweepSpec(name=options.name, base=base, task=options.task, grid=grid, variants=variants,
-                     repeats=options.repeats, search=search, scheduler=scheduler, resources=resources.as_dict(),
-                     storage=options.storage, max_failures=options.max_failures,
-                     max_concurrent_trials=options.max_concurrent_trials, keep_models=options.keep_models,
-                     loggers=loggers, mlflow=mlflow, source=source)
+    return SweepSpec(
+        name=options.name,
+        base=base,
+        task=options.task,
+        grid=grid,
+        variants=variants,
+        repeats=options.repeats,
+        search=search,
+        scheduler=scheduler,
+        resources=resources.as_dict(),
+        storage=options.storage,
+        max_failures=options.max_failures,
+        max_concurrent_trials=options.max_concurrent_trials,
+        keep_models=options.keep_models,
+        loggers=loggers,
+        mlflow=mlflow,
+        source=source,
+    )
 
 
 def _base(base, source: str) -> Dict[str, Any]:
@@ -382,8 +426,10 @@ def _loggers(loggers: List[str]) -> List[str]:
     """``loggers``: trackers from :data:`LOGGERS`, each once."""
     for name in loggers:
         if name not in LOGGERS:
-            raise BadInput(f"loggers: {shown(name)} is unknown; allowed: {', '.join(LOGGERS)} (TensorBoard "
-                           f"and Tune's CSV/JSON logs are always written)")
+            raise BadInput(
+                f"loggers: {shown(name)} is unknown; allowed: {', '.join(LOGGERS)} (TensorBoard "
+                f"and Tune's CSV/JSON logs are always written)"
+            )
     if len(set(loggers)) != len(loggers):
         raise BadInput(f"loggers={loggers} names a tracker twice; name each once")
     return list(loggers)
@@ -395,21 +441,29 @@ def _mlflow(raw, loggers: List[str], storage: str) -> Optional[MLflow]:
     file-store URIs (plain folders, ``file:``) unless ``MLFLOW_ALLOW_FILE_STORE`` is set."""
     if "mlflow" not in loggers:
         if raw is not None:
-            raise BadInput("mlflow settings are given but loggers does not name mlflow; add loggers: [mlflow] "
-                           "or remove the mlflow section")
+            raise BadInput(
+                "mlflow settings are given but loggers does not name mlflow; add loggers: [mlflow] "
+                "or remove the mlflow section"
+            )
         return None
     options = build_checked(MLflow, raw if raw is not None else {}, "mlflow.")
     uri = options.tracking_uri
     if uri is not None and not uri.strip():
-        raise BadInput("mlflow.tracking_uri='' must name a tracking URI (sqlite:///PATH/mlflow.db, http://HOST:PORT, "
-                       "...); leave the key out for STORAGE/NAME/mlflow.db")
+        raise BadInput(
+            "mlflow.tracking_uri='' must name a tracking URI (sqlite:///PATH/mlflow.db, http://HOST:PORT, "
+            "...); leave the key out for STORAGE/NAME/mlflow.db"
+        )
     if uri is not None and _file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
-        raise BadInput(f"mlflow.tracking_uri={shown(uri)} is a file store, which MLflow 3 refuses; use "
-                       f"sqlite:///PATH/mlflow.db or a tracking server (http://HOST:PORT)")
+        raise BadInput(
+            f"mlflow.tracking_uri={shown(uri)} is a file store, which MLflow 3 refuses; use "
+            f"sqlite:///PATH/mlflow.db or a tracking server (http://HOST:PORT)"
+        )
     if uri is None and "://" in storage:
-        raise BadInput(f"loggers: [mlflow] with storage={shown(storage)}: the default MLflow store is a SQLite file "
-                       f"in the sweep folder, which a URI storage cannot hold; set mlflow.tracking_uri "
-                       f"(sqlite:///PATH/mlflow.db or http://HOST:PORT)")
+        raise BadInput(
+            f"loggers: [mlflow] with storage={shown(storage)}: the default MLflow store is a SQLite file "
+            f"in the sweep folder, which a URI storage cannot hold; set mlflow.tracking_uri "
+            f"(sqlite:///PATH/mlflow.db or http://HOST:PORT)"
+        )
     if options.experiment is not None and not options.experiment.strip():
         raise BadInput("mlflow.experiment='' must name an experiment; leave the key out for the sweep's name")
     return options
@@ -475,8 +529,10 @@ def _check_references(spec: SweepSpec) -> None:
     for t in trials:
         if t.after and t.after not in first:
             ref = t.after.rsplit("-s", 1)[0]
-            raise BadInput(f"trial {t.name}: model.resume_from={TRIAL_REF}{ref} names no trial of this "
-                           f"sweep that trains from scratch; allowed: {', '.join(TRIAL_REF + n for n in names)}")
+            raise BadInput(
+                f"trial {t.name}: model.resume_from={TRIAL_REF}{ref} names no trial of this "
+                f"sweep that trains from scratch; allowed: {', '.join(TRIAL_REF + n for n in names)}"
+            )
 
 
 def _check_trials(spec: SweepSpec) -> None:
@@ -484,18 +540,22 @@ def _check_trials(spec: SweepSpec) -> None:
     model its first-stage trial will leave (checked against that trial's config): refuse now,
     before any trial runs. In search mode, the ends of every range and every choice."""
     from vgray.models.network import check_start
+
     made: Dict[str, Dict[str, Any]] = {}  # first-stage trial -> its config's model section
     for trial in spec.trials():
         try:
             cfg = spec.checked[trial.name] = trial.config(spec, trial.seeds[0])
             if trial.after:
-                check_start(cfg.model, made[trial.after], f"model.resume_from={cfg.model.resume_from} "
-                                                          f"(the model of trial {trial.after})")
+                check_start(
+                    cfg.model,
+                    made[trial.after],
+                    f"model.resume_from={cfg.model.resume_from} (the model of trial {trial.after})",
+                )
             else:
                 made[trial.name] = cfg.to_dict()["model"]
         except BadInput as exc:
             raise BadInput(f"trial {trial.name}: {exc}")
-    for key, dim in (spec.search.space.items() if spec.search else ()):
+    for key, dim in spec.search.space.items() if spec.search else ():
         values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
         for value in values:
             value = int(value) if dim.type == "int" else value
@@ -511,8 +571,10 @@ def check_dataset_roots(spec: SweepSpec) -> None:
     a missing folder would fail every trial. (A sweep that joins a cluster by ``--address`` reads
     its datasets on the workers, so the driver does not check.)"""
     from vgray.data.ground_truth import LIST_SUFFIXES, SEPARATOR
-    configs = [(t.name, spec.checked.get(t.name) or t.config(spec, t.seeds[0])) for t in spec.trials()] \
-        or [("base", load_config(base=spec.base))]
+
+    configs = [(t.name, spec.checked.get(t.name) or t.config(spec, t.seeds[0])) for t in spec.trials()] or [
+        ("base", load_config(base=spec.base))
+    ]
     seen = set()
     for name, cfg in configs:
         roots = [("data.root", cfg.data.root), ("data.val_root", cfg.data.val_root)]
@@ -524,8 +586,10 @@ def check_dataset_roots(spec: SweepSpec) -> None:
             for part in root.split(SEPARATOR):
                 path = Path(os.path.expandvars(os.path.expanduser(part)))
                 if not (path.exists() or any(Path(str(path) + s).exists() for s in LIST_SUFFIXES)):
-                    raise BadInput(f"sweep {spec.source}: trial {name}: {key}={root}: {path} does not exist on this "
-                                   f"machine; give a dataset folder, ground-truth lists or synthetic:tiny|small|large")
+                    raise BadInput(
+                        f"sweep {spec.source}: trial {name}: {key}={root}: {path} does not exist on this "
+                        f"machine; give a dataset folder, ground-truth lists or synthetic:tiny|small|large"
+                    )
 
 
 def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepSpec:
@@ -534,19 +598,21 @@ def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepS
 
 # -- the trial codec: Tune's dict ------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TrialParams:
     """One trial as the trainable receives it from Tune, decoded (:func:`decode_trial`)."""
-    sweep: str                  # the sweep's name (its results actor's)
-    directory: str              # STORAGE/NAME
-    task: str                   # train or eval
-    base: Dict[str, Any]        # the sweep's base config
-    varied: List[str]           # the keys the sweep varies
-    overrides: Dict[str, Any]   # dotted keys: the grid point and variant, or the sampled search keys
-    seeds: List[int]            # run in turn, one row each
-    name: Optional[str]         # grid trials' readable name; None for a sampled search trial
-    after: Optional[str]        # the first-stage trial (with seed) whose kept model this one starts from
-    keep_model: bool            # keep this trial's best model in STORAGE/NAME/models/
+
+    sweep: str  # the sweep's name (its results actor's)
+    directory: str  # STORAGE/NAME
+    task: str  # train or eval
+    base: Dict[str, Any]  # the sweep's base config
+    varied: List[str]  # the keys the sweep varies
+    overrides: Dict[str, Any]  # dotted keys: the grid point and variant, or the sampled search keys
+    seeds: List[int]  # run in turn, one row each
+    name: Optional[str]  # grid trials' readable name; None for a sampled search trial
+    after: Optional[str]  # the first-stage trial (with seed) whose kept model this one starts from
+    keep_model: bool  # keep this trial's best model in STORAGE/NAME/models/
 
     @property
     def label(self) -> str:
@@ -567,23 +633,46 @@ def _plain(value):
     return value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
 
 
-def param_space(spec: SweepSpec, stage: Optional[List[Trial]], grid_search: Callable[[list], Any],
-                sample: Callable[[Dimension], Any]) -> Dict[str, Any]:
+def param_space(
+    spec: SweepSpec,
+    stage: Optional[List[Trial]],
+    grid_search: Callable[[list], Any],
+    sample: Callable[[Dimension], Any],
+) -> Dict[str, Any]:
     """Tune's ``param_space`` for ``spec``: the keys every trial shares, then in grid mode the trials
     of ``stage`` (default: every trial) as ``grid_search([entry, ...])`` under :data:`GRID_KEY`; in
     search mode one entry that runs every seed, and ``sample(dimension)`` for each searched key (the
     grid's keys as categorical dimensions) at the top. :func:`decode_trial` reads a trial back."""
-    common = {"sweep": spec.name, "directory": spec.directory, "task": spec.task, "base": spec.base,
-              "varied": spec.varied}
+    common = {
+        "sweep": spec.name,
+        "directory": spec.directory,
+        "task": spec.task,
+        "base": spec.base,
+        "varied": spec.varied,
+    }
     if not spec.search:
         trials = spec.trials() if stage is None else stage
         kept = {t.after for t in spec.trials() if t.after}
-        entries = [{"overrides": t.overrides, "seeds": t.seeds, "name": t.name, "after": t.after,
-                    "keep_model": spec.keep_models or t.name in kept} for t in trials]
+        entries = [
+            {
+                "overrides": t.overrides,
+                "seeds": t.seeds,
+                "name": t.name,
+                "after": t.after,
+                "keep_model": spec.keep_models or t.name in kept,
+            }
+            for t in trials
+        ]
         return {**common, GRID_KEY: grid_search(entries)}
     # Search trials keep no model: the same sampled words could name two of them.
-    space: Dict[str, Any] = {**common, "overrides": {}, "seeds": list(range(spec.repeats)), "name": None,
-                             "after": None, "keep_model": False}
+    space: Dict[str, Any] = {
+        **common,
+        "overrides": {},
+        "seeds": list(range(spec.repeats)),
+        "name": None,
+        "after": None,
+        "keep_model": False,
+    }
     for key, dim in spec.search.space.items():
         space[key] = sample(dim)
     for key, values in spec.grid.items():
@@ -597,30 +686,47 @@ def decode_trial(config: Dict[str, Any]) -> TrialParams:
     flat = {**config, **(config.get(GRID_KEY) or {})}
     overrides = dict(flat.get("overrides") or {})
     overrides.update({k: _plain(v) for k, v in flat.items() if "." in k})
-    return TrialParams(sweep=flat["sweep"], directory=flat["directory"], task=flat["task"], base=flat["base"],
-                       varied=list(flat.get("varied") or []), overrides=overrides,
-                       seeds=[int(s) for s in flat.get("seeds") or [0]], name=flat.get("name"),
-                       after=flat.get("after"), keep_model=bool(flat.get("keep_model")))
+    return TrialParams(
+        sweep=flat["sweep"],
+        directory=flat["directory"],
+        task=flat["task"],
+        base=flat["base"],
+        varied=list(flat.get("varied") or []),
+        overrides=overrides,
+        seeds=[int(s) for s in flat.get("seeds") or [0]],
+        name=flat.get("name"),
+        after=flat.get("after"),
+        keep_model=bool(flat.get("keep_model")),
+    )
 
 
 # -- --dry-run -------------------------------------------------------------------------------------
+
 
 def dry_run_table(spec: SweepSpec) -> str:
     """The expanded trials: count and a table (what ``--dry-run`` prints)."""
     lines = [f"sweep {spec.name}: {spec.num_trials} trials ({spec.task}), storage {spec.directory}"]
     if spec.search:
         s = spec.search
-        lines.append(f"optuna search ({s.sampler}): {s.num_samples} samples, {s.mode} {s.metric}, "
-                     f"each running seeds 0..{spec.repeats - 1}")
+        lines.append(
+            f"optuna search ({s.sampler}): {s.num_samples} samples, {s.mode} {s.metric}, "
+            f"each running seeds 0..{spec.repeats - 1}"
+        )
         for key, dim in s.space.items():
-            rng = dim.choices if dim.type == "categorical" else f"[{dim.low:g}, {dim.high:g}]" + (" log" if dim.log else "")
+            rng = (
+                dim.choices
+                if dim.type == "categorical"
+                else f"[{dim.low:g}, {dim.high:g}]" + (" log" if dim.log else "")
+            )
             lines.append(f"  {key}: {dim.type} {rng}")
         for key, values in spec.grid.items():
             lines.append(f"  {key}: categorical {values}")
         return "\n".join(lines)
     keys = spec.varied + ["seed"]
-    rows = [[t.name] + [str(t.overrides[k]) if k in t.overrides else "-" for k in spec.varied] + [str(t.seeds[0])]
-            for t in spec.trials()]
+    rows = [
+        [t.name] + [str(t.overrides[k]) if k in t.overrides else "-" for k in spec.varied] + [str(t.seeds[0])]
+        for t in spec.trials()
+    ]
     header = ["trial"] + keys
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))

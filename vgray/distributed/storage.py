@@ -7,6 +7,7 @@ says whether it takes writes.
 permission or a quota refuse it as they refuse every other write of the sweep (the driver checks it
 before launching; :mod:`vgray.distributed.storage_watch` while the sweep runs). No Ray here.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ class Storage:
         self.uri = "://" in text
         if self.uri:
             from pyarrow import fs
+
             self.fs, self.root = fs.FileSystem.from_uri(text)
         else:
             self.root = str(Path(text))
@@ -55,6 +57,7 @@ class Storage:
         if not self.uri:
             return os.path.lexists(folder)
         from pyarrow import fs
+
         return self.fs.get_file_info(folder).type != fs.FileType.NotFound
 
     def unmake(self, folders: List[str]) -> None:
@@ -65,6 +68,7 @@ class Storage:
                     os.rmdir(folder)
                 else:
                     from pyarrow import fs
+
                     if not self.fs.get_file_info(fs.FileSelector(folder)):
                         self.fs.delete_dir(folder)
             except OSError:  # something else was put there meanwhile: it stays, and its parents
@@ -78,6 +82,7 @@ class Storage:
         if not self.uri:
             return os.path.exists(self.path(name))
         from pyarrow import fs
+
         return self.fs.get_file_info(self.path(name)).type != fs.FileType.NotFound
 
     def read_bytes(self, name: str) -> bytes:

@@ -12,6 +12,7 @@ temporary file, so a full disk can cut them short. While the folder is writable 
 copy of the last whole ones in ``.vgray-tune-state/``; ``--resume`` puts a copy back over a file
 that is missing or cut short (:func:`repair_tune_state`) before Tune reads them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,6 +41,7 @@ def _whole(path: Path) -> bool:
     import json
 
     from ray import cloudpickle
+
     try:
         data = path.read_bytes()
     except OSError:
@@ -62,6 +64,7 @@ def backup_tune_state(directory: str, seen: Optional[Dict[str, float]] = None) -
     """Copy Tune's state files that read back whole into ``directory/.vgray-tune-state/`` (local
     folders; an object store writes whole objects). ``seen``: name -> mtime already copied."""
     from vgray.atomic import write_bytes
+
     if "://" in directory:
         return
     folder = Path(directory)
@@ -81,6 +84,7 @@ def repair_tune_state(directory: str) -> List[str]:
     """Put the last whole copy back over each of Tune's state files that is missing or cut short;
     returns the names put back."""
     from vgray.atomic import write_bytes
+
     if "://" in directory or not (Path(directory) / BACKUP).is_dir():
         return []
     folder, repaired = Path(directory), []

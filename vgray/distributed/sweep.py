@@ -5,6 +5,7 @@ writes ``plan.json``, and runs the trials (:mod:`vgray.distributed.trainable`) w
 stage after the first when trials start from first-stage models. Trials that end without their row
 (failed after their retries, stopped by ASHA) get one here.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ from vgray.errors import BadInput
 from vgray.results import PLAN_FILE, make_plan, make_row
 
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None,
-             metadata: Optional[Dict[str, str]] = None) -> Optional[str]:
+def init_ray(
+    address: Optional[str], num_cpus: Optional[int] = None, metadata: Optional[Dict[str, str]] = None
+) -> Optional[str]:
     """Join ``address`` (or ``RAY_ADDRESS``) with the cluster's own settings, else start a local Ray
     whose every service listens on 127.0.0.1 only (:func:`vgray.distributed.cluster.init_local_ray`),
     the dashboard included. Token authentication stays as Ray sets it (on by default). ``metadata``:
@@ -29,6 +31,7 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None,
     import ray
 
     from vgray.distributed.cluster import init_local_ray
+
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
@@ -36,8 +39,7 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None,
     if address:
         ctx = ray.init(address=address, namespace="vgray", log_to_driver=False, job_config=job)
     else:
-        ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False,
-                             job_config=job)
+        ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False, job_config=job)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -46,11 +48,18 @@ def local_ray(address: Optional[str]) -> bool:
     """Whether :func:`init_ray` would start a Ray of its own (no address, no ``RAY_ADDRESS``, none
     up in this process): then the machine's CPUs and GPUs are the cluster, known before it starts."""
     import ray
+
     return not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
 
 
-def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = False,
-              num_cpus: Optional[int] = None, out=print, verbose: bool = False) -> Dict[str, Any]:
+def run_sweep(
+    spec: SweepSpec,
+    address: Optional[str] = None,
+    resume: bool = False,
+    num_cpus: Optional[int] = None,
+    out=print,
+    verbose: bool = False,
+) -> Dict[str, Any]:
     """Run (or resume) ``spec`` on Ray; returns ``{"summary": markdown, "failed": n, "trials": n,
     "directory": STORAGE/NAME, "log": Ray's log file}``, plus ``"storage"`` (why) when the storage
     stopped taking writes. The console shows one start line, then the live table of the trials
@@ -71,8 +80,9 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, resume: bool = Fal
         return {**_run(spec, address, resume, num_cpus, out, log if not verbose else None), "log": str(log)}
 
 
-def _run(spec: SweepSpec, address: Optional[str], resume: bool, num_cpus: Optional[int], out,
-         log: Optional[Path]) -> Dict[str, Any]:
+def _run(
+    spec: SweepSpec, address: Optional[str], resume: bool, num_cpus: Optional[int], out, log: Optional[Path]
+) -> Dict[str, Any]:
     """:func:`run_sweep` once its checks have passed: Ray up, the results actor, the plan, the
     stages' Tune experiments, the rows of trials that ended without theirs."""
     import ray
@@ -113,9 +123,14 @@ def _run(spec: SweepSpec, address: Optional[str], resume: bool, num_cpus: Option
             STORAGE_TROUBLE.setdefault(spec.directory, reason)
         if spec.directory in STORAGE_TROUBLE:  # rows for unfinished trials would be wrong: they resume
             rows = ray.get(actor.rows.remote())
-            return {"summary": ray.get(actor.summary_markdown.remote()), "failed": 0, "directory": spec.directory,
-                    "trials": len(rows), "storage": f"{spec.directory} cannot be written "
-                    f"({STORAGE_TROUBLE[spec.directory]}); {len(rows)} row(s) kept in results.parquet"}
+            return {
+                "summary": ray.get(actor.summary_markdown.remote()),
+                "failed": 0,
+                "directory": spec.directory,
+                "trials": len(rows),
+                "storage": f"{spec.directory} cannot be written "
+                f"({STORAGE_TROUBLE[spec.directory]}); {len(rows)} row(s) kept in results.parquet",
+            }
         failed += _rows_for_unfinished(grid, actor)
         _prune_checkpoints(grid)
         trials += len(grid)
@@ -142,6 +157,7 @@ def _prune_checkpoints(grid) -> None:
     import posixpath
 
     from pyarrow import fs as pafs
+
     for result in grid:
         latest = result.checkpoint
         if result.error is not None or latest is None or not (result.metrics or {}).get("vgray_finished"):
@@ -149,8 +165,11 @@ def _prune_checkpoints(grid) -> None:
         folder = posixpath.dirname(latest.path.rstrip("/"))
         try:
             for info in latest.filesystem.get_file_info(pafs.FileSelector(folder)):
-                if (info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
-                        and info.path.rstrip("/") != latest.path.rstrip("/")):
+                if (
+                    info.type == pafs.FileType.Directory
+                    and info.base_name.startswith("checkpoint_")
+                    and info.path.rstrip("/") != latest.path.rstrip("/")
+                ):
                     latest.filesystem.delete_dir(info.path)
         except OSError:  # space is all that is lost; the sweep's results are written
             continue
@@ -164,14 +183,18 @@ def _check_sweep_folder(spec: SweepSpec, resume: bool) -> None:
     except (OSError, ValueError) as exc:  # a URI pyarrow cannot reach: the storage probe says why
         exists = False
         if resume:
-            raise BadInput(f"--resume: storage={spec.storage}: {spec.directory} cannot be read "
-                           f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})") from None
+            raise BadInput(
+                f"--resume: storage={spec.storage}: {spec.directory} cannot be read "
+                f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+            ) from None
     if resume and not exists:
-        raise BadInput(f"--resume: no sweep to resume in {spec.directory} (no tuner.pkl); "
-                       f"run it without --resume to start it")
+        raise BadInput(
+            f"--resume: no sweep to resume in {spec.directory} (no tuner.pkl); run it without --resume to start it"
+        )
     if not resume and exists:
-        raise BadInput(f"{spec.directory} already holds sweep '{spec.name}'; pass --resume to continue it, "
-                       f"or --storage elsewhere")
+        raise BadInput(
+            f"{spec.directory} already holds sweep '{spec.name}'; pass --resume to continue it, or --storage elsewhere"
+        )
 
 
 def _check_storage(spec: SweepSpec) -> None:
@@ -187,17 +210,22 @@ def _check_resources(spec: SweepSpec, machine: Optional[List[Dict[str, float]]] 
     cluster's alive nodes, before anything launches: Tune would only log a warning and wait
     forever. With ``machine`` (:func:`machine_shape`), before a local Ray starts: on this machine."""
     import ray
+
     shapes = machine or [node_shape(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
     for bundles in _trial_bundle_sets(spec):
         if placeable(bundles, shapes):
             continue
-        needs = (f"a trial's placement group needs {_describe(bundles)} (trainer, then Ray Data extraction)")
+        needs = f"a trial's placement group needs {_describe(bundles)} (trainer, then Ray Data extraction)"
         if machine:
-            raise BadInput(f"resources {spec.resources} do not fit this machine, where vgray starts a local Ray: "
-                           f"{needs}; the machine has {_shape_text(shapes[0])}; lower resources.cpu/gpu/"
-                           f"memory_gb/extract_cpu/extract_gpu, or pass --address to run on a cluster")
-        raise BadInput(f"resources {spec.resources} fit no node of this cluster: {needs}; node shapes: "
-                       f"{_shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes")
+            raise BadInput(
+                f"resources {spec.resources} do not fit this machine, where vgray starts a local Ray: "
+                f"{needs}; the machine has {_shape_text(shapes[0])}; lower resources.cpu/gpu/"
+                f"memory_gb/extract_cpu/extract_gpu, or pass --address to run on a cluster"
+            )
+        raise BadInput(
+            f"resources {spec.resources} fit no node of this cluster: {needs}; node shapes: "
+            f"{_shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes"
+        )
 
 
 def machine_shape(num_cpus: Optional[int] = None) -> Dict[str, float]:
@@ -212,6 +240,7 @@ def machine_shape(num_cpus: Optional[int] = None) -> Dict[str, float]:
         gpus = len([d for d in visible.split(",") if d.strip()])  # an upper bound: CUDA stops at an invalid one
     else:
         import torch
+
         gpus = torch.cuda.device_count()
     try:
         memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -224,6 +253,7 @@ def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
     """The distinct placement-group bundle lists of the sweep's trials (a search: its base config's)."""
     from vgray.config import load_config
     from vgray.distributed.descriptors import trial_bundles
+
     configs = []
     for trial in spec.trials() or [None]:
         try:
@@ -232,8 +262,11 @@ def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
             configs.append(None)
     out: List[List[Dict[str, float]]] = []
     for cfg in configs:
-        bundles = (trial_bundles(spec.resources, cfg) if cfg is not None
-                   else trial_bundles({**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None))
+        bundles = (
+            trial_bundles(spec.resources, cfg)
+            if cfg is not None
+            else trial_bundles({**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None)
+        )
         if bundles not in out:
             out.append(bundles)
     return out
@@ -251,6 +284,7 @@ def placeable(bundles: List[Dict[str, float]], shapes: List[Dict[str, float]]) -
     """Whether ``bundles`` (one placement group, PACK: on as few nodes as possible, several when
     they must) fit the nodes of ``shapes`` (their totals) at once: every bundle on one node, the
     bundles on a node within its resources."""
+
     def fits(i: int, free: List[Dict[str, float]]) -> bool:
         if i == len(bundles):
             return True
@@ -262,9 +296,10 @@ def placeable(bundles: List[Dict[str, float]], shapes: List[Dict[str, float]]) -
             tried.add(key)
             if all(node.get(k, 0.0) + 1e-9 >= float(v) for k, v in bundles[i].items()):
                 rest = {k: node[k] - float(bundles[i].get(k, 0)) for k in _KEYS}
-                if fits(i + 1, free[:n] + [rest] + free[n + 1:]):
+                if fits(i + 1, free[:n] + [rest] + free[n + 1 :]):
                     return True
         return False
+
     return fits(0, [dict(s) for s in shapes])
 
 
@@ -278,8 +313,7 @@ def _describe(bundles: List[Dict[str, float]]) -> str:
 
 def _shape_text(shape: Dict[str, float]) -> str:
     """``{4 CPU, 1 GPU, 16 GiB}`` (memory rounded to GiB)."""
-    return "{" + ", ".join(f"{shape[k] / 2**30:.0f} GiB" if k == "memory" else f"{shape[k]:g} {k}"
-                           for k in _KEYS) + "}"
+    return "{" + ", ".join(f"{shape[k] / 2**30:.0f} GiB" if k == "memory" else f"{shape[k]:g} {k}" for k in _KEYS) + "}"
 
 
 def _shapes_line(shapes: List[Dict[str, float]]) -> str:
@@ -301,32 +335,57 @@ def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False
     storage = Storage(spec.directory)
     earlier = storage.read_bytes(PLAN_FILE) if storage.exists(PLAN_FILE) else None
     rows = spec.num_trials * (spec.repeats if spec.search else 1)
-    storage.write_bytes(PLAN_FILE, make_plan(spec.name, spec.task, rows, spec.varied, spec.keep_models, dashboard,
-                                             earlier, finished, setup=_plan_setup(spec)))
+    storage.write_bytes(
+        PLAN_FILE,
+        make_plan(
+            spec.name,
+            spec.task,
+            rows,
+            spec.varied,
+            spec.keep_models,
+            dashboard,
+            earlier,
+            finished,
+            setup=_plan_setup(spec),
+        ),
+    )
 
 
 def _plan_setup(spec: SweepSpec) -> Dict[str, Any]:
     """How the sweep is set up, for the top of its report (:data:`vgray.results.SETUP_KEYS`)."""
     import dataclasses
-    return {"base": spec.base, "grid": spec.grid, "variants": spec.variants,
-            "search": dataclasses.asdict(spec.search) if spec.search else None,
-            "scheduler": dataclasses.asdict(spec.scheduler) if spec.scheduler else None,
-            "seeds": list(range(spec.repeats)), "resources": spec.resources, "storage": spec.directory,
-            "cluster": _cluster_info()}
+
+    return {
+        "base": spec.base,
+        "grid": spec.grid,
+        "variants": spec.variants,
+        "search": dataclasses.asdict(spec.search) if spec.search else None,
+        "scheduler": dataclasses.asdict(spec.scheduler) if spec.scheduler else None,
+        "seeds": list(range(spec.repeats)),
+        "resources": spec.resources,
+        "storage": spec.directory,
+        "cluster": _cluster_info(),
+    }
 
 
 def _cluster_info() -> Optional[Dict[str, Any]]:
     """The Ray cluster this driver is connected to: its GCS address, live nodes, CPUs and GPUs;
     None when Ray is not up (the plan then keeps what an earlier write recorded)."""
     import ray
+
     if not ray.is_initialized():
         return None
     total = ray.cluster_resources()
-    return {"address": ray.get_runtime_context().gcs_address, "nodes": sum(bool(n.get("Alive")) for n in ray.nodes()),
-            "cpus": total.get("CPU", 0), "gpus": total.get("GPU", 0)}
+    return {
+        "address": ray.get_runtime_context().gcs_address,
+        "nodes": sum(bool(n.get("Alive")) for n in ray.nodes()),
+        "cpus": total.get("CPU", 0),
+        "gpus": total.get("GPU", 0),
+    }
 
 
 # -- Tune ------------------------------------------------------------------------------------------
+
 
 def _tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], number: int, resume: bool, out):
     """The Tune experiment of stage ``number``: the first is ``STORAGE/NAME``, a second one (trials
@@ -337,6 +396,7 @@ def _tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], number: int
     folder = f"{storage_path.rstrip('/')}/{name}"
     if resume and Storage(folder).exists("tuner.pkl"):
         from vgray.distributed.storage_watch import repair_tune_state
+
         for state in repair_tune_state(folder):  # cut short by a full disk
             out(f"sweep {spec.name}: {state} was cut short; put back its last whole copy")
         return tune.Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=True)
@@ -359,30 +419,37 @@ def _new_tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], storage
 
     from vgray.distributed.live import LiveTable
     from vgray.distributed.storage_watch import StorageWatch
+
     searching = spec.search is not None and spec.scheduler is None  # else the scheduler takes them
     return tune.Tuner(
         trainable,
         param_space=param_space(spec, stage, tune.grid_search, _domain),
         tune_config=tune.TuneConfig(
             num_samples=spec.search.num_samples if spec.search else 1,
-            search_alg=_searcher(spec), scheduler=_scheduler(spec),
+            search_alg=_searcher(spec),
+            scheduler=_scheduler(spec),
             metric=spec.search.metric if searching else None,
             mode=spec.search.mode if searching else None,
             max_concurrent_trials=spec.max_concurrent_trials,
             reuse_actors=True,  # a worker that imported torch and vgray serves the next trial too
-            trial_name_creator=_name_of, trial_dirname_creator=_dirname_of),
+            trial_name_creator=_name_of,
+            trial_dirname_creator=_dirname_of,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name,
+            storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[LiveTable.for_sweep(spec), StorageWatch(spec.directory), *tracker_callbacks(spec)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            verbose=0),  # the console is the LiveTable's (vgray.distributed.live)
+            verbose=0,
+        ),  # the console is the LiveTable's (vgray.distributed.live)
     )
 
 
 def _domain(dim: Dimension):
     """Tune's sampler for one search dimension."""
     from ray import tune
+
     if dim.type == "categorical":
         return tune.choice(dim.choices)
     if dim.type == "float":
@@ -404,17 +471,25 @@ def _scheduler(spec: SweepSpec):
     if not spec.scheduler or spec.scheduler.type == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
+
     s = spec.scheduler
-    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor,
-                         # one report an epoch, plus the final one with the test figures
-                         max_t=s.max_t or _max_epochs(spec) + 1)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=s.metric,
+        mode=s.mode,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        # one report an epoch, plus the final one with the test figures
+        max_t=s.max_t or _max_epochs(spec) + 1,
+    )
 
 
 def _max_epochs(spec: SweepSpec) -> int:
     from vgray.config import load_config
-    return max((t.config(spec, 0).train.epochs for t in spec.trials()),
-               default=load_config(base=spec.base).train.epochs)
+
+    return max(
+        (t.config(spec, 0).train.epochs for t in spec.trials()), default=load_config(base=spec.base).train.epochs
+    )
 
 
 def _searcher(spec: SweepSpec):
@@ -422,9 +497,11 @@ def _searcher(spec: SweepSpec):
         return None
     import optuna
     from ray.tune.search.optuna import OptunaSearch
+
     s = spec.search
-    sampler = (optuna.samplers.RandomSampler(seed=s.seed) if s.sampler == "random"
-               else optuna.samplers.TPESampler(seed=s.seed))
+    sampler = (
+        optuna.samplers.RandomSampler(seed=s.seed) if s.sampler == "random" else optuna.samplers.TPESampler(seed=s.seed)
+    )
     return OptunaSearch(metric=s.metric, mode=s.mode, sampler=sampler)
 
 
@@ -435,6 +512,7 @@ def _rows_for_unfinished(grid, actor) -> int:
     import ray
 
     from vgray.distributed.live import error_line
+
     failed = 0
     for result in grid:
         metrics = result.metrics or {}

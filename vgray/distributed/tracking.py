@@ -15,6 +15,7 @@ TensorBoard, and MLflow.
 The trial side (gauges, :class:`TimedExtractor`) runs in the trial's process; the MLflow callback
 in the driver's, where Tune calls its loggers.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ from vgray.distributed.spec import SweepSpec
 from vgray.errors import BadInput, shown
 
 # -- the jobs view ---------------------------------------------------------------------------------
+
 
 def job_metadata(spec: SweepSpec) -> Dict[str, str]:
     """The metadata of the sweep driver's Ray job: ``job_name`` (what the dashboard's jobs table
@@ -38,10 +40,14 @@ def job_metadata(spec: SweepSpec) -> Dict[str, str]:
 TRIAL_GAUGES = {
     "epoch": ("vgray_trial_epoch", "epochs the sweep trial has finished (of its current seed)"),
     "val/R@5": ("vgray_trial_val_recall_at_5", "the sweep trial's validation R@5 (%) after its last epoch"),
-    "extraction_images_per_s": ("vgray_trial_extraction_images_per_second",
-                                "images per second the trial's last epoch extracted (mining cache and validation)"),
-    "mining_refresh_s": ("vgray_trial_mining_refresh_seconds",
-                         "seconds the trial's last epoch spent refreshing its mining cache"),
+    "extraction_images_per_s": (
+        "vgray_trial_extraction_images_per_second",
+        "images per second the trial's last epoch extracted (mining cache and validation)",
+    ),
+    "mining_refresh_s": (
+        "vgray_trial_mining_refresh_seconds",
+        "seconds the trial's last epoch spent refreshing its mining cache",
+    ),
 }
 TAG_KEYS = ("sweep", "trial")
 _GAUGES: Dict[str, Any] = {}  # one per metric and process: a reused trial actor keeps its gauges
@@ -52,6 +58,7 @@ def publish(metrics: Dict[str, Any], sweep: str, trial: str) -> None:
     with the ``sweep`` and ``trial`` names. Ray exports them from this process every
     ``metrics_report_interval_ms`` (10 s by default)."""
     from ray.util.metrics import Gauge
+
     tags = {"sweep": sweep, "trial": trial}
     for key, (name, description) in TRIAL_GAUGES.items():
         value = metrics.get(key)
@@ -74,6 +81,7 @@ class TimedExtractor:
 
     def __call__(self, model, paths: Sequence[str], transform, rt, features_dim: int, desc: str = "images"):
         from vgray.evaluate.extract import extract_descriptors
+
         start = time.perf_counter()
         out = (self.inner or extract_descriptors)(model, paths, transform, rt, features_dim, desc)
         self.seconds += time.perf_counter() - start
@@ -90,6 +98,7 @@ class TimedExtractor:
 
 # -- MLflow ----------------------------------------------------------------------------------------
 
+
 def mlflow_store(spec: SweepSpec) -> Dict[str, Optional[str]]:
     """Where ``loggers: [mlflow]`` writes: ``tracking_uri`` (``mlflow.tracking_uri``, default a
     SQLite file in the sweep's folder: MLflow 3 refuses file stores), ``experiment`` (default the
@@ -97,9 +106,11 @@ def mlflow_store(spec: SweepSpec) -> Dict[str, Optional[str]]:
     tracking server's default)."""
     given = spec.mlflow.tracking_uri if spec.mlflow else None
     local = spec.directory.rstrip("/")
-    return {"tracking_uri": given or f"sqlite:///{local}/mlflow.db",
-            "experiment": (spec.mlflow.experiment if spec.mlflow else None) or spec.name,
-            "artifacts": None if given else f"{local}/mlartifacts"}
+    return {
+        "tracking_uri": given or f"sqlite:///{local}/mlflow.db",
+        "experiment": (spec.mlflow.experiment if spec.mlflow else None) or spec.name,
+        "artifacts": None if given else f"{local}/mlartifacts",
+    }
 
 
 def check_trackers(spec: SweepSpec, timeout: float = 5.0) -> None:
@@ -111,6 +122,7 @@ def check_trackers(spec: SweepSpec, timeout: float = 5.0) -> None:
         return
     import socket
     from urllib.parse import urlsplit
+
     uri = mlflow_store(spec)["tracking_uri"]
     parts = urlsplit(uri)
     if parts.scheme.lower() not in ("http", "https"):
@@ -124,9 +136,11 @@ def check_trackers(spec: SweepSpec, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as exc:
-        raise BadInput(f"mlflow.tracking_uri={shown(uri)}: no MLflow server answers at {parts.hostname}:{port} "
-                       f"({exc.strerror or type(exc).__name__}); start it (mlflow server --port {port}) or "
-                       f"leave tracking_uri out for STORAGE/NAME/mlflow.db") from None
+        raise BadInput(
+            f"mlflow.tracking_uri={shown(uri)}: no MLflow server answers at {parts.hostname}:{port} "
+            f"({exc.strerror or type(exc).__name__}); start it (mlflow server --port {port}) or "
+            f"leave tracking_uri out for STORAGE/NAME/mlflow.db"
+        ) from None
 
 
 def tracker_callbacks(spec: SweepSpec) -> List[Any]:
@@ -135,11 +149,13 @@ def tracker_callbacks(spec: SweepSpec) -> List[Any]:
     if "mlflow" not in spec.loggers:
         return []
     from vgray.distributed.mlflow_trials import MLflowTrials  # imports mlflow: only where it is used
+
     store = mlflow_store(spec)
     return [MLflowTrials(store["tracking_uri"], store["experiment"], store["artifacts"], spec.name)]
 
 
 # -- what the user is told -------------------------------------------------------------------------
+
 
 def follow_lines(spec: SweepSpec) -> List[str]:
     """The commands that show a sweep's logs: TensorBoard on its folder, and the MLflow UI on its
@@ -147,5 +163,7 @@ def follow_lines(spec: SweepSpec) -> List[str]:
     lines = [f"TensorBoard: tensorboard --logdir {spec.directory}"]
     if "mlflow" in spec.loggers:
         store = mlflow_store(spec)
-        lines.append(f"MLflow: mlflow ui --backend-store-uri {store['tracking_uri']} (experiment {store['experiment']})")
+        lines.append(
+            f"MLflow: mlflow ui --backend-store-uri {store['tracking_uri']} (experiment {store['experiment']})"
+        )
     return lines

@@ -7,6 +7,7 @@ run folder as a Tune checkpoint, and publishes the trial's progress as Ray metri
 (:func:`vgray.evaluate.evaluate.final_test`). The training loop and evaluation know nothing of Ray.
 Each seed's row goes to the sweep's results actor, durably, before the next seed starts.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,6 +44,7 @@ def run_trial(trial: TrialParams) -> None:
     from ray import tune
 
     from vgray.distributed.devices import use_ray_devices
+
     use_ray_devices()  # the trial's device is the GPU of its trainer bundle, or the CPU
     trial_id = tune.get_context().get_trial_id()
     work = Path(tempfile.mkdtemp(prefix=f"vgray-{trial_id}-"))
@@ -72,9 +74,13 @@ def run_trial(trial: TrialParams) -> None:
             through_ray += result["ray_data_images"]
         # A second stage's seeds start from different files: their key is that of the config as
         # the sweep states it (model.resume_from: trial:...), shared by the seeds.
-        row = make_row(cfg, f"{trial_id}-s{seed}" if several else trial_id,
-                       f"{trial.label}-s{seed}" if several else trial.label, result,
-                       config_key=trial.config(seed).key() if start else None)
+        row = make_row(
+            cfg,
+            f"{trial_id}-s{seed}" if several else trial_id,
+            f"{trial.label}-s{seed}" if several else trial.label,
+            result,
+            config_key=trial.config(seed).key() if start else None,
+        )
         if trial.keep_model and trial.task == "train":
             _keep_model(trial.directory, row["trial_name"], work / f"s{seed}" / "best.pt")
         ray.get(actor.add.remote(row))  # durable on disk before we go on
@@ -97,6 +103,7 @@ def _train(cfg, work: Path, seed: int, done: Dict[int, Dict[str, Any]], resume: 
 
     from vgray.distributed.tracking import TimedExtractor, publish
     from vgray.train.loop import train
+
     run_dir = work / f"s{seed}"
     # Mining refreshes, validation and the test of sets above data.ray_threshold go through Ray
     # Data, inside this trial's placement group (its extraction bundle); timed for the reports.
@@ -111,8 +118,15 @@ def _train(cfg, work: Path, seed: int, done: Dict[int, Dict[str, Any]], resume: 
         publish(figures, sweep, trial_name)  # the dashboard's metrics view, before Tune may stop the trial
         tune.report(figures, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
-    return train(cfg, run_dir, report=report, resume=resume and (run_dir / "last.pt").is_file(), progress=False,
-                 log=_quiet, extractor=timed)
+    return train(
+        cfg,
+        run_dir,
+        report=report,
+        resume=resume and (run_dir / "last.pt").is_file(),
+        progress=False,
+        log=_quiet,
+        extractor=timed,
+    )
 
 
 def _evaluate(cfg) -> Dict[str, Any]:
@@ -148,6 +162,7 @@ def _keep_model(directory: str, name: str, best: Path) -> None:
     import torch
 
     from vgray.checkpoint import load
+
     ck = load(best)
     slim = {k: v for k, v in ck.items() if k in ("config", "model", "epoch", "best_r5", "history")}
     buffer = io.BytesIO()
@@ -160,8 +175,10 @@ def _fetch_model(directory: str, name: str, work: Path) -> str:
     storage = Storage(directory)
     key = f"models/{name}.pt"
     if not storage.exists(key):
-        raise RuntimeError(f"model.resume_from: trial {name} left no model in {storage.path('models')} "
-                           f"(it failed or was stopped early); this trial starts from it")
+        raise RuntimeError(
+            f"model.resume_from: trial {name} left no model in {storage.path('models')} "
+            f"(it failed or was stopped early); this trial starts from it"
+        )
     if not storage.uri:
         return storage.path(key)
     local = work / f"from-{name}.pt"

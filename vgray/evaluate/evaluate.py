@@ -5,6 +5,7 @@ from an injectable ``extractor``); :func:`evaluate` is ``vgray eval``: it builds
 :func:`final_test` is the test after training and a sweep's eval trial: every test set
 (``test.datasets``), one PCA, the model's cost.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,20 +19,28 @@ from PIL import Image
 
 from vgray.data.dataset import ImageSet, Split, open_split
 from vgray.data.ground_truth import LIST_SUFFIXES
+from vgray.errors import BadInput
 from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_descriptors
 from vgray.evaluate.knn import StreamedFlatSearch, build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.methods import create_method
 from vgray.evaluate.pca import apply_pca, check_pca, pca_from_training
 from vgray.evaluate.recall import recall_at_n
-from vgray.errors import BadInput
 from vgray.runtime import Runtime
 from vgray.saved_descriptors import DescriptorWriter, write_model
 from vgray.seeding import seed_everything
 
 
-def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
-                   save_descriptors: Optional[str | os.PathLike] = None, progress: bool = True,
-                   extractor: Optional[Callable] = None, pca=None, keep: Optional[dict] = None) -> Dict[str, float]:
+def evaluate_split(
+    model,
+    split: Split,
+    cfg,
+    rt: Optional[Runtime] = None,
+    save_descriptors: Optional[str | os.PathLike] = None,
+    progress: bool = True,
+    extractor: Optional[Callable] = None,
+    pca=None,
+    keep: Optional[dict] = None,
+) -> Dict[str, float]:
     """Recall@N of ``model`` on ``split`` with the figures of the contract.
 
     ``extractor(model, paths, transform, rt, features_dim, desc) -> (descriptors, valid)`` supplies
@@ -81,25 +90,28 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
     merged = method.merge(found.D.reshape(m, found.views, -1), I.reshape(m, found.views, -1), k)
     found.matching_s += time.perf_counter() - start
     predictions = np.full((len(split.queries), k), -1, dtype=np.int64)
-    predictions[found.q_rows, :merged.shape[1]] = merged
-    positives, rule = split.evaluation_positives(cfg.test.positives, cfg.test.positive_dist_threshold,
-                                                 cfg.test.positive_frames)
+    predictions[found.q_rows, : merged.shape[1]] = merged
+    positives, rule = split.evaluation_positives(
+        cfg.test.positives, cfg.test.positive_dist_threshold, cfg.test.positive_frames
+    )
     result: Dict[str, Any] = recall_at_n(predictions, positives, cfg.test.recall_values)
     if keep is not None:
         keep.update(predictions=predictions, positives=positives)
     images = len(split.queries) + len(split.database)
-    result.update({
-        "queries": len(split.queries),
-        "queries_without_positives": int(sum(len(p) == 0 for p in positives)),
-        "database": len(split.database),
-        "skipped_images": int(images - m - len(found.db_ids)),
-        "features_dim": pca.d_out if pca is not None else model.features_dim,
-        "matching_ms": 1000.0 * found.matching_s / max(m, 1),
-        "index_memory_mb": found.memory_mb,
-        "extraction_ms_per_image": 1000.0 * found.extraction_s / max(images, 1),
-        "positives": rule,
-        "query_set": split.query_set,
-    })
+    result.update(
+        {
+            "queries": len(split.queries),
+            "queries_without_positives": int(sum(len(p) == 0 for p in positives)),
+            "database": len(split.database),
+            "skipped_images": int(images - m - len(found.db_ids)),
+            "features_dim": pca.d_out if pca is not None else model.features_dim,
+            "matching_ms": 1000.0 * found.matching_s / max(m, 1),
+            "index_memory_mb": found.memory_mb,
+            "extraction_ms_per_image": 1000.0 * found.extraction_s / max(images, 1),
+            "positives": rule,
+            "query_set": split.query_set,
+        }
+    )
     return result
 
 
@@ -107,6 +119,7 @@ def evaluate_split(model, split: Split, cfg, rt: Optional[Runtime] = None,
 class _Found:
     """What one search found: the rows of the queries read and of the database searched, the
     ``views`` rows per query searched, their distances ``D`` and search ids ``I``, and the times."""
+
     q_rows: np.ndarray
     views: int
     db_ids: np.ndarray
@@ -117,8 +130,9 @@ class _Found:
     extraction_s: float
 
 
-def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor: Callable, pca, k: int,
-                        writer: Optional[DescriptorWriter]) -> _Found:
+def _extract_and_search(
+    model, split: Split, cfg, method, rt: Runtime, extractor: Callable, pca, k: int, writer: Optional[DescriptorWriter]
+) -> _Found:
     """Query descriptors, then the database's (whole, or streamed in chunks above
     ``test.memory_budget_mb``) searched for the ``k`` nearest of every query view; with ``writer``,
     both written as they are searched."""
@@ -135,8 +149,10 @@ def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor
     q_rows = np.flatnonzero(q_valid)
     m = len(q_rows)
     if m == 0:
-        raise BadInput(f"dataset {split.root} [{split.name}]: none of its {len(split.queries)} query images could be "
-                       f"read (data.skip_corrupt left them all out); there is nothing to evaluate")
+        raise BadInput(
+            f"dataset {split.root} [{split.name}]: none of its {len(split.queries)} query images could be "
+            f"read (data.skip_corrupt left them all out); there is nothing to evaluate"
+        )
     xq = method.pool(xq[q_rows])  # (m, views, d_model)
     views = xq.shape[1]
     xq = project(xq.reshape(m * views, features_dim))  # view-major within each query
@@ -146,8 +162,7 @@ def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor
         db_ids, D, I, matching_s, memory_mb = _streamed(model, split, method, rt, xq, k, budget, writer, project)
         _check_read(split, db_ids)
     else:
-        xb, db_valid = extractor(model, split.database.paths, method.database_transform, rt, features_dim,
-                                 "database")
+        xb, db_valid = extractor(model, split.database.paths, method.database_transform, rt, features_dim, "database")
         db_ids = np.flatnonzero(db_valid)
         _check_read(split, db_ids)
         xb = project(xb[db_ids])
@@ -164,8 +179,10 @@ def _extract_and_search(model, split: Split, cfg, method, rt: Runtime, extractor
 
 def _check_read(split: Split, db_ids: np.ndarray) -> None:
     if len(db_ids) == 0:
-        raise BadInput(f"dataset {split.root} [{split.name}]: none of its {len(split.database)} database images could "
-                       f"be read (data.skip_corrupt left them all out); there is nothing to search")
+        raise BadInput(
+            f"dataset {split.root} [{split.name}]: none of its {len(split.database)} database images could "
+            f"be read (data.skip_corrupt left them all out); there is nothing to search"
+        )
 
 
 def check_before_extraction(cfg, model) -> None:
@@ -175,8 +192,9 @@ def check_before_extraction(cfg, model) -> None:
     build_index(cfg.test.knn, cfg.model.pca_dim or model.features_dim)
 
 
-def query_descriptors(model, paths: Sequence[str], method, rt: Runtime, features_dim: int,
-                      extractor: Callable) -> Tuple[np.ndarray, np.ndarray]:
+def query_descriptors(
+    model, paths: Sequence[str], method, rt: Runtime, features_dim: int, extractor: Callable
+) -> Tuple[np.ndarray, np.ndarray]:
     """``(m, crops, d)`` descriptors of the queries at ``paths`` and a mask of those read.
 
     One extraction pass per crop (the extractor's contract is one descriptor per path); a method
@@ -186,7 +204,7 @@ def query_descriptors(model, paths: Sequence[str], method, rt: Runtime, features
     valid = np.ones(len(paths), dtype=bool)
     for c, transform in enumerate(method.query_transforms):
         desc = "queries" if method.crops == 1 else f"queries, crop {c + 1}/{method.crops}"
-        for group in (same_size_groups(paths) if not method.batched else [np.arange(len(paths))]):
+        for group in same_size_groups(paths) if not method.batched else [np.arange(len(paths))]:
             x, ok = extractor(model, [paths[i] for i in group], transform, rt, features_dim, desc)
             out[group, c] = x
             valid[group] &= ok
@@ -231,8 +249,9 @@ def _streamed(model, split, method, rt, xq, k, budget_mb, writer, project):
         pending_ids, pending = [], []
 
     buffered = 0
-    for indices, descriptors in iter_descriptors(model, split.database.paths, method.database_transform,
-                                                 rt, "database"):
+    for indices, descriptors in iter_descriptors(
+        model, split.database.paths, method.database_transform, rt, "database"
+    ):
         pending_ids.append(indices)
         pending.append(descriptors)
         buffered += len(indices)
@@ -257,13 +276,20 @@ def add_cost(result: Dict[str, Any], model, cfg) -> Dict[str, Any]:
     """``result`` with the model's cost (:func:`~vgray.models.profile.model_cost`) added; its
     ``features_dim`` is the size searched (``model.pca_dim`` when set)."""
     from vgray.models.profile import model_cost
+
     result.update(model_cost(model, cfg.data.image_size))
     result["features_dim"] = cfg.model.pca_dim or result["features_dim"]
     return result
 
 
-def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
-             keep: Optional[dict] = None, extractor: Optional[Callable] = None) -> Dict[str, float]:
+def evaluate(
+    cfg,
+    save_descriptors=None,
+    progress: bool = True,
+    model=None,
+    keep: Optional[dict] = None,
+    extractor: Optional[Callable] = None,
+) -> Dict[str, float]:
     """``vgray eval``: build the model and the split from ``cfg``, evaluate, add the model's cost.
     ``keep`` receives what :func:`evaluate_split` keeps, and the ``split``; ``extractor`` is
     :func:`evaluate_split`'s (in-process by default)."""
@@ -276,8 +302,7 @@ def evaluate(cfg, save_descriptors=None, progress: bool = True, model=None,
         model = build_model(cfg.model, image_size=cfg.data.image_size)
     check_before_extraction(cfg, model)
     initialize_on_database(model, cfg, split.database, rt)
-    result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors, keep=keep,
-                            extractor=extractor)
+    result = evaluate_split(model, split, cfg, rt=rt, save_descriptors=save_descriptors, keep=keep, extractor=extractor)
     if keep is not None:
         keep["split"] = split
     if save_descriptors is not None:
@@ -295,7 +320,7 @@ def dataset_name(root: str) -> str:
     name = Path(root.rstrip("/")).name
     for suffix in LIST_SUFFIXES:  # a root naming one file of a list set: the set's name
         if name.endswith(suffix) and len(name) > len(suffix):
-            return name[:-len(suffix)]
+            return name[: -len(suffix)]
     return name or "dataset"
 
 
@@ -311,8 +336,9 @@ test_sets.__test__ = False  # not a test, for pytest, wherever a test module imp
 FIRST_SET_FIGURES = ("matching_ms", "index_memory_mb", "database", "queries")
 
 
-def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Optional[Callable] = None,
-               log=None) -> Dict[str, Any]:
+def final_test(
+    cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Optional[Callable] = None, log=None
+) -> Dict[str, Any]:
     """The test of a finished model on every set of ``sets`` (``{name: root}``, see :func:`test_sets`):
     ``test/<name>/R@N`` for ``test.recall_values`` on each root's test split and
     ``test/<name>/positives`` (the rule that decided them, as :func:`evaluate_split` says it) and
@@ -340,12 +366,10 @@ def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Opt
         first = next(iter(sets))
         initialize_on_database(model, cfg, splits[first].database, rt)
     # model.pca_dim: one PCA of this model, fitted on the training dataset, for every test set.
-    pca = (pca_from_training(model, cfg, rt, extractor_of(cfg.data.root))
-           if cfg.model.pca_dim is not None else None)
+    pca = pca_from_training(model, cfg, rt, extractor_of(cfg.data.root)) if cfg.model.pca_dim is not None else None
     result: Dict[str, Any] = {}
     for name, root in sets.items():
-        figures = evaluate_split(model, splits[name], cfg, rt=rt, progress=False, pca=pca,
-                                 extractor=extractor_of(root))
+        figures = evaluate_split(model, splits[name], cfg, rt=rt, progress=False, pca=pca, extractor=extractor_of(root))
         result.update({f"test/{name}/{k}": v for k, v in figures.items() if k.startswith("R@")})
         result[f"test/{name}/positives"] = figures["positives"]
         result[f"test/{name}/query_set"] = figures["query_set"]
@@ -353,6 +377,5 @@ def final_test(cfg, model, rt: Runtime, sets: Dict[str, str], extractor_for: Opt
             result.setdefault(key, figures[key])
     add_cost(result, model, cfg)
     if log is not None:
-        log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items()
-                                if k.startswith("test/") and "/R@" in k))
+        log("test: " + " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("test/") and "/R@" in k))
     return result

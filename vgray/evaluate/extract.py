@@ -9,6 +9,7 @@ batch's bytes in one buffer (one file descriptor a batch), the next batch is dec
 caller runs the current one, and each batch is made safe for the caller's CUDA stream in one place
 (:func:`iter_images`), whichever caller it is.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from vgray.console import progress_bar, progress_step
-from vgray.data.images import (ByteBatch, EncodedImages, ImageList, SafeDataset, decode_on_device,
-                               device_transform, unreadable)
+from vgray.data.images import (
+    ByteBatch,
+    EncodedImages,
+    ImageList,
+    SafeDataset,
+    decode_on_device,
+    device_transform,
+    unreadable,
+)
 from vgray.runtime import Runtime
 
 
@@ -45,18 +53,26 @@ def _report(errors, rt: Runtime) -> None:
         unreadable(path, message, rt.skip_corrupt)
 
 
-def iter_batches(dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffle: bool = False,
-                 batch_size: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, List[int]]]:
+def iter_batches(
+    dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffle: bool = False, batch_size: Optional[int] = None
+) -> Iterator[Tuple[torch.Tensor, List[int]]]:
     """``(items, indices)`` batches of ``dataset``; an item that fails to load stops the run with
     :class:`BadInput` naming its file or, with ``data.skip_corrupt``, is left out. The items of an
     :class:`EncodedImages` come as a :class:`ByteBatch` (bytes and tensors of several sizes in one
     buffer), else stacked."""
     encoded = isinstance(dataset, EncodedImages)
-    loader = DataLoader(dataset, batch_size=batch_size or rt.batch_size, shuffle=shuffle,
-                        num_workers=rt.num_workers, collate_fn=_collate_encoded if encoded else _collate,
-                        pin_memory=rt.device.type == "cuda" and not encoded, persistent_workers=False)
-    bar = progress_bar(len(dataset), desc, "img" if isinstance(dataset, (ImageList, EncodedImages)) else "it",
-                       rt.progress)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size or rt.batch_size,
+        shuffle=shuffle,
+        num_workers=rt.num_workers,
+        collate_fn=_collate_encoded if encoded else _collate,
+        pin_memory=rt.device.type == "cuda" and not encoded,
+        persistent_workers=False,
+    )
+    bar = progress_bar(
+        len(dataset), desc, "img" if isinstance(dataset, (ImageList, EncodedImages)) else "it", rt.progress
+    )
     with bar:
         for items, indices, errors in loader:
             _report(errors, rt)
@@ -65,8 +81,9 @@ def iter_batches(dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffl
                 yield items, indices
 
 
-def iter_images(paths: Sequence[str], transform: Callable, rt: Runtime,
-                desc: str = "images") -> Iterator[Tuple[torch.Tensor, List[int]]]:
+def iter_images(
+    paths: Sequence[str], transform: Callable, rt: Runtime, desc: str = "images"
+) -> Iterator[Tuple[torch.Tensor, List[int]]]:
     """``(images on the device, channels-last, indices)`` batches of the images at ``paths``
     through ``transform``: decoded and transformed on the device where
     :func:`~vgray.data.images.device_transform` says so, else in loader workers.
@@ -112,8 +129,14 @@ def _on_stream(stream: Optional[torch.cuda.Stream]):
     return nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
-def _decode_batch(items: ByteBatch, indices: List[int], paths: Sequence[str], on_device, rt: Runtime,
-                  stream: Optional[torch.cuda.Stream]):
+def _decode_batch(
+    items: ByteBatch,
+    indices: List[int],
+    paths: Sequence[str],
+    on_device,
+    rt: Runtime,
+    stream: Optional[torch.cuda.Stream],
+):
     """``(images channels-last, indices, ready)`` of one batch decoded and transformed on
     ``rt.device``, or None when none could be read; unreadable ones reported (:func:`_report`).
     ``ready``: on CUDA an event recorded on ``stream`` after the batch's work, else None.
@@ -158,8 +181,9 @@ def ready_for_caller(images: torch.Tensor, ready: Optional[torch.cuda.Event]) ->
     return images
 
 
-def iter_descriptors(model: torch.nn.Module, paths: Sequence[str], transform: Callable, rt: Runtime,
-                     desc: str = "images") -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def iter_descriptors(
+    model: torch.nn.Module, paths: Sequence[str], transform: Callable, rt: Runtime, desc: str = "images"
+) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """``(indices, descriptors float32)`` per batch, in path order."""
     model = rt.prepare(model)
     with torch.inference_mode(), rt.autocast():
@@ -168,8 +192,14 @@ def iter_descriptors(model: torch.nn.Module, paths: Sequence[str], transform: Ca
             yield np.asarray(indices, dtype=np.int64), out.float().cpu().numpy()
 
 
-def extract_descriptors(model: torch.nn.Module, paths: Sequence[str], transform: Callable, rt: Runtime,
-                        features_dim: int, desc: str = "images") -> Tuple[np.ndarray, np.ndarray]:
+def extract_descriptors(
+    model: torch.nn.Module,
+    paths: Sequence[str],
+    transform: Callable,
+    rt: Runtime,
+    features_dim: int,
+    desc: str = "images",
+) -> Tuple[np.ndarray, np.ndarray]:
     """All descriptors ``(n, features_dim)`` float32 and a mask of the images that could be read."""
     out = np.zeros((len(paths), features_dim), dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
@@ -179,8 +209,9 @@ def extract_descriptors(model: torch.nn.Module, paths: Sequence[str], transform:
     return out, valid
 
 
-def calibrate_batchnorm(model: torch.nn.Module, paths: Sequence[str], transform: Callable, rt: Runtime,
-                        desc: str = "batchnorm statistics") -> torch.nn.Module:
+def calibrate_batchnorm(
+    model: torch.nn.Module, paths: Sequence[str], transform: Callable, rt: Runtime, desc: str = "batchnorm statistics"
+) -> torch.nn.Module:
     """Running BatchNorm statistics of ``model`` from the images at ``paths``: one forward pass in
     train mode, no weight update; returns the model on the device in eval mode.
 
@@ -195,8 +226,15 @@ def calibrate_batchnorm(model: torch.nn.Module, paths: Sequence[str], transform:
     return model.eval()
 
 
-def sample_local_features(model, paths: Sequence[str], transform: Callable, rt: Runtime,
-                          total: int = 50_000, per_image: int = 100, seed: int = 0) -> np.ndarray:
+def sample_local_features(
+    model,
+    paths: Sequence[str],
+    transform: Callable,
+    rt: Runtime,
+    total: int = 50_000,
+    per_image: int = 100,
+    seed: int = 0,
+) -> np.ndarray:
     """L2-normalised local features of the backbone: ``per_image`` random positions from each of
     ``ceil(total / per_image)`` random images (the paper's NetVLAD initialisation)."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ database descriptors (a random sample of 200,000 when there are more). Search-ti
 
 Names as in faiss: ``xb`` database, ``xq`` queries, ``D`` distances, ``I`` ids, ``k``.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,7 +24,6 @@ import numpy as np
 
 from vgray.console import progress_bar, progress_step
 from vgray.errors import BadInput, faiss_message
-
 
 HNSW_EF_SEARCH = 128
 #: Descriptors added to an index at a time, so that a bar can follow a large database being added.
@@ -51,18 +51,24 @@ def check_pq(spec: str, d: int) -> None:
                 m = int(re.match(r"OPQ(\d+)", token).group(1))
                 out = int(transform.group(1))
                 if out % m:
-                    raise BadInput(f"test.knn={spec!r}: {token} splits {out}-d vectors into {m} sub-vectors; "
-                                   f"{m} must divide {out} (allowed: {', '.join(map(str, _divisors(out)))})")
+                    raise BadInput(
+                        f"test.knn={spec!r}: {token} splits {out}-d vectors into {m} sub-vectors; "
+                        f"{m} must divide {out} (allowed: {', '.join(map(str, _divisors(out)))})"
+                    )
             elif token.startswith("PCA") and int(transform.group(1)) > dim:
-                raise BadInput(f"test.knn={spec!r}: {token} cannot make {transform.group(1)}-d vectors out of "
-                               f"{dim}-d descriptors; use PCA{dim} or less")
+                raise BadInput(
+                    f"test.knn={spec!r}: {token} cannot make {transform.group(1)}-d vectors out of "
+                    f"{dim}-d descriptors; use PCA{dim} or less"
+                )
             dim = int(transform.group(1))
             continue
         pq = re.match(r"(?:(?:HNSW|IVF)\d+_)?O?PQ(\d+)", token) or re.search(r"(?<=,)PQ(\d+)", token)
         if pq and dim % int(pq.group(1)):
             m = int(pq.group(1))
-            raise BadInput(f"test.knn={spec!r}: a PQ code of {m} sub-vectors needs m dividing the "
-                           f"{dim}-d descriptors it encodes; allowed m: {', '.join(map(str, _divisors(dim)))}")
+            raise BadInput(
+                f"test.knn={spec!r}: a PQ code of {m} sub-vectors needs m dividing the "
+                f"{dim}-d descriptors it encodes; allowed m: {', '.join(map(str, _divisors(dim)))}"
+            )
 
 
 def build_index(spec: str, d: int) -> faiss.Index:
@@ -75,8 +81,14 @@ def build_index(spec: str, d: int) -> faiss.Index:
         raise BadInput(f"test.knn={spec!r} is refused by faiss for {d}-d descriptors: {faiss_message(exc)}")
 
 
-def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, seed: int = 0,
-               name: str = "the kNN index", progress: bool = False) -> float:
+def fill_index(
+    index: faiss.Index,
+    xb: np.ndarray,
+    train_size: int = 200_000,
+    seed: int = 0,
+    name: str = "the kNN index",
+    progress: bool = False,
+) -> float:
     """Train (on a sample of ``xb`` where the index needs it) and add ``xb``; returns seconds.
     ``name`` says the index in the error of one that cannot be trained (too few descriptors) and
     on the console: with ``progress``, the training as one step and a bar over the descriptors
@@ -95,7 +107,7 @@ def fill_index(index: faiss.Index, xb: np.ndarray, train_size: int = 200_000, se
             # In chunks, for the bar: the same index as one add (ids in order; an HNSW graph
             # differs from one add only for databases above ADD_CHUNK).
             for a in range(0, len(xb), ADD_CHUNK):
-                chunk = xb[a:a + ADD_CHUNK]
+                chunk = xb[a : a + ADD_CHUNK]
                 index.add(chunk)
                 bar.update(len(chunk))
     except RuntimeError as exc:

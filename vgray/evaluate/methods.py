@@ -33,6 +33,7 @@ The order of resizing and normalising is ``data.resize_order``
 resizes and crops the float tensor, as ``BaseDataset.__getitem__`` and ``_test_query_transform``
 do; ``pil`` resizes and crops the PIL image, then normalises.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,6 @@ from torchvision import transforms as T
 from vgray.data.transforms import normalised, test_transform
 from vgray.errors import BadInput
 from vgray.registry import TEST_METHODS
-
 
 #: maj_voting's votes: within the top-1, top-5 and top-10 predictions of every crop.
 VOTE_DEPTHS = (1, 5, 10)
@@ -103,8 +103,9 @@ class HardResize:
     def query_transform(self):
         """The one query transform of a single-view method."""
         if len(self.query_transforms) != 1:
-            raise BadInput(f"test.method={self.name} feeds a query as {self.crops} crops (query_transforms), "
-                           f"not one image")
+            raise BadInput(
+                f"test.method={self.name} feeds a query as {self.crops} crops (query_transforms), not one image"
+            )
         return self.query_transforms[0]
 
     def pool(self, x: np.ndarray) -> np.ndarray:
@@ -136,8 +137,9 @@ class CentralCrop(HardResize):
 
     def __init__(self, image_size, mean, std, majority_weight: float = 0.01, order: str = "paper"):
         super().__init__(image_size, mean, std, majority_weight, order)
-        self.query_transforms = [normalised([CoverResize(self.image_size), T.CenterCrop(self.image_size)],
-                                            mean, std, order)]
+        self.query_transforms = [
+            normalised([CoverResize(self.image_size), T.CenterCrop(self.image_size)], mean, std, order)
+        ]
 
 
 class FiveCrops(HardResize):
@@ -150,8 +152,9 @@ class FiveCrops(HardResize):
     def __init__(self, image_size, mean, std, majority_weight: float = 0.01, order: str = "paper"):
         super().__init__(image_size, mean, std, majority_weight, order)
         side = min(self.image_size)
-        self.query_transforms = [normalised([T.Resize(side, antialias=True), Crop(side, c)], mean, std, order)
-                                 for c in range(5)]
+        self.query_transforms = [
+            normalised([T.Resize(side, antialias=True), Crop(side, c)], mean, std, order) for c in range(5)
+        ]
 
     def pool(self, x: np.ndarray) -> np.ndarray:
         return x.mean(axis=1, keepdims=True)
@@ -196,7 +199,7 @@ def merge_nearest(D: np.ndarray, I: np.ndarray, k: int) -> np.ndarray:
         order = np.lexsort((i, d))
         _, first = np.unique(i[order], return_index=True)
         ids = i[order][np.sort(first)][:k]
-        out[q, :len(ids)] = ids
+        out[q, : len(ids)] = ids
     return out
 
 
@@ -216,8 +219,6 @@ def majority_votes(D: np.ndarray, I: np.ndarray, weight: float) -> np.ndarray:
     return D
 
 
-
-
 for _method in (HardResize, SingleQuery, CentralCrop, FiveCrops, NearestCrop, MajorityVoting):
     TEST_METHODS.register(_method.name)(_method)
 
@@ -225,5 +226,11 @@ for _method in (HardResize, SingleQuery, CentralCrop, FiveCrops, NearestCrop, Ma
 def create_method(cfg, mean, std) -> HardResize:
     """The test method ``cfg.test.method`` for a network normalising with ``mean``/``std``, its
     images resized and normalised in the order ``data.resize_order``."""
-    return TEST_METHODS.create(cfg.test.method, cfg.data.image_size, mean, std,
-                               majority_weight=cfg.test.majority_weight, order=cfg.data.resize_order)
+    return TEST_METHODS.create(
+        cfg.test.method,
+        cfg.data.image_size,
+        mean,
+        std,
+        majority_weight=cfg.test.majority_weight,
+        order=cfg.data.resize_order,
+    )

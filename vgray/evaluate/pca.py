@@ -9,6 +9,7 @@ database (the train split of ``data.root``). The PCA is a faiss ``PCAMatrix`` (t
 as sklearn's, up to the signs of the components), saved as ``pca.faiss`` beside saved descriptors
 (:func:`vgray.saved_descriptors.save_pca`).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -56,23 +57,29 @@ def check_pca(cfg, features_dim: int, root: Optional[str] = None) -> None:
         raise BadInput(f"model.pca_dim={dim} must be smaller than the network's descriptor size {features_dim}")
     train = training_images(cfg, root)
     if len(train) < dim:
-        raise BadInput(f"model.pca_dim={dim} needs at least {dim} training images to fit the PCA; the train "
-                       f"split of {root or cfg.data.root} has {len(train)} database images")
+        raise BadInput(
+            f"model.pca_dim={dim} needs at least {dim} training images to fit the PCA; the train "
+            f"split of {root or cfg.data.root} has {len(train)} database images"
+        )
 
 
 def training_images(cfg, root: Optional[str] = None):
     """The database of the train split of ``root`` (default ``data.root``), which the PCA is fitted on."""
     from vgray.data.dataset import open_split
+
     root = root or cfg.data.root
     try:
         return open_split(root, "train").database
     except BadInput as exc:
-        raise BadInput(f"model.pca_dim={cfg.model.pca_dim} fits the PCA on training images, but the dataset "
-                       f"{root} has none ({exc})")
+        raise BadInput(
+            f"model.pca_dim={cfg.model.pca_dim} fits the PCA on training images, but the dataset "
+            f"{root} has none ({exc})"
+        )
 
 
-def pca_from_training(model, cfg, rt, extractor: Optional[Callable] = None,
-                      root: Optional[str] = None) -> faiss.PCAMatrix:
+def pca_from_training(
+    model, cfg, rt, extractor: Optional[Callable] = None, root: Optional[str] = None
+) -> faiss.PCAMatrix:
     """Fit the PCA of ``model``'s descriptors on at most :data:`PCA_IMAGES` random database images of
     the train split (hard-resized, as database images are at test time); the extraction and the
     fit show progress as ``rt.progress`` says."""
@@ -85,6 +92,7 @@ def pca_from_training(model, cfg, rt, extractor: Optional[Callable] = None,
     count = min(len(images), PCA_IMAGES)
     chosen = np.sort(rng.choice(len(images), size=count, replace=False))
     transform = HardResize(cfg.data.image_size, model.mean, model.std, order=cfg.data.resize_order).database_transform
-    x, valid = (extractor or extract_descriptors)(model, [images.paths[i] for i in chosen], transform, rt,
-                                                  model.features_dim, "pca")
+    x, valid = (extractor or extract_descriptors)(
+        model, [images.paths[i] for i in chosen], transform, rt, model.features_dim, "pca"
+    )
     return fit_pca(x[valid], cfg.model.pca_dim, progress=rt.progress)

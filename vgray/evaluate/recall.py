@@ -2,6 +2,7 @@
 
 Queries without any positive stay in the denominator (they are misses) and are counted apart.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence

@@ -39,6 +39,7 @@ Aggregation (``AGGREGATIONS``, builder ``(in_channels, model_cfg) -> Aggregation
 ``param_groups()``  the optimizer groups of the whole network (default: all trainable at train.lr)
 ==================  ===============================================================================
 """
+
 from __future__ import annotations
 
 from typing import FrozenSet, List, Optional, Sequence, Tuple
@@ -92,7 +93,7 @@ class TokenBackbone(Backbone):
 
     def feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """The patch tokens (prefix tokens dropped) as a local feature map (B, C, h, w)."""
-        patches = tokens[:, self.prefix_tokens:]
+        patches = tokens[:, self.prefix_tokens :]
         return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *self.grid)
 
 
@@ -126,6 +127,7 @@ class Aggregation(nn.Module):
 
 
 # -- numerics bf16 does not hold (NetVLAD, CRN, SALAD) --------------------------------------------
+
 
 def fp32_island(x: torch.Tensor):
     """A context in which autocast is off on ``x``'s device: the code inside runs in the dtype of

@@ -4,6 +4,7 @@ Components are built from their registries and injected; what each takes and giv
 its class (:mod:`vgray.models.components`). ``features_dim`` is derived from those declarations and
 checked with a dry forward pass at build time, never written into the config.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,14 @@ def check_components(cfg) -> None:
         raise BadInput(
             f"model.aggregation={cfg.model.aggregation} cannot pool the {output} of "
             f"model.backbone={cfg.model.backbone}; allowed: "
-            + ", ".join(n for n in AGGREGATIONS.names() if output in AGGREGATIONS.type_of(n).inputs))
+            + ", ".join(n for n in AGGREGATIONS.names() if output in AGGREGATIONS.type_of(n).inputs)
+        )
     sizes = BACKBONES.info(cfg.model.backbone).get("input_sizes")
     if sizes and tuple(cfg.data.image_size) not in sizes:
-        raise BadInput(f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
-                       f"{sorted(sizes)}, not {list(cfg.data.image_size)}")
+        raise BadInput(
+            f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
+            f"{sorted(sizes)}, not {list(cfg.data.image_size)}"
+        )
 
 
 # The keys that size the layers an aggregation keeps from the checkpoint it starts from.
@@ -56,25 +60,32 @@ def check_start(model_cfg, made: Optional[dict], source: str) -> None:
     if start is None:
         return
     if made is None:
-        raise BadInput(f"model.aggregation={m.aggregation} starts from a {start} checkpoint: set model.resume_from "
-                       f"to the best.pt of a vgray train run with model.aggregation={start}, "
-                       f"model.backbone={m.backbone}")
+        raise BadInput(
+            f"model.aggregation={m.aggregation} starts from a {start} checkpoint: set model.resume_from "
+            f"to the best.pt of a vgray train run with model.aggregation={start}, "
+            f"model.backbone={m.backbone}"
+        )
     if made.get("aggregation") != start or made.get("backbone") != m.backbone:
-        raise BadInput(f"{source} was trained with model.aggregation={made.get('aggregation')}, "
-                       f"model.backbone={made.get('backbone')}; {m.aggregation} needs a {start} checkpoint of "
-                       f"model.backbone={m.backbone}")
+        raise BadInput(
+            f"{source} was trained with model.aggregation={made.get('aggregation')}, "
+            f"model.backbone={made.get('backbone')}; {m.aggregation} needs a {start} checkpoint of "
+            f"model.backbone={m.backbone}"
+        )
     for key in _START_KEYS:
         if made.get(key) != getattr(m, key):
             have, want = json.dumps(made.get(key)), json.dumps(getattr(m, key))
-            raise BadInput(f"{source} has model.{key}={have} but this config {want}; {m.aggregation} keeps "
-                           f"the layers it starts from, so set model.{key}={have}")
+            raise BadInput(
+                f"{source} has model.{key}={have} but this config {want}; {m.aggregation} keeps "
+                f"the layers it starts from, so set model.{key}={have}"
+            )
 
 
 class GeoLocalizationNet(nn.Module):
     """Images (B, 3, H, W) -> descriptors (B, features_dim)."""
 
-    def __init__(self, backbone: Backbone, aggregation: Aggregation, l2: str = "before_pool",
-                 fc_output_dim: int | None = None):
+    def __init__(
+        self, backbone: Backbone, aggregation: Aggregation, l2: str = "before_pool", fc_output_dim: int | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.aggregation = aggregation
@@ -128,8 +139,10 @@ class GeoLocalizationNet(nn.Module):
             out = self(x)
         self.train(was_training)
         if local.shape[1] != self.backbone.out_channels:
-            raise RuntimeError(f"backbone {self.backbone.arch} declares {self.backbone.out_channels} "
-                               f"channels but outputs {local.shape[1]}")
+            raise RuntimeError(
+                f"backbone {self.backbone.arch} declares {self.backbone.out_channels} "
+                f"channels but outputs {local.shape[1]}"
+            )
         if out.shape != (1, self.features_dim):
             raise RuntimeError(f"network declares {self.features_dim}-d descriptors but outputs {tuple(out.shape)}")
 
@@ -153,15 +166,19 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
     extra = {}
     info = BACKBONES.info(model_cfg.backbone)
     if info["type"].output == "tokens":  # transformers: sized at build time, truncated and frozen by config
-        extra = dict(image_size=tuple(image_size or min(info.get("input_sizes") or [(224, 224)])),
-                     trunc_te=model_cfg.trunc_te, freeze_te=model_cfg.freeze_te)
+        extra = dict(
+            image_size=tuple(image_size or min(info.get("input_sizes") or [(224, 224)])),
+            trunc_te=model_cfg.trunc_te,
+            freeze_te=model_cfg.freeze_te,
+        )
         extra.update((key, getattr(model_cfg, key)) for key in info.get("model_keys", ()))  # DINOv2's train_blocks
     backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
     aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
     model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2, fc_output_dim=model_cfg.fc_output_dim)
     # CNNs take any size: a tiny dry pass, unless the aggregation is sized for the input's map (MixVPR).
-    model.check_shapes(extra.get("image_size") or (tuple(image_size) if image_size and aggregation.fixed_grid
-                                                   else (64, 64)))
+    model.check_shapes(
+        extra.get("image_size") or (tuple(image_size) if image_size and aggregation.fixed_grid else (64, 64))
+    )
     if source != "none":
         load_network_head(model, model_cfg)  # GeM's p and whitening of the off-the-shelf GeM networks
     if resume_from is not None:

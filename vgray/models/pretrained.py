@@ -42,6 +42,7 @@ The paper also evaluates Naver's AP-GeM networks (deep-image-retrieval); their f
 scikit-learn objects, which ``torch.load(weights_only=True)`` refuses to run, so they are left out.
 Files are read by :mod:`vgray.checkpoint`, which also decides whether a state dict fits.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,6 +63,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class WeightsRecord:
     """Where a source architecture's weights come from."""
+
     url: str
     # torchvision's file names carry the first hex digits of the SHA-256; None where the publisher
     # gives no hash (the file is then verified by its structure when it is read).
@@ -92,8 +94,7 @@ class WeightsRecord:
 _TV = "https://download.pytorch.org/models/"
 # The paper's own Places365 / GLDv2 networks: Google Drive ids from its model/network.py.
 _DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
-_PAPER_LICENCE = ("no licence stated by the publisher (gmberton/deep-visual-geo-localization-benchmark); "
-                  "{} data terms")
+_PAPER_LICENCE = "no licence stated by the publisher (gmberton/deep-visual-geo-localization-benchmark); {} data terms"
 _CSAIL = "http://places2.csail.mit.edu/models_places365/"
 _CSAIL_LICENCE = "CC BY (Places365-CNNs, MIT CSAIL: credit Zhou et al., TPAMI 2017)"
 _CIR = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/"
@@ -106,18 +107,28 @@ _DINOV2_LICENCE = "Apache-2.0 (facebookresearch/dinov2)"
 
 def _paper(arch: str, source: str, drive_id: str) -> WeightsRecord:
     data = {"places": "Places365", "gldv2": "Google Landmarks v2"}[source]
-    return WeightsRecord(_DRIVE + drive_id, None, licence=_PAPER_LICENCE.format(data),
-                         filename=f"{arch}_{source}.pth")
+    return WeightsRecord(_DRIVE + drive_id, None, licence=_PAPER_LICENCE.format(data), filename=f"{arch}_{source}.pth")
 
 
 def _gmberton(repo: str, arch: str, dims: tuple) -> WeightsRecord:
     """CosPlace / EigenPlaces: one whole network (backbone + GeM + FC) per descriptor size, the
     release files of the repository's hubconf; trained at 512 x 512 with ImageNet's mean/std."""
-    name = {"resnet18": "ResNet18", "resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152",
-            "vgg16": "VGG16"}[arch]
-    return WeightsRecord(f"https://github.com/gmberton/{repo}/releases/download/v1.0/{name}_{{dim}}_"
-                         f"{repo.lower()}.pth", None, licence=f"MIT (gmberton/{repo}); SF-XL data terms",
-                         converter="foreign", whole_network=True, dims=dims, input_size=(512, 512))
+    name = {
+        "resnet18": "ResNet18",
+        "resnet50": "ResNet50",
+        "resnet101": "ResNet101",
+        "resnet152": "ResNet152",
+        "vgg16": "VGG16",
+    }[arch]
+    return WeightsRecord(
+        f"https://github.com/gmberton/{repo}/releases/download/v1.0/{name}_{{dim}}_{repo.lower()}.pth",
+        None,
+        licence=f"MIT (gmberton/{repo}); SF-XL data terms",
+        converter="foreign",
+        whole_network=True,
+        dims=dims,
+        input_size=(512, 512),
+    )
 
 
 def _cirtorch(path: str) -> WeightsRecord:
@@ -126,25 +137,55 @@ def _cirtorch(path: str) -> WeightsRecord:
 
 
 def _vpr(url: str, licence: str, input_size: tuple, network: tuple, filename: Optional[str] = None) -> WeightsRecord:
-    return WeightsRecord(url, None, licence=f"{licence}; GSV-Cities data terms", filename=filename,
-                         converter="foreign", whole_network=True, input_size=input_size, network=network)
+    return WeightsRecord(
+        url,
+        None,
+        licence=f"{licence}; GSV-Cities data terms",
+        filename=filename,
+        converter="foreign",
+        whole_network=True,
+        input_size=input_size,
+        network=network,
+    )
 
 
 _BOQ = "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/"
 _BOQ_LICENCE = "MIT (amaralibey/Bag-of-Queries)"
 _NO_FC = (("fc_output_dim", (None,)),)
-_MIXVPR_NET = (("backbone", ("resnet50conv4",)), ("aggregation", ("mixvpr",)), ("mixvpr_map_size", ([20, 20],)),
-               ("mixvpr_out_channels", (1024,)), ("mixvpr_out_rows", (4,)), ("mixvpr_depth", (4,)),
-               ("mixvpr_mlp_ratio", (1.0,))) + _NO_FC
-_SALAD_NET = (("backbone", ("dinov2_vitb14",)), ("trunc_te", (None,)), ("dinov2_final_norm", (True,)),
-              ("aggregation", ("salad",)), ("salad_clusters", (64,)), ("salad_cluster_dim", (128,)),
-              ("salad_token_dim", (256,))) + _NO_FC
+_MIXVPR_NET = (
+    ("backbone", ("resnet50conv4",)),
+    ("aggregation", ("mixvpr",)),
+    ("mixvpr_map_size", ([20, 20],)),
+    ("mixvpr_out_channels", (1024,)),
+    ("mixvpr_out_rows", (4,)),
+    ("mixvpr_depth", (4,)),
+    ("mixvpr_mlp_ratio", (1.0,)),
+) + _NO_FC
+_SALAD_NET = (
+    ("backbone", ("dinov2_vitb14",)),
+    ("trunc_te", (None,)),
+    ("dinov2_final_norm", (True,)),
+    ("aggregation", ("salad",)),
+    ("salad_clusters", (64,)),
+    ("salad_cluster_dim", (128,)),
+    ("salad_token_dim", (256,)),
+) + _NO_FC
 
 
 def _boq_net(backbone: str, proj: int, extra: tuple) -> tuple:
     # boq_proj_channels null is half the backbone's channels: the released 512 and 384.
-    return ((("backbone", (backbone,)),) + extra + (("aggregation", ("boq",)), ("boq_proj_channels", (None, proj)),
-            ("boq_queries", (64,)), ("boq_layers", (2,)), ("boq_row_dim", (32,))) + _NO_FC)
+    return (
+        (("backbone", (backbone,)),)
+        + extra
+        + (
+            ("aggregation", ("boq",)),
+            ("boq_proj_channels", (None, proj)),
+            ("boq_queries", (64,)),
+            ("boq_layers", (2,)),
+            ("boq_row_dim", (32,)),
+        )
+        + _NO_FC
+    )
 
 
 # (source architecture, pretrained name) -> record.
@@ -163,10 +204,8 @@ RECORDS: Dict[tuple, WeightsRecord] = {
     ("resnet50", "gldv2"): _paper("resnet50", "gldv2", "1UDUv6mszlXNC1lv6McLdeBNMq9-kaA70"),
     ("resnet101", "gldv2"): _paper("resnet101", "gldv2", "1apiRxMJpDlV0XmKlC5Na_Drg2jtGL-uE"),
     ("vgg16", "gldv2"): _paper("vgg16", "gldv2", "10Ov9JdO7gbyz6mB5x0v_VSAUMj91Ta4o"),
-    ("resnet18", "places365_csail"): WeightsRecord(_CSAIL + "resnet18_places365.pth.tar", None,
-                                                   licence=_CSAIL_LICENCE),
-    ("resnet50", "places365_csail"): WeightsRecord(_CSAIL + "resnet50_places365.pth.tar", None,
-                                                   licence=_CSAIL_LICENCE),
+    ("resnet18", "places365_csail"): WeightsRecord(_CSAIL + "resnet18_places365.pth.tar", None, licence=_CSAIL_LICENCE),
+    ("resnet50", "places365_csail"): WeightsRecord(_CSAIL + "resnet50_places365.pth.tar", None, licence=_CSAIL_LICENCE),
     ("resnet50", "radenovic_gldv1"): _cirtorch("gl18/gl18-tl-resnet50-gem-w-83fdc30.pth"),
     ("resnet101", "radenovic_gldv1"): _cirtorch("gl18/gl18-tl-resnet101-gem-w-a4d43db.pth"),
     ("resnet50", "radenovic_sfm"): _cirtorch("retrieval-SfM-120k/rSfM120k-tl-resnet50-gem-w-97bf910.pth"),
@@ -174,38 +213,74 @@ RECORDS: Dict[tuple, WeightsRecord] = {
     # ViT-B/16 as the paper: ImageNet-21k weights at 224 (its google/vit-base-patch16-224-in21k), 21k
     # then ImageNet-1k fine-tuned at 384 (google/vit-base-patch16-384); Google's JAX weights as timm
     # ported them, in timm's layout (head and pre-logits dropped when loading).
-    ("vit_base_patch16_224", "imagenet"): WeightsRecord(_TIMM_VITJX + "jx_vit_base_patch16_224_in21k-e5005f0a.pth",
-                                                        "e5005f0a", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE),
-    ("vit_base_patch16_384", "imagenet"): WeightsRecord(_TIMM_VITJX + "jx_vit_base_p16_384-83fb41ba.pth",
-                                                        "83fb41ba", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE),
+    ("vit_base_patch16_224", "imagenet"): WeightsRecord(
+        _TIMM_VITJX + "jx_vit_base_patch16_224_in21k-e5005f0a.pth",
+        "e5005f0a",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        _VIT_LICENCE,
+    ),
+    ("vit_base_patch16_384", "imagenet"): WeightsRecord(
+        _TIMM_VITJX + "jx_vit_base_p16_384-83fb41ba.pth", "83fb41ba", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _VIT_LICENCE
+    ),
     # CCT-14/7x2 fine-tuned on ImageNet at 384, the file the paper's model/cct/cct.py loads (no hash given).
     # CosPlace (Berton et al., CVPR 2022) and EigenPlaces (ICCV 2023), released per backbone and size
     # (their hubconf.py's AVAILABLE_TRAINED_MODELS; EigenPlaces has no ResNet-152).
-    **{(arch, "cosplace"): _gmberton("CosPlace", arch, dims) for arch, dims in (
-        ("vgg16", (64, 128, 256, 512)), ("resnet18", (32, 64, 128, 256, 512)),
-        ("resnet50", (32, 64, 128, 256, 512, 1024, 2048)), ("resnet101", (32, 64, 128, 256, 512, 1024, 2048)),
-        ("resnet152", (32, 64, 128, 256, 512, 1024, 2048)))},
-    **{(arch, "eigenplaces"): _gmberton("EigenPlaces", arch, dims) for arch, dims in (
-        ("vgg16", (512,)), ("resnet18", (256, 512)), ("resnet50", (128, 256, 512, 1024, 2048)),
-        ("resnet101", (128, 256, 512, 1024, 2048)))},
+    **{
+        (arch, "cosplace"): _gmberton("CosPlace", arch, dims)
+        for arch, dims in (
+            ("vgg16", (64, 128, 256, 512)),
+            ("resnet18", (32, 64, 128, 256, 512)),
+            ("resnet50", (32, 64, 128, 256, 512, 1024, 2048)),
+            ("resnet101", (32, 64, 128, 256, 512, 1024, 2048)),
+            ("resnet152", (32, 64, 128, 256, 512, 1024, 2048)),
+        )
+    },
+    **{
+        (arch, "eigenplaces"): _gmberton("EigenPlaces", arch, dims)
+        for arch, dims in (
+            ("vgg16", (512,)),
+            ("resnet18", (256, 512)),
+            ("resnet50", (128, 256, 512, 1024, 2048)),
+            ("resnet101", (128, 256, 512, 1024, 2048)),
+        )
+    },
     # MixVPR, SALAD, BoQ: whole networks their authors released (GSV-Cities), loaded whole.
-    ("resnet50", "mixvpr"): _vpr(_DRIVE + "1vuz3PvnR7vxnDDLQrdHJaOA04SQrtk5L", "no licence stated by the publisher "
-                                 "(amaralibey/MixVPR)", (320, 320), _MIXVPR_NET,
-                                 filename="resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"),
-    ("vit_base_patch14_dinov2", "salad"): _vpr("https://github.com/serizba/salad/releases/download/v1.0.0/"
-                                               "dino_salad.ckpt", "GPL-3.0 (serizba/salad)", (322, 322), _SALAD_NET),
-    ("resnet50", "boq"): _vpr(_BOQ + "resnet50_16384.pth", _BOQ_LICENCE, (384, 384),
-                              _boq_net("resnet50conv4", 512, ())),
-    ("vit_base_patch14_dinov2", "boq"): _vpr(_BOQ + "dinov2_12288.pth", _BOQ_LICENCE, (322, 322), _boq_net(
-        "dinov2_vitb14", 384, (("trunc_te", (None,)), ("dinov2_final_norm", (False,))))),
+    ("resnet50", "mixvpr"): _vpr(
+        _DRIVE + "1vuz3PvnR7vxnDDLQrdHJaOA04SQrtk5L",
+        "no licence stated by the publisher (amaralibey/MixVPR)",
+        (320, 320),
+        _MIXVPR_NET,
+        filename="resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt",
+    ),
+    ("vit_base_patch14_dinov2", "salad"): _vpr(
+        "https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt",
+        "GPL-3.0 (serizba/salad)",
+        (322, 322),
+        _SALAD_NET,
+    ),
+    ("resnet50", "boq"): _vpr(
+        _BOQ + "resnet50_16384.pth", _BOQ_LICENCE, (384, 384), _boq_net("resnet50conv4", 512, ())
+    ),
+    ("vit_base_patch14_dinov2", "boq"): _vpr(
+        _BOQ + "dinov2_12288.pth",
+        _BOQ_LICENCE,
+        (322, 322),
+        _boq_net("dinov2_vitb14", 384, (("trunc_te", (None,)), ("dinov2_final_norm", (False,)))),
+    ),
     ("cct_14_7x2_384", "imagenet"): WeightsRecord(
-        "https://shi-labs.com/projects/cct/checkpoints/finetuned/cct_14_7x2_384_imagenet.pth", None,
-        licence="Apache-2.0 (SHI-Labs/Compact-Transformers); ImageNet terms of access"),
+        "https://shi-labs.com/projects/cct/checkpoints/finetuned/cct_14_7x2_384_imagenet.pth",
+        None,
+        licence="Apache-2.0 (SHI-Labs/Compact-Transformers); ImageNet terms of access",
+    ),
     # DINOv2 ViT-S/B/L/G patch 14: the official files of facebookresearch/dinov2's hubconf (trained at
     # 518 x 518, LVD-142M), in its layout; converted to timm's by dinov2_to_timm. No hash published.
-    **{(f"vit_{size}_patch14_dinov2", "dinov2"): WeightsRecord(
-        f"{_DINOV2}dinov2_vit{s}14/dinov2_vit{s}14_pretrain.pth", None, licence=_DINOV2_LICENCE, converter="dinov2")
-       for size, s in (("small", "s"), ("base", "b"), ("large", "l"), ("giant", "g"))},
+    **{
+        (f"vit_{size}_patch14_dinov2", "dinov2"): WeightsRecord(
+            f"{_DINOV2}dinov2_vit{s}14/dinov2_vit{s}14_pretrain.pth", None, licence=_DINOV2_LICENCE, converter="dinov2"
+        )
+        for size, s in (("small", "s"), ("base", "b"), ("large", "l"), ("giant", "g"))
+    },
 }
 NAMED_SOURCES = sorted({name for _, name in RECORDS})
 
@@ -220,11 +295,16 @@ def record(arch: str, pretrained: str) -> WeightsRecord:
     except KeyError:
         releases = [rec for (_, name), rec in RECORDS.items() if name == pretrained and rec.network]
         if releases:  # a whole network released for other backbones
-            raise BadInput(f"model.pretrained={pretrained} is a whole network released for "
-                           + " or ".join(_network_keys(rec) for rec in releases) + "; set those")
+            raise BadInput(
+                f"model.pretrained={pretrained} is a whole network released for "
+                + " or ".join(_network_keys(rec) for rec in releases)
+                + "; set those"
+            )
         have = sorted(name for a, name in RECORDS if a == arch)
-        raise BadInput(f"model.pretrained={pretrained}: no such weights for {arch}; "
-                       f"available: none, {', '.join(have)}, or a weights file")
+        raise BadInput(
+            f"model.pretrained={pretrained}: no such weights for {arch}; "
+            f"available: none, {', '.join(have)}, or a weights file"
+        )
 
 
 def cached_path(rec: WeightsRecord) -> Path:
@@ -242,8 +322,10 @@ def _download(rec: WeightsRecord) -> Path:
         # torch hub writes to a temporary file and moves it into place after the hash check.
         torch.hub.download_url_to_file(rec.url, str(target), hash_prefix=rec.sha256_prefix, progress=False)
     except Exception as exc:  # no network, refused, or a bad hash: say where the file goes
-        raise BadInput(f"cannot download {rec.url} ({type(exc).__name__}); put that file at {target} "
-                       f"or set model.pretrained to a local weights file")
+        raise BadInput(
+            f"cannot download {rec.url} ({type(exc).__name__}); put that file at {target} "
+            f"or set model.pretrained to a local weights file"
+        )
     return target
 
 
@@ -258,7 +340,7 @@ def _unwrap(obj: dict) -> dict:
         if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def _plain(obj: dict, arch: str, origin: str) -> Converted:
@@ -272,8 +354,10 @@ _RESNET_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "laye
 def _cirtorch_converter(obj: dict, arch: str, origin: str) -> Converted:
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     if meta.get("architecture", arch) != arch or meta.get("pooling", "gem") != "gem":
-        raise BadInput(f"{origin} is a cirtorch {meta.get('architecture')}-{meta.get('pooling')} network, "
-                       f"not the {arch}-gem network it should be")
+        raise BadInput(
+            f"{origin} is a cirtorch {meta.get('architecture')}-{meta.get('pooling')} network, "
+            f"not the {arch}-gem network it should be"
+        )
     backbone, head = {}, {}
     for key, value in _unwrap(obj).items():
         top, _, rest = key.partition(".")
@@ -289,8 +373,10 @@ def _cirtorch_converter(obj: dict, arch: str, origin: str) -> Converted:
         else:
             raise BadInput(f"{origin}: unexpected cirtorch key {key}")
     if set(head) != {"aggregation.p", "fc.weight", "fc.bias"}:
-        raise BadInput(f"{origin}: a cirtorch GeM network with whitening needs pool.p, whiten.weight and "
-                       f"whiten.bias; found {', '.join(sorted(head)) or 'none of them'}")
+        raise BadInput(
+            f"{origin}: a cirtorch GeM network with whitening needs pool.p, whiten.weight and "
+            f"whiten.bias; found {', '.join(sorted(head)) or 'none of them'}"
+        )
     return backbone, head
 
 
@@ -316,8 +402,11 @@ def _dinov2_converter(obj: dict, arch: str, origin: str) -> Converted:
     return dinov2_to_timm(obj), {}
 
 
-CONVERTERS: Dict[str, Callable[[dict, str, str], Converted]] = {"plain": _plain, "cirtorch": _cirtorch_converter,
-                                                               "dinov2": _dinov2_converter}
+CONVERTERS: Dict[str, Callable[[dict, str, str], Converted]] = {
+    "plain": _plain,
+    "cirtorch": _cirtorch_converter,
+    "dinov2": _dinov2_converter,
+}
 
 
 def _converted(arch: str, pretrained: str) -> Converted:
@@ -328,8 +417,10 @@ def _converted(arch: str, pretrained: str) -> Converted:
 
 def read_pretrained_file(path: str | os.PathLike) -> dict:
     """The weights file ``model.pretrained`` names (a state dict or a vgray checkpoint) -> its dict."""
-    return read_weights_file(path, missing=f"model.pretrained={path}: no such file; allowed: none, "
-                                           f"{', '.join(NAMED_SOURCES)}, or a weights file")
+    return read_weights_file(
+        path,
+        missing=f"model.pretrained={path}: no such file; allowed: none, {', '.join(NAMED_SOURCES)}, or a weights file",
+    )
 
 
 def source_state_dict(arch: str, pretrained: str) -> Optional[dict]:
@@ -352,10 +443,16 @@ def load_source(model: torch.nn.Module, state: dict, origin: str) -> None:
     there with its shape (the structure check of files without a published hash)."""
     own = model.state_dict()
     # Files from before PyTorch 0.4 have no BatchNorm counters: the model's own (zero) stay.
-    check_fits(own, state, f"weights {origin} do not fit {type(model).__name__}", ignore=_HEADS,
-               optional=("*num_batches_tracked",))
-    model.load_state_dict({k: v for k, v in state.items()
-                           if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
+    check_fits(
+        own,
+        state,
+        f"weights {origin} do not fit {type(model).__name__}",
+        ignore=_HEADS,
+        optional=("*num_batches_tracked",),
+    )
+    model.load_state_dict(
+        {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False
+    )
 
 
 def load_network_head(model: torch.nn.Module, model_cfg) -> None:
@@ -371,14 +468,20 @@ def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     if rec.network:
         _load_release(model, model_cfg, rec)
         return
-    if not (model_cfg.backbone.endswith("conv5") and model_cfg.aggregation == "gem"
-            and model_cfg.fc_output_dim == 2048):
-        raise BadInput(f"model.pretrained={model_cfg.pretrained} is a whole {arch} conv5 + GeM + FC 2048 network; "
-                       f"set model.backbone={arch}conv5, model.aggregation=gem, model.fc_output_dim=2048")
+    if not (
+        model_cfg.backbone.endswith("conv5") and model_cfg.aggregation == "gem" and model_cfg.fc_output_dim == 2048
+    ):
+        raise BadInput(
+            f"model.pretrained={model_cfg.pretrained} is a whole {arch} conv5 + GeM + FC 2048 network; "
+            f"set model.backbone={arch}conv5, model.aggregation=gem, model.fc_output_dim=2048"
+        )
     _, head = _converted(arch, model_cfg.pretrained)
     own = model.state_dict()
-    check_fits({k: v for k, v in own.items() if k in head}, head,
-               f"weights {cached_path(rec)} do not fit the network's GeM and FC")
+    check_fits(
+        {k: v for k, v in own.items() if k in head},
+        head,
+        f"weights {cached_path(rec)} do not fit the network's GeM and FC",
+    )
     model.load_state_dict(head, strict=False)
 
 
@@ -392,17 +495,22 @@ def check_release(model_cfg, arch: str) -> None:
         return
     if rec.dims:
         want = "vgg16" if arch == "vgg16" else f"{arch}conv5"
-        if not (m.backbone == want and m.aggregation == "gem" and m.fc_output_dim in rec.dims
-                and m.l2 == "before_pool"):
-            raise BadInput(f"model.pretrained={m.pretrained} is a whole {want} + GeM + FC network released for "
-                           f"model.fc_output_dim in {list(rec.dims)}; set model.backbone={want}, "
-                           f"model.aggregation=gem, model.l2=before_pool and model.fc_output_dim to one of those")
+        if not (
+            m.backbone == want and m.aggregation == "gem" and m.fc_output_dim in rec.dims and m.l2 == "before_pool"
+        ):
+            raise BadInput(
+                f"model.pretrained={m.pretrained} is a whole {want} + GeM + FC network released for "
+                f"model.fc_output_dim in {list(rec.dims)}; set model.backbone={want}, "
+                f"model.aggregation=gem, model.l2=before_pool and model.fc_output_dim to one of those"
+            )
         return
     wrong = [key for key, allowed in rec.network if getattr(m, key) not in allowed]
     if wrong:
         size = f" (input {rec.input_size[0]}x{rec.input_size[1]})" if rec.input_size else ""
-        raise BadInput(f"model.pretrained={m.pretrained} is a whole network released for "
-                       f"{_network_keys(rec)}{size}; set {_network_keys(rec, wrong)}")
+        raise BadInput(
+            f"model.pretrained={m.pretrained} is a whole network released for "
+            f"{_network_keys(rec)}{size}; set {_network_keys(rec, wrong)}"
+        )
 
 
 def _load_released_network(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:
@@ -417,8 +525,7 @@ def _value(value) -> str:
 
 
 def _network_keys(rec: WeightsRecord, only=None) -> str:
-    return ", ".join(f"model.{key}={_value(allowed[0])}" for key, allowed in rec.network
-                     if only is None or key in only)
+    return ", ".join(f"model.{key}={_value(allowed[0])}" for key, allowed in rec.network if only is None or key in only)
 
 
 def _load_release(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:

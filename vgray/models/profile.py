@@ -5,6 +5,7 @@ torch's FlopCounterMode: convolutions and matrix products); model_size_mb: MiB o
 parameters; extraction_ms: mean time of a forward pass of one image, after warm-up (compiled: per
 image of a batch of ``test.batch_size``, the shape extraction compiles for).
 """
+
 from __future__ import annotations
 
 import copy

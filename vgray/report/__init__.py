@@ -4,6 +4,7 @@ One module per output: :mod:`rows` (reading and checking ``results.parquet``), :
 (Tables 3-6 in Markdown, CSV, LaTeX), :mod:`figures` (Figs. 2, 3, 4a, 4b and Pareto fronts),
 :mod:`predictions` (prediction grids), :mod:`html` (``report.html``, the whole report on one page).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,18 +30,27 @@ def progress_of(directory: str | Path, rows) -> Progress:
     """Rows done against the plan the sweep wrote (``plan.json``), and its dashboard URL."""
     from vgray.report.html import Progress
     from vgray.results import DEFAULT_DASHBOARD, read_plan
+
     plan = read_plan(directory)
     expected = plan.get("trials") if isinstance(plan.get("trials"), int) else None
-    return Progress(sweep=str(plan.get("sweep") or Path(directory).resolve().name),
-                    done=sum(r.get("status") == "ok" for r in rows),
-                    apart=sum(r.get("status") != "ok" for r in rows), expected=expected,
-                    running=(not plan.get("finished")) if plan else None,
-                    dashboard=str(plan.get("dashboard") or DEFAULT_DASHBOARD))
+    return Progress(
+        sweep=str(plan.get("sweep") or Path(directory).resolve().name),
+        done=sum(r.get("status") == "ok" for r in rows),
+        apart=sum(r.get("status") != "ok" for r in rows),
+        expected=expected,
+        running=(not plan.get("finished")) if plan else None,
+        dashboard=str(plan.get("dashboard") or DEFAULT_DASHBOARD),
+    )
 
 
-def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls: Sequence[int] = (1,),
-                required: Sequence[str] = (), predictions: Optional[int] = None,
-                failures_only: bool = False) -> Report:
+def make_report(
+    directory: str | Path,
+    out: Optional[str | Path] = None,
+    recalls: Sequence[int] = (1,),
+    required: Sequence[str] = (),
+    predictions: Optional[int] = None,
+    failures_only: bool = False,
+) -> Report:
     """Write the tables, every figure the rows allow, the prediction grids of the best config's
     kept model (when ``predictions`` is a count) and ``report.html`` to ``out`` (default
     ``directory/report``). Works on a running sweep's folder: the rows are read as they are.
@@ -79,6 +89,7 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     grids, failure = None, None
     if predictions is not None:
         from vgray.report.predictions import report_grids
+
         try:
             grids = report_grids(directory, rows, table, target, predictions, failures_only)
             report.written += grids.files
@@ -87,13 +98,23 @@ def make_report(directory: str | Path, out: Optional[str | Path] = None, recalls
     progress = progress_of(directory, rows)
     report.progress = progress.text()
     figures = [p for p in report.written if p.suffix == ".png" and p.parent == target]
-    report.page = write_page(target, table, figures, report.skipped, progress, grids,
-                             grids_note=str(failure) if failure else None, plan=read_plan(directory))
+    report.page = write_page(
+        target,
+        table,
+        figures,
+        report.skipped,
+        progress,
+        grids,
+        grids_note=str(failure) if failure else None,
+        plan=read_plan(directory),
+    )
     report.written.append(report.page)
     missing = [f for f in required if f in report.skipped]
     if missing:
-        raise BadInput(f"figure {missing[0]} cannot be drawn from {directory}: {report.skipped[missing[0]]} "
-                       f"(the tables and the other figures are written to {target})")
+        raise BadInput(
+            f"figure {missing[0]} cannot be drawn from {directory}: {report.skipped[missing[0]]} "
+            f"(the tables and the other figures are written to {target})"
+        )
     if failure is not None:
         raise failure
     return report

@@ -15,6 +15,7 @@ axis would be noise: its x values (one per config) all alike, or spread over les
 several (one Pareto front per cost, one curve per augmentation) leaves out those parts alone and
 says why in the ``skipped`` dict it is given. :func:`caption` says what each drawn figure shows.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,10 @@ def _check_axis(values: Sequence[float], name: str) -> None:
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -88,8 +91,17 @@ def points(rows: List[Row], x: str, y: str, series: Sequence[str]) -> List[Dict[
     for key, group in groups.items():
         x_mean, x_std = mean_std([r[x] for r in group])
         y_mean, y_std = mean_std([r[y] for r in group])
-        out.append({"series": _series_name(group[0], series), "config_key": key, "n": len(group),
-                    x: x_mean, f"{x} std": x_std, y: y_mean, f"{y} std": y_std})
+        out.append(
+            {
+                "series": _series_name(group[0], series),
+                "config_key": key,
+                "n": len(group),
+                x: x_mean,
+                f"{x} std": x_std,
+                y: y_mean,
+                f"{y} std": y_std,
+            }
+        )
     return sorted(out, key=lambda p: (p["series"], p[x]))
 
 
@@ -127,10 +139,25 @@ def _curves(rows: List[Row], varied: List[str], x: str, stem: str, out: Path, xl
         found = found_by[name]
         for series in dict.fromkeys(p["series"] for p in found):
             line = [p for p in found if p["series"] == series]
-            ax.errorbar([p[x] for p in line], [p[metric] for p in line], yerr=[p[f"{metric} std"] for p in line],
-                        marker="o", capsize=3, label=series)
-        records += [{"dataset": name, "series": p["series"], x: p[x], "n": p["n"], "R@1": p[metric],
-                     "R@1 std": p[f"{metric} std"]} for p in found]
+            ax.errorbar(
+                [p[x] for p in line],
+                [p[metric] for p in line],
+                yerr=[p[f"{metric} std"] for p in line],
+                marker="o",
+                capsize=3,
+                label=series,
+            )
+        records += [
+            {
+                "dataset": name,
+                "series": p["series"],
+                x: p[x],
+                "n": p["n"],
+                "R@1": p[metric],
+                "R@1 std": p[f"{metric} std"],
+            }
+            for p in found
+        ]
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("R@1 (%)")
@@ -161,18 +188,22 @@ def _parts(draw: Dict[str, Callable[[], List[Path]]], skipped: Optional[Dict[str
 def augmentation(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[str, str]] = None) -> List[Path]:
     keys = [k for k in varied if k.startswith("train.augmentation.")]
     if not keys:
-        raise Missing("it needs rows that vary a train.augmentation.* key (the sweep varies "
-                      f"{', '.join(varied) or 'nothing'})")
+        raise Missing(
+            f"it needs rows that vary a train.augmentation.* key (the sweep varies {', '.join(varied) or 'nothing'})"
+        )
 
     def part(key: str) -> Callable[[], List[Path]]:
         name = key.rsplit(".", 1)[-1]
         return lambda: _curves(rows, varied, key, f"fig2_augmentation_{name}", out, f"{name} strength")
+
     return _parts({f"augmentation vs {k.rsplit('.', 1)[-1]}": part(k) for k in keys}, skipped)
 
 
 def resolution(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[str, str]] = None) -> List[Path]:
     if "data.resize_fraction" not in varied:
-        raise Missing(f"it needs rows that vary data.resize_fraction (the sweep varies {', '.join(varied) or 'nothing'})")
+        raise Missing(
+            f"it needs rows that vary data.resize_fraction (the sweep varies {', '.join(varied) or 'nothing'})"
+        )
     return _curves(rows, varied, "data.resize_fraction", "fig3_resolution", out, "resize fraction")
 
 
@@ -183,7 +214,9 @@ def _need(rows: List[Row], columns: Sequence[str]) -> None:
         raise Missing(f"it needs the column(s) {', '.join(lacking)} in finished rows")
 
 
-def matching_time(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[str, str]] = None) -> List[Path]:
+def matching_time(
+    rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[str, str]] = None
+) -> List[Path]:
     _need(rows, ["database", "features_dim", "matching_ms", "extraction_ms"])
     records = []
     for r in finished(rows):
@@ -194,9 +227,15 @@ def matching_time(rows: List[Row], varied: List[str], out: Path, skipped: Option
     extraction = points(records, "database x dim", "extraction_ms", varied)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar([p["database x dim"] for p in found], [p["matching_ms"] for p in found],
-                yerr=[p["matching_ms std"] for p in found], marker="o", linestyle="none", capsize=3,
-                label="matching (kNN) per query")
+    ax.errorbar(
+        [p["database x dim"] for p in found],
+        [p["matching_ms"] for p in found],
+        yerr=[p["matching_ms std"] for p in found],
+        marker="o",
+        linestyle="none",
+        capsize=3,
+        label="matching (kNN) per query",
+    )
     mean_extraction = mean_std([p["extraction_ms"] for p in extraction])[0]
     ax.axhline(mean_extraction, color="tab:red", linestyle="--", label="extraction per image")
     ax.set_xscale("log")
@@ -206,9 +245,17 @@ def matching_time(rows: List[Row], varied: List[str], out: Path, skipped: Option
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     by_key = {p["config_key"]: p for p in extraction}
-    _write_csv(out / "fig4a_matching_time.csv",
-               [{**p, "extraction_ms": by_key[p["config_key"]]["extraction_ms"],
-                 "extraction_ms std": by_key[p["config_key"]]["extraction_ms std"]} for p in found])
+    _write_csv(
+        out / "fig4a_matching_time.csv",
+        [
+            {
+                **p,
+                "extraction_ms": by_key[p["config_key"]]["extraction_ms"],
+                "extraction_ms std": by_key[p["config_key"]]["extraction_ms std"],
+            }
+            for p in found
+        ],
+    )
     _save(fig, out / "fig4a_matching_time.png")
     return [out / "fig4a_matching_time.csv", out / "fig4a_matching_time.png"]
 
@@ -220,8 +267,10 @@ def knn(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[st
     names = datasets(finished(rows))
     if not names:
         raise Missing("no finished row holds a test/<dataset>/R@1")
-    _check_axis([p["matching_ms"] for name in names for p in points(rows, "matching_ms", f"test/{name}/R@1", varied)],
-                "matching_ms")
+    _check_axis(
+        [p["matching_ms"] for name in names for p in points(rows, "matching_ms", f"test/{name}/R@1", varied)],
+        "matching_ms",
+    )
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
     records = []
@@ -231,13 +280,28 @@ def knn(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[st
         memory = {p["config_key"]: p for p in points(rows, "index_memory_mb", metric, varied)}
         for p in found:
             mb = memory[p["config_key"]]["index_memory_mb"] if p["config_key"] in memory else None  # not measured
-            ax.errorbar(p["matching_ms"], p[metric], xerr=p["matching_ms std"], yerr=p[f"{metric} std"],
-                        marker="o", capsize=3)
-            ax.annotate(f"{p['series']}\n{'?' if mb is None else f'{mb:.3g}'} MB", (p["matching_ms"], p[metric]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
-            records.append({"dataset": name, "series": p["series"], "n": p["n"], "matching_ms": p["matching_ms"],
-                            "matching_ms std": p["matching_ms std"], "R@1": p[metric], "R@1 std": p[f"{metric} std"],
-                            "index_memory_mb": mb})
+            ax.errorbar(
+                p["matching_ms"], p[metric], xerr=p["matching_ms std"], yerr=p[f"{metric} std"], marker="o", capsize=3
+            )
+            ax.annotate(
+                f"{p['series']}\n{'?' if mb is None else f'{mb:.3g}'} MB",
+                (p["matching_ms"], p[metric]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, 4),
+            )
+            records.append(
+                {
+                    "dataset": name,
+                    "series": p["series"],
+                    "n": p["n"],
+                    "matching_ms": p["matching_ms"],
+                    "matching_ms std": p["matching_ms std"],
+                    "R@1": p[metric],
+                    "R@1 std": p[f"{metric} std"],
+                    "index_memory_mb": mb,
+                }
+            )
         ax.set_title(name)
         ax.set_xlabel("matching time per query (ms)")
         ax.set_ylabel("R@1 (%)")
@@ -263,11 +327,13 @@ def pareto(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict
     names = datasets(finished(rows))
     costs = [c for c in COST_COLUMNS if any(number(r.get(c)) for r in finished(rows))]
     if not names or not costs:
-        raise Missing("it needs finished rows with a test/<dataset>/R@1 and at least one cost column "
-                      f"({', '.join(COST_COLUMNS)})")
+        raise Missing(
+            f"it needs finished rows with a test/<dataset>/R@1 and at least one cost column ({', '.join(COST_COLUMNS)})"
+        )
 
     def part(cost: str) -> Callable[[], List[Path]]:
         return lambda: _pareto_of(rows, varied, out, names, cost)
+
     return _parts({f"pareto vs {c}": part(c) for c in costs}, skipped)
 
 
@@ -282,16 +348,41 @@ def _pareto_of(rows: List[Row], varied: List[str], out: Path, names: List[str], 
         metric = f"test/{name}/R@1"
         found = found_by[name]
         front = set(pareto_front([p[cost] for p in found], [p[metric] for p in found]))
-        ax.errorbar([p[cost] for p in found], [p[metric] for p in found], xerr=[p[f"{cost} std"] for p in found],
-                    yerr=[p[f"{metric} std"] for p in found], marker="o", linestyle="none", capsize=3)
+        ax.errorbar(
+            [p[cost] for p in found],
+            [p[metric] for p in found],
+            xerr=[p[f"{cost} std"] for p in found],
+            yerr=[p[f"{metric} std"] for p in found],
+            marker="o",
+            linestyle="none",
+            capsize=3,
+        )
         line = sorted((found[i] for i in front), key=lambda p: p[cost])
-        ax.step([p[cost] for p in line], [p[metric] for p in line], where="post", color="tab:red", label="Pareto front",
-                marker="o", markersize=11, markerfacecolor="none")  # circled: a one-point front shows too
+        ax.step(
+            [p[cost] for p in line],
+            [p[metric] for p in line],
+            where="post",
+            color="tab:red",
+            label="Pareto front",
+            marker="o",
+            markersize=11,
+            markerfacecolor="none",
+        )  # circled: a one-point front shows too
         for p in found:
             ax.annotate(p["series"], (p[cost], p[metric]), fontsize=6, textcoords="offset points", xytext=(3, 3))
-        records += [{"dataset": name, "series": p["series"], "n": p["n"], cost: p[cost], f"{cost} std": p[f"{cost} std"],
-                     "R@1": p[metric], "R@1 std": p[f"{metric} std"], "on_front": i in front}
-                    for i, p in enumerate(found)]
+        records += [
+            {
+                "dataset": name,
+                "series": p["series"],
+                "n": p["n"],
+                cost: p[cost],
+                f"{cost} std": p[f"{cost} std"],
+                "R@1": p[metric],
+                "R@1 std": p[f"{metric} std"],
+                "on_front": i in front,
+            }
+            for i, p in enumerate(found)
+        ]
         ax.set_title(name)
         ax.set_xlabel(cost)
         ax.set_ylabel("R@1 (%)")
@@ -303,36 +394,57 @@ def _pareto_of(rows: List[Row], varied: List[str], out: Path, names: List[str], 
     return [out / f"{stem}.csv", out / f"{stem}.png"]
 
 
-COST_UNITS = {"features_dim": "descriptor dimensions", "gflops": "GFLOPs of one image's forward pass",
-              "model_size_mb": "MB of weights", "extraction_ms": "ms per image", "matching_ms": "ms per query",
-              "index_memory_mb": "MB of kNN index", "train_time_s": "s of training", "epochs": "epochs trained"}
+COST_UNITS = {
+    "features_dim": "descriptor dimensions",
+    "gflops": "GFLOPs of one image's forward pass",
+    "model_size_mb": "MB of weights",
+    "extraction_ms": "ms per image",
+    "matching_ms": "ms per query",
+    "index_memory_mb": "MB of kNN index",
+    "train_time_s": "s of training",
+    "epochs": "epochs trained",
+}
 POINT = "a point is one config, its mean over the seeds with a bar of ± one std"
 
 
 def caption(stem: str) -> str:
     """What the figure ``<stem>.png`` shows: its axes, what a point is, what a line means."""
     if stem.startswith("fig2_augmentation_"):
-        name = stem[len("fig2_augmentation_"):]
-        return (f"Fig. 2: test R@1 (%) against the strength of the {name} augmentation in training, a panel per "
-                f"test set and a line per value of the other varied keys; {POINT}.")
+        name = stem[len("fig2_augmentation_") :]
+        return (
+            f"Fig. 2: test R@1 (%) against the strength of the {name} augmentation in training, a panel per "
+            f"test set and a line per value of the other varied keys; {POINT}."
+        )
     if stem == "fig3_resolution":
-        return ("Fig. 3: test R@1 (%) against data.resize_fraction (images scaled by it, 1 = full size), a panel "
-                f"per test set and a line per value of the other varied keys; {POINT}.")
+        return (
+            "Fig. 3: test R@1 (%) against data.resize_fraction (images scaled by it, 1 = full size), a panel "
+            f"per test set and a line per value of the other varied keys; {POINT}."
+        )
     if stem == "fig4a_matching_time":
-        return ("Fig. 4a: kNN matching time per query (ms) against database size x descriptor dimension, both "
-                f"axes logarithmic; {POINT}. The dashed line is the mean extraction time per image: matching "
-                "costs more than extraction where the points rise above it.")
+        return (
+            "Fig. 4a: kNN matching time per query (ms) against database size x descriptor dimension, both "
+            f"axes logarithmic; {POINT}. The dashed line is the mean extraction time per image: matching "
+            "costs more than extraction where the points rise above it."
+        )
     if stem == "fig4b_knn":
-        return ("Fig. 4b: test R@1 (%) against the matching time per query (ms) of each test.knn index, a panel "
-                f"per test set; {POINT}, labelled with its index's memory (MB).")
+        return (
+            "Fig. 4b: test R@1 (%) against the matching time per query (ms) of each test.knn index, a panel "
+            f"per test set; {POINT}, labelled with its index's memory (MB)."
+        )
     if stem.startswith("pareto_"):
-        cost = stem[len("pareto_"):]
-        return (f"Test R@1 (%) against {cost} ({COST_UNITS.get(cost, 'its unit')}), a panel per test set; {POINT}. "
-                f"The red steps join the Pareto front: the configs no other beats, none having a higher R@1 for "
-                f"the same or less {cost}.")
+        cost = stem[len("pareto_") :]
+        return (
+            f"Test R@1 (%) against {cost} ({COST_UNITS.get(cost, 'its unit')}), a panel per test set; {POINT}. "
+            f"The red steps join the Pareto front: the configs no other beats, none having a higher R@1 for "
+            f"the same or less {cost}."
+        )
     return stem
 
 
 FIGURES: Dict[str, Callable[..., List[Path]]] = {
-    "augmentation": augmentation, "resolution": resolution, "matching_time": matching_time, "knn": knn,
-    "pareto": pareto}
+    "augmentation": augmentation,
+    "resolution": resolution,
+    "matching_time": matching_time,
+    "knn": knn,
+    "pareto": pareto,
+}

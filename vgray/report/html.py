@@ -17,6 +17,7 @@ value, ``12.3 ± 0.4`` by its mean; also on loading ``report.html#sort=COLUMN`` 
 ``data-images-loaded``, ``data-table-rows``, ``data-figure-boxes`` (each figure's left, top,
 width, height in pixels) and, once sorted, ``data-sorted``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,9 +55,10 @@ def _href(path: Path, out: Path) -> str:
 @dataclass
 class Progress:
     """How far the sweep has come: rows written against the rows its plan announces."""
+
     sweep: str
-    done: int                       # finished rows (status ok)
-    apart: int                      # failed or stopped rows
+    done: int  # finished rows (status ok)
+    apart: int  # failed or stopped rows
     expected: Optional[int] = None  # from plan.json; None when the sweep wrote no plan
     running: Optional[bool] = None  # None when unknown (no plan)
     dashboard: str = "http://127.0.0.1:8265"
@@ -64,8 +66,9 @@ class Progress:
     def text(self) -> str:
         apart = f", {self.apart} failed or stopped" if self.apart else ""
         if self.expected is None:
-            return (f"{self.done} trials finished{apart} (the sweep wrote no plan.json, so how many it runs "
-                    f"is not known).")
+            return (
+                f"{self.done} trials finished{apart} (the sweep wrote no plan.json, so how many it runs is not known)."
+            )
         state = "running" if self.running else "finished"
         more = "; run vgray report again to update this page" if self.running else ""
         return f"Sweep {state}: {self.done} of {self.expected} trials done{apart}{more}."
@@ -74,6 +77,7 @@ class Progress:
 @dataclass
 class Grids:
     """Prediction grids of one kept model, with what they show."""
+
     files: List[Path]
     trial: str
     config: str
@@ -86,8 +90,10 @@ class Grids:
 
 # -- what the page shows, as plain values for the template ------------------------------------------
 
+
 def _yaml(value: Any) -> str:
     import yaml
+
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False).strip()
 
 
@@ -97,19 +103,33 @@ def _listed(values: Any) -> str:
 
 def _varied_text(plan: Dict[str, Any]) -> str:
     """The varied keys with their values: the grid's lists, the variants, the search space."""
-    lines = [f"{k}: {_listed(v)}" for k, v in (plan.get("grid") or {}).items()] if isinstance(plan.get("grid"), dict) else []
+    lines = (
+        [f"{k}: {_listed(v)}" for k, v in (plan.get("grid") or {}).items()]
+        if isinstance(plan.get("grid"), dict)
+        else []
+    )
     variants = plan.get("variants")
     if isinstance(variants, list) and variants:
-        lines.append(f"{len(variants)} variants: " + "; ".join(
-            ", ".join(f"{k}={v}" for k, v in variant.items()) if isinstance(variant, dict) else str(variant)
-            for variant in variants))
+        lines.append(
+            f"{len(variants)} variants: "
+            + "; ".join(
+                ", ".join(f"{k}={v}" for k, v in variant.items()) if isinstance(variant, dict) else str(variant)
+                for variant in variants
+            )
+        )
     search = plan.get("search")
     if isinstance(search, dict):
         space = search.get("space") if isinstance(search.get("space"), dict) else {}
-        lines.append(f"search ({search.get('algorithm')}, {search.get('num_samples')} samples, "
-                     f"{search.get('mode')} {search.get('metric')}):")
-        lines += [f"  {k}: " + ", ".join(f"{a}={b}" for a, b in dim.items() if b not in (None, [], False))
-                  if isinstance(dim, dict) else f"  {k}: {dim}" for k, dim in space.items()]
+        lines.append(
+            f"search ({search.get('algorithm')}, {search.get('num_samples')} samples, "
+            f"{search.get('mode')} {search.get('metric')}):"
+        )
+        lines += [
+            f"  {k}: " + ", ".join(f"{a}={b}" for a, b in dim.items() if b not in (None, [], False))
+            if isinstance(dim, dict)
+            else f"  {k}: {dim}"
+            for k, dim in space.items()
+        ]
     if not lines and isinstance(plan.get("varied"), list):
         lines = [str(k) for k in plan["varied"]]
     if not lines and "varied" in plan:
@@ -136,8 +156,13 @@ def _cluster_text(plan: Dict[str, Any]) -> str:
     if not isinstance(cluster, dict):
         return NOT_RECORDED
     names = {"nodes": ("node", "nodes"), "cpus": ("CPU", "CPUs"), "gpus": ("GPU", "GPUs")}
-    counts = [f"{cluster[k]:g} {names[k][cluster[k] != 1]}" if isinstance(cluster[k], (int, float))
-              else f"{cluster[k]} {names[k][1]}" for k in names if k in cluster]
+    counts = [
+        f"{cluster[k]:g} {names[k][cluster[k] != 1]}"
+        if isinstance(cluster[k], (int, float))
+        else f"{cluster[k]} {names[k][1]}"
+        for k in names
+        if k in cluster
+    ]
     return f"{cluster.get('address') or 'address ' + NOT_RECORDED}" + (f" ({', '.join(counts)})" if counts else "")
 
 
@@ -156,18 +181,30 @@ def setup_items(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
         ("Base config", _yaml(plan["base"]) if isinstance(plan.get("base"), dict) else NOT_RECORDED, True),
         ("Varied", _varied_text(plan), True),
         ("Seeds", _seeds_text(plan), False),
-        ("Trials planned", str(plan.get("trials", NOT_RECORDED)) + (", models kept" if plan.get("keep_models") else ""),
-         False),
-        ("Scheduler", _mapping_text(scheduler, ("type",)) if scheduler else "FIFO (all trials run to the end)"
-         if "scheduler" in plan else NOT_RECORDED, False),
+        (
+            "Trials planned",
+            str(plan.get("trials", NOT_RECORDED)) + (", models kept" if plan.get("keep_models") else ""),
+            False,
+        ),
+        (
+            "Scheduler",
+            _mapping_text(scheduler, ("type",))
+            if scheduler
+            else "FIFO (all trials run to the end)"
+            if "scheduler" in plan
+            else NOT_RECORDED,
+            False,
+        ),
         ("Resources per trial", _mapping_text(plan.get("resources"), ("cpu", "gpu")), False),
         ("Cluster", _cluster_text(plan), False),
         ("Storage", str(plan.get("storage") or NOT_RECORDED), False),
         ("Started", str(plan.get("started") or NOT_RECORDED), False),
         ("Ended", _end_text(plan), False),
     ]
-    return [{"label": a, "text": b, "pre": c, "unknown": b == NOT_RECORDED, "css": "base" if a == "Base config" else ""}
-            for a, b, c in items]
+    return [
+        {"label": a, "text": b, "pre": c, "unknown": b == NOT_RECORDED, "css": "base" if a == "Base config" else ""}
+        for a, b, c in items
+    ]
 
 
 def table_view(table: Table) -> Dict[str, Any]:
@@ -187,51 +224,103 @@ def table_view(table: Table) -> Dict[str, Any]:
 
 def apart_view(table: Table) -> List[Dict[str, str]]:
     """Failed and stopped trials: name, seed, status and their error lines."""
-    return [{"name": str(r.get("trial_name") or r["trial_id"]), "seed": str(r.get("seed")), "status": str(r.get("status")),
-             "error": str(r.get("error") or ("stopped early by the scheduler" if r.get("status") == "stopped" else "—"))}
-            for r in table.apart]
+    return [
+        {
+            "name": str(r.get("trial_name") or r["trial_id"]),
+            "seed": str(r.get("seed")),
+            "status": str(r.get("status")),
+            "error": str(r.get("error") or ("stopped early by the scheduler" if r.get("status") == "stopped" else "—")),
+        }
+        for r in table.apart
+    ]
 
 
 def figures_view(figures: List[Path], out: Path) -> List[Dict[str, Optional[str]]]:
     from vgray.report.figures import caption
-    return [{"src": _href(png, out), "name": png.stem, "caption": caption(png.stem),
-             "data": _href(png.with_suffix(".csv"), out) if png.with_suffix(".csv").is_file() else None}
-            for png in figures]
+
+    return [
+        {
+            "src": _href(png, out),
+            "name": png.stem,
+            "caption": caption(png.stem),
+            "data": _href(png.with_suffix(".csv"), out) if png.with_suffix(".csv").is_file() else None,
+        }
+        for png in figures
+    ]
 
 
 def grids_view(grids: Optional[Grids], out: Path) -> Optional[Dict[str, Any]]:
     if grids is None:
         return None
-    return {"trial": grids.trial, "config": grids.config, "threshold": f"{grids.threshold:g}", "k": grids.k,
-            "which": "the queries whose top-1 is wrong" if grids.failures_only else "the first queries",
-            "files": [{"src": _href(f, out), "name": f.stem} for f in grids.files]}
+    return {
+        "trial": grids.trial,
+        "config": grids.config,
+        "threshold": f"{grids.threshold:g}",
+        "k": grids.k,
+        "which": "the queries whose top-1 is wrong" if grids.failures_only else "the first queries",
+        "files": [{"src": _href(f, out), "name": f.stem} for f in grids.files],
+    }
 
 
 @functools.lru_cache(maxsize=1)
 def _environment():
     """The Jinja2 environment over this package's ``templates/``, autoescaping every value."""
     import jinja2
-    return jinja2.Environment(loader=jinja2.PackageLoader("vgray.report", "templates"), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("vgray.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
-def render_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, str], progress: Progress,
-                grids: Optional[Grids] = None, grids_note: Optional[str] = None,
-                plan: Optional[Dict[str, Any]] = None) -> str:
+def render_page(
+    out: Path,
+    table: Table,
+    figures: List[Path],
+    skipped: Dict[str, str],
+    progress: Progress,
+    grids: Optional[Grids] = None,
+    grids_note: Optional[str] = None,
+    plan: Optional[Dict[str, Any]] = None,
+) -> str:
     """The text of ``report.html`` (see the module's docstring for what it shows)."""
-    return _environment().get_template(TEMPLATE).render(
-        sweep=progress.sweep, progress=progress.text(), running=bool(progress.running),
-        dashboard=progress.dashboard, dashboard_url=web_url(progress.dashboard),
-        made=time.strftime("%Y-%m-%d %H:%M:%S"), setup=setup_items(plan or {}),
-        table=table_view(table), apart=apart_view(table), figures=figures_view(figures, out), skipped=skipped,
-        grids=grids_view(grids, out), grids_note=grids_note)
+    return (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            sweep=progress.sweep,
+            progress=progress.text(),
+            running=bool(progress.running),
+            dashboard=progress.dashboard,
+            dashboard_url=web_url(progress.dashboard),
+            made=time.strftime("%Y-%m-%d %H:%M:%S"),
+            setup=setup_items(plan or {}),
+            table=table_view(table),
+            apart=apart_view(table),
+            figures=figures_view(figures, out),
+            skipped=skipped,
+            grids=grids_view(grids, out),
+            grids_note=grids_note,
+        )
+    )
 
 
-def write_page(out: Path, table: Table, figures: List[Path], skipped: Dict[str, str], progress: Progress,
-               grids: Optional[Grids] = None, grids_note: Optional[str] = None,
-               plan: Optional[Dict[str, Any]] = None) -> Path:
+def write_page(
+    out: Path,
+    table: Table,
+    figures: List[Path],
+    skipped: Dict[str, str],
+    progress: Progress,
+    grids: Optional[Grids] = None,
+    grids_note: Optional[str] = None,
+    plan: Optional[Dict[str, Any]] = None,
+) -> Path:
     """Write ``out/report.html`` (atomically) and return its path."""
     from vgray.atomic import write_bytes
+
     path = out / PAGE
     write_bytes(path, render_page(out, table, figures, skipped, progress, grids, grids_note, plan).encode("utf-8"))
     return path

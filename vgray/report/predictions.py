@@ -4,6 +4,7 @@ As the peers of Berton et al., "Deep Visual Geo-localization Benchmark" (CVPR 20
 candidate is right when it lies within ``test.positive_dist_threshold`` metres of the query; the
 distance in metres is written under it. Written by ``vgray eval --save-predictions N``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def tile_box(i: int) -> Tuple[int, int, int, int]:
 
 def failures(predictions: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
     """Queries whose top-1 prediction is not a positive (a skipped query, ``-1``, is a failure)."""
-    return np.asarray([i for i, p in enumerate(positives) if predictions[i, 0] not in set(np.asarray(p).tolist())],
-                      dtype=np.int64)
+    return np.asarray(
+        [i for i, p in enumerate(positives) if predictions[i, 0] not in set(np.asarray(p).tolist())], dtype=np.int64
+    )
 
 
 def _tile(path: str) -> Image.Image:
@@ -41,8 +43,9 @@ def _tile(path: str) -> Image.Image:
         return image.convert("RGB").resize(TILE)
 
 
-def draw_grid(split: Split, query: int, candidates: Sequence[int], threshold: float,
-              positives: Optional[np.ndarray] = None) -> Image.Image:
+def draw_grid(
+    split: Split, query: int, candidates: Sequence[int], threshold: float, positives: Optional[np.ndarray] = None
+) -> Image.Image:
     """The query and its ``candidates`` (database ids, ``-1`` for none) side by side: green when a
     candidate is one of the query's ``positives`` (default: within ``threshold`` metres), under
     each its distance in metres (or, without coordinates, ``positive``/``wrong``)."""
@@ -69,8 +72,16 @@ def draw_grid(split: Split, query: int, candidates: Sequence[int], threshold: fl
     return canvas
 
 
-def save_predictions(split: Split, predictions: np.ndarray, positives: Sequence[np.ndarray], threshold: float,
-                     out_dir: str | Path, n: int, k: int, failures_only: bool = False) -> List[Path]:
+def save_predictions(
+    split: Split,
+    predictions: np.ndarray,
+    positives: Sequence[np.ndarray],
+    threshold: float,
+    out_dir: str | Path,
+    n: int,
+    k: int,
+    failures_only: bool = False,
+) -> List[Path]:
     """Write ``out_dir/<rank>_<query-file-stem>.png`` for the first ``n`` queries (or failures)."""
     queries = failures(predictions, positives) if failures_only else np.arange(len(split.queries))
     out = Path(out_dir)
@@ -89,27 +100,32 @@ def best_kept_model(directory: str | Path, rows, table) -> Tuple[dict, dict, Pat
     sweep kept none."""
     from vgray.errors import BadInput
     from vgray.report.rows import finished
+
     models = Path(directory) / "models"
     kept = {p.stem: p for p in models.glob("*.pt")} if models.is_dir() else {}
     if not kept:
-        raise BadInput(f"--predictions: {directory} holds no kept models ({models}/<trial>.pt); set keep_models: true "
-                       f"in the sweep YAML and run the sweep again (the tables and figures are written)")
+        raise BadInput(
+            f"--predictions: {directory} holds no kept models ({models}/<trial>.pt); set keep_models: true "
+            f"in the sweep YAML and run the sweep again (the tables and figures are written)"
+        )
     column = table.recall[0]
     for entry in sorted(table.entries, key=lambda e: -e.get(column, float("-inf"))):
         group = sorted((r for r in finished(rows) if r["config_key"] == entry["config_key"]), key=lambda r: r["seed"])
         for row in group:
             if str(row.get("trial_name")) in kept:
                 return entry, row, kept[str(row["trial_name"])]
-    raise BadInput(f"--predictions: no finished trial of {directory} kept a model (models/ holds "
-                   f"{', '.join(sorted(kept)[:3])}); set keep_models: true in the sweep YAML")
+    raise BadInput(
+        f"--predictions: no finished trial of {directory} kept a model (models/ holds "
+        f"{', '.join(sorted(kept)[:3])}); set keep_models: true in the sweep YAML"
+    )
 
 
 def report_grids(directory: str | Path, rows, table, out: Path, n: int, failures_only: bool = False):
     """Evaluate the best config's kept model on its test split and write ``out/predictions/``
     (grids left there by an earlier report are removed first). Returns a :class:`Grids`."""
+    from vgray.checkpoint import read_checkpoint
     from vgray.config import load_config
     from vgray.evaluate.evaluate import evaluate
-    from vgray.checkpoint import read_checkpoint
     from vgray.report.html import Grids
 
     entry, row, path = best_kept_model(directory, rows, table)
@@ -122,8 +138,23 @@ def report_grids(directory: str | Path, rows, table, out: Path, n: int, failures
     for old in folder.glob("*_*.png") if folder.is_dir() else []:
         old.unlink()
     k = min(5, max(cfg.test.recall_values))
-    files = save_predictions(keep["split"], keep["predictions"], keep["positives"], cfg.test.positive_dist_threshold,
-                             folder, n, k=k, failures_only=failures_only)
+    files = save_predictions(
+        keep["split"],
+        keep["predictions"],
+        keep["positives"],
+        cfg.test.positive_dist_threshold,
+        folder,
+        n,
+        k=k,
+        failures_only=failures_only,
+    )
     shown = ", ".join(f"{key}={entry.get(key)}" for key in table.varied) or "the only config"
-    return Grids(files, trial=str(row["trial_name"]), config=shown, threshold=cfg.test.positive_dist_threshold,
-                 k=k, failures_only=failures_only, queries=len(keep["split"].queries))
+    return Grids(
+        files,
+        trial=str(row["trial_name"]),
+        config=shown,
+        threshold=cfg.test.positive_dist_threshold,
+        k=k,
+        failures_only=failures_only,
+        queries=len(keep["split"].queries),
+    )

@@ -2,6 +2,7 @@
 columns are config keys, which keys the sweep varied, which test sets the rows hold, which rows
 finished.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ def datasets(rows: List[Row], recall: int = 1) -> List[str]:
     for r in rows:
         for k, v in r.items():
             if k.startswith("test/") and k.endswith(f"/R@{recall}") and number(v):
-                name = k[len("test/"):-len(f"/R@{recall}")]
+                name = k[len("test/") : -len(f"/R@{recall}")]
                 if name not in out:
                     out.append(name)
     return out

@@ -7,6 +7,7 @@ and never averaged in.
 Grouping and the cost means come from :func:`vgray.results.summarize`, the summary the
 sweep itself writes; this module adds R@N for any N and the three file layouts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,12 +23,12 @@ from vgray.results import COST_COLUMNS, Row, mean_std, summarize
 
 @dataclass
 class Table:
-    varied: List[str]            # config columns, one per varied key
-    recall: List[str]            # metric columns: test/<dataset>/R@N
-    cost: List[str]              # cost columns present in the rows
+    varied: List[str]  # config columns, one per varied key
+    recall: List[str]  # metric columns: test/<dataset>/R@N
+    cost: List[str]  # cost columns present in the rows
     entries: List[Dict[str, Any]]  # one per config with n >= 1 finished seed: <col> and "<col> std"
-    best: Dict[str, float]       # the best mean of each recall column
-    apart: List[Row]             # failed and stopped rows
+    best: Dict[str, float]  # the best mean of each recall column
+    apart: List[Row]  # failed and stopped rows
 
 
 def recall_columns(rows: List[Row], recalls: Sequence[int]) -> List[str]:
@@ -37,10 +38,18 @@ def recall_columns(rows: List[Row], recalls: Sequence[int]) -> List[str]:
     for n in recalls:
         names = datasets(ok, n)
         if not names:
-            held = sorted({int(k.rsplit("@", 1)[1]) for r in ok for k in r
-                           if k.startswith("test/") and "/R@" in k and number(r[k])})
-            raise BadInput(f"--recall {n}: no finished row holds test/<dataset>/R@{n}; "
-                           f"allowed: {', '.join(map(str, held)) or 'none (no finished row has a test recall)'}")
+            held = sorted(
+                {
+                    int(k.rsplit("@", 1)[1])
+                    for r in ok
+                    for k in r
+                    if k.startswith("test/") and "/R@" in k and number(r[k])
+                }
+            )
+            raise BadInput(
+                f"--recall {n}: no finished row holds test/<dataset>/R@{n}; "
+                f"allowed: {', '.join(map(str, held)) or 'none (no finished row has a test recall)'}"
+            )
         columns += [f"test/{d}/R@{n}" for d in names]
     # the paper's order: per dataset, R@1 then R@5
     order = {d: i for i, d in enumerate(datasets(ok, recalls[0]))}
@@ -71,9 +80,10 @@ def build_table(rows: List[Row], varied: List[str], recalls: Sequence[int] = (1,
 
 # The cells of the table, shared by the Markdown, LaTeX and HTML layouts.
 
+
 def label(column: str) -> str:
     """A recall column's header: ``test/pitts30k/R@1`` -> ``pitts30k/R@1``."""
-    return column[len("test/"):] if column.startswith("test/") else column
+    return column[len("test/") :] if column.startswith("test/") else column
 
 
 def config_cell(value: Any) -> str:
@@ -133,8 +143,18 @@ def csv_text(table: Table) -> str:
     return buffer.getvalue()
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -144,8 +164,12 @@ def tex_escape(text: str) -> str:
 def latex(table: Table) -> str:
     header = [tex_escape(k) for k in table.varied] + ["n"] + [tex_escape(label(c)) for c in table.recall]
     header += [tex_escape(c) for c in table.cost]
-    lines = [r"\begin{tabular}{" + "l" * len(table.varied) + "r" * (len(header) - len(table.varied)) + "}",
-             r"\hline", " & ".join(header) + r" \\", r"\hline"]
+    lines = [
+        r"\begin{tabular}{" + "l" * len(table.varied) + "r" * (len(header) - len(table.varied)) + "}",
+        r"\hline",
+        " & ".join(header) + r" \\",
+        r"\hline",
+    ]
     for e in table.entries:
         cells = [tex_escape(config_cell(e.get(k))) for k in table.varied] + [str(e["n"])]
         for c in table.recall:
@@ -160,6 +184,7 @@ def latex(table: Table) -> str:
 
 def write_tables(table: Table, out: Path) -> List[Path]:
     from vgray.atomic import write_bytes
+
     written = []
     for name, text in (("table.md", markdown(table)), ("table.csv", csv_text(table)), ("table.tex", latex(table))):
         write_bytes(out / name, text.encode())

@@ -7,6 +7,7 @@ the mining cache is rebuilt (with the model in eval mode); triplets are trained 
 ``batch_size``; validation R@N after every epoch; early stopping on val R@5 after ``patience`` epochs
 without a gain; ``best.pt`` and ``last.pt`` checkpoints; at the end the best model is tested.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from vgray import checkpoint
 from vgray.atomic import write_text
 from vgray.data.dataset import open_split
 from vgray.data.images import SafeDataset, read_image
@@ -25,13 +27,12 @@ from vgray.data.transforms import query_train_transform, test_transform, train_d
 from vgray.errors import BadInput
 from vgray.evaluate.evaluate import check_before_extraction, evaluate_split, final_test, test_sets
 from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_batches
-from vgray import checkpoint
 from vgray.models import build_model
 from vgray.models.network import check_start
 from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 from vgray.train.losses import LOSSES, read_losses
-from vgray.train.mining import Triplet, TrainingQueries, create_miner
+from vgray.train.mining import TrainingQueries, Triplet, create_miner
 from vgray.train.places import PlaceEpochs
 from vgray.train.schedule import LrSchedule, make_optimizer
 
@@ -56,8 +57,9 @@ class TripletImages(SafeDataset):
 
     def load(self, i: int) -> torch.Tensor:
         paths = self._paths(i)
-        images = torch.stack([self.query_transform(read_image(paths[0]))] +
-                             [self.database_transform(read_image(p)) for p in paths[1:]])
+        images = torch.stack(
+            [self.query_transform(read_image(paths[0]))] + [self.database_transform(read_image(p)) for p in paths[1:]]
+        )
         if self.flip and torch.rand(()) < 0.5:
             images = torch.flip(images, dims=[3])
         return images
@@ -74,8 +76,14 @@ class LocalDescriptors:
 
     def __call__(self, role: str, indices: np.ndarray) -> np.ndarray:
         images = self.split.database if role == "database" else self.split.queries
-        x, valid = self.extractor(self.model, [images.paths[i] for i in indices], self.transform,
-                                       self.rt, self.model.features_dim, desc=f"cache {role}")
+        x, valid = self.extractor(
+            self.model,
+            [images.paths[i] for i in indices],
+            self.transform,
+            self.rt,
+            self.model.features_dim,
+            desc=f"cache {role}",
+        )
         if not valid.all():
             bad = [images.paths[indices[j]] for j in np.flatnonzero(~valid)]
             raise BadInput(f"image {bad[0]} cannot be read; training needs every image (remove it from the dataset)")
@@ -104,9 +112,11 @@ def _check_memory(cfg, data: TrainingQueries, features_dim: int) -> None:
     if cfg.train.mining == "full" and budget is not None:
         need = data.database_size * features_dim * 4 / 2**20
         if need > budget:
-            raise BadInput(f"train.mining=full needs the descriptors of all {data.database_size} database images "
-                           f"({need:.0f} MB of {features_dim}-d), more than train.memory_budget_mb={budget:g}; "
-                           f"use train.mining=partial or raise the budget")
+            raise BadInput(
+                f"train.mining=full needs the descriptors of all {data.database_size} database images "
+                f"({need:.0f} MB of {features_dim}-d), more than train.memory_budget_mb={budget:g}; "
+                f"use train.mining=partial or raise the budget"
+            )
 
 
 class TripletEpochs:
@@ -134,8 +144,10 @@ class TripletEpochs:
 
     def describe(self, log) -> None:
         if self.data.dropped:
-            log(f"training queries without a database image within {self.cfg.train.positive_dist_threshold:g} m: "
-                f"{self.data.dropped} of {len(self.split.queries)} dropped")
+            log(
+                f"training queries without a database image within {self.cfg.train.positive_dist_threshold:g} m: "
+                f"{self.data.dropped} of {len(self.split.queries)} dropped"
+            )
 
     def counts(self) -> Dict[str, float]:
         return {"dropped_queries": self.data.dropped}
@@ -163,16 +175,29 @@ class TripletEpochs:
             triplets = self.miner.refresh(self.source, queries, rng)
             self.refresh_s += time.perf_counter() - start
             model.train()
-            images = TripletImages(self.split, triplets, self.q_transform, self.db_transform,
-                                   cfg.train.augmentation.horizontal_flip)
-            for batch, _ in iter_batches(images, self.rt, desc=f"epoch {epoch + 1} [{loop + 1}/{loops}]",
-                                         shuffle=True, batch_size=cfg.train.batch_size):
+            images = TripletImages(
+                self.split, triplets, self.q_transform, self.db_transform, cfg.train.augmentation.horizontal_flip
+            )
+            for batch, _ in iter_batches(
+                images,
+                self.rt,
+                desc=f"epoch {epoch + 1} [{loop + 1}/{loops}]",
+                shuffle=True,
+                batch_size=cfg.train.batch_size,
+            ):
                 losses.append(train_step(model, batch, optimizer, self.rt, cfg))
         return read_losses(losses)  # one sync an epoch, not one a step
 
 
-def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, progress: bool = True,
-          log=print, extractor: Optional[Callable] = None) -> Dict[str, float]:
+def train(
+    cfg,
+    out_dir,
+    report: Optional[Report] = None,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+    extractor: Optional[Callable] = None,
+) -> Dict[str, float]:
     """Train the model ``cfg`` describes on ``data.root``'s train split; returns the final figures
     (last epoch's metrics, ``test/<dataset>/R@N`` of the best model, cost, time). ``extractor``
     (the contract of :func:`~vgray.evaluate.evaluate.evaluate_split`; default: in this process)
@@ -203,9 +228,15 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
     check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
     db_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
     # Validation as the paper's: hard_resize, exact search, no PCA (the final test applies them).
-    val_cfg = cfg.replace(**{"test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
-                             "test.memory_budget_mb": None, "test.knn": "Flat", "test.method": "hard_resize",
-                             "model.pca_dim": None})
+    val_cfg = cfg.replace(
+        **{
+            "test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
+            "test.memory_budget_mb": None,
+            "test.knn": "Flat",
+            "test.method": "hard_resize",
+            "model.pca_dim": None,
+        }
+    )
     state = TrainState()
     optimizer = None
 
@@ -215,8 +246,10 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         try:  # the structure was checked by checkpoint.load; whether it fits this optimizer is torch's word
             optimizer.load_state_dict(ck["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise BadInput(f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
-                           f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})")
+            raise BadInput(
+                f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
+                f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})"
+            )
         regime.load_state_dict(ck["mining"])
         state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
         checkpoint.set_rng_state(ck["rng"], rng)
@@ -241,10 +274,14 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         improved = val["R@5"] > state.best_r5
         state.best_r5 = max(state.best_r5, val["R@5"])
         state.not_improved = 0 if improved else state.not_improved + 1
-        metrics = {"epoch": state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                   **{f"val/{k}": v for k, v in val.items() if k.startswith("R@")},
-                   "best_val/R@5": state.best_r5, "train_time_s": time.perf_counter() - start_time,
-                   **regime.counts()}
+        metrics = {
+            "epoch": state.epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            **{f"val/{k}": v for k, v in val.items() if k.startswith("R@")},
+            "best_val/R@5": state.best_r5,
+            "train_time_s": time.perf_counter() - start_time,
+            **regime.counts(),
+        }
         state.history.append(metrics)
         payload = _payload(model, optimizer, regime, state, rng, cfg)
         checkpoint.save(last_path, payload)
@@ -255,8 +292,7 @@ def train(cfg, out_dir, report: Optional[Report] = None, resume: bool = False, p
         if report is not None:
             report({**metrics, **regime.timings()}, out)
 
-    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log,
-                       extractor)
+    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log, extractor)
 
 
 def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> torch.Tensor:
@@ -276,21 +312,33 @@ def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> torc
 
 
 def _payload(model, optimizer, regime, state: TrainState, rng, cfg) -> Dict:
-    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "mining": regime.state_dict(),
-            "epoch": state.epoch, "best_r5": state.best_r5, "not_improved": state.not_improved,
-            "history": state.history, "rng": checkpoint.rng_state(rng), "config": cfg.to_dict()}
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "mining": regime.state_dict(),
+        "epoch": state.epoch,
+        "best_r5": state.best_r5,
+        "not_improved": state.not_improved,
+        "history": state.history,
+        "rng": checkpoint.rng_state(rng),
+        "config": cfg.to_dict(),
+    }
 
 
 def _load_model(model, ck: Dict, path: Path) -> None:
     made = checkpoint.made_for(ck)
-    checkpoint.load_fitting(model, ck["model"], f"checkpoint {path} was made for backbone={made.get('backbone')}, "
-                                                f"aggregation={made.get('aggregation')} and does not fit this "
-                                                f"config's network")
+    checkpoint.load_fitting(
+        model,
+        ck["model"],
+        f"checkpoint {path} was made for backbone={made.get('backbone')}, "
+        f"aggregation={made.get('aggregation')} and does not fit this "
+        f"config's network",
+    )
 
 
-def _final_test(cfg, model, weights: Path, sets: Dict[str, str], rt, state: TrainState, log,
-                extractor: Optional[Callable] = None) -> Dict:
+def _final_test(
+    cfg, model, weights: Path, sets: Dict[str, str], rt, state: TrainState, log, extractor: Optional[Callable] = None
+) -> Dict:
     """The best weights tested on every test set, merged with the last epoch's metrics and ``epochs``."""
     ck = checkpoint.load(weights)
     model.load_state_dict(ck["model"])

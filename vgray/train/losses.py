@@ -3,6 +3,7 @@
 Every loss takes the query descriptors ``q`` (B, D), their positives ``p`` (B, D) and negatives
 ``n`` (B, N, D), and returns the sum over the batch divided by B x N, as the paper's protocol does.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -13,14 +14,18 @@ import torch.nn.functional as F
 from vgray.registry import LOSSES
 
 
-
 @LOSSES.register("triplet")
 def triplet(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Triplet margin loss (L2 distance), one triplet per (query, negative) pair."""
     b, k, d = n.shape
-    loss = F.triplet_margin_loss(q.unsqueeze(1).expand(b, k, d).reshape(-1, d),
-                                 p.unsqueeze(1).expand(b, k, d).reshape(-1, d),
-                                 n.reshape(-1, d), margin=margin, p=2, reduction="sum")
+    loss = F.triplet_margin_loss(
+        q.unsqueeze(1).expand(b, k, d).reshape(-1, d),
+        p.unsqueeze(1).expand(b, k, d).reshape(-1, d),
+        n.reshape(-1, d),
+        margin=margin,
+        p=2,
+        reduction="sum",
+    )
     return loss / (b * k)
 
 

@@ -18,10 +18,10 @@ negatives and in which descriptors a refresh needs:
 Mining is written against :class:`DescriptorSource`: "descriptors of these database / query
 indices", so that the descriptors can come from this process or from a Ray Data pipeline.
 """
+
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
 from typing import Dict, List, Protocol
 
@@ -30,7 +30,6 @@ import numpy as np
 from vgray.data.dataset import Split
 from vgray.errors import BadInput
 from vgray.registry import MINING
-
 
 
 class DescriptorSource(Protocol):
@@ -56,8 +55,10 @@ class TrainingQueries:
         self.hard_positives = hard
         self.dropped = len(split.queries) - len(self.usable)
         if len(self.usable) == 0:
-            raise BadInput(f"dataset {split.root}: no training query has a database image within "
-                           f"{hard_threshold} m (train.positive_dist_threshold)")
+            raise BadInput(
+                f"dataset {split.root}: no training query has a database image within "
+                f"{hard_threshold} m (train.positive_dist_threshold)"
+            )
 
     @property
     def database_size(self) -> int:
@@ -107,8 +108,10 @@ class Miner(abc.ABC):
         n, soft = self.cfg.negs_num_per_query, self.data.soft_positives[q]
         pool = self.data.database_size - len(soft)
         if pool <= 0:
-            raise BadInput(f"dataset {self.data.split.root}: a training query has every database image "
-                           f"within 25 m, so it has no negative")
+            raise BadInput(
+                f"dataset {self.data.split.root}: a training query has every database image "
+                f"within 25 m, so it has no negative"
+            )
         draw = rng.choice(self.data.database_size, size=min(self.data.database_size, n + len(soft)), replace=False)
         negs = self.not_soft(q, draw)
         negs = negs[rng.permutation(len(negs))][:n]
@@ -134,7 +137,7 @@ class Miner(abc.ABC):
     def state_dict(self) -> Dict:
         return {}
 
-    def load_state_dict(self, state: Dict) -> None:
+    def load_state_dict(self, state: Dict) -> None:  # noqa: B027  (stateless miners keep nothing)
         pass
 
 
@@ -153,8 +156,10 @@ class PartialMining(Miner):
         sample = np.sort(rng.choice(self.data.database_size, size=size, replace=False))
         db = _Lookup(source, "database", np.concatenate([sample, self.needed_database(queries)]))
         xq = _Lookup(source, "queries", queries)
-        return [Triplet(int(q), self.best_positive(q, xq[q][0], db), self.hardest(q, xq[q][0], sample, db, rng))
-                for q in queries]
+        return [
+            Triplet(int(q), self.best_positive(q, xq[q][0], db), self.hardest(q, xq[q][0], sample, db, rng))
+            for q in queries
+        ]
 
 
 @MINING.register("full")
@@ -192,10 +197,12 @@ def msls_weights(notes: List[str], where: str) -> np.ndarray:
     night = np.array([len(p) > 1 and p[0] == "night" for p in parts])
     side = np.array([len(p) > 1 and p[1] == "sideways" for p in parts])
     if not night.any() or not side.any():
-        raise BadInput(f"train.mining=msls_weighted needs night and sideways training queries, named in the "
-                       f"file-name note as night|day_<view>_<city> (VG format) or in MSLS's raw layout by "
-                       f"postprocessed.csv's night and view_direction; {where} has "
-                       f"{int(night.sum())} night and {int(side.sum())} sideways queries")
+        raise BadInput(
+            f"train.mining=msls_weighted needs night and sideways training queries, named in the "
+            f"file-name note as night|day_<view>_<city> (VG format) or in MSLS's raw layout by "
+            f"postprocessed.csv's night and view_direction; {where} has "
+            f"{int(night.sum())} night and {int(side.sum())} sideways queries"
+        )
     n = len(notes)
     w = np.ones(n) + night * (n / night.sum()) + side * (n / side.sum())
     return w / w.sum()
@@ -215,4 +222,3 @@ class MSLSWeightedMining(PartialMining):
 
 def create_miner(name: str, data: TrainingQueries, train_cfg) -> Miner:
     return MINING.create(name, data, train_cfg)
-

@@ -11,6 +11,7 @@ the soft-positive radius (``test.positive_dist_threshold``) of the cell's centre
 than K images are dropped and counted. :class:`PlaceEpochs` is the regime's epoch, which
 :func:`vgray.train.loop.train` runs inside its one loop (validation, checkpoints, early stopping).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -28,49 +29,60 @@ from vgray.registry import PLACE_LOSSES, PLACE_MINERS
 from vgray.runtime import Runtime
 from vgray.train.losses import read_losses
 
-
 # -- losses and miners: pytorch-metric-learning, with the GSV-Cities publisher's settings ---------
+
 
 @PLACE_LOSSES.register("multi_similarity")
 def multi_similarity_loss(train_cfg):
     from pytorch_metric_learning import distances, losses
-    return losses.MultiSimilarityLoss(alpha=train_cfg.ms_alpha, beta=train_cfg.ms_beta, base=train_cfg.ms_base,
-                                      distance=distances.DotProductSimilarity())
+
+    return losses.MultiSimilarityLoss(
+        alpha=train_cfg.ms_alpha,
+        beta=train_cfg.ms_beta,
+        base=train_cfg.ms_base,
+        distance=distances.DotProductSimilarity(),
+    )
 
 
 @PLACE_LOSSES.register("contrastive")
 def contrastive_loss(train_cfg):
     from pytorch_metric_learning import losses
+
     return losses.ContrastiveLoss(pos_margin=0, neg_margin=1)
 
 
 @PLACE_LOSSES.register("triplet")
 def triplet_loss(train_cfg):
     from pytorch_metric_learning import losses
+
     return losses.TripletMarginLoss(margin=train_cfg.margin, swap=False, smooth_loss=False, triplets_per_anchor="all")
 
 
 @PLACE_LOSSES.register("circle")
 def circle_loss(train_cfg):
     from pytorch_metric_learning import losses
+
     return losses.CircleLoss(m=0.4, gamma=80)
 
 
 @PLACE_MINERS.register("multi_similarity")
 def multi_similarity_miner(train_cfg):
     from pytorch_metric_learning import distances, miners
+
     return miners.MultiSimilarityMiner(epsilon=train_cfg.miner_margin, distance=distances.CosineSimilarity())
 
 
 @PLACE_MINERS.register("triplet_margin")
 def triplet_margin_miner(train_cfg):
     from pytorch_metric_learning import miners
+
     return miners.TripletMarginMiner(margin=train_cfg.miner_margin, type_of_triplets="semihard")
 
 
 @PLACE_MINERS.register("pair_margin")
 def pair_margin_miner(train_cfg):
     from pytorch_metric_learning import distances, miners
+
     return miners.PairMarginMiner(pos_margin=0.7, neg_margin=0.3, distance=distances.DotProductSimilarity())
 
 
@@ -81,8 +93,16 @@ def no_miner(train_cfg):
 
 # -- place labels ------------------------------------------------------------------------------
 
-def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, min_images: int,
-                heading_deg: Optional[float] = None, headings: Optional[np.ndarray] = None) -> PlaceSet:
+
+def grid_places(
+    paths: List[str],
+    utm: np.ndarray,
+    size: float,
+    radius: float,
+    min_images: int,
+    heading_deg: Optional[float] = None,
+    headings: Optional[np.ndarray] = None,
+) -> PlaceSet:
     """Places of a VG-format image set from the UTM grid: cells of ``size`` metres (origin 0, 0);
     an image joins its cell when within ``radius`` metres of the cell's centre; with ``heading_deg``,
     a place is a cell and a heading bin of that width, so that a place's images look the same way
@@ -103,9 +123,11 @@ def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, m
         h = np.full(len(paths), np.nan) if headings is None else np.asarray(headings, dtype=np.float64).reshape(-1)
         missing = np.flatnonzero(~np.isfinite(h))
         if len(missing):
-            raise BadInput(f"image {paths[missing[0]]}: train.place_heading_deg needs the heading field of the VG file "
-                           f"name (@east@north@zone@letter@lat@lon@pano@tile@heading@…), a finite number of degrees; "
-                           f"set it to null for images without one")
+            raise BadInput(
+                f"image {paths[missing[0]]}: train.place_heading_deg needs the heading field of the VG file "
+                f"name (@east@north@zone@letter@lat@lon@pano@tile@heading@…), a finite number of degrees; "
+                f"set it to null for images without one"
+            )
         bins = np.floor(((h + heading_deg / 2.0) % 360.0) / heading_deg).astype(np.int64)
         cell = np.concatenate([cell, bins.reshape(-1, 1)], axis=1)
     cells, inverse, counts = np.unique(cell[inside], axis=0, return_inverse=True, return_counts=True)
@@ -116,8 +138,12 @@ def grid_places(paths: List[str], utm: np.ndarray, size: float, radius: float, m
     labels[inside] = label_of_cell[inverse.reshape(-1)]
     keep = np.flatnonzero(labels >= 0)
     n_bins = int(np.ceil(360.0 / heading_deg)) if heading_deg is not None else 0
-    return PlaceSet(paths=[paths[i] for i in keep], labels=labels[keep], dropped=int((~kept).sum()),
-                    neighbours=grid_neighbours(cells[kept], int(np.ceil(radius / size)), n_bins))
+    return PlaceSet(
+        paths=[paths[i] for i in keep],
+        labels=labels[keep],
+        dropped=int((~kept).sum()),
+        neighbours=grid_neighbours(cells[kept], int(np.ceil(radius / size)), n_bins),
+    )
 
 
 def grid_neighbours(keys: np.ndarray, reach: int, n_bins: int = 0) -> List[np.ndarray]:
@@ -171,25 +197,35 @@ def open_places(cfg) -> PlaceSet:
         places = read_gsv_cities(cfg.data.root, k)
     else:
         split = open_split(cfg.data.root, "train")
-        headings = [s.headings if s.headings is not None else np.full(len(s), np.nan)
-                    for s in (split.database, split.queries)]
-        places = grid_places(split.database.paths + split.queries.paths,
-                             np.concatenate([split.database.utm, split.queries.utm]),
-                             cfg.train.place_size_m, cfg.test.positive_dist_threshold, k, cfg.train.place_heading_deg,
-                             headings=np.concatenate(headings))
+        headings = [
+            s.headings if s.headings is not None else np.full(len(s), np.nan) for s in (split.database, split.queries)
+        ]
+        places = grid_places(
+            split.database.paths + split.queries.paths,
+            np.concatenate([split.database.utm, split.queries.utm]),
+            cfg.train.place_size_m,
+            cfg.test.positive_dist_threshold,
+            k,
+            cfg.train.place_heading_deg,
+            headings=np.concatenate(headings),
+        )
     apart: List[int] = []
     if places.neighbours is not None and places.n_places >= p:
         _fill(apart, range(places.n_places), p, np.zeros(places.n_places, dtype=bool), places.neighbours)
         if len(apart) < p:
-            raise BadInput(f"train.places_per_batch={p}: {cfg.data.root} has {places.n_places} places of {k} or more "
-                           f"images, and a batch takes no two whose images may lie within test.positive_dist_threshold="
-                           f"{cfg.test.positive_dist_threshold:g} m of each other looking the same way: only "
-                           f"{len(apart)} such places were found; lower train.places_per_batch to at most {len(apart)}")
+            raise BadInput(
+                f"train.places_per_batch={p}: {cfg.data.root} has {places.n_places} places of {k} or more "
+                f"images, and a batch takes no two whose images may lie within test.positive_dist_threshold="
+                f"{cfg.test.positive_dist_threshold:g} m of each other looking the same way: only "
+                f"{len(apart)} such places were found; lower train.places_per_batch to at most {len(apart)}"
+            )
     if places.n_places < p:
-        raise BadInput(f"train.places_per_batch={p} x train.images_per_place={k}: {cfg.data.root} has only "
-                       f"{places.n_places} places of {k} or more images ({places.dropped} smaller dropped); "
-                       f"lower train.places_per_batch to at most {places.n_places}"
-                       + ("" if cfg.data.layout == "gsv_cities" else " or change train.place_size_m / place_heading_deg"))
+        raise BadInput(
+            f"train.places_per_batch={p} x train.images_per_place={k}: {cfg.data.root} has only "
+            f"{places.n_places} places of {k} or more images ({places.dropped} smaller dropped); "
+            f"lower train.places_per_batch to at most {places.n_places}"
+            + ("" if cfg.data.layout == "gsv_cities" else " or change train.place_size_m / place_heading_deg")
+        )
     return places
 
 
@@ -230,8 +266,9 @@ def _complete(chosen: List[int], p: int, n_places: int, neighbours, rng: np.rand
         _fill(chosen, rng.permutation(n_places), p, taken, None)
 
 
-def random_place_batches(n_places: int, p: int, n_batches: int, rng: np.random.Generator,
-                         neighbours: Optional[List[np.ndarray]] = None) -> np.ndarray:
+def random_place_batches(
+    n_places: int, p: int, n_batches: int, rng: np.random.Generator, neighbours: Optional[List[np.ndarray]] = None
+) -> np.ndarray:
     """``(n_batches, p)`` place indices, GSV-Cities' order: the places shuffled, then taken in turn,
     reshuffled when used up; with ``neighbours``, a place whose neighbour the batch holds waits for
     the next batch."""
@@ -252,8 +289,9 @@ def random_place_batches(n_places: int, p: int, n_batches: int, rng: np.random.G
     return out
 
 
-def proxy_place_batches(proxies: np.ndarray, p: int, n_batches: int, rng: np.random.Generator,
-                        neighbours: Optional[List[np.ndarray]] = None) -> np.ndarray:
+def proxy_place_batches(
+    proxies: np.ndarray, p: int, n_batches: int, rng: np.random.Generator, neighbours: Optional[List[np.ndarray]] = None
+) -> np.ndarray:
     """``(n_batches, p)`` place indices, each row a place and its P-1 nearest places by proxy (the
     rows of ``proxies``, unit vectors; inner product) among those no batch has taken yet (and, with
     ``neighbours``, none next to a place already in the batch), the first place of each batch taken
@@ -282,9 +320,15 @@ def proxy_place_batches(proxies: np.ndarray, p: int, n_batches: int, rng: np.ran
     return out
 
 
-def sample_batches(members: List[np.ndarray], p: int, k: int, n_batches: int, rng: np.random.Generator,
-                   proxies: Optional[np.ndarray] = None,
-                   neighbours: Optional[List[np.ndarray]] = None) -> np.ndarray:
+def sample_batches(
+    members: List[np.ndarray],
+    p: int,
+    k: int,
+    n_batches: int,
+    rng: np.random.Generator,
+    proxies: Optional[np.ndarray] = None,
+    neighbours: Optional[List[np.ndarray]] = None,
+) -> np.ndarray:
     """``(n_batches, p, k)`` image indices: each batch P distinct places, no two of them neighbours
     (``neighbours``: :func:`grid_neighbours`), K distinct images of each drawn at random. The places
     by :func:`random_place_batches`, or with ``proxies`` (one unit row a place) by
@@ -309,7 +353,7 @@ class PlaceProxies:
 
     def __init__(self, n_places: int, seed: int):
         self.n_places, self.seed = n_places, seed
-        self.proxies: Optional[np.ndarray] = None     # (n_places, d): what the next epoch batches by
+        self.proxies: Optional[np.ndarray] = None  # (n_places, d): what the next epoch batches by
         self.projection: Optional[torch.Tensor] = None
         self._sums = self._counts = None
 
@@ -323,7 +367,7 @@ class PlaceProxies:
             d = features.shape[1]
             if d > PROXY_DIM:
                 g = torch.Generator().manual_seed(self.seed)
-                self.projection = torch.randn(d, PROXY_DIM, generator=g) / PROXY_DIM ** 0.5
+                self.projection = torch.randn(d, PROXY_DIM, generator=g) / PROXY_DIM**0.5
             else:
                 self.projection = torch.eye(d)
             self.projection = self.projection.to(features.device)
@@ -353,8 +397,10 @@ class PlaceProxies:
     def load_state_dict(self, state: Dict) -> None:
         proxies = state.get("proxies")
         if proxies is not None and tuple(proxies.shape[:1]) != (self.n_places,):
-            raise BadInput(f"the checkpoint's place proxies are for {proxies.shape[0]} places, the training data "
-                           f"has {self.n_places}: resume on the data the run started on")
+            raise BadInput(
+                f"the checkpoint's place proxies are for {proxies.shape[0]} places, the training data "
+                f"has {self.n_places}: resume on the data the run started on"
+            )
         self.proxies = None if proxies is None else proxies.numpy().astype(np.float32)
 
 
@@ -379,8 +425,16 @@ class PlaceImages(SafeDataset):
         return images
 
 
-def place_step(model, images: torch.Tensor, labels: torch.Tensor, loss_fn, miner, optimizer,
-               rt: Runtime, proxies: Optional[PlaceProxies] = None) -> torch.Tensor:
+def place_step(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn,
+    miner,
+    optimizer,
+    rt: Runtime,
+    proxies: Optional[PlaceProxies] = None,
+) -> torch.Tensor:
     """One optimizer step on a batch of places ``images`` (P, K, 3, H, W) with place ``labels`` (P,);
     returns the loss, a 0-d tensor on the device (read once an epoch: :func:`read_losses`). The
     step's descriptors go to ``proxies`` when given."""
@@ -415,10 +469,12 @@ class PlaceEpochs:
         self.proxies = PlaceProxies(self.places.n_places, cfg.seed) if t.place_batching == "proxy" else None
 
     def describe(self, log) -> None:
-        log(f"places regime: {self.places.n_places} places of {self.cfg.train.images_per_place}+ images "
+        log(
+            f"places regime: {self.places.n_places} places of {self.cfg.train.images_per_place}+ images "
             f"({len(self.places.paths)} images; {self.places.dropped} smaller places dropped), "
             f"{self.batches} batches of {self.cfg.train.places_per_batch} places an epoch"
-            + (", places batched by proxy from the second epoch" if self.proxies is not None else ""))
+            + (", places batched by proxy from the second epoch" if self.proxies is not None else "")
+        )
 
     def counts(self) -> Dict[str, float]:
         return {"places": self.places.n_places, "dropped_places": self.places.dropped}
@@ -438,19 +494,32 @@ class PlaceEpochs:
     def run_epoch(self, model, optimizer, rng: np.random.Generator, epoch: int) -> List[float]:
         t = self.cfg.train
         proxies = self.proxies.proxies if self.proxies is not None else None
-        draws = sample_batches(self.members, t.places_per_batch, t.images_per_place, self.batches, rng, proxies,
-                               self.places.neighbours)
+        draws = sample_batches(
+            self.members, t.places_per_batch, t.images_per_place, self.batches, rng, proxies, self.places.neighbours
+        )
         labels = torch.as_tensor(self.places.labels[draws[:, :, 0].reshape(-1)])
-        images = PlaceImages(self.places.paths, draws.reshape(-1, t.images_per_place), self.transform,
-                             t.augmentation.horizontal_flip)
+        images = PlaceImages(
+            self.places.paths, draws.reshape(-1, t.images_per_place), self.transform, t.augmentation.horizontal_flip
+        )
         model.train()
         losses = []
         if self.proxies is not None:
             self.proxies.start_epoch()
-        for batch, indices in iter_batches(images, self.rt, desc=f"epoch {epoch + 1}", shuffle=False,
-                                           batch_size=t.places_per_batch):
-            losses.append(place_step(model, batch, labels[torch.as_tensor(indices)], self.loss_fn, self.miner,
-                                     optimizer, self.rt, self.proxies))
+        for batch, indices in iter_batches(
+            images, self.rt, desc=f"epoch {epoch + 1}", shuffle=False, batch_size=t.places_per_batch
+        ):
+            losses.append(
+                place_step(
+                    model,
+                    batch,
+                    labels[torch.as_tensor(indices)],
+                    self.loss_fn,
+                    self.miner,
+                    optimizer,
+                    self.rt,
+                    self.proxies,
+                )
+            )
         if self.proxies is not None:
             self.proxies.end_epoch(rng)
         return read_losses(losses)  # one sync an epoch, not one a step

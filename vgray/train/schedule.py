@@ -13,6 +13,7 @@ group's base rate (``initial_lr``, torch's name for it) and its count of steps l
 optimizer's own param groups, so ``last.pt`` carries them and ``--resume`` continues the schedule
 where it stopped. A group's own rate (CRN's layer and network rates) is its base.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -56,6 +57,7 @@ class LrSchedule:
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_factor(group[STEPS], self.epoch, self.warmup_steps,
-                                                          self.milestones, self.gamma)
+            group["lr"] = group["initial_lr"] * lr_factor(
+                group[STEPS], self.epoch, self.warmup_steps, self.milestones, self.gamma
+            )
             group[STEPS] += 1

@@ -36,6 +36,7 @@ like), :mod:`.capture` (the capture plan), :mod:`.render` (the raycaster and the
 :mod:`.write` (file names, the atomic write, the cache); :mod:`.geo` and :mod:`.procedural` hold
 the UTM conversion and the coordinate hash they share.
 """
+
 from __future__ import annotations
 
 from vgray.data.synthetic.capture import CAM_FIELDS, capture_plan, database_places
@@ -43,9 +44,39 @@ from vgray.data.synthetic.geo import UTM_BAND, UTM_ZONE, utm_to_latlon
 from vgray.data.synthetic.presets import PRESETS, SPLITS, Preset, SplitSpec
 from vgray.data.synthetic.render import render
 from vgray.data.synthetic.world import World, build_world
-from vgray.data.synthetic.write import (KINDS, MARKER, VERSION, check_preset, clear_cache, ensure,
-                                        file_name, generate, render_range)
+from vgray.data.synthetic.write import (
+    KINDS,
+    MARKER,
+    VERSION,
+    check_preset,
+    clear_cache,
+    ensure,
+    file_name,
+    generate,
+    render_range,
+)
 
-__all__ = ["VERSION", "PRESETS", "Preset", "SplitSpec", "generate", "ensure", "MARKER", "SPLITS", "KINDS",
-           "World", "build_world", "capture_plan", "database_places", "CAM_FIELDS", "render", "file_name",
-           "render_range", "clear_cache", "check_preset", "utm_to_latlon", "UTM_ZONE", "UTM_BAND"]
+__all__ = [
+    "VERSION",
+    "PRESETS",
+    "Preset",
+    "SplitSpec",
+    "generate",
+    "ensure",
+    "MARKER",
+    "SPLITS",
+    "KINDS",
+    "World",
+    "build_world",
+    "capture_plan",
+    "database_places",
+    "CAM_FIELDS",
+    "render",
+    "file_name",
+    "render_range",
+    "clear_cache",
+    "check_preset",
+    "utm_to_latlon",
+    "UTM_ZONE",
+    "UTM_BAND",
+]

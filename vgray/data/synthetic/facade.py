@@ -1,5 +1,6 @@
 """What the buildings of the synthetic city look like: per-building styles (materials, colours,
 storeys, windows, shop fronts) and the procedural façade that shades each wall pixel."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -12,23 +13,45 @@ from vgray.data.synthetic.procedural import hash01, hsv_to_rgb
 PLASTER, BRICK, PANEL, GLASS, DECOR = 0, 1, 2, 3, 4
 # Façade colours are drawn around a small palette of common city hues, so that colour alone is
 # ambiguous (as in real streets) and a place is told apart by its combination of features.
-WALL_PALETTE = np.array([
-    [0.80, 0.74, 0.62], [0.72, 0.40, 0.30], [0.62, 0.60, 0.58], [0.86, 0.84, 0.80],
-    [0.80, 0.62, 0.38], [0.55, 0.32, 0.25], [0.70, 0.70, 0.62], [0.58, 0.64, 0.68],
-    [0.84, 0.72, 0.66], [0.45, 0.42, 0.40], [0.76, 0.58, 0.50], [0.66, 0.70, 0.58],
-], np.float32)
-SIGN_PALETTE = np.array([
-    [0.80, 0.12, 0.10], [0.10, 0.30, 0.70], [0.10, 0.55, 0.25], [0.95, 0.75, 0.10],
-    [0.15, 0.15, 0.15], [0.90, 0.90, 0.88], [0.55, 0.15, 0.55], [0.95, 0.45, 0.10],
-], np.float32)
+WALL_PALETTE = np.array(
+    [
+        [0.80, 0.74, 0.62],
+        [0.72, 0.40, 0.30],
+        [0.62, 0.60, 0.58],
+        [0.86, 0.84, 0.80],
+        [0.80, 0.62, 0.38],
+        [0.55, 0.32, 0.25],
+        [0.70, 0.70, 0.62],
+        [0.58, 0.64, 0.68],
+        [0.84, 0.72, 0.66],
+        [0.45, 0.42, 0.40],
+        [0.76, 0.58, 0.50],
+        [0.66, 0.70, 0.58],
+    ],
+    np.float32,
+)
+SIGN_PALETTE = np.array(
+    [
+        [0.80, 0.12, 0.10],
+        [0.10, 0.30, 0.70],
+        [0.10, 0.55, 0.25],
+        [0.95, 0.75, 0.10],
+        [0.15, 0.15, 0.15],
+        [0.90, 0.90, 0.88],
+        [0.55, 0.15, 0.55],
+        [0.95, 0.45, 0.10],
+    ],
+    np.float32,
+)
 
 WALL_FREE_HUE = 0.5
 DISTRICT_M = 80.0
 
 # Façade parts: each building has one colour per part (see :func:`part_colours`); a pixel's colour
 # is its part's colour times a scalar brightness, so shading needs one gather per pixel.
-(P_WALL, P_PANE, P_FRAME, P_TRIM, P_DISPLAY, P_SIGN, P_LETTER, P_AWNING, P_AWNING2, P_DOOR,
- P_POSTER, P_DECOR) = range(12)
+(P_WALL, P_PANE, P_FRAME, P_TRIM, P_DISPLAY, P_SIGN, P_LETTER, P_AWNING, P_AWNING2, P_DOOR, P_POSTER, P_DECOR) = range(
+    12
+)
 N_PARTS = 12
 
 
@@ -43,8 +66,7 @@ def building_styles(seed: int, split_index: int, centre: list, n_b: int) -> dict
     # Districts (about 80 m across) have a character: a hue family and a typical height, as
     # real quarters do; it also makes look-alike places more often near each other.
     cen = np.array(centre)
-    dist_id = (np.floor(cen[:, 0] / DISTRICT_M) * 7919
-               + np.floor(cen[:, 1] / DISTRICT_M)).astype(np.int64)
+    dist_id = (np.floor(cen[:, 0] / DISTRICT_M) * 7919 + np.floor(cen[:, 1] / DISTRICT_M)).astype(np.int64)
     d_hue = hash01(dist_id, seed, split_index, 1)
     d_tall = 0.6 + 1.0 * hash01(dist_id, seed, split_index, 2)
     floors = np.clip(np.round(r.gamma(3.0, 1.6, n_b) * d_tall), 1, 18)
@@ -54,15 +76,13 @@ def building_styles(seed: int, split_index: int, centre: list, n_b: int) -> dict
     # Half the façades take a common city colour, half a free hue (painted plaster: ochre,
     # pink, yellow, green...), so that streets differ in their colours as much as in shape.
     common = WALL_PALETTE[r.integers(0, len(WALL_PALETTE), n_b)] * r.uniform(0.85, 1.1, (n_b, 1))
-    free = hsv_to_rgb((d_hue + r.normal(0, 0.06, n_b)) % 1.0, r.uniform(0.2, 0.6, n_b),
-                      r.uniform(0.5, 0.92, n_b))
+    free = hsv_to_rgb((d_hue + r.normal(0, 0.06, n_b)) % 1.0, r.uniform(0.2, 0.6, n_b), r.uniform(0.5, 0.92, n_b))
     wall = np.where((r.random(n_b) < WALL_FREE_HUE)[:, None], free, common)
     wall = np.clip(wall + r.normal(0, 0.035, (n_b, 3)), 0.05, 0.97)
     glass_tint = np.array([0.35, 0.45, 0.55]) * r.uniform(0.6, 1.2, (n_b, 1))
     wall[material == GLASS] = glass_tint[material == GLASS]
-    deco_angle = r.choice(np.arange(6) * np.pi / 8, n_b)        # 0, 22.5, ..., 112.5 degrees
-    trim = np.clip(wall * r.choice([0.6, 0.75, 1.25], size=(n_b, 1)) + r.normal(0, 0.04, (n_b, 3)),
-                   0.03, 0.98)
+    deco_angle = r.choice(np.arange(6) * np.pi / 8, n_b)  # 0, 22.5, ..., 112.5 degrees
+    trim = np.clip(wall * r.choice([0.6, 0.75, 1.25], size=(n_b, 1)) + r.normal(0, 0.04, (n_b, 3)), 0.03, 0.98)
     b = dict(
         height=(ground_h + (floors - 1) * floor_h + r.uniform(0.3, 1.2, n_b)).astype(np.float32),
         floor_h=floor_h.astype(np.float32),
@@ -74,8 +94,9 @@ def building_styles(seed: int, split_index: int, centre: list, n_b: int) -> dict
         material=material.astype(np.int8),
         wall=wall.astype(np.float32),
         trim=trim.astype(np.float32),
-        glass=np.clip(np.array([0.20, 0.25, 0.32]) * r.uniform(0.5, 1.5, (n_b, 1))
-                      + r.normal(0, 0.03, (n_b, 3)), 0.02, 0.9).astype(np.float32),
+        glass=np.clip(
+            np.array([0.20, 0.25, 0.32]) * r.uniform(0.5, 1.5, (n_b, 1)) + r.normal(0, 0.03, (n_b, 3)), 0.02, 0.9
+        ).astype(np.float32),
         cornice=(r.random(n_b) < 0.5),
         pilaster=(r.random(n_b) < 0.25),
         shop=(r.random(n_b) < 0.55),
@@ -91,8 +112,7 @@ def building_styles(seed: int, split_index: int, centre: list, n_b: int) -> dict
         deco_cos=np.cos(deco_angle).astype(np.float32),
         deco_sin=np.sin(deco_angle).astype(np.float32),
         deco_cross=(r.random(n_b) < 0.4),
-        deco=hsv_to_rgb(r.uniform(0, 1, n_b), r.uniform(0.3, 0.8, n_b),
-                        r.uniform(0.3, 0.9, n_b)).astype(np.float32),
+        deco=hsv_to_rgb(r.uniform(0, 1, n_b), r.uniform(0.3, 0.8, n_b), r.uniform(0.3, 0.9, n_b)).astype(np.float32),
     )
     b["parts"] = part_colours(b)
     return b
@@ -168,8 +188,16 @@ def _columns(b: dict, bbc, uc) -> SimpleNamespace:
 
 def _pixels(c: SimpleNamespace, col, vv) -> SimpleNamespace:
     """The per-column values each pixel needs, and its storey (``iv``) and place in it (``tv``)."""
-    p = SimpleNamespace(bb=c.bbc[col], fh=c.fhc[col], gh=c.ghc[col], hgt=c.hgtc[col], mat=c.matc[col],
-                        iu=c.iuc[col], tu=c.tuc[col], au=c.auc[col])
+    p = SimpleNamespace(
+        bb=c.bbc[col],
+        fh=c.fhc[col],
+        gh=c.ghc[col],
+        hgt=c.hgtc[col],
+        mat=c.matc[col],
+        iu=c.iuc[col],
+        tu=c.tuc[col],
+        au=c.auc[col],
+    )
     p.upper = vv >= p.gh
     fv = (vv - p.gh) / p.fh
     p.iv = np.floor(fv)
@@ -207,8 +235,7 @@ def _materials(b: dict, c: SimpleNamespace, p: SimpleNamespace, col, vv, part):
         tu, tv, iu, iv = p.tu, p.tv, p.iu, p.iv
         mull = (tu[g] < 0.06) | (tv[g] < 0.08)
         part[g] = np.where(mull, P_FRAME, P_PANE)
-        mult[g] *= np.where(mull, 0.8, 0.85 + 0.35 * np.clip(vv[g] / hgt[g], 0, 1)
-                            + 0.3 * hash01(bb[g], iu[g], iv[g]))
+        mult[g] *= np.where(mull, 0.8, 0.85 + 0.35 * np.clip(vv[g] / hgt[g], 0, 1) + 0.3 * hash01(bb[g], iu[g], iv[g]))
     return mult
 
 
@@ -227,8 +254,12 @@ def _windows_and_trim(b: dict, c: SimpleNamespace, p: SimpleNamespace, col, vv, 
     mult[w] = 0.55 + 0.9 * hash01(bb[w], p.iu[w], p.iv[w], 3) + 0.25 * (tv[w] - 0.5)
 
     gh = p.gh
-    trim = (b["cornice"][bb] & upper & (tv < 0.07)) | (c.pilc[col] & upper) \
-        | (vv > hgt - 0.45) | ((vv >= gh - 0.25) & (vv < gh))
+    trim = (
+        (b["cornice"][bb] & upper & (tv < 0.07))
+        | (c.pilc[col] & upper)
+        | (vv > hgt - 0.45)
+        | ((vv >= gh - 0.25) & (vv < gh))
+    )
     part[trim] = P_TRIM
     return win
 
@@ -256,7 +287,6 @@ def _ground_floor(c: SimpleNamespace, p: SimpleNamespace, col, vv, part, mult) -
         pg[awning] = c.awn_c[cg[awning]]
         pg[door] = P_DOOR
         pg[poster] = P_POSTER
-        mg[poster] = 0.7 + 0.5 * hash01(bb[gf][poster], np.floor(vg[poster] * 3),
-                                        np.floor(c.puc[cg[poster]] * 3))
+        mg[poster] = 0.7 + 0.5 * hash01(bb[gf][poster], np.floor(vg[poster] * 3), np.floor(c.puc[cg[poster]] * 3))
         part[gf] = pg
         mult[gf] = mg

@@ -7,6 +7,7 @@ A place is a database place of the capture plan: its database views and the quer
 Database views are dated 2020-06, queries 2022 in a month of their own; ``northdeg`` is the heading.
 The VG layout (:mod:`.write`) is untouched by this module.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,10 +42,18 @@ def _rows(world, plan: dict, kind: str, city: str) -> list:
     for i in range(len(plan["x"])):
         lat, lon = utm_to_latlon(world.east0 + float(plan["x"][i]), world.north0 + float(plan["y"][i]))
         query = kind == "queries"
-        rows.append({"place_id": int(plan["place"][i]), "year": 2022 if query else 2020,
-                     "month": 1 + i % 12 if query else 6, "northdeg": int(round(float(plan["heading"][i]))) % 360,
-                     "city_id": city, "lat": round(lat, 6), "lon": round(lon, 6),
-                     "panoid": f"synthtrain{'q' if query else 'p'}{i if query else int(plan['place'][i]):06d}"})
+        rows.append(
+            {
+                "place_id": int(plan["place"][i]),
+                "year": 2022 if query else 2020,
+                "month": 1 + i % 12 if query else 6,
+                "northdeg": int(round(float(plan["heading"][i]))) % 360,
+                "city_id": city,
+                "lat": round(lat, 6),
+                "lon": round(lon, 6),
+                "panoid": f"synthtrain{'q' if query else 'p'}{i if query else int(plan['place'][i]):06d}",
+            }
+        )
     return rows
 
 
@@ -61,8 +70,9 @@ def _write_split(tmp: Path, preset_name: str, seed: int, progress: bool = False)
     (tmp / "Dataframes").mkdir()
     all_rows = []
     plans = {kind: capture_plan(world, preset, seed, kind) for kind in KINDS}
-    bar = progress_bar(sum(len(plan["x"]) for plan in plans.values()), f"synthetic {preset_name} (gsv_cities)",
-                       "img", progress)
+    bar = progress_bar(
+        sum(len(plan["x"]) for plan in plans.values()), f"synthetic {preset_name} (gsv_cities)", "img", progress
+    )
     for k_kind, kind in enumerate(KINDS):
         plan = plans[kind]
         rows = _rows(world, plan, kind, city)
@@ -73,8 +83,9 @@ def _write_split(tmp: Path, preset_name: str, seed: int, progress: bool = False)
             # The VG writer's seeds (split 0 = train), so the pixels are the VG train split's.
             seeds = [[seed, 0, k_kind, int(i), 0x5E5] for i in idx]
             for i, im in zip(idx, render(world, cams, preset.height, preset.width, seeds)):
-                Image.fromarray(im).save(images / image_name({k: str(v) for k, v in rows[i].items()}), "JPEG",
-                                         quality=JPEG_QUALITY)
+                Image.fromarray(im).save(
+                    images / image_name({k: str(v) for k, v in rows[i].items()}), "JPEG", quality=JPEG_QUALITY
+                )
             bar.update(len(idx))
         all_rows += rows
     bar.close()
@@ -100,8 +111,10 @@ def generate_gsv_cities(out, preset: str = "tiny", seed: int = 0, progress: bool
         if marker is not None and {k: marker.get(k) for k in wanted} == wanted:
             return out
         if not out.is_dir() or any(out.iterdir()):
-            raise BadInput(f"{out} is not empty and does not hold synthetic {preset!r} seed {seed} in the "
-                           f"GSV-Cities layout; pass a new or empty folder")
+            raise BadInput(
+                f"{out} is not empty and does not hold synthetic {preset!r} seed {seed} in the "
+                f"GSV-Cities layout; pass a new or empty folder"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -1,4 +1,5 @@
 """The sizes of the synthetic datasets: one :class:`Preset` per name, one :class:`SplitSpec` per split."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,12 +45,25 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Builds in a few seconds on one core; what the test suite uses.
-    "tiny": Preset("tiny", 96, 128, train=SplitSpec(3, 3, 100), val=SplitSpec(2, 2, 100),
-                   test=SplitSpec(4, 4, 150)),
+    "tiny": Preset("tiny", 96, 128, train=SplitSpec(3, 3, 100), val=SplitSpec(2, 2, 100), test=SplitSpec(4, 4, 150)),
     # A couple of thousand database images per train split, for quick real runs.
-    "small": Preset("small", 180, 240, train=SplitSpec(6, 6, 500), val=SplitSpec(5, 5, 300),
-                    test=SplitSpec(5, 5, 300), processes=True),
+    "small": Preset(
+        "small",
+        180,
+        240,
+        train=SplitSpec(6, 6, 500),
+        val=SplitSpec(5, 5, 300),
+        test=SplitSpec(5, 5, 300),
+        processes=True,
+    ),
     # For scale benchmarks only: over 100,000 database images in test.
-    "large": Preset("large", 120, 160, train=SplitSpec(12, 12, 1000), val=SplitSpec(8, 8, 500),
-                    test=SplitSpec(50, 50, 2000), processes=True),
+    "large": Preset(
+        "large",
+        120,
+        160,
+        train=SplitSpec(12, 12, 1000),
+        val=SplitSpec(8, 8, 500),
+        test=SplitSpec(50, 50, 2000),
+        processes=True,
+    ),
 }

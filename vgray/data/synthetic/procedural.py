@@ -1,4 +1,5 @@
 """Numeric helpers of the procedural world: a coordinate hash and HSV colours."""
+
 from __future__ import annotations
 
 import numpy as np

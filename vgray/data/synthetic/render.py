@@ -5,6 +5,7 @@ Per image column one ray is marched through the 1 m occupancy map (DDA); the wal
 the walls is a sky with clouds; distance fog limits how far a view reaches; then the camera adds
 exposure, colour cast, gamma, blur and sensor noise.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,8 @@ from vgray.data.synthetic.ground import ground_albedo
 from vgray.data.synthetic.procedural import hash01
 from vgray.data.synthetic.world import World
 
-MAX_DIST_M = 180.0   # rays end here (the fog has swallowed everything by then)
-FOG_M = 110.0        # daylight fog length at haze 1
+MAX_DIST_M = 180.0  # rays end here (the fog has swallowed everything by then)
+FOG_M = 110.0  # daylight fog length at haze 1
 SKY_DAY = (np.array([0.80, 0.86, 0.92], np.float32), np.array([0.33, 0.53, 0.84], np.float32))
 SKY_NIGHT = (np.array([0.09, 0.09, 0.14], np.float32), np.array([0.01, 0.015, 0.04], np.float32))
 LIT_WINDOW = np.array([1.0, 0.78, 0.45], np.float32)
@@ -50,7 +51,7 @@ def _cast(occ: np.ndarray, ox, oy, dx, dy):
     idx = np.arange(n)
     while idx.size:
         go_x = sdx < sdy
-        d = np.where(go_x, sdx, sdy)                # depth at which the next cell is entered
+        d = np.where(go_x, sdx, sdy)  # depth at which the next cell is entered
         mx = mx + np.where(go_x, stx, 0)
         my = my + np.where(go_x, 0, sty)
         sdx = np.where(go_x, sdx + ddx, sdx)
@@ -70,7 +71,6 @@ def _cast(occ: np.ndarray, ox, oy, dx, dy):
     return depth, bid, side, u
 
 
-
 def render(world: World, cams: dict, height: int, width: int, noise_seeds) -> np.ndarray:
     """Render a batch of images; ``cams`` holds one array per :data:`CAM_FIELDS` entry.
 
@@ -80,7 +80,7 @@ def render(world: World, cams: dict, height: int, width: int, noise_seeds) -> np
     c = {k: np.asarray(cams[k], np.float64) for k in CAM_FIELDS}
     view = _view(world, c, B, H, W)
     img = np.empty((B * H * W, 3), np.float32)
-    keep = np.ones(B * H * W, np.float32)      # share of the pixel not lost in the fog
+    keep = np.ones(B * H * W, np.float32)  # share of the pixel not lost in the fog
     _shade_walls(world, c, view, img, keep)
     _shade_ground(world, c, view, img, keep)
     hor = _shade_sky(c, cams["cloud_seed"], view, img)
@@ -91,19 +91,18 @@ def _view(world: World, c: dict, B: int, H: int, W: int) -> SimpleNamespace:
     """Where each column's ray meets a wall (depth, building, coordinate along the wall, sun on
     the face, fog), and which pixels see wall, ground or sky."""
     v = SimpleNamespace(B=B, H=H, W=W)
-    v.f = f = (W / 2) / np.tan(np.radians(c["hfov"]) / 2)                       # focal length, px
-    v.t = t = (np.arange(W) + 0.5 - W / 2)[None, :] / f[:, None]                # (B, W) tan offsets
+    v.f = f = (W / 2) / np.tan(np.radians(c["hfov"]) / 2)  # focal length, px
+    v.t = t = (np.arange(W) + 0.5 - W / 2)[None, :] / f[:, None]  # (B, W) tan offsets
     v.h = h = np.radians(c["heading"])
-    fx, fy, rx, ry = np.sin(h), np.cos(h), np.cos(h), -np.sin(h)           # forward, right
+    fx, fy, rx, ry = np.sin(h), np.cos(h), np.cos(h), -np.sin(h)  # forward, right
     v.dx = dx = fx[:, None] + t * rx[:, None]
     v.dy = dy = fy[:, None] + t * ry[:, None]
-    depth, bid, side, u = _cast(world.occ, np.repeat(c["x"], W), np.repeat(c["y"], W),
-                                dx.ravel(), dy.ravel())
+    depth, bid, side, u = _cast(world.occ, np.repeat(c["x"], W), np.repeat(c["y"], W), dx.ravel(), dy.ravel())
     # Per column (flat index b * W + w): depth, building, wall coordinate, sun on the face.
     v.bidc = bid
     v.depc = depc = np.where(bid > 0, depth, 1e9).astype(np.float32)
     v.uc = u.astype(np.float32)
-    nxw = np.where(side == 0, -np.sign(dx.ravel()), 0.0)                   # outward wall normal
+    nxw = np.where(side == 0, -np.sign(dx.ravel()), 0.0)  # outward wall normal
     nyw = np.where(side == 1, -np.sign(dy.ravel()), 0.0)
     sun_az, sun_el = np.radians(c["sun_az"]), np.radians(c["sun_el"])
     night, amb = c["night"], c["ambient"]
@@ -111,13 +110,13 @@ def _view(world: World, c: dict, B: int, H: int, W: int) -> SimpleNamespace:
     sunc = np.repeat(amb, W) + np.repeat((1 - amb) * 1.1 * np.cos(sun_el), W) * lam
     v.sunc = (sunc * np.repeat(1 - 0.75 * night, W)).astype(np.float32)
     v.fog_len = fog_len = (FOG_M / c["haze"]).astype(np.float32)
-    v.fogc = np.exp(-depc / np.repeat(fog_len, W)).astype(np.float32)      # 1: clear, 0: fog
+    v.fogc = np.exp(-depc / np.repeat(fog_len, W)).astype(np.float32)  # 1: clear, 0: fog
 
-    v.rows = rows = (np.arange(H, dtype=np.float32) + 0.5)[None, :, None]          # (1, H, 1)
+    v.rows = rows = (np.arange(H, dtype=np.float32) + 0.5)[None, :, None]  # (1, H, 1)
     v.hz = hz = (H / 2 + c["pitch"]).astype(np.float32)[:, None, None]
     f3 = f.astype(np.float32)[:, None, None]
     ch = c["cam_h"].astype(np.float32)[:, None, None]
-    v.vv = ch + (hz - rows) * depc.reshape(B, 1, W) / f3                      # height on the wall
+    v.vv = ch + (hz - rows) * depc.reshape(B, 1, W) / f3  # height on the wall
     v.wall = wall = (v.vv >= 0) & (v.vv < world.b["height"][bid].reshape(B, 1, W))
     below = rows > hz
     v.ground = ~wall & below
@@ -170,7 +169,7 @@ def _shade_sky(c: dict, cloud_seed, v: SimpleNamespace, img) -> np.ndarray:
     image's horizon colour (B, 3), which the fog fades towards."""
     H, W, f = v.H, v.W, v.f
     night = c["night"]
-    hor = SKY_DAY[0][None] * (1 - night[:, None]) + SKY_NIGHT[0][None] * night[:, None]   # (B, 3)
+    hor = SKY_DAY[0][None] * (1 - night[:, None]) + SKY_NIGHT[0][None] * night[:, None]  # (B, 3)
     zen = SKY_DAY[1][None] * (1 - night[:, None]) + SKY_NIGHT[1][None] * night[:, None]
     pix = np.flatnonzero(v.sky)
     bi, ri = pix // (H * W), (pix // W) % H
@@ -179,11 +178,13 @@ def _shade_sky(c: dict, cloud_seed, v: SimpleNamespace, img) -> np.ndarray:
     az = v.h[bi] + np.arctan(v.t.ravel()[col])
     cs = np.asarray(cloud_seed, np.int64)
     ph = np.stack([hash01(cs, k) * 2 * np.pi for k in range(4)], 1)[bi]
-    cloud = (np.sin(3 * az + ph[:, 0]) * np.sin(9 * el + ph[:, 1])
-             + 0.6 * np.sin(7 * az + 13 * el + ph[:, 2])
-             + 0.4 * np.sin(17 * az - 5 * el + ph[:, 3]))
+    cloud = (
+        np.sin(3 * az + ph[:, 0]) * np.sin(9 * el + ph[:, 1])
+        + 0.6 * np.sin(7 * az + 13 * el + ph[:, 2])
+        + 0.4 * np.sin(17 * az - 5 * el + ph[:, 3])
+    )
     cloud = (np.clip(cloud - 0.3, 0, 1) * (1 - night[bi]) * 0.7).astype(np.float32)[:, None]
-    s = (el ** 0.6).astype(np.float32)[:, None]
+    s = (el**0.6).astype(np.float32)[:, None]
     img[pix] = (hor[bi] * (1 - s) + zen[bi] * s) * (1 - cloud) + 0.95 * cloud
     return hor
 
@@ -205,7 +206,7 @@ def _camera(c: dict, img, keep, hor, noise_seeds, B: int, H: int, W: int) -> np.
         if c["blur"][k] > 0.05:
             im = _blur(im, c["blur"][k])
         oy, ox = np.random.default_rng(noise_seeds[k]).integers(0, NOISE_PAD, 2)
-        im = im * 255 + (table[oy:oy + H, ox:ox + W] * np.float32(255 * c["noise"][k]) + 0.5)
+        im = im * 255 + (table[oy : oy + H, ox : ox + W] * np.float32(255 * c["noise"][k]) + 0.5)
         out[k] = np.clip(im, 0, 255)
     return out
 
@@ -216,9 +217,10 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     k = (k / k.sum()).astype(np.float32)
     p = np.pad(img, ((r, r), (0, 0), (0, 0)), mode="edge")
-    img = sum(k[i] * p[i:i + img.shape[0]] for i in range(2 * r + 1))
+    img = sum(k[i] * p[i : i + img.shape[0]] for i in range(2 * r + 1))
     p = np.pad(img, ((0, 0), (r, r), (0, 0)), mode="edge")
-    return sum(k[i] * p[:, i:i + img.shape[1]] for i in range(2 * r + 1))
+    return sum(k[i] * p[:, i : i + img.shape[1]] for i in range(2 * r + 1))
+
 
 NOISE_PAD = 61
 _NOISE: dict = {}

@@ -1,5 +1,6 @@
 """The world: one neighbourhood per split, a jittered Manhattan street grid with its buildings on a
 1 m occupancy map, its ground on a 0.5 m map, and the buildings' styles."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,8 @@ from vgray.data.synthetic.geo import ORIGIN_EAST, ORIGIN_NORTH
 from vgray.data.synthetic.ground import ground_map
 from vgray.data.synthetic.presets import SPLITS, Preset
 
-GAP_M = 500.0        # between the neighbourhoods of two splits, west to east
-MARGIN_M = 30        # ring of buildings around the streets, so that every ray ends on a wall
+GAP_M = 500.0  # between the neighbourhoods of two splits, west to east
+MARGIN_M = 30  # ring of buildings around the streets, so that every ray ends on a wall
 
 
 @dataclass
@@ -21,15 +22,15 @@ class World:
     """One neighbourhood. Local metres: x east, y north, origin at the map's south-west corner."""
 
     split_index: int
-    east0: float                 # UTM easting/northing of the local origin
+    east0: float  # UTM easting/northing of the local origin
     north0: float
-    occ: np.ndarray              # (Ny, Nx) int32, 1 m cells: 0 = open ground, k > 0 = building k
-    ground: np.ndarray           # (2Ny, 2Nx) uint8, 0.5 m cells: ground classes (``ground.G_*``)
-    xs: np.ndarray               # centre x of north-south streets
-    ys: np.ndarray               # centre y of east-west streets
-    widths_x: np.ndarray         # their widths
+    occ: np.ndarray  # (Ny, Nx) int32, 1 m cells: 0 = open ground, k > 0 = building k
+    ground: np.ndarray  # (2Ny, 2Nx) uint8, 0.5 m cells: ground classes (``ground.G_*``)
+    xs: np.ndarray  # centre x of north-south streets
+    ys: np.ndarray  # centre y of east-west streets
+    widths_x: np.ndarray  # their widths
     widths_y: np.ndarray
-    b: dict                      # building style tables, each indexed by building id
+    b: dict  # building style tables, each indexed by building id
 
 
 def street_plan(rng: np.random.Generator, n_blocks: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -51,7 +52,7 @@ def _lots(rng: np.random.Generator, lo: int, hi: int) -> list[tuple[int, int]]:
     out, a = [], lo
     while hi - a > 0:
         w = int(rng.integers(7, 23))
-        if hi - (a + w) < 7:     # never leave a sliver
+        if hi - (a + w) < 7:  # never leave a sliver
             w = hi - a
         out.append((a, a + w))
         a += w
@@ -80,25 +81,25 @@ def _occupancy(rng: np.random.Generator, xs, wx, nx: int, ys, wy, ny: int) -> tu
     # Open ground: the streets. Everything else starts as one building per lot.
     cx = np.arange(nx) + 0.5
     cy = np.arange(ny) + 0.5
-    street_x = (np.abs(cx[None, :] - xs[:, None]) < wx[:, None] / 2).any(0)     # (nx,)
-    street_y = (np.abs(cy[None, :] - ys[:, None]) < wy[:, None] / 2).any(0)     # (ny,)
+    street_x = (np.abs(cx[None, :] - xs[:, None]) < wx[:, None] / 2).any(0)  # (nx,)
+    street_y = (np.abs(cy[None, :] - ys[:, None]) < wy[:, None] / 2).any(0)  # (ny,)
     occ = np.zeros((ny, nx), np.int32)
 
     spans_x = _false_runs(street_x)
     spans_y = _false_runs(street_y)
     bid = 0
-    centre = [(0.0, 0.0)]           # lot centres, to give nearby buildings a shared style
-    for (y0, y1) in spans_y:
-        for (x0, x1) in spans_x:
+    centre = [(0.0, 0.0)]  # lot centres, to give nearby buildings a shared style
+    for y0, y1 in spans_y:
+        for x0, x1 in spans_x:
             # A block is a grid of lots: frontages along x, depths along y.
-            for (ly0, ly1) in _lots(rng, y0, y1):
-                for (lx0, lx1) in _lots(rng, x0, x1):
+            for ly0, ly1 in _lots(rng, y0, y1):
+                for lx0, lx1 in _lots(rng, x0, x1):
                     bid += 1
                     centre.append(((lx0 + lx1) / 2, (ly0 + ly1) / 2))
                     # One lot in five is set back from its neighbours, opening alleys and
                     # glimpses of the buildings behind.
                     inset = int(rng.integers(1, 4)) if rng.random() < 0.2 else 0
-                    occ[ly0 + inset:ly1 - inset, lx0 + inset:lx1 - inset] = bid
+                    occ[ly0 + inset : ly1 - inset, lx0 + inset : lx1 - inset] = bid
     return occ, centre
 
 
@@ -116,4 +117,3 @@ def _extent(preset: Preset, seed: int, split_index: int) -> int:
     spec = preset.split(SPLITS[split_index])
     rng = np.random.default_rng([seed, split_index, 0x5EED])
     return street_plan(rng, spec.blocks_x)[2]
-

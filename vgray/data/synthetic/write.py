@@ -1,5 +1,6 @@
 """Writing a synthetic dataset: VG file names, rendering in batches (over all cores for the larger
 presets), the atomic move into place, and the per-(preset, seed) copy in vgray's cache."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,16 +31,16 @@ MARKER = "vgray_synthetic.json"
 
 KINDS = ("database", "queries")
 JPEG_QUALITY = 90
-BATCH = 32                   # images rendered together (amortises numpy's per-call overhead)
-CHUNK = 512                  # images per multiprocessing task
+BATCH = 32  # images rendered together (amortises numpy's per-call overhead)
+CHUNK = 512  # images per multiprocessing task
 
-_CACHE: dict = {}            # per process: (preset, seed, split) -> (world, {kind: plan})
+_CACHE: dict = {}  # per process: (preset, seed, split) -> (world, {kind: plan})
 
 
 def _world_and_plans(preset: Preset, seed: int, split_index: int):
     key = (preset, seed, split_index)
     if key not in _CACHE:
-        _CACHE.clear()       # one neighbourhood at a time: the large one is big
+        _CACHE.clear()  # one neighbourhood at a time: the large one is big
         world = build_world(preset, seed, split_index)
         _CACHE[key] = world, {k: capture_plan(world, preset, seed, k) for k in KINDS}
     return _CACHE[key]
@@ -61,8 +62,10 @@ def file_name(world: World, split: str, kind: str, i: int, plan: dict) -> str:
     else:
         pano = f"synth{split}q{i:06d}"
     heading = int(round(float(plan["heading"][i]))) % 360
-    return (f"@{east:.2f}@{north:.2f}@{UTM_ZONE}@{UTM_BAND}@{lat:.6f}@{lon:.6f}@{pano}@@{heading}"
-            f"@@@@@{plan['note'][i]}@.jpg")
+    return (
+        f"@{east:.2f}@{north:.2f}@{UTM_ZONE}@{UTM_BAND}@{lat:.6f}@{lon:.6f}@{pano}@@{heading}"
+        f"@@@@@{plan['note'][i]}@.jpg"
+    )
 
 
 def render_range(job: tuple) -> int:
@@ -85,8 +88,7 @@ def render_range(job: tuple) -> int:
         seeds = [[seed, split_index, k_kind, int(i), 0x5E5] for i in idx]
         imgs = render(world, cams, preset.height, preset.width, seeds)
         for i, im in zip(idx, imgs):
-            Image.fromarray(im).save(folder / file_name(world, split, kind, int(i), plan), "JPEG",
-                                     quality=JPEG_QUALITY)
+            Image.fromarray(im).save(folder / file_name(world, split, kind, int(i), plan), "JPEG", quality=JPEG_QUALITY)
     return stop - start
 
 
@@ -112,10 +114,12 @@ def _read_marker(out: Path) -> dict | None:
 
 
 def _matches(marker: dict | None, preset: str, seed: int) -> bool:
-    return bool(marker) and marker.get("preset") == preset and marker.get("seed") == seed \
+    return (
+        bool(marker)
+        and marker.get("preset") == preset
+        and marker.get("seed") == seed
         and marker.get("version") == VERSION
-
-
+    )
 
 
 def generate(out, preset: str = "tiny", seed: int = 0, progress: bool = False) -> Path:
@@ -138,13 +142,20 @@ def generate(out, preset: str = "tiny", seed: int = 0, progress: bool = False) -
         counts, jobs = _plan_jobs(p, preset, seed, tmp)
         shown = _render_jobs(p, preset, jobs, progress)
         _CACHE.clear()
-        marker = dict(format="vgray-synthetic", preset=preset, seed=seed, version=VERSION,
-                      image_size=[p.height, p.width], utm_zone=f"{UTM_ZONE}{UTM_BAND}",
-                      counts=counts, preset_params=dataclasses.asdict(p),
-                      build_seconds=round(time.time() - t0, 2))
+        marker = dict(
+            format="vgray-synthetic",
+            preset=preset,
+            seed=seed,
+            version=VERSION,
+            image_size=[p.height, p.width],
+            utm_zone=f"{UTM_ZONE}{UTM_BAND}",
+            counts=counts,
+            preset_params=dataclasses.asdict(p),
+            build_seconds=round(time.time() - t0, 2),
+        )
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
         try:
-            os.replace(tmp, out)         # atomic; only succeeds onto a missing or empty folder
+            os.replace(tmp, out)  # atomic; only succeeds onto a missing or empty folder
         except OSError:
             # Someone else finished first (same folder, not through ensure's lock).
             if _matches(_read_marker(out), preset, seed):
@@ -169,12 +180,13 @@ def _finished(out: Path, preset: str, seed: int) -> bool:
     if _matches(marker, preset, seed):
         return True
     if marker is not None:
-        raise BadInput(f"{out} holds synthetic preset {marker.get('preset')!r} seed "
-                       f"{marker.get('seed')} version {marker.get('version')}, not {preset!r} "
-                       f"seed {seed} version {VERSION}; use another folder")
+        raise BadInput(
+            f"{out} holds synthetic preset {marker.get('preset')!r} seed "
+            f"{marker.get('seed')} version {marker.get('version')}, not {preset!r} "
+            f"seed {seed} version {VERSION}; use another folder"
+        )
     if any(out.iterdir()):
-        raise BadInput(f"{out} is not empty and is not a vgray synthetic dataset; "
-                       f"pass a new or empty folder")
+        raise BadInput(f"{out} is not empty and is not a vgray synthetic dataset; pass a new or empty folder")
     return False
 
 
@@ -189,8 +201,7 @@ def _plan_jobs(p: Preset, preset: str, seed: int, tmp: Path) -> tuple[dict, list
             n = len(capture_plan(world, p, seed, kind)["x"])
             counts[split][kind] = n
             (tmp / "images" / split / kind).mkdir(parents=True)
-            jobs += [(preset, seed, si, kind, a, min(a + CHUNK, n), str(tmp))
-                     for a in range(0, n, CHUNK)]
+            jobs += [(preset, seed, si, kind, a, min(a + CHUNK, n), str(tmp)) for a in range(0, n, CHUNK)]
     return counts, jobs
 
 

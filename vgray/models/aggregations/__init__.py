@@ -6,9 +6,8 @@ registers its builder ``(in_channels, model_cfg) -> module`` in :data:`vgray.reg
 with that class as its ``type``; build_model checks the declared size with a dry forward pass.
 The members import the registry from :mod:`vgray.registry`, never from this package.
 """
-from vgray.models.aggregations import cls, crn, gem, mac, netvlad, rmac, rrm, seqpool, spoc  # noqa: F401
-from vgray.models.aggregations import convap, mixvpr  # noqa: F401
-from vgray.models.aggregations import boq, salad  # noqa: F401
+
+from vgray.models.aggregations import boq, cls, convap, crn, gem, mac, mixvpr, netvlad, rmac, rrm, salad, seqpool, spoc  # noqa: F401  # noqa: F401  # noqa: F401
 from vgray.registry import AGGREGATIONS
 
 __all__ = ["AGGREGATIONS"]

@@ -9,6 +9,7 @@ descriptor = proj_channels * row_dim, L2-normalised. Published: ResNet-50 conv4 
 proj 512, 64 queries, 2 blocks, 32 rows) -> 16,384; DINOv2-B (768, proj 384) -> 12,288. Heads =
 proj_channels / 64. Layer names and shapes follow the authors' code (amaralibey/Bag-of-Queries).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ class BoQBlock(nn.Module):
 
     def __init__(self, dim: int, queries: int, heads: int):
         super().__init__()
-        self.encoder = nn.TransformerEncoderLayer(d_model=dim, nhead=heads, dim_feedforward=4 * dim,
-                                                  batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model=dim, nhead=heads, dim_feedforward=4 * dim, batch_first=True, dropout=0.0
+        )
         self.queries = nn.Parameter(torch.randn(1, queries, dim))
         self.self_attn = nn.MultiheadAttention(dim, num_heads=heads, batch_first=True)
         self.norm_q = nn.LayerNorm(dim)
@@ -55,8 +57,7 @@ class BoQ(Aggregation):
         super().__init__(proj_channels * row_dim)
         self.proj_c = nn.Conv2d(in_channels, proj_channels, kernel_size=3, padding=1)
         self.norm_input = nn.LayerNorm(proj_channels)
-        self.boqs = nn.ModuleList([BoQBlock(proj_channels, queries, heads_for(proj_channels))
-                                   for _ in range(layers)])
+        self.boqs = nn.ModuleList([BoQBlock(proj_channels, queries, heads_for(proj_channels)) for _ in range(layers)])
         self.fc = nn.Linear(layers * queries, row_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,9 +78,11 @@ def proj_channels(in_channels: int, cfg) -> int:
 def _check_boq(cfg) -> None:
     proj = proj_channels(BACKBONES.info(cfg.model.backbone)["out_channels"], cfg.model)
     if proj % heads_for(proj):
-        raise BadInput(f"model.boq_proj_channels={proj} must split into {heads_for(proj)} attention heads of "
-                       f"equal size (proj_channels // 64 of them): use a multiple of 64, e.g. "
-                       f"{max(64, proj // 64 * 64)}")
+        raise BadInput(
+            f"model.boq_proj_channels={proj} must split into {heads_for(proj)} attention heads of "
+            f"equal size (proj_channels // 64 of them): use a multiple of 64, e.g. "
+            f"{max(64, proj // 64 * 64)}"
+        )
 
 
 @AGGREGATIONS.register("boq", type=BoQ, check=_check_boq)

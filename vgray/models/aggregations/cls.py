@@ -6,6 +6,7 @@ Scale", ICLR 2021: the encoder output at the class token summarises the image. B
 returned it unnormalised. CCT has no class token; there, as in the paper's code, the first output
 token stands for it.
 """
+
 import torch
 
 from vgray.models.components import Aggregation

@@ -8,6 +8,7 @@ flattened (channel-major) and L2-normalised: out_channels * s1 * s2. Published: 
 channels, 512- to 8192-d, on the full ResNet-50, vgray's ``resnet50conv5``). It takes any map size,
 so transformers' patch grids too.
 """
+
 from __future__ import annotations
 
 from typing import Tuple

@@ -17,6 +17,7 @@ not run again), and trains the reweighting layer at ``train.lr_crn_layer`` and t
 the mask is upsampled to the map's exact size (the reference doubled the pooled size, which fails on
 odd sizes) and maps thinner than the 3x3 pooling window are pooled with a window that fits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,9 @@ class ContextualReweighting(nn.Module):
 
     def __init__(self, in_channels: int):
         super().__init__()
-        self.filters = nn.ModuleList(nn.Conv2d(in_channels, out, size, padding=size // 2)
-                                     for size, out in ((3, 32), (5, 32), (7, 20)))
+        self.filters = nn.ModuleList(
+            nn.Conv2d(in_channels, out, size, padding=size // 2) for size, out in ((3, 32), (5, 32), (7, 20))
+        )
         for f in self.filters:
             nn.init.xavier_normal_(f.weight)
             nn.init.zeros_(f.bias)
@@ -75,8 +77,10 @@ class CRN(NetVLAD):
         layer = [p for p in self.crn.parameters() if p.requires_grad]
         ids = {id(p) for p in layer}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": layer, "lr": train_cfg.lr_crn_layer, "name": "crn_layer"},
-                {"params": rest, "lr": train_cfg.lr_crn_net, "name": "crn_net"}]
+        return [
+            {"params": layer, "lr": train_cfg.lr_crn_layer, "name": "crn_layer"},
+            {"params": rest, "lr": train_cfg.lr_crn_net, "name": "crn_net"},
+        ]
 
 
 @AGGREGATIONS.register("crn", type=CRN)

@@ -3,6 +3,7 @@
 F. Radenović, G. Tolias, O. Chum, "Fine-tuning CNN Image Retrieval with No Human Annotation",
 TPAMI 2018. The power p is learnable, initialised to 3.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

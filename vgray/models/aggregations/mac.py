@@ -5,6 +5,7 @@ activations", ICLR 2016 (after A. S. Razavian, J. Sullivan, S. Carlsson, A. Maki
 retrieval with deep convolutional networks", ITE Trans. MTA 2016): each channel's maximum over the
 spatial positions. ``model.l2`` wraps it as in the benchmark's code (before_pool, after_pool, none).
 """
+
 import torch
 import torch.nn.functional as F
 

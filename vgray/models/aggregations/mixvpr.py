@@ -13,6 +13,7 @@ gives another map at ``data.image_size`` is refused at load (:func:`check_mixvpr
 other transformers give their patch grid as the map (fixed by the input size too), so they are
 allowed.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -47,8 +48,15 @@ class MixVPR(Aggregation):
     inputs = frozenset({"feature_map", "tokens"})
     fixed_grid = True
 
-    def __init__(self, in_channels: int, map_size: Tuple[int, int] = (20, 20), out_channels: int = 1024,
-                 out_rows: int = 4, depth: int = 4, mlp_ratio: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        map_size: Tuple[int, int] = (20, 20),
+        out_channels: int = 1024,
+        out_rows: int = 4,
+        depth: int = 4,
+        mlp_ratio: float = 1.0,
+    ):
         super().__init__(out_channels * out_rows)
         self.map_size = tuple(map_size)
         n = self.map_size[0] * self.map_size[1]
@@ -59,11 +67,12 @@ class MixVPR(Aggregation):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) with (h, w) == map_size -> (B, out_channels * out_rows)."""
         if tuple(x.shape[-2:]) != self.map_size:
-            raise ValueError(f"MixVPR built for a {self.map_size[0]}x{self.map_size[1]} feature map got "
-                             f"{x.shape[-2]}x{x.shape[-1]}")
-        x = self.mix(x.flatten(2))                                   # (B, C, n)
-        x = self.channel_proj(x.transpose(1, 2)).transpose(1, 2)     # (B, out_channels, n)
-        x = self.row_proj(x)                                         # (B, out_channels, out_rows)
+            raise ValueError(
+                f"MixVPR built for a {self.map_size[0]}x{self.map_size[1]} feature map got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        x = self.mix(x.flatten(2))  # (B, C, n)
+        x = self.channel_proj(x.transpose(1, 2)).transpose(1, 2)  # (B, out_channels, n)
+        x = self.row_proj(x)  # (B, out_channels, out_rows)
         return F.normalize(x.flatten(1), p=2, dim=1)
 
 
@@ -88,8 +97,12 @@ def local_map_size(cfg) -> Tuple[int, int] | None:
 
 # Test methods that feed queries at another size than data.image_size: single_query (the original size),
 # the five-crop methods (squares of side min(H, W), so only when the input is not square).
-_QUERY_SIZE_METHODS = {"single_query": "always", "five_crops": "square", "nearest_crop": "square",
-                       "maj_voting": "square"}
+_QUERY_SIZE_METHODS = {
+    "single_query": "always",
+    "five_crops": "square",
+    "nearest_crop": "square",
+    "maj_voting": "square",
+}
 
 
 def check_mixvpr(cfg) -> None:
@@ -98,18 +111,28 @@ def check_mixvpr(cfg) -> None:
     h, w = cfg.data.image_size
     needs = _QUERY_SIZE_METHODS.get(cfg.test.method)
     if needs == "always" or (needs == "square" and h != w):
-        raise BadInput(f"test.method={cfg.test.method} feeds queries at another size than data.image_size "
-                       f"{[h, w]}, which model.aggregation=mixvpr cannot take; use hard_resize or central_crop"
-                       + (", or a square data.resize" if needs == "square" else ""))
+        raise BadInput(
+            f"test.method={cfg.test.method} feeds queries at another size than data.image_size "
+            f"{[h, w]}, which model.aggregation=mixvpr cannot take; use hard_resize or central_crop"
+            + (", or a square data.resize" if needs == "square" else "")
+        )
     want = tuple(cfg.model.mixvpr_map_size)
     got = local_map_size(cfg)
     if got is not None and got != want:
-        raise BadInput(f"model.mixvpr_map_size={list(want)} but model.backbone={cfg.model.backbone} gives a "
-                       f"{got[0]}x{got[1]} feature map at data.image_size {list(cfg.data.image_size)}; "
-                       f"set model.mixvpr_map_size={list(got)} or change data.resize")
+        raise BadInput(
+            f"model.mixvpr_map_size={list(want)} but model.backbone={cfg.model.backbone} gives a "
+            f"{got[0]}x{got[1]} feature map at data.image_size {list(cfg.data.image_size)}; "
+            f"set model.mixvpr_map_size={list(got)} or change data.resize"
+        )
 
 
 @AGGREGATIONS.register("mixvpr", type=MixVPR, check=check_mixvpr)
 def build_mixvpr(in_channels: int, cfg) -> MixVPR:
-    return MixVPR(in_channels, map_size=tuple(cfg.mixvpr_map_size), out_channels=cfg.mixvpr_out_channels,
-                  out_rows=cfg.mixvpr_out_rows, depth=cfg.mixvpr_depth, mlp_ratio=cfg.mixvpr_mlp_ratio)
+    return MixVPR(
+        in_channels,
+        map_size=tuple(cfg.mixvpr_map_size),
+        out_channels=cfg.mixvpr_out_channels,
+        out_rows=cfg.mixvpr_out_rows,
+        depth=cfg.mixvpr_depth,
+        mlp_ratio=cfg.mixvpr_mlp_ratio,
+    )

@@ -6,6 +6,7 @@ intra-normalised, flattened and L2-normalised: a K x C descriptor. The clusters 
 k-means over local features of sampled images (:meth:`NetVLAD.initialize`), with the assignment
 sharpness alpha chosen as in the original code.
 """
+
 from __future__ import annotations
 
 import faiss
@@ -60,8 +61,9 @@ class NetVLAD(Aggregation):
     def initialize(self, local_features: np.ndarray, seed: int = 0, niter: int = 100) -> None:
         """Clusters from k-means over L2-normalised local features ``(n, C)`` float32."""
         x = np.ascontiguousarray(local_features, dtype=np.float32)
-        kmeans = faiss.Kmeans(x.shape[1], self.clusters, niter=niter, seed=seed, verbose=False,
-                              max_points_per_centroid=10_000_000)
+        kmeans = faiss.Kmeans(
+            x.shape[1], self.clusters, niter=niter, seed=seed, verbose=False, max_points_per_centroid=10_000_000
+        )
         kmeans.train(x)
         centroids = kmeans.centroids
         assign = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)

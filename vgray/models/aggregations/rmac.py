@@ -7,6 +7,7 @@ regions along the longer side); each region is max-pooled (MAC), L2-normalised, 
 summed. The layout is the one of the benchmark's code (from cirtorch), which also adds the MAC of the
 whole map as a first region. ``model.l2`` wraps it (before_pool, after_pool, none) as it does GeM.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def rmac_regions(h: int, w: int, levels: int = 3, overlap: float = 0.4) -> List[
     # near-ties (e.g. a 5 x 9 map) resolve the same way.
     steps = np.arange(2, 8, dtype=np.float32)
     step = np.float32(max(h, w) - side) / (steps - 1)
-    extra = int(np.argmin(np.abs((side ** 2 - side * step) / np.float32(side ** 2) - np.float32(overlap)))) + 1
+    extra = int(np.argmin(np.abs((side**2 - side * step) / np.float32(side**2) - np.float32(overlap)))) + 1
     extra_w, extra_h = (extra, 0) if h < w else (0, extra) if h > w else (0, 0)
     regions: List[Region] = [(0, 0, h, w)]
     for level in range(1, levels + 1):
@@ -55,7 +56,7 @@ def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
     """(B, C, h, w) -> (B, C): the sum of the L2-normalised MACs of :func:`rmac_regions`."""
     out = x.new_zeros(x.shape[:2])
     for t, l, rh, rw in rmac_regions(x.size(-2), x.size(-1), levels):
-        v = x[..., t:t + rh, l:l + rw].amax(dim=(-2, -1))
+        v = x[..., t : t + rh, l : l + rw].amax(dim=(-2, -1))
         out = out + v / (v.norm(p=2, dim=1, keepdim=True) + eps)
     return out
 

@@ -6,6 +6,7 @@ defines it: average pooling, LayerNorm, a residual block of two C x C linear lay
 between them, LayerNorm again, then L2 normalisation. It normalises on its own, so ``model.l2`` does
 not wrap it (the benchmark's code applies l2 to gem, spoc, mac and rmac only).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -10,6 +10,7 @@ cluster's features over its channels, flattened channel-major], L2-normalised as
 m * l + g = 64 * 128 + 256 = 8,448 at the published settings. Layer names and shapes follow the
 authors' code (serizba/salad), so that their checkpoints map onto it.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,12 @@ def assignment(scores: torch.Tensor, dustbin: torch.Tensor, iters: int = SINKHOR
 
 def _mlp(in_channels: int, out_channels: int, dropout: float) -> nn.Sequential:
     """1x1 conv, dropout, ReLU, 1x1 conv (the authors' order)."""
-    return nn.Sequential(nn.Conv2d(in_channels, HIDDEN, 1), nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-                         nn.ReLU(), nn.Conv2d(HIDDEN, out_channels, 1))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, HIDDEN, 1),
+        nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+        nn.ReLU(),
+        nn.Conv2d(HIDDEN, out_channels, 1),
+    )
 
 
 class SALAD(Aggregation):
@@ -64,8 +69,9 @@ class SALAD(Aggregation):
     inputs = frozenset({"tokens"})
     takes_tokens = True  # it needs the class token beside the patch tokens
 
-    def __init__(self, in_channels: int, clusters: int = 64, cluster_dim: int = 128, token_dim: int = 256,
-                 dropout: float = 0.3):
+    def __init__(
+        self, in_channels: int, clusters: int = 64, cluster_dim: int = 128, token_dim: int = 256, dropout: float = 0.3
+    ):
         super().__init__(clusters * cluster_dim + token_dim)
         self.clusters, self.cluster_dim = clusters, cluster_dim
         self.token_features = nn.Sequential(nn.Linear(in_channels, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, token_dim))
@@ -88,8 +94,9 @@ class SALAD(Aggregation):
         features = features.flatten(2)  # (B, l, n)
         plan = assignment(scores.flatten(2), self.dust_bin)[:, :-1]  # (B, m, n), dustbin dropped
         aggregated = torch.einsum("bln,bmn->blm", features, plan)  # (B, l, m)
-        out = torch.cat([F.normalize(global_token, p=2, dim=-1),
-                         F.normalize(aggregated, p=2, dim=1).flatten(1)], dim=-1)
+        out = torch.cat(
+            [F.normalize(global_token, p=2, dim=-1), F.normalize(aggregated, p=2, dim=1).flatten(1)], dim=-1
+        )
         return F.normalize(out, p=2, dim=-1)
 
 
@@ -100,9 +107,11 @@ def check_class_token(cfg) -> None:
     """SALAD needs a backbone with a class token (the ``class_token`` fact: DINOv2)."""
     m = cfg.model
     if m.aggregation == "salad" and not BACKBONES.info(m.backbone).get("class_token"):
-        raise BadInput(f"model.aggregation=salad needs a class token beside the patch tokens, which "
-                       f"model.backbone={m.backbone} lacks; allowed: "
-                       + ", ".join(n for n in BACKBONES.names() if BACKBONES.info(n).get("class_token")))
+        raise BadInput(
+            f"model.aggregation=salad needs a class token beside the patch tokens, which "
+            f"model.backbone={m.backbone} lacks; allowed: "
+            + ", ".join(n for n in BACKBONES.names() if BACKBONES.info(n).get("class_token"))
+        )
 
 
 def _check_salad(cfg) -> None:
@@ -111,9 +120,11 @@ def _check_salad(cfg) -> None:
     info = BACKBONES.info(m.backbone)
     h, w = (s // info["patch"] for s in cfg.data.image_size)
     if h * w <= m.salad_clusters:
-        raise BadInput(f"model.salad_clusters={m.salad_clusters} needs more patch tokens than clusters; "
-                       f"data.resize {list(cfg.data.image_size)} gives {h}x{w}={h * w}: use a larger input or "
-                       f"fewer clusters (at most {h * w - 1})")
+        raise BadInput(
+            f"model.salad_clusters={m.salad_clusters} needs more patch tokens than clusters; "
+            f"data.resize {list(cfg.data.image_size)} gives {h}x{w}={h * w}: use a larger input or "
+            f"fewer clusters (at most {h * w - 1})"
+        )
 
 
 @AGGREGATIONS.register("salad", type=SALAD, check=_check_salad)

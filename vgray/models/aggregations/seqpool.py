@@ -6,6 +6,7 @@ weights, and the descriptor is the weighted mean of the tokens: softmax(g(x_L))^
 descriptor by Berton et al. (CVPR 2022, Table 5) on CCT only, unnormalised as in the paper's code;
 the layer starts from CCT's ImageNet weights when the backbone was loaded with them.
 """
+
 import torch
 from torch import nn
 
@@ -35,9 +36,11 @@ def _check(cfg) -> None:
     """Only on a backbone whose trained weights include a SeqPool layer (its ``trained_heads``)."""
     if "seqpool" not in BACKBONES.type_of(cfg.model.backbone).trained_heads:
         with_seqpool = [n for n in BACKBONES.names() if "seqpool" in BACKBONES.type_of(n).trained_heads]
-        raise BadInput(f"model.aggregation=seqpool pools the tokens of a backbone trained with it "
-                       f"({', '.join(with_seqpool)}), not model.backbone={cfg.model.backbone}; "
-                       f"for {cfg.model.backbone} choose cls, gem or netvlad")
+        raise BadInput(
+            f"model.aggregation=seqpool pools the tokens of a backbone trained with it "
+            f"({', '.join(with_seqpool)}), not model.backbone={cfg.model.backbone}; "
+            f"for {cfg.model.backbone} choose cls, gem or netvlad"
+        )
 
 
 @AGGREGATIONS.register("seqpool", type=SeqPool, check=_check)

@@ -5,6 +5,7 @@ each channel summed over the spatial positions. As in the benchmark's code, the 
 mean (a constant factor that any L2 normalisation removes) and without the paper's centre prior and
 PCA whitening. ``model.l2`` wraps it (before_pool, after_pool, none).
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -8,8 +8,13 @@ is documented there) and registers a builder ``(pretrained, **sizes) -> backbone
 transformers, its ``input_sizes``. The members import the registry from :mod:`vgray.registry`,
 never from this package.
 """
-from vgray.models.backbones import cct, cnn, vit  # noqa: F401
-from vgray.models.backbones import dinov2  # noqa: F401
+
+from vgray.models.backbones import (  # noqa: F401
+    cct,
+    cnn,
+    dinov2,  # noqa: F401
+    vit,
+)
 from vgray.models.components import Backbone
 from vgray.registry import BACKBONES
 

@@ -11,6 +11,7 @@ with SeqPool, which lives in :mod:`vgray.models.aggregations.seqpool`; the Image
 pooling layer are handed to it when ``model.aggregation=seqpool`` (``trained_heads``). ``cls`` on CCT takes the first
 output token, as the paper's code did.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -51,8 +52,11 @@ class EncoderBlock(nn.Module):
 def _tokenizer() -> nn.Sequential:
     layers = []
     for c_in, c_out in ((3, 64), (64, DIM)):
-        layers += [nn.Conv2d(c_in, c_out, 7, stride=2, padding=3, bias=False), nn.ReLU(inplace=True),
-                   nn.MaxPool2d(3, stride=2, padding=1)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 7, stride=2, padding=3, bias=False),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -68,8 +72,9 @@ class CCT(TokenBackbone):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], DIM))
         # The stochastic-depth schedule of the full 14 blocks; truncation keeps its first rates.
         rates = [0.1 * i / (DEPTH - 1) for i in range(DEPTH)]
-        self.blocks = nn.Sequential(*(EncoderBlock(DIM, HEADS, MLP_RATIO, 0.1, rates[i])
-                                      for i in range(kept_blocks(DEPTH, trunc_te))))
+        self.blocks = nn.Sequential(
+            *(EncoderBlock(DIM, HEADS, MLP_RATIO, 0.1, rates[i]) for i in range(kept_blocks(DEPTH, trunc_te)))
+        )
         self.norm = nn.LayerNorm(DIM)
         self._init_weights()
         # SeqPool's layer from the ImageNet classifier, for a seqpool aggregation (not a parameter here).
@@ -119,12 +124,21 @@ class CCT(TokenBackbone):
 
 
 # Parameter names in the CCT authors' checkpoints -> names here (a fact of their file layout).
-_BLOCK_NAMES = {"pre_norm": "norm_attn", "self_attn.qkv": "attn.qkv", "self_attn.proj": "attn.proj",
-                "linear1": "mlp.fc1", "norm1": "norm_mlp", "linear2": "mlp.fc2"}
-_TOP_NAMES = {"tokenizer.conv_layers.0.0.weight": "tokenizer.0.weight",
-              "tokenizer.conv_layers.1.0.weight": "tokenizer.3.weight",
-              "classifier.positional_emb": "pos_embed",
-              "classifier.norm.weight": "norm.weight", "classifier.norm.bias": "norm.bias"}
+_BLOCK_NAMES = {
+    "pre_norm": "norm_attn",
+    "self_attn.qkv": "attn.qkv",
+    "self_attn.proj": "attn.proj",
+    "linear1": "mlp.fc1",
+    "norm1": "norm_mlp",
+    "linear2": "mlp.fc2",
+}
+_TOP_NAMES = {
+    "tokenizer.conv_layers.0.0.weight": "tokenizer.0.weight",
+    "tokenizer.conv_layers.1.0.weight": "tokenizer.3.weight",
+    "classifier.positional_emb": "pos_embed",
+    "classifier.norm.weight": "norm.weight",
+    "classifier.norm.bias": "norm.bias",
+}
 
 
 def _own_key(source: str) -> Optional[str]:
@@ -158,4 +172,5 @@ def _check_cct(cfg) -> None:
 
 
 BACKBONES.register("cct384", type=CCT, out_channels=DIM, input_sizes={SIZE}, check=_check_cct)(
-    lambda pretrained="none", image_size=SIZE, trunc_te=None, freeze_te=None: CCT(trunc_te, freeze_te, pretrained))
+    lambda pretrained="none", image_size=SIZE, trunc_te=None, freeze_te=None: CCT(trunc_te, freeze_te, pretrained)
+)

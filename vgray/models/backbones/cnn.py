@@ -5,6 +5,7 @@ on. VGG16 and AlexNet keep ``features`` without the last ReLU and max-pool; VGG1
 last conv block, AlexNet all but its first two convs. Every backbone declares its output channels;
 :func:`vgray.models.network.build_model` checks the declaration with a dry forward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ from vgray.registry import BACKBONES
 class CNNBackbone(Backbone):
     """A truncated torchvision network ``body``: images (B, 3, H, W) -> feature map (B, out_channels, h, w)."""
 
-    def __init__(self, body: nn.Sequential, out_channels: int, arch: str, source_names,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(
+        self, body: nn.Sequential, out_channels: int, arch: str, source_names, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ):
         super().__init__(arch, out_channels, mean, std)
         self.body = body
         # The name of each body module in the torchvision source model ("layer3", "features.28"),
@@ -41,8 +43,9 @@ class CNNBackbone(Backbone):
             index, rest = key.split(".", 1)
             source_of[key] = f"{self.source_names[int(index)]}.{rest}"
         kept = {k: v for k, v in state.items() if k.startswith(tuple(f"{n}." for n in self.source_names))}
-        check_fits({source_of[k]: v for k, v in body_state.items()}, kept,
-                   f"weights file {origin} does not fit {self.arch}")
+        check_fits(
+            {source_of[k]: v for k, v in body_state.items()}, kept, f"weights file {origin} does not fit {self.arch}"
+        )
         self.body.load_state_dict({key: kept[source] for key, source in source_of.items()})
 
 
@@ -81,21 +84,33 @@ def _check_cnn(cfg) -> None:
     """model.trunc_te / freeze_te count transformer encoder blocks: a CNN has none."""
     for key in ("trunc_te", "freeze_te"):
         if getattr(cfg.model, key) is not None:
-            raise BadInput(f"model.{key} applies to the transformer backbones (vit, cct384), not "
-                           f"model.backbone={cfg.model.backbone}; leave it null")
+            raise BadInput(
+                f"model.{key} applies to the transformer backbones (vit, cct384), not "
+                f"model.backbone={cfg.model.backbone}; leave it null"
+            )
 
 
 # Declared output channels; build_model checks each against a dry forward pass.
-_RESNET_CHANNELS = {("resnet18", 4): 256, ("resnet18", 5): 512, ("resnet50", 4): 1024,
-                    ("resnet50", 5): 2048, ("resnet101", 4): 1024, ("resnet101", 5): 2048,
-                    ("resnet152", 4): 1024, ("resnet152", 5): 2048}  # 152: CosPlace's, not the paper's
+_RESNET_CHANNELS = {
+    ("resnet18", 4): 256,
+    ("resnet18", 5): 512,
+    ("resnet50", 4): 1024,
+    ("resnet50", 5): 2048,
+    ("resnet101", 4): 1024,
+    ("resnet101", 5): 2048,
+    ("resnet152", 4): 1024,
+    ("resnet152", 5): 2048,
+}  # 152: CosPlace's, not the paper's
 for (_arch, _stage), _channels in _RESNET_CHANNELS.items():
     BACKBONES.register(f"{_arch}conv{_stage}", type=CNNBackbone, out_channels=_channels, check=_check_cnn)(
-        lambda pretrained="none", a=_arch, s=_stage, c=_channels: _resnet(a, s, c, pretrained))
+        lambda pretrained="none", a=_arch, s=_stage, c=_channels: _resnet(a, s, c, pretrained)
+    )
 
 # VGG16: layers[:-5] frozen, i.e. all but the last conv block (conv5_1..conv5_3 with their ReLUs).
 BACKBONES.register("vgg16", type=CNNBackbone, out_channels=512, check=_check_cnn)(
-    lambda pretrained="none": _vgg_like("vgg16", -5, 512, pretrained))
+    lambda pretrained="none": _vgg_like("vgg16", -5, 512, pretrained)
+)
 # AlexNet: the first five modules (conv1, ReLU, pool, conv2, ReLU) frozen, as the paper's code.
 BACKBONES.register("alexnet", type=CNNBackbone, out_channels=256, check=_check_cnn)(
-    lambda pretrained="none": _vgg_like("alexnet", 5, 256, pretrained))
+    lambda pretrained="none": _vgg_like("alexnet", 5, 256, pretrained)
+)

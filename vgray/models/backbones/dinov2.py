@@ -12,6 +12,7 @@ null trains all). ``model.trunc_te`` keeps the first N blocks (for small tests a
 positional embedding is built for the input's patch grid; weights made at another size (the
 official ones: 518 x 518, a 37 x 37 grid) are resampled to it when loaded.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -43,13 +44,21 @@ class DINOv2(TokenBackbone):
     (B, 1 + h * w, C), the class token first, on the grid (H / 14, W / 14); without ``final_norm``
     the last block's tokens (``vit.norm`` is then an Identity, without weights)."""
 
-    def __init__(self, name: str, image_size: Tuple[int, int], trunc_te: Optional[int],
-                 train_blocks: Optional[int], pretrained: str = "none", final_norm: bool = True):
+    def __init__(
+        self,
+        name: str,
+        image_size: Tuple[int, int],
+        trunc_te: Optional[int],
+        train_blocks: Optional[int],
+        pretrained: str = "none",
+        final_norm: bool = True,
+    ):
         arch, channels, depth = VARIANTS[name]
         rec = record(arch, "dinov2")  # mean/std of the official weights, even untrained
         super().__init__(arch, channels, 1, (image_size[0] // PATCH, image_size[1] // PATCH), rec.mean, rec.std)
-        self.vit = timm.create_model(arch, pretrained=False, num_classes=0, img_size=tuple(image_size),
-                                     depth=kept_blocks(depth, trunc_te))
+        self.vit = timm.create_model(
+            arch, pretrained=False, num_classes=0, img_size=tuple(image_size), depth=kept_blocks(depth, trunc_te)
+        )
         self.final_norm = final_norm
         if not final_norm:
             self.vit.norm = nn.Identity()
@@ -64,7 +73,7 @@ class DINOv2(TokenBackbone):
             return
         v = self.vit
         frozen = [v.cls_token, v.pos_embed, *v.patch_embed.parameters()]
-        for block in list(v.blocks)[:max(0, len(v.blocks) - train_blocks)]:
+        for block in list(v.blocks)[: max(0, len(v.blocks) - train_blocks)]:
             frozen += list(block.parameters())
         for p in frozen:
             p.requires_grad_(False)
@@ -76,17 +85,25 @@ class DINOv2(TokenBackbone):
         """A DINOv2 state dict in the official layout (facebookresearch/dinov2's hub files) or timm's;
         blocks beyond trunc_te are dropped and the positional embedding resampled to the input grid."""
         kept = len(self.vit.blocks)
-        mapped = {k: v for k, v in dinov2_to_timm(state).items()
-                  if not (k.startswith("blocks.") and int(k.split(".")[1]) >= kept)
-                  and not (k.startswith("norm.") and not self.final_norm)}
+        mapped = {
+            k: v
+            for k, v in dinov2_to_timm(state).items()
+            if not (k.startswith("blocks.") and int(k.split(".")[1]) >= kept)
+            and not (k.startswith("norm.") and not self.final_norm)
+        }
         own = self.vit.pos_embed
         pos = mapped.get("pos_embed")
-        if isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape[-1] == own.shape[-1] \
-                and pos.shape != own.shape:
+        if (
+            isinstance(pos, torch.Tensor)
+            and pos.ndim == 3
+            and pos.shape[-1] == own.shape[-1]
+            and pos.shape != own.shape
+        ):
             side = int(round((pos.shape[1] - 1) ** 0.5))
             if side * side + 1 != pos.shape[1]:
-                raise BadInput(f"weights file {origin}: pos_embed of {pos.shape[1]} tokens is not a class "
-                               f"token plus a square grid")
+                raise BadInput(
+                    f"weights file {origin}: pos_embed of {pos.shape[1]} tokens is not a class token plus a square grid"
+                )
             mapped["pos_embed"] = resample_like_dinov2(pos, side, self.grid)
         load_fitting(self.vit, mapped, f"weights file {origin} does not fit {self.arch}")
 
@@ -95,8 +112,12 @@ class DINOv2(TokenBackbone):
         made for another square grid (a released network's, 37 x 37 at 518 x 518) resampled to this
         input's grid as DINOv2 does at every forward pass (:func:`resample_like_dinov2`)."""
         pos, own = state.get(prefix + "vit.pos_embed"), self.vit.pos_embed
-        if not (isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape[-1] == own.shape[-1]
-                and pos.shape != own.shape):
+        if not (
+            isinstance(pos, torch.Tensor)
+            and pos.ndim == 3
+            and pos.shape[-1] == own.shape[-1]
+            and pos.shape != own.shape
+        ):
             return state
         side = int(round((pos.shape[1] - 1) ** 0.5))
         if side * side + 1 != pos.shape[1]:
@@ -133,43 +154,66 @@ def _check_dinov2(cfg) -> None:
     bad = [(axis, s) for axis, s in zip("HW", size) if s % PATCH]
     if bad:
         nearest = "; ".join(f"{axis} {s}: {nearest_multiples(s)}" for axis, s in bad)
-        raise BadInput(f"data.resize {size} (times resize_fraction) must have sides that are multiples of "
-                       f"{PATCH} for model.backbone={m.backbone}; nearest valid sizes {nearest}")
+        raise BadInput(
+            f"data.resize {size} (times resize_fraction) must have sides that are multiples of "
+            f"{PATCH} for model.backbone={m.backbone}; nearest valid sizes {nearest}"
+        )
     if m.trunc_te is not None and m.trunc_te > depth:
-        raise BadInput(f"model.trunc_te={m.trunc_te} is more than the {depth} encoder blocks of "
-                       f"model.backbone={m.backbone}; allowed: null or 0..{depth}")
+        raise BadInput(
+            f"model.trunc_te={m.trunc_te} is more than the {depth} encoder blocks of "
+            f"model.backbone={m.backbone}; allowed: null or 0..{depth}"
+        )
     kept = kept_blocks(depth, m.trunc_te)
     if m.train_blocks is not None and m.train_blocks > kept:
-        raise BadInput(f"model.train_blocks={m.train_blocks} is more than the {kept} encoder blocks of "
-                       f"model.backbone={m.backbone}; allowed: null or 0..{kept}")
+        raise BadInput(
+            f"model.train_blocks={m.train_blocks} is more than the {kept} encoder blocks of "
+            f"model.backbone={m.backbone}; allowed: null or 0..{kept}"
+        )
     # The positional embedding is built for data.image_size: queries fed at another size are refused.
     h, w = size
     if cfg.test.method == "single_query" or (cfg.test.method in _SQUARE_CROP_METHODS and h != w):
-        raise BadInput(f"test.method={cfg.test.method} feeds queries at another size than data.resize {size}, "
-                       f"which model.backbone={m.backbone} is built for; use hard_resize or central_crop"
-                       + ("" if cfg.test.method == "single_query" else ", or a square data.resize"))
+        raise BadInput(
+            f"test.method={cfg.test.method} feeds queries at another size than data.resize {size}, "
+            f"which model.backbone={m.backbone} is built for; use hard_resize or central_crop"
+            + ("" if cfg.test.method == "single_query" else ", or a square data.resize")
+        )
     if m.freeze_te is not None:
-        raise BadInput(f"model.freeze_te is for vit and cct; model.backbone={m.backbone} freezes with "
-                       f"model.train_blocks (how many of the last blocks train)")
+        raise BadInput(
+            f"model.freeze_te is for vit and cct; model.backbone={m.backbone} freezes with "
+            f"model.train_blocks (how many of the last blocks train)"
+        )
 
 
 @add_config_check
 def check_train_blocks(cfg) -> None:
     """``model.train_blocks`` and ``model.dinov2_final_norm`` apply to the DINOv2 backbones only."""
     if cfg.model.train_blocks is not None and cfg.model.backbone not in VARIANTS:
-        raise BadInput(f"model.train_blocks is for the backbones {', '.join(VARIANTS)}, not "
-                       f"model.backbone={cfg.model.backbone}; set it to null")
+        raise BadInput(
+            f"model.train_blocks is for the backbones {', '.join(VARIANTS)}, not "
+            f"model.backbone={cfg.model.backbone}; set it to null"
+        )
     if not cfg.model.dinov2_final_norm and cfg.model.backbone not in VARIANTS:
-        raise BadInput(f"model.dinov2_final_norm=false is for the backbones {', '.join(VARIANTS)}, not "
-                       f"model.backbone={cfg.model.backbone}; set it to true")
+        raise BadInput(
+            f"model.dinov2_final_norm=false is for the backbones {', '.join(VARIANTS)}, not "
+            f"model.backbone={cfg.model.backbone}; set it to true"
+        )
 
 
 def _register(name: str) -> None:
     _, channels, _ = VARIANTS[name]
-    BACKBONES.register(name, type=DINOv2, out_channels=channels, patch=PATCH, class_token=True,
-                       model_keys=("train_blocks", "dinov2_final_norm"), check=_check_dinov2)(
-        lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None, train_blocks=None,
-        dinov2_final_norm=True: DINOv2(name, tuple(image_size), trunc_te, train_blocks, pretrained, dinov2_final_norm))
+    BACKBONES.register(
+        name,
+        type=DINOv2,
+        out_channels=channels,
+        patch=PATCH,
+        class_token=True,
+        model_keys=("train_blocks", "dinov2_final_norm"),
+        check=_check_dinov2,
+    )(
+        lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None, train_blocks=None, dinov2_final_norm=True: (
+            DINOv2(name, tuple(image_size), trunc_te, train_blocks, pretrained, dinov2_final_norm)
+        )
+    )
 
 
 for _name in VARIANTS:

@@ -10,6 +10,7 @@ Their output, a sequence of tokens, is the interface of
 :class:`vgray.models.components.TokenBackbone`: ``cls`` and ``seqpool`` take the sequence, the
 other aggregations (GeM, NetVLAD and its k-means initialisation) the patch tokens as a grid.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional
@@ -40,5 +41,7 @@ def check_encoder_keys(cfg, depth: int) -> None:
     for key in ("trunc_te", "freeze_te"):
         value = getattr(cfg.model, key)
         if value is not None and value > depth:
-            raise BadInput(f"model.{key}={value} is more than the {depth} encoder blocks of "
-                           f"model.backbone={cfg.model.backbone}; allowed: null or 0..{depth}")
+            raise BadInput(
+                f"model.{key}={value} is more than the {depth} encoder blocks of "
+                f"model.backbone={cfg.model.backbone}; allowed: null or 0..{depth}"
+            )

@@ -2,6 +2,7 @@
 Transformers for Image Recognition at Scale", ICLR 2021) as a VG backbone (the paper's Table 5):
 images at 224 x 224 or 384 x 384 -> the final-norm tokens, the class token first.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -23,13 +24,13 @@ class ViT(TokenBackbone):
     """timm's ViT-B/16, without its classifier head; ``forward`` gives the final-norm tokens
     (B, 1 + h * w, 768), the class token first."""
 
-    def __init__(self, image_size: Tuple[int, int], trunc_te: Optional[int], freeze_te: Optional[int],
-                 pretrained: str = "none"):
+    def __init__(
+        self, image_size: Tuple[int, int], trunc_te: Optional[int], freeze_te: Optional[int], pretrained: str = "none"
+    ):
         arch = f"vit_base_patch16_{image_size[0]}"
         rec = record(arch, "imagenet")  # mean/std of the architecture's weights, even untrained
         super().__init__(arch, 768, 1, (image_size[0] // 16, image_size[1] // 16), rec.mean, rec.std)
-        self.vit = timm.create_model(arch, pretrained=False, num_classes=0,
-                                     depth=kept_blocks(VIT_DEPTH, trunc_te))
+        self.vit = timm.create_model(arch, pretrained=False, num_classes=0, depth=kept_blocks(VIT_DEPTH, trunc_te))
         state = source_state_dict(arch, pretrained)
         if state is not None:
             self.load_source_state_dict(state, f"{arch} {pretrained} weights")
@@ -57,7 +58,10 @@ def _check_vit(cfg) -> None:
 
 
 # Its class token leads the tokens (SALAD takes it beside the 16-pixel patch tokens).
-BACKBONES.register("vit", type=ViT, out_channels=768, input_sizes=VIT_SIZES, patch=16, class_token=True,
-                   check=_check_vit)(
-    lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None:
-    ViT(tuple(image_size), trunc_te, freeze_te, pretrained))
+BACKBONES.register(
+    "vit", type=ViT, out_channels=768, input_sizes=VIT_SIZES, patch=16, class_token=True, check=_check_vit
+)(
+    lambda pretrained="none", image_size=(224, 224), trunc_te=None, freeze_te=None: ViT(
+        tuple(image_size), trunc_te, freeze_te, pretrained
+    )
+)

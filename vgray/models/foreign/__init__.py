@@ -53,6 +53,7 @@ but not the configured network is refused with one line saying what it was made 
 keys (backbone from the first convolution or the transformer's names and block counts, NetVLAD
 clusters, FC size, channels).
 """
+
 from vgray.models.foreign.load import LAYOUTS, describe, load_network_file
 
 __all__ = ["LAYOUTS", "describe", "load_network_file"]

@@ -1,5 +1,6 @@
 """What every foreign layout is made of: a :class:`Layout` claims a file from its keys and converts it
 to vgray's names (a :class:`Converted`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ class Converted:
     pooling normalised (None: it does not say), ``made`` the config keys it was made for, or None to
     read them from ``state``; ``optional`` key prefixes of ``state`` that the network may lack (left
     out then: the paper's CCT files carry their SeqPool layer whatever they pooled with)."""
+
     state: State
     l2: Optional[str] = None
     made: Optional[str] = None
@@ -26,6 +28,7 @@ class Converted:
 class Layout:
     """One known layout: ``claims`` says from the keys whether a file is in it (the state dict already
     unwrapped), ``convert`` renames it (None: loaded by the backbone itself)."""
+
     name: str
     claims: Callable[[dict, dict], bool]
     convert: Optional[Callable[[dict, dict, str], Converted]]
@@ -38,6 +41,4 @@ def unwrap(obj: dict) -> dict:
         if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}

@@ -1,4 +1,5 @@
 """Which layout a weights file is in, and loading it into a network (or refusing it in one line)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -15,9 +16,26 @@ from vgray.models.foreign.vpr import BOQ, MIXVPR, SALAD
 from vgray.registry import BACKBONES
 
 # Top-level names of the backbone source layouts: torchvision ResNet/VGG/AlexNet, timm ViT, CCT.
-_SOURCE_TOPS = {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc", "features", "classifier",
-                "cls_token", "pos_embed", "patch_embed", "blocks", "norm", "head", "fc_norm", "pre_logits",
-                "tokenizer"}
+_SOURCE_TOPS = {
+    "conv1",
+    "bn1",
+    "layer1",
+    "layer2",
+    "layer3",
+    "layer4",
+    "fc",
+    "features",
+    "classifier",
+    "cls_token",
+    "pos_embed",
+    "patch_embed",
+    "blocks",
+    "norm",
+    "head",
+    "fc_norm",
+    "pre_logits",
+    "tokenizer",
+}
 
 
 def _is_vgray_checkpoint(obj: dict, state: dict) -> bool:
@@ -27,8 +45,9 @@ def _is_vgray_checkpoint(obj: dict, state: dict) -> bool:
 def _is_vgray_network(obj: dict, state: dict) -> bool:
     # The paper's CNNs (backbone.N…) and transformers (backbone.vit_model.…, CCT's backbone.classifier.…)
     # are converted by their own layouts.
-    return (any(k.startswith("backbone.") for k in state)
-            and not any(DIGIT_BACKBONE.match(k) or k.startswith(PREFIXES) for k in state))
+    return any(k.startswith("backbone.") for k in state) and not any(
+        DIGIT_BACKBONE.match(k) or k.startswith(PREFIXES) for k in state
+    )
 
 
 def _is_source(obj: dict, state: dict) -> bool:
@@ -40,13 +59,16 @@ def _vgray_checkpoint(obj: dict, state: dict, origin: str) -> Converted:
     if "config" in obj:  # a vgray checkpoint's entries, checked as every vgray checkpoint read is
         check_checkpoint(obj, f"model.pretrained={origin}", resumable=False)
     made = made_for(obj)
-    return Converted(obj["model"], made=(f"backbone={made.get('backbone')}, aggregation={made.get('aggregation')}"
-                                         if made else None))
+    return Converted(
+        obj["model"], made=(f"backbone={made.get('backbone')}, aggregation={made.get('aggregation')}" if made else None)
+    )
 
 
 LAYOUTS = [
     Layout("vgray checkpoint", _is_vgray_checkpoint, _vgray_checkpoint),
-    MIXVPR, SALAD, BOQ,  # before vgray's own: their backbone.… keys would be taken for its names
+    MIXVPR,
+    SALAD,
+    BOQ,  # before vgray's own: their backbone.… keys would be taken for its names
     Layout("vgray network state dict", _is_vgray_network, lambda obj, state, origin: Converted(state)),
     PAPER,
     COSPLACE,
@@ -58,8 +80,13 @@ LAYOUTS = [
 
 # -- what a file was made for, from its keys -----------------------------------------------------
 
-_RESNETS = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101",
-            (True, 36): "resnet152"}
+_RESNETS = {
+    (False, 2): "resnet18",
+    (False, 6): "resnet34",
+    (True, 6): "resnet50",
+    (True, 23): "resnet101",
+    (True, 36): "resnet152",
+}
 
 
 def _backbone_of(state: State) -> Optional[str]:
@@ -122,8 +149,9 @@ def _fitting(model: nn.Module, conv: Converted) -> State:
 def _refuse_misfit(model: nn.Module, layout: Layout, conv: Converted, origin: str) -> None:
     found = mismatches(model.state_dict(), _fitting(model, conv))
     if layout.convert is _vgray_checkpoint:  # a vgray checkpoint says it itself
-        refuse(f"checkpoint {origin} does not fit this network" + (f" (made for {conv.made})" if conv.made else ""),
-               found)
+        refuse(
+            f"checkpoint {origin} does not fit this network" + (f" (made for {conv.made})" if conv.made else ""), found
+        )
         return
     wrong_l2 = (conv.l2 == "before_pool") != (model.l2 == "before_pool")
     if not found and not (conv.l2 and wrong_l2):
@@ -133,8 +161,10 @@ def _refuse_misfit(model: nn.Module, layout: Layout, conv: Converted, origin: st
     missing = f" (vgray has no {backbone} backbone)" if backbone and backbone not in BACKBONES.names() else ""
     l2 = f", model.l2={conv.l2}" if conv.l2 else ""
     first = f"; first difference: {found[0]}" if found else ""
-    raise BadInput(f"model.pretrained={origin} ({layout.name} layout) is a network made for {made}{l2}{missing}: "
-                   f"set those (it does not fit this network{first})")
+    raise BadInput(
+        f"model.pretrained={origin} ({layout.name} layout) is a network made for {made}{l2}{missing}: "
+        f"set those (it does not fit this network{first})"
+    )
 
 
 def load_network_file(model: nn.Module, obj: dict, origin: str) -> str:
@@ -155,5 +185,7 @@ def load_network_file(model: nn.Module, obj: dict, origin: str) -> str:
         model.load_state_dict(_fitting(model, conv))
         return layout.name
     first = ", ".join(list(state)[:3]) or "none (an empty dict)"
-    raise BadInput(f"model.pretrained={origin} fits no known layout (tried: {'; '.join(x.name for x in LAYOUTS)}); "
-                   f"its first keys: {first}")
+    raise BadInput(
+        f"model.pretrained={origin} fits no known layout (tried: {'; '.join(x.name for x in LAYOUTS)}); "
+        f"its first keys: {first}"
+    )

@@ -1,5 +1,6 @@
 """The paper's networks (gmberton/deep-visual-geo-localization-benchmark) and CosPlace / EigenPlaces,
 which share its ``backbone.N…`` names: see :mod:`vgray.models.foreign` for the layouts."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,11 @@ _PAPER_INNER = [
     (re.compile(r"^ln2\.(weight|bias)$"), r"norm_out.\1"),
     (re.compile(r"^(fc[12]\.(weight|bias))$"), r"\1"),
 ]
-_GMBERTON_HEAD = {"aggregation.1.p": "aggregation.p", "aggregation.3.weight": "fc.weight",
-                  "aggregation.3.bias": "fc.bias"}
+_GMBERTON_HEAD = {
+    "aggregation.1.p": "aggregation.p",
+    "aggregation.3.weight": "fc.weight",
+    "aggregation.3.bias": "fc.bias",
+}
 
 
 def paper_head(state: dict) -> Optional[Converted]:
@@ -39,7 +43,7 @@ def paper_head(state: dict) -> Optional[Converted]:
             continue
         if not key.startswith(prefix):
             return None
-        inner = key[len(prefix):]
+        inner = key[len(prefix) :]
         if inner.startswith("crn.acc_w."):
             continue  # the fixed sum, checked by the caller
         for pattern, name in _PAPER_INNER:
@@ -56,8 +60,7 @@ def paper_head(state: dict) -> Optional[Converted]:
 
 
 def _cnn_backbone(state: dict) -> State:
-    return {f"backbone.body.{m.group(1)}.{m.group(2)}": v for k, v in state.items()
-            if (m := DIGIT_BACKBONE.match(k))}
+    return {f"backbone.body.{m.group(1)}.{m.group(2)}": v for k, v in state.items() if (m := DIGIT_BACKBONE.match(k))}
 
 
 def _is_paper(obj: dict, state: dict) -> bool:
@@ -69,8 +72,10 @@ def _paper(obj: dict, state: dict, origin: str) -> Converted:
     for part, want in (("weight", 1.0), ("bias", 0.0)):
         acc = next((v for k, v in state.items() if k.endswith(f"crn.acc_w.{part}")), None)
         if acc is not None and not torch.all(acc == want):
-            raise BadInput(f"model.pretrained={origin}: its CRN accumulation crn.acc_w.{part} is not the fixed "
-                           f"{want:g} of the paper's code; vgray's CRN sums the context filters with weight 1")
+            raise BadInput(
+                f"model.pretrained={origin}: its CRN accumulation crn.acc_w.{part} is not the fixed "
+                f"{want:g} of the paper's code; vgray's CRN sums the context filters with weight 1"
+            )
     return Converted({**_cnn_backbone(state), **head.state}, head.l2)
 
 

@@ -31,6 +31,7 @@ in the file are ``model.trunc_te``. The gem and netvlad heads and the FC are in 
 ``l2=before_pool`` ``L2Norm`` got the token sequence (B, T, C) and normalised its dim 1, the tokens,
 where vgray normalises the channels: such a gem file is refused (vgray cannot give its descriptors).
 """
+
 from __future__ import annotations
 
 import re
@@ -48,22 +49,40 @@ CCT = ("backbone.tokenizer.conv_layers.", "backbone.classifier.")
 PREFIXES = (VIT, *CCT)
 VIT_DEPTH, CCT_DEPTH = 12, 14
 
-_VIT_TOP = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
-            "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-            "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-            "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
-_VIT_BLOCK = {"layernorm_before": "norm1", "attention.output.dense": "attn.proj", "layernorm_after": "norm2",
-              "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+_VIT_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_VIT_BLOCK = {
+    "layernorm_before": "norm1",
+    "attention.output.dense": "attn.proj",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
 _QKV = ("query", "key", "value")
 _VIT_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
 
 # The CCT authors' names (the paper's copy keeps them) -> vgray's cct.
-_CCT_TOP = {"tokenizer.conv_layers.0.0.weight": "tokenizer.0.weight",
-            "tokenizer.conv_layers.1.0.weight": "tokenizer.3.weight",
-            "classifier.positional_emb": "pos_embed",
-            "classifier.norm.weight": "norm.weight", "classifier.norm.bias": "norm.bias"}
-_CCT_BLOCK = {"pre_norm": "norm_attn", "self_attn.qkv": "attn.qkv", "self_attn.proj": "attn.proj",
-              "linear1": "mlp.fc1", "norm1": "norm_mlp", "linear2": "mlp.fc2"}
+_CCT_TOP = {
+    "tokenizer.conv_layers.0.0.weight": "tokenizer.0.weight",
+    "tokenizer.conv_layers.1.0.weight": "tokenizer.3.weight",
+    "classifier.positional_emb": "pos_embed",
+    "classifier.norm.weight": "norm.weight",
+    "classifier.norm.bias": "norm.bias",
+}
+_CCT_BLOCK = {
+    "pre_norm": "norm_attn",
+    "self_attn.qkv": "attn.qkv",
+    "self_attn.proj": "attn.proj",
+    "linear1": "mlp.fc1",
+    "norm1": "norm_mlp",
+    "linear2": "mlp.fc2",
+}
 _CCT_LAYER = re.compile(r"^classifier\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
 _SEQPOOL = "classifier.attention_pool."
 
@@ -102,7 +121,7 @@ def cct_to_vgray(cct: State) -> Tuple[State, State]:
         if key in _CCT_TOP:
             own[_CCT_TOP[key]] = value
         elif key.startswith(_SEQPOOL):
-            pool[key[len(_SEQPOOL):]] = value
+            pool[key[len(_SEQPOOL) :]] = value
         elif m and m.group(2) in _CCT_BLOCK:
             own[f"blocks.{m.group(1)}.{_CCT_BLOCK[m.group(2)]}.{m.group(3)}"] = value
         else:
@@ -137,21 +156,23 @@ def _is_paper_cct(obj: dict, state: dict) -> bool:
 def _reproducible(head: Converted, origin: str) -> Converted:
     """The head, unless it is GeM after the paper's token-wise L2Norm, which vgray cannot reproduce."""
     if head.l2 == "before_pool":
-        raise BadInput(f"model.pretrained={origin}: the paper's transformer + GeM with its L2Norm before the pool "
-                       f"normalised over the tokens, not the channels, so vgray cannot give its descriptors; "
-                       f"allowed: its transformer files with cls, seqpool, netvlad, or gem with l2 after_pool or none")
+        raise BadInput(
+            f"model.pretrained={origin}: the paper's transformer + GeM with its L2Norm before the pool "
+            f"normalised over the tokens, not the channels, so vgray cannot give its descriptors; "
+            f"allowed: its transformer files with cls, seqpool, netvlad, or gem with l2 after_pool or none"
+        )
     return head
 
 
 def _paper_vit(obj: dict, state: dict, origin: str) -> Converted:
     head = _reproducible(_head(state), origin)
-    timm_state = vit_to_timm({k[len(VIT):]: v for k, v in state.items() if k.startswith(VIT)})
+    timm_state = vit_to_timm({k[len(VIT) :]: v for k, v in state.items() if k.startswith(VIT)})
     return Converted({**{f"backbone.vit.{k}": v for k, v in timm_state.items()}, **head.state}, head.l2)
 
 
 def _paper_cct(obj: dict, state: dict, origin: str) -> Converted:
     head = _reproducible(_head(state), origin)
-    own, pool = cct_to_vgray({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    own, pool = cct_to_vgray({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})
     converted = {f"backbone.{k}": v for k, v in own.items()}
     if any(k.startswith("aggregation.") for k in head.state):  # gem or netvlad: SeqPool unused
         return Converted({**converted, **head.state}, head.l2)
@@ -175,7 +196,7 @@ def token_keys(state: State) -> List[str]:
     if backbone is None:
         return []
     prefix = "backbone.vit.blocks." if backbone == "vit" else "backbone.blocks."
-    blocks = len({k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)})
+    blocks = len({k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)})
     full = VIT_DEPTH if backbone == "vit" else CCT_DEPTH
     keys = [f"model.trunc_te={blocks if blocks < full else 'null'}"]
     pos = state.get("backbone.vit.pos_embed")

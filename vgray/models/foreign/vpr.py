@@ -18,6 +18,7 @@ dropped) and ViT-g's SwiGLU ``mlp.w12``/``mlp.w3`` (timm's ``mlp.fc1``/``mlp.fc2
 embedding, made for 518 x 518, is resampled to the input by the backbone when loading. The heads have
 vgray's names under ``aggregator.`` (vgray: ``aggregation.``): the arithmetic is the same.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,21 +29,32 @@ from vgray.models.foreign.base import Converted, Layout, State
 # torchvision ResNet children -> index in vgray's backbone.body (the authors' Sequential for BoQ).
 _RESNET_INDEX = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
 # (bottleneck blocks?, blocks in layer3) -> architecture, as vgray names its backbones.
-_RESNETS = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101",
-            (True, 36): "resnet152"}
+_RESNETS = {
+    (False, 2): "resnet18",
+    (False, 6): "resnet34",
+    (True, 6): "resnet50",
+    (True, 23): "resnet101",
+    (True, 36): "resnet152",
+}
 # DINOv2 embedding width -> (vgray backbone, encoder depth).
-_DINOV2 = {384: ("dinov2_vits14", 12), 768: ("dinov2_vitb14", 12), 1024: ("dinov2_vitl14", 24),
-           1536: ("dinov2_vitg14", 40)}
+_DINOV2 = {
+    384: ("dinov2_vits14", 12),
+    768: ("dinov2_vitb14", 12),
+    1024: ("dinov2_vitl14", 24),
+    1536: ("dinov2_vitg14", 40),
+}
 _DINOV2_TOPS = {"cls_token", "pos_embed", "mask_token", "patch_embed", "blocks", "norm"}
 
 _MIXVPR = re.compile(r"^(mix\.\d+\.mix\.[013]|channel_proj|row_proj)\.(weight|bias)$")
 _SALAD = re.compile(r"^((token_features\.[02]|cluster_features\.[03]|score\.[03])\.(weight|bias)|dust_bin)$")
-_BOQ = re.compile(r"^(proj_c|norm_input|fc|boqs\.\d+\.(encoder|queries|self_attn|norm_q|cross_attn|norm_out))"
-                  r"(\..+)?$")
+_BOQ = re.compile(
+    r"^(proj_c|norm_input|fc|boqs\.\d+\.(encoder|queries|self_attn|norm_q|cross_attn|norm_out))"
+    r"(\..+)?$"
+)
 
 
 def _under(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _split(state: dict, backbones: Tuple[str, ...]) -> Optional[Tuple[dict, dict]]:
@@ -56,6 +68,7 @@ def _split(state: dict, backbones: Tuple[str, ...]) -> Optional[Tuple[dict, dict
 
 
 # -- backbones --------------------------------------------------------------------------------
+
 
 def _is_resnet(body: dict) -> bool:
     return "conv1.weight" in body and all(k.split(".", 1)[0] in _RESNET_INDEX for k in body)
@@ -114,8 +127,12 @@ def _claims(backbones: Tuple[str, ...], head_key: re.Pattern, needs: str) -> Cal
         if split is None:
             return False
         body, head = split
-        return (needs in head and all(head_key.match(k) for k in head)
-                and (_is_resnet(body) or _is_resnet_sequential(body) or _is_dinov2(body)))
+        return (
+            needs in head
+            and all(head_key.match(k) for k in head)
+            and (_is_resnet(body) or _is_resnet_sequential(body) or _is_dinov2(body))
+        )
+
     return claims
 
 
@@ -125,27 +142,32 @@ def _head(head: dict) -> State:
 
 # -- the three layouts ------------------------------------------------------------------------
 
+
 def _mixvpr(obj: dict, state: dict, origin: str) -> Converted:
     body, head = _split(state, ("backbone.model.",))
     backbone, made = _backbone(body, final_norm=True)
     n = head["row_proj.weight"].shape[1]
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     size = f"[{side}, {side}]" if side * side == n else f"[h, w] with h * w = {n}"
     depth = len({k.split(".")[1] for k in head if k.startswith("mix.")})
     ratio = head["mix.0.mix.1.weight"].shape[0] / n if depth else 1.0
-    made += (f", model.aggregation=mixvpr, model.mixvpr_map_size={size}, "
-             f"model.mixvpr_out_channels={head['channel_proj.weight'].shape[0]}, "
-             f"model.mixvpr_out_rows={head['row_proj.weight'].shape[0]}, model.mixvpr_depth={depth}, "
-             f"model.mixvpr_mlp_ratio={ratio:g}, model.fc_output_dim=null")
+    made += (
+        f", model.aggregation=mixvpr, model.mixvpr_map_size={size}, "
+        f"model.mixvpr_out_channels={head['channel_proj.weight'].shape[0]}, "
+        f"model.mixvpr_out_rows={head['row_proj.weight'].shape[0]}, model.mixvpr_depth={depth}, "
+        f"model.mixvpr_mlp_ratio={ratio:g}, model.fc_output_dim=null"
+    )
     return Converted({**backbone, **_head(head)}, made=made)
 
 
 def _salad(obj: dict, state: dict, origin: str) -> Converted:
     body, head = _split(state, ("backbone.model.",))
     backbone, made = _backbone(body, final_norm=True)
-    made += (f", model.aggregation=salad, model.salad_clusters={head['score.3.weight'].shape[0]}, "
-             f"model.salad_cluster_dim={head['cluster_features.3.weight'].shape[0]}, "
-             f"model.salad_token_dim={head['token_features.2.weight'].shape[0]}, model.fc_output_dim=null")
+    made += (
+        f", model.aggregation=salad, model.salad_clusters={head['score.3.weight'].shape[0]}, "
+        f"model.salad_cluster_dim={head['cluster_features.3.weight'].shape[0]}, "
+        f"model.salad_token_dim={head['token_features.2.weight'].shape[0]}, model.fc_output_dim=null"
+    )
     return Converted({**backbone, **_head(head)}, made=made)
 
 
@@ -154,13 +176,16 @@ def _boq(obj: dict, state: dict, origin: str) -> Converted:
     backbone, made = _backbone(body, final_norm=False)
     layers = len({k.split(".")[1] for k in head if k.startswith("boqs.")})
     queries = head["boqs.0.queries"].shape[1] if "boqs.0.queries" in head else "?"
-    made += (f", model.aggregation=boq, model.boq_proj_channels={head['proj_c.weight'].shape[0]}, "
-             f"model.boq_queries={queries}, model.boq_layers={layers}, "
-             f"model.boq_row_dim={head['fc.weight'].shape[0]}, model.fc_output_dim=null")
+    made += (
+        f", model.aggregation=boq, model.boq_proj_channels={head['proj_c.weight'].shape[0]}, "
+        f"model.boq_queries={queries}, model.boq_layers={layers}, "
+        f"model.boq_row_dim={head['fc.weight'].shape[0]}, model.fc_output_dim=null"
+    )
     return Converted({**backbone, **_head(head)}, made=made)
 
 
 MIXVPR = Layout("MixVPR (amaralibey/MixVPR)", _claims(("backbone.model.",), _MIXVPR, "row_proj.weight"), _mixvpr)
 SALAD = Layout("SALAD (serizba/salad)", _claims(("backbone.model.",), _SALAD, "dust_bin"), _salad)
-BOQ = Layout("BoQ (amaralibey/Bag-of-Queries)", _claims(("backbone.net.", "backbone.dino."), _BOQ, "proj_c.weight"),
-             _boq)
+BOQ = Layout(
+    "BoQ (amaralibey/Bag-of-Queries)", _claims(("backbone.net.", "backbone.dino."), _BOQ, "proj_c.weight"), _boq
+)
