@@ -255,10 +255,13 @@ def test_port_checker_catches_an_open_dashboard():
     assert not all(is_ssh_only(p) for _, p in world_open_rules(gcp_rule))
 
 
-def test_readme_firewall_commands_open_only_ssh_to_the_internet():
-    readme = (CLUSTER / "README.md").read_text().replace("\\\n", " ")
-    for line in readme.splitlines():
-        if "firewall-rules create" in line and re.search(r"--source-ranges=\S*(0\.0\.0\.0/0|::/0)", line):
+def test_guide_firewall_commands_open_only_ssh_to_the_internet():
+    """The clusters guide's gcloud commands (docs/guides/clusters.md) open SSH only to the world."""
+    guide = (CLUSTER.parent / "docs" / "guides" / "clusters.md").read_text().replace("\\\n", " ")
+    creates = [line for line in guide.splitlines() if "firewall-rules create" in line]
+    assert creates, "the clusters guide shows how to create the firewall rules"
+    for line in creates:
+        if re.search(r"--source-ranges=\S*(0\.0\.0\.0/0|::/0)", line):
             assert re.search(r"--allow=tcp:22(\s|$)", line), line
 
 

@@ -1,3 +1,3 @@
 """vgray: the Deep Visual Geo-localization Benchmark on a Ray cluster."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0.dev0"

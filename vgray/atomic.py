@@ -18,13 +18,13 @@ from typing import Iterator
 __all__ = ["temp_name", "commit", "atomic_path", "write_bytes", "write_text"]
 
 
-def temp_name(path: str | os.PathLike) -> Path:
+def temp_name(path: str | os.PathLike[str]) -> Path:
     """The temporary name beside ``path`` that this process writes before :func:`commit`."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def commit(tmp: Path, path: str | os.PathLike) -> None:
+def commit(tmp: Path, path: str | os.PathLike[str]) -> None:
     """Sync ``tmp`` to disk and move it onto ``path``; the rename is synced too."""
     path = Path(path)
     fd = os.open(tmp, os.O_RDONLY)
@@ -46,7 +46,7 @@ def commit(tmp: Path, path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path for a writer that takes a file name (``torch.save``, ``faiss.write_index``,
     ``pq.write_table``): moved onto ``path`` when the block ends, removed if it raises."""
     tmp = temp_name(path)
@@ -58,13 +58,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))

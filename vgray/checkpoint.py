@@ -26,15 +26,16 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
+import numpy._core.multiarray  # loaded by numpy itself; imported for its name in _NUMPY_GLOBALS
 import torch
 
 from vgray.atomic import atomic_path
 from vgray.errors import BadInput, shown
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike[str]]
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ PathLike = Union[str, os.PathLike]
 # Some publishers store numpy arrays and scalars beside the weights (cirtorch's meta; the paper's
 # train.py: ``recalls`` an array, ``best_r5`` an np.float64); rebuilding them runs no code, so these
 # are allowed on top of what ``weights_only`` allows (the dtype classes of the plain numeric dtypes).
-_NUMPY_GLOBALS = [
+_NUMPY_GLOBALS: List[Union[Callable[..., Any], Tuple[Callable[..., Any], str]]] = [
     np.ndarray,
     np.dtype,
     (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
@@ -104,15 +105,15 @@ MODEL_ENTRIES = ("model", "config")
 RESUME_ENTRIES = ("model", "config", "optimizer", "mining", "epoch", "best_r5", "not_improved", "history", "rng")
 
 
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _is_number(v) -> bool:
+def _is_number(v: object) -> bool:
     return _is_int(v) or isinstance(v, (float, np.floating))
 
 
-def _a(value) -> str:
+def _a(value: object) -> str:
     """``a list``, ``a str 'abc'``: what a wrong value is, for a message (cut to a short length)."""
     name = type(value).__name__
     if value is None:
@@ -128,10 +129,10 @@ def _a(value) -> str:
 class _Refuse:
     """Raises the one line ``"<what>: <entry> is <value>; allowed: <allowed>"``."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str) -> None:
         self.what = what
 
-    def __call__(self, entry: str, value, allowed: str):
+    def __call__(self, entry: str, value: object, allowed: str) -> NoReturn:
         raise BadInput(f"{self.what}: {entry} is {_a(value)}; allowed: {allowed}")
 
 
@@ -158,7 +159,7 @@ def check_checkpoint(obj: Any, what: str, resumable: bool) -> Dict[str, Any]:
     return obj
 
 
-def _check_state_dict(state, entry: str, refuse: _Refuse) -> None:
+def _check_state_dict(state: object, entry: str, refuse: _Refuse) -> None:
     if not isinstance(state, dict) or not state:
         refuse(entry, state, "a state dict (parameter names -> tensors)")
     for k, v in state.items():
@@ -168,7 +169,7 @@ def _check_state_dict(state, entry: str, refuse: _Refuse) -> None:
             refuse(f"{entry}[{shown(k, 60)}]", v, "a tensor")
 
 
-def _check_config(config, what: str, refuse: _Refuse) -> None:
+def _check_config(config: object, what: str, refuse: _Refuse) -> None:
     if not isinstance(config, dict):
         refuse("config", config, "the run's config as a mapping of sections")
     from vgray.config import load_config  # the ground's schema: sections, keys, types
@@ -202,7 +203,7 @@ def _check_training_state(obj: Dict[str, Any], refuse: _Refuse) -> None:
     _check_rng(obj["rng"], refuse)
 
 
-def _check_optimizer(state, refuse: _Refuse) -> None:
+def _check_optimizer(state: object, refuse: _Refuse) -> None:
     allowed = "a torch optimizer state (state: a mapping, param_groups: a list of mappings with params)"
     if (
         not isinstance(state, dict)
@@ -226,7 +227,7 @@ def _check_optimizer(state, refuse: _Refuse) -> None:
                 refuse(f"optimizer.state[{shown(pid, 20)}][{shown(k, 40)}]", v, "a tensor or a number")
 
 
-def _check_mining(state, refuse: _Refuse) -> None:
+def _check_mining(state: object, refuse: _Refuse) -> None:
     if not isinstance(state, dict):
         refuse("mining", state, "a mapping (the miner's cache; empty for most mining methods)")
     if "queries" in state or "negatives" in state:  # partial mining's cache of hard negatives
@@ -240,7 +241,7 @@ def _check_mining(state, refuse: _Refuse) -> None:
                 refuse(f"mining.negatives[{i}]", row, "a list of database ids")
 
 
-def _check_rng(state, refuse: _Refuse) -> None:
+def _check_rng(state: object, refuse: _Refuse) -> None:
     """Every saved RNG state is tried on a fresh generator of its kind: a state that one would
     refuse is refused here, and this process's generators are untouched."""
     if not isinstance(state, dict):
@@ -248,7 +249,7 @@ def _check_rng(state, refuse: _Refuse) -> None:
     missing = [k for k in ("python", "numpy_global", "numpy", "torch") if k not in state]
     if missing:
         refuse("rng", state, f"a mapping holding {', '.join(missing)} too")
-    trials = {
+    trials: Dict[str, Tuple[str, Callable[[Any], object]]] = {
         "python": ("a Python random state (random.getstate())", lambda v: random.Random().setstate(_tuples(v))),
         "numpy_global": (
             "numpy's global state (kind, 624 keys, pos, has_gauss, cached)",
@@ -270,7 +271,7 @@ def _check_rng(state, refuse: _Refuse) -> None:
         refuse("rng.cuda", cuda, "a list of CUDA RNG states (uint8 tensors), one per GPU")
 
 
-def _try_bit_generator(value) -> None:
+def _try_bit_generator(value: object) -> None:
     if not isinstance(value, dict) or not isinstance(value.get("bit_generator"), str):
         raise TypeError("not a bit generator state")
     kind = getattr(np.random, value["bit_generator"], None)
@@ -330,8 +331,8 @@ class Mismatch(NamedTuple):
 
     kind: str
     key: str
-    have: tuple = ()  # shape in the loaded state dict (kind "shape")
-    want: tuple = ()  # shape in the module (kind "shape")
+    have: Tuple[int, ...] = ()  # shape in the loaded state dict (kind "shape")
+    want: Tuple[int, ...] = ()  # shape in the module (kind "shape")
 
     def __str__(self) -> str:
         if self.kind == "shape":
@@ -428,11 +429,13 @@ def cuda_states_to_restore(saved: List[Any], visible: int) -> List[Tuple[int, An
     return list(enumerate(saved[:visible]))
 
 
-def _np_global_state():
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+def _np_global_state() -> Tuple[str, List[int], int, int, float]:
+    # numpy's stubs give get_state() (legacy=True by default) the type of get_state(legacy=False).
+    state = cast(Tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, cached = state
     return (kind, keys.tolist(), int(pos), int(has_gauss), float(cached))
 
 
-def _tuples(x):
+def _tuples(x: Any) -> Any:
     """``random.setstate`` wants tuples; a round trip may have turned them into lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

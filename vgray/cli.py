@@ -10,11 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional
 
+from vgray import __version__
 from vgray.console import Parser, print_figures
 from vgray.errors import BadInput
 from vgray.paths import check_output_dir, check_output_file
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def _config_args(p: argparse.ArgumentParser, with_file: bool = True) -> None:
@@ -71,8 +75,21 @@ def _datasets_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``vgray`` parser: one subcommand per entry of :data:`COMMANDS`."""
     parser = Parser(prog="vgray", description="Deep Visual Geo-localization Benchmark on a Ray cluster")
+    parser.add_argument("--version", action="version", version=f"vgray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _pipeline_parsers(sub)
+    _ray_parsers(sub)
+    _results_parsers(sub)
+    _datasets_parser(sub)
 
+    p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
+    p.add_argument("name", help="benchmark name (vgray bench list)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    return parser
+
+
+def _pipeline_parsers(sub) -> None:
+    """synth, profile, eval, train: the pipeline's own commands."""
     p = sub.add_parser("synth", help="write a VG-format synthetic dataset")
     p.add_argument("out", help="output folder")
     p.add_argument("--preset", default="tiny", help="tiny, small or large")
@@ -129,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and test extract sets above data.ray_threshold through Ray Data (default: all in-process)",
     )
 
+
+def _ray_parsers(sub) -> None:
+    """sweep and extract: the commands that run on a Ray cluster."""
     p = sub.add_parser("sweep", help="run a sweep file as Ray Tune trials; prints the summary table")
     p.add_argument("sweep", help="sweep YAML (see sweeps/)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
@@ -181,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
+
+def _results_parsers(sub) -> None:
+    """locate and report: what is made of saved descriptors and a sweep's results."""
     p = sub.add_parser("locate", help="where photos were taken: their top-k database matches and predicted position")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to locate")
     p.add_argument(
@@ -218,13 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
         "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html",
     )
     p.add_argument("--failures-only", action="store_true", help="with --predictions: only queries whose top-1 is wrong")
-
-    _datasets_parser(sub)
-
-    p = sub.add_parser("bench", help="a benchmark; prints its ratio against a baseline run beside it")
-    p.add_argument("name", help="benchmark name (vgray bench list)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
-    return parser
 
 
 def _load(args):
@@ -492,7 +508,7 @@ def cmd_datasets(args) -> int:
         return 0
     from vgray.console import progress_bar
 
-    bars = {}
+    bars: Dict[str, tqdm[NoReturn]] = {}  # folder -> its progress bar
 
     def progress(what: str, seen: int) -> None:
         bar = bars.get(what)

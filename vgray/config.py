@@ -23,7 +23,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, List, Optional, Tuple, Type, TypeVar, Union, cast
 
 import yaml
 
@@ -31,8 +31,13 @@ from vgray import registry
 from vgray.errors import BadInput, shown
 from vgray.registry import AGGREGATIONS, BACKBONES, LOSSES, MINING, PLACE_LOSSES, PLACE_MINERS, TEST_METHODS
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-def _key(default, help: str, **checks):
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _key(default: Any, help: str, **checks: Any) -> Any:
     """A config field: its default, one line of help, and optional checks.
 
     ``choices`` is a list of allowed values, or a component registry (:mod:`vgray.registry`): its
@@ -42,7 +47,7 @@ def _key(default, help: str, **checks):
     """
     meta = {"help": help, **checks}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -51,7 +56,7 @@ class DataConfig:
     root: str = _key(
         "synthetic:tiny",
         "dataset folder in the VG format, synthetic:tiny|small|large, or ground-truth "
-        "lists: FOLDER, FOLDER/NAME or IMAGES::LISTS (README: ground-truth lists)",
+        "lists: FOLDER, FOLDER/NAME or IMAGES::LISTS (docs: the datasets guide)",
     )
     layout: str = _key(
         "vg",
@@ -68,7 +73,7 @@ class DataConfig:
         "im2im",
         "val/test queries of MSLS's raw layout (train_val/<city>/): im2im (MSLS's "
         "image-to-image set, 740 on its val), all (every non-panorama query, ~11k, "
-        "as the VG downloader formats it); README: MSLS",
+        "as the VG downloader formats it); docs: the datasets guide, MSLS",
         choices=["im2im", "all"],
     )
     resize: List[int] = _key([480, 640], "[H, W] of train and test images", positive=True, length=2)
@@ -103,7 +108,7 @@ class DataConfig:
     )
 
     @property
-    def image_size(self) -> tuple:
+    def image_size(self) -> Tuple[int, ...]:
         """``(H, W)`` fed to the network: ``resize`` scaled by ``resize_fraction``."""
         return tuple(max(1, round(s * self.resize_fraction)) for s in self.resize)
 
@@ -330,6 +335,9 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole config: the sections ``data``, ``model``, ``train`` and ``test``, and ``seed``,
+    ``device``, ``precision``; frozen (``replace`` makes a validated copy)."""
+
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset and images"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "network"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training protocol"})
@@ -353,7 +361,7 @@ class Config:
         flat = {k: v for k, v in self.flat().items() if k != "seed"}
         return hashlib.sha1(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
-    def replace(self, **dotted) -> "Config":
+    def replace(self, **dotted: Any) -> "Config":
         """A copy with dotted keys changed (``cfg.replace(**{"model.l2": "none"})``), validated."""
         tree = self.to_dict()
         for k, v in dotted.items():
@@ -377,9 +385,9 @@ def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def _section_type(dotted: str):
+def _section_type(dotted: str) -> Optional[type]:
     """The dataclass a dotted key names, or None when it names a leaf (or nothing)."""
-    cls = Config
+    cls: type = Config
     for part in dotted.split("."):
         hints = _hints(cls)
         if part not in hints or not dataclasses.is_dataclass(hints[part]):
@@ -391,21 +399,21 @@ def _section_type(dotted: str):
 _HINTS: Dict[type, Dict[str, Any]] = {}
 
 
-def _hints(cls) -> Dict[str, Any]:
+def _hints(cls: type) -> Dict[str, Any]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
 
 
-def all_keys() -> Dict[str, dataclasses.Field]:
+def all_keys() -> Dict[str, dataclasses.Field[Any]]:
     """Every leaf key, dotted, with its dataclass field (for help and for sweep-key checks)."""
-    out = {}
+    out: Dict[str, dataclasses.Field[Any]] = {}
 
-    def walk(cls, prefix):
+    def walk(cls: Type[DataclassInstance], prefix: str) -> None:
         for f in dataclasses.fields(cls):
             t = _hints(cls)[f.name]
-            if dataclasses.is_dataclass(t):
-                walk(t, prefix + f.name + ".")
+            if dataclasses.is_dataclass(t):  # a section: its annotation is its class
+                walk(cast("Type[DataclassInstance]", t), prefix + f.name + ".")
             else:
                 out[prefix + f.name] = f
 
@@ -413,7 +421,7 @@ def all_keys() -> Dict[str, dataclasses.Field]:
     return out
 
 
-def _unknown(key: str, valid) -> BadInput:
+def _unknown(key: str, valid: Iterable[str]) -> BadInput:
     near = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     return BadInput(f"unknown config key '{key}'{hint} (vgray eval --help-config lists them)")
@@ -460,7 +468,7 @@ def _expand(value: str) -> str:
     return os.path.expanduser(out) if out.startswith("~") else out
 
 
-def _coerce(dotted: str, value: Any, t) -> Any:
+def _coerce(dotted: str, value: Any, t: Any) -> Any:
     """``value`` checked against the annotated type ``t`` (an int is accepted for a float)."""
     origin = typing.get_origin(t)
     args = typing.get_args(t)
@@ -502,13 +510,13 @@ def _coerce(dotted: str, value: Any, t) -> Any:
     raise TypeError(f"unsupported config type {t} for {dotted}")
 
 
-def _numbers(value):
+def _numbers(value: object) -> List[float]:
     if isinstance(value, (list, tuple)):
         return [x for v in value for x in _numbers(v)]
     return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
-def _check_field(dotted: str, f: dataclasses.Field, value: Any) -> None:
+def _check_field(dotted: str, f: dataclasses.Field[Any], value: Any) -> None:
     meta = f.metadata
     if value is None:
         return
@@ -529,7 +537,7 @@ def _check_field(dotted: str, f: dataclasses.Field, value: Any) -> None:
         raise BadInput(f"{dotted}={shown(value)} must have {meta['length']} values")
 
 
-def _build(cls, tree: Dict[str, Any], prefix: str):
+def _build(cls: Type[_Section], tree: Dict[str, Any], prefix: str) -> _Section:
     hints = _hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     for k in tree:
@@ -547,7 +555,8 @@ def _build(cls, tree: Dict[str, Any], prefix: str):
                     f"{dotted}={shown(section)} is a section, not a value: set its keys "
                     f"({dotted}.{example}=...) or give it a mapping"
                 )
-            kwargs[name] = _build(t, section or {}, dotted + ".")
+            # a section: its annotation is its class
+            kwargs[name] = _build(cast("Type[DataclassInstance]", t), section or {}, dotted + ".")
             continue
         if name in tree:
             value = _coerce(dotted, tree[name], t)
@@ -567,7 +576,7 @@ def from_dict(tree: Dict[str, Any]) -> Config:
     return cfg
 
 
-def parse_override(text: str) -> tuple:
+def parse_override(text: str) -> Tuple[str, Any]:
     """``"model.backbone=vgg16"`` -> ``("model.backbone", "vgg16")``; the value is read as YAML."""
     if "=" not in text:
         raise BadInput(f"--set {text!r} must look like key=value (e.g. model.backbone=vgg16)")
@@ -583,9 +592,9 @@ class _Loader(yaml.SafeLoader):
     """The safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently).
     Merge keys (``<<: *base``) may be overridden, as YAML means them to be."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Hashable, Any]:
         if isinstance(node, yaml.MappingNode):
-            seen = {}
+            seen: Dict[Hashable, int] = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
@@ -606,13 +615,13 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _expanded_size(node, limit: int) -> int:
+def _expanded_size(node: yaml.Node, limit: int) -> int:
     """The number of nodes ``node`` stands for once its aliases are expanded (each alias counts
     the whole node it names), computed on the composed graph without expanding it; stops early past
     ``limit``. A billion-laughs document of 1 KB stands for 10⁹ nodes."""
-    memo = {}
+    memo: Dict[int, int] = {}
 
-    def size(n) -> int:
+    def size(n: yaml.Node) -> int:
         key = id(n)
         if key in memo:
             return memo[key]
@@ -662,7 +671,7 @@ def parse_yaml(text: str, where: str) -> Any:
             loader.dispose()
 
 
-def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
+def read_yaml(path: str | os.PathLike[str], what: str = "config") -> Any:
     """Parse a YAML file (:func:`parse_yaml`); unreadable, not UTF-8 or malformed files are bad input."""
     p = Path(path)
     try:
@@ -678,10 +687,16 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
     return parse_yaml(text, f"{what} file {p}")
 
 
-def load_config(path: Optional[str | os.PathLike] = None, overrides=(), base: Optional[Dict] = None) -> Config:
+def load_config(
+    path: Optional[str | os.PathLike[str]] = None,
+    overrides: Iterable[Union[str, Tuple[str, Any]]] = (),
+    base: Optional[Dict[str, Any]] = None,
+) -> Config:
     """Defaults, then ``base`` (a dict), then the YAML file at ``path``, then ``--set`` overrides.
 
-    ``overrides`` holds ``"key=value"`` strings or ``(key, value)`` pairs.
+    ``overrides`` holds ``"key=value"`` strings or ``(key, value)`` pairs. Returns the validated,
+    frozen :class:`Config`; a bad file, key, value or combination raises
+    :class:`~vgray.errors.BadInput` naming it (``load_config(overrides=["model.backbone=vgg16"])``).
     """
     tree = Config().to_dict()
     if base:
@@ -715,9 +730,9 @@ def cross_check(cfg: Config) -> None:
         if family.key is None or not family.filled():
             continue
         flat = flat or cfg.flat()
-        check = family.info(flat[family.key]).get("check")
-        if callable(check):
-            check(cfg)
+        member_check = family.info(flat[family.key]).get("check")
+        if callable(member_check):
+            member_check(cfg)
     if cfg.train.queries_per_epoch % cfg.train.cache_refresh_rate:
         raise BadInput(
             f"train.queries_per_epoch={cfg.train.queries_per_epoch} must be a multiple of "
@@ -765,7 +780,7 @@ def help_text() -> str:
     return "config keys (dotted; set with --set key=value, value read as YAML):\n" + "\n".join(lines)
 
 
-def build_checked(cls, tree: Any, prefix: str):
+def build_checked(cls: Type[_Section], tree: Any, prefix: str) -> _Section:
     """An instance of the dataclass ``cls`` from the mapping ``tree``, by the rules of the config's
     sections: each value coerced to its field's annotated type and checked against the field's
     metadata (``choices``, ``positive``, ``range``, ``length``, as :func:`_key` writes them), the

@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, List, Literal, Mapping, NoReturn, Optional, TextIO
 
 from vgray.atomic import write_text
 from vgray.errors import BadInput
+
+if TYPE_CHECKING:
+    import threading
+
+    from tqdm import tqdm
 
 
 class Parser(argparse.ArgumentParser):
@@ -23,11 +28,11 @@ class Parser(argparse.ArgumentParser):
     stderr before it exits 2 (argparse's own error() prints the usage, then exits).
     """
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def format_value(value, decimals: int = 2) -> str:
+def format_value(value: object, decimals: int = 2) -> str:
     """A figure as printed: floats with ``decimals`` decimals, or 3 significant digits when that
     would print a small non-zero value as 0; anything else as ``str``."""
     if isinstance(value, float):
@@ -37,7 +42,7 @@ def format_value(value, decimals: int = 2) -> str:
     return str(value)
 
 
-def write_json(path: Optional[str], figures: Dict) -> None:
+def write_json(path: Optional[str], figures: Mapping[str, object]) -> None:
     """Write ``figures`` to ``path`` as one indented JSON object (atomically, parent folders
     created); nothing when ``path`` is empty."""
     if not path:
@@ -48,7 +53,7 @@ def write_json(path: Optional[str], figures: Dict) -> None:
 
 
 def print_figures(
-    figures: Dict, title: Optional[str] = None, json_path: Optional[str] = None, decimals: int = 2
+    figures: Mapping[str, object], title: Optional[str] = None, json_path: Optional[str] = None, decimals: int = 2
 ) -> None:
     """Print one figure a line, names aligned, in the order of ``figures``; under ``title``
     (indented by two) when one is given. Then :func:`write_json` to ``json_path``."""
@@ -70,12 +75,12 @@ class LibraryWarnings:
     how many there were and where. Processes vgray forks (loader workers) inherit the handler and
     append to the same log."""
 
-    def __init__(self):
-        self.caught: list = []
-        self._saved = None
-        self._owner = None
+    def __init__(self) -> None:
+        self.caught: List[str] = []
+        self._saved: Optional[Callable[..., None]] = None
+        self._owner: Optional[int] = None
 
-    def __enter__(self):
+    def __enter__(self) -> LibraryWarnings:
         import os
         import warnings
 
@@ -84,11 +89,19 @@ class LibraryWarnings:
         warnings.showwarning = self._show
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
-    def _show(self, message, category, filename, lineno, file=None, line=None):
+    def _show(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Optional[TextIO] = None,
+        line: Optional[str] = None,
+    ) -> None:
         import os
 
         self.caught.append(f"{filename}:{lineno}: {category.__name__}: {message}")
@@ -102,7 +115,7 @@ class LibraryWarnings:
 
         return cache_dir() / "warnings.log"
 
-    def _append(self, lines) -> None:
+    def _append(self, lines: Iterable[str]) -> None:
         import sys
         import time
 
@@ -143,7 +156,7 @@ def progress_bar(
     unit: str = "it",
     enabled: bool = True,
     bar_format: Optional[str] = None,
-):
+) -> tqdm[NoReturn]:
     """The tqdm bar of a long step, the same look for every step (extraction, synthetic worlds,
     NetVLAD's initialisation, PCA, faiss indexes): on stderr, erased when done, as wide as the
     terminal. One rule decides whether it shows: ``enabled`` (a command's progress flag,
@@ -176,11 +189,12 @@ class progress_step:
             kmeans.train(x)
     """
 
-    def __init__(self, desc: str, enabled: bool = True):
+    def __init__(self, desc: str, enabled: bool = True) -> None:
         self.bar = progress_bar(desc=desc, enabled=enabled, bar_format="{desc}: running {elapsed}")
-        self._stop = self._thread = None
+        self._stop: Optional[threading.Event] = None
+        self._thread: Optional[threading.Thread] = None
 
-    def __enter__(self):
+    def __enter__(self) -> progress_step:
         if not self.bar.disable:
             import threading
 
@@ -191,11 +205,13 @@ class progress_step:
         return self
 
     def _tick(self) -> None:
+        assert self._stop is not None  # set before the thread that runs this starts
         while not self._stop.wait(0.5):
             self.bar.refresh()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._thread is not None:
+            assert self._stop is not None  # set together with the thread
             self._stop.set()
             self._thread.join()
         self.bar.close()

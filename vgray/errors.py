@@ -20,7 +20,7 @@ MAX_MESSAGE = 2000
 MAX_VALUE = 80
 
 
-def shown(value, limit: int = MAX_VALUE) -> str:
+def shown(value: object, limit: int = MAX_VALUE) -> str:
     """``repr(value)`` for a message, cut to ``limit`` characters (a value the user typed can be
     a whole YAML document, a path list or a 10 MB string)."""
     try:

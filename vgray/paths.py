@@ -17,7 +17,7 @@ def cache_dir() -> Path:
     return path
 
 
-def _existing_ancestor(path: Path, what: str, given) -> Path:
+def _existing_ancestor(path: Path, what: str, given: object) -> Path:
     """The nearest existing folder at or above ``path``; BadInput when a file stands in the way or
     the folder cannot be written."""
     probe = path
@@ -30,7 +30,7 @@ def _existing_ancestor(path: Path, what: str, given) -> Path:
     return probe
 
 
-def check_output_dir(path, what: str) -> Path:
+def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` as a folder vgray may create or write into (``what``: the option that named it, such
     as ``--out``); BadInput before anything runs when it is a file, lies under a file, or cannot be
     written."""
@@ -41,7 +41,7 @@ def check_output_dir(path, what: str) -> Path:
     return p
 
 
-def check_output_file(path, what: str) -> Path:
+def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` as a file vgray may write (``what``: the option, such as ``--json``); BadInput before
     anything runs when it is a folder, lies under a file, or its folder cannot be written."""
     p = Path(os.path.expanduser(str(path)))

@@ -18,9 +18,11 @@ aggregation interface, and their facts, are documented in one place: :mod:`vgray
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from vgray.errors import BadInput
+
+_Builder = TypeVar("_Builder", bound=Callable[..., Any])
 
 
 class Registry:
@@ -34,11 +36,11 @@ class Registry:
     def __init__(self, family: str, key: Optional[str] = None):
         self.family = family
         self.key = key
-        self._builders: Dict[str, Callable] = {}
+        self._builders: Dict[str, Callable[..., Any]] = {}
         self._info: Dict[str, Dict[str, Any]] = {}
 
-    def register(self, name: str, **info) -> Callable:
-        def decorator(builder: Callable) -> Callable:
+    def register(self, name: str, **info: Any) -> Callable[[_Builder], _Builder]:
+        def decorator(builder: _Builder) -> _Builder:
             if name in self._builders:
                 raise ValueError(f"{self.family} '{name}' registered twice")
             self._builders[name] = builder
@@ -58,11 +60,12 @@ class Registry:
         self.check(name)
         return self._info[name]
 
-    def type_of(self, name: str) -> type:
+    def type_of(self, name: str) -> Any:
         """The class member ``name`` builds (its ``type`` fact), whose attributes declare its interface."""
+        # Any: each family's classes (vgray.models.components) lie above the ground.
         return self.info(name)["type"]
 
-    def create(self, name: str, *args, **kwargs):
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self.check(name)
         return self._builders[name](*args, **kwargs)
 

@@ -23,13 +23,16 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vgray.errors import BadInput
+
+if TYPE_CHECKING:
+    from vgray.config import Config
 
 RESULTS_FILE = "results.parquet"
 SUMMARY_MD = "summary.md"
@@ -60,7 +63,7 @@ Row = Dict[str, Any]
 
 
 def make_row(
-    cfg,
+    cfg: Config,
     trial_id: str,
     name: str,
     result: Dict[str, Any],
@@ -118,7 +121,8 @@ def rows_to_parquet(rows: List[Row]) -> bytes:
 
 def rows_from_parquet(data: bytes) -> List[Row]:
     """The rows of a ``results.parquet`` file's bytes."""
-    return pq.read_table(io.BytesIO(data)).to_pylist()
+    rows: List[Row] = pq.read_table(io.BytesIO(data)).to_pylist()
+    return rows
 
 
 def load_rows(directory: str | Path) -> List[Row]:

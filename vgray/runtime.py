@@ -10,9 +10,9 @@ or split to one shape so that it compiles once; images of another size run eager
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 
@@ -135,7 +135,7 @@ class Runtime:
     compile: bool = False  # test.compile
 
     @classmethod
-    def from_config(cls, cfg, progress: bool = True) -> "Runtime":
+    def from_config(cls, cfg: Any, progress: bool = True) -> "Runtime":
         """The runtime of a config (``device``, ``precision``, ``test.batch_size``, ``test.compile``,
         ``data.num_workers``, ``data.skip_corrupt``, ``data.decode``)."""
         device = resolve_device(cfg.device)
@@ -157,7 +157,7 @@ class Runtime:
             raise BadInput(f"data.decode={self.decode!r} is not allowed; choose one of: {', '.join(DECODERS)}")
         return not (self.decode == "pil" or (self.decode == "auto" and self.device.type != "cuda"))
 
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager[None]:
         """The autocast context of this runtime's dtype (none in fp32)."""
         if self.dtype == torch.float32:
             return nullcontext()
@@ -167,14 +167,15 @@ class Runtime:
     # (measured 1.3x on ResNet-18 conv4 here, 2 CPU cores).
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` on the device, channels-last, in eval mode; compiled with ``test.compile``."""
-        model = model.to(self.device, memory_format=torch.channels_last).eval()
+        # torch's stubs lack Module.to(device, memory_format=...), which Module.to accepts.
+        model = model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         return compiled(model) if self.compile else model
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` on the device, channels-last (non-blocking from pinned memory)."""
         return images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
-    def forward(self, model, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """``model(images)`` (images on the device). Compiled, one graph per model and input shape
         class: a short batch is padded with zeros to ``batch_size`` (eval-mode networks treat
         samples independently) and a longer one split into ``batch_size`` pieces, so that one graph
@@ -183,7 +184,7 @@ class Runtime:
         of compiling again. A compiler that cannot work here ends in one line."""
         if not self.compile:
             return model(images)
-        eager = getattr(model, "_orig_mod", None)
+        eager: Optional[Callable[[torch.Tensor], torch.Tensor]] = getattr(model, "_orig_mod", None)
         if eager is not None:
             size = tuple(images.shape[1:])
             if model.__dict__.setdefault("_vgray_image_shape", size) != size:
@@ -212,21 +213,23 @@ class _CompiledSlot:
     """Holds a model's compiled wrapper in the model's ``__dict__`` (not a submodule, so not in its
     state dict); a copy or pickle of the model gets an empty slot, never the compiled graph."""
 
-    def __init__(self, module=None):
+    def __init__(self, module: Optional[torch.nn.Module] = None) -> None:
         self.module = module
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: Dict[int, object]) -> _CompiledSlot:
         return _CompiledSlot()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[type[_CompiledSlot], Tuple[()]]:
         return _CompiledSlot, ()
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile(model)``, made once per model object and kept with it (it lives and dies
     with the model), so that repeated extractions do not compile again."""
-    slot = model.__dict__.get("_vgray_compiled")
+    slot: Optional[_CompiledSlot] = model.__dict__.get("_vgray_compiled")
     if slot is None or slot.module is None:
-        slot = _CompiledSlot(torch.compile(model, dynamic=False))
+        # torch.compile of a Module is an OptimizedModule, a Module (its stubs say a callable).
+        slot = _CompiledSlot(cast(torch.nn.Module, torch.compile(model, dynamic=False)))
         model.__dict__["_vgray_compiled"] = slot
+    assert slot.module is not None  # compiled just above, or by an earlier call
     return slot.module

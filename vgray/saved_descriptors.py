@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -40,12 +40,29 @@ from vgray.atomic import atomic_path, commit, temp_name, write_text
 from vgray.checkpoint import load_fitting, read_state_dict
 from vgray.errors import BadInput, faiss_message, shown
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from vgray.config import Config
+
 CONFIG_FILE, MODEL_FILE, PCA_FILE = "config.yaml", "model.pt", "pca.faiss"
 DATABASE_FILE, QUERIES_FILE = "database.parquet", "queries.parquet"
 INDEX_FILE = "database.index.faiss"  # vgray extract --index
 
 
-def descriptor_table(images, rows: np.ndarray, descriptors: np.ndarray, crop: Optional[np.ndarray] = None) -> pa.Table:
+class _Located(Protocol):
+    """Images with their positions, such as :class:`~vgray.data.dataset.ImageSet`."""
+
+    @property
+    def paths(self) -> Sequence[str]: ...
+
+    @property
+    def utm(self) -> np.ndarray: ...
+
+
+def descriptor_table(
+    images: _Located, rows: np.ndarray, descriptors: np.ndarray, crop: Optional[np.ndarray] = None
+) -> pa.Table:
     """The ``--save-descriptors`` schema for rows ``rows`` of ``images`` (anything with ``paths``
     and ``utm`` (n, 2), such as :class:`~vgray.data.dataset.ImageSet`) and their ``descriptors``
     (len(rows), d): path, utm_east, utm_north (float64), descriptor (float32 list); with ``crop``
@@ -68,10 +85,10 @@ def descriptor_table(images, rows: np.ndarray, descriptors: np.ndarray, crop: Op
 class AtomicParquet:
     """A parquet file written in pieces to a temporary name and moved into place when complete."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.tmp = temp_name(self.path)
-        self.writer = None
+        self.writer: Optional[pq.ParquetWriter] = None
         self.made_dir = False
 
     def write(self, table: pa.Table) -> None:
@@ -102,17 +119,22 @@ class DescriptorWriter:
     evaluation: database rows appended as they come, everything moved into place by
     :meth:`finish`, or nothing left behind by :meth:`abort`."""
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike[str]):
         self.out = Path(out)
         self.database = AtomicParquet(self.out / DATABASE_FILE)
         self.queries = AtomicParquet(self.out / QUERIES_FILE)
 
-    def add_database(self, images, rows: np.ndarray, xb: np.ndarray) -> None:
+    def add_database(self, images: _Located, rows: np.ndarray, xb: np.ndarray) -> None:
         """Append database rows ``rows`` of ``images`` with their descriptors ``xb``."""
         self.database.write(descriptor_table(images, rows, xb))
 
     def finish(
-        self, images, rows: np.ndarray, xq: np.ndarray, views: int, pca: Optional[faiss.VectorTransform] = None
+        self,
+        images: _Located,
+        rows: np.ndarray,
+        xq: np.ndarray,
+        views: int,
+        pca: Optional[faiss.VectorTransform] = None,
     ) -> None:
         """Write the queries (``rows`` of ``images``; ``xq`` holds ``views`` rows per query,
         query-major: a ``crop`` column when more than one) and ``pca``, then move every file into place."""
@@ -154,17 +176,20 @@ ALLOWED = {
 
 def _type_fits(name: str, t: pa.DataType) -> bool:
     if name == "path":
-        return pa.types.is_string(t) or pa.types.is_large_string(t)
+        return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
     if name in ("utm_east", "utm_north"):
-        return pa.types.is_floating(t) or pa.types.is_integer(t)
+        return bool(pa.types.is_floating(t) or pa.types.is_integer(t))
     if name == "descriptor":
-        return (
-            pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
-        ) and pa.types.is_floating(t.value_type)
-    return pa.types.is_integer(t)  # crop
+        return bool(
+            (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
+            and pa.types.is_floating(t.value_type)
+        )
+    return bool(pa.types.is_integer(t))  # crop
 
 
-def descriptor_dim(path: str | os.PathLike, what: str, columns=("path", "utm_east", "utm_north", "descriptor")) -> int:
+def descriptor_dim(
+    path: str | os.PathLike[str], what: str, columns: Sequence[str] = ("path", "utm_east", "utm_north", "descriptor")
+) -> int:
     """Check the schema of the descriptor table at ``path`` (each of ``columns`` present, of an
     allowed type) without reading its rows; returns the descriptor size when it is fixed by the
     type (a fixed-size list), else 0. ``what`` names the file in the one-line BadInput."""
@@ -196,7 +221,7 @@ def _row(table: pa.Table, i: int) -> str:
     return f"row {i} ({shown(os.path.basename(path), 60)})" if isinstance(path, str) else f"row {i}"
 
 
-def _first(mask: np.ndarray) -> int:
+def _first(mask: npt.ArrayLike) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
@@ -264,9 +289,9 @@ class CheckedTable(NamedTuple):
 
 
 def read_descriptor_table(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     what: str,
-    columns=("path", "utm_east", "utm_north", "descriptor"),
+    columns: Sequence[str] = ("path", "utm_east", "utm_north", "descriptor"),
     dim: Optional[int] = None,
 ) -> CheckedTable:
     """The one reader of descriptor tables: ``columns`` of the parquet file at ``path``, after
@@ -281,7 +306,7 @@ def read_descriptor_table(
     return CheckedTable(table, *check_rows(table, what, dim))
 
 
-def read_descriptors(path: str | os.PathLike, flag: str = "--descriptors") -> Tuple[np.ndarray, np.ndarray]:
+def read_descriptors(path: str | os.PathLike[str], flag: str = "--descriptors") -> Tuple[np.ndarray, np.ndarray]:
     """``(x (n, d) float32, utm (n, 2) float64)`` of a single-view descriptor table; a missing,
     foreign or multi-crop file is bad input, named after ``flag`` (the option that gave it)."""
     path = Path(path)
@@ -302,10 +327,11 @@ def read_descriptors(path: str | os.PathLike, flag: str = "--descriptors") -> Tu
         what,
         ("path", "utm_east", "utm_north", "descriptor") if "path" in names else ("utm_east", "utm_north", "descriptor"),
     )  # path: optional for other tools
+    assert checked.x is not None and checked.utm is not None  # their columns were read
     return checked.x, checked.utm
 
 
-def write_model(out: str | os.PathLike, cfg, model: torch.nn.Module) -> None:
+def write_model(out: str | os.PathLike[str], cfg: Config, model: torch.nn.Module) -> None:
     """``out/config.yaml`` (the full config) and ``out/model.pt`` (the state dict as evaluated),
     each written to a temporary file and moved into place."""
     out = Path(out)
@@ -316,7 +342,7 @@ def write_model(out: str | os.PathLike, cfg, model: torch.nn.Module) -> None:
         torch.save(state, tmp)
 
 
-def load_model(root: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Module:
+def load_model(root: str | os.PathLike[str], model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with the weights of ``root/model.pt``; a file that does not hold that network is
     bad input naming the folder."""
     what = f"--database {Path(root)}: {MODEL_FILE}"
@@ -325,7 +351,7 @@ def load_model(root: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Modu
     return model
 
 
-def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike) -> None:
+def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike[str]) -> None:
     """Write ``pca`` to ``path`` atomically (a temporary file moved into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +359,7 @@ def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike) -> None:
         faiss.write_VectorTransform(pca, str(tmp))
 
 
-def load_pca(path: str | os.PathLike) -> faiss.PCAMatrix:
+def load_pca(path: str | os.PathLike[str]) -> faiss.PCAMatrix:
     """The PCA saved at ``path``; a missing or foreign file is bad input naming it."""
     path = Path(path)
     if not path.is_file():
@@ -352,7 +378,7 @@ class Database:
     """A saved descriptor folder: config, paths and UTM positions of the database, descriptor size."""
 
     root: Path
-    cfg: object
+    cfg: Config
     paths: List[str]
     utm: np.ndarray  # (n, 2) float64
     d: int
@@ -363,6 +389,7 @@ class Database:
         changed file gets another cache key)."""
         what = f"--database {self.root}: {DATABASE_FILE}"
         x = read_descriptor_table(self.root / DATABASE_FILE, what, ("path", "descriptor"), dim=self.d).x
+        assert x is not None  # its column was read
         if len(x) != len(self.paths):
             raise BadInput(f"{what} changed while it was read ({len(self.paths)} rows, now {len(x)})")
         return x
@@ -372,7 +399,7 @@ class Database:
         return load_pca(self.root / PCA_FILE) if (self.root / PCA_FILE).is_file() else None
 
 
-def expected_dim(cfg, root: Path) -> Optional[int]:
+def expected_dim(cfg: Config, root: Path) -> Optional[int]:
     """The descriptor size a folder's config fixes without building its network: the PCA's output
     (``pca.faiss``, else ``model.pca_dim``) or ``model.fc_output_dim``; None when only the network knows."""
     if (root / PCA_FILE).is_file():
@@ -380,7 +407,7 @@ def expected_dim(cfg, root: Path) -> Optional[int]:
     return cfg.model.pca_dim or cfg.model.fc_output_dim
 
 
-def open_database(root: str | os.PathLike) -> Database:
+def open_database(root: str | os.PathLike[str]) -> Database:
     """Read ``DIR/config.yaml`` and ``DIR/database.parquet`` (its paths and coordinates, checked by
     :func:`read_descriptor_table`; the descriptors are read when an index is built); missing or
     foreign files are bad input."""
@@ -413,6 +440,7 @@ def open_database(root: str | os.PathLike) -> Database:
     if not d:  # a plain list column: its size is that of the rows (checked when they are read)
         first = pq.read_table(root / DATABASE_FILE, columns=["descriptor"]).slice(0, 1).column("descriptor")
         d = len(first[0].as_py() or [])
+    assert checked.utm is not None  # its columns were read
     return Database(root, cfg, checked.table.column("path").to_pylist(), checked.utm, want or d)
 
 

@@ -38,13 +38,13 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 #: The four JPEG kinds: (PIL mode, save options).
-JPEG_KINDS = {
+JPEG_KINDS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "baseline": ("RGB", {}),
     "progressive": ("RGB", {"progressive": True}),
     "greyscale": ("L", {}),
@@ -66,7 +66,7 @@ def write_jpegs(folder: Path, count: int, size=(480, 640)) -> Dict[str, List[str
     """``count`` JPEG files of each kind in ``folder``: ``{kind: paths}``."""
     from PIL import Image
 
-    out = {}
+    out: Dict[str, List[str]] = {}
     for kind, (mode, options) in JPEG_KINDS.items():
         (folder / kind).mkdir(parents=True, exist_ok=True)
         out[kind] = []
@@ -147,7 +147,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def step_precision(device: str, root: str, size, extra: List[str] = ()) -> Dict[str, object]:
+def step_precision(device: str, root: str, size, extra: Sequence[str] = ()) -> Dict[str, object]:
     """NetVLAD at fp32 (TF32 off) against bf16 autocast on ``root``'s test split: recalls and
     descriptor cosine. The network is untrained (NetVLAD's clusters from the database), so the
     recalls say little of a trained model's; the cosine is the figure."""
@@ -175,9 +175,10 @@ def step_precision(device: str, root: str, size, extra: List[str] = ()) -> Dict[
     split = open_split(cfg.data.root, "test")
     rt = Runtime.from_config(cfg, progress=False)
     initialize_on_database(model, cfg, split.database, rt)
-    out, descriptors = {"device": str(rt.device), "root": root, "size": list(size)}, {}
+    out: Dict[str, Any] = {"device": str(rt.device), "root": root, "size": list(size)}
+    descriptors: Dict[str, np.ndarray] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        kept = []
+        kept: List[np.ndarray] = []
 
         def extractor(*args, kept=kept, **kwargs):
             x, valid = extract_descriptors(*args, **kwargs)
@@ -230,7 +231,7 @@ def step_heads(device: str, heads=HEADS, batch: int = 64, batches: int = 5) -> D
         rt = Runtime.from_config(cfg, progress=False)
         model = rt.prepare(build_model(cfg.model, image_size=cfg.data.image_size))
         images = rt.to_device(torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0)))
-        entry: Dict[str, object] = {"input": [side, side]}
+        entry: Dict[str, Any] = {"input": [side, side]}
         descriptors = {}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             run = dataclasses.replace(rt, dtype=dtype)
@@ -283,7 +284,7 @@ def sweep_storage() -> Path:
 def step_sweep_figures(out: Path) -> Dict[str, object]:
     """The GPU processes of the sweep (``out/sweep_gpu_procs.csv``: nvidia-smi's ``pid, name,
     MiB`` lines) with their largest memory, and the sweep's result rows (trial, device columns)."""
-    procs: Dict[str, Dict[str, object]] = {}
+    procs: Dict[str, Dict[str, Any]] = {}
     csv = out / "sweep_gpu_procs.csv"
     for line in csv.read_text().splitlines() if csv.exists() else []:
         parts = [p.strip() for p in line.split(",")]
@@ -308,8 +309,9 @@ def _cuda_tests(out: Path) -> Dict[str, object]:
     path = out / "cuda_tests.xml"
     if not path.exists():
         return {}
-    suite = ET.parse(path).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    assert suite is not None  # pytest's junit file holds a testsuite
     failed = [
         c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None or c.find("error") is not None
     ]
@@ -324,7 +326,7 @@ def assemble(out: Path) -> Dict[str, object]:
     """``out/gpu_check.json``: each step's exit status, seconds and figures (``gpu_check_STEP.json``)
     from ``out/status.tsv`` (lines ``step<TAB>rc<TAB>seconds``, written by the script), with the tail
     of its log (``STEP.log``) when it failed; a step with no status line is ``not run``."""
-    status = {}
+    status: Dict[str, Dict[str, Any]] = {}
     if (out / "status.tsv").exists():
         for line in (out / "status.tsv").read_text().splitlines():
             step, rc, seconds = line.split("\t")
@@ -344,7 +346,7 @@ def assemble(out: Path) -> Dict[str, object]:
         if entry.get("rc") not in (0, None):
             entry["log_tail"] = _log_tail(out / f"{step}.log")
         steps[step] = entry
-    result = {
+    result: Dict[str, object] = {
         "device": _device_name(),
         "torch": torch.__version__,
         "steps": steps,

@@ -9,6 +9,7 @@ positives; partial: plus ``neg_samples_num`` database images; full: the whole da
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 from vgray.train.loop import LocalDescriptors
 from vgray.train.mining import TrainingQueries, create_miner
+
+if TYPE_CHECKING:
+    import torch
 
 
 def main(argv) -> None:
@@ -48,7 +52,7 @@ def main(argv) -> None:
     cache_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
     source = LocalDescriptors(model, split, cache_transform, rt)
     if model.needs_init():
-        model.aggregation.initialized.fill_(True)
+        cast("torch.Tensor", model.aggregation.initialized).fill_(True)  # NetVLAD's buffer
     figures = {
         "dataset": cfg.data.root,
         "database": len(split.database),

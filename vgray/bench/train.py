@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import cast
 
 import torch
 
@@ -52,7 +53,7 @@ def main(argv) -> None:
     rt = Runtime.from_config(cfg, progress=False)
     base = build_model(cfg.model, image_size=cfg.data.image_size)
     if base.needs_init():  # NetVLAD: any clusters do for timing
-        base.aggregation.initialized.fill_(True)
+        cast(torch.Tensor, base.aggregation.initialized).fill_(True)  # NetVLAD's buffer
     ours_model = rt.prepare(copy.deepcopy(base)).train()
     plain_model = copy.deepcopy(base).to(rt.device).train()
     ours_opt, plain_opt = make_optimizer(ours_model, cfg.train), make_optimizer(plain_model, cfg.train)

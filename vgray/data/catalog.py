@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from vgray.errors import BadInput
 
@@ -233,6 +233,7 @@ def detect_layout(root: str) -> str:
         return "lists"
     if (path / "Dataframes").is_dir() and (path / "Images").is_dir():
         return "gsv_cities"
+    is_msls_raw: Optional[Callable[[Path], bool]]
     try:
         from vgray.data.msls import is_msls_raw  # written alongside; absent in older trees
     except ImportError:
@@ -305,14 +306,18 @@ def check(
             f"database/queries splits to count; check the VG-format or list sets it is tested on"
         )
     entry = known(name) if name else None
-    splits = {}
+    splits: Dict[str, Dict[str, Any]] = {}
     for split in _splits_present(root, layout):
         if layout == "vg" and progress is not None:
             # Index each folder here, with the progress bar; open_split then reads the cached index.
             top = ds.split_dir(Path(root).expanduser(), split)
             for role in ROLES:
                 if (top / role).is_dir():
-                    ds.index_images(top / role, lambda n, what=f"{split}/{role}": progress(what, n))
+
+                    def report(n: int, what: str = f"{split}/{role}") -> None:
+                        progress(what, n)
+
+                    ds.index_images(top / role, report)
         s = ds.open_split(root, split)
         used, without = None, None
         if positives:
@@ -332,7 +337,7 @@ def check(
     mismatches = []
     for split, v in splits.items():
         for role in ROLES:
-            want = entry.published(split, role) if comparable else None
+            want = entry.published(split, role) if comparable and entry is not None else None
             v[f"published_{role}"] = want
             if want is not None and want != v[role]:
                 mismatches.append(f"{split}/{role}: {v[role]} found, {want} published")

@@ -88,7 +88,7 @@ def parse_names(names: pa.Array, rel: pa.Array, top: Path) -> Dict[str, object]:
     BadInput names the first file (in ``rel``'s order) whose name carries no coordinates, as
     :func:`parse_name` would."""
     split = pc.split_pattern(names, "@")
-    columns = {}
+    columns: Dict[str, object] = {}
     for key, k in (("utm_east", 1), ("utm_north", 2)):
         strings, has = _field(split, k)
         values = _to_float(pc.if_else(pa.array(has), strings, "x"))
@@ -213,7 +213,7 @@ def split_dir(root: Path, split: str) -> Path:
     )
 
 
-def _walk(top: Path, progress: Optional[Callable[[int], None]] = None):
+def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
     """The index of the image files under ``top``: ``(columns, dirs)``, ``columns`` the paths
     relative to ``top`` (Arrow strings, sorted as Python sorts them) with :func:`parse_names`'s
     columns in the same order, ``dirs`` every directory's mtime.
@@ -226,7 +226,9 @@ def _walk(top: Path, progress: Optional[Callable[[int], None]] = None):
     numbers rather than Python objects, and the parse's temporary arrays stay the size of one batch.
     ``progress(files seen)`` after each directory."""
     dirs: Dict[str, int] = {}
-    rel_chunks, parsed, pending = [], [], []
+    rel_chunks: List[pa.Array] = []
+    parsed: List[Dict[str, object]] = []
+    pending: List[tuple[pa.Array, pa.Array]] = []  # (names, paths relative to top)
     state = {"seen": 0, "pending": 0, "failed": False}
 
     def flush() -> None:
@@ -377,7 +379,8 @@ def _image_set(top: Path, batches) -> ImageSet:
     """An :class:`ImageSet` from the index's record batches, a batch at a time, so that the Python
     lists it returns never sit beside a second full copy of the index (paths joined per batch; each
     distinct note one Python string, shared)."""
-    prefix, paths, notes, numbers = str(top) + os.sep, [], [], {"utm_east": [], "utm_north": [], "heading": []}
+    prefix, paths, notes = str(top) + os.sep, [], []
+    numbers: Dict[str, List[np.ndarray]] = {"utm_east": [], "utm_north": [], "heading": []}
     for batch in batches:
         paths.extend(pc.binary_join_element_wise(prefix, batch.column("path"), "").to_pylist())
         for key, parts in numbers.items():

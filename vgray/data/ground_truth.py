@@ -65,7 +65,7 @@ def _pickle_callables() -> dict:
 
     reconstruct = np.zeros(1).__reduce__()[0]
     scalar = np.int64(0).__reduce__()[0]
-    allowed = {("_codecs", "encode"): codecs.encode}
+    allowed: dict[tuple[str, str], object] = {("_codecs", "encode"): codecs.encode}
     for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar

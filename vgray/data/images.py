@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import os
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -89,6 +89,10 @@ class SafeDataset(Dataset, abc.ABC):
     """A dataset whose items read image files. An unreadable image is returned as
     ``(None, i, (path, message))``, not raised, so that the main process can name the file in one
     line (an exception raised in a loader worker arrives wrapped in a traceback)."""
+
+    if TYPE_CHECKING:  # every dataset of images has its length (each subclass defines it)
+
+        def __len__(self) -> int: ...
 
     @abc.abstractmethod
     def load(self, i: int):
@@ -194,7 +198,9 @@ class ByteBatch:
         return (self[k] for k in range(len(self)))
 
 
-def decode_on_device(items: Sequence[Tuple[str, torch.Tensor]], paths: Sequence[str], device: torch.device):
+def decode_on_device(
+    items: Union[Sequence[Tuple[str, torch.Tensor]], ByteBatch], paths: Sequence[str], device: torch.device
+):
     """``(images, errors)``: uint8 (3, h, w) tensors on ``device`` (None where unreadable) for
     :class:`EncodedImages` items (a list or a :class:`ByteBatch`); the JPEGs in one batched
     ``decode_jpeg`` call on ``device`` (nvjpeg takes the views: 1-D, contiguous, on the CPU). If

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -234,7 +234,7 @@ def _read_images(root: Path, city: str, role: str) -> _Images:
     )
 
 
-def _concat(parts: Sequence[_Images]) -> Dict[str, object]:
+def _concat(parts: Sequence[_Images]) -> Dict[str, Any]:
     """The cities' images one after the other, as :class:`~vgray.data.dataset.ImageSet`'s fields."""
     return {
         "paths": [p for part in parts for p in part.paths],

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vgray.errors import BadInput
+
+if TYPE_CHECKING:
+    from ray.tune import PlacementGroupFactory
 
 # CPUs of a trial's extraction bundle unless the sweep says otherwise (resources.extract_cpu).
 DEFAULT_EXTRACT_CPU = 1
@@ -92,7 +95,7 @@ class RayExtractor:
         return out, valid
 
 
-def _budget() -> Optional[Dict[str, object]]:
+def _budget() -> Optional[Dict[str, Any]]:
     """Where the pipeline may run: outside a placement group, the whole cluster
     (``{"pg": None}``); inside one (a Tune trial), its bundles after the first (the trainer's):
     ``{"pg": group, "cpu": n, "gpu": n}``, or None when it has no such bundle."""
@@ -109,7 +112,7 @@ def _budget() -> Optional[Dict[str, object]]:
     return {"pg": pg, "cpu": cpu, "gpu": gpu}
 
 
-def _plan(budget: Dict[str, object], actors: Optional[int]) -> Dict[str, object]:
+def _plan(budget: Dict[str, Any], actors: Optional[int]) -> Dict[str, Any]:
     """Actors and per-stage resources. Outside a placement group: as ``vgray extract`` (one actor
     per GPU, else half the CPUs, decode tasks on 1 CPU and a memory request; CPU actors share what
     is left when more are asked for). Inside: what fits the extraction bundles, leaving room for a
@@ -229,14 +232,14 @@ def trial_bundles(resources: Dict[str, float], cfg) -> list:
     return bundles
 
 
-def trial_resources(spec) -> Callable[[dict], object]:
+def trial_resources(spec) -> Callable[[dict], PlacementGroupFactory]:
     """The per-trial resource request for ``tune.with_resources``: a PlacementGroupFactory (PACK)
     of :func:`trial_bundles` for the trial's config (its first seed)."""
     from ray.tune import PlacementGroupFactory
 
     from vgray.distributed.spec import decode_trial
 
-    def request(config: dict):
+    def request(config: dict) -> PlacementGroupFactory:
         trial = decode_trial(config)
         try:
             cfg = trial.config(trial.seeds[0])

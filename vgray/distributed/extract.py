@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, cast
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,12 @@ import pyarrow.parquet as pq
 from vgray.atomic import atomic_path
 from vgray.errors import BadInput
 from vgray.saved_descriptors import INDEX_FILE
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from vgray.data.dataset import Split
+    from vgray.models.network import GeoLocalizationNet
 
 ROLES = ("database", "queries")
 META_KEY = b"vgray"
@@ -103,7 +109,9 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def decode_images(batch: Dict[str, np.ndarray], transforms: Dict[str, object], shape: tuple) -> Dict[str, np.ndarray]:
+def decode_images(
+    batch: Dict[str, np.ndarray], transforms: Dict[str, Callable[..., Any]], shape: tuple
+) -> Dict[str, np.ndarray]:
     """Ray Data stage 1 (CPU tasks): paths -> transformed images (B, 3, H, W) float32; an image that
     cannot be read becomes zeros of ``shape`` with its message in ``error`` (the driver decides)."""
     from vgray.data.images import UnreadableImage, read_image
@@ -159,9 +167,9 @@ class _Embed:
 def pipeline(
     cfg,
     rows: List[Dict[str, object]],
-    transforms: Dict[str, object],
+    transforms: Dict[str, Callable[..., Any]],
     embed: Dict[str, object],
-    plan: Dict[str, object],
+    plan: Dict[str, Any],
     batch_size: int,
     progress: bool,
 ):
@@ -181,10 +189,10 @@ def pipeline(
         if limits is not None
         else ExecutionResources.for_limits()
     )
-    placed = {"scheduling_strategy": plan["strategy"]} if plan.get("strategy") is not None else {}
+    placed: Dict[str, Any] = {"scheduling_strategy": plan["strategy"]} if plan.get("strategy") is not None else {}
     shape = (3, *cfg.data.image_size)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
-    decode_args = dict(num_cpus=plan["decode_cpus"], **placed)
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+    decode_args: Dict[str, Any] = dict(num_cpus=plan["decode_cpus"], **placed)
     if not placed:
         # Ray Data fuses a task stage into the next actor stage when their remote arguments agree,
         # which would decode inside the model actors and leave the CPUs set aside for decoding
@@ -192,7 +200,7 @@ def pipeline(
         # torchvision and PIL (about 450 MiB measured) and a few batches.
         decode_args["memory"] = (512 << 20) + 4 * batch_size * int(np.prod(shape)) * 4
     ds = ds.map_batches(
-        decode_images,
+        decode_images,  # type: ignore[arg-type]  # Ray's type of fn leaves out what fn_kwargs give
         fn_kwargs={"transforms": transforms, "shape": shape},
         batch_size=batch_size,
         batch_format="numpy",
@@ -250,7 +258,7 @@ def _prepare_model(cfg, split, out: Path, progress: bool):
     return model, model_hash(model, cfg), not same
 
 
-def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, object]:
+def _transforms(cfg, model, roles: Sequence[str]) -> Dict[str, Callable[..., Any]]:
     from vgray.evaluate.methods import create_method
 
     method = create_method(cfg, model.mean, model.std)
@@ -319,8 +327,8 @@ class Prepared:
     ``model.pt`` and ``config.yaml`` are written once Ray is up)."""
 
     roles: tuple
-    split: object
-    model: object
+    split: Split
+    model: GeoLocalizationNet
     model_sha1: str
     fresh: bool
 
@@ -438,24 +446,7 @@ def extract(
         tables = [pq.read_table(shard_path(out, role, k)) for k in range(count)]
         table = pa.concat_tables(tables).replace_schema_metadata(None)
         _write_atomic(table, out / f"{role}.parquet")
-    figures = {}
-    if index is not None:
-        import faiss
-
-        from vgray.distributed.search import index_from_shards
-
-        started = time.perf_counter()
-        files = [shard_path(out, "database", k) for k in range(-(-len(sets["database"]) // shard_size))]
-        built = index_from_shards([str(f) for f in files], index, seed=cfg.seed)
-        from vgray.atomic import atomic_path
-
-        with atomic_path(out / INDEX_FILE) as tmp:
-            faiss.write_index(built, str(tmp))
-        figures = {
-            "index": index,
-            "index_seconds": time.perf_counter() - started,
-            "index_mb": (out / INDEX_FILE).stat().st_size / 2**20,
-        }
+    figures = {} if index is None else _write_index(out, len(sets["database"]), shard_size, index, cfg.seed)
     seconds = time.perf_counter() - start_time
     return {
         **figures,
@@ -467,6 +458,26 @@ def extract(
         "model_sha1": model_sha1,
         "seconds": seconds,
         "images_per_s": extracted / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _write_index(out: Path, database: int, shard_size: int, index: str, seed: int) -> Dict[str, object]:
+    """The ``database`` images' shards in ``out`` made into the faiss index ``index`` (trained on a
+    sample, filled shard by shard), written atomically to ``out/database.index.faiss``; its figures."""
+    import faiss
+
+    from vgray.atomic import atomic_path
+    from vgray.distributed.search import index_from_shards
+
+    started = time.perf_counter()
+    files = [shard_path(out, "database", k) for k in range(-(-database // shard_size))]
+    built = index_from_shards([str(f) for f in files], index, seed=seed)
+    with atomic_path(out / INDEX_FILE) as tmp:
+        faiss.write_index(built, str(tmp))
+    return {
+        "index": index,
+        "index_seconds": time.perf_counter() - started,
+        "index_mb": (out / INDEX_FILE).stat().st_size / 2**20,
     }
 
 
@@ -504,7 +515,8 @@ def _run(
             if len(buffers[sh]) == sh.stop - sh.start:
                 got = buffers.pop(sh)
                 rows_ok = np.asarray([i for i in range(sh.start, sh.stop) if got[i] is not None], dtype=np.int64)
-                xb = np.stack([got[i] for i in rows_ok]) if len(rows_ok) else np.zeros((0, d), dtype=np.float32)
+                read = cast(List[np.ndarray], [got[i] for i in rows_ok])  # the rows read: none is None
+                xb = np.stack(read) if len(rows_ok) else np.zeros((0, d), dtype=np.float32)
                 table = descriptor_table(sets[role], rows_ok, xb)
                 meta = {**expected(sh), "count": int(len(rows_ok)), "skipped": int(sh.stop - sh.start - len(rows_ok))}
                 table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})

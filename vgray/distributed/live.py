@@ -318,7 +318,8 @@ class LiveTable(Callback):
             hints[names[key]] = [_cell(t.overrides.get(key, _dotted(spec.base, key))) for t in trials]
         return cls(spec.varied, hints)
 
-    def setup(self, **info) -> None:
+    # Tune passes setup's arguments by keyword: **info takes them all.
+    def setup(self, **info) -> None:  # type: ignore[override]
         reroute()  # loggers that Tune and Ray Data configured when first used
 
     # -- trial events
@@ -371,10 +372,10 @@ class LiveTable(Callback):
             "R@5": _recall(figures.get("R@5")),
             "time": _duration(figures.get("time")),
         }
-        key = tuple(cells.items())
-        if figures.get("_printed") == key and not note:
+        printed = tuple(cells.items())
+        if figures.get("_printed") == printed and not note:
             return  # nothing changed since its last row
-        figures["_printed"] = key
+        figures["_printed"] = printed
         self._print(cells, note)
 
     def _print(self, cells: Dict[str, str], note: str) -> None:

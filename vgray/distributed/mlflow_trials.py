@@ -7,12 +7,15 @@ import math
 import os
 import re
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import mlflow  # noqa: F401  (here, not first in the callback's set-up: its loggers exist before the sweep routes them)
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from vgray.distributed.spec import decode_trial
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # Reported figures an MLflow run receives (Tune's own bookkeeping stays out).
 TRACKED_PREFIXES = ("val/", "best_val/", "test/")
@@ -57,7 +60,7 @@ class MLflowTrials(MLflowLoggerCallback):
     def __init__(self, tracking_uri: str, experiment: str, artifacts: Optional[str], sweep: str):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment, tags={"vgray.sweep": sweep})
         self.artifacts = artifacts
-        self._client = None
+        self._client: Optional[MlflowClient] = None  # made by setup
 
     def setup(self, *args, **kwargs):
         from mlflow import MlflowClient
@@ -77,6 +80,7 @@ class MLflowTrials(MLflowLoggerCallback):
     def _run_of(self, trial) -> str:
         """The run of ``trial``: the one an earlier driver started for it, else a new one."""
         experiment = self.mlflow_util.experiment_id
+        assert self._client is not None and self.tags is not None  # setup ran first; __init__ gave tags
         found = self._client.search_runs(
             [experiment], filter_string=f"tags.`vgray.trial_id` = '{trial.trial_id}'", max_results=1
         )
@@ -101,8 +105,10 @@ class MLflowTrials(MLflowLoggerCallback):
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, v, stamp, step) for k, v in tracked_metrics(result).items()]
         if metrics:
+            assert self._client is not None  # setup ran first
             self._client.log_batch(self._trial_runs[trial], metrics=metrics)
 
     def log_trial_end(self, trial, failed: bool = False):
         if trial in self._trial_runs:
+            assert self._client is not None  # setup ran first
             self._client.set_terminated(self._trial_runs[trial], status="FAILED" if failed else "FINISHED")

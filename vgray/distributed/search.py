@@ -17,7 +17,7 @@ distances, ``I`` ids, ``k``.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class _SearchShard:
         D, I, _ = search(self.index, xq, k)
         return D, np.where(I < 0, -1, I + self.offset)  # faiss pads missing results with -1
 
-    def info(self) -> Dict[str, object]:
+    def info(self) -> Dict[str, Union[int, str]]:
         import ray
 
         return {
@@ -117,7 +117,8 @@ class ShardedFlatSearch:
             raise BadInput(f"actors={actors}: need at least 1 search actor")
         threads = threads or max(1, int(num_cpus))
         remote = ray.remote(_SearchShard).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
-        self.actors = []
+        # Actor handles: Ray's types give an actor's methods no .remote.
+        self.actors: List[Any] = []
         if xb is not None:
             xb = np.asarray(xb)
             if xb.ndim != 2 or len(xb) == 0:
@@ -147,7 +148,7 @@ class ShardedFlatSearch:
                 self.actors.append(remote.remote(offset, self.d, threads, files=[str(f) for f in files[lo:hi]]))
                 offset += sum(counts[lo:hi])
         try:
-            self.shards: List[Dict[str, object]] = ray.get(
+            self.shards: List[Dict[str, Union[int, str]]] = ray.get(
                 [a.info.remote() for a in self.actors], timeout=start_timeout_s
             )
         except ray.exceptions.GetTimeoutError:
@@ -189,7 +190,8 @@ class ShardedFlatSearch:
 def _contiguous_groups(counts: Sequence[int], groups: int) -> List[Tuple[int, int]]:
     """Cut ``counts`` (rows per file) into ``groups`` non-empty runs ``[lo, hi)`` of about equal rows."""
     total = sum(counts)
-    bounds, acc, lo = [], 0, 0
+    bounds: List[Tuple[int, int]] = []
+    acc, lo = 0, 0
     for i, n in enumerate(counts):
         acc += n
         left_files, left_groups = len(counts) - i - 1, groups - len(bounds) - 1

@@ -50,23 +50,6 @@ from vgray.config import Config, all_keys, build_checked, load_config, parse_yam
 from vgray.errors import BadInput, shown
 
 MAX_TRIALS = 100_000  # planned trials of one sweep (a grid of 10^5 is a mistake, not a study)
-TOP_KEYS = (
-    "name",
-    "base",
-    "task",
-    "grid",
-    "variants",
-    "repeats",
-    "search",
-    "scheduler",
-    "resources",
-    "storage",
-    "max_failures",
-    "max_concurrent_trials",
-    "keep_models",
-    "loggers",
-    "mlflow",
-)
 LOGGERS = ("mlflow",)  # trackers a sweep may feed beside Tune's own CSV, JSON and TensorBoard logs
 TRIAL_REF = "trial:"  # model.resume_from: trial:NAME, the model another trial of the sweep trains
 METRICS_PREFIXES = ("val/R@", "test/")
@@ -78,7 +61,7 @@ def _field(default, help: str, **checks):
     (``choices``, ``positive``, ``range``)."""
     meta = {"help": help, **checks}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -158,6 +141,28 @@ class Resources:
     def as_dict(self) -> Dict[str, float]:
         """The keys that are set (the form :func:`vgray.distributed.descriptors.trial_bundles` takes)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+_OPTION_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Options)}
+# Every top-level key of a sweep file with one line of help, in the order refusals list them: the
+# unknown-key check reads it, and so does the reference page (docs/gen_reference.py).
+TOP_KEYS: Dict[str, str] = {
+    "name": _OPTION_HELP["name"],
+    "base": "the config every trial starts from: config sections, or a config file's path (relative to the sweep file)",
+    "task": _OPTION_HELP["task"],
+    "grid": "dotted config key -> list of values; one trial per point of their cartesian product",
+    "variants": "rows of dotted config keys set together, crossed with the grid",
+    "repeats": _OPTION_HELP["repeats"],
+    "search": "an Optuna search instead of (or on top of) the grid",
+    "scheduler": "FIFO, or ASHA stopping the worse training trials early",
+    "resources": "CPUs, GPUs and memory of one trial, and of its Ray Data extraction bundle",
+    "storage": _OPTION_HELP["storage"],
+    "max_failures": _OPTION_HELP["max_failures"],
+    "max_concurrent_trials": _OPTION_HELP["max_concurrent_trials"],
+    "keep_models": _OPTION_HELP["keep_models"],
+    "loggers": _OPTION_HELP["loggers"],
+    "mlflow": "where loggers: [mlflow] writes its runs (one per trial)",
+}
 
 
 @dataclass
@@ -556,7 +561,8 @@ def _check_trials(spec: SweepSpec) -> None:
         except BadInput as exc:
             raise BadInput(f"trial {trial.name}: {exc}")
     for key, dim in spec.search.space.items() if spec.search else ():
-        values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+        values: Optional[List[Any]] = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+        assert values is not None  # a categorical dimension has choices (_dimension)
         for value in values:
             value = int(value) if dim.type == "int" else value
             try:
@@ -593,6 +599,9 @@ def check_dataset_roots(spec: SweepSpec) -> None:
 
 
 def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepSpec:
+    """The validated :class:`SweepSpec` of the sweep file at ``path`` (``storage``: a folder or URI
+    that replaces the file's ``storage``, as ``--storage``); every trial's config is checked, and a
+    bad file raises :class:`~vgray.errors.BadInput` naming the file and the key at fault."""
     return parse_sweep(read_yaml(path, what="sweep"), source=str(path), storage=storage)
 
 

@@ -112,7 +112,8 @@ class StorageWatch(Callback):
     """Probes ``directory`` on every trial error or retry, and every ``every_s`` seconds."""
 
     def __init__(self, directory: str, every_s: float = 5.0):
-        self.directory, self.every_s, self.last, self.seen = directory, every_s, 0.0, {}
+        self.directory, self.every_s, self.last = directory, every_s, 0.0
+        self.seen: Dict[str, float] = {}  # name -> mtime of the state files already backed up
 
     def check(self, trial=None) -> Optional[str]:
         self.last = time.monotonic()

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from vgray.distributed.spec import Dimension, SweepSpec, Trial, decode_trial, param_space
 from vgray.distributed.storage import Storage, storage_problem
 from vgray.distributed.tracking import check_trackers, job_metadata, tracker_callbacks
 from vgray.errors import BadInput
 from vgray.results import PLAN_FILE, make_plan, make_row
+
+if TYPE_CHECKING:
+    from vgray.config import Config
 
 
 def init_ray(
@@ -110,6 +113,7 @@ def _run(
     failed = trials = 0
     for number, stage in enumerate(stages):
         if number:
+            assert stage is not None  # only a grid has later stages
             out(f"sweep {spec.name}: stage {number + 1}, {len(stage)} trials starting from first-stage models")
         try:
             tuner = _tuner(spec, resourced, stage, number, resume, out)
@@ -254,8 +258,9 @@ def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
     from vgray.config import load_config
     from vgray.distributed.descriptors import trial_bundles
 
-    configs = []
-    for trial in spec.trials() or [None]:
+    configs: List[Optional[Config]] = []
+    candidates: Sequence[Optional[Trial]] = spec.trials() or [None]
+    for trial in candidates:
         try:
             configs.append(trial.config(spec, trial.seeds[0]) if trial else load_config(base=spec.base))
         except Exception:  # a config that cannot load: the trial itself says why
@@ -428,8 +433,8 @@ def _new_tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], storage
             num_samples=spec.search.num_samples if spec.search else 1,
             search_alg=_searcher(spec),
             scheduler=_scheduler(spec),
-            metric=spec.search.metric if searching else None,
-            mode=spec.search.mode if searching else None,
+            metric=spec.search.metric if searching and spec.search is not None else None,
+            mode=spec.search.mode if searching and spec.search is not None else None,
             max_concurrent_trials=spec.max_concurrent_trials,
             reuse_actors=True,  # a worker that imported torch and vgray serves the next trial too
             trial_name_creator=_name_of,
@@ -451,7 +456,9 @@ def _domain(dim: Dimension):
     from ray import tune
 
     if dim.type == "categorical":
+        assert dim.choices is not None  # a categorical dimension has choices (spec._dimension)
         return tune.choice(dim.choices)
+    assert dim.low is not None and dim.high is not None  # a range has both ends (spec._dimension)
     if dim.type == "float":
         return (tune.loguniform if dim.log else tune.uniform)(dim.low, dim.high)
     return (tune.lograndint if dim.log else tune.randint)(int(dim.low), int(dim.high) + 1)

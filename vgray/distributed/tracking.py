@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypedDict
 
 from vgray.distributed.spec import SweepSpec
 from vgray.errors import BadInput, shown
@@ -99,7 +99,13 @@ class TimedExtractor:
 # -- MLflow ----------------------------------------------------------------------------------------
 
 
-def mlflow_store(spec: SweepSpec) -> Dict[str, Optional[str]]:
+class _MLflowStore(TypedDict):
+    tracking_uri: str
+    experiment: str
+    artifacts: Optional[str]
+
+
+def mlflow_store(spec: SweepSpec) -> _MLflowStore:
     """Where ``loggers: [mlflow]`` writes: ``tracking_uri`` (``mlflow.tracking_uri``, default a
     SQLite file in the sweep's folder: MLflow 3 refuses file stores), ``experiment`` (default the
     sweep's name) and ``artifacts`` (the default store's artifact folder beside it; None: the

@@ -205,7 +205,7 @@ def query_descriptors(
     for c, transform in enumerate(method.query_transforms):
         desc = "queries" if method.crops == 1 else f"queries, crop {c + 1}/{method.crops}"
         for group in same_size_groups(paths) if not method.batched else [np.arange(len(paths))]:
-            x, ok = extractor(model, [paths[i] for i in group], transform, rt, features_dim, desc)
+            x, ok = extractor(model, [paths[int(i)] for i in group], transform, rt, features_dim, desc)
             out[group, c] = x
             valid[group] &= ok
     return out, valid
@@ -292,7 +292,12 @@ def evaluate(
 ) -> Dict[str, float]:
     """``vgray eval``: build the model and the split from ``cfg``, evaluate, add the model's cost.
     ``keep`` receives what :func:`evaluate_split` keeps, and the ``split``; ``extractor`` is
-    :func:`evaluate_split`'s (in-process by default)."""
+    :func:`evaluate_split`'s (in-process by default); ``model``: a network to use instead of the
+    one ``cfg.model`` describes.
+
+    Returns the figures ``vgray eval`` prints: ``R@N`` for each of ``test.recall_values``
+    (percent), ``queries``, ``queries_without_positives``, ``database``, ``features_dim``,
+    ``matching_ms``, ``index_memory_mb`` and the model's cost."""
     from vgray.models import build_model
 
     split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
@@ -329,7 +334,7 @@ def test_sets(cfg) -> Dict[str, str]:
     return dict(cfg.test.datasets) if cfg.test.datasets else {dataset_name(cfg.data.root): cfg.data.root}
 
 
-test_sets.__test__ = False  # not a test, for pytest, wherever a test module imports it
+test_sets.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest, wherever a test module imports it
 
 
 #: The figures a final test takes from its first test set.

@@ -55,7 +55,7 @@ def _report(errors, rt: Runtime) -> None:
 
 def iter_batches(
     dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffle: bool = False, batch_size: Optional[int] = None
-) -> Iterator[Tuple[torch.Tensor, List[int]]]:
+) -> Generator[Tuple[torch.Tensor, List[int]], None, None]:
     """``(items, indices)`` batches of ``dataset``; an item that fails to load stops the run with
     :class:`BadInput` naming its file or, with ``data.skip_corrupt``, is left out. The items of an
     :class:`EncodedImages` come as a :class:`ByteBatch` (bytes and tensors of several sizes in one
@@ -219,7 +219,8 @@ def calibrate_batchnorm(
     its first training steps replace them with the data's, which alone moves recall by several
     points. The untrained network calibrated this way is the baseline that isolates what the weight
     updates of training did."""
-    model = model.to(rt.device, memory_format=torch.channels_last).train()
+    # torch's stubs lack Module.to(device, memory_format=...), which Module.to accepts.
+    model = model.to(rt.device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     with torch.no_grad():
         for images, _ in iter_images(paths, transform, rt, desc):
             model(images)
@@ -245,8 +246,8 @@ def sample_local_features(
     with torch.inference_mode(), rt.autocast():
         for images, _ in iter_images([paths[i] for i in chosen], transform, rt, "netvlad init"):
             local = torch.nn.functional.normalize(model.forward_local(images).float(), dim=1)
-            local = local.flatten(2).transpose(1, 2).cpu().numpy()  # (B, hw, C)
-            for per in local:
+            batch = local.flatten(2).transpose(1, 2).cpu().numpy()  # (B, hw, C)
+            for per in batch:
                 take = rng.choice(len(per), size=min(per_image, len(per)), replace=False)
                 features.append(per[take])
     return np.concatenate(features).astype(np.float32)

@@ -48,7 +48,9 @@ def check_pq(spec: str, d: int) -> None:
         transform = re.fullmatch(r"(?:PCAW?R?|RR|OPQ\d+_)(\d+)", token)
         if transform:
             if token.startswith("OPQ"):
-                m = int(re.match(r"OPQ(\d+)", token).group(1))
+                opq = re.match(r"OPQ(\d+)", token)
+                assert opq is not None  # the token matched OPQ<m>_<d> above
+                m = int(opq.group(1))
                 out = int(transform.group(1))
                 if out % m:
                     raise BadInput(
@@ -123,10 +125,11 @@ def skip_polysemous_training(index: faiss.Index) -> None:
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
-    if isinstance(inner, faiss.IndexPQ) and inner.search_type == faiss.IndexPQ.ST_PQ:
-        inner.do_polysemous_training = False
+    # faiss's stubs lack IndexPQ's search_type, ST_PQ and do_polysemous_training (SWIG attributes).
+    if isinstance(inner, faiss.IndexPQ) and inner.search_type == faiss.IndexPQ.ST_PQ:  # type: ignore[attr-defined]
+        inner.do_polysemous_training = False  # type: ignore[attr-defined]
     elif isinstance(inner, faiss.IndexIVFPQ) and inner.polysemous_ht == 0:
-        inner.do_polysemous_training = False
+        inner.do_polysemous_training = False  # type: ignore[attr-defined]
 
 
 def set_search_defaults(index: faiss.Index) -> None:

@@ -48,13 +48,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, cast
 
 import torch
 
 from vgray.checkpoint import check_fits, read_weights_file
 from vgray.errors import BadInput
 from vgray.models.foreign import load_network_file
+
+if TYPE_CHECKING:
+    from vgray.models.components import Backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -352,7 +355,8 @@ _RESNET_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "laye
 
 
 def _cirtorch_converter(obj: dict, arch: str, origin: str) -> Converted:
-    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    meta = obj.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
     if meta.get("architecture", arch) != arch or meta.get("pooling", "gem") != "gem":
         raise BadInput(
             f"{origin} is a cirtorch {meta.get('architecture')}-{meta.get('pooling')} network, "
@@ -458,7 +462,7 @@ def load_source(model: torch.nn.Module, state: dict, origin: str) -> None:
 def load_network_head(model: torch.nn.Module, model_cfg) -> None:
     """For whole-network sources (cirtorch's GeM + whitening), load GeM's p and the whitening into the
     aggregation and the FC of ``model`` (a GeoLocalizationNet); other sources have no head."""
-    arch = model.backbone.arch
+    arch = cast("Backbone", model.backbone).arch
     rec = RECORDS.get((arch, model_cfg.pretrained))
     if rec is None or not rec.whole_network:
         return
@@ -515,7 +519,7 @@ def check_release(model_cfg, arch: str) -> None:
 
 def _load_released_network(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:
     """CosPlace / EigenPlaces: the file for ``model.fc_output_dim``, loaded whole (backbone, GeM, FC)."""
-    check_release(model_cfg, model.backbone.arch)
+    check_release(model_cfg, cast("Backbone", model.backbone).arch)
     path = _download(rec.for_dim(model_cfg.fc_output_dim))
     load_network_file(model, read_weights_file(path), str(path))
 
@@ -530,6 +534,6 @@ def _network_keys(rec: WeightsRecord, only=None) -> str:
 
 def _load_release(model: torch.nn.Module, model_cfg, rec: WeightsRecord) -> None:
     """MixVPR, SALAD, BoQ: the released file, loaded whole when the config is the release's."""
-    check_release(model_cfg, model.backbone.arch)
+    check_release(model_cfg, cast("Backbone", model.backbone).arch)
     path = _download(rec)
     load_network_file(model, read_weights_file(path), str(path))

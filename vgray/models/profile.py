@@ -15,7 +15,7 @@ from typing import Dict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vgray.models.network import build_model
+from vgray.models.network import GeoLocalizationNet, build_model
 from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 
@@ -30,7 +30,7 @@ def count_gflops(model: torch.nn.Module, image_size) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def model_cost(model: torch.nn.Module, image_size) -> Dict[str, float]:
+def model_cost(model: GeoLocalizationNet, image_size) -> Dict[str, float]:
     """``features_dim``, ``gflops``, ``model_size_mb``, ``params`` (static: no timing)."""
     params = sum(p.numel() for p in model.parameters())
     return {

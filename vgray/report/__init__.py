@@ -57,7 +57,10 @@ def make_report(
     A figure the rows cannot give, or whose x values are all alike (within 1 %), is skipped with its
     reason (``Report.skipped``; a part of one, e.g. ``pareto vs gflops``, likewise); :class:`BadInput`
     for one in ``required`` (checked by name first), or for grids asked of a sweep that kept no
-    model, raised after every other output (the page included) is written."""
+    model, raised after every other output (the page included) is written.
+
+    Returns a :class:`Report`: the main table in Markdown, the files written, the figures skipped
+    with why, and the path of ``report.html``."""
     from vgray.report.figures import FIGURES, Missing
     from vgray.report.html import write_page
     from vgray.report.rows import varied_keys

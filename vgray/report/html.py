@@ -119,7 +119,8 @@ def _varied_text(plan: Dict[str, Any]) -> str:
         )
     search = plan.get("search")
     if isinstance(search, dict):
-        space = search.get("space") if isinstance(search.get("space"), dict) else {}
+        space = search.get("space")
+        space = space if isinstance(space, dict) else {}
         lines.append(
             f"search ({search.get('algorithm')}, {search.get('num_samples')} samples, "
             f"{search.get('mode')} {search.get('metric')}):"

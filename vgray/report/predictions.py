@@ -54,7 +54,7 @@ def draw_grid(
     canvas = Image.new("RGB", (right + 1 + MARGIN, bottom + 1 + TEXT_H + MARGIN), "white")
     draw = ImageDraw.Draw(canvas)
     q_utm = split.queries.utm[query]
-    items = [(split.queries.paths[query], QUERY, "query")]
+    items: List[Tuple[Optional[str], Tuple[int, int, int], str]] = [(split.queries.paths[query], QUERY, "query")]
     for c in candidates:
         if c < 0:
             items.append((None, RED, "none"))

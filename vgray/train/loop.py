@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -227,32 +227,12 @@ def train(
     regime = PlaceEpochs(cfg, model, rt) if cfg.train.regime == "places" else TripletEpochs(cfg, model, rt, extractor)
     check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
     db_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
-    # Validation as the paper's: hard_resize, exact search, no PCA (the final test applies them).
-    val_cfg = cfg.replace(
-        **{
-            "test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
-            "test.memory_budget_mb": None,
-            "test.knn": "Flat",
-            "test.method": "hard_resize",
-            "model.pca_dim": None,
-        }
-    )
+    val_cfg = _validation_config(cfg)
     state = TrainState()
-    optimizer = None
 
     if resume:
-        _load_model(model, ck, last_path)
-        optimizer = make_optimizer(model, cfg.train)
-        try:  # the structure was checked by checkpoint.load; whether it fits this optimizer is torch's word
-            optimizer.load_state_dict(ck["optimizer"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise BadInput(
-                f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
-                f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})"
-            )
-        regime.load_state_dict(ck["mining"])
-        state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
-        checkpoint.set_rng_state(ck["rng"], rng)
+        assert ck is not None  # loaded above when resuming
+        optimizer, state = _resume(model, ck, last_path, cfg, regime, rng)
         log(f"resuming {out} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +273,36 @@ def train(
             report({**metrics, **regime.timings()}, out)
 
     return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log, extractor)
+
+
+def _validation_config(cfg):
+    """Validation as the paper's: hard_resize, exact search, no PCA (the final test applies them)."""
+    return cfg.replace(
+        **{
+            "test.recall_values": sorted(set(cfg.test.recall_values) | {5}),
+            "test.memory_budget_mb": None,
+            "test.knn": "Flat",
+            "test.method": "hard_resize",
+            "model.pca_dim": None,
+        }
+    )
+
+
+def _resume(model, ck: Dict, last_path: Path, cfg, regime, rng) -> Tuple[torch.optim.Optimizer, "TrainState"]:
+    """The model, a new optimizer, the regime's mining or sampler state and the RNG set from the
+    checkpoint ``ck`` (read from ``last_path``); returns the optimizer and the training state."""
+    _load_model(model, ck, last_path)
+    optimizer = make_optimizer(model, cfg.train)
+    try:  # the structure was checked by checkpoint.load; whether it fits this optimizer is torch's word
+        optimizer.load_state_dict(ck["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise BadInput(
+            f"checkpoint {last_path}: optimizer does not fit this config's train.optimizer="
+            f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})"
+        )
+    regime.load_state_dict(ck["mining"])
+    checkpoint.set_rng_state(ck["rng"], rng)
+    return optimizer, TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
 
 
 def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> torch.Tensor:

@@ -143,6 +143,8 @@ class Miner(abc.ABC):
 
 @MINING.register("random")
 class RandomMining(Miner):
+    """Random negatives; descriptors of the queries and their hard positives only."""
+
     def refresh(self, source, queries, rng):
         db = _Lookup(source, "database", self.needed_database(queries))
         xq = _Lookup(source, "queries", queries)
@@ -151,6 +153,8 @@ class RandomMining(Miner):
 
 @MINING.register("partial")
 class PartialMining(Miner):
+    """The hardest negatives among ``neg_samples_num`` database images sampled once per refresh."""
+
     def refresh(self, source, queries, rng):
         size = min(self.cfg.neg_samples_num, self.data.database_size)
         sample = np.sort(rng.choice(self.data.database_size, size=size, replace=False))
@@ -164,7 +168,10 @@ class PartialMining(Miner):
 
 @MINING.register("full")
 class FullMining(Miner):
-    def __init__(self, data, train_cfg):
+    """NetVLAD's mining: the whole database's descriptors; each query's hardest among a random sample
+    and its own previous hardest negatives, cached across refreshes."""
+
+    def __init__(self, data, train_cfg) -> None:
         super().__init__(data, train_cfg)
         self.neg_cache: Dict[int, np.ndarray] = {}
 
@@ -210,6 +217,8 @@ def msls_weights(notes: List[str], where: str) -> np.ndarray:
 
 @MINING.register("msls_weighted")
 class MSLSWeightedMining(PartialMining):
+    """Partial mining with queries drawn with weights favouring night and sideways views (MSLS)."""
+
     def __init__(self, data, train_cfg):
         super().__init__(data, train_cfg)
         notes = [data.split.queries.notes[i] for i in data.usable]

@@ -34,6 +34,7 @@ from vgray.train.losses import read_losses
 
 @PLACE_LOSSES.register("multi_similarity")
 def multi_similarity_loss(train_cfg):
+    """Multi-similarity loss on dot-product similarity (``train.ms_alpha``, ``ms_beta``, ``ms_base``)."""
     from pytorch_metric_learning import distances, losses
 
     return losses.MultiSimilarityLoss(
@@ -46,6 +47,7 @@ def multi_similarity_loss(train_cfg):
 
 @PLACE_LOSSES.register("contrastive")
 def contrastive_loss(train_cfg):
+    """Contrastive loss, positive margin 0 and negative margin 1."""
     from pytorch_metric_learning import losses
 
     return losses.ContrastiveLoss(pos_margin=0, neg_margin=1)
@@ -53,6 +55,7 @@ def contrastive_loss(train_cfg):
 
 @PLACE_LOSSES.register("triplet")
 def triplet_loss(train_cfg):
+    """Triplet margin loss (``train.margin``) over every triplet of the batch."""
     from pytorch_metric_learning import losses
 
     return losses.TripletMarginLoss(margin=train_cfg.margin, swap=False, smooth_loss=False, triplets_per_anchor="all")
@@ -60,6 +63,7 @@ def triplet_loss(train_cfg):
 
 @PLACE_LOSSES.register("circle")
 def circle_loss(train_cfg):
+    """Circle loss (m 0.4, gamma 80)."""
     from pytorch_metric_learning import losses
 
     return losses.CircleLoss(m=0.4, gamma=80)
@@ -67,6 +71,7 @@ def circle_loss(train_cfg):
 
 @PLACE_MINERS.register("multi_similarity")
 def multi_similarity_miner(train_cfg):
+    """Multi-similarity miner on cosine similarity (epsilon ``train.miner_margin``)."""
     from pytorch_metric_learning import distances, miners
 
     return miners.MultiSimilarityMiner(epsilon=train_cfg.miner_margin, distance=distances.CosineSimilarity())
@@ -74,6 +79,7 @@ def multi_similarity_miner(train_cfg):
 
 @PLACE_MINERS.register("triplet_margin")
 def triplet_margin_miner(train_cfg):
+    """Semi-hard triplets within ``train.miner_margin``."""
     from pytorch_metric_learning import miners
 
     return miners.TripletMarginMiner(margin=train_cfg.miner_margin, type_of_triplets="semihard")
@@ -81,6 +87,7 @@ def triplet_margin_miner(train_cfg):
 
 @PLACE_MINERS.register("pair_margin")
 def pair_margin_miner(train_cfg):
+    """Pairs that break the margins (positives below 0.7, negatives above 0.3 dot-product similarity)."""
     from pytorch_metric_learning import distances, miners
 
     return miners.PairMarginMiner(pos_margin=0.7, neg_margin=0.3, distance=distances.DotProductSimilarity())
@@ -88,6 +95,7 @@ def pair_margin_miner(train_cfg):
 
 @PLACE_MINERS.register("none")
 def no_miner(train_cfg):
+    """No mining: the loss sees every pair of the batch."""
     return None
 
 
@@ -168,7 +176,7 @@ def grid_neighbours(keys: np.ndarray, reach: int, n_bins: int = 0) -> List[np.nd
     codes = code(keys)
     order = np.argsort(codes)
     sorted_codes = codes[order]
-    pairs = []
+    found: List[np.ndarray] = []
     d_bins = sorted({(-1) % n_bins, 0, 1 % n_bins}) if n_bins else [None]
     for de in range(-reach, reach + 1):
         for dn in range(-reach, reach + 1):
@@ -183,8 +191,8 @@ def grid_neighbours(keys: np.ndarray, reach: int, n_bins: int = 0) -> List[np.nd
                 hit = sorted_codes[at] == code(shifted)
                 mine, theirs = np.flatnonzero(hit), order[at[hit]]
                 other = mine != theirs
-                pairs.append(np.stack([mine[other], theirs[other]], axis=1))
-    pairs = np.unique(np.concatenate(pairs), axis=0)
+                found.append(np.stack([mine[other], theirs[other]], axis=1))
+    pairs = np.unique(np.concatenate(found), axis=0)
     bounds = np.searchsorted(pairs[:, 0], np.arange(len(keys) + 1))
     return [pairs[a:b, 1] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -280,7 +288,7 @@ def random_place_batches(
         if neighbours is None:
             chosen, order = order[:p], order[p:]
         else:
-            chosen: List[int] = []
+            chosen = []
             _fill(chosen, order, p, np.zeros(n_places, dtype=bool), neighbours)
             taken = set(chosen)
             order = [place for place in order if place not in taken]
@@ -355,7 +363,8 @@ class PlaceProxies:
         self.n_places, self.seed = n_places, seed
         self.proxies: Optional[np.ndarray] = None  # (n_places, d): what the next epoch batches by
         self.projection: Optional[torch.Tensor] = None
-        self._sums = self._counts = None
+        self._sums: Optional[torch.Tensor] = None  # (n_places, d): this epoch's sums of descriptors
+        self._counts: Optional[torch.Tensor] = None  # (n_places,): and of images; set with _sums
 
     def start_epoch(self) -> None:
         self._sums = self._counts = None
@@ -375,6 +384,7 @@ class PlaceProxies:
         if self._sums is None:
             self._sums = torch.zeros(self.n_places, projection.shape[1], device=features.device)
             self._counts = torch.zeros(self.n_places, device=features.device)
+        assert self._counts is not None  # set with _sums
         self._sums.index_add_(0, labels, features @ projection)
         self._counts.index_add_(0, labels, torch.ones(len(labels), device=features.device))
 
@@ -382,6 +392,7 @@ class PlaceProxies:
         """The proxies of the epoch just run; places it did not draw keep their last ones."""
         if self._sums is None:
             return
+        assert self._counts is not None  # set with _sums
         sums, counts = self._sums.cpu().numpy(), self._counts.cpu().numpy()
         if self.proxies is None:
             self.proxies = rng.standard_normal(sums.shape).astype(np.float32)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
-def hash01(*keys: np.ndarray) -> np.ndarray:
+
+def hash01(*keys: npt.ArrayLike) -> np.ndarray:
     """Deterministic per-element hash of integer arrays to floats in [0, 1) (lowbias32 mixing).
 
     Procedural textures need "random but fixed" values per window, brick or paving tile; hashing

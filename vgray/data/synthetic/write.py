@@ -114,12 +114,9 @@ def _read_marker(out: Path) -> dict | None:
 
 
 def _matches(marker: dict | None, preset: str, seed: int) -> bool:
-    return (
-        bool(marker)
-        and marker.get("preset") == preset
-        and marker.get("seed") == seed
-        and marker.get("version") == VERSION
-    )
+    if not marker:
+        return False
+    return marker.get("preset") == preset and marker.get("seed") == seed and marker.get("version") == VERSION
 
 
 def generate(out, preset: str = "tiny", seed: int = 0, progress: bool = False) -> Path:
@@ -193,7 +190,8 @@ def _finished(out: Path, preset: str, seed: int) -> bool:
 def _plan_jobs(p: Preset, preset: str, seed: int, tmp: Path) -> tuple[dict, list]:
     """Image counts per split and kind, and the :func:`render_range` jobs that write them into
     ``tmp`` (whose image folders it creates)."""
-    counts, jobs = {}, []
+    counts: dict[str, dict[str, int]] = {}
+    jobs: list[tuple[str, int, int, str, int, int, str]] = []
     for si, split in enumerate(SPLITS):
         world = build_world(p, seed, si)
         counts[split] = {}

@@ -7,7 +7,7 @@ with that class as its ``type``; build_model checks the declared size with a dry
 The members import the registry from :mod:`vgray.registry`, never from this package.
 """
 
-from vgray.models.aggregations import boq, cls, convap, crn, gem, mac, mixvpr, netvlad, rmac, rrm, salad, seqpool, spoc  # noqa: F401  # noqa: F401  # noqa: F401
+from vgray.models.aggregations import boq, cls, convap, crn, gem, mac, mixvpr, netvlad, rmac, rrm, salad, seqpool, spoc  # noqa: F401
 from vgray.registry import AGGREGATIONS
 
 __all__ = ["AGGREGATIONS"]

@@ -7,10 +7,15 @@ returned it unnormalised. CCT has no class token; there, as in the paper's code,
 token stands for it.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
+
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
 
 
 class ClassToken(Aggregation):
@@ -27,5 +32,5 @@ class ClassToken(Aggregation):
 
 
 @AGGREGATIONS.register("cls", type=ClassToken)
-def build_cls(in_channels: int, cfg) -> ClassToken:
+def build_cls(in_channels: int, cfg: "ModelConfig") -> ClassToken:
     return ClassToken(in_channels)

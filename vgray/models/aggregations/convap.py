@@ -11,7 +11,7 @@ so transformers' patch grids too.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import TYPE_CHECKING, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +20,16 @@ from torch import nn
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
 
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
+
 
 class ConvAP(Aggregation):
     inputs = frozenset({"feature_map", "tokens"})
 
-    def __init__(self, in_channels: int, out_channels: int = 512, pool_size: Tuple[int, int] = (2, 2)):
+    def __init__(self, in_channels: int, out_channels: int = 512, pool_size: Sequence[int] = (2, 2)):
         super().__init__(out_channels * pool_size[0] * pool_size[1])
-        self.pool_size = tuple(pool_size)
+        self.pool_size = cast(Tuple[int, int], tuple(pool_size))
         self.channel_pool = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,5 +39,5 @@ class ConvAP(Aggregation):
 
 
 @AGGREGATIONS.register("convap", type=ConvAP)
-def build_convap(in_channels: int, cfg) -> ConvAP:
+def build_convap(in_channels: int, cfg: ModelConfig) -> ConvAP:
     return ConvAP(in_channels, out_channels=cfg.convap_out_channels, pool_size=tuple(cfg.convap_pool_size))

@@ -38,6 +38,7 @@ class ContextualReweighting(nn.Module):
             nn.Conv2d(in_channels, out, size, padding=size // 2) for size, out in ((3, 32), (5, 32), (7, 20))
         )
         for f in self.filters:
+            assert isinstance(f, nn.Conv2d) and f.bias is not None  # made just above, with a bias
             nn.init.xavier_normal_(f.weight)
             nn.init.zeros_(f.bias)
 
@@ -61,7 +62,8 @@ class CRN(NetVLAD):
         super().__init__(in_channels, clusters)
         self.crn = ContextualReweighting(in_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # CRN computes NetVLAD's weights itself: it takes none.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         # The normalisation in fp32 under autocast (as NetVLAD's own, :data:`NetVLAD.fp32`); the
         # context filters are convolutions, in autocast's dtype; the mask weights the fp32 sums.
         if self.fp32 and under_autocast(x):

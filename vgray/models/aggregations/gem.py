@@ -4,12 +4,17 @@ F. Radenović, G. Tolias, O. Chum, "Fine-tuning CNN Image Retrieval with No Huma
 TPAMI 2018. The power p is learnable, initialised to 3.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
+
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
 
 
 def gem(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -31,5 +36,5 @@ class GeM(Aggregation):
 
 
 @AGGREGATIONS.register("gem", type=GeM)
-def build_gem(in_channels: int, cfg) -> GeM:
+def build_gem(in_channels: int, cfg: "ModelConfig") -> GeM:
     return GeM(in_channels, p=cfg.gem_p)

@@ -6,11 +6,16 @@ retrieval with deep convolutional networks", ITE Trans. MTA 2016): each channel'
 spatial positions. ``model.l2`` wraps it as in the benchmark's code (before_pool, after_pool, none).
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
+
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
 
 
 def mac(x: torch.Tensor) -> torch.Tensor:
@@ -31,5 +36,5 @@ class MAC(Aggregation):
 
 
 @AGGREGATIONS.register("mac", type=MAC)
-def build_mac(in_channels: int, cfg) -> MAC:
+def build_mac(in_channels: int, cfg: "ModelConfig") -> MAC:
     return MAC(in_channels)

@@ -9,6 +9,8 @@ sharpness alpha chosen as in the original code.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faiss
 import numpy as np
 import torch
@@ -18,12 +20,16 @@ from torch import nn
 from vgray.models.components import Aggregation, fp32_island, under_autocast
 from vgray.registry import AGGREGATIONS
 
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
+
 
 class NetVLAD(Aggregation):
     inputs = frozenset({"feature_map", "tokens"})
     #: Soft-assignment, residual sums and normalisation in fp32 inside autocast (a bf16 network
     #: still feeds it bf16 features; measured: descriptor cosine to fp32 0.99985 mean in bf16).
     fp32 = True
+    initialized: torch.Tensor  # a buffer (register_buffer below)
 
     def __init__(self, in_channels: int, clusters: int = 64):
         super().__init__(clusters * in_channels)
@@ -66,6 +72,7 @@ class NetVLAD(Aggregation):
         )
         kmeans.train(x)
         centroids = kmeans.centroids
+        assert centroids is not None  # set by train
         assign = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
         # alpha makes a feature's nearest centroid 100x as likely as its second nearest, on average.
         dots = np.sort(assign @ x.T, axis=0)[::-1]
@@ -77,5 +84,5 @@ class NetVLAD(Aggregation):
 
 
 @AGGREGATIONS.register("netvlad", type=NetVLAD)
-def build_netvlad(in_channels: int, cfg) -> NetVLAD:
+def build_netvlad(in_channels: int, cfg: ModelConfig) -> NetVLAD:
     return NetVLAD(in_channels, clusters=cfg.netvlad_clusters)

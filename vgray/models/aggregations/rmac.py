@@ -11,13 +11,16 @@ whole map as a first region. ``model.l2`` wraps it (before_pool, after_pool, non
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Tuple
 
 import numpy as np
 import torch
 
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
+
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
 
 Region = Tuple[int, int, int, int]  # (top, left, height, width) in feature-map cells
 
@@ -75,5 +78,5 @@ class RMAC(Aggregation):
 
 
 @AGGREGATIONS.register("rmac", type=RMAC)
-def build_rmac(in_channels: int, cfg) -> RMAC:
+def build_rmac(in_channels: int, cfg: ModelConfig) -> RMAC:
     return RMAC(in_channels)

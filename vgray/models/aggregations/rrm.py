@@ -7,12 +7,17 @@ between them, LayerNorm again, then L2 normalisation. It normalises on its own, 
 not wrap it (the benchmark's code applies l2 to gem, spoc, mac and rmac only).
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
+
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
 
 
 class RRM(Aggregation):
@@ -34,5 +39,5 @@ class RRM(Aggregation):
 
 
 @AGGREGATIONS.register("rrm", type=RRM)
-def build_rrm(in_channels: int, cfg) -> RRM:
+def build_rrm(in_channels: int, cfg: "ModelConfig") -> RRM:
     return RRM(in_channels)

@@ -7,12 +7,17 @@ descriptor by Berton et al. (CVPR 2022, Table 5) on CCT only, unnormalised as in
 the layer starts from CCT's ImageNet weights when the backbone was loaded with them.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from vgray.errors import BadInput
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS, BACKBONES
+
+if TYPE_CHECKING:
+    from vgray.config import Config, ModelConfig
 
 
 class SeqPool(Aggregation):
@@ -32,7 +37,7 @@ class SeqPool(Aggregation):
         return torch.bmm(weights.transpose(1, 2), tokens).squeeze(1)
 
 
-def _check(cfg) -> None:
+def _check(cfg: "Config") -> None:
     """Only on a backbone whose trained weights include a SeqPool layer (its ``trained_heads``)."""
     if "seqpool" not in BACKBONES.type_of(cfg.model.backbone).trained_heads:
         with_seqpool = [n for n in BACKBONES.names() if "seqpool" in BACKBONES.type_of(n).trained_heads]
@@ -44,5 +49,5 @@ def _check(cfg) -> None:
 
 
 @AGGREGATIONS.register("seqpool", type=SeqPool, check=_check)
-def build_seqpool(in_channels: int, cfg) -> SeqPool:
+def build_seqpool(in_channels: int, cfg: "ModelConfig") -> SeqPool:
     return SeqPool(in_channels)

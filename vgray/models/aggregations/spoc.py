@@ -6,11 +6,16 @@ mean (a constant factor that any L2 normalisation removes) and without the paper
 PCA whitening. ``model.l2`` wraps it (before_pool, after_pool, none).
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from vgray.models.components import Aggregation
 from vgray.registry import AGGREGATIONS
+
+if TYPE_CHECKING:
+    from vgray.config import ModelConfig
 
 
 def spoc(x: torch.Tensor) -> torch.Tensor:
@@ -31,5 +36,5 @@ class SPoC(Aggregation):
 
 
 @AGGREGATIONS.register("spoc", type=SPoC)
-def build_spoc(in_channels: int, cfg) -> SPoC:
+def build_spoc(in_channels: int, cfg: "ModelConfig") -> SPoC:
     return SPoC(in_channels)

@@ -14,7 +14,7 @@ output token, as the paper's code did.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, cast
 
 import torch
 from timm.layers import Attention, DropPath, Mlp
@@ -120,7 +120,7 @@ class CCT(TokenBackbone):
     def init_aggregation(self, aggregation: Aggregation, name: str) -> None:
         """Hand the ImageNet SeqPool layer (its scoring layer ``attention``) to a seqpool aggregation."""
         if self.pretrained_pool is not None and name == "seqpool":
-            aggregation.attention.load_state_dict(self.pretrained_pool)
+            cast(nn.Module, aggregation.attention).load_state_dict(self.pretrained_pool)  # a SeqPool's
 
 
 # Parameter names in the CCT authors' checkpoints -> names here (a fact of their file layout).

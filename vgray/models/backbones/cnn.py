@@ -8,6 +8,8 @@ last conv block, AlexNet all but its first two convs. Every backbone declares it
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torchvision
 from torch import nn
@@ -75,7 +77,8 @@ def _resnet(arch: str, stage: int, out_channels: int, pretrained: str) -> CNNBac
 
 def _vgg_like(arch: str, frozen_layers: int, out_channels: int, pretrained: str) -> CNNBackbone:
     model = _source_model(arch, pretrained)
-    layers = list(model.features.children())[:-2]  # drop the last ReLU and max-pool, as the paper
+    features = cast(nn.Sequential, model.features)  # VGG's and AlexNet's convolutional part
+    layers = list(features.children())[:-2]  # drop the last ReLU and max-pool, as the paper
     _freeze(layers[:frozen_layers])
     return CNNBackbone(nn.Sequential(*layers), out_channels, arch, [f"features.{i}" for i in range(len(layers))])
 

@@ -15,7 +15,7 @@ official ones: 518 x 518, a 37 x 37 grid) are resampled to it when loaded.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple, cast
 
 import timm
 import torch
@@ -28,6 +28,9 @@ from vgray.models.backbones.tokens import kept_blocks
 from vgray.models.components import TokenBackbone
 from vgray.models.pretrained import dinov2_to_timm, record, source_state_dict
 from vgray.registry import BACKBONES, add_config_check
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 PATCH = 14
 # registry name -> (timm architecture, embedding channels, encoder depth)
@@ -56,8 +59,11 @@ class DINOv2(TokenBackbone):
         arch, channels, depth = VARIANTS[name]
         rec = record(arch, "dinov2")  # mean/std of the official weights, even untrained
         super().__init__(arch, channels, 1, (image_size[0] // PATCH, image_size[1] // PATCH), rec.mean, rec.std)
-        self.vit = timm.create_model(
-            arch, pretrained=False, num_classes=0, img_size=tuple(image_size), depth=kept_blocks(depth, trunc_te)
+        self.vit = cast(
+            "VisionTransformer",
+            timm.create_model(
+                arch, pretrained=False, num_classes=0, img_size=tuple(image_size), depth=kept_blocks(depth, trunc_te)
+            ),
         )
         self.final_norm = final_norm
         if not final_norm:
@@ -92,6 +98,7 @@ class DINOv2(TokenBackbone):
             and not (k.startswith("norm.") and not self.final_norm)
         }
         own = self.vit.pos_embed
+        assert own is not None  # timm's DINOv2 has a positional embedding
         pos = mapped.get("pos_embed")
         if (
             isinstance(pos, torch.Tensor)
@@ -112,6 +119,7 @@ class DINOv2(TokenBackbone):
         made for another square grid (a released network's, 37 x 37 at 518 x 518) resampled to this
         input's grid as DINOv2 does at every forward pass (:func:`resample_like_dinov2`)."""
         pos, own = state.get(prefix + "vit.pos_embed"), self.vit.pos_embed
+        assert own is not None  # timm's DINOv2 has a positional embedding
         if not (
             isinstance(pos, torch.Tensor)
             and pos.ndim == 3
@@ -125,7 +133,7 @@ class DINOv2(TokenBackbone):
         return {**state, prefix + "vit.pos_embed": resample_like_dinov2(pos, side, self.grid)}
 
 
-def resample_like_dinov2(pos: torch.Tensor, side: int, grid: Tuple[int, int]) -> torch.Tensor:
+def resample_like_dinov2(pos: torch.Tensor, side: int, grid: Tuple[int, ...]) -> torch.Tensor:
     """A positional embedding (1, 1 + side^2, C) resampled to ``grid`` (h, w) the way DINOv2's own
     ``interpolate_pos_encoding`` does at every forward pass (bicubic, no antialiasing, scale factors
     (h + 0.1) / side and (w + 0.1) / side), so the tokens equal the official model's at that size."""

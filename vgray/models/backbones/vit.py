@@ -5,7 +5,7 @@ images at 224 x 224 or 384 x 384 -> the final-norm tokens, the class token first
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple, cast
 
 import timm
 import torch
@@ -15,6 +15,9 @@ from vgray.models.backbones.tokens import check_encoder_keys, freeze, kept_block
 from vgray.models.components import TokenBackbone
 from vgray.models.pretrained import record, source_state_dict
 from vgray.registry import BACKBONES
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 VIT_DEPTH = 12
 VIT_SIZES = {(224, 224), (384, 384)}
@@ -30,11 +33,15 @@ class ViT(TokenBackbone):
         arch = f"vit_base_patch16_{image_size[0]}"
         rec = record(arch, "imagenet")  # mean/std of the architecture's weights, even untrained
         super().__init__(arch, 768, 1, (image_size[0] // 16, image_size[1] // 16), rec.mean, rec.std)
-        self.vit = timm.create_model(arch, pretrained=False, num_classes=0, depth=kept_blocks(VIT_DEPTH, trunc_te))
+        self.vit = cast(
+            "VisionTransformer",
+            timm.create_model(arch, pretrained=False, num_classes=0, depth=kept_blocks(VIT_DEPTH, trunc_te)),
+        )
         state = source_state_dict(arch, pretrained)
         if state is not None:
             self.load_source_state_dict(state, f"{arch} {pretrained} weights")
         v = self.vit
+        assert v.cls_token is not None and v.pos_embed is not None  # ViT-B/16 has both
         freeze([v.cls_token, v.pos_embed, *v.patch_embed.parameters()], v.blocks, freeze_te)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 from torch import nn
 
@@ -14,6 +14,9 @@ from vgray.models.foreign.paper import COSPLACE, DIGIT_BACKBONE, PAPER
 from vgray.models.foreign.paper_transformers import PAPER_CCT, PAPER_VIT, PREFIXES, token_backbone, token_keys
 from vgray.models.foreign.vpr import BOQ, MIXVPR, SALAD
 from vgray.registry import BACKBONES
+
+if TYPE_CHECKING:
+    from vgray.models.components import Backbone
 
 # Top-level names of the backbone source layouts: torchvision ResNet/VGG/AlexNet, timm ViT, CCT.
 _SOURCE_TOPS = {
@@ -173,14 +176,15 @@ def load_network_file(model: nn.Module, obj: dict, origin: str) -> str:
     is; returns that layout's name. BadInput when it is in none (naming the layouts tried and its first
     keys) or does not fit the network (naming what it was made for)."""
     state = unwrap(obj)
+    backbone = cast("Backbone", model.backbone)  # model is a GeoLocalizationNet
     for layout in LAYOUTS:
         if not layout.claims(obj, state):
             continue
         if layout.convert is None:
-            model.backbone.load_source_state_dict(state, origin)
+            backbone.load_source_state_dict(state, origin)
             return layout.name
         conv = layout.convert(obj, state, origin)
-        conv = replace(conv, state=model.backbone.adapt_network_state(conv.state, "backbone."))  # DINOv2's grid
+        conv = replace(conv, state=backbone.adapt_network_state(conv.state, "backbone."))  # DINOv2's grid
         _refuse_misfit(model, layout, conv, origin)
         model.load_state_dict(_fitting(model, conv))
         return layout.name

@@ -69,6 +69,7 @@ def _is_paper(obj: dict, state: dict) -> bool:
 
 def _paper(obj: dict, state: dict, origin: str) -> Converted:
     head = paper_head(state)
+    assert head is not None  # a file this layout claims has the paper's head (_is_paper)
     for part, want in (("weight", 1.0), ("bias", 0.0)):
         acc = next((v for k, v in state.items() if k.endswith(f"crn.acc_w.{part}")), None)
         if acc is not None and not torch.all(acc == want):

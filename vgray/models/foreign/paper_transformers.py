@@ -35,7 +35,7 @@ where vgray normalises the channels: such a gem file is refused (vgray cannot gi
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -90,7 +90,8 @@ _SEQPOOL = "classifier.attention_pool."
 def vit_to_timm(hf: State) -> State:
     """A HuggingFace ``ViTModel`` state dict in timm's ViT names (pooler left out, query, key and
     value stacked into qkv). A key of neither layout keeps its name, to be reported as unexpected."""
-    out, qkv = {}, {}
+    out: State = {}
+    qkv: Dict[Tuple[str, str], Dict[str, torch.Tensor]] = {}
     for key, value in hf.items():
         if key.startswith("pooler."):
             continue
@@ -99,8 +100,10 @@ def vit_to_timm(hf: State) -> State:
         if key in _VIT_TOP:
             out[_VIT_TOP[key]] = value
         elif module.startswith("attention.attention.") and module.rsplit(".", 1)[1] in _QKV:
+            assert m is not None  # module is m's group
             qkv.setdefault((m.group(1), m.group(3)), {})[module.rsplit(".", 1)[1]] = value
         elif module in _VIT_BLOCK:
+            assert m is not None  # module is m's group
             out[f"blocks.{m.group(1)}.{_VIT_BLOCK[module]}.{m.group(3)}"] = value
         else:
             out[key] = value
@@ -153,8 +156,9 @@ def _is_paper_cct(obj: dict, state: dict) -> bool:
     return _only(state, CCT)
 
 
-def _reproducible(head: Converted, origin: str) -> Converted:
+def _reproducible(head: Optional[Converted], origin: str) -> Converted:
     """The head, unless it is GeM after the paper's token-wise L2Norm, which vgray cannot reproduce."""
+    assert head is not None  # a file these layouts claim has the paper's head (_only)
     if head.l2 == "before_pool":
         raise BadInput(
             f"model.pretrained={origin}: the paper's transformer + GeM with its L2Norm before the pool "

@@ -144,7 +144,9 @@ def _head(head: dict) -> State:
 
 
 def _mixvpr(obj: dict, state: dict, origin: str) -> Converted:
-    body, head = _split(state, ("backbone.model.",))
+    split = _split(state, ("backbone.model.",))
+    assert split is not None  # the layout claimed the file (_claims)
+    body, head = split
     backbone, made = _backbone(body, final_norm=True)
     n = head["row_proj.weight"].shape[1]
     side = int(round(n**0.5))
@@ -161,7 +163,9 @@ def _mixvpr(obj: dict, state: dict, origin: str) -> Converted:
 
 
 def _salad(obj: dict, state: dict, origin: str) -> Converted:
-    body, head = _split(state, ("backbone.model.",))
+    split = _split(state, ("backbone.model.",))
+    assert split is not None  # the layout claimed the file (_claims)
+    body, head = split
     backbone, made = _backbone(body, final_norm=True)
     made += (
         f", model.aggregation=salad, model.salad_clusters={head['score.3.weight'].shape[0]}, "
@@ -172,7 +176,9 @@ def _salad(obj: dict, state: dict, origin: str) -> Converted:
 
 
 def _boq(obj: dict, state: dict, origin: str) -> Converted:
-    body, head = _split(state, ("backbone.net.", "backbone.dino."))
+    split = _split(state, ("backbone.net.", "backbone.dino."))
+    assert split is not None  # the layout claimed the file (_claims)
+    body, head = split
     backbone, made = _backbone(body, final_norm=False)
     layers = len({k.split(".")[1] for k in head if k.startswith("boqs.")})
     queries = head["boqs.0.queries"].shape[1] if "boqs.0.queries" in head else "?"
