@@ -25,7 +25,7 @@ from vgray.data.catalog import CATALOG, catalog_rows
 from vgray.distributed import spec
 from vgray.models.pretrained import RECORDS
 
-spec._fill_registries()  # the component packages fill the registries the config names
+spec.fill_registries()  # the component packages fill the registries the config names
 
 GENERATED = "!!! note\n    Generated from the code when the site is built (`docs/gen_reference.py`).\n"
 _ESCAPES = str.maketrans(

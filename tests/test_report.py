@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import SWEEP_BASE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,19 +32,7 @@ from vgray.cli import main
 from vgray.report.figures import pareto_front
 from vgray.results import SETUP_KEYS
 
-BASE = {
-    "data": {"root": "synthetic:tiny", "resize": [32, 48], "num_workers": 0},
-    "model": {"pretrained": "none", "aggregation": "gem"},
-    "train": {
-        "queries_per_epoch": 10,
-        "cache_refresh_rate": 10,
-        "negs_num_per_query": 2,
-        "neg_samples_num": 40,
-        "epochs": 1,
-        "lr": 0.001,
-    },
-    "test": {"recall_values": [1, 5], "batch_size": 64},
-}
+BASE = SWEEP_BASE
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -307,7 +307,7 @@ def _config_key(where: str, key: str) -> None:
         raise _unknown(f"{where} key", key, keys)
 
 
-def _fill_registries() -> None:
+def fill_registries() -> None:
     """Import the component packages, which fill the registries the config checks names against:
     a backbone that does not exist is refused here, not in a trial."""
     import vgray.evaluate.methods  # noqa: F401
@@ -321,7 +321,7 @@ def parse_sweep(raw: Any, source: str = "<dict>", storage: Optional[str] = None)
     """A validated :class:`SweepSpec` from the mapping ``raw`` read from ``source`` (``storage``:
     the ``--storage`` that replaces the file's); every expanded trial config is checked too.
     :class:`BadInput` naming the sweep file and the key at fault."""
-    _fill_registries()
+    fill_registries()
     try:
         spec = _parse(_mapping("a sweep file", raw), source, storage)
         _check_references(spec)
