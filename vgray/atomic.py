@@ -24,9 +24,14 @@ def temp_name(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def commit(tmp: Path, path: str | os.PathLike[str]) -> None:
-    """Sync ``tmp`` to disk and move it onto ``path``; the rename is synced too."""
+def commit(tmp: Path, path: str | os.PathLike[str], sync: bool = True) -> None:
+    """Sync ``tmp`` to disk and move it onto ``path``; the rename is synced too. Without ``sync``,
+    only the move: a reader still never sees part of the file, and the caller makes many such
+    files durable together (a synthetic world's chunk of images) before anything vouches for them."""
     path = Path(path)
+    if not sync:
+        os.replace(tmp, path)
+        return
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -46,13 +51,14 @@ def commit(tmp: Path, path: str | os.PathLike[str]) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Path]:
     """A temporary path for a writer that takes a file name (``torch.save``, ``faiss.write_index``,
-    ``pq.write_table``): moved onto ``path`` when the block ends, removed if it raises."""
+    ``pq.write_table``): moved onto ``path`` when the block ends (:func:`commit`, with ``sync``),
+    removed if it raises."""
     tmp = temp_name(path)
     try:
         yield tmp
-        commit(tmp, path)
+        commit(tmp, path, sync)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

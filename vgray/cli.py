@@ -92,8 +92,15 @@ def _pipeline_parsers(sub) -> None:
     """synth, profile, eval, train: the pipeline's own commands."""
     p = sub.add_parser("synth", help="write a VG-format synthetic dataset")
     p.add_argument("out", help="output folder")
-    p.add_argument("--preset", default="tiny", help="tiny, small or large")
+    p.add_argument("--preset", default="tiny", help="tiny, small, large or rsf (R-SF-sized: over a million images)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--address",
+        help="render as Ray tasks on this cluster (auto or HOST:PORT; OUT on a file system every node "
+        "sees), resumably: a re-run skips the finished chunks (default: a local Ray for rsf, "
+        "else processes on this machine)",
+    )
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     p.add_argument(
         "--layout",
         default="vg",
@@ -257,6 +264,8 @@ def cmd_synth(args) -> None:
     if args.layout not in ("vg", "gsv_cities"):
         raise BadInput(f"--layout {args.layout!r} is not allowed; choose vg or gsv_cities")
     if args.layout == "gsv_cities":
+        if args.address:
+            raise BadInput("--address renders the vg layout only; leave it out with --layout gsv_cities")
         from vgray.data.synthetic.gsv import generate_gsv_cities
 
         check_output_dir(args.out, "OUT")
@@ -266,10 +275,18 @@ def cmd_synth(args) -> None:
             f"GSV-Cities layout to {out}"
         )
         return
-    from vgray.data.synthetic import generate
+    from vgray.data.synthetic import PRESETS, check_preset, generate
 
     check_output_dir(args.out, "OUT")
-    out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
+    check_preset(args.preset, args.seed)
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise BadInput(f"--num-cpus={args.num_cpus} must be at least 1")
+    if args.address or PRESETS[args.preset].ray:  # chunks as Ray tasks, resumable
+        from vgray.distributed.synth import generate_on_ray
+
+        out = generate_on_ray(Path(args.out), args.preset, args.seed, args.address, args.num_cpus)
+    else:
+        out = generate(Path(args.out), preset=args.preset, seed=args.seed, progress=True)
     print(f"wrote synthetic dataset '{args.preset}' (seed {args.seed}) to {out}")
 
 

@@ -28,7 +28,11 @@ from the others in UTM zone 33T, so train/val/test never share a place. Within a
 Everything is a function of ``(preset, seed)``: each image draws from its own random stream keyed
 by (seed, split, kind, index), so the bytes do not depend on how the work is split among
 processes. :func:`generate` writes a dataset atomically; :func:`ensure` keeps one per
-(preset, seed) in vgray's cache, safely under concurrent callers.
+(preset, seed) in vgray's cache, safely under concurrent callers. A world of a million images
+(the ``rsf`` preset) is written chunk by chunk instead, each file atomically, resumably
+(:func:`plan_resumable`, :func:`write_resumable`, :func:`render_chunk`), as Ray tasks by
+:mod:`vgray.distributed.synth`; both refuse a dataset that would not fit the disk
+(:func:`check_disk`).
 
 The package reads in the order of the pipeline: :mod:`.presets` (sizes), :mod:`.world` (streets,
 occupancy map, with :mod:`.ground` and :mod:`.facade` for what the ground and the buildings look
@@ -39,7 +43,7 @@ the UTM conversion and the coordinate hash they share.
 
 from __future__ import annotations
 
-from vgray.data.synthetic.capture import CAM_FIELDS, capture_plan, database_places
+from vgray.data.synthetic.capture import CAM_FIELDS, capture_plan, database_places, image_count
 from vgray.data.synthetic.geo import UTM_BAND, UTM_ZONE, utm_to_latlon
 from vgray.data.synthetic.presets import PRESETS, SPLITS, Preset, SplitSpec
 from vgray.data.synthetic.render import render
@@ -48,12 +52,17 @@ from vgray.data.synthetic.write import (
     KINDS,
     MARKER,
     VERSION,
+    check_disk,
     check_preset,
     clear_cache,
     ensure,
     file_name,
     generate,
+    image_counts,
+    plan_resumable,
+    render_chunk,
     render_range,
+    write_resumable,
 )
 
 __all__ = [
@@ -70,6 +79,12 @@ __all__ = [
     "build_world",
     "capture_plan",
     "database_places",
+    "image_count",
+    "image_counts",
+    "check_disk",
+    "plan_resumable",
+    "write_resumable",
+    "render_chunk",
     "CAM_FIELDS",
     "render",
     "file_name",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from vgray.data.synthetic.presets import SPLITS, Preset
-from vgray.data.synthetic.world import World
+from vgray.data.synthetic.world import World, street_grid
 
 # Per-image capture parameters, one array each (struct of arrays, so batches stay vectorised).
 CAM_FIELDS = (
@@ -42,17 +42,30 @@ def database_places(world: World, preset: Preset) -> tuple[np.ndarray, np.ndarra
     east-west). Places of east-west streets closer than half a spacing to a north-south street
     are dropped, since the crossing is already covered.
     """
-    s = preset.spacing_m
+    return _places(world.xs, world.ys, preset.spacing_m)
+
+
+def image_count(preset: Preset, seed: int, split_index: int, kind: str) -> int:
+    """How many images :func:`capture_plan` gives a split's ``kind``, from the street plan alone
+    (no occupancy or ground map is built): cheap for a world of a million images."""
+    if kind == "queries":
+        return preset.split(SPLITS[split_index]).queries
+    xs, ys = street_grid(preset, seed, split_index)
+    return len(_places(xs, ys, preset.spacing_m)[0]) * preset.headings
+
+
+def _places(xs: np.ndarray, ys: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`database_places` of the streets centred on ``xs`` (north-south) and ``ys``."""
     px, py, ax = [], [], []
-    y_run = np.arange(world.ys[0], world.ys[-1] + 1e-6, s)
-    for x in world.xs:
+    y_run = np.arange(ys[0], ys[-1] + 1e-6, s)
+    for x in xs:
         px.append(np.full_like(y_run, x))
         py.append(y_run)
         ax.append(np.zeros(len(y_run), np.int8))
-    x_run = np.arange(world.xs[0], world.xs[-1] + 1e-6, s)
-    keep = np.abs(x_run[:, None] - world.xs[None, :]).min(1) >= s / 2
+    x_run = np.arange(xs[0], xs[-1] + 1e-6, s)
+    keep = np.abs(x_run[:, None] - xs[None, :]).min(1) >= s / 2
     x_run = x_run[keep]
-    for y in world.ys:
+    for y in ys:
         px.append(x_run)
         py.append(np.full_like(x_run, y))
         ax.append(np.ones(len(x_run), np.int8))

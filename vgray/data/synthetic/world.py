@@ -117,3 +117,13 @@ def _extent(preset: Preset, seed: int, split_index: int) -> int:
     spec = preset.split(SPLITS[split_index])
     rng = np.random.default_rng([seed, split_index, 0x5EED])
     return street_plan(rng, spec.blocks_x)[2]
+
+
+def street_grid(preset: Preset, seed: int, split_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the north-south (``xs``) and east-west (``ys``) streets of a split, the same as
+    :func:`build_world`'s, without its maps: what the image counts need, in microseconds."""
+    spec = preset.split(SPLITS[split_index])
+    rng = np.random.default_rng([seed, split_index, 0x5EED])
+    xs = street_plan(rng, spec.blocks_x)[0]
+    ys = street_plan(rng, spec.blocks_y)[0]
+    return xs, ys
