@@ -22,6 +22,7 @@ BENCHMARKS = {
     "knn": "vgray.bench.knn",
     "search": "vgray.bench.search",
     "index": "vgray.bench.index",
+    "scale": "vgray.bench.scale",
 }
 
 

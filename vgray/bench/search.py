@@ -38,7 +38,8 @@ def synthetic_database(database: int, queries: int, dim: int, seed: int = 0):
     return xb, xq
 
 
-def _best_seconds(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """The shortest of ``repeats`` wall-clock timings of ``fn()``, in seconds."""
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
@@ -74,7 +75,7 @@ def main(argv) -> None:
         flat = faiss.IndexFlatL2(args.dim)
         flat.add(xb)
         D0, I0, _ = search(flat, xq, args.k)
-        flat_s = _best_seconds(lambda: search(flat, xq, args.k), args.repeats)
+        flat_s = best_seconds(lambda: search(flat, xq, args.k), args.repeats)
         cluster = cluster_summary()
         cpus, node_cpus = cluster["cpus"], cluster["node_cpus"]
         figures: Dict[str, object] = {
@@ -94,7 +95,7 @@ def main(argv) -> None:
             sharded = ShardedFlatSearch(xb, actors=n, num_cpus=min(cpus / n, node_cpus))
             try:
                 D, I = sharded.search(xq, args.k)
-                seconds = _best_seconds(lambda sharded=sharded: sharded.search(xq, args.k), args.repeats)
+                seconds = best_seconds(lambda sharded=sharded: sharded.search(xq, args.k), args.repeats)
                 speedups[n] = flat_s / seconds
                 figures.update(
                     {

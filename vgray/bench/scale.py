@@ -1,0 +1,483 @@
+"""``vgray bench scale``: how each cost of the pipeline grows with the database, over a ladder of sizes.
+
+Each size N is the first N images of the sorted file index of ``data.root``'s test database (the
+queries fixed: the first ``--queries``). The ladder's datasets are real VG folders made of hard
+links (symbolic links across file systems) to those images: inodes, no bytes, and every stage runs
+through its own public entry point unchanged (no config key restricts a split). At each size, timed:
+
+- ``file_index``: :func:`vgray.data.dataset.index_images` on the database folder, cold;
+- ``extract``: :func:`vgray.distributed.extract.extract` (Ray Data into parquet shards, no
+  concatenation), database and queries, an untrained seeded model at the images' own size;
+- ``index_build_ivfpq`` / ``index_build_flat``: :func:`vgray.distributed.search.index_from_shards`
+  (``IVF{4 sqrt N},PQ16``; Flat only where its descriptors fit ``--flat-budget-mb``);
+- ``search_flat`` (on the driver, where it fits), ``search_sharded_flat``
+  (:class:`~vgray.distributed.search.ShardedFlatSearch` over ``--actors`` actors reading the
+  shards), ``search_ivfpq``: seconds per query, best of ``--repeats``, with R@1 and R@5;
+- ``mining_<method>``: one cache refresh (:mod:`vgray.train.mining`) on the size's database as a
+  training split, its descriptors through :class:`~vgray.distributed.descriptors.RayExtractor`
+  (``data.ray_threshold``, 0 here unless set: always Ray Data), as training asks for them.
+
+Memory (:mod:`vgray.distributed.memory`): the driver's peak RSS within each stage (its kernel peak
+reset at the stage's start) and the largest Ray worker's, read inside the cluster by a probe per
+node. Printed: a table of seconds per stage and size, each stage's growth exponent ``a``
+(seconds ∝ N^a, least squares on log-log), the issue's expected shapes (kept or missed: figures,
+not a failure) and, last, the driver's peak at the largest size over the smallest.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vgray.bench import bench_parser, print_figures
+from vgray.bench.search import best_seconds
+from vgray.console import write_json
+from vgray.errors import BadInput
+
+DEFAULT_SIZES = "10000,100000,1000000"
+METHODS = ("partial", "full", "random", "msls_weighted")
+# (stage, lowest a, highest a): the issue's expected shapes (a ≈ 1 taken as 0.8-1.2 where it gives no range)
+SHAPES = (
+    ("file_index", 0.9, 1.1),
+    ("extract", 0.9, 1.1),
+    ("search_flat", 0.8, 1.2),
+    ("search_sharded_flat", 0.8, 1.2),
+    ("search_ivfpq", -math.inf, 0.7),
+    ("mining_partial", -math.inf, 0.2),
+    ("mining_msls_weighted", -math.inf, 0.2),
+    ("mining_full", 0.8, 1.2),
+)
+DRIVER_RATIO_MAX = 1.5
+WORKER_MAX_MB = 4096.0
+
+
+def sizes_of(text: str) -> List[int]:
+    """``--sizes 2000,8000`` as a sorted list of distinct sizes of at least 2; else BadInput."""
+    try:
+        sizes = sorted({int(t.replace("_", "")) for t in text.split(",") if t.strip()})
+    except ValueError:
+        sizes = []
+    if len(sizes) < 2 or sizes[0] < 2:
+        raise BadInput(f"--sizes={text!r}: give two or more database sizes of at least 2, e.g. 10000,100000,1000000")
+    return sizes
+
+
+def ivfpq_spec(n: int) -> str:
+    """The compressed index of size ``n``: about 4 sqrt(n) lists (at least 39 training points each),
+    PQ16 with 8-bit codes where there are 10,000 points to train them, 4-bit below."""
+    lists = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    return f"IVF{lists},PQ16" + ("" if n >= 10_000 else "x4")
+
+
+def growth_exponent(sizes: Sequence[int], seconds: Sequence[float]) -> Optional[float]:
+    """``a`` of seconds ∝ N^a by least squares on log-log; None with fewer than two positive points."""
+    pts = [(math.log(n), math.log(s)) for n, s in zip(sizes, seconds) if s > 0]
+    if len(pts) < 2:
+        return None
+    x, y = np.array(pts).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def _free_mb(folder: Path) -> float:
+    return shutil.disk_usage(folder).free / 2**20
+
+
+def _available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return math.inf
+
+
+def check_fits(sizes: List[int], available: int, queries: int, dim: int, work: Path, args) -> None:
+    """Refuse (BadInput, one line) sizes beyond the dataset, or whose shards and links do not fit the
+    disk, or whose largest in-memory holder does not fit the free memory; before anything runs."""
+    if sizes[-1] > available:
+        raise BadInput(
+            f"--sizes: {sizes[-1]:,} database images asked for, but the test database of the data root "
+            f"holds {available:,}; choose sizes up to {available:,}"
+        )
+    row = dim * 4 + 300  # a descriptor and its path and UTM columns in a shard
+    disk = (sizes[-1] + queries) * row / 2**20 + sum(sizes) * 4096 / 2**20 / 64  # shards; link inodes' dirents
+    if disk > _free_mb(work):
+        raise BadInput(
+            f"--sizes up to {sizes[-1]:,}: about {disk:,.0f} MiB of shards needed in {work}, "
+            f"{_free_mb(work):,.0f} MiB free"
+        )
+    n = sizes[-1]
+    holders = [n * dim * 4 / args.actors]  # a search actor's part
+    if "full" in args.methods:
+        holders.append(n * dim * 4)  # full mining: the whole database's descriptors on the driver
+    if n * dim * 4 / 2**20 <= args.flat_budget_mb:
+        holders.append(n * dim * 4)
+    need = max(holders) * 1.5 / 2**20 + 1024  # what one process holds at its peak, and the rest
+    if need > _available_mb():
+        raise BadInput(
+            f"--sizes up to {n:,}: about {need:,.0f} MiB of memory needed at the peak, {_available_mb():,.0f} MiB "
+            f"available; choose smaller sizes, more --actors, or leave out full mining (--methods)"
+        )
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: a symbolic link
+        os.symlink(src, dst)
+
+
+def make_ladder(split, sizes: List[int], queries: int, work: Path) -> Dict[int, Path]:
+    """One VG folder per size under ``work``: ``N/images/test/{database,queries}`` holding links to
+    the first N database and the first ``queries`` query images of ``split`` (folders kept)."""
+    from vgray.data.dataset import split_dir
+
+    tops = {role: split_dir(Path(split.root), split.name) / role for role in ("database", "queries")}
+    roots = {}
+    for n in sizes:
+        root = work / str(n)
+        for role, images, count in (("database", split.database, n), ("queries", split.queries, queries)):
+            folder = root / "images" / "test" / role
+            for path in images.paths[:count]:
+                rel = Path(path).relative_to(tops[role]) if Path(path).is_relative_to(tops[role]) else Path(path).name
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                _link(Path(path), folder / rel)
+        roots[n] = root
+    return roots
+
+
+class Stages:
+    """The measurements of one ladder: ``stages[stage][N]`` a dict of ``seconds`` (per query for
+    searches), ``driver_peak_mb``, ``driver_rise_mb``, ``worker_peak_mb``, ``worker`` and extras."""
+
+    def __init__(self, workers) -> None:
+        self.workers = workers
+        self.stages: Dict[str, Dict[int, Dict[str, Any]]] = {}
+        self.left_out: Dict[str, str] = {}
+
+    def run(self, stage: str, n: int, fn: Callable[[], Any], per: int = 1, repeats: int = 1) -> Any:
+        """``fn()`` timed (best of ``repeats``; seconds divided by ``per``) with its peaks; its result."""
+        from vgray.distributed.memory import DriverPeak
+
+        self.workers.reset()
+        out: List[Any] = []
+        with DriverPeak() as driver:
+            seconds = best_seconds(lambda: out.append(fn()), repeats)
+        worker_mb, title = self.workers.largest()
+        self.stages.setdefault(stage, {})[n] = {
+            "seconds": seconds / per,
+            "driver_peak_mb": driver.mb,
+            "driver_rise_mb": driver.rise_mb,
+            "worker_peak_mb": worker_mb,
+            "worker": title,
+        }
+        return out[-1]
+
+    def note(self, stage: str, n: int, **extra: Any) -> None:
+        self.stages[stage][n].update(extra)
+
+
+def _configs(args) -> Tuple[Any, List[str]]:
+    """The ladder's config (the dataset's own image size unless ``data.resize`` is set) and the
+    overrides that make it, ``data.root`` left to each size."""
+    from PIL import Image
+
+    from vgray.config import load_config
+    from vgray.data.dataset import open_split
+
+    base = [
+        "data.root=synthetic:large",
+        "model.aggregation=gem",
+        "model.pretrained=none",
+        "data.num_workers=0",
+        "data.ray_threshold=0",
+        "test.batch_size=64",
+        *args.overrides,
+    ]
+    cfg = load_config(overrides=base)
+    split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
+    if not any(o.startswith("data.resize=") for o in args.overrides):
+        with Image.open(split.database.paths[0]) as image:
+            base.append(f"data.resize=[{image.height},{image.width}]")
+    return split, base
+
+
+def main(argv) -> None:
+    """``vgray bench scale``: seconds and peak memory of each stage over a ladder of database sizes,
+    the growth exponents and expected shapes, and the driver's peak memory ratio last."""
+    p = bench_parser("scale", "synthetic:large, resnet18conv4 + gem untrained at the images' own size")
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"database sizes of the ladder (default {DEFAULT_SIZES})")
+    p.add_argument("--figure", metavar="FILE.png", help="also draw seconds and peak memory against size (log-log)")
+    p.add_argument("--queries", type=int, default=1000, help="the fixed query set: the first Q queries (default 1000)")
+    p.add_argument("--methods", default=",".join(METHODS), help="mining methods refreshed (default: all four)")
+    p.add_argument("--actors", type=int, default=2, help="sharded Flat search actors (default 2)")
+    p.add_argument("--shard-size", type=int, default=10000, help="images per parquet shard (default 10000)")
+    p.add_argument(
+        "--flat-budget-mb", type=float, default=2048, help="largest database (MiB of descriptors) Flat on the driver"
+    )
+    p.add_argument("--repeats", type=int, default=2, help="timed searches per index; the best is kept")
+    p.add_argument("--dir", help="work folder for links and shards (default: a temporary one in the vgray cache)")
+    p.add_argument("--address", default=None, help="a running Ray cluster (auto or HOST:PORT)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    args = p.parse_args(argv)
+    sizes = sizes_of(args.sizes)
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or min(args.queries, args.actors, args.shard_size, args.repeats) < 1:
+        raise BadInput(
+            f"--methods takes {', '.join(METHODS)}; --queries, --actors, --shard-size and --repeats at least 1"
+        )
+    from vgray.config import load_config
+    from vgray.models import build_model
+    from vgray.paths import cache_dir
+
+    split, base = _configs(args)
+    cfg = load_config(overrides=base)
+    dim = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size).features_dim
+    queries = min(args.queries, len(split.queries))
+    parent = Path(args.dir).expanduser() if args.dir else cache_dir()
+    if not parent.is_dir():
+        raise BadInput(f"--dir {args.dir}: no such folder")
+    check_fits(sizes, len(split.database), queries, dim, parent, args)
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=parent))
+    try:
+        started = time.perf_counter()
+        roots = make_ladder(split, sizes, queries, work)
+        links_s = time.perf_counter() - started
+        del split  # the source's file index: the ladder's folders stand for it now
+        stages = _ladder(roots, base, args, work)
+        figures = summary(stages, sizes, links_s, cfg, queries)
+        if args.figure:
+            draw(stages.stages, sizes, args.figure)
+        _print_table(stages.stages, sizes)
+        print_figures(figures)
+        write_json(args.json, {**figures, "sizes": sizes, "stages": stages.stages})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages:
+    from vgray.distributed.cluster import ray_session
+    from vgray.distributed.memory import WorkerPeaks
+
+    with ray_session(args.address, args.num_cpus):
+        workers = WorkerPeaks()
+        try:
+            stages = Stages(workers)
+            for n, root in roots.items():
+                one_size(stages, n, root, base, args, work / f"shards-{n}")
+                shutil.rmtree(work / f"shards-{n}", ignore_errors=True)
+        finally:
+            workers.close()
+    return stages
+
+
+def one_size(stages: Stages, n: int, root: Path, base: List[str], args, out: Path) -> None:
+    """Every stage at size ``n`` (dataset ``root``), shards written to ``out``."""
+    from vgray.config import load_config
+    from vgray.data.dataset import index_cache_path, index_images
+    from vgray.distributed.extract import extract, prepare, shard_path
+
+    cfg = load_config(overrides=[*base, f"data.root={root}"])
+    top = root / "images" / "test" / "database"
+    for folder in (top, top.parent / "queries"):
+        index_cache_path(folder).unlink(missing_ok=True)
+    images = stages.run("file_index", n, lambda: index_images(top, progress=lambda seen: None))
+    if len(images) != n:
+        raise RuntimeError(f"vgray bench scale: the file index of {top} holds {len(images)} images, not {n}")
+    del images
+
+    def extraction() -> Any:
+        prepared = prepare(cfg, "test", out, shard_size=args.shard_size, progress=False)
+        extract(cfg, "test", out, shard_size=args.shard_size, progress=False, concat=False, prepared=prepared)
+        return prepared
+
+    prepared = stages.run("extract", n, extraction)
+    files = {
+        role: [str(shard_path(out, role, k)) for k in range(-(-count // args.shard_size))]
+        for role, count in (("database", n), ("queries", len(prepared.split.queries)))
+    }
+    search_stages(stages, n, cfg, prepared.split, files, args)
+    mining_stages(stages, n, cfg, prepared, args)
+    for folder in (top, top.parent / "queries"):
+        index_cache_path(folder).unlink(missing_ok=True)
+
+
+def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]], args) -> None:
+    """Index builds and searches at size ``n``; R@1/R@5 of each, and whether sharded Flat is Flat."""
+    from vgray.distributed.cluster import cluster_summary
+    from vgray.distributed.search import ShardedFlatSearch, index_from_shards, read_descriptors, same_as_flat
+    from vgray.evaluate.knn import index_memory_mb, search
+    from vgray.evaluate.recall import recall_at_n
+
+    xq = np.concatenate([read_descriptors(f) for f in files["queries"]])
+    positives, _ = split.evaluation_positives("auto", cfg.test.positive_dist_threshold, cfg.test.positive_frames)
+    k, m = max(cfg.test.recall_values), len(xq)
+
+    def recalls(I: np.ndarray) -> Dict[str, float]:
+        return recall_at_n(I, positives, (1, 5))
+
+    flat_result = None
+    held: Dict[str, Any] = {}  # the indexes, dropped once searched (before the sharded actors load)
+    d = xq.shape[1]
+    if n * d * 4 / 2**20 <= args.flat_budget_mb:
+        held["flat"] = stages.run(
+            "index_build_flat", n, lambda: index_from_shards(files["database"], "Flat", seed=cfg.seed)
+        )
+        D0, I0, _ = stages.run("search_flat", n, lambda: search(held["flat"], xq, k), per=m, repeats=args.repeats)
+        stages.note("search_flat", n, **recalls(I0), index_mb=index_memory_mb(held.pop("flat")))
+        flat_result = (D0, I0)
+    else:
+        stages.left_out["search_flat"] = f"Flat on the driver above --flat-budget-mb={args.flat_budget_mb:g}"
+    spec = ivfpq_spec(n)
+    held["ivf"] = stages.run("index_build_ivfpq", n, lambda: index_from_shards(files["database"], spec, seed=cfg.seed))
+    _, I, _ = stages.run("search_ivfpq", n, lambda: search(held["ivf"], xq, k), per=m, repeats=args.repeats)
+    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(held.pop("ivf")))
+    cluster = cluster_summary()
+    started = time.perf_counter()
+    sharded = ShardedFlatSearch(
+        files=files["database"], actors=args.actors, num_cpus=min(cluster["cpus"] / args.actors, cluster["node_cpus"])
+    )
+    load_s = time.perf_counter() - started
+    try:
+        D, I = stages.run("search_sharded_flat", n, lambda: sharded.search(xq, k), per=m, repeats=args.repeats)
+        extra: Dict[str, Any] = {"load_s": load_s, "actor_mb": max(sharded.actor_bytes()) / 2**20}
+        if flat_result is not None:
+            extra["same_as_flat"] = float(same_as_flat(*flat_result, D, I).mean())
+        stages.note("search_sharded_flat", n, **recalls(I), **extra)
+    finally:
+        sharded.close()
+
+
+def mining_stages(stages: Stages, n: int, cfg, prepared, args) -> None:
+    """One cache refresh per mining method at size ``n``, the size's database as the training
+    split, descriptors through the extractor training uses on Ray."""
+    from vgray.data.transforms import test_transform
+    from vgray.distributed.descriptors import RayExtractor
+    from vgray.runtime import Runtime
+    from vgray.train.loop import LocalDescriptors
+    from vgray.train.mining import TrainingQueries, create_miner
+
+    model = prepared.model.eval()
+    rt = Runtime.from_config(cfg, progress=False)
+    transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
+    extractor = RayExtractor(cfg, log=lambda msg: None)
+    source = LocalDescriptors(model, prepared.split, transform, rt, extractor)
+    try:
+        data = TrainingQueries(prepared.split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
+    except BadInput as exc:
+        for method in args.methods:
+            stages.left_out[f"mining_{method}"] = f"at {n:,}: {exc}"
+        return
+    for method in args.methods:
+        try:
+            miner = create_miner(method, data, cfg.train)
+        except BadInput as exc:  # msls_weighted without night or sideways queries
+            stages.left_out[f"mining_{method}"] = f"at {n:,}: {exc}"
+            continue
+        rng = np.random.default_rng(cfg.seed)
+        queries = miner.sample_queries(rng, cfg.train.cache_refresh_rate)
+        before = extractor.images_through_ray
+        stages.run(f"mining_{method}", n, functools.partial(miner.refresh, source, queries, rng))
+        stages.note(
+            f"mining_{method}", n, images_through_ray=extractor.images_through_ray - before, usable=len(data.usable)
+        )
+
+
+def summary(stages: Stages, sizes: List[int], links_s: float, cfg, queries: int) -> Dict[str, Any]:
+    """The printed figures: per stage its exponent and peaks, the shapes kept or missed, the
+    sharded-Flat check, what was left out, and the driver's peak ratio last."""
+    figures: Dict[str, Any] = {
+        "data": cfg.data.root,
+        "model": f"{cfg.model.backbone}+{cfg.model.aggregation} (untrained, seed {cfg.seed})",
+        "image_size": "x".join(map(str, cfg.data.image_size)),
+        "sizes": ",".join(map(str, sizes)),
+        "queries": queries,
+        "links_s": links_s,
+    }
+    exponents: Dict[str, Optional[float]] = {}
+    for stage, by_size in stages.stages.items():
+        ns = sorted(by_size)
+        exponents[stage] = growth_exponent(ns, [by_size[n]["seconds"] for n in ns])
+        figures[f"{stage} a"] = "n/a" if exponents[stage] is None else exponents[stage]
+        figures[f"{stage} driver_peak_mb"] = max(by_size[n]["driver_peak_mb"] for n in ns)
+        figures[f"{stage} worker_peak_mb"] = max(by_size[n]["worker_peak_mb"] for n in ns)
+    for stage, low, high in SHAPES:
+        a = exponents.get(stage)
+        want = f"a < {high:g}" if low == -math.inf else f"a in {low:g}-{high:g}"
+        if a is None:
+            figures[f"shape {stage}"] = f"not measured ({want})"
+        else:
+            figures[f"shape {stage}"] = f"{'kept' if low <= a <= high else 'MISSED'}: a={a:.2f}, expected {want}"
+    sharded = stages.stages.get("search_sharded_flat", {})
+    same = [v["same_as_flat"] for v in sharded.values() if "same_as_flat" in v]
+    if same:
+        figures["sharded_flat_same_as_flat"] = min(same)
+    largest = sizes[-1]
+    for stage in ("search_flat", "search_sharded_flat", "search_ivfpq"):
+        at = stages.stages.get(stage, {}).get(largest)
+        if at is not None:
+            figures[f"{stage} R@1/R@5 at {largest:,}"] = f"{at['R@1']:.2f} / {at['R@5']:.2f}"
+    for stage, why in stages.left_out.items():
+        figures[f"left out {stage}"] = why
+    driver = {n: max(s[n]["driver_peak_mb"] for s in stages.stages.values() if n in s) for n in sizes}
+    worker = max((v["worker_peak_mb"] for s in stages.stages.values() for v in s.values()), default=0.0)
+    figures["driver_peak_mb_smallest"] = driver[sizes[0]]
+    figures["driver_peak_mb_largest"] = driver[sizes[-1]]
+    figures["worker_peak_mb_largest"] = worker
+    figures["shape worker_peak"] = f"{'kept' if worker <= WORKER_MAX_MB else 'MISSED'}: expected <= {WORKER_MAX_MB:g}"
+    ratio = driver[sizes[-1]] / max(driver[sizes[0]], 1e-9)
+    figures["shape driver_peak_ratio"] = f"{'kept' if ratio <= DRIVER_RATIO_MAX else 'MISSED'}: expected <= 1.5"
+    figures["driver_peak_ratio"] = ratio  # driver peak RSS at the largest size over the smallest
+    return figures
+
+
+def _print_table(stages: Dict[str, Dict[int, Dict[str, Any]]], sizes: List[int]) -> None:
+    """Seconds (per query for searches) of each stage at each size, one stage a line."""
+    width = max(map(len, stages), default=5)
+    print(f"{'stage':<{width}}  " + "  ".join(f"{f'N={n:,}':>12}" for n in sizes) + "   (seconds)")
+    for stage, by_size in stages.items():
+        cells = [f"{by_size[n]['seconds']:>12.4g}" if n in by_size else f"{'-':>12}" for n in sizes]
+        print(f"{stage:<{width}}  " + "  ".join(cells))
+
+
+def draw(stages: Dict[str, Dict[int, Dict[str, Any]]], sizes: List[int], path: str) -> None:
+    """Two log-log panels against the database size: seconds of each stage (per query for the
+    searches), and the driver's peak RSS in each stage (solid) with the largest worker's (dashed)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgray.atomic import write_bytes
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, (stage, by_size) in enumerate(stages.items()):
+        ns = sorted(by_size)
+        colour, style = f"C{i % 10}", "-" if i < 10 else "--"
+        left.plot(ns, [by_size[n]["seconds"] for n in ns], style, marker="o", color=colour, label=stage)
+        right.plot(ns, [by_size[n]["driver_peak_mb"] for n in ns], "-", marker="o", color=colour, label=stage)
+        right.plot(ns, [max(by_size[n]["worker_peak_mb"], 1e-3) for n in ns], ":", marker="x", color=colour)
+    for ax, label in ((left, "seconds (searches: per query)"), (right, "peak RSS MiB (driver -, worker ..)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("database images")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(target, buffer.getvalue())
