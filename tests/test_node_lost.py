@@ -28,7 +28,7 @@ def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tm
     raylets = {w.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: w for w in workers}
     path = write_sweep(
         tmp_path / "s.yaml",
-        {"train.epochs": 3, "train.patience": 3},
+        {"train.epochs": 4, "train.patience": 4},
         name="lost",
         storage=str(tmp_path / "store"),
         grid={"train.lr": [0.001, 0.0001]},
@@ -71,13 +71,17 @@ def test_a_lost_worker_node_costs_a_retry_from_the_last_checkpoint(tiny_root, tm
         cluster.shutdown()
     got = rows(directory)
     assert sorted(r["train.lr"] for r in got) == [0.0001, 0.001]  # each trial exactly once
-    assert len({r["trial_id"] for r in got}) == 2 and all(r["status"] == "ok" and r["epochs"] == 3 for r in got)
+    assert len({r["trial_id"] for r in got}) == 2 and all(r["status"] == "ok" and r["epochs"] == 4 for r in got)
     # the trial on the lost node started again from its checkpoint: epoch 1 is not trained twice
     reports = [
         json.loads(x) for x in (directory / removed["trial"] / "result.json").read_text().splitlines() if x.strip()
     ]
-    assert [r["epoch"] for r in reports if r.get("epoch") is not None] == [1, 2, 3], reports
-    assert all(r["pid"] != removed["pid"] for r in reports if r.get("epoch") in (2, 3))  # another process went on
+    assert [r["epoch"] for r in reports if r.get("epoch") is not None] == [1, 2, 3, 4], reports
+    # The node goes some time after its trial reported epoch 1, so the lost process may have finished
+    # (and checkpointed) epoch 2 too; what it reported is a prefix, and another process went on from there.
+    pids = [r["pid"] for r in reports if r.get("epoch") is not None]
+    lost = pids.count(removed["pid"])
+    assert pids[:lost] == [removed["pid"]] * lost and 1 <= lost < 4, pids
     # the summary's mean ± std are those of the rows (one seed per config here: std 0)
     summary = (directory / "summary.md").read_text()
     for r in got:
