@@ -49,7 +49,7 @@ def test_small_ladder(ray_local, tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("driver_peak_ratio")
     got = json.loads(out.read_text())
-    assert got["sizes"] == list(SIZES)
+    assert got["sizes"] == list(SIZES) and got["complete"] is True
     for stage in STAGES:
         for n in SIZES:
             m = got["stages"][stage][str(n)]

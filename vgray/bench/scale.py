@@ -157,8 +157,9 @@ class Stages:
     """The measurements of one ladder: ``stages[stage][N]`` a dict of ``seconds`` (per query for
     searches), ``driver_peak_mb``, ``driver_rise_mb``, ``worker_peak_mb``, ``worker`` and extras."""
 
-    def __init__(self, workers) -> None:
+    def __init__(self, workers, holder=None) -> None:
         self.workers = workers
+        self.holder = holder  # a Holder actor (the Flat index and the mining caches)
         self.stages: Dict[str, Dict[int, Dict[str, Any]]] = {}
         self.left_out: Dict[str, str] = {}
 
@@ -218,6 +219,9 @@ def main(argv) -> None:
     p.add_argument("--queries", type=int, default=1000, help="the fixed query set: the first Q queries (default 1000)")
     p.add_argument("--methods", default=",".join(METHODS), help="mining methods refreshed (default: all four)")
     p.add_argument("--actors", type=int, default=2, help="sharded Flat search actors (default 2)")
+    p.add_argument(
+        "--extract-actors", type=int, default=None, help="network actors of each extraction (default: as vgray extract)"
+    )
     p.add_argument("--shard-size", type=int, default=10000, help="images per parquet shard (default 10000)")
     p.add_argument(
         "--flat-budget-mb", type=float, default=2048, help="largest database (MiB of descriptors) Flat on the driver"
@@ -230,9 +234,10 @@ def main(argv) -> None:
     sizes = sizes_of(args.sizes)
     args.methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in args.methods if m not in METHODS]
-    if bad or min(args.queries, args.actors, args.shard_size, args.repeats) < 1:
+    if bad or min(args.queries, args.actors, args.shard_size, args.repeats, args.extract_actors or 1) < 1:
         raise BadInput(
-            f"--methods takes {', '.join(METHODS)}; --queries, --actors, --shard-size and --repeats at least 1"
+            f"--methods takes {', '.join(METHODS)}; --queries, --actors, --extract-actors, --shard-size and "
+            "--repeats at least 1"
         )
     from vgray.config import load_config
     from vgray.models import build_model
@@ -258,7 +263,7 @@ def main(argv) -> None:
             draw(stages.stages, sizes, args.figure)
         _print_table(stages.stages, sizes)
         print_figures(figures)
-        write_json(args.json, {**figures, "sizes": sizes, "stages": stages.stages})
+        write_json(args.json, {**figures, "complete": True, "sizes": sizes, "stages": stages.stages})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -270,10 +275,19 @@ def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages
     with ray_session(args.address, args.num_cpus):
         workers = WorkerPeaks()
         try:
-            stages = Stages(workers)
+            stages = Stages(workers, holder())
             for n, root in roots.items():
                 one_size(stages, n, root, base, args, work / f"shards-{n}")
                 shutil.rmtree(work / f"shards-{n}", ignore_errors=True)
+                if args.json:  # what is measured so far, should a later size not finish
+                    write_json(
+                        args.json,
+                        {
+                            "complete": False,
+                            "sizes_done": sorted(stages.stages.get("extract", {})),
+                            "stages": stages.stages,
+                        },
+                    )
         finally:
             workers.close()
     return stages
@@ -295,8 +309,17 @@ def one_size(stages: Stages, n: int, root: Path, base: List[str], args, out: Pat
     del images
 
     def extraction() -> Any:
-        prepared = prepare(cfg, "test", out, shard_size=args.shard_size, progress=False)
-        extract(cfg, "test", out, shard_size=args.shard_size, progress=False, concat=False, prepared=prepared)
+        prepared = prepare(cfg, "test", out, shard_size=args.shard_size, actors=args.extract_actors, progress=False)
+        extract(
+            cfg,
+            "test",
+            out,
+            shard_size=args.shard_size,
+            actors=args.extract_actors,
+            progress=False,
+            concat=False,
+            prepared=prepared,
+        )
         return prepared
 
     prepared = stages.run("extract", n, extraction)
@@ -310,8 +333,90 @@ def one_size(stages: Stages, n: int, root: Path, base: List[str], args, out: Pat
         index_cache_path(folder).unlink(missing_ok=True)
 
 
+class Holder:
+    """What grows with the data and is not the driver's: the one-process Flat index and the mining
+    caches, held by a Ray worker (no CPU reserved) as a training trial's trainer holds its cache, so
+    the driver's peak measures the orchestration alone. Made with :func:`holder`."""
+
+    def __init__(self) -> None:
+        self.index: Any = None
+        self.mining: Dict[str, Any] = {}
+
+    def build_flat(self, files: List[str], seed: int) -> float:
+        """The Flat index of the database ``files`` (:func:`~vgray.distributed.search.index_from_shards`); its MiB."""
+        from vgray.distributed.search import index_from_shards
+        from vgray.evaluate.knn import index_memory_mb
+
+        self.index = index_from_shards(files, "Flat", seed=seed)
+        return float(index_memory_mb(self.index))
+
+    def search(self, xq: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        from vgray.evaluate.knn import search
+
+        D, I, _ = search(self.index, xq, k)
+        return D, I
+
+    def drop(self) -> None:
+        self.index, self.mining = None, {}
+
+    def start_mining(self, cfg, state, extract_actors: Optional[int]) -> Optional[str]:
+        """Training's descriptor source (:class:`~vgray.train.loop.LocalDescriptors` through a
+        :class:`~vgray.distributed.descriptors.RayExtractor`) on ``cfg``'s test split; None, or
+        why the split cannot be a training split."""
+        import ray
+
+        from vgray.data.dataset import open_split
+        from vgray.data.transforms import test_transform
+        from vgray.distributed.descriptors import RayExtractor
+        from vgray.models import build_model
+        from vgray.runtime import Runtime
+        from vgray.train.loop import LocalDescriptors
+        from vgray.train.mining import TrainingQueries
+
+        split = open_split(cfg.data.root, "test", cfg.data.msls_queries)
+        model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
+        model.load_state_dict(ray.get(state) if isinstance(state, ray.ObjectRef) else state)
+        model.eval()
+        rt = Runtime.from_config(cfg, progress=False)
+        transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
+        extractor = RayExtractor(cfg, actors=extract_actors, log=lambda msg: None)
+        try:
+            data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
+        except BadInput as exc:
+            return str(exc)
+        source = LocalDescriptors(model, split, transform, rt, extractor)
+        self.mining = {"cfg": cfg, "data": data, "source": source, "extractor": extractor}
+        return None
+
+    def refresh(self, method: str) -> Dict[str, Any]:
+        """One cache refresh of ``method``: ``{"images_through_ray", "usable"}``, or ``{"left_out": why}``."""
+        from vgray.train.mining import create_miner
+
+        m = self.mining
+        m.pop("miner", None)  # the last method's cache goes before this one's is built
+        try:
+            miner = create_miner(method, m["data"], m["cfg"].train)
+        except BadInput as exc:  # msls_weighted without night or sideways queries
+            return {"left_out": str(exc)}
+        rng = np.random.default_rng(m["cfg"].seed)
+        queries = miner.sample_queries(rng, m["cfg"].train.cache_refresh_rate)
+        before = m["extractor"].images_through_ray
+        miner.refresh(m["source"], queries, rng)
+        m["miner"] = miner
+        return {"images_through_ray": m["extractor"].images_through_ray - before, "usable": len(m["data"].usable)}
+
+
+def holder():
+    """A :class:`Holder` actor on the cluster (0 CPUs)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(Holder).remote()
+
+
 def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]], args) -> None:
     """Index builds and searches at size ``n``; R@1/R@5 of each, and whether sharded Flat is Flat."""
+    import ray
+
     from vgray.distributed.cluster import cluster_summary
     from vgray.distributed.search import ShardedFlatSearch, index_from_shards, read_descriptors, same_as_flat
     from vgray.evaluate.knn import index_memory_mb, search
@@ -325,17 +430,17 @@ def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]
         return recall_at_n(I, positives, (1, 5))
 
     flat_result = None
-    held: Dict[str, Any] = {}  # the indexes, dropped once searched (before the sharded actors load)
+    held: Dict[str, Any] = {}  # the IVF-PQ index, dropped once searched (before the sharded actors load)
     d = xq.shape[1]
     if n * d * 4 / 2**20 <= args.flat_budget_mb:
-        held["flat"] = stages.run(
-            "index_build_flat", n, lambda: index_from_shards(files["database"], "Flat", seed=cfg.seed)
-        )
-        D0, I0, _ = stages.run("search_flat", n, lambda: search(held["flat"], xq, k), per=m, repeats=args.repeats)
-        stages.note("search_flat", n, **recalls(I0), index_mb=index_memory_mb(held.pop("flat")))
+        flat = stages.holder
+        mb = stages.run("index_build_flat", n, lambda: ray.get(flat.build_flat.remote(files["database"], cfg.seed)))
+        D0, I0 = stages.run("search_flat", n, lambda: ray.get(flat.search.remote(xq, k)), per=m, repeats=args.repeats)
+        ray.get(flat.drop.remote())
+        stages.note("search_flat", n, **recalls(I0), index_mb=mb)
         flat_result = (D0, I0)
     else:
-        stages.left_out["search_flat"] = f"Flat on the driver above --flat-budget-mb={args.flat_budget_mb:g}"
+        stages.left_out["search_flat"] = f"Flat in one process above --flat-budget-mb={args.flat_budget_mb:g}"
     spec = ivfpq_spec(n)
     held["ivf"] = stages.run("index_build_ivfpq", n, lambda: index_from_shards(files["database"], spec, seed=cfg.seed))
     _, I, _ = stages.run("search_ivfpq", n, lambda: search(held["ivf"], xq, k), per=m, repeats=args.repeats)
@@ -356,39 +461,33 @@ def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]
         sharded.close()
 
 
+def _refresh(actor, method: str) -> Dict[str, Any]:
+    import ray
+
+    return ray.get(actor.refresh.remote(method))
+
+
 def mining_stages(stages: Stages, n: int, cfg, prepared, args) -> None:
     """One cache refresh per mining method at size ``n``, the size's database as the training
-    split, descriptors through the extractor training uses on Ray."""
-    from vgray.data.transforms import test_transform
-    from vgray.distributed.descriptors import RayExtractor
-    from vgray.runtime import Runtime
-    from vgray.train.loop import LocalDescriptors
-    from vgray.train.mining import TrainingQueries, create_miner
+    split, in the :class:`Holder` (as a trial's trainer), its descriptors through the extractor
+    training uses on Ray."""
+    import ray
 
-    model = prepared.model.eval()
-    rt = Runtime.from_config(cfg, progress=False)
-    transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
-    extractor = RayExtractor(cfg, log=lambda msg: None)
-    source = LocalDescriptors(model, prepared.split, transform, rt, extractor)
-    try:
-        data = TrainingQueries(prepared.split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
-    except BadInput as exc:
-        for method in args.methods:
-            stages.left_out[f"mining_{method}"] = f"at {n:,}: {exc}"
-        return
+    state = ray.put({k: v.detach().cpu() for k, v in prepared.model.state_dict().items()})
+    why = ray.get(stages.holder.start_mining.remote(cfg, state, args.extract_actors))
     for method in args.methods:
-        try:
-            miner = create_miner(method, data, cfg.train)
-        except BadInput as exc:  # msls_weighted without night or sideways queries
-            stages.left_out[f"mining_{method}"] = f"at {n:,}: {exc}"
+        if why is not None:
+            stages.left_out[f"mining_{method}"] = f"at {n:,}: {why}"
             continue
-        rng = np.random.default_rng(cfg.seed)
-        queries = miner.sample_queries(rng, cfg.train.cache_refresh_rate)
-        before = extractor.images_through_ray
-        stages.run(f"mining_{method}", n, functools.partial(miner.refresh, source, queries, rng))
-        stages.note(
-            f"mining_{method}", n, images_through_ray=extractor.images_through_ray - before, usable=len(data.usable)
-        )
+        got = stages.run(f"mining_{method}", n, functools.partial(_refresh, stages.holder, method))
+        if "left_out" in got:
+            stages.left_out[f"mining_{method}"] = f"at {n:,}: {got['left_out']}"
+            del stages.stages[f"mining_{method}"][n]
+            if not stages.stages[f"mining_{method}"]:
+                del stages.stages[f"mining_{method}"]
+            continue
+        stages.note(f"mining_{method}", n, **got)
+    ray.get(stages.holder.drop.remote())
 
 
 def summary(stages: Stages, sizes: List[int], links_s: float, cfg, queries: int) -> Dict[str, Any]:

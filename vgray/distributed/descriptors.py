@@ -156,7 +156,7 @@ def ray_descriptors(
     import ray
 
     from vgray.data.images import unreadable
-    from vgray.distributed.extract import pipeline
+    from vgray.distributed.extract import pipeline, work_blocks
 
     budget = _budget()
     if budget is None:
@@ -164,8 +164,9 @@ def ray_descriptors(
     # Inside a placement group Ray Data plans for the extraction bundles, not the cluster.
     plan = _plan(budget, actors)
     state = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    rows = [{"role": "x", "index": i, "path": p} for i, p in enumerate(paths)]
-    ds = pipeline(cfg, rows, {"x": transform}, {"state": state}, plan, batch_size, progress)
+    blocks = work_blocks([("x", paths, 0, len(paths))], batch_size)
+    ds = pipeline(cfg, blocks, {"x": transform}, {"state": state}, plan, batch_size, progress)
+    del blocks
     out = np.zeros((len(paths), features_dim), dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -13,6 +13,7 @@ of this model; a truncated shard or one of another model is extracted again, nev
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -164,16 +165,41 @@ class _Embed:
         return {"role": batch["role"], "index": batch["index"], "descriptor": out, "error": batch["error"]}
 
 
+def work_blocks(parts: Sequence[Tuple[str, Sequence[str], int, int]], rows: int) -> List[pa.Table]:
+    """The work of an extraction as Arrow tables of at most ``rows`` rows (``role``, ``index``,
+    ``path``), one Ray Data block each: for every ``(role, paths, start, stop)``, images
+    ``paths[start:stop]``. Each block owns its buffers (no slice of a larger table travels whole),
+    and no Python object per image is kept: a million paths cost their bytes, not a million dicts."""
+    blocks = []
+    for role, paths, start, stop in parts:
+        for s in range(start, stop, rows):
+            e = min(s + rows, stop)
+            blocks.append(
+                pa.table(
+                    {
+                        "role": pa.array([role] * (e - s), pa.string()),
+                        "index": pa.array(np.arange(s, e, dtype=np.int64)),
+                        "path": pa.array(list(paths[s:e]), pa.string()),
+                    }
+                )
+            )
+    return blocks or [
+        pa.table(
+            {"role": pa.array([], pa.string()), "index": pa.array([], pa.int64()), "path": pa.array([], pa.string())}
+        )
+    ]
+
+
 def pipeline(
     cfg,
-    rows: List[Dict[str, object]],
+    blocks: List[pa.Table],
     transforms: Dict[str, Callable[..., Any]],
     embed: Dict[str, object],
     plan: Dict[str, Any],
     batch_size: int,
     progress: bool,
 ):
-    """The Ray Data dataset of every extraction: ``rows`` (role, index, path) decoded and transformed
+    """The Ray Data dataset of every extraction: ``blocks`` (:func:`work_blocks`) decoded and transformed
     (``transforms[role]``) in CPU tasks, the network in an actor pool (:class:`_Embed`, built from
     ``embed``: ``model_file`` or ``state``). ``plan``: the actors and each stage's resources, and
     for a trial's placement group its ``strategy`` and resource ``limits`` (else the cluster's)."""
@@ -191,7 +217,7 @@ def pipeline(
     )
     placed: Dict[str, Any] = {"scheduling_strategy": plan["strategy"]} if plan.get("strategy") is not None else {}
     shape = (3, *cfg.data.image_size)
-    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+    ds: ray.data.Dataset = ray.data.from_arrow(blocks)
     decode_args: Dict[str, Any] = dict(num_cpus=plan["decode_cpus"], **placed)
     if not placed:
         # Ray Data fuses a task stage into the next actor stage when their remote arguments agree,
@@ -442,10 +468,9 @@ def extract(
             cfg, out, pending, sets, transforms, d, expected, actors, batch_size, progress, log
         )
     for role in roles if concat else ():
-        count = -(-len(sets[role]) // shard_size)
-        tables = [pq.read_table(shard_path(out, role, k)) for k in range(count)]
-        table = pa.concat_tables(tables).replace_schema_metadata(None)
-        _write_atomic(table, out / f"{role}.parquet")
+        _concat_shards(
+            [shard_path(out, role, k) for k in range(-(-len(sets[role]) // shard_size))], out / f"{role}.parquet"
+        )
     figures = {} if index is None else _write_index(out, len(sets["database"]), shard_size, index, cfg.seed)
     seconds = time.perf_counter() - start_time
     return {
@@ -459,6 +484,20 @@ def extract(
         "seconds": seconds,
         "images_per_s": extracted / seconds if seconds > 0 else 0.0,
     }
+
+
+def _concat_shards(shards: Sequence[Path], path: Path) -> None:
+    """The ``shards`` joined into ``path`` (atomically), one shard in memory at a time."""
+    with atomic_path(path) as tmp:
+        writer: Optional[pq.ParquetWriter] = None
+        try:
+            for shard in shards:
+                table = pq.read_table(shard).replace_schema_metadata(None)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _write_index(out: Path, database: int, shard_size: int, index: str, seed: int) -> Dict[str, object]:
@@ -484,45 +523,47 @@ def _write_index(out: Path, database: int, shard_size: int, index: str, seed: in
 def _run(
     cfg, out: Path, pending: List[Shard], sets, transforms, d: int, expected, actors, batch_size, progress: bool, log
 ):
-    """Extract the ``pending`` shards through Ray Data; returns (written, skipped, images)."""
+    """Extract the ``pending`` shards through Ray Data; returns (written, skipped, images). The
+    driver holds the work as Arrow blocks (no Python object per image) and, for each shard still
+    in flight, one array of its descriptors: what it holds does not grow with the dataset."""
     import ray
 
     from vgray.data.images import unreadable
     from vgray.saved_descriptors import MODEL_FILE, descriptor_table
 
     batch_size = batch_size or cfg.test.batch_size
-    rows = [
-        {"role": sh.role, "index": i, "path": sets[sh.role].paths[i]}
-        for sh in pending
-        for i in range(sh.start, sh.stop)
-    ]
+    blocks = work_blocks([(sh.role, sets[sh.role].paths, sh.start, sh.stop) for sh in pending], batch_size)
     ds = pipeline(
-        cfg, rows, transforms, {"model_file": str(out / MODEL_FILE)}, default_plan(ray, actors), batch_size, progress
+        cfg, blocks, transforms, {"model_file": str(out / MODEL_FILE)}, default_plan(ray, actors), batch_size, progress
     )
-
-    owner = {(sh.role, i): sh for sh in pending for i in range(sh.start, sh.stop)}
-    buffers: Dict[Shard, Dict[int, Optional[np.ndarray]]] = {sh: {} for sh in pending}
+    del blocks  # in the object store now
+    starts = {role: sorted(sh.start for sh in pending if sh.role == role) for role in {sh.role for sh in pending}}
+    by_start = {(sh.role, sh.start): sh for sh in pending}
+    open_shards: Dict[Shard, Tuple[np.ndarray, np.ndarray]] = {}  # shard -> (descriptors, read mask)
+    filled: Dict[Shard, int] = {}
     written = skipped = images = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for role, index, desc, error in zip(batch["role"], batch["index"], batch["descriptor"], batch["error"]):
             role, index = str(role), int(index)
+            sh = by_start[(role, starts[role][bisect.bisect_right(starts[role], index) - 1])]
+            if sh not in open_shards:
+                open_shards[sh] = (np.zeros((sh.stop - sh.start, d), np.float32), np.zeros(sh.stop - sh.start, bool))
+            xb, ok = open_shards[sh]
             if error:
                 unreadable(sets[role].paths[index], error, cfg.data.skip_corrupt, log)
                 skipped += 1
-                desc = None
-            sh = owner[(role, index)]
-            buffers[sh][index] = desc
-            if len(buffers[sh]) == sh.stop - sh.start:
-                got = buffers.pop(sh)
-                rows_ok = np.asarray([i for i in range(sh.start, sh.stop) if got[i] is not None], dtype=np.int64)
-                read = cast(List[np.ndarray], [got[i] for i in rows_ok])  # the rows read: none is None
-                xb = np.stack(read) if len(rows_ok) else np.zeros((0, d), dtype=np.float32)
-                table = descriptor_table(sets[role], rows_ok, xb)
+            else:
+                xb[index - sh.start], ok[index - sh.start] = desc, True
+            filled[sh] = filled.get(sh, 0) + 1
+            if filled[sh] == sh.stop - sh.start:
+                del open_shards[sh], filled[sh]
+                rows_ok = np.flatnonzero(ok).astype(np.int64) + sh.start
+                table = descriptor_table(sets[role], rows_ok, xb[ok])
                 meta = {**expected(sh), "count": int(len(rows_ok)), "skipped": int(sh.stop - sh.start - len(rows_ok))}
                 table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
                 _write_atomic(table, shard_path(out, role, sh.k))
                 written += 1
                 images += len(rows_ok)
-    if buffers:  # cannot happen unless Ray dropped rows; never leave a partial shard
-        raise RuntimeError(f"{len(buffers)} shard(s) incomplete after extraction")
+    if open_shards:  # cannot happen unless Ray dropped rows; never leave a partial shard
+        raise RuntimeError(f"{len(open_shards)} shard(s) incomplete after extraction")
     return written, skipped, images
