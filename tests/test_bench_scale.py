@@ -29,13 +29,15 @@ def test_growth_exponent_and_index_choice():
 
 
 @pytest.mark.slow
-def test_small_ladder(ray_local, tmp_path, capsys):
+def test_small_ladder(tiny_root, tmp_path, capsys):
+    """On a cluster of two one-CPU nodes (the million-image run's shape) with two extraction actors:
+    CPU slots that a decode task can always find whole on some node (no deadlock)."""
     from vgray.cli import main
 
     out, figure = tmp_path / "scale.json", tmp_path / "scale.png"
     argv = ["bench", "scale", "--sizes", ",".join(map(str, SIZES)), "--queries", "60", "--methods", "partial"]
     argv += ["--shard-size", "100", "--repeats", "1", "--json", str(out), "--figure", str(figure)]
-    argv += ["--dir", str(tmp_path)]
+    argv += ["--dir", str(tmp_path), "--nodes", "2", "--num-cpus", "2", "--extract-actors", "2", "--store-mb", "300"]
     for override in (
         "data.root=synthetic:tiny",
         "data.resize=[32,48]",

@@ -26,6 +26,7 @@ not a failure) and, last, the driver's peak at the largest size over the smalles
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -33,7 +34,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -230,6 +231,13 @@ def main(argv) -> None:
     p.add_argument("--dir", help="work folder for links and shards (default: a temporary one in the vgray cache)")
     p.add_argument("--address", default=None, help="a running Ray cluster (auto or HOST:PORT)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="start a cluster of this many nodes on this machine (a head with no CPU; --num-cpus shared between them)",
+    )
+    p.add_argument("--store-mb", type=int, default=1024, help="object store of each --nodes node, MiB (default 1024)")
     args = p.parse_args(argv)
     sizes = sizes_of(args.sizes)
     args.methods = [m for m in args.methods.split(",") if m]
@@ -239,6 +247,13 @@ def main(argv) -> None:
             f"--methods takes {', '.join(METHODS)}; --queries, --actors, --extract-actors, --shard-size and "
             "--repeats at least 1"
         )
+    if args.nodes is not None and (args.address or not 1 <= args.nodes <= (args.num_cpus or os.cpu_count() or 1)):
+        raise BadInput(
+            f"--nodes={args.nodes}: from 1 to the CPUs given (--num-cpus, default all: each node has at least "
+            "one), and not with --address (a cluster already running)"
+        )
+    if args.store_mb < 100:
+        raise BadInput(f"--store-mb={args.store_mb}: at least 100")
     from vgray.config import load_config
     from vgray.models import build_model
     from vgray.paths import cache_dir
@@ -268,11 +283,43 @@ def main(argv) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def local_cluster(nodes: Optional[int], cpus: Optional[int], store_mb: int) -> Iterator[Optional[str]]:
+    """With ``nodes``, a Ray cluster of that many nodes on this machine (``ray.cluster_utils.Cluster``:
+    a head with no CPU, where the driver sits, and ``nodes`` worker nodes sharing ``cpus``, default
+    all of this machine's, each with ``store_mb`` of object store); its address, shut down on
+    leaving. Without: None (the caller's Ray)."""
+    if not nodes:
+        yield None
+        return
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        raise BadInput("--nodes starts its own cluster: this process is already connected to a Ray")
+
+    total = cpus or os.cpu_count() or 1
+    share = [total // nodes + (1 if i < total % nodes else 0) for i in range(nodes)]
+    store = store_mb << 20
+    head = {"num_cpus": 0, "num_gpus": 0, "include_dashboard": False, "object_store_memory": store}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for c in share:
+            cluster.add_node(num_cpus=c, num_gpus=0, object_store_memory=store)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages:
     from vgray.distributed.cluster import ray_session
     from vgray.distributed.memory import WorkerPeaks
 
-    with ray_session(args.address, args.num_cpus):
+    with (
+        local_cluster(args.nodes, args.num_cpus, args.store_mb) as address,
+        ray_session(address or args.address, args.num_cpus),
+    ):
         workers = WorkerPeaks()
         try:
             stages = Stages(workers, holder())

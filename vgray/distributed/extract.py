@@ -17,6 +17,7 @@ import bisect
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -306,17 +307,21 @@ def _default_actors(ray) -> tuple:
 def default_plan(ray, actors: Optional[int]) -> Dict[str, float]:
     """Actors and per-stage resources outside a placement group: one actor per GPU, else half the
     CPUs; decode tasks on 1 CPU. CPU actors never reserve the CPUs decoding needs (the pipeline
-    would wait forever): more CPU actors than CPUs to spare share them."""
+    would wait forever): where there are more CPU actors than whole CPUs to spare, every CPU is cut
+    into slots of ``1/m`` (the fewest that leave one slot free), each actor and each decode task
+    takes one. Slots that divide a CPU cannot leave a node with a gap smaller than a decode task,
+    so the free slot lies whole on some node, however the actors are spread over a cluster's nodes
+    (fractions such as 0.67 could be scattered as 0.33 on two nodes: no node could decode)."""
     default, gpus = _default_actors(ray)
     n = actors or default
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     decode = 1.0 if cpus >= 2 else cpus / 2
-    return {
-        "actors": n,
-        "actor_cpus": 0 if gpus else min(1.0, (cpus - decode) / n),
-        "actor_gpus": gpus,
-        "decode_cpus": decode,
-    }
+    if gpus:
+        return {"actors": n, "actor_cpus": 0, "actor_gpus": gpus, "decode_cpus": decode}
+    if cpus - decode >= n:
+        return {"actors": n, "actor_cpus": 1.0, "actor_gpus": 0, "decode_cpus": decode}
+    slot = 1.0 / math.ceil((n + 1) / max(cpus, 1.0))
+    return {"actors": n, "actor_cpus": slot, "actor_gpus": 0, "decode_cpus": slot}
 
 
 def check_request(cfg, roles: Sequence[str], shard_size: int, actors: Optional[int]) -> tuple:
