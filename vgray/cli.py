@@ -141,6 +141,18 @@ def _pipeline_parsers(sub) -> None:
         metavar="PREDICTIONS_DIR",
         help="folder for predictions/ (default: the folder of --json, else the current folder)",
     )
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster (auto or HOST:PORT): a database above data.ray_threshold is extracted "
+        "through Ray Data into parquet shards and searched there (Flat: sharded over actors; other test.knn: "
+        "an index built from the shards)",
+    )
+    p.add_argument(
+        "--shards",
+        metavar="DIR",
+        help="with --address: the shards' folder (re-runs skip complete shards; default: in the vgray cache)",
+    )
+    p.add_argument("--shard-size", type=int, default=10_000, help="with --address: images per shard (default 10000)")
 
     p = sub.add_parser("train", help="train a model (the paper's protocol), then test the best one")
     _config_args(p)
@@ -318,11 +330,16 @@ def cmd_eval(args) -> None:
             Path(args.predictions_dir or (Path(args.json).parent if args.json else ".")) / "predictions",
             "--predictions-dir" if args.predictions_dir else "the predictions folder",
         )
+    if args.shards and not args.address:
+        raise BadInput("--shards: the shards of a sharded evaluation; give --address too (auto or HOST:PORT)")
     cfg = _load(args)
-    from vgray.evaluate.evaluate import evaluate  # after the checks: they need no torch
-
     keep: Optional[Dict] = {} if n is not None else None
-    figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
+    if args.address:
+        figures = _eval_sharded(args, cfg, keep)
+    else:
+        from vgray.evaluate.evaluate import evaluate  # after the checks: they need no torch
+
+        figures = evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
     h, w = cfg.data.image_size
     print_figures(
         figures,
@@ -345,6 +362,31 @@ def cmd_eval(args) -> None:
             failures_only=args.predictions_failures_only,
         )
         print(f"{len(written)} prediction grids in {base / 'predictions'}")
+
+
+def _eval_sharded(args, cfg, keep: Optional[Dict]) -> Dict:
+    """``vgray eval --address``: through shards (:mod:`vgray.distributed.sharded_eval`) when the
+    database is above ``data.ray_threshold``, else in this process; the Ray cluster joined either way."""
+    from vgray.data.dataset import open_split
+    from vgray.distributed.sharded_eval import evaluate_sharded, uses_shards
+    from vgray.distributed.sweep import init_ray
+    from vgray.evaluate.evaluate import dataset_name, evaluate
+    from vgray.paths import cache_dir
+
+    split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
+    if not uses_shards(cfg, len(split.database)):
+        init_ray(args.address)
+        return evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
+    if args.save_descriptors:
+        raise BadInput("--save-descriptors: a sharded evaluation's descriptors are its shards (--shards DIR)")
+    from vgray.distributed.extract import prepare
+
+    shards = Path(args.shards or cache_dir() / "eval-shards" / f"{dataset_name(cfg.data.root)}-{cfg.test.split}")
+    check_output_dir(shards, "--shards")
+    # Before Ray starts: the request (single-view test method, no PCA), the split, the network.
+    prepared = prepare(cfg, cfg.test.split, shards, shard_size=args.shard_size)
+    init_ray(args.address)
+    return evaluate_sharded(cfg, shards, prepared=prepared, shard_size=args.shard_size, keep=keep)
 
 
 def cmd_train(args) -> None:

@@ -26,7 +26,6 @@ not a failure) and, last, the driver's peak at the largest size over the smalles
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -34,7 +33,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,7 +159,7 @@ class Stages:
 
     def __init__(self, workers, holder=None) -> None:
         self.workers = workers
-        self.holder = holder  # a Holder actor (the Flat index and the mining caches)
+        self.holder = holder  # a HeldWork: the Flat index and the mining caches, in a worker
         self.stages: Dict[str, Dict[int, Dict[str, Any]]] = {}
         self.left_out: Dict[str, str] = {}
 
@@ -283,46 +282,18 @@ def main(argv) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def local_cluster(nodes: Optional[int], cpus: Optional[int], store_mb: int) -> Iterator[Optional[str]]:
-    """With ``nodes``, a Ray cluster of that many nodes on this machine (``ray.cluster_utils.Cluster``:
-    a head with no CPU, where the driver sits, and ``nodes`` worker nodes sharing ``cpus``, default
-    all of this machine's, each with ``store_mb`` of object store); its address, shut down on
-    leaving. Without: None (the caller's Ray)."""
-    if not nodes:
-        yield None
-        return
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        raise BadInput("--nodes starts its own cluster: this process is already connected to a Ray")
-
-    total = cpus or os.cpu_count() or 1
-    share = [total // nodes + (1 if i < total % nodes else 0) for i in range(nodes)]
-    store = store_mb << 20
-    head = {"num_cpus": 0, "num_gpus": 0, "include_dashboard": False, "object_store_memory": store}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    try:
-        for c in share:
-            cluster.add_node(num_cpus=c, num_gpus=0, object_store_memory=store)
-        cluster.wait_for_nodes()
-        yield cluster.address
-    finally:
-        cluster.shutdown()
-
-
 def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages:
     from vgray.distributed.cluster import ray_session
+    from vgray.distributed.held import HeldWork, local_cluster
     from vgray.distributed.memory import WorkerPeaks
 
     with (
         local_cluster(args.nodes, args.num_cpus, args.store_mb) as address,
         ray_session(address or args.address, args.num_cpus),
     ):
-        workers = WorkerPeaks()
+        workers, held = WorkerPeaks(), HeldWork()
         try:
-            stages = Stages(workers, holder())
+            stages = Stages(workers, held)
             for n, root in roots.items():
                 one_size(stages, n, root, base, args, work / f"shards-{n}")
                 shutil.rmtree(work / f"shards-{n}", ignore_errors=True)
@@ -336,6 +307,7 @@ def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages
                         },
                     )
         finally:
+            held.close()
             workers.close()
     return stages
 
@@ -380,90 +352,8 @@ def one_size(stages: Stages, n: int, root: Path, base: List[str], args, out: Pat
         index_cache_path(folder).unlink(missing_ok=True)
 
 
-class Holder:
-    """What grows with the data and is not the driver's: the one-process Flat index and the mining
-    caches, held by a Ray worker (no CPU reserved) as a training trial's trainer holds its cache, so
-    the driver's peak measures the orchestration alone. Made with :func:`holder`."""
-
-    def __init__(self) -> None:
-        self.index: Any = None
-        self.mining: Dict[str, Any] = {}
-
-    def build_flat(self, files: List[str], seed: int) -> float:
-        """The Flat index of the database ``files`` (:func:`~vgray.distributed.search.index_from_shards`); its MiB."""
-        from vgray.distributed.search import index_from_shards
-        from vgray.evaluate.knn import index_memory_mb
-
-        self.index = index_from_shards(files, "Flat", seed=seed)
-        return float(index_memory_mb(self.index))
-
-    def search(self, xq: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        from vgray.evaluate.knn import search
-
-        D, I, _ = search(self.index, xq, k)
-        return D, I
-
-    def drop(self) -> None:
-        self.index, self.mining = None, {}
-
-    def start_mining(self, cfg, state, extract_actors: Optional[int]) -> Optional[str]:
-        """Training's descriptor source (:class:`~vgray.train.loop.LocalDescriptors` through a
-        :class:`~vgray.distributed.descriptors.RayExtractor`) on ``cfg``'s test split; None, or
-        why the split cannot be a training split."""
-        import ray
-
-        from vgray.data.dataset import open_split
-        from vgray.data.transforms import test_transform
-        from vgray.distributed.descriptors import RayExtractor
-        from vgray.models import build_model
-        from vgray.runtime import Runtime
-        from vgray.train.loop import LocalDescriptors
-        from vgray.train.mining import TrainingQueries
-
-        split = open_split(cfg.data.root, "test", cfg.data.msls_queries)
-        model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
-        model.load_state_dict(ray.get(state) if isinstance(state, ray.ObjectRef) else state)
-        model.eval()
-        rt = Runtime.from_config(cfg, progress=False)
-        transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
-        extractor = RayExtractor(cfg, actors=extract_actors, log=lambda msg: None)
-        try:
-            data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
-        except BadInput as exc:
-            return str(exc)
-        source = LocalDescriptors(model, split, transform, rt, extractor)
-        self.mining = {"cfg": cfg, "data": data, "source": source, "extractor": extractor}
-        return None
-
-    def refresh(self, method: str) -> Dict[str, Any]:
-        """One cache refresh of ``method``: ``{"images_through_ray", "usable"}``, or ``{"left_out": why}``."""
-        from vgray.train.mining import create_miner
-
-        m = self.mining
-        m.pop("miner", None)  # the last method's cache goes before this one's is built
-        try:
-            miner = create_miner(method, m["data"], m["cfg"].train)
-        except BadInput as exc:  # msls_weighted without night or sideways queries
-            return {"left_out": str(exc)}
-        rng = np.random.default_rng(m["cfg"].seed)
-        queries = miner.sample_queries(rng, m["cfg"].train.cache_refresh_rate)
-        before = m["extractor"].images_through_ray
-        miner.refresh(m["source"], queries, rng)
-        m["miner"] = miner
-        return {"images_through_ray": m["extractor"].images_through_ray - before, "usable": len(m["data"].usable)}
-
-
-def holder():
-    """A :class:`Holder` actor on the cluster (0 CPUs)."""
-    import ray
-
-    return ray.remote(num_cpus=0)(Holder).remote()
-
-
 def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]], args) -> None:
     """Index builds and searches at size ``n``; R@1/R@5 of each, and whether sharded Flat is Flat."""
-    import ray
-
     from vgray.distributed.cluster import cluster_summary
     from vgray.distributed.search import ShardedFlatSearch, index_from_shards, read_descriptors, same_as_flat
     from vgray.evaluate.knn import index_memory_mb, search
@@ -477,21 +367,21 @@ def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]
         return recall_at_n(I, positives, (1, 5))
 
     flat_result = None
-    held: Dict[str, Any] = {}  # the IVF-PQ index, dropped once searched (before the sharded actors load)
     d = xq.shape[1]
     if n * d * 4 / 2**20 <= args.flat_budget_mb:
-        flat = stages.holder
-        mb = stages.run("index_build_flat", n, lambda: ray.get(flat.build_flat.remote(files["database"], cfg.seed)))
-        D0, I0 = stages.run("search_flat", n, lambda: ray.get(flat.search.remote(xq, k)), per=m, repeats=args.repeats)
-        ray.get(flat.drop.remote())
+        held = stages.holder
+        mb = stages.run("index_build_flat", n, lambda: held.build_flat(files["database"], cfg.seed))
+        D0, I0 = stages.run("search_flat", n, lambda: held.search(xq, k), per=m, repeats=args.repeats)
+        held.drop()
         stages.note("search_flat", n, **recalls(I0), index_mb=mb)
         flat_result = (D0, I0)
     else:
         stages.left_out["search_flat"] = f"Flat in one process above --flat-budget-mb={args.flat_budget_mb:g}"
     spec = ivfpq_spec(n)
-    held["ivf"] = stages.run("index_build_ivfpq", n, lambda: index_from_shards(files["database"], spec, seed=cfg.seed))
-    _, I, _ = stages.run("search_ivfpq", n, lambda: search(held["ivf"], xq, k), per=m, repeats=args.repeats)
-    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(held.pop("ivf")))
+    ivf = stages.run("index_build_ivfpq", n, lambda: index_from_shards(files["database"], spec, seed=cfg.seed))
+    _, I, _ = stages.run("search_ivfpq", n, lambda: search(ivf, xq, k), per=m, repeats=args.repeats)
+    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(ivf))
+    ivf = None  # dropped before the sharded actors load
     cluster = cluster_summary()
     started = time.perf_counter()
     sharded = ShardedFlatSearch(
@@ -508,25 +398,16 @@ def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]
         sharded.close()
 
 
-def _refresh(actor, method: str) -> Dict[str, Any]:
-    import ray
-
-    return ray.get(actor.refresh.remote(method))
-
-
 def mining_stages(stages: Stages, n: int, cfg, prepared, args) -> None:
     """One cache refresh per mining method at size ``n``, the size's database as the training
-    split, in the :class:`Holder` (as a trial's trainer), its descriptors through the extractor
-    training uses on Ray."""
-    import ray
-
-    state = ray.put({k: v.detach().cpu() for k, v in prepared.model.state_dict().items()})
-    why = ray.get(stages.holder.start_mining.remote(cfg, state, args.extract_actors))
+    split, in a worker (:class:`~vgray.distributed.held.HeldWork`, as a trial's trainer), its
+    descriptors through the extractor training uses on Ray."""
+    why = stages.holder.start_mining(cfg, prepared.model, args.extract_actors)
     for method in args.methods:
         if why is not None:
             stages.left_out[f"mining_{method}"] = f"at {n:,}: {why}"
             continue
-        got = stages.run(f"mining_{method}", n, functools.partial(_refresh, stages.holder, method))
+        got = stages.run(f"mining_{method}", n, functools.partial(stages.holder.refresh, method))
         if "left_out" in got:
             stages.left_out[f"mining_{method}"] = f"at {n:,}: {got['left_out']}"
             del stages.stages[f"mining_{method}"][n]
@@ -534,7 +415,7 @@ def mining_stages(stages: Stages, n: int, cfg, prepared, args) -> None:
                 del stages.stages[f"mining_{method}"]
             continue
         stages.note(f"mining_{method}", n, **got)
-    ray.get(stages.holder.drop.remote())
+    stages.holder.drop()
 
 
 def summary(stages: Stages, sizes: List[int], links_s: float, cfg, queries: int) -> Dict[str, Any]:

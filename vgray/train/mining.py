@@ -79,10 +79,17 @@ class _Lookup:
     def __init__(self, source: DescriptorSource, role: str, indices: np.ndarray):
         self.indices = np.unique(np.asarray(indices, dtype=np.int64))
         self.x = source(role, self.indices) if len(self.indices) else np.zeros((0, 1), np.float32)
-        self.row = {int(i): r for r, i in enumerate(self.indices)}
 
     def __getitem__(self, ids) -> np.ndarray:
-        return self.x[[self.row[int(i)] for i in np.atleast_1d(ids)]]
+        # The rows of ``ids`` in the sorted indices: no Python object per fetched image (a full
+        # refresh fetches the whole database).
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        rows = np.searchsorted(self.indices, ids)
+        found = rows < len(self.indices)
+        found[found] = self.indices[rows[found]] == ids[found]
+        if not found.all():
+            raise KeyError(int(ids[~found][0]))
+        return self.x[rows]
 
 
 class Miner(abc.ABC):
