@@ -50,6 +50,12 @@ def test_same_as_flat_allows_swapped_ties_only():
     assert same_as_flat(D0, I0, D0, np.array([[7, 5, 3, 9]])).all()  # equal distances, either order
     assert not same_as_flat(D0, I0, D0, np.array([[3, 7, 5, 9]])).any()  # 1.0 is no tie
     assert not same_as_flat(D0, I0, D0 + 0.5, I0).any()
+    # Small distances (near-identical unit descriptors): float32 rounding of |x|^2 + |y|^2 - 2x.y moves
+    # each by about 1e-6 with how the database is cut, so ranks 1e-6 apart may swap; 1e-3 apart may not.
+    D0 = np.array([[0.001, 0.001001, 0.003, 0.004]], dtype=np.float32)
+    I0 = np.array([[1, 2, 3, 4]])
+    assert same_as_flat(D0, I0, D0 + 2e-6, np.array([[2, 1, 3, 4]])).all()
+    assert not same_as_flat(D0, I0, D0 + 2e-6, np.array([[1, 2, 4, 3]])).any()
 
 
 @pytest.fixture(scope="module")
