@@ -60,6 +60,32 @@ def _shard_ids(files: Sequence[Path], paths: Sequence[str]) -> np.ndarray:
     return np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
 
+def _search(cfg, files: List[str], xq: np.ndarray, k: int, actors: Optional[int]):
+    """``(D, I, seconds, index MiB, how)``: ``xq`` searched in the database ``files`` as
+    ``test.knn`` says (Flat: sharded over ``actors`` actors, default one per node; else an index
+    built from the shards on the driver)."""
+    from vgray.distributed.cluster import cluster_summary
+    from vgray.distributed.search import ShardedFlatSearch, index_from_shards
+    from vgray.evaluate.knn import index_memory_mb, search
+
+    if cfg.test.knn.replace(" ", "") == "Flat":
+        summary = cluster_summary()
+        actors = actors or int(summary["nodes"])
+        sharded = ShardedFlatSearch(
+            files=files, actors=actors, num_cpus=min(summary["cpus"] / actors, summary["node_cpus"])
+        )
+        try:
+            started = time.perf_counter()
+            D, I = sharded.search(xq, k)
+            seconds = time.perf_counter() - started
+            return D, I, seconds, sum(sharded.actor_bytes()) / 2**20, f"sharded Flat over {len(sharded.actors)} actors"
+        finally:
+            sharded.close()
+    index = index_from_shards(files, cfg.test.knn, seed=cfg.seed)
+    D, I, seconds = search(index, xq, k)
+    return D, I, seconds, index_memory_mb(index), f"{cfg.test.knn} built from the shards on the driver"
+
+
 def evaluate_sharded(
     cfg,
     shards: str | Path,
@@ -78,11 +104,9 @@ def evaluate_sharded(
     :func:`vgray.evaluate.evaluate.evaluate` 's figures, with ``search`` (how), ``shards_written``,
     ``shards_kept`` (``extraction_ms_per_image`` 0 when every shard was kept); ``keep`` receives ``predictions``,
     ``positives`` and ``split`` as there."""
-    from vgray.distributed.cluster import cluster_summary
     from vgray.distributed.extract import extract, prepare, shard_path
-    from vgray.distributed.search import ShardedFlatSearch, index_from_shards, read_descriptors
+    from vgray.distributed.search import read_descriptors
     from vgray.evaluate.evaluate import add_cost
-    from vgray.evaluate.knn import index_memory_mb, search
     from vgray.evaluate.recall import recall_at_n
 
     split_name = cfg.test.split
@@ -114,29 +138,7 @@ def evaluate_sharded(
         )
     xq = np.concatenate([read_descriptors(str(f)) for f in files["queries"]])
     k = max(cfg.test.recall_values)
-    spec = cfg.test.knn.replace(" ", "")
-    if spec == "Flat":
-        actors = search_actors or int(cluster_summary()["nodes"])
-        summary = cluster_summary()
-        sharded = ShardedFlatSearch(
-            files=[str(f) for f in files["database"]],
-            actors=actors,
-            num_cpus=min(summary["cpus"] / actors, summary["node_cpus"]),
-        )
-        try:
-            started = time.perf_counter()
-            D, I = sharded.search(xq, k)
-            matching_s = time.perf_counter() - started
-            memory_mb = sum(sharded.actor_bytes()) / 2**20
-            how = f"sharded Flat over {len(sharded.actors)} actors"
-        finally:
-            sharded.close()
-    else:
-        index = index_from_shards([str(f) for f in files["database"]], cfg.test.knn, seed=cfg.seed)
-        D, I, matching_s = search(index, xq, k)
-        memory_mb = index_memory_mb(index)
-        how = f"{cfg.test.knn} built from the shards on the driver"
-        del index
+    D, I, matching_s, memory_mb, how = _search(cfg, [str(f) for f in files["database"]], xq, k, search_actors)
     predictions = np.full((len(split.queries), I.shape[1]), -1, dtype=np.int64)
     predictions[q_ids] = np.where(I >= 0, db_ids[np.clip(I, 0, None)], -1)
     positives, rule = split.evaluation_positives(
