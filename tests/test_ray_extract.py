@@ -170,6 +170,25 @@ def test_index_option_makes_the_shards_into_a_faiss_index(extracted, small_root,
     assert code == 2 and "PQ" in err and not (tmp_path / "bad" / "database").exists()
 
 
+def test_sharded_eval_scores_as_the_in_process_one(extracted, small_root, tmp_path):
+    """``vgray eval --address``: the database above data.ray_threshold goes through shards and
+    sharded Flat actors (one a node) and scores as the in-process evaluation; again with an index
+    built from the shards, every shard kept."""
+    argv = [a for o in SET + [f"data.root={small_root}", "test.recall_values=[1,5,10]"] for a in ("--set", o)]
+    assert main(["eval", *argv, "--json", str(tmp_path / "local.json")]) == 0
+    sharded = ["--address", "auto", "--shards", str(tmp_path / "shards"), "--shard-size", "8"]
+    assert main(["eval", *argv, *sharded, "--set", "data.ray_threshold=0", "--json", str(tmp_path / "r.json")]) == 0
+    local, flat = (json.loads((tmp_path / f).read_text()) for f in ("local.json", "r.json"))
+    assert flat["search"] == "sharded Flat over 2 actors" and flat["shards_written"] == 3 + 1
+    for key in ("R@1", "R@5", "R@10", "database", "queries", "features_dim", "gflops"):
+        assert flat[key] == local[key], key
+    again = ["--set", "data.ray_threshold=10", "--set", "test.knn=IVF2,Flat", "--json", str(tmp_path / "ivf.json")]
+    assert main(["eval", *argv, *sharded, *again]) == 0
+    ivf = json.loads((tmp_path / "ivf.json").read_text())
+    assert ivf["shards_kept"] == 4 and ivf["shards_written"] == 0 and ivf["search"].startswith("IVF2,Flat")
+    assert all(ivf[r] == local[r] for r in ("R@1", "R@5", "R@10"))  # 2 lists, both probed: exact
+
+
 @pytest.mark.parametrize(
     "args, culprit",
     [

@@ -332,6 +332,10 @@ def cmd_eval(args) -> None:
         )
     if args.shards and not args.address:
         raise BadInput("--shards: the shards of a sharded evaluation; give --address too (auto or HOST:PORT)")
+    if args.address:
+        from vgray.distributed.synth import check_address
+
+        check_address(args.address)
     cfg = _load(args)
     keep: Optional[Dict] = {} if n is not None else None
     if args.address:

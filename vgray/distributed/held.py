@@ -37,7 +37,18 @@ def local_cluster(nodes: Optional[int], cpus: Optional[int], store_mb: int) -> I
     total = cpus or os.cpu_count() or 1
     share = [total // nodes + (1 if i < total % nodes else 0) for i in range(nodes)]
     store = store_mb << 20
-    head = {"num_cpus": 0, "num_gpus": 0, "include_dashboard": False, "object_store_memory": store}
+    # A raylet kills a task worker that stays idle for a second while the node has more workers than
+    # CPUs. Nodes of one CPU that also hold actors (the network's, the probes) are always past that
+    # limit, so a decode task that waits a moment for the actors loses its worker, and every later
+    # task pays a new process (the rsf ladder fell from ~370 to ~10 images/s): keep idle workers.
+    system = {"num_workers_soft_limit": max(16, 4 * total), "idle_worker_killing_time_threshold_ms": 60_000}
+    head = {
+        "num_cpus": 0,
+        "num_gpus": 0,
+        "include_dashboard": False,
+        "object_store_memory": store,
+        "_system_config": system,
+    }
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         for c in share:
