@@ -218,7 +218,9 @@ def pipeline(
     )
     placed: Dict[str, Any] = {"scheduling_strategy": plan["strategy"]} if plan.get("strategy") is not None else {}
     shape = (3, *cfg.data.image_size)
-    ds: ray.data.Dataset = ray.data.from_arrow(blocks)
+    # from_blocks reads each block's metadata here; from_arrow would start a remote task per block,
+    # which inside a trial whose placement group holds every CPU waits for ever.
+    ds: ray.data.Dataset = ray.data.from_blocks(blocks)
     decode_args: Dict[str, Any] = dict(num_cpus=plan["decode_cpus"], **placed)
     if not placed:
         # Ray Data fuses a task stage into the next actor stage when their remote arguments agree,
