@@ -134,21 +134,47 @@ def _link(src: Path, dst: Path) -> None:
         os.symlink(src, dst)
 
 
-def make_ladder(split, sizes: List[int], queries: int, work: Path) -> Dict[int, Path]:
+def training_queries(split, n: int, threshold: float) -> np.ndarray:
+    """The queries of ``split`` with a database image within ``threshold`` metres among its first
+    ``n``: training queries of every rung at least ``n`` large (the rungs are nested), so that a
+    mining refresh handles the same queries at every size and only the database grows."""
+    from vgray.data.positives import positives_within
+
+    near = positives_within(split.database.utm[:n], split.queries.utm, threshold)
+    return np.array([i for i, p in enumerate(near) if len(p)], dtype=np.int64)
+
+
+def make_ladder(split, sizes: List[int], queries: int, work: Path, threshold: float) -> Dict[int, Path]:
     """One VG folder per size under ``work``: ``N/images/test/{database,queries}`` holding links to
-    the first N database and the first ``queries`` query images of ``split`` (folders kept)."""
+    the first N database and the first ``queries`` query images of ``split`` (folders kept), and
+    the training split the mining stages refresh on, ``N/images/train``: the same database (a link
+    to the folder) and the queries with a positive (``threshold``) in the smallest rung
+    (:func:`training_queries`)."""
     from vgray.data.dataset import split_dir
 
     tops = {role: split_dir(Path(split.root), split.name) / role for role in ("database", "queries")}
+    train_queries = training_queries(split, min(sizes), threshold)
+    if len(train_queries) == 0:
+        raise BadInput(
+            f"vgray bench scale: no query of {split.root} has a database image within {threshold:g} m among the "
+            f"first {min(sizes):,}, so mining has no training query at the smallest size; give a larger first size"
+        )
     roots = {}
     for n in sizes:
         root = work / str(n)
-        for role, images, count in (("database", split.database, n), ("queries", split.queries, queries)):
-            folder = root / "images" / "test" / role
-            for path in images.paths[:count]:
-                rel = Path(path).relative_to(tops[role]) if Path(path).is_relative_to(tops[role]) else Path(path).name
-                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-                _link(Path(path), folder / rel)
+        for role, images, chosen in (
+            ("database", split.database, range(n)),
+            ("queries", split.queries, range(queries)),
+            ("train", split.queries, train_queries),
+        ):
+            folder = root / "images" / ("train/queries" if role == "train" else f"test/{role}")
+            top = tops["queries" if role == "train" else role]
+            for i in chosen:
+                path = Path(images.paths[int(i)])
+                link = folder / (path.relative_to(top) if path.is_relative_to(top) else Path(path.name))
+                link.parent.mkdir(parents=True, exist_ok=True)
+                _link(path, link)
+        os.symlink(Path("..") / "test" / "database", root / "images" / "train" / "database", target_is_directory=True)
         roots[n] = root
     return roots
 
@@ -268,7 +294,7 @@ def main(argv) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=parent))
     try:
         started = time.perf_counter()
-        roots = make_ladder(split, sizes, queries, work)
+        roots = make_ladder(split, sizes, queries, work, cfg.train.positive_dist_threshold)
         links_s = time.perf_counter() - started
         del split  # the source's file index: the ladder's folders stand for it now
         stages = _ladder(roots, base, args, work)
@@ -342,25 +368,32 @@ def one_size(stages: Stages, n: int, root: Path, base: List[str], args, out: Pat
         return prepared
 
     prepared = stages.run("extract", n, extraction)
+    split, model = prepared.split, prepared.model
+    positives, _ = split.evaluation_positives("auto", cfg.test.positive_dist_threshold, cfg.test.positive_frames)
     files = {
         role: [str(shard_path(out, role, k)) for k in range(-(-count // args.shard_size))]
-        for role, count in (("database", n), ("queries", len(prepared.split.queries)))
+        for role, count in (("database", n), ("queries", len(split.queries)))
     }
-    search_stages(stages, n, cfg, prepared.split, files, args)
-    mining_stages(stages, n, cfg, prepared, args)
-    for folder in (top, top.parent / "queries"):
+    del prepared, split  # the driver keeps each query's positives, not the split's paths
+    search_stages(stages, n, cfg, positives, files, args)
+    mining_stages(stages, n, cfg, model, args)
+    for folder in (top, top.parent / "queries", root / "images" / "train" / "queries"):
         index_cache_path(folder).unlink(missing_ok=True)
 
 
-def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]], args) -> None:
+def search_stages(stages: Stages, n: int, cfg, positives, files: Dict[str, List[str]], args) -> None:
     """Index builds and searches at size ``n``; R@1/R@5 of each, and whether sharded Flat is Flat."""
-    from vgray.distributed.cluster import cluster_summary
-    from vgray.distributed.search import ShardedFlatSearch, index_from_shards, read_descriptors, same_as_flat
+    from vgray.distributed.search import (
+        ShardedFlatSearch,
+        actor_plan,
+        index_from_shards,
+        read_descriptors,
+        same_as_flat,
+    )
     from vgray.evaluate.knn import index_memory_mb, search
     from vgray.evaluate.recall import recall_at_n
 
     xq = np.concatenate([read_descriptors(f) for f in files["queries"]])
-    positives, _ = split.evaluation_positives("auto", cfg.test.positive_dist_threshold, cfg.test.positive_frames)
     k, m = max(cfg.test.recall_values), len(xq)
 
     def recalls(I: np.ndarray) -> Dict[str, float]:
@@ -382,11 +415,9 @@ def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]
     _, I, _ = stages.run("search_ivfpq", n, lambda: search(ivf, xq, k), per=m, repeats=args.repeats)
     stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(ivf))
     ivf = None  # dropped before the sharded actors load
-    cluster = cluster_summary()
     started = time.perf_counter()
-    sharded = ShardedFlatSearch(
-        files=files["database"], actors=args.actors, num_cpus=min(cluster["cpus"] / args.actors, cluster["node_cpus"])
-    )
+    actors, cpus = actor_plan(args.actors)
+    sharded = ShardedFlatSearch(files=files["database"], actors=actors, num_cpus=cpus)
     load_s = time.perf_counter() - started
     try:
         D, I = stages.run("search_sharded_flat", n, lambda: sharded.search(xq, k), per=m, repeats=args.repeats)
@@ -398,11 +429,12 @@ def search_stages(stages: Stages, n: int, cfg, split, files: Dict[str, List[str]
         sharded.close()
 
 
-def mining_stages(stages: Stages, n: int, cfg, prepared, args) -> None:
-    """One cache refresh per mining method at size ``n``, the size's database as the training
-    split, in a worker (:class:`~vgray.distributed.held.HeldWork`, as a trial's trainer), its
-    descriptors through the extractor training uses on Ray."""
-    why = stages.holder.start_mining(cfg, prepared.model, args.extract_actors)
+def mining_stages(stages: Stages, n: int, cfg, model, args) -> None:
+    """One cache refresh per mining method at size ``n`` on the rung's training split (its
+    database, the fixed training queries: :func:`make_ladder`), in a worker
+    (:class:`~vgray.distributed.held.HeldWork`, as a trial's trainer), its descriptors through
+    the extractor training uses on Ray."""
+    why = stages.holder.start_mining(cfg, model, args.extract_actors, split="train")
     for method in args.methods:
         if why is not None:
             stages.left_out[f"mining_{method}"] = f"at {n:,}: {why}"

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, overload
 
 import numpy as np
 import pyarrow as pa
@@ -108,11 +108,70 @@ def parse_names(names: pa.Array, rel: pa.Array, top: Path) -> Dict[str, object]:
     return columns
 
 
+class Paths(Sequence[str]):
+    """Image paths held as Arrow strings under one folder (``prefix`` + each relative path): a
+    million paths cost their bytes (about 100 MB), not a million Python strings (about 400 MB
+    with the list); a path becomes a ``str`` only when it is read. Indexing, slicing (a slice is
+    a ``Paths`` sharing the buffers), iteration, ``+`` (a list) and ``==`` with any sequence of
+    strings, as a list of paths."""
+
+    def __init__(self, prefix: str, rel: pa.Array | pa.ChunkedArray) -> None:
+        self.prefix = prefix
+        self.rel = rel
+
+    def __len__(self) -> int:
+        return len(self.rel)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return list(self)[i]
+            return Paths(self.prefix, self.rel.slice(start, max(stop - start, 0)))
+        n = len(self)
+        k = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= k < n:
+            raise IndexError(f"path {i} of {n}")
+        return self.prefix + self.rel[k].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        prefix = self.prefix
+        for s in range(0, len(self), PARSE_BATCH):
+            yield from (prefix + r for r in self.rel.slice(s, PARSE_BATCH).to_pylist())
+
+    def __add__(self, other: Sequence[str]) -> List[str]:
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[str]) -> List[str]:
+        return [*other, *self]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # a sequence compared by value, as a list
+
+    def __repr__(self) -> str:
+        return f"Paths({len(self)} under {self.prefix!r})"
+
+    def to_arrow(self) -> pa.Array:
+        """The full paths as one Arrow string array (buffers of its own)."""
+        rel = self.rel.combine_chunks() if isinstance(self.rel, pa.ChunkedArray) else self.rel
+        return pc.binary_join_element_wise(self.prefix, rel, "") if self.prefix else pa.concat_arrays([rel])
+
+
 @dataclass
 class ImageSet:
     """The database or the queries of one split: paths in search order, with their UTM positions."""
 
-    paths: List[str]
+    paths: Sequence[str]  # a list, or Paths for an indexed folder
     utm: np.ndarray  # (n, 2) float64, east/north metres
     notes: List[str] = field(default_factory=list)
     headings: Optional[np.ndarray] = None  # (n,) float64 degrees (compass), NaN where unknown; None: not read
@@ -243,11 +302,14 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
             except BadInput:  # named below: the first bad file in sorted order, as files are listed
                 state["failed"] = True
 
-    def emit(chunk: pa.Array, prefix: str) -> None:
-        if len(chunk):
-            pending.append((chunk, pc.binary_join_element_wise(prefix, chunk, "") if prefix else chunk))
-            state["seen"] += len(chunk)
-            state["pending"] += len(chunk)
+    def emit(chunk, prefix: str) -> None:
+        for s in range(0, len(chunk), PARSE_BATCH):  # a folder of a million names: parsed a batch at a time
+            part = chunk.slice(s, PARSE_BATCH)
+            if isinstance(part, pa.ChunkedArray):
+                part = part.combine_chunks()
+            pending.append((part, pc.binary_join_element_wise(prefix, part, "") if prefix else part))
+            state["seen"] += len(part)
+            state["pending"] += len(part)
             if state["pending"] >= PARSE_BATCH:
                 flush()
 
@@ -257,9 +319,7 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
         try:
             st = d.stat()
             dirs[prefix.rstrip("/") or "."] = st.st_mtime_ns
-            with os.scandir(d) as it:
-                entries = list(it)
-            is_dir = np.fromiter((e.is_dir(follow_symlinks=True) for e in entries), bool, len(entries))
+            names, is_dir, regular = _list_dir(d)
         except OSError as exc:
             raise BadInput(f"dataset folder {d}: cannot be read ({exc.strerror})")
         if (st.st_dev, st.st_ino) in ancestors:
@@ -268,23 +328,23 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
                 f"remove the link or point it elsewhere"
             )
         ancestors.append((st.st_dev, st.st_ino))
-        if entries:
-            _check_names(d, entries)
-            names = pa.array([e.name for e in entries], pa.string())
+        if len(names):
             image = pc.match_substring_regex(names, IMAGE_PATTERN, ignore_case=True).to_numpy(zero_copy_only=False)
             image &= ~is_dir  # a folder named like an image is a folder
-            _check_regular(d, entries, image)
+            _check_regular(d, names, image & ~regular)
             if not is_dir.any():
-                chunk = names.filter(pa.array(image))
-                emit(chunk.take(pc.sort_indices(chunk)), prefix)
+                order = pc.sort_indices(names).to_numpy()
+                emit(names.take(order[image[order]]), prefix)  # one copy of the names, sorted images only
             else:
+                names = names.combine_chunks()
                 keys = pc.binary_join_element_wise(names, pa.array(np.where(is_dir, "/", "")), "")
                 run: List[int] = []
                 for i in pc.sort_indices(keys).to_numpy():
                     if is_dir[i]:
                         emit(names.take(pa.array(run, pa.int64())), prefix)
                         run = []
-                        visit(Path(entries[i].path), f"{prefix}{entries[i].name}/")
+                        name = names[int(i)].as_py()
+                        visit(d / name, f"{prefix}{name}/")
                     elif image[i]:
                         run.append(int(i))
                 emit(names.take(pa.array(run, pa.int64())), prefix)
@@ -295,6 +355,7 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
     visit(top, "")
     if pending:
         flush()
+    pa.default_memory_pool().release_unused()  # the listing's temporaries: back to the system, not kept by Arrow
     if not rel_chunks:
         empty = np.zeros(0, np.float64)
         return {
@@ -315,34 +376,59 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
     return columns, dirs
 
 
-def _check_names(folder: Path, entries) -> None:
-    """Names the index can hold: UTF-8 text (a name in another encoding arrives with surrogates)."""
-    for e in entries:
-        try:
-            e.name.encode("utf-8")
-        except UnicodeEncodeError:
-            raw = os.fsencode(e.name)
-            raise BadInput(
-                f"dataset folder {folder}: the name {shown(raw)} is not valid UTF-8; rename the file "
-                f"(file names must be UTF-8 text)"
-            )
+def _list_dir(d: Path) -> Tuple[pa.ChunkedArray, np.ndarray, np.ndarray]:
+    """The names in folder ``d`` (Arrow strings, in listing order), which are folders (links
+    followed) and which are regular files (links followed), in one pass of ``os.scandir`` that
+    keeps no entry: a folder of a million files costs its names' bytes, not a million
+    ``os.DirEntry`` objects. Names are turned into Arrow :data:`PARSE_BATCH` at a time."""
+    chunks: List[pa.Array] = []
+    names: List[str] = []
+    is_dir, regular = bytearray(), bytearray()
+    with os.scandir(d) as it:
+        for e in it:
+            names.append(e.name)
+            folder = e.is_dir(follow_symlinks=True)
+            is_dir.append(folder)
+            try:
+                regular.append(not folder and e.is_file(follow_symlinks=True))
+            except OSError:
+                regular.append(False)
+            if len(names) == PARSE_BATCH:
+                chunks.append(_names_array(d, names))
+                names = []
+    chunks.append(_names_array(d, names))
+    flags = (np.frombuffer(bytes(f), np.uint8).astype(bool) for f in (is_dir, regular))
+    return (pa.chunked_array(chunks, pa.string()), *flags)  # type: ignore[return-value]
 
 
-def _check_regular(folder: Path, entries, image: np.ndarray) -> None:
+def _names_array(folder: Path, names: List[str]) -> pa.Array:
+    """``names`` as Arrow strings; BadInput naming the first that is not UTF-8 text (a name in
+    another encoding arrives with surrogates), which the index cannot hold."""
+    try:
+        return pa.array(names, pa.string())
+    except (UnicodeEncodeError, pa.ArrowException):
+        for name in names:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInput(
+                    f"dataset folder {folder}: the name {shown(os.fsencode(name))} is not valid UTF-8; rename "
+                    f"the file (file names must be UTF-8 text)"
+                )
+        raise
+
+
+def _check_regular(folder: Path, names: pa.ChunkedArray, bad: np.ndarray) -> None:
     """Every entry named like an image must be a regular file (or a link to one): reading a FIFO
-    blocks forever, and a device or a dangling link is no image."""
-    for i in np.flatnonzero(image):
-        e = entries[i]
-        try:
-            regular = e.is_file(follow_symlinks=True)
-        except OSError:
-            regular = False
-        if not regular:
-            what = "a link to nothing" if e.is_symlink() and not os.path.exists(e.path) else "not a regular file"
-            raise BadInput(
-                f"dataset folder {folder}: {e.name} is {what}; image files must be regular files "
-                f"(remove it or replace it with the image)"
-            )
+    blocks forever, and a device or a dangling link is no image. ``bad``: the images that are not."""
+    for i in np.flatnonzero(bad)[:1]:
+        name = names[int(i)].as_py()
+        path = folder / name
+        what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a regular file"
+        raise BadInput(
+            f"dataset folder {folder}: {name} is {what}; image files must be regular files "
+            f"(remove it or replace it with the image)"
+        )
 
 
 def _dirs_unchanged(top: Path, dirs: Dict[str, int]) -> bool:
@@ -376,13 +462,14 @@ def _read_index(path: Path, top: Path) -> Optional[pq.ParquetFile]:
 
 
 def _image_set(top: Path, batches) -> ImageSet:
-    """An :class:`ImageSet` from the index's record batches, a batch at a time, so that the Python
-    lists it returns never sit beside a second full copy of the index (paths joined per batch; each
-    distinct note one Python string, shared)."""
-    prefix, paths, notes = str(top) + os.sep, [], []
+    """An :class:`ImageSet` from the index's record batches: the paths stay Arrow strings
+    (:class:`Paths`, the batches' own buffers), the notes a list in which each distinct note is one
+    Python string, shared."""
+    rel: List[pa.Array] = []
+    notes: List[str] = []
     numbers: Dict[str, List[np.ndarray]] = {"utm_east": [], "utm_north": [], "heading": []}
     for batch in batches:
-        paths.extend(pc.binary_join_element_wise(prefix, batch.column("path"), "").to_pylist())
+        rel.append(batch.column("path"))
         for key, parts in numbers.items():
             parts.append(batch.column(key).to_numpy(zero_copy_only=False))
         coded = batch.column("note").dictionary_encode()
@@ -392,8 +479,9 @@ def _image_set(top: Path, batches) -> ImageSet:
             ].tolist()
         )
     column = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in numbers.items()}
+    pa.default_memory_pool().release_unused()  # the read's decoding buffers: back to the system
     return ImageSet(
-        paths=paths,
+        paths=Paths(str(top) + os.sep, pa.chunked_array(rel, pa.string())),
         utm=np.stack([column["utm_east"], column["utm_north"]], axis=1),
         notes=notes,
         headings=column["heading"],

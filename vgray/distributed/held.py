@@ -83,10 +83,10 @@ class _Held:
     def drop(self) -> None:
         self.index, self.mining = None, {}
 
-    def start_mining(self, cfg, state, extract_actors: Optional[int]) -> Optional[str]:
+    def start_mining(self, cfg, state, extract_actors: Optional[int], split: str = "test") -> Optional[str]:
         """Training's descriptor source (:class:`~vgray.train.loop.LocalDescriptors` through a
-        :class:`~vgray.distributed.descriptors.RayExtractor`) on ``cfg``'s test split; None, or
-        why the split cannot be a training split."""
+        :class:`~vgray.distributed.descriptors.RayExtractor`) on the ``split`` of ``cfg``'s
+        dataset; None, or why the split cannot be a training split."""
         import ray
 
         from vgray.data.dataset import open_split
@@ -97,7 +97,7 @@ class _Held:
         from vgray.train.loop import LocalDescriptors
         from vgray.train.mining import TrainingQueries
 
-        split = open_split(cfg.data.root, "test", cfg.data.msls_queries)
+        images = open_split(cfg.data.root, split, cfg.data.msls_queries)
         model = build_model(cfg.model, load_weights=False, image_size=cfg.data.image_size)
         model.load_state_dict(ray.get(state) if isinstance(state, ray.ObjectRef) else state)
         model.eval()
@@ -105,10 +105,10 @@ class _Held:
         transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
         extractor = RayExtractor(cfg, actors=extract_actors, log=lambda msg: None)
         try:
-            data = TrainingQueries(split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
+            data = TrainingQueries(images, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
         except BadInput as exc:
             return str(exc)
-        source = LocalDescriptors(model, split, transform, rt, extractor)
+        source = LocalDescriptors(model, images, transform, rt, extractor)
         self.mining = {"cfg": cfg, "data": data, "source": source, "extractor": extractor}
         return None
 
@@ -151,13 +151,13 @@ class HeldWork:
         """``(D, I)`` of the held Flat index."""
         return self._get(self._actor.search.remote(xq, k))
 
-    def start_mining(self, cfg, model, extract_actors: Optional[int] = None) -> Optional[str]:
-        """Training's descriptor source for ``model`` (its current weights) on ``cfg``'s test split;
-        None, or why that split cannot be a training split."""
+    def start_mining(self, cfg, model, extract_actors: Optional[int] = None, split: str = "test") -> Optional[str]:
+        """Training's descriptor source for ``model`` (its current weights) on the ``split`` of
+        ``cfg``'s dataset; None, or why that split cannot be a training split."""
         import ray
 
         state = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        return self._get(self._actor.start_mining.remote(cfg, state, extract_actors))
+        return self._get(self._actor.start_mining.remote(cfg, state, extract_actors, split))
 
     def refresh(self, method: str) -> Dict[str, Any]:
         """One cache refresh of ``method``: ``images_through_ray`` and ``usable``, or ``left_out`` (why)."""

@@ -187,6 +187,20 @@ class ShardedFlatSearch:
         self.actors = []
 
 
+def actor_plan(actors: Optional[int] = None) -> Tuple[int, float]:
+    """``(actors, CPUs each)`` of a :class:`ShardedFlatSearch` on the connected cluster: by default
+    one actor a node with CPUs, each asking for what the smallest such node has, so that every
+    actor fits wherever SPREAD puts it (nodes of 1 and 2 CPUs: 1 each, not 1.5); ``actors`` given,
+    each asks for no more than the cluster's CPUs over them, nor than the smallest node has."""
+    import ray
+
+    nodes = [n["Resources"]["CPU"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    if not nodes:
+        raise RuntimeError("sharded Flat search: the Ray cluster has no node with a CPU")
+    actors = actors or len(nodes)
+    return actors, min(min(nodes), sum(nodes) / actors)
+
+
 def _contiguous_groups(counts: Sequence[int], groups: int) -> List[Tuple[int, int]]:
     """Cut ``counts`` (rows per file) into ``groups`` non-empty runs ``[lo, hi)`` of about equal rows."""
     total = sum(counts)

@@ -64,17 +64,12 @@ def _search(cfg, files: List[str], xq: np.ndarray, k: int, actors: Optional[int]
     """``(D, I, seconds, index MiB, how)``: ``xq`` searched in the database ``files`` as
     ``test.knn`` says (Flat: sharded over ``actors`` actors, default one per node; else an index
     built from the shards on the driver)."""
-    from vgray.distributed.search import ShardedFlatSearch, index_from_shards
+    from vgray.distributed.search import ShardedFlatSearch, actor_plan, index_from_shards
     from vgray.evaluate.knn import index_memory_mb, search
 
     if cfg.test.knn.replace(" ", "") == "Flat":
-        import ray
-
-        # One actor a node with CPUs, each asking for what the smallest such node has, so that
-        # every actor fits wherever SPREAD puts it (nodes of 1 and 2 CPUs: 1 each, not 1.5).
-        nodes = [n["Resources"]["CPU"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
-        actors = actors or len(nodes)
-        sharded = ShardedFlatSearch(files=files, actors=actors, num_cpus=min(min(nodes), sum(nodes) / actors))
+        actors, cpus = actor_plan(actors)
+        sharded = ShardedFlatSearch(files=files, actors=actors, num_cpus=cpus)
         try:
             started = time.perf_counter()
             D, I = sharded.search(xq, k)
