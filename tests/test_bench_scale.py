@@ -16,6 +16,7 @@ STAGES = (
     "search_flat",
     "index_build_ivfpq",
     "search_ivfpq",
+    "search_ivfpq_nprobe16",
     "search_sharded_flat",
     "mining_partial",
 )
@@ -60,6 +61,10 @@ def test_small_ladder(tiny_root, tmp_path, capsys):
     small = got["stages"]
     assert small["search_sharded_flat"]["200"]["R@1"] == small["search_flat"]["200"]["R@1"]
     assert got["sharded_flat_same_as_flat"] == 1.0
+    # the rungs' training split keeps the same queries (those with a positive in the smallest), so a
+    # refresh handles as many queries at every size and only the database grows
+    usable = {small["mining_partial"][str(n)]["usable"] for n in SIZES}
+    assert len(usable) == 1 and usable.pop() > 0
     assert got["driver_peak_ratio"] == pytest.approx(got["driver_peak_mb_largest"] / got["driver_peak_mb_smallest"])
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("bench-scale-*"))  # links and shards removed

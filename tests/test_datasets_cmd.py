@@ -227,3 +227,39 @@ def test_bench_index_measures_vgray_against_the_baseline(tmp_path, capsys):
         assert figures[f"{kind}_files_per_s"] > 0 and figures[f"{kind}_peak_rss_mb"] > 0
     assert figures["ratio"] > 0 and figures["memory_ratio"] > 0
     assert out.strip().splitlines()[-1].startswith("ratio")
+
+
+def test_a_folder_listed_and_parsed_in_batches_is_indexed_as_one(tmp_path, monkeypatch):
+    """Names go to Arrow and are parsed PARSE_BATCH at a time (a million-file folder is never one
+    Python list of entries): with batches of 3, the index is the one made in a single batch."""
+    import pickle
+
+    from vgray.data import dataset
+
+    top = tmp_path / "database"
+    for i in range(11):
+        touch(top / vg_name(float(i), 2.0 * i, str(i * 10), f"n{i % 2}"))
+    for i in range(4):
+        touch(top / "sub" / vg_name(100.0 + i, 1.0))
+    whole = index_images(top)
+    index_cache_path(top).unlink()
+    monkeypatch.setattr(dataset, "PARSE_BATCH", 3)
+    batched = index_images(top)
+    assert batched.paths == whole.paths and len(batched) == 15
+    assert np.array_equal(batched.utm, whole.utm) and batched.notes == whole.notes
+    assert np.array_equal(batched.headings, whole.headings, equal_nan=True)
+    # Paths reads as the list of paths it stands for.
+    paths, listed = batched.paths, list(batched.paths)
+    assert isinstance(paths, dataset.Paths) and paths[-1] == listed[-1] and paths[3:7] == listed[3:7]
+    assert paths[::2] == listed[::2] and paths + ["x"] == [*listed, "x"] and ["x"] + paths == ["x", *listed]
+    assert pickle.loads(pickle.dumps(paths)) == listed and paths.to_arrow().to_pylist() == listed
+    assert dataset.take_paths(paths, [14, 0]) == [listed[14], listed[0]] == dataset.take_paths(listed, [14, 0])
+    with pytest.raises(IndexError):
+        paths[15]
+
+
+def test_work_blocks_grow_with_the_work():
+    from vgray.distributed.extract import block_rows
+
+    assert block_rows(500, 32) == 32  # small: a batch a block, so every decode slot has work
+    assert block_rows(10_000, 32) == 128 and block_rows(1_085_232, 32) == 1024  # at most 32 batches

@@ -388,7 +388,7 @@ def _eval_sharded(args, cfg, keep: Optional[Dict]) -> Dict:
     shards = Path(args.shards or cache_dir() / "eval-shards" / f"{dataset_name(cfg.data.root)}-{cfg.test.split}")
     check_output_dir(shards, "--shards")
     # Before Ray starts: the request (single-view test method, no PCA), the split, the network.
-    prepared = prepare(cfg, cfg.test.split, shards, shard_size=args.shard_size)
+    prepared = prepare(cfg, cfg.test.split, shards, shard_size=args.shard_size, split=split)  # opened once
     init_ray(args.address)
     return evaluate_sharded(cfg, shards, prepared=prepared, shard_size=args.shard_size, keep=keep)
 

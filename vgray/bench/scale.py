@@ -12,7 +12,10 @@ through its own public entry point unchanged (no config key restricts a split). 
   (``IVF{4 sqrt N},PQ16``; Flat only where its descriptors fit ``--flat-budget-mb``);
 - ``search_flat`` (on the driver, where it fits), ``search_sharded_flat``
   (:class:`~vgray.distributed.search.ShardedFlatSearch` over ``--actors`` actors reading the
-  shards), ``search_ivfpq``: seconds per query, best of ``--repeats``, with R@1 and R@5;
+  shards), ``search_ivfpq`` (vgray's default ``nprobe``, a sixteenth of the lists, which grow
+  as sqrt N: the codes scanned grow as N) and ``search_ivfpq_nprobe16`` (the same index, 16 lists
+  at every size: the codes scanned grow as sqrt N, the paper's sub-linear curve): seconds per
+  query, best of ``--repeats``, with R@1 and R@5;
 - ``mining_<method>``: one cache refresh (:mod:`vgray.train.mining`) on the size's database as a
   training split, its descriptors through :class:`~vgray.distributed.descriptors.RayExtractor`
   (``data.ray_threshold``, 0 here unless set: always Ray Data), as training asks for them.
@@ -50,11 +53,12 @@ SHAPES = (
     ("extract", 0.9, 1.1),
     ("search_flat", 0.8, 1.2),
     ("search_sharded_flat", 0.8, 1.2),
-    ("search_ivfpq", -math.inf, 0.7),
+    ("search_ivfpq_nprobe16", -math.inf, 0.7),
     ("mining_partial", -math.inf, 0.2),
     ("mining_msls_weighted", -math.inf, 0.2),
     ("mining_full", 0.8, 1.2),
 )
+FIXED_NPROBE = 16  # the second IVF-PQ search: lists visited at every size
 DRIVER_RATIO_MAX = 1.5
 WORKER_MAX_MB = 4096.0
 
@@ -75,6 +79,12 @@ def ivfpq_spec(n: int) -> str:
     PQ16 with 8-bit codes where there are 10,000 points to train them, 4-bit below."""
     lists = max(1, min(int(4 * math.sqrt(n)), n // 39))
     return f"IVF{lists},PQ16" + ("" if n >= 10_000 else "x4")
+
+
+def nprobe_of(index) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nprobe)
 
 
 def growth_exponent(sizes: Sequence[int], seconds: Sequence[float]) -> Optional[float]:
@@ -263,7 +273,14 @@ def main(argv) -> None:
         help="start a cluster of this many nodes on this machine (a head with no CPU; --num-cpus shared between them)",
     )
     p.add_argument("--store-mb", type=int, default=1024, help="object store of each --nodes node, MiB (default 1024)")
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="run nothing: print, summarise and draw (--figure) the ladder in FILE, a JSON this benchmark wrote",
+    )
     args = p.parse_args(argv)
+    if args.from_json:
+        return replay(args.from_json, args)
     sizes = sizes_of(args.sizes)
     args.methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in args.methods if m not in METHODS]
@@ -297,18 +314,55 @@ def main(argv) -> None:
         roots = make_ladder(split, sizes, queries, work, cfg.train.positive_dist_threshold)
         links_s = time.perf_counter() - started
         del split  # the source's file index: the ladder's folders stand for it now
-        stages = _ladder(roots, base, args, work)
-        figures = summary(stages, sizes, links_s, cfg, queries)
-        if args.figure:
-            draw(stages.stages, sizes, args.figure)
-        _print_table(stages.stages, sizes)
-        print_figures(figures)
-        write_json(args.json, {**figures, "complete": True, "sizes": sizes, "stages": stages.stages})
+        head = header(cfg, sizes, links_s, queries)
+        stages = _ladder(roots, base, args, work, head)
+        report(stages.stages, stages.left_out, sizes, head, args, complete=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages:
+def report(
+    stages: Dict[str, Dict[int, Dict[str, Any]]],
+    left_out: Dict[str, str],
+    sizes: List[int],
+    head: Dict[str, Any],
+    args,
+    complete: bool,
+) -> None:
+    """The table, the figures (:func:`summary`), the figure and the JSON of a ladder."""
+    figures = summary(stages, left_out, sizes, head)
+    if args.figure:
+        draw(stages, sizes, args.figure)
+    _print_table(stages, sizes)
+    print_figures(figures)
+    write_json(args.json, {**figures, "complete": complete, "sizes": sizes, "stages": stages, "left_out": left_out})
+
+
+def replay(path: str, args) -> None:
+    """``--from-json``: a ladder's JSON (finished or not) printed, drawn and summarised again by
+    this version, nothing run."""
+    import json
+
+    try:
+        got = json.loads(Path(path).read_text())
+        stages = {stage: {int(n): m for n, m in by.items()} for stage, by in got["stages"].items()}
+        sizes = sorted({n for by in stages.values() for n in by})
+        head = {k: got[k] for k in ("data", "model", "image_size", "queries", "links_s") if k in got}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInput(f"--from-json {path}: not a vgray bench scale JSON ({exc})")
+    if not sizes:
+        raise BadInput(f"--from-json {path}: no size was measured")
+    report(
+        stages,
+        got.get("left_out", {}),
+        sizes,
+        {**head, "sizes": ",".join(map(str, sizes))},
+        args,
+        complete=bool(got.get("complete")),
+    )
+
+
+def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path, head: Dict[str, Any]) -> Stages:
     from vgray.distributed.cluster import ray_session
     from vgray.distributed.held import HeldWork, local_cluster
     from vgray.distributed.memory import WorkerPeaks
@@ -325,12 +379,7 @@ def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path) -> Stages
                 shutil.rmtree(work / f"shards-{n}", ignore_errors=True)
                 if args.json:  # what is measured so far, should a later size not finish
                     write_json(
-                        args.json,
-                        {
-                            "complete": False,
-                            "sizes_done": sorted(stages.stages.get("extract", {})),
-                            "stages": stages.stages,
-                        },
+                        args.json, {**head, "complete": False, "stages": stages.stages, "left_out": stages.left_out}
                     )
         finally:
             held.close()
@@ -383,6 +432,8 @@ def one_size(stages: Stages, n: int, root: Path, base: List[str], args, out: Pat
 
 def search_stages(stages: Stages, n: int, cfg, positives, files: Dict[str, List[str]], args) -> None:
     """Index builds and searches at size ``n``; R@1/R@5 of each, and whether sharded Flat is Flat."""
+    import faiss
+
     from vgray.distributed.search import (
         ShardedFlatSearch,
         actor_plan,
@@ -413,7 +464,13 @@ def search_stages(stages: Stages, n: int, cfg, positives, files: Dict[str, List[
     spec = ivfpq_spec(n)
     ivf = stages.run("index_build_ivfpq", n, lambda: index_from_shards(files["database"], spec, seed=cfg.seed))
     _, I, _ = stages.run("search_ivfpq", n, lambda: search(ivf, xq, k), per=m, repeats=args.repeats)
-    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(ivf))
+    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(ivf), nprobe=nprobe_of(ivf))
+    lists = faiss.extract_index_ivf(ivf)
+    lists.nprobe = min(FIXED_NPROBE, lists.nlist)
+    _, I, _ = stages.run(
+        f"search_ivfpq_nprobe{FIXED_NPROBE}", n, lambda: search(ivf, xq, k), per=m, repeats=args.repeats
+    )
+    stages.note(f"search_ivfpq_nprobe{FIXED_NPROBE}", n, **recalls(I), nprobe=nprobe_of(ivf))
     ivf = None  # dropped before the sharded actors load
     started = time.perf_counter()
     actors, cpus = actor_plan(args.actors)
@@ -450,10 +507,9 @@ def mining_stages(stages: Stages, n: int, cfg, model, args) -> None:
     stages.holder.drop()
 
 
-def summary(stages: Stages, sizes: List[int], links_s: float, cfg, queries: int) -> Dict[str, Any]:
-    """The printed figures: per stage its exponent and peaks, the shapes kept or missed, the
-    sharded-Flat check, what was left out, and the driver's peak ratio last."""
-    figures: Dict[str, Any] = {
+def header(cfg, sizes: List[int], links_s: float, queries: int) -> Dict[str, Any]:
+    """What a ladder ran on: its first printed figures, kept in its JSON."""
+    return {
         "data": cfg.data.root,
         "model": f"{cfg.model.backbone}+{cfg.model.aggregation} (untrained, seed {cfg.seed})",
         "image_size": "x".join(map(str, cfg.data.image_size)),
@@ -461,33 +517,51 @@ def summary(stages: Stages, sizes: List[int], links_s: float, cfg, queries: int)
         "queries": queries,
         "links_s": links_s,
     }
+
+
+def summary(
+    stages: Dict[str, Dict[int, Dict[str, Any]]], left_out: Dict[str, str], sizes: List[int], head: Dict[str, Any]
+) -> Dict[str, Any]:
+    """The printed figures: per stage its exponents and peaks, the shapes kept or missed, the
+    sharded-Flat check, what was left out, and the driver's peak ratio last.
+
+    ``a`` is fitted over every size; with three sizes or more, ``a_top`` over the two largest as
+    well, and the shapes are checked on it: a stage costing ``c0 + c1 N`` (a pipeline's start, an
+    actor call) grows as N only where ``c1 N`` outweighs ``c0``, which the top of the ladder shows
+    and a fit through the smallest size bends below 1."""
+    figures: Dict[str, Any] = dict(head)
     exponents: Dict[str, Optional[float]] = {}
-    for stage, by_size in stages.stages.items():
+    for stage, by_size in stages.items():
         ns = sorted(by_size)
-        exponents[stage] = growth_exponent(ns, [by_size[n]["seconds"] for n in ns])
+        seconds = [by_size[n]["seconds"] for n in ns]
+        exponents[stage] = growth_exponent(ns, seconds)
         figures[f"{stage} a"] = "n/a" if exponents[stage] is None else exponents[stage]
+        if len(ns) >= 3:
+            exponents[stage] = growth_exponent(ns[-2:], seconds[-2:])
+            figures[f"{stage} a_top"] = "n/a" if exponents[stage] is None else exponents[stage]
         figures[f"{stage} driver_peak_mb"] = max(by_size[n]["driver_peak_mb"] for n in ns)
         figures[f"{stage} worker_peak_mb"] = max(by_size[n]["worker_peak_mb"] for n in ns)
     for stage, low, high in SHAPES:
         a = exponents.get(stage)
         want = f"a < {high:g}" if low == -math.inf else f"a in {low:g}-{high:g}"
+        which = "a_top" if f"{stage} a_top" in figures else "a"
         if a is None:
             figures[f"shape {stage}"] = f"not measured ({want})"
         else:
-            figures[f"shape {stage}"] = f"{'kept' if low <= a <= high else 'MISSED'}: a={a:.2f}, expected {want}"
-    sharded = stages.stages.get("search_sharded_flat", {})
+            figures[f"shape {stage}"] = f"{'kept' if low <= a <= high else 'MISSED'}: {which}={a:.2f}, expected {want}"
+    sharded = stages.get("search_sharded_flat", {})
     same = [v["same_as_flat"] for v in sharded.values() if "same_as_flat" in v]
     if same:
         figures["sharded_flat_same_as_flat"] = min(same)
     largest = sizes[-1]
-    for stage in ("search_flat", "search_sharded_flat", "search_ivfpq"):
-        at = stages.stages.get(stage, {}).get(largest)
+    for stage in ("search_flat", "search_sharded_flat", "search_ivfpq", f"search_ivfpq_nprobe{FIXED_NPROBE}"):
+        at = stages.get(stage, {}).get(largest)
         if at is not None:
             figures[f"{stage} R@1/R@5 at {largest:,}"] = f"{at['R@1']:.2f} / {at['R@5']:.2f}"
-    for stage, why in stages.left_out.items():
+    for stage, why in left_out.items():
         figures[f"left out {stage}"] = why
-    driver = {n: max(s[n]["driver_peak_mb"] for s in stages.stages.values() if n in s) for n in sizes}
-    worker = max((v["worker_peak_mb"] for s in stages.stages.values() for v in s.values()), default=0.0)
+    driver = {n: max(s[n]["driver_peak_mb"] for s in stages.values() if n in s) for n in sizes}
+    worker = max((v["worker_peak_mb"] for s in stages.values() for v in s.values()), default=0.0)
     figures["driver_peak_mb_smallest"] = driver[sizes[0]]
     figures["driver_peak_mb_largest"] = driver[sizes[-1]]
     figures["worker_peak_mb_largest"] = worker

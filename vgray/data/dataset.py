@@ -30,6 +30,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGE_PATTERN = r"\.(jpg|jpeg|png)$"  # the same, for Arrow's filter (matched ignoring case)
 SPLITS = ("train", "val", "test")
 INDEX_VERSION = 2  # 2: the heading column
+NUMBERS = ("utm_east", "utm_north", "heading")  # the index's float64 columns
 PARSE_BATCH = 65536  # names parsed at once by the indexer: large enough for Arrow, small enough for memory
 VG_NAME = "@UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg"
 
@@ -161,10 +162,20 @@ class Paths(Sequence[str]):
     def __repr__(self) -> str:
         return f"Paths({len(self)} under {self.prefix!r})"
 
+    def take(self, indices: Sequence[int] | np.ndarray) -> "Paths":
+        """The paths at ``indices``, as a ``Paths`` (one Arrow take, no Python string made)."""
+        return Paths(self.prefix, self.rel.take(pa.array(np.asarray(indices, dtype=np.int64))))
+
     def to_arrow(self) -> pa.Array:
         """The full paths as one Arrow string array (buffers of its own)."""
         rel = self.rel.combine_chunks() if isinstance(self.rel, pa.ChunkedArray) else self.rel
         return pc.binary_join_element_wise(self.prefix, rel, "") if self.prefix else pa.concat_arrays([rel])
+
+
+def take_paths(paths: Sequence[str], indices: Sequence[int] | np.ndarray) -> Sequence[str]:
+    """``paths[i]`` for every ``i`` of ``indices``: a :class:`Paths` stays one (a million indices
+    cost an Arrow take, not a million strings)."""
+    return paths.take(indices) if isinstance(paths, Paths) else [paths[int(i)] for i in indices]
 
 
 @dataclass
@@ -305,8 +316,7 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
     def emit(chunk, prefix: str) -> None:
         for s in range(0, len(chunk), PARSE_BATCH):  # a folder of a million names: parsed a batch at a time
             part = chunk.slice(s, PARSE_BATCH)
-            if isinstance(part, pa.ChunkedArray):
-                part = part.combine_chunks()
+            part = part.combine_chunks() if isinstance(part, pa.ChunkedArray) else part
             pending.append((part, pc.binary_join_element_wise(prefix, part, "") if prefix else part))
             state["seen"] += len(part)
             state["pending"] += len(part)
@@ -360,10 +370,8 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
         empty = np.zeros(0, np.float64)
         return {
             "path": pa.array([], pa.string()),
-            "utm_east": empty,
-            "utm_north": empty,
-            "heading": empty,
             "note": pa.array([], pa.string()),
+            **dict.fromkeys(NUMBERS, empty),
         }, dirs
     files = pa.chunked_array(rel_chunks, pa.string())
     if state["failed"]:
@@ -398,7 +406,7 @@ def _list_dir(d: Path) -> Tuple[pa.ChunkedArray, np.ndarray, np.ndarray]:
                 names = []
     chunks.append(_names_array(d, names))
     flags = (np.frombuffer(bytes(f), np.uint8).astype(bool) for f in (is_dir, regular))
-    return (pa.chunked_array(chunks, pa.string()), *flags)  # type: ignore[return-value]
+    return (pa.chunked_array(chunks, pa.string()), *flags)
 
 
 def _names_array(folder: Path, names: List[str]) -> pa.Array:

@@ -156,7 +156,7 @@ def ray_descriptors(
     import ray
 
     from vgray.data.images import unreadable
-    from vgray.distributed.extract import pipeline, work_blocks
+    from vgray.distributed.extract import block_rows, pipeline, work_blocks
 
     budget = _budget()
     if budget is None:
@@ -164,7 +164,7 @@ def ray_descriptors(
     # Inside a placement group Ray Data plans for the extraction bundles, not the cluster.
     plan = _plan(budget, actors)
     state = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    blocks = work_blocks([("x", paths, 0, len(paths))], batch_size)
+    blocks = work_blocks([("x", paths, 0, len(paths))], block_rows(len(paths), batch_size))
     ds = pipeline(cfg, blocks, {"x": transform}, {"state": state}, plan, batch_size, progress)
     del blocks
     out = np.zeros((len(paths), features_dim), dtype=np.float32)

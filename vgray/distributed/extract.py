@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 ROLES = ("database", "queries")
 META_KEY = b"vgray"
 BLOCK_BATCHES = 32  # most batches in one work block (see block_rows)
+MIN_BLOCKS = 64  # fewest work blocks, where there are images enough
 
 
 def shard_path(out: Path, role: str, k: int) -> Path:
@@ -169,10 +170,11 @@ class _Embed:
 
 def block_rows(images: int, batch_size: int) -> int:
     """Rows of each work block: one batch where the work is small (every decode slot gets blocks),
-    up to :data:`BLOCK_BATCHES` batches as it grows, keeping at least about 256 blocks. A block is
-    a Ray object and a decode task: a million images in blocks of one batch of 32 cost the driver
-    34,000 tables and references (about 750 MB measured) and Ray 34,000 tasks."""
-    return batch_size * max(1, min(BLOCK_BATCHES, images // (batch_size * 256)))
+    up to :data:`BLOCK_BATCHES` batches as it grows, keeping at least :data:`MIN_BLOCKS` blocks.
+    Each block is a decode task, and a task costs Ray Data far more than a batch's decoding at
+    small image sizes: on the two-core machine, the rsf world (60×80) went through in blocks of
+    one batch of 32 at 336 images/s, in blocks of 384 to 1,024 rows at about 800."""
+    return batch_size * max(1, min(BLOCK_BATCHES, images // (batch_size * MIN_BLOCKS)))
 
 
 def work_blocks(parts: Sequence[Tuple[str, Sequence[str], int, int]], rows: int) -> List[pa.Table]:
@@ -387,14 +389,17 @@ def prepare(
     actors: Optional[int] = None,
     progress: bool = True,
     index: Optional[str] = None,
+    split=None,
 ) -> Prepared:
     """Every check of an extraction and its network, before Ray starts and before anything is
-    written: the request (:func:`check_request`), the split, the model built (its weights loaded,
-    NetVLAD initialised) or the folder's own ``model.pt`` read back, the ``index`` string."""
+    written: the request (:func:`check_request`), the split (``split``, when the caller has
+    opened it already), the model built (its weights loaded, NetVLAD initialised) or the
+    folder's own ``model.pt`` read back, the ``index`` string."""
     from vgray.data.dataset import open_split
 
     roles = check_request(cfg, roles, shard_size, actors)
-    split = open_split(cfg.data.root, split_name, cfg.data.msls_queries)
+    if split is None:
+        split = open_split(cfg.data.root, split_name, cfg.data.msls_queries)
     model, model_sha1, fresh = _prepare_model(cfg, split, Path(out_dir), progress)
     if index is not None:
         from vgray.evaluate.knn import build_index

@@ -21,7 +21,7 @@ import torch
 
 from vgray import checkpoint
 from vgray.atomic import write_text
-from vgray.data.dataset import open_split
+from vgray.data.dataset import open_split, take_paths
 from vgray.data.images import SafeDataset, read_image
 from vgray.data.transforms import query_train_transform, test_transform, train_database_transform
 from vgray.errors import BadInput
@@ -78,7 +78,7 @@ class LocalDescriptors:
         images = self.split.database if role == "database" else self.split.queries
         x, valid = self.extractor(
             self.model,
-            [images.paths[i] for i in indices],
+            take_paths(images.paths, indices),
             self.transform,
             self.rt,
             self.model.features_dim,

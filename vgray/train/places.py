@@ -209,7 +209,7 @@ def open_places(cfg) -> PlaceSet:
             s.headings if s.headings is not None else np.full(len(s), np.nan) for s in (split.database, split.queries)
         ]
         places = grid_places(
-            split.database.paths + split.queries.paths,
+            [*split.database.paths, *split.queries.paths],
             np.concatenate([split.database.utm, split.queries.utm]),
             cfg.train.place_size_m,
             cfg.test.positive_dist_threshold,
