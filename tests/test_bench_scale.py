@@ -68,6 +68,12 @@ def test_small_ladder(tiny_root, tmp_path, capsys):
     assert got["driver_peak_ratio"] == pytest.approx(got["driver_peak_mb_largest"] / got["driver_peak_mb_smallest"])
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("bench-scale-*"))  # links and shards removed
+    # --from-json: the same summary again from the JSON, nothing run
+    again = tmp_path / "again.json"
+    assert main(["bench", "scale", "--from-json", str(out), "--json", str(again)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("driver_peak_ratio")
+    redone = json.loads(again.read_text())
+    assert {k: redone[k] for k in got if k != "stages"} == {k: got[k] for k in got if k != "stages"}
 
 
 def test_size_beyond_the_dataset_is_refused(tiny_root, capsys):

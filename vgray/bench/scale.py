@@ -193,11 +193,12 @@ class Stages:
     """The measurements of one ladder: ``stages[stage][N]`` a dict of ``seconds`` (per query for
     searches), ``driver_peak_mb``, ``driver_rise_mb``, ``worker_peak_mb``, ``worker`` and extras."""
 
-    def __init__(self, workers, holder=None) -> None:
+    def __init__(self, workers, holder=None, save: Optional[Callable[["Stages"], None]] = None) -> None:
         self.workers = workers
         self.holder = holder  # a HeldWork: the Flat index and the mining caches, in a worker
         self.stages: Dict[str, Dict[int, Dict[str, Any]]] = {}
         self.left_out: Dict[str, str] = {}
+        self.save = save or (lambda stages: None)  # after every measurement: what a stopped run keeps
 
     def run(self, stage: str, n: int, fn: Callable[[], Any], per: int = 1, repeats: int = 1) -> Any:
         """``fn()`` timed (best of ``repeats``; seconds divided by ``per``) with its peaks; its result."""
@@ -215,10 +216,12 @@ class Stages:
             "worker_peak_mb": worker_mb,
             "worker": title,
         }
+        self.save(self)
         return out[-1]
 
     def note(self, stage: str, n: int, **extra: Any) -> None:
         self.stages[stage][n].update(extra)
+        self.save(self)
 
 
 def _configs(args) -> Tuple[Any, List[str]]:
@@ -372,15 +375,16 @@ def _ladder(roots: Dict[int, Path], base: List[str], args, work: Path, head: Dic
         ray_session(address or args.address, args.num_cpus),
     ):
         workers, held = WorkerPeaks(), HeldWork()
+
+        def save(stages: Stages) -> None:  # what is measured so far, should a later stage not finish
+            if args.json:
+                write_json(args.json, {**head, "complete": False, "stages": stages.stages, "left_out": stages.left_out})
+
         try:
-            stages = Stages(workers, held)
+            stages = Stages(workers, held, save)
             for n, root in roots.items():
                 one_size(stages, n, root, base, args, work / f"shards-{n}")
                 shutil.rmtree(work / f"shards-{n}", ignore_errors=True)
-                if args.json:  # what is measured so far, should a later size not finish
-                    write_json(
-                        args.json, {**head, "complete": False, "stages": stages.stages, "left_out": stages.left_out}
-                    )
         finally:
             held.close()
             workers.close()
