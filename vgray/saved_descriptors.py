@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -69,7 +69,11 @@ def descriptor_table(
     (multi-crop test methods), a ``crop`` column (int8) after ``path``."""
     d = descriptors.shape[1]
     flat = pa.array(np.ascontiguousarray(descriptors, dtype=np.float32).reshape(-1))
-    columns = {"path": pa.array([images.paths[i] for i in rows], pa.string())}
+    # images.paths: a list, or vgray.data.dataset.Paths (Arrow strings, taken without a str per row)
+    paths: Any = images.paths
+    arrow = hasattr(paths, "to_arrow")
+    path = paths.take(rows).to_arrow() if arrow else pa.array([paths[i] for i in rows], pa.string())
+    columns = {"path": path}
     if crop is not None:
         columns["crop"] = pa.array(crop, pa.int8())
     columns.update(

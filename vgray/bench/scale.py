@@ -597,10 +597,11 @@ def draw(stages: Dict[str, Dict[int, Dict[str, Any]]], sizes: List[int], path: s
 
     from vgray.atomic import write_bytes
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 5))
+    palette = plt.get_cmap("tab20")
     for i, (stage, by_size) in enumerate(stages.items()):
         ns = sorted(by_size)
-        colour, style = f"C{i % 10}", "-" if i < 10 else "--"
+        colour, style = palette(i % 20), "-" if i < 20 else "--"
         left.plot(ns, [by_size[n]["seconds"] for n in ns], style, marker="o", color=colour, label=stage)
         right.plot(ns, [by_size[n]["driver_peak_mb"] for n in ns], "-", marker="o", color=colour, label=stage)
         right.plot(ns, [max(by_size[n]["worker_peak_mb"], 1e-3) for n in ns], ":", marker="x", color=colour)
@@ -610,8 +611,8 @@ def draw(stages: Dict[str, Dict[int, Dict[str, Any]]], sizes: List[int], path: s
         ax.set_xlabel("database images")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    fig.legend(*left.get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))  # the legend under both panels, over no line
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
