@@ -30,3 +30,19 @@ def test_sharded_eval_refusals_exit_2_before_ray(extra, culprit, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and culprit in err[0], err
     assert not ray.is_initialized() and not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
+
+
+def test_shards_that_do_not_fit_the_disk_are_refused_before_anything_is_written(tmp_path):
+    """A million-image extraction of wide descriptors fills a disk: refused up front, naming the
+    estimate and what is free (the whole rsf test set with NetVLAD's 16,384-d descriptors needs
+    about 67 GiB)."""
+    from vgray.distributed.extract import check_room_for_shards
+    from vgray.errors import BadInput
+
+    out = tmp_path / "shards"
+    with pytest.raises(BadInput) as refused:
+        check_room_for_shards(out, [1_085_232 * 1000, 3000], 16384, concat=False)
+    line = str(refused.value)
+    assert "\n" not in line and "1,085,235,000 images" in line and "GiB is free there" in line
+    assert not out.exists()  # nothing written
+    check_room_for_shards(out, [1000, 100], 256, concat=True)  # a small one fits

@@ -495,6 +495,7 @@ def cmd_extract(args) -> None:
         shard_size=args.shard_size,
         actors=args.actors,
         index=args.index,
+        concat=not args.no_concat,
     )
     init_ray(args.address, num_cpus=args.num_cpus)
     figures = extract(

@@ -1,6 +1,7 @@
 """Where vgray keeps what it makes for itself (dataset indexes, synthetic datasets)."""
 
 import os
+import shutil
 from pathlib import Path
 
 from vgray.errors import BadInput
@@ -28,6 +29,18 @@ def _existing_ancestor(path: Path, what: str, given: object) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise BadInput(f"{what} {given}: the folder {probe} cannot be written; give a folder you can write")
     return probe
+
+
+def check_room(path: str | os.PathLike[str], need_bytes: float, what: str, for_what: str) -> None:
+    """BadInput, before anything is written, when the file system of ``path`` (the nearest
+    existing folder at or above it) has less free space than ``need_bytes``, an estimate of what
+    ``for_what`` will write there; the one line names both."""
+    free = shutil.disk_usage(_existing_ancestor(Path(os.path.expanduser(str(path))), what, path)).free
+    if need_bytes > free:
+        raise BadInput(
+            f"{what} {path}: {for_what} need about {need_bytes / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB is "
+            f"free there; free some space or choose a folder on a larger disk"
+        )
 
 
 def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:

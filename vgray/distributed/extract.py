@@ -390,6 +390,7 @@ def prepare(
     progress: bool = True,
     index: Optional[str] = None,
     split=None,
+    concat: bool = False,
 ) -> Prepared:
     """Every check of an extraction and its network, before Ray starts and before anything is
     written: the request (:func:`check_request`), the split (``split``, when the caller has
@@ -407,7 +408,23 @@ def prepare(
         if "database" not in roles:
             raise BadInput(f"--index {index}: an index is made of the database; extract --role database too")
         build_index(index, model.features_dim)  # a string faiss refuses stops us before any extraction
+    check_room_for_shards(Path(out_dir), [len(getattr(split, role)) for role in roles], model.features_dim, concat)
     return Prepared(roles, split, model, model_sha1, fresh)
+
+
+ROW_OVERHEAD = 160  # bytes a shard row takes besides its descriptor: the path, two float64, parquet's framing
+
+
+def check_room_for_shards(out: Path, images: Sequence[int], d: int, concat: bool) -> None:
+    """BadInput before anything is written when ``out``'s disk cannot hold the shards of
+    ``images`` (per role) of ``d``-dimensional descriptors (twice, with ``concat``'s joined files),
+    less the shard files already there (kept, or written over)."""
+    from vgray.paths import check_room
+
+    need = sum(images) * (4 * d + ROW_OVERHEAD) * (2 if concat else 1)
+    have = sum(f.stat().st_size for f in out.glob("*/shard-*.parquet")) if out.is_dir() else 0
+    what = f"the descriptors of {sum(images):,} images ({d} dimensions)"
+    check_room(out, need - have, "--out" if concat else "the shards' folder", what)
 
 
 def extract(
@@ -446,7 +463,7 @@ def extract(
         raise BadInput("vgray extract needs Ray: call vgray.distributed.sweep.init_ray first")
     start_time = time.perf_counter()
     if prepared is None:
-        prepared = prepare(cfg, split_name, out_dir, roles, shard_size, actors, progress, index)
+        prepared = prepare(cfg, split_name, out_dir, roles, shard_size, actors, progress, index, concat=concat)
     roles, split, model, model_sha1 = prepared.roles, prepared.split, prepared.model, prepared.model_sha1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
