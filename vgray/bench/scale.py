@@ -16,8 +16,8 @@ through its own public entry point unchanged (no config key restricts a split). 
   as sqrt N: the codes scanned grow as N) and ``search_ivfpq_nprobe16`` (the same index, 16 lists
   at every size: the codes scanned grow as sqrt N, the paper's sub-linear curve): seconds per
   query, best of ``--repeats``, with R@1 and R@5;
-- ``mining_<method>``: one cache refresh (:mod:`vgray.train.mining`) on the size's database as a
-  training split, its descriptors through :class:`~vgray.distributed.descriptors.RayExtractor`
+- ``mining_<method>``: one cache refresh (:mod:`vgray.train.mining`) on the size's training split
+  (its database, and the queries with a positive in the smallest size: :func:`make_ladder`), its descriptors through :class:`~vgray.distributed.descriptors.RayExtractor`
   (``data.ray_threshold``, 0 here unless set: always Ray Data), as training asks for them.
 
 Memory (:mod:`vgray.distributed.memory`): the driver's peak RSS within each stage (its kernel peak
@@ -79,12 +79,6 @@ def ivfpq_spec(n: int) -> str:
     PQ16 with 8-bit codes where there are 10,000 points to train them, 4-bit below."""
     lists = max(1, min(int(4 * math.sqrt(n)), n // 39))
     return f"IVF{lists},PQ16" + ("" if n >= 10_000 else "x4")
-
-
-def nprobe_of(index) -> int:
-    import faiss
-
-    return int(faiss.extract_index_ivf(index).nprobe)
 
 
 def growth_exponent(sizes: Sequence[int], seconds: Sequence[float]) -> Optional[float]:
@@ -468,13 +462,13 @@ def search_stages(stages: Stages, n: int, cfg, positives, files: Dict[str, List[
     spec = ivfpq_spec(n)
     ivf = stages.run("index_build_ivfpq", n, lambda: index_from_shards(files["database"], spec, seed=cfg.seed))
     _, I, _ = stages.run("search_ivfpq", n, lambda: search(ivf, xq, k), per=m, repeats=args.repeats)
-    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(ivf), nprobe=nprobe_of(ivf))
     lists = faiss.extract_index_ivf(ivf)
+    stages.note("search_ivfpq", n, **recalls(I), index=spec, index_mb=index_memory_mb(ivf), nprobe=int(lists.nprobe))
     lists.nprobe = min(FIXED_NPROBE, lists.nlist)
     _, I, _ = stages.run(
         f"search_ivfpq_nprobe{FIXED_NPROBE}", n, lambda: search(ivf, xq, k), per=m, repeats=args.repeats
     )
-    stages.note(f"search_ivfpq_nprobe{FIXED_NPROBE}", n, **recalls(I), nprobe=nprobe_of(ivf))
+    stages.note(f"search_ivfpq_nprobe{FIXED_NPROBE}", n, **recalls(I), nprobe=int(lists.nprobe))
     ivf = None  # dropped before the sharded actors load
     started = time.perf_counter()
     actors, cpus = actor_plan(args.actors)
@@ -534,19 +528,20 @@ def summary(
     actor call) grows as N only where ``c1 N`` outweighs ``c0``, which the top of the ladder shows
     and a fit through the smallest size bends below 1."""
     figures: Dict[str, Any] = dict(head)
-    exponents: Dict[str, Optional[float]] = {}
+    checked: Dict[str, Optional[float]] = {}  # the exponent each shape is checked on: a_top, else a
     for stage, by_size in stages.items():
         ns = sorted(by_size)
         seconds = [by_size[n]["seconds"] for n in ns]
-        exponents[stage] = growth_exponent(ns, seconds)
-        figures[f"{stage} a"] = "n/a" if exponents[stage] is None else exponents[stage]
+        fits = {"a": growth_exponent(ns, seconds)}
         if len(ns) >= 3:
-            exponents[stage] = growth_exponent(ns[-2:], seconds[-2:])
-            figures[f"{stage} a_top"] = "n/a" if exponents[stage] is None else exponents[stage]
+            fits["a_top"] = growth_exponent(ns[-2:], seconds[-2:])
+        for name, a in fits.items():
+            figures[f"{stage} {name}"] = "n/a" if a is None else a
+        checked[stage] = fits.get("a_top", fits["a"])
         figures[f"{stage} driver_peak_mb"] = max(by_size[n]["driver_peak_mb"] for n in ns)
         figures[f"{stage} worker_peak_mb"] = max(by_size[n]["worker_peak_mb"] for n in ns)
     for stage, low, high in SHAPES:
-        a = exponents.get(stage)
+        a = checked.get(stage)
         want = f"a < {high:g}" if low == -math.inf else f"a in {low:g}-{high:g}"
         which = "a_top" if f"{stage} a_top" in figures else "a"
         if a is None:

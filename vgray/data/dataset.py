@@ -378,7 +378,7 @@ def _walk(top: Path, progress: Optional[Callable[[int], object]] = None):
         for r in files.to_pylist():
             parse_name(str(top / r))
     columns = {"path": files}
-    for key in ("utm_east", "utm_north", "heading"):
+    for key in NUMBERS:
         columns[key] = np.concatenate([p[key] for p in parsed])
     columns["note"] = pa.chunked_array([p["note"] for p in parsed], pa.string())
     return columns, dirs
@@ -429,14 +429,15 @@ def _names_array(folder: Path, names: List[str]) -> pa.Array:
 def _check_regular(folder: Path, names: pa.ChunkedArray, bad: np.ndarray) -> None:
     """Every entry named like an image must be a regular file (or a link to one): reading a FIFO
     blocks forever, and a device or a dangling link is no image. ``bad``: the images that are not."""
-    for i in np.flatnonzero(bad)[:1]:
-        name = names[int(i)].as_py()
-        path = folder / name
-        what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a regular file"
-        raise BadInput(
-            f"dataset folder {folder}: {name} is {what}; image files must be regular files "
-            f"(remove it or replace it with the image)"
-        )
+    if not bad.any():
+        return
+    name = names[int(np.argmax(bad))].as_py()  # the first, in listing order
+    path = folder / name
+    what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a regular file"
+    raise BadInput(
+        f"dataset folder {folder}: {name} is {what}; image files must be regular files "
+        f"(remove it or replace it with the image)"
+    )
 
 
 def _dirs_unchanged(top: Path, dirs: Dict[str, int]) -> bool:
@@ -475,7 +476,7 @@ def _image_set(top: Path, batches) -> ImageSet:
     Python string, shared."""
     rel: List[pa.Array] = []
     notes: List[str] = []
-    numbers: Dict[str, List[np.ndarray]] = {"utm_east": [], "utm_north": [], "heading": []}
+    numbers: Dict[str, List[np.ndarray]] = {key: [] for key in NUMBERS}
     for batch in batches:
         rel.append(batch.column("path"))
         for key, parts in numbers.items():
