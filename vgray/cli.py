@@ -162,7 +162,23 @@ def _pipeline_parsers(sub) -> None:
     p.add_argument(
         "--address",
         help="join this Ray cluster (auto or HOST:PORT): mining refreshes, validation "
-        "and test extract sets above data.ray_threshold through Ray Data (default: all in-process)",
+        "and test extract sets above data.ray_threshold through Ray Data (default: all in-process); "
+        "with --workers: where the workers run (default: a local Ray)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-parallel workers (Ray Train, DDP; the same as --set train.workers=N): the global batch "
+        "split over them, the same optimisation as one worker with the whole batch",
+    )
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="with --workers: CPUs of each worker (default 1)")
+    p.add_argument(
+        "--worker-gpus",
+        type=float,
+        default=None,
+        help="with --workers: GPUs of each worker (default: 1 where the cluster has a GPU a worker and "
+        "device is not cpu, else 0)",
     )
 
 
@@ -402,6 +418,10 @@ def cmd_train(args) -> None:
         cfg = load_config(base=read_yaml(Path(args.out) / "config.yaml"), overrides=args.overrides)
     else:
         cfg = _load(args)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise BadInput(f"--workers {args.workers} must be a positive integer")
+        cfg = cfg.replace(**{"train.workers": args.workers})
     out = Path(args.out or f"runs/{cfg.model.backbone}-{cfg.model.aggregation}-{cfg.train.mining}-s{cfg.seed}")
     check_output_dir(out, "--out")
     _check_json(args)
@@ -409,6 +429,15 @@ def cmd_train(args) -> None:
         raise BadInput(
             f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another folder"
         )
+    if cfg.train.workers > 1:
+        figures = _train_group(cfg, out, args)
+        print_figures(
+            figures,
+            f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) "
+            f"with {cfg.train.workers} workers in {out}",
+            args.json,
+        )
+        return
     extractor = None
     if args.address:  # only when asked: never join some Ray found running on this machine
         from vgray.distributed.descriptors import RayExtractor
@@ -427,6 +456,52 @@ def cmd_train(args) -> None:
         f"trained {cfg.model.backbone} + {cfg.model.aggregation} ({cfg.train.mining} mining) in {out}",
         args.json,
     )
+
+
+def _train_group(cfg, out: Path, args) -> dict:
+    """``vgray train`` with ``train.workers`` > 1: Ray Train's group on a local Ray or ``--address``
+    (:mod:`vgray.distributed.ddp`); every check that needs no Ray first, the group's fit to the
+    nodes once Ray is up. Each epoch's line is printed as a one-process run prints it."""
+    from vgray.distributed.ddp import WorkerShape, backend, run_group
+    from vgray.distributed.sweep import alive_shapes, join_ray, local_ray, machine_shape
+    from vgray.distributed.synth import check_address
+
+    if args.worker_cpus <= 0 or (args.worker_gpus is not None and args.worker_gpus < 0):
+        raise BadInput("--worker-cpus must be above 0 and --worker-gpus at least 0")
+    if args.address:
+        check_address(args.address)
+    local = local_ray(args.address)
+    gpus = args.worker_gpus
+    if gpus is None and local:
+        gpus = 1.0 if cfg.device != "cpu" and machine_shape()["GPU"] >= cfg.train.workers else 0.0
+    if gpus is not None:
+        backend(cfg, WorkerShape(args.worker_cpus, gpus))  # NCCL without a GPU a worker: refused now
+    if local:
+        _check_group(cfg, WorkerShape(args.worker_cpus, gpus or 0.0), [machine_shape()], "this machine")
+    join_ray(args.address)
+    if gpus is None:  # a cluster: its GPUs decide
+        gpus = 1.0 if cfg.device != "cpu" and sum(s["GPU"] for s in alive_shapes()) >= cfg.train.workers else 0.0
+        backend(cfg, WorkerShape(args.worker_cpus, gpus))
+    shape = WorkerShape(args.worker_cpus, gpus)
+    _check_group(cfg, shape, alive_shapes(), "this cluster")
+
+    def report(metrics, _out):
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+    return run_group(cfg, out, shape, resume=args.resume, report=report)
+
+
+def _check_group(cfg, shape, shapes, where: str) -> None:
+    """The workers' bundles must fit ``shapes`` (the nodes of ``where``) at once."""
+    from vgray.distributed.ddp import worker_bundles
+    from vgray.distributed.sweep import describe_bundles, placeable, shapes_line
+
+    bundles = worker_bundles(shape, cfg.train.workers)
+    if not placeable(bundles, shapes):
+        raise BadInput(
+            f"train.workers={cfg.train.workers}: the group needs {describe_bundles(bundles)}, more than {where} "
+            f"holds ({shapes_line(shapes)}); lower --workers, --worker-cpus or --worker-gpus, or pass --address"
+        )
 
 
 def cmd_sweep(args) -> int:

@@ -294,6 +294,22 @@ class TrainConfig:
     miner_margin: float = _key(
         0.1, "multi-similarity miner epsilon / triplet miner margin (GSV-Cities: 0.1)", range=(0.0, 10.0)
     )
+    workers: int = _key(
+        1,
+        "data-parallel workers of one run (Ray Train, DDP: the global batch split over them, the same "
+        "optimisation as one worker with the whole batch; 1: one process, no Ray needed)",
+        positive=True,
+    )
+    sync_bn: bool = _key(
+        False,
+        "with workers > 1: BatchNorm statistics over the whole batch (SyncBatchNorm, GPUs only); "
+        "off, as in the paper: each worker normalises its part of the batch",
+    )
+    ddp_backend: str = _key(
+        "auto",
+        "with workers > 1: torch.distributed backend (auto: nccl on GPUs, gloo on CPUs)",
+        choices=["auto", "gloo", "nccl"],
+    )
     augmentation: AugmentationConfig = field(
         default_factory=AugmentationConfig, metadata={"help": "query augmentations"}
     )
@@ -717,6 +733,28 @@ def load_config(
 # -- the paper's cross-checks ----------------------------------------------------------------
 
 
+def _check_workers(cfg: "Config") -> None:
+    """``train.workers`` > 1: every worker needs a part of each batch (the places regime: an equal
+    part, for pytorch-metric-learning's gathers), and the backend must run on the device."""
+    t = cfg.train
+    if t.workers == 1:
+        return
+    if t.regime == "places" and t.places_per_batch % t.workers:
+        raise BadInput(
+            f"train.workers={t.workers} must divide train.places_per_batch={t.places_per_batch} "
+            f"(every worker takes an equal part of each batch of places)"
+        )
+    if t.regime == "triplets" and t.batch_size < t.workers:
+        raise BadInput(
+            f"train.workers={t.workers} is more than train.batch_size={t.batch_size} triplets: "
+            f"every worker needs at least one triplet of each batch"
+        )
+    if cfg.device == "cpu" and t.ddp_backend == "nccl":
+        raise BadInput("train.ddp_backend=nccl runs on GPUs only, and device=cpu; use gloo (or auto)")
+    if cfg.device == "cpu" and t.sync_bn:
+        raise BadInput("train.sync_bn=true needs GPUs (torch's SyncBatchNorm refuses CPU tensors), and device=cpu")
+
+
 def cross_check(cfg: Config) -> None:
     """Refuse combinations the paper's protocol does not allow, naming the keys involved.
 
@@ -754,6 +792,7 @@ def cross_check(cfg: Config) -> None:
                 "model.pca_dim is fitted on data.root's VG-format train split, which "
                 "data.layout=gsv_cities lacks; set model.pca_dim=null"
             )
+    _check_workers(cfg)
     if not cfg.test.recall_values:
         raise BadInput("test.recall_values=[] must list at least one N, e.g. [1, 5, 10, 20]")
     if sorted(set(cfg.test.recall_values)) != list(cfg.test.recall_values):

@@ -51,10 +51,11 @@ COST_COLUMNS = (
     "index_memory_mb",
     "train_time_s",
     "epochs",
+    "workers",
 )
 # Counts a row records beside the costs: the network's parameters and the sizes of the searched sets
 # (Fig. 4a's x axis is database x features_dim). Kept in the rows, not columns of the tables.
-SIZE_COLUMNS = ("params", "database", "queries")
+SIZE_COLUMNS = ("params", "database", "queries", "train_images_per_s")
 
 Row = Dict[str, Any]
 

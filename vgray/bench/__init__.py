@@ -23,6 +23,7 @@ BENCHMARKS = {
     "search": "vgray.bench.search",
     "index": "vgray.bench.index",
     "scale": "vgray.bench.scale",
+    "ddp": "vgray.bench.ddp",
 }
 
 

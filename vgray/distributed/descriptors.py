@@ -213,11 +213,20 @@ def wants_ray_data(cfg) -> bool:
     return _largest_set(roots) > cfg.data.ray_threshold
 
 
+# The bundle of a data-parallel trial's own process: it waits on its workers and writes rank 0's files.
+GROUP_DRIVER = {"CPU": 0.01}
+
+
 def trial_bundles(resources: Dict[str, float], cfg) -> list:
     """The placement-group bundles of a trial: the trainer's (``cpu``, ``gpu``, ``memory_gb``), then,
     when the trial may use Ray Data (:func:`wants_ray_data`) and ``extract_cpu`` (default
     :data:`DEFAULT_EXTRACT_CPU`) or ``extract_gpu`` is above 0, one extraction bundle. A GPU trial
-    gets one only with ``extract_gpu``: CPU actors would be slower than its own GPU in-process."""
+    gets one only with ``extract_gpu``: CPU actors would be slower than its own GPU in-process.
+    A trial of ``train.workers`` > 1 holds only its group's driver (:data:`GROUP_DRIVER`): Ray Train
+    reserves the workers in a placement group of its own (:mod:`vgray.distributed.ddp`), and they
+    extract on their own devices."""
+    if cfg is not None and cfg.train.workers > 1:
+        return [dict(GROUP_DRIVER)]
     trainer = {"CPU": resources.get("cpu", 1), "GPU": resources.get("gpu", 0)}
     if resources.get("memory_gb"):
         trainer["memory"] = resources["memory_gb"] * 2**30

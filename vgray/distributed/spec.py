@@ -137,6 +137,17 @@ class Resources:
     memory_gb: Optional[float] = _field(None, "memory of the trainer", range=(0, math.inf))
     extract_cpu: Optional[float] = _field(None, "CPUs of the extraction bundle", range=(0, math.inf))
     extract_gpu: Optional[float] = _field(None, "GPUs of the extraction bundle", range=(0, math.inf))
+    workers: Optional[int] = _field(
+        None,
+        "data-parallel workers of each trial (Ray Train; sets train.workers; cpu, gpu and memory_gb are then "
+        "per worker)",
+        positive=True,
+    )
+    strategy: Optional[str] = _field(
+        None,
+        "with workers > 1: how a trial's workers go on nodes, PACK (default) or SPREAD",
+        choices=["PACK", "SPREAD"],
+    )
 
     def as_dict(self) -> Dict[str, float]:
         """The keys that are set (the form :func:`vgray.distributed.descriptors.trial_bundles` takes)."""
@@ -359,6 +370,12 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
         raise BadInput("variants work with a grid, not with search; make the keys search dimensions")
     scheduler = _scheduler(raw["scheduler"], options.task) if raw.get("scheduler") is not None else None
     resources = build_checked(Resources, raw.get("resources") or {}, "resources.")
+    if resources.workers is not None:  # resources.workers: N is train.workers: N in every trial's base
+        base = {**base, "train": {**(base.get("train") or {}), "workers": resources.workers}}
+        try:
+            load_config(base=base)
+        except BadInput as exc:
+            raise BadInput(f"resources.workers={resources.workers}: {exc}")
     loggers = _loggers(options.loggers)
     mlflow = _mlflow(raw.get("mlflow"), loggers, options.storage)
     return SweepSpec(
@@ -622,6 +639,7 @@ class TrialParams:
     name: Optional[str]  # grid trials' readable name; None for a sampled search trial
     after: Optional[str]  # the first-stage trial (with seed) whose kept model this one starts from
     keep_model: bool  # keep this trial's best model in STORAGE/NAME/models/
+    resources: Dict[str, Any] = field(default_factory=dict)  # the sweep's resources (a DDP trial's worker shape)
 
     @property
     def label(self) -> str:
@@ -658,6 +676,7 @@ def param_space(
         "task": spec.task,
         "base": spec.base,
         "varied": spec.varied,
+        "resources": spec.resources,
     }
     if not spec.search:
         trials = spec.trials() if stage is None else stage
@@ -706,6 +725,7 @@ def decode_trial(config: Dict[str, Any]) -> TrialParams:
         name=flat.get("name"),
         after=flat.get("after"),
         keep_model=bool(flat.get("keep_model")),
+        resources=dict(flat.get("resources") or {}),
     )
 
 

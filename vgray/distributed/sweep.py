@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+from vgray.distributed.descriptors import GROUP_DRIVER
 from vgray.distributed.spec import Dimension, SweepSpec, Trial, decode_trial, param_space
 from vgray.distributed.storage import Storage, storage_problem
 from vgray.distributed.tracking import check_trackers, job_metadata, tracker_callbacks
@@ -45,6 +46,19 @@ def init_ray(
         ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False, job_config=job)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def join_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
+    """:func:`init_ray`, for a command given ``--address``: a cluster that cannot be joined there is
+    bad input (one line), not a traceback."""
+    if not address:
+        init_ray(None, num_cpus)
+        return
+    try:
+        init_ray(address, num_cpus)
+    except (ConnectionError, TimeoutError, ValueError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BadInput(f"--address {address}: cannot join a Ray cluster there ({why})") from None
 
 
 def local_ray(address: Optional[str]) -> bool:
@@ -213,13 +227,15 @@ def _check_resources(spec: SweepSpec, machine: Optional[List[Dict[str, float]]] 
     extraction bundle: :func:`vgray.distributed.descriptors.trial_bundles`) must be placeable on the
     cluster's alive nodes, before anything launches: Tune would only log a warning and wait
     forever. With ``machine`` (:func:`machine_shape`), before a local Ray starts: on this machine."""
-    import ray
 
-    shapes = machine or [node_shape(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    shapes = machine or alive_shapes()
     for bundles in _trial_bundle_sets(spec):
         if placeable(bundles, shapes):
             continue
-        needs = f"a trial's placement group needs {_describe(bundles)} (trainer, then Ray Data extraction)"
+        parts = "trainer, then Ray Data extraction"
+        if len(bundles) > 1 and bundles[0] == GROUP_DRIVER:
+            parts = f"the trial's driver, then its {len(bundles) - 1} data-parallel workers' group"
+        needs = f"a trial's placement group needs {describe_bundles(bundles)} ({parts})"
         if machine:
             raise BadInput(
                 f"resources {spec.resources} do not fit this machine, where vgray starts a local Ray: "
@@ -228,8 +244,37 @@ def _check_resources(spec: SweepSpec, machine: Optional[List[Dict[str, float]]] 
             )
         raise BadInput(
             f"resources {spec.resources} fit no node of this cluster: {needs}; node shapes: "
-            f"{_shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes"
+            f"{shapes_line(shapes)}; lower resources.cpu/gpu/extract_cpu/extract_gpu or add bigger nodes"
         )
+
+
+def alive_shapes() -> List[Dict[str, float]]:
+    """The totals of the cluster's alive nodes (:func:`node_shape`)."""
+    import ray
+
+    return [node_shape(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def concurrent_groups(spec: SweepSpec) -> Optional[int]:
+    """For a sweep with data-parallel trials (``train.workers`` > 1): the trials that may run at
+    once, as many as the largest trial's group (driver and workers) fits the cluster's alive nodes
+    side by side, within ``max_concurrent_trials``. A DDP trial holds only its driver, so Tune alone
+    would start every trial at once and leave their groups waiting on each other. None: no DDP trial."""
+    sets = [b for b in _trial_bundle_sets(spec) if len(b) > 1 and b[0] == GROUP_DRIVER]
+    if not sets:
+        return spec.max_concurrent_trials
+    most = spec.max_concurrent_trials or max(1, spec.num_trials)
+    largest = max(sets, key=lambda b: sum(x.get("CPU", 0) + 100 * x.get("GPU", 0) for x in b))
+    return max(1, groups_that_fit(largest, alive_shapes(), most))
+
+
+def groups_that_fit(bundles: List[Dict[str, float]], shapes: List[Dict[str, float]], most: int) -> int:
+    """How many copies of the placement group ``bundles`` fit the nodes of ``shapes`` at once (at
+    most ``most``; 0 where none fits)."""
+    n = 0
+    while n < most and placeable(bundles * (n + 1), shapes):
+        n += 1
+    return n
 
 
 def machine_shape(num_cpus: Optional[int] = None) -> Dict[str, float]:
@@ -256,6 +301,7 @@ def machine_shape(num_cpus: Optional[int] = None) -> Dict[str, float]:
 def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
     """The distinct placement-group bundle lists of the sweep's trials (a search: its base config's)."""
     from vgray.config import load_config
+    from vgray.distributed.ddp import worker_bundles, worker_shape
     from vgray.distributed.descriptors import trial_bundles
 
     configs: List[Optional[Config]] = []
@@ -272,6 +318,8 @@ def _trial_bundle_sets(spec: SweepSpec) -> List[List[Dict[str, float]]]:
             if cfg is not None
             else trial_bundles({**spec.resources, "extract_cpu": 0, "extract_gpu": 0}, None)
         )
+        if cfg is not None and cfg.train.workers > 1:  # the driver's bundle, and Ray Train's group beside it
+            bundles = bundles + worker_bundles(worker_shape(spec.resources), cfg.train.workers)
         if bundles not in out:
             out.append(bundles)
     return out
@@ -312,7 +360,7 @@ def _amount(key: str, value: float) -> str:
     return f"{value / 2**30:g} GiB" if key == "memory" else f"{value:g} {key}"
 
 
-def _describe(bundles: List[Dict[str, float]]) -> str:
+def describe_bundles(bundles: List[Dict[str, float]]) -> str:
     return " + ".join("{" + ", ".join(_amount(k, v) for k, v in b.items() if v) + "}" for b in bundles)
 
 
@@ -321,7 +369,7 @@ def _shape_text(shape: Dict[str, float]) -> str:
     return "{" + ", ".join(f"{shape[k] / 2**30:.0f} GiB" if k == "memory" else f"{shape[k]:g} {k}" for k in _KEYS) + "}"
 
 
-def _shapes_line(shapes: List[Dict[str, float]]) -> str:
+def shapes_line(shapes: List[Dict[str, float]]) -> str:
     """``2 x {4 CPU, 1 GPU, 16 GiB}, ...``, or ``none``."""
     counts: Dict[str, int] = {}
     for shape in shapes:
@@ -435,7 +483,7 @@ def _new_tuner(spec: SweepSpec, trainable, stage: Optional[List[Trial]], storage
             scheduler=_scheduler(spec),
             metric=spec.search.metric if searching and spec.search is not None else None,
             mode=spec.search.mode if searching and spec.search is not None else None,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            max_concurrent_trials=concurrent_groups(spec),
             reuse_actors=True,  # a worker that imported torch and vgray serves the next trial too
             trial_name_creator=_name_of,
             trial_dirname_creator=_dirname_of,

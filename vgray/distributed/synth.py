@@ -65,22 +65,10 @@ def generate_on_ray(
         check_address(address)
     if plan is None:  # already there
         return Path(out).expanduser().absolute()
-    _join(address, num_cpus)
+    from vgray.distributed.sweep import join_ray
+
+    join_ray(address, num_cpus)
     return write_resumable(plan, run_chunks, progress)
-
-
-def _join(address: Optional[str], num_cpus: Optional[int]) -> None:
-    """:func:`~vgray.distributed.sweep.init_ray`; a cluster that cannot be joined is bad input."""
-    from vgray.distributed.sweep import init_ray
-
-    if not address:
-        init_ray(None, num_cpus)
-        return
-    try:
-        init_ray(address, num_cpus)
-    except (ConnectionError, TimeoutError, ValueError) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise BadInput(f"--address {address}: cannot join a Ray cluster there ({why})") from None
 
 
 def run_chunks(jobs: list, update: Callable[[int], object]) -> None:

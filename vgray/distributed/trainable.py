@@ -68,7 +68,7 @@ def run_trial(trial: TrialParams) -> None:
         cfg = trial.config(seed, resume_from=start)
         several = len(trial.seeds) > 1
         if trial.task == "train":
-            result = _train(cfg, work, seed, done, resume=running == seed, sweep=trial.sweep)
+            result = _train(cfg, work, seed, done, resume=running == seed, sweep=trial.sweep, resources=trial.resources)
         else:
             result = _evaluate(cfg)
             through_ray += result["ray_data_images"]
@@ -95,21 +95,42 @@ def run_trial(trial: TrialParams) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _train(cfg, work: Path, seed: int, done: Dict[int, Dict[str, Any]], resume: bool, sweep: str) -> Dict[str, Any]:
+def _train(
+    cfg,
+    work: Path,
+    seed: int,
+    done: Dict[int, Dict[str, Any]],
+    resume: bool,
+    sweep: str,
+    resources: Dict[str, Any],
+) -> Dict[str, Any]:
     """Train one seed in ``work/s<seed>``, reporting every epoch to Tune with ``work`` as the
     checkpoint, and to Ray's metrics tagged with the ``sweep``'s and the trial's names; ``resume``:
-    continue from its ``last.pt``."""
+    continue from its ``last.pt``. With ``train.workers`` > 1 a group of data-parallel workers
+    trains it (:mod:`vgray.distributed.ddp`, ``resources`` per worker) and rank 0's files land in
+    the same folder before the same report."""
     from ray import tune
 
     from vgray.distributed.tracking import TimedExtractor, publish
     from vgray.train.loop import train
 
     run_dir = work / f"s{seed}"
+    resume = resume and (run_dir / "last.pt").is_file()
+    trial_name = tune.get_context().get_trial_name()
+    if cfg.train.workers > 1:
+        from vgray.distributed.ddp import run_group, worker_shape
+
+        def report_group(metrics, out_dir):
+            _write_json(work / STATE_FILE, {"done": done, "running": seed})
+            figures = {**metrics, "seed": seed, "workers": cfg.train.workers}
+            publish(figures, sweep, trial_name)
+            tune.report(figures, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        return run_group(cfg, run_dir, worker_shape(resources), resume=resume, report=report_group)
     # Mining refreshes, validation and the test of sets above data.ray_threshold go through Ray
     # Data, inside this trial's placement group (its extraction bundle); timed for the reports.
     extractor = trial_extractor(cfg, log=_quiet)
     timed = TimedExtractor(extractor)
-    trial_name = tune.get_context().get_trial_name()
 
     def report(metrics, out_dir):
         _write_json(work / STATE_FILE, {"done": done, "running": seed})
@@ -122,7 +143,7 @@ def _train(cfg, work: Path, seed: int, done: Dict[int, Dict[str, Any]], resume: 
         cfg,
         run_dir,
         report=report,
-        resume=resume and (run_dir / "last.pt").is_file(),
+        resume=resume,
         progress=False,
         log=_quiet,
         extractor=timed,

@@ -54,16 +54,23 @@ def _report(errors, rt: Runtime) -> None:
 
 
 def iter_batches(
-    dataset: SafeDataset, rt: Runtime, desc: str = "images", shuffle: bool = False, batch_size: Optional[int] = None
+    dataset: SafeDataset,
+    rt: Runtime,
+    desc: str = "images",
+    shuffle: bool = False,
+    batch_size: Optional[int] = None,
+    batches: Optional[List[List[int]]] = None,
 ) -> Generator[Tuple[torch.Tensor, List[int]], None, None]:
-    """``(items, indices)`` batches of ``dataset``; an item that fails to load stops the run with
+    """``(items, indices)`` batches of ``dataset`` (or the items of each of ``batches``, in that
+    order); an item that fails to load stops the run with
     :class:`BadInput` naming its file or, with ``data.skip_corrupt``, is left out. The items of an
     :class:`EncodedImages` come as a :class:`ByteBatch` (bytes and tensors of several sizes in one
     buffer), else stacked."""
     encoded = isinstance(dataset, EncodedImages)
+    sizes = {"batch_sampler": batches} if batches is not None else {"batch_size": batch_size or rt.batch_size}
     loader = DataLoader(
         dataset,
-        batch_size=batch_size or rt.batch_size,
+        **sizes,
         shuffle=shuffle,
         num_workers=rt.num_workers,
         collate_fn=_collate_encoded if encoded else _collate,
@@ -71,7 +78,10 @@ def iter_batches(
         persistent_workers=False,
     )
     bar = progress_bar(
-        len(dataset), desc, "img" if isinstance(dataset, (ImageList, EncodedImages)) else "it", rt.progress
+        len(dataset) if batches is None else sum(len(b) for b in batches),
+        desc,
+        "img" if isinstance(dataset, (ImageList, EncodedImages)) else "it",
+        rt.progress,
     )
     with bar:
         for items, indices, errors in loader:

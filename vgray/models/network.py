@@ -7,6 +7,8 @@ checked with a dry forward pass at build time, never written into the config.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -41,6 +43,31 @@ def check_components(cfg) -> None:
             f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
             f"{sorted(sizes)}, not {list(cfg.data.image_size)}"
         )
+
+
+@add_config_check
+def check_sync_bn(cfg) -> None:
+    """``train.sync_bn`` needs BatchNorm layers to synchronise (ViTs, DINOv2 and VGG-16 have none)."""
+    if cfg.train.sync_bn and not _has_batchnorm(
+        cfg.model.backbone, cfg.model.aggregation, json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
+    ):
+        raise BadInput(
+            f"train.sync_bn=true: model.backbone={cfg.model.backbone} with model.aggregation="
+            f"{cfg.model.aggregation} has no BatchNorm layer to synchronise; set train.sync_bn=false"
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _has_batchnorm(backbone: str, aggregation: str, model_json: str) -> bool:
+    from vgray.config import ModelConfig
+
+    model_cfg = ModelConfig(**json.loads(model_json))
+    with torch.device("meta"):
+        backbone_net = BACKBONES.create(backbone, pretrained="none", **_backbone_extra(model_cfg, None))
+        aggregation_net = AGGREGATIONS.create(aggregation, backbone_net.out_channels, model_cfg)
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for net in (backbone_net, aggregation_net) for m in net.modules()
+    )
 
 
 # The keys that size the layers an aggregation keeps from the checkpoint it starts from.
@@ -163,15 +190,7 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
     resume_from = model_cfg.resume_from if load_weights else None
     # A checkpoint to resume from holds the backbone's weights: no named source to download first.
     source = pretrained if is_named_source(pretrained) and resume_from is None else "none"
-    extra = {}
-    info = BACKBONES.info(model_cfg.backbone)
-    if info["type"].output == "tokens":  # transformers: sized at build time, truncated and frozen by config
-        extra = dict(
-            image_size=tuple(image_size or min(info.get("input_sizes") or [(224, 224)])),
-            trunc_te=model_cfg.trunc_te,
-            freeze_te=model_cfg.freeze_te,
-        )
-        extra.update((key, getattr(model_cfg, key)) for key in info.get("model_keys", ()))  # DINOv2's train_blocks
+    extra = _backbone_extra(model_cfg, image_size)
     backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
     aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
     model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2, fc_output_dim=model_cfg.fc_output_dim)
@@ -187,6 +206,20 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
         _load_file(model, pretrained)
     backbone.init_aggregation(model.aggregation, model_cfg.aggregation)  # CCT's ImageNet SeqPool layer
     return model
+
+
+def _backbone_extra(model_cfg, image_size) -> dict:
+    """What a transformer backbone is built with (sized, truncated and frozen by the config); CNNs: nothing."""
+    info = BACKBONES.info(model_cfg.backbone)
+    if info["type"].output != "tokens":
+        return {}
+    extra = dict(
+        image_size=tuple(image_size or min(info.get("input_sizes") or [(224, 224)])),
+        trunc_te=model_cfg.trunc_te,
+        freeze_te=model_cfg.freeze_te,
+    )
+    extra.update((key, getattr(model_cfg, key)) for key in info.get("model_keys", ()))  # DINOv2's train_blocks
+    return extra
 
 
 def _made(made: dict) -> str:

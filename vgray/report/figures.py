@@ -337,6 +337,40 @@ def pareto(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict
     return _parts({f"pareto vs {c}": part(c) for c in costs}, skipped)
 
 
+def workers(rows: List[Row], varied: List[str], out: Path, skipped: Optional[Dict[str, str]] = None) -> List[Path]:
+    """Training time against ``train.workers`` (data-parallel workers of a trial), a line per value of
+    the other varied keys, the Pareto front of the points (none faster with as few workers) in red."""
+    if "train.workers" not in varied:
+        raise Missing(f"it needs rows that vary train.workers (the sweep varies {', '.join(varied) or 'nothing'})")
+    _need(rows, ["train_time_s"])
+    x, y = "train.workers", "train_time_s"
+    found = points(rows, x, y, [k for k in varied if k != x])
+    _check_axis([p[x] for p in found], x)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for series in dict.fromkeys(p["series"] for p in found):
+        line = [p for p in found if p["series"] == series]
+        ax.errorbar(
+            [p[x] for p in line],
+            [p[y] for p in line],
+            yerr=[p[f"{y} std"] for p in line],
+            marker="o",
+            capsize=3,
+            label=series,
+        )
+    by_workers = sorted(found, key=lambda p: (p[x], p[y]))
+    front = [by_workers[i] for i in pareto_front([p[x] for p in by_workers], [-p[y] for p in by_workers])]
+    ax.step([p[x] for p in front], [p[y] for p in front], where="post", color="red", label="Pareto front")
+    ax.set_xlabel("data-parallel workers (train.workers)")
+    ax.set_ylabel("training time (s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    front_keys = {p["config_key"] for p in front}
+    _write_csv(out / "workers.csv", [{**p, "pareto": p["config_key"] in front_keys} for p in found])
+    _save(fig, out / "workers.png")
+    return [out / "workers.csv", out / "workers.png"]
+
+
 def _pareto_of(rows: List[Row], varied: List[str], out: Path, names: List[str], cost: str) -> List[Path]:
     """One cost's Pareto fronts (a panel per dataset): ``pareto_<cost>.png`` and its CSV."""
     found_by = {name: points(rows, cost, f"test/{name}/R@1", varied) for name in names}
@@ -403,6 +437,7 @@ COST_UNITS = {
     "index_memory_mb": "MB of kNN index",
     "train_time_s": "s of training",
     "epochs": "epochs trained",
+    "workers": "data-parallel workers",
 }
 POINT = "a point is one config, its mean over the seeds with a bar of ± one std"
 
@@ -438,6 +473,12 @@ def caption(stem: str) -> str:
             f"The red steps join the Pareto front: the configs no other beats, none having a higher R@1 for "
             f"the same or less {cost}."
         )
+    if stem == "workers":
+        return (
+            "Training time (s) against the data-parallel workers of a trial (train.workers), a line per value "
+            f"of the other varied keys; {POINT}. The red steps join the Pareto front: the configs no other "
+            "trains faster with as few workers."
+        )
     return stem
 
 
@@ -447,4 +488,5 @@ FIGURES: Dict[str, Callable[..., List[Path]]] = {
     "matching_time": matching_time,
     "knn": knn,
     "pareto": pareto,
+    "workers": workers,
 }

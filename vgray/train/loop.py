@@ -33,6 +33,7 @@ from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 from vgray.train.losses import LOSSES, read_losses
 from vgray.train.mining import TrainingQueries, Triplet, create_miner
+from vgray.train.parallel import ONE, Group, ShardedExtractor, split_batches, sync_batchnorm, wrap
 from vgray.train.places import PlaceEpochs
 from vgray.train.schedule import LrSchedule, make_optimizer
 
@@ -98,6 +99,10 @@ class TrainState:
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
+def _quiet(*args) -> None:
+    """The log of a worker other than rank 0: rank 0 says it once."""
+
+
 def _write_text(path: Path, text: str) -> None:
     write_text(path, text)
 
@@ -123,11 +128,11 @@ class TripletEpochs:
     """The paper's epoch (``train.regime: triplets``): ``queries_per_epoch`` queries, the mining cache
     rebuilt every ``cache_refresh_rate`` of them (model in eval mode), triplets in batches of
     ``batch_size``. The interface :func:`train` runs an epoch through, shared with
-    :class:`~vgray.train.places.PlaceEpochs`: ``init_paths``, ``describe``, ``counts``, ``timings``,
+    :class:`~vgray.train.places.PlaceEpochs`: ``init_paths``, ``describe``, ``counts``, ``images_per_epoch``, ``timings``,
     ``state_dict``/``load_state_dict`` (the mining cache) and ``run_epoch``."""
 
-    def __init__(self, cfg, model, rt: Runtime, extractor: Optional[Callable] = None):
-        self.cfg, self.rt = cfg, rt
+    def __init__(self, cfg, model, rt: Runtime, extractor: Optional[Callable] = None, group: Group = ONE):
+        self.cfg, self.rt, self.group = cfg, rt, group
         self.split = open_split(cfg.data.root, "train")
         self.data = TrainingQueries(self.split, cfg.train.positive_dist_threshold, cfg.test.positive_dist_threshold)
         _check_memory(cfg, self.data, model.features_dim)
@@ -151,6 +156,11 @@ class TripletEpochs:
 
     def counts(self) -> Dict[str, float]:
         return {"dropped_queries": self.data.dropped}
+
+    def images_per_epoch(self) -> int:
+        """Images through the training steps an epoch (the whole group's): a query, a positive and
+        the negatives of each triplet."""
+        return self.cfg.train.queries_per_epoch * (2 + self.cfg.train.negs_num_per_query)
 
     def timings(self) -> Dict[str, float]:
         """The last epoch's ``mining_refresh_s``: seconds spent refreshing the mining cache
@@ -178,15 +188,18 @@ class TripletEpochs:
             images = TripletImages(
                 self.split, triplets, self.q_transform, self.db_transform, cfg.train.augmentation.horizontal_flip
             )
-            for batch, _ in iter_batches(
-                images,
-                self.rt,
-                desc=f"epoch {epoch + 1} [{loop + 1}/{loops}]",
-                shuffle=True,
-                batch_size=cfg.train.batch_size,
-            ):
-                losses.append(train_step(model, batch, optimizer, self.rt, cfg))
-        return read_losses(losses)  # one sync an epoch, not one a step
+            desc = f"epoch {epoch + 1} [{loop + 1}/{loops}]"
+            if not self.group.active:
+                for batch, _ in iter_batches(images, self.rt, desc, shuffle=True, batch_size=cfg.train.batch_size):
+                    losses.append(train_step(model, batch, optimizer, self.rt, cfg))
+                continue
+            # Every worker orders the triplets alike (the shared generator) and takes its part of
+            # each global batch, its loss weighted by its share (vgray.train.parallel).
+            plan = split_batches(len(images), cfg.train.batch_size, self.group, rng.permutation(len(images)))
+            batches = iter_batches(images, self.rt, desc, batches=[mine for mine, _ in plan])
+            for (batch, _), (_, weight) in zip(batches, plan):
+                losses.append(train_step(model, batch, optimizer, self.rt, cfg, weight, self.group.world))
+        return read_losses(losses, self.group)  # one sync an epoch, not one a step
 
 
 def train(
@@ -214,7 +227,12 @@ def train(
         raise BadInput(f"--resume: {last_path} does not exist; nothing to resume")
     ck = checkpoint.load(last_path) if resume else None  # every entry checked before any data is read
     seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # alike on every worker of a group: mining and sampling agree
+    group = Group.current()  # one worker, or one of train.workers (vgray.train.parallel)
+    if group.active:
+        extractor = ShardedExtractor(group, extractor)
+        progress = progress and group.main
+        log = log if group.main else _quiet
     rt = Runtime.from_config(cfg, progress=progress)
     val_split = open_split(cfg.data.val_root or cfg.data.root, "val", cfg.data.msls_queries)
     sets = test_sets(cfg)
@@ -223,8 +241,13 @@ def train(
 
     # Built before the optimizer, so that its state lands on the device too.
     model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
+    sync_batchnorm(model, group, cfg.train.sync_bn)
     # The regime's training data, opened (and refused) before anything is written.
-    regime = PlaceEpochs(cfg, model, rt) if cfg.train.regime == "places" else TripletEpochs(cfg, model, rt, extractor)
+    regime = (
+        PlaceEpochs(cfg, model, rt, group)
+        if cfg.train.regime == "places"
+        else TripletEpochs(cfg, model, rt, extractor, group)
+    )
     check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
     db_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
     val_cfg = _validation_config(cfg)
@@ -232,23 +255,34 @@ def train(
 
     if resume:
         assert ck is not None  # loaded above when resuming
-        optimizer, state = _resume(model, ck, last_path, cfg, regime, rng)
+        optimizer, state = _resume(model, ck, last_path, cfg, regime, rng, group)
         log(f"resuming {out} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        if model.needs_init():
+        if model.needs_init() and group.main:  # the others take rank 0's weights (wrap)
             initialize_aggregation(model, regime.init_paths, db_transform, rt, seed=cfg.seed)
         optimizer = make_optimizer(model, cfg.train)
+        if group.active:  # augmentations: a stream per worker (the shared numpy generator stays alike)
+            torch.manual_seed(cfg.seed + group.rank)
         # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
-        checkpoint.save(last_path, _payload(model, optimizer, regime, state, rng, cfg))
+        payload = _payload(model, optimizer, regime, state, rng, cfg, group)
+        if group.main:
+            checkpoint.save(last_path, payload)
+    net = wrap(model, group)  # what the steps run: DDP over the group, else the network itself
     schedule = LrSchedule(optimizer, cfg.train)  # after any load: a resumed run's base rates and step counts
-    _write_text(out / "config.yaml", cfg.to_yaml())  # the config this run (or resumed run) uses
-    regime.describe(log)
+    if group.main:
+        _write_text(out / "config.yaml", cfg.to_yaml())  # the config this run (or resumed run) uses
+        regime.describe(log)
 
     start_time = time.perf_counter() - (state.history[-1]["train_time_s"] if state.history else 0.0)
+    stepped = [0.0, 0.0]  # this process's training images and seconds in run_epoch (train_images_per_s)
     while state.epoch < cfg.train.epochs and state.not_improved < cfg.train.patience:
         schedule.epoch = state.epoch
-        losses = regime.run_epoch(model, optimizer, rng, state.epoch)
+        epoch_start = time.perf_counter()
+        losses = regime.run_epoch(net, optimizer, rng, state.epoch)
+        epoch_s = time.perf_counter() - epoch_start
+        stepped[0] += regime.images_per_epoch()
+        stepped[1] += epoch_s
         state.epoch += 1
         val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False, extractor=extractor)
         improved = val["R@5"] > state.best_r5
@@ -263,16 +297,24 @@ def train(
             **regime.counts(),
         }
         state.history.append(metrics)
-        payload = _payload(model, optimizer, regime, state, rng, cfg)
+        payload = _payload(model, optimizer, regime, state, rng, cfg, group)
+        if not group.main:  # rank 0 alone writes and reports
+            continue
         checkpoint.save(last_path, payload)
         if improved:
             checkpoint.save(best_path, payload)
         _write_metrics(out, state.history)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         if report is not None:
-            report({**metrics, **regime.timings()}, out)
+            speed = {"train_images_per_s": regime.images_per_epoch() / max(epoch_s, 1e-9)}
+            report({**metrics, **regime.timings(), **speed}, out)
 
-    return _final_test(cfg, model, best_path if best_path.is_file() else last_path, sets, rt, state, log, extractor)
+    weights = best_path if best_path.is_file() else last_path
+    result = _final_test(cfg, model, weights, sets, rt, state, log, extractor, group)
+    result["workers"] = group.world
+    if stepped[1] > 0:  # the whole group's training images a second (mining refreshes included)
+        result["train_images_per_s"] = stepped[0] / stepped[1]
+    return result
 
 
 def _validation_config(cfg):
@@ -288,9 +330,13 @@ def _validation_config(cfg):
     )
 
 
-def _resume(model, ck: Dict, last_path: Path, cfg, regime, rng) -> Tuple[torch.optim.Optimizer, "TrainState"]:
+def _resume(
+    model, ck: Dict, last_path: Path, cfg, regime, rng, group: Group = ONE
+) -> Tuple[torch.optim.Optimizer, "TrainState"]:
     """The model, a new optimizer, the regime's mining or sampler state and the RNG set from the
-    checkpoint ``ck`` (read from ``last_path``); returns the optimizer and the training state."""
+    checkpoint ``ck`` (read from ``last_path``); returns the optimizer and the training state. A
+    worker of a group takes its own RNG streams when the checkpoint has one per worker of a group
+    of this size (else rank 0's: a run resumed on another number of workers draws anew)."""
     _load_model(model, ck, last_path)
     optimizer = make_optimizer(model, cfg.train)
     try:  # the structure was checked by checkpoint.load; whether it fits this optimizer is torch's word
@@ -301,14 +347,20 @@ def _resume(model, ck: Dict, last_path: Path, cfg, regime, rng) -> Tuple[torch.o
             f"{cfg.train.optimizer} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})"
         )
     regime.load_state_dict(ck["mining"])
-    checkpoint.set_rng_state(ck["rng"], rng)
+    ranks = ck.get("rng_ranks") or []
+    checkpoint.set_rng_state(ranks[group.rank] if len(ranks) == group.world > 1 else ck["rng"], rng)
     return optimizer, TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
 
 
-def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> torch.Tensor:
+def train_step(
+    model, images: torch.Tensor, optimizer, rt: Runtime, cfg, weight: float = 1.0, world: int = 1
+) -> torch.Tensor:
     """One optimizer step on a batch of triplets ``images`` (B, 2 + N, 3, H, W): query, positive,
     negatives (the layout of :class:`TripletImages`); returns the loss, a 0-d tensor on the device
-    (not read here: reading it would wait for the device every step; see :func:`read_losses`)."""
+    (not read here: reading it would wait for the device every step; see :func:`read_losses`).
+    On one of ``world`` workers the loss is weighted by this worker's share of the global batch
+    (:func:`vgray.train.parallel.split_batches`), and the value returned is this worker's part of
+    the global batch's loss (the workers' parts sum to it)."""
     b, per, c, h, w = images.shape
     x = rt.to_device(images.view(b * per, c, h, w))
     with rt.autocast():
@@ -316,12 +368,15 @@ def train_step(model, images: torch.Tensor, optimizer, rt: Runtime, cfg) -> torc
     features = features.float().view(b, per, -1)
     loss = LOSSES.create(cfg.train.criterion, features[:, 0], features[:, 1], features[:, 2:], margin=cfg.train.margin)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     optimizer.step()
-    return loss.detach()
+    return loss.detach() * (weight / world) if world > 1 else loss.detach()
 
 
-def _payload(model, optimizer, regime, state: TrainState, rng, cfg) -> Dict:
+def _payload(model, optimizer, regime, state: TrainState, rng, cfg, group: Group = ONE) -> Dict:
+    """What a checkpoint holds; in a group, every worker's RNG streams (``rng_ranks``, gathered:
+    every worker calls this), so that a resumed run draws as the interrupted one would have."""
+    ranks = group.gather_objects(checkpoint.rng_state(rng)) if group.active else None
     return {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -331,6 +386,7 @@ def _payload(model, optimizer, regime, state: TrainState, rng, cfg) -> Dict:
         "not_improved": state.not_improved,
         "history": state.history,
         "rng": checkpoint.rng_state(rng),
+        **({"rng_ranks": ranks} if ranks else {}),
         "config": cfg.to_dict(),
     }
 
@@ -347,11 +403,21 @@ def _load_model(model, ck: Dict, path: Path) -> None:
 
 
 def _final_test(
-    cfg, model, weights: Path, sets: Dict[str, str], rt, state: TrainState, log, extractor: Optional[Callable] = None
+    cfg,
+    model,
+    weights: Path,
+    sets: Dict[str, str],
+    rt,
+    state: TrainState,
+    log,
+    extractor: Optional[Callable] = None,
+    group: Group = ONE,
 ) -> Dict:
-    """The best weights tested on every test set, merged with the last epoch's metrics and ``epochs``."""
-    ck = checkpoint.load(weights)
-    model.load_state_dict(ck["model"])
+    """The best weights tested on every test set, merged with the last epoch's metrics and ``epochs``
+    (in a group: rank 0 reads them, every worker gets them, the extraction is split)."""
+    if group.main:
+        model.load_state_dict(checkpoint.load(weights)["model"])
+    group.broadcast_state(model)
     result = dict(state.history[-1]) if state.history else {}
     result["epochs"] = state.epoch
     result.update(final_test(cfg, model, rt, sets, extractor_for=lambda _: extractor, log=log))

@@ -51,8 +51,14 @@ def sare_ind(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 
     return -F.log_softmax(logits, dim=-1)[..., 0].sum() / (b * k)
 
 
-def read_losses(losses: List[torch.Tensor]) -> List[float]:
+def read_losses(losses: List[torch.Tensor], group=None) -> List[float]:
     """The step losses of an epoch (0-d tensors, on the device) as floats, in one host sync: the
     training step never waits for the device to read its loss (the values are those ``float(loss)``
-    gave at each step)."""
-    return torch.stack(losses).float().cpu().tolist() if losses else []
+    gave at each step). In a group (:class:`vgray.train.parallel.Group`) each worker holds its part
+    of every step's loss; the parts are summed across the workers, once an epoch."""
+    if not losses:
+        return []
+    stacked = torch.stack(losses).float()
+    if group is not None:
+        stacked = group.sum(stacked)
+    return stacked.cpu().tolist()

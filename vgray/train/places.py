@@ -28,6 +28,7 @@ from vgray.evaluate.extract import iter_batches
 from vgray.registry import PLACE_LOSSES, PLACE_MINERS
 from vgray.runtime import Runtime
 from vgray.train.losses import read_losses
+from vgray.train.parallel import ONE, Group
 
 # -- losses and miners: pytorch-metric-learning, with the GSV-Cities publisher's settings ---------
 
@@ -388,12 +389,13 @@ class PlaceProxies:
         self._sums.index_add_(0, labels, features @ projection)
         self._counts.index_add_(0, labels, torch.ones(len(labels), device=features.device))
 
-    def end_epoch(self, rng: np.random.Generator) -> None:
-        """The proxies of the epoch just run; places it did not draw keep their last ones."""
+    def end_epoch(self, rng: np.random.Generator, group: Group = ONE) -> None:
+        """The proxies of the epoch just run; places it did not draw keep their last ones. In a
+        group every worker added its part of each batch: the sums are summed across the workers."""
         if self._sums is None:
             return
         assert self._counts is not None  # set with _sums
-        sums, counts = self._sums.cpu().numpy(), self._counts.cpu().numpy()
+        sums, counts = group.sum(self._sums).cpu().numpy(), group.sum(self._counts).cpu().numpy()
         if self.proxies is None:
             self.proxies = rng.standard_normal(sums.shape).astype(np.float32)
             self.proxies /= np.linalg.norm(self.proxies, axis=1, keepdims=True)
@@ -445,10 +447,14 @@ def place_step(
     optimizer,
     rt: Runtime,
     proxies: Optional[PlaceProxies] = None,
+    world: int = 1,
 ) -> torch.Tensor:
     """One optimizer step on a batch of places ``images`` (P, K, 3, H, W) with place ``labels`` (P,);
     returns the loss, a 0-d tensor on the device (read once an epoch: :func:`read_losses`). The
-    step's descriptors go to ``proxies`` when given."""
+    step's descriptors go to ``proxies`` when given. On one of ``world`` workers, ``loss_fn`` and
+    ``miner`` are pytorch-metric-learning's distributed wrappers: the loss is the whole batch's
+    times ``world`` on every worker (DDP's average then gives the whole batch's gradient), and the
+    value returned is this worker's part of the whole batch's loss (the parts sum to it)."""
     p, k, c, h, w = images.shape
     with rt.autocast():
         features = model(rt.to_device(images.view(p * k, c, h, w)))
@@ -460,21 +466,26 @@ def place_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach()
+    return loss.detach() / world**2 if world > 1 else loss.detach()
 
 
 class PlaceEpochs:
     """The places regime's epoch for :func:`vgray.train.loop.train`: ``batches_per_epoch`` batches
     (default: every place once) of P places x K images, the loss and miner of ``train.pml_*``."""
 
-    def __init__(self, cfg, model, rt: Runtime):
-        self.cfg, self.rt = cfg, rt
+    def __init__(self, cfg, model, rt: Runtime, group: Group = ONE):
+        self.cfg, self.rt, self.group = cfg, rt, group
         self.places = open_places(cfg)
         self.members = self.places.members()
         t = cfg.train
         self.batches = t.batches_per_epoch or max(1, self.places.n_places // t.places_per_batch)
         self.loss_fn = PLACE_LOSSES.create(t.pml_loss, t)
         self.miner = PLACE_MINERS.create(t.pml_miner, t)
+        if group.active:  # the loss and miner see the whole batch: descriptors gathered across workers
+            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
+            self.loss_fn = DistributedLossWrapper(self.loss_fn)
+            self.miner = DistributedMinerWrapper(self.miner) if self.miner is not None else None
         self.transform = query_train_transform(cfg.data.image_size, model.mean, model.std, t.augmentation)
         self.init_paths = self.places.paths  # a NetVLAD's clusters start from the training images
         self.proxies = PlaceProxies(self.places.n_places, cfg.seed) if t.place_batching == "proxy" else None
@@ -489,6 +500,10 @@ class PlaceEpochs:
 
     def counts(self) -> Dict[str, float]:
         return {"places": self.places.n_places, "dropped_places": self.places.dropped}
+
+    def images_per_epoch(self) -> int:
+        """Images through the training steps an epoch (the whole group's): P x K a batch."""
+        return self.batches * self.cfg.train.places_per_batch * self.cfg.train.images_per_place
 
     def timings(self) -> Dict[str, float]:
         """Nothing beyond the epoch's own time: no mining cache is refreshed."""
@@ -508,6 +523,8 @@ class PlaceEpochs:
         draws = sample_batches(
             self.members, t.places_per_batch, t.images_per_place, self.batches, rng, proxies, self.places.neighbours
         )
+        draws = draws[:, self.group.part(t.places_per_batch)]  # this worker's places of every batch
+        per_batch = draws.shape[1]
         labels = torch.as_tensor(self.places.labels[draws[:, :, 0].reshape(-1)])
         images = PlaceImages(
             self.places.paths, draws.reshape(-1, t.images_per_place), self.transform, t.augmentation.horizontal_flip
@@ -517,7 +534,7 @@ class PlaceEpochs:
         if self.proxies is not None:
             self.proxies.start_epoch()
         for batch, indices in iter_batches(
-            images, self.rt, desc=f"epoch {epoch + 1}", shuffle=False, batch_size=t.places_per_batch
+            images, self.rt, desc=f"epoch {epoch + 1}", shuffle=False, batch_size=per_batch
         ):
             losses.append(
                 place_step(
@@ -529,8 +546,9 @@ class PlaceEpochs:
                     optimizer,
                     self.rt,
                     self.proxies,
+                    self.group.world,
                 )
             )
         if self.proxies is not None:
-            self.proxies.end_epoch(rng)
-        return read_losses(losses)  # one sync an epoch, not one a step
+            self.proxies.end_epoch(rng, self.group)
+        return read_losses(losses, self.group)  # one sync an epoch, not one a step
