@@ -16,6 +16,8 @@
 #   precision       NetVLAD on the synthetic world at fp32 against bf16: recalls, descriptor cosine
 #   devices         where Ray puts two `gpu: 0.5` tasks and a `gpu: 0` one (device_report)
 #   sweep           a sweep of two `gpu: 0.5` trials; nvidia-smi's GPU processes while it runs
+#   train_group     a short training run in-process against the same run through Ray Train (a one-worker
+#                   group, forced; NCCL): training images/s of each (within 10 %), the backend
 #   bench_compiled  `vgray bench extract --compile`
 # The Python parts are vgray/bench/gpu_check.py. Without a CUDA device: one line, exit 3.
 set -uo pipefail
@@ -62,6 +64,7 @@ SMI=$!
 step sweep 150 "$PY" -m vgray.cli sweep "$OUT/sweep.yaml" --num-cpus "$(nproc)"
 kill "$SMI" 2>/dev/null; wait "$SMI" 2>/dev/null
 [[ -f "$OUT/sweep.log" ]] && "$PY" -m vgray.bench.gpu_check sweep-figures --out "$OUT" > /dev/null 2>> "$OUT/sweep.log"
+step train_group 120 "$PY" -m vgray.bench.gpu_check train-group --out "$OUT"
 step bench_compiled 180 "$PY" -m vgray.cli bench extract --compile --set data.num_workers="$WORKERS" --json "$OUT/gpu_check_bench_compiled.json"
 echo "== figures: $OUT/gpu_check.json"
 "$PY" -m vgray.bench.gpu_check assemble --out "$OUT"

@@ -55,7 +55,7 @@ COST_COLUMNS = (
 )
 # Counts a row records beside the costs: the network's parameters and the sizes of the searched sets
 # (Fig. 4a's x axis is database x features_dim). Kept in the rows, not columns of the tables.
-SIZE_COLUMNS = ("params", "database", "queries", "train_images_per_s")
+SIZE_COLUMNS = ("params", "database", "queries", "train_images_per_s", "group_nodes")
 
 Row = Dict[str, Any]
 

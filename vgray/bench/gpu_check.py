@@ -21,6 +21,10 @@
 - ``sweep-file``: a short sweep YAML of two ``gpu: 0.5`` trials, for the script to run;
   ``sweep-figures`` after it: the processes ``nvidia-smi`` saw on the GPU while it ran (one a
   trial; their pids and memory) and the rows of its results.
+- ``train-group``: one short training run in this process and the same run through Ray Train's
+  path (a group of one worker, forced: :func:`vgray.distributed.ddp.run_group`, NCCL initialised
+  on a GPU), on a local Ray holding this machine's GPU: each run's training images/s (mining
+  refreshes included), their ratio (within 10 % is the target), and the backend.
 - ``assemble``: one JSON of every step's figures, exit status, time and log tail
   (``DIR/gpu_check.json``), printed.
 
@@ -51,7 +55,17 @@ JPEG_KINDS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "cmyk": ("CMYK", {}),
 }
 #: The steps that write ``gpu_check_<step>.json``, in the script's order.
-STEPS = ("jpegs", "cuda_tests", "heads", "bench_eager", "precision", "devices", "sweep", "bench_compiled")
+STEPS = (
+    "jpegs",
+    "cuda_tests",
+    "heads",
+    "bench_eager",
+    "precision",
+    "devices",
+    "sweep",
+    "train_group",
+    "bench_compiled",
+)
 
 
 def _picture(seed: int, size) -> np.ndarray:
@@ -356,13 +370,59 @@ def assemble(out: Path) -> Dict[str, object]:
     return result
 
 
+def step_train_group(device: str, root: str, size) -> Dict[str, object]:
+    """The ``train-group`` step: the same short run in-process and as a one-worker Ray Train group."""
+    import tempfile
+
+    from vgray.config import load_config
+    from vgray.distributed.ddp import WorkerShape, backend, run_group
+    from vgray.distributed.sweep import init_ray
+    from vgray.train.loop import train
+
+    cfg = load_config(
+        overrides=[
+            f"data.root={root}",
+            "model.backbone=resnet18conv4",
+            "model.aggregation=gem",
+            "model.pretrained=none",
+            f"data.resize=[{size[0]},{size[1]}]",
+            f"device={device}",
+            "train.queries_per_epoch=200",
+            "train.cache_refresh_rate=100",
+            "train.epochs=2",
+            "train.patience=2",
+        ]
+    )
+    gpu = 1.0 if device != "cpu" else 0.0
+    shape = WorkerShape(cpu=max(1, (os.cpu_count() or 2) // 2), gpu=gpu)
+    out: Dict[str, Any] = {"device": _device_name() if gpu else "cpu", "backend": backend(cfg, shape)}
+    with tempfile.TemporaryDirectory(prefix="vgray-gpu-check-") as folder:
+        start = time.perf_counter()
+        here = train(cfg, Path(folder) / "here", progress=False, log=lambda *a: None)
+        out["inprocess_seconds"] = round(time.perf_counter() - start, 2)
+        init_ray(None, num_cpus=os.cpu_count())
+        start = time.perf_counter()
+        group = run_group(cfg, Path(folder) / "group", shape)  # train.workers=1: the Train path, forced
+        out["ray_train_seconds"] = round(time.perf_counter() - start, 2)
+    out["inprocess_images_per_s"] = here["train_images_per_s"]
+    out["ray_train_images_per_s"] = group["train_images_per_s"]
+    out["ratio"] = group["train_images_per_s"] / here["train_images_per_s"]
+    out["test_r1"] = {
+        name: next((v for k, v in run.items() if k.startswith("test/") and k.endswith("/R@1")), None)
+        for name, run in (("inprocess", here), ("ray_train", group))
+    }
+    return out
+
+
 def _device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA)"
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vgray.bench.gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["jpegs", "heads", "precision", "sweep-file", "sweep-figures", "assemble"])
+    p.add_argument(
+        "step", choices=["jpegs", "heads", "precision", "sweep-file", "sweep-figures", "train-group", "assemble"]
+    )
     p.add_argument("--out", required=True, type=Path, help="folder of the JSON files")
     p.add_argument("--device", default="cuda", help="device of the jpegs, heads and precision steps")
     p.add_argument("--count", type=int, default=256, help="jpegs: files of each kind")
@@ -390,6 +450,8 @@ def main(argv=None) -> None:
         figures = step_precision(args.device, args.root, args.size or (96, 128))
     elif args.step == "heads":
         figures = step_heads(args.device)
+    elif args.step == "train-group":
+        figures, name = step_train_group(args.device, args.root, args.size or (96, 128)), "train_group"
     else:
         figures, name = step_sweep_figures(args.out), "sweep"
     (args.out / f"gpu_check_{name}.json").write_text(json.dumps(figures, indent=1, default=str))

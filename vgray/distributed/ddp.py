@@ -185,8 +185,8 @@ def _one_line(exc: BaseException) -> BaseException:
         failures = getattr(e, "worker_failures", None)
         stack.extend((failures or {}).values() if isinstance(failures, dict) else [])
         stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
-    text = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return RuntimeError(f"the training group failed: {text[:300]}")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:3]  # Train's headline and cause
+    return RuntimeError(f"the training group failed: {' '.join(lines)[:300] or type(exc).__name__}")
 
 
 def _worker(config: Dict[str, Any]) -> None:
@@ -199,10 +199,12 @@ def _worker(config: Dict[str, Any]) -> None:
     from vgray.config import from_dict
     from vgray.distributed.devices import use_ray_devices
     from vgray.train.loop import train
+    from vgray.train.parallel import Group
 
     use_ray_devices()  # auto: the GPU Ray Train gave this worker, else the CPU
     torch.set_num_threads(max(1, int(config["cpus"])))
     rank = ray.train.get_context().get_world_rank()
+    nodes = Group.current().gather_objects(ray.get_runtime_context().get_node_id())
     cfg = from_dict(config["cfg"])
     work = Path(tempfile.mkdtemp(prefix=f"vgray-rank{rank}-"))
     queue = config["queue"]
@@ -228,8 +230,8 @@ def _worker(config: Dict[str, Any]) -> None:
             progress=False,
             log=_quiet,
         )
-        if rank == 0:
-            queue.put({"final": result})
+        if rank == 0:  # with the number of nodes the group spanned
+            queue.put({"final": {**result, "group_nodes": len(set(nodes))}})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
