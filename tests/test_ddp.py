@@ -17,6 +17,21 @@ from conftest import SWEEP_BASE, TINY_SET, rows
 from vgray.cli import main
 from vgray.config import load_config
 
+# The tests' quick training run (vgray's test_train.py): 32x48 images, 2 negatives, 20 queries an epoch.
+SWEEP_QUICK = [
+    "data.root=synthetic:tiny",
+    *TINY_SET,
+    "data.resize=[32,48]",
+    "model.aggregation=gem",
+    "train.queries_per_epoch=20",
+    "train.cache_refresh_rate=10",
+    "train.negs_num_per_query=2",
+    "train.neg_samples_num=60",
+    "train.lr=0.001",
+    "test.recall_values=[1,5]",
+]
+
+
 # -- the same optimisation ---------------------------------------------------------------------------
 
 
@@ -31,6 +46,26 @@ def test_two_workers_take_the_step_one_worker_takes_with_the_whole_batch(regime)
     assert got["loss"] > 0
     assert got["loss_rel_diff"] <= 1e-5, got
     assert got["update_rel_diff"] <= 1e-4, got
+
+
+@pytest.mark.slow
+def test_a_resumed_two_worker_run_ends_as_the_straight_one(tiny_root, tmp_path):
+    """Two workers (gloo, processes of this machine): 2 epochs straight, and 1 epoch then resumed to
+    2, give the same history and test recall: the mining state, the shared generator and each
+    worker's own RNG streams (``rng_ranks``) come back from rank 0's checkpoint."""
+    import torch
+
+    from vgray.bench.ddp import in_group
+
+    quick = [*SWEEP_QUICK, "train.workers=2", "train.batch_size=2"]
+    straight = in_group(2, 1, "train", load_config(overrides=[*quick, "train.epochs=2"]), str(tmp_path / "a"), False)
+    in_group(2, 1, "train", load_config(overrides=[*quick, "train.epochs=1"]), str(tmp_path / "b"), False)
+    resumed = in_group(2, 1, "train", load_config(overrides=[*quick, "train.epochs=2"]), str(tmp_path / "b"), True)
+    keys = [k for k in straight if k.startswith(("val/", "test/")) or k in ("loss", "epochs")]
+    assert {k: straight[k] for k in keys} == {k: resumed[k] for k in keys}
+    assert straight["epochs"] == 2 and straight["workers"] == 2
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert len(ck["rng_ranks"]) == 2 and not any(k.startswith("module.") for k in ck["model"])
 
 
 def test_a_worker_part_of_every_batch_and_its_weight():

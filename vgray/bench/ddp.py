@@ -121,6 +121,14 @@ def speed(cfg, batch: torch.Tensor, steps: int) -> float:
     return time.perf_counter() - start
 
 
+def train_run(cfg, out: str, resume: bool) -> Dict[str, Any]:
+    """:func:`vgray.train.loop.train` by this process's group into ``out`` (rank 0 writes there; the
+    others read its ``last.pt`` when resuming: one machine)."""
+    from vgray.train.loop import train
+
+    return train(cfg, out, resume=resume, progress=False, log=lambda *a: None)
+
+
 def _member(rank: int, world: int, folder: str, threads: int, task: str, args: Tuple) -> None:
     """One process of a group (torch.multiprocessing): gloo over a file in ``folder``; rank 0 saves
     what ``task`` returns into ``folder/result.pt``."""
@@ -130,7 +138,7 @@ def _member(rank: int, world: int, folder: str, threads: int, task: str, args: T
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
-        result = step(*args) if task == "step" else speed(*args)
+        result = {"step": step, "speed": speed, "train": train_run}[task](*args)
         if rank == 0:
             torch.save(result, f"{folder}/result.pt")
     finally:
@@ -139,7 +147,7 @@ def _member(rank: int, world: int, folder: str, threads: int, task: str, args: T
 
 
 def in_group(world: int, threads: int, task: str, *args) -> Any:
-    """``task`` ("step" or "speed") run by a group of ``world`` fresh processes of ``threads`` torch
+    """``task`` ("step", "speed" or "train") run by a group of ``world`` fresh processes of ``threads`` torch
     threads each (one process for a world of 1: the same start-up as the group's); rank 0's result."""
     import torch.multiprocessing as mp
 

@@ -110,6 +110,17 @@ class Group:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) copied to every worker. DDP broadcasts
+        them at the start of each training forward, so after a step each worker holds its own
+        update; an eval-mode extraction first takes rank 0's, as the checkpoint does."""
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        for tensor in model.buffers():
+            dist.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.active:
             import torch.distributed as dist
@@ -176,6 +187,7 @@ class ShardedExtractor:
         self.group, self.inner = group, inner or extract_descriptors
 
     def __call__(self, model, paths: Sequence[str], transform, rt, dim: int, desc: str = "images", **kwargs):
+        self.group.broadcast_buffers(model)  # every part with rank 0's BatchNorm statistics
         mine = paths[self.group.part(len(paths))]
         x, valid = self.inner(model, mine, transform, rt, dim, desc=desc, **kwargs)
         return self.group.gather_rows(np.asarray(x)), self.group.gather_rows(np.asarray(valid))
