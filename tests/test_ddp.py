@@ -169,30 +169,6 @@ def _ddp_sweep(tmp_path, name, epochs, **raw):
     return path, tmp_path / "store" / name
 
 
-@pytest.mark.slow
-def test_a_sweep_of_two_worker_trials_on_two_nodes(spread_nodes, tiny_root, tmp_path):
-    import ray
-
-    path, directory = _ddp_sweep(tmp_path, "ddp_two", 2, grid={"train.lr": [0.001, 0.0001]})
-    try:
-        assert main(["sweep", str(path), "--address", spread_nodes.address]) == 0
-    finally:
-        ray.shutdown()
-    got = rows(directory)
-    assert sorted(r["train.lr"] for r in got) == [0.0001, 0.001]  # a row each
-    for r in got:
-        assert r["status"] == "ok" and r["epochs"] == 2, r
-        assert r["workers"] == 2 and r["train.workers"] == 2
-        assert r["group_nodes"] == 2  # the trial's two workers ran on the two nodes
-        assert r["train_images_per_s"] > 0 and r["train_time_s"] > 0
-        assert 0 < r["test/synthetic_tiny/R@1"] <= 100
-    # The report draws them: the summary holds both configs, and the Pareto of R@1 against workers.
-    assert main(["report", str(directory)]) == 0
-    summary = (directory / "summary.md").read_text()
-    assert "0.001" in summary and "0.0001" in summary
-    assert (directory / "report" / "pareto_train_time_s.png").is_file()
-
-
 def _train_workers():
     """The PIDs of the Ray Train workers running on this machine."""
     found = []
@@ -207,10 +183,13 @@ def _train_workers():
 
 
 @pytest.mark.slow
-def test_a_killed_worker_costs_a_retry_from_the_checkpoint_not_an_epoch(spread_nodes, tiny_root, tmp_path, monkeypatch):
+def test_two_worker_trials_on_two_nodes_and_a_killed_worker(spread_nodes, tiny_root, tmp_path, monkeypatch):
+    """Two trials of two workers each, each trial's workers on both nodes; once a trial has
+    reported (and checkpointed) epoch 1, one of its workers is killed: the group fails, Tune retries
+    the trial from its checkpoint, and both trials end with their 3 epochs and one row each."""
     import ray
 
-    path, directory = _ddp_sweep(tmp_path, "ddp_kill", 3, max_failures=2)
+    path, directory = _ddp_sweep(tmp_path, "ddp_two", 3, grid={"train.lr": [0.001, 0.0001]}, max_failures=2)
     killed = {}
 
     def kill_a_worker_after_epoch_1():
@@ -228,20 +207,61 @@ def test_a_killed_worker_costs_a_retry_from_the_checkpoint_not_an_epoch(spread_n
 
     watcher = threading.Thread(target=kill_a_worker_after_epoch_1, daemon=True)
     watcher.start()
+    # Tune copies each trial's result.json into the storage with its snapshots; 1 s, as test_node_lost.
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
     try:
         assert main(["sweep", str(path), "--address", spread_nodes.address]) == 0
         watcher.join(timeout=5)
     finally:
         ray.shutdown()
-    assert killed, "no worker was running after epoch 1"
-    error = (directory / killed["trial"] / "error.txt").read_text()  # the group failed once, and was retried
+    assert killed, "no worker was running after a trial's epoch 1"
+    got = rows(directory)
+    assert sorted(r["train.lr"] for r in got) == [0.0001, 0.001]  # a row each, none twice
+    for r in got:
+        assert r["status"] == "ok" and r["epochs"] == 3, r
+        assert r["workers"] == 2 and r["train.workers"] == 2
+        assert r["group_nodes"] == 2  # the trial's two workers ran on the two nodes
+        assert r["train_images_per_s"] > 0 and r["train_time_s"] > 0
+        assert 0 < r["test/synthetic_tiny/R@1"] <= 100
+    # The killed trial's group failed once and was retried from its last checkpoint: every epoch
+    # reported once, none trained twice.
+    error = (directory / killed["trial"] / "error.txt").read_text()
     assert "the training group failed" in error, error[-2000:]
-    (row,) = rows(directory)  # one row, not two
-    assert row["status"] == "ok" and row["epochs"] == 3 and row["workers"] == 2, row
     reports = [
         json.loads(x) for x in (directory / killed["trial"] / "result.json").read_text().splitlines() if x.strip()
     ]
-    epochs = [r["epoch"] for r in reports if r.get("epoch") is not None]
-    # retried from its last checkpoint: no epoch is reported twice, every one once
-    assert epochs == [1, 2, 3], epochs
+    assert [r["epoch"] for r in reports if r.get("epoch") is not None] == [1, 2, 3], reports
+    # The report draws them: the summary holds both configs, the Pareto of R@1 against training time.
+    assert main(["report", str(directory)]) == 0
+    summary = (directory / "summary.md").read_text()
+    assert "0.001" in summary and "0.0001" in summary
+    assert (directory / "report" / "pareto_train_time_s.png").is_file()
+
+
+def test_the_report_draws_training_time_against_workers(tmp_path):
+    import csv
+
+    from vgray.report.figures import FIGURES, caption
+
+    rows = []
+    # 1, 2 and 4 workers, two seeds each; 4 workers slower than 2 (a network-bound group): off the front.
+    for workers, times in ((1, (100.0, 110.0)), (2, (60.0, 64.0)), (4, (70.0, 72.0))):
+        for seed, t in enumerate(times):
+            rows.append(
+                {
+                    "config_key": f"k{workers}",
+                    "status": "ok",
+                    "seed": seed,
+                    "train.workers": workers,
+                    "train_time_s": t,
+                    "workers": workers,
+                    "test/tiny/R@1": 50.0 + seed,
+                }
+            )
+    written = FIGURES["workers"](rows, ["train.workers"], tmp_path)
+    assert {p.name for p in written} == {"workers.csv", "workers.png"}
+    with open(tmp_path / "workers.csv") as f:
+        got = {int(float(r["train.workers"])): r for r in csv.DictReader(f)}
+    assert float(got[2]["train_time_s"]) == pytest.approx(62.0) and float(got[1]["train_time_s std"]) > 0
+    assert [w for w in (1, 2, 4) if got[w]["pareto"] == "True"] == [1, 2]
+    assert "Pareto front" in caption("workers")

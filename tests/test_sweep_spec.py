@@ -28,6 +28,7 @@ EXPECTED = {
     "fig4_knn": 6,
     "modern_heads": 27,
     "released_models": 14,
+    "data_parallel": 12,
 }
 
 TINY_BASE = {

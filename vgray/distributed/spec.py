@@ -370,6 +370,11 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
         raise BadInput("variants work with a grid, not with search; make the keys search dimensions")
     scheduler = _scheduler(raw["scheduler"], options.task) if raw.get("scheduler") is not None else None
     resources = build_checked(Resources, raw.get("resources") or {}, "resources.")
+    if resources.workers is not None and options.task == "eval" and resources.workers > 1:
+        raise BadInput(
+            f"resources.workers={resources.workers} trains with several workers; task: eval trains nothing "
+            f"(leave workers out)"
+        )
     if resources.workers is not None:  # resources.workers: N is train.workers: N in every trial's base
         base = {**base, "train": {**(base.get("train") or {}), "workers": resources.workers}}
         try:
