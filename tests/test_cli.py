@@ -120,7 +120,7 @@ def test_usage_errors_are_one_line(capsys):
     code, out, err = run_main(["eval", "--no-such-flag"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     code, out, err = run_main(["bench", "nonsense"], capsys)
-    assert code == 2 and "choose one of: extract, index, knn, mining, scale, search, sweep, train" in err
+    assert code == 2 and "choose one of: ddp, extract, index, knn, mining, scale, search, sweep, train" in err
 
 
 def test_real_process_has_no_traceback(tmp_path):

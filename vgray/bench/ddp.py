@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -138,7 +138,8 @@ def _member(rank: int, world: int, folder: str, threads: int, task: str, args: T
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
-        result = {"step": step, "speed": speed, "train": train_run}[task](*args)
+        tasks: Dict[str, Callable[..., Any]] = {"step": step, "speed": speed, "train": train_run}
+        result = tasks[task](*args)
         if rank == 0:
             torch.save(result, f"{folder}/result.pt")
     finally:

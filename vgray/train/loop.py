@@ -249,25 +249,8 @@ def train(
         else TripletEpochs(cfg, model, rt, extractor, group)
     )
     check_before_extraction(cfg, model)  # test.knn and model.pca_dim now, not after training
-    db_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
     val_cfg = _validation_config(cfg)
-    state = TrainState()
-
-    if resume:
-        assert ck is not None  # loaded above when resuming
-        optimizer, state = _resume(model, ck, last_path, cfg, regime, rng, group)
-        log(f"resuming {out} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        if model.needs_init() and group.main:  # the others take rank 0's weights (wrap)
-            initialize_aggregation(model, regime.init_paths, db_transform, rt, seed=cfg.seed)
-        optimizer = make_optimizer(model, cfg.train)
-        if group.active:  # augmentations: a stream per worker (the shared numpy generator stays alike)
-            torch.manual_seed(cfg.seed + group.rank)
-        # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
-        payload = _payload(model, optimizer, regime, state, rng, cfg, group)
-        if group.main:
-            checkpoint.save(last_path, payload)
+    optimizer, state = _start(model, regime, cfg, rt, rng, group, last_path, ck, log)
     net = wrap(model, group)  # what the steps run: DDP over the group, else the network itself
     schedule = LrSchedule(optimizer, cfg.train)  # after any load: a resumed run's base rates and step counts
     if group.main:
@@ -315,6 +298,30 @@ def train(
     if stepped[1] > 0:  # the whole group's training images a second (mining refreshes included)
         result["train_images_per_s"] = stepped[0] / stepped[1]
     return result
+
+
+def _start(
+    model, regime, cfg, rt: Runtime, rng, group: Group, last_path: Path, ck: Optional[Dict], log
+) -> Tuple[torch.optim.Optimizer, TrainState]:
+    """The optimizer and training state a run starts with: from the checkpoint ``ck`` when resuming,
+    else fresh (the aggregation initialised on rank 0, a first ``last.pt`` written)."""
+    if ck is not None:
+        optimizer, state = _resume(model, ck, last_path, cfg, regime, rng, group)
+        log(f"resuming {last_path.parent} after epoch {state.epoch} (best val R@5 {state.best_r5:.2f})")
+        return optimizer, state
+    last_path.parent.mkdir(parents=True, exist_ok=True)
+    if model.needs_init() and group.main:  # the others take rank 0's weights (wrap)
+        db_transform = test_transform(cfg.data.image_size, model.mean, model.std, cfg.data.resize_order)
+        initialize_aggregation(model, regime.init_paths, db_transform, rt, seed=cfg.seed)
+    optimizer = make_optimizer(model, cfg.train)
+    if group.active:  # augmentations: a stream per worker (the shared numpy generator stays alike)
+        torch.manual_seed(cfg.seed + group.rank)
+    state = TrainState()
+    # A checkpoint before the first epoch: an interrupted run always leaves a loadable last.pt.
+    payload = _payload(model, optimizer, regime, state, rng, cfg, group)
+    if group.main:
+        checkpoint.save(last_path, payload)
+    return optimizer, state
 
 
 def _validation_config(cfg):

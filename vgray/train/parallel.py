@@ -72,14 +72,22 @@ class Group:
 
     def gather_rows(self, x: np.ndarray) -> np.ndarray:
         """Every worker's ``x`` (its part's rows, any count) concatenated in rank order, on every
-        worker."""
+        worker: one tensor all-gather (padded to the largest part) on the backend's device, no
+        pickling of the descriptors."""
         if not self.active:
             return x
         import torch.distributed as dist
 
-        parts: List[Any] = [None] * self.world
-        dist.all_gather_object(parts, x)
-        return np.concatenate([np.asarray(p) for p in parts], axis=0) if parts else x
+        sizes = self.gather_objects(len(x))
+        device = _collective_device()
+        flag = x.dtype == np.bool_  # gloo and NCCL gather bytes, not booleans
+        mine = torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8) if flag else x))
+        padded = torch.zeros((max(sizes), *mine.shape[1:]), dtype=mine.dtype, device=device)
+        padded[: len(x)] = mine.to(device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        out = np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes)])
+        return out.astype(bool) if flag else out
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the workers (a copy; in place on the tensor's device)."""
@@ -129,6 +137,15 @@ class Group:
 
 
 ONE = Group()  # one worker: no group
+
+
+def _collective_device() -> torch.device:
+    """Where the group's collectives take their tensors: the worker's GPU under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def sync_batchnorm(model: torch.nn.Module, group: Group, on: bool) -> None:
