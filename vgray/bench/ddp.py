@@ -121,12 +121,19 @@ def speed(cfg, batch: torch.Tensor, steps: int) -> float:
     return time.perf_counter() - start
 
 
+def steps(cfg, cases: List[Tuple[str, str]]) -> List[Tuple[float, Dict[str, torch.Tensor]]]:
+    """:func:`step` of each ``(regime, bn)`` of ``cases`` on its fixed batch, in this process's group
+    (one group start for all of them)."""
+    return [step(cfg, regime, bn, *fixed_batch(cfg, regime)) for regime, bn in cases]
+
+
 def train_run(cfg, out: str, resume: bool) -> Dict[str, Any]:
     """:func:`vgray.train.loop.train` by this process's group into ``out`` (rank 0 writes there; the
-    others read its ``last.pt`` when resuming: one machine)."""
+    others read its ``last.pt`` when resuming: one machine); the figures as plain numbers and text."""
     from vgray.train.loop import train
 
-    return train(cfg, out, resume=resume, progress=False, log=lambda *a: None)
+    result = train(cfg, out, resume=resume, progress=False, log=lambda *a: None)
+    return {k: v if isinstance(v, (str, int)) else float(v) for k, v in result.items()}
 
 
 def _member(rank: int, world: int, folder: str, threads: int, task: str, args: Tuple) -> None:
@@ -138,7 +145,7 @@ def _member(rank: int, world: int, folder: str, threads: int, task: str, args: T
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
-        tasks: Dict[str, Callable[..., Any]] = {"step": step, "speed": speed, "train": train_run}
+        tasks: Dict[str, Callable[..., Any]] = {"steps": steps, "speed": speed, "train": train_run}
         result = tasks[task](*args)
         if rank == 0:
             torch.save(result, f"{folder}/result.pt")
@@ -148,13 +155,13 @@ def _member(rank: int, world: int, folder: str, threads: int, task: str, args: T
 
 
 def in_group(world: int, threads: int, task: str, *args) -> Any:
-    """``task`` ("step", "speed" or "train") run by a group of ``world`` fresh processes of ``threads`` torch
+    """``task`` ("steps", "speed" or "train") run by a group of ``world`` fresh processes of ``threads`` torch
     threads each (one process for a world of 1: the same start-up as the group's); rank 0's result."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="vgray-ddp-") as folder:
         mp.spawn(_member, args=(world, folder, threads, task, args), nprocs=world, join=True)
-        return torch.load(Path(folder) / "result.pt", weights_only=False)
+        return torch.load(Path(folder) / "result.pt", weights_only=True)
 
 
 def differences(one: Tuple[float, Dict[str, torch.Tensor]], many: Tuple[float, Dict[str, torch.Tensor]]) -> Dict:
@@ -177,12 +184,12 @@ def fixed_batch(cfg, regime: str) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(p, k, 3, h, w, generator=g), torch.arange(p)
 
 
-def compare(cfg, workers: int, threads: int, regime: str, bn: str) -> Dict[str, float]:
-    """One step of ``regime`` by one worker and by ``workers`` workers on the same fixed batch."""
-    batch, labels = fixed_batch(cfg, regime)
-    one = in_group(1, threads, "step", cfg, regime, bn, batch, labels)
-    many = in_group(workers, max(1, threads // workers), "step", cfg, regime, bn, batch, labels)
-    return {**differences(one, many), "loss": one[0]}
+def compare(cfg, workers: int, threads: int, cases: List[Tuple[str, str]]) -> Dict[Tuple[str, str], Dict[str, float]]:
+    """One step of each ``(regime, bn)`` of ``cases`` by one worker and by ``workers`` workers on the
+    same fixed batch: :func:`differences` and the loss, by case."""
+    one = in_group(1, threads, "steps", cfg, cases)
+    many = in_group(workers, max(1, threads // workers), "steps", cfg, cases)
+    return {case: {**differences(a, b), "loss": a[0]} for case, a, b in zip(cases, one, many)}
 
 
 def main(argv: List[str]) -> None:
@@ -198,11 +205,10 @@ def main(argv: List[str]) -> None:
         "workers": args.workers,
         "cores": threads,
     }
-    for regime in ("triplets", "places"):
-        for bn in ("eval", "train"):
-            got = compare(cfg, args.workers, threads, regime, bn)
-            figures[f"{regime}_bn_{bn}_loss_rel_diff"] = got["loss_rel_diff"]
-            figures[f"{regime}_bn_{bn}_update_rel_diff"] = got["update_rel_diff"]
+    cases = [(regime, bn) for regime in ("triplets", "places") for bn in ("eval", "train")]
+    for (regime, bn), got in compare(cfg, args.workers, threads, cases).items():
+        figures[f"{regime}_bn_{bn}_loss_rel_diff"] = got["loss_rel_diff"]
+        figures[f"{regime}_bn_{bn}_update_rel_diff"] = got["update_rel_diff"]
     batch, _ = fixed_batch(cfg, "triplets")
     images = args.steps * batch.shape[0] * batch.shape[1]
     one_s = in_group(1, threads, "speed", cfg, batch, args.steps)
