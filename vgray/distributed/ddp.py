@@ -16,10 +16,10 @@ checks before Ray starts that the workers' bundles fit the nodes at all
 Files: each worker trains in a local folder; rank 0 sends every epoch's figures and files (the
 checkpoints, ``metrics.jsonl``, ``config.yaml``) through a Ray queue to the caller, which writes
 them into its run folder before calling its ``report`` (a sweep trial: its Tune checkpoint; the
-command line: ``--out``). A resumed run hands the caller's ``last.pt`` to every worker. A worker that
-dies fails the group (``FailureConfig(max_failures=0)``); the caller's error then goes where a
-one-process run's would: Tune retries the trial from its last checkpoint, with the faults
-machinery of any trial.
+command line: ``--out``). A resumed run hands the caller's ``last.pt`` and ``best.pt`` to every
+worker. A worker that dies fails the group (``FailureConfig(max_failures=0)``); the caller's error
+then goes where a one-process run's would: Tune retries the trial from its last checkpoint, with
+the faults machinery of any trial.
 """
 
 from __future__ import annotations
@@ -105,11 +105,12 @@ def run_group(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     queue = Queue(actor_options={"num_cpus": 0})
-    last = ray.put((out / "last.pt").read_bytes()) if resume else None
+    # A resumed run: the run folder's files (last.pt, and best.pt, which the final test reads) to every worker.
+    start = {n: ray.put((out / n).read_bytes()) for n in RUN_FILES if resume and (out / n).is_file()}
     scratch = Path(tempfile.mkdtemp(prefix="vgray-train-"))  # Ray Train's run folder (nothing persisted)
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"cfg": cfg.to_dict(), "queue": queue, "last": last, "cpus": shape.cpu},
+        train_loop_config={"cfg": cfg.to_dict(), "queue": queue, "start": start, "cpus": shape.cpu},
         torch_config=TorchConfig(backend=backend(cfg, shape)),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,
@@ -209,9 +210,9 @@ def _worker(config: Dict[str, Any]) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"vgray-rank{rank}-"))
     queue = config["queue"]
     try:
-        if config["last"] is not None:
-            (work / "last.pt").write_bytes(ray.get(config["last"]))
-        sent: Dict[str, int] = {}
+        for name, ref in config["start"].items():  # a resumed run's files, as the caller has them
+            (work / name).write_bytes(ray.get(ref))
+        sent: Dict[str, int] = {name: (work / name).stat().st_mtime_ns for name in config["start"]}
 
         def report(metrics: Dict[str, float], out: Path) -> None:
             files = {}
@@ -226,7 +227,7 @@ def _worker(config: Dict[str, Any]) -> None:
             cfg,
             work,
             report=report if rank == 0 else None,
-            resume=config["last"] is not None,
+            resume="last.pt" in config["start"],
             progress=False,
             log=_quiet,
         )

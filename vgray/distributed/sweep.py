@@ -269,12 +269,21 @@ def concurrent_groups(spec: SweepSpec) -> Optional[int]:
 
 
 def groups_that_fit(bundles: List[Dict[str, float]], shapes: List[Dict[str, float]], most: int) -> int:
-    """How many copies of the placement group ``bundles`` fit the nodes of ``shapes`` at once (at
-    most ``most``; 0 where none fits)."""
-    n = 0
-    while n < most and placeable(bundles * (n + 1), shapes):
-        n += 1
-    return n
+    """How many copies of the placement group ``bundles`` fit the nodes of ``shapes`` side by side
+    (at most ``most``), each bundle on the first node with room for it, one copy after another: a
+    bound on the trials to run at once, found in one pass (the exact :func:`placeable` search over
+    every copy's bundles could take long on a large cluster)."""
+    free = [dict(s) for s in shapes]
+    for n in range(most):
+        trial = [dict(f) for f in free]
+        for bundle in bundles:
+            node = next((f for f in trial if all(f.get(k, 0.0) + 1e-9 >= float(v) for k, v in bundle.items())), None)
+            if node is None:
+                return n
+            for k, v in bundle.items():
+                node[k] = node.get(k, 0.0) - float(v)
+        free = trial
+    return most
 
 
 def machine_shape(num_cpus: Optional[int] = None) -> Dict[str, float]:
