@@ -97,6 +97,9 @@ class TrainState:
     best_r5: float = -1.0
     not_improved: int = 0
     history: List[Dict[str, float]] = field(default_factory=list)
+    # training images and seconds in the epochs' steps so far, every process of the run together
+    # (train_images_per_s; mining refreshes included): in the checkpoint, so a resumed run goes on counting
+    trained: List[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 def _quiet(*args) -> None:
@@ -258,14 +261,12 @@ def train(
         regime.describe(log)
 
     start_time = time.perf_counter() - (state.history[-1]["train_time_s"] if state.history else 0.0)
-    stepped = [0.0, 0.0]  # this process's training images and seconds in run_epoch (train_images_per_s)
     while state.epoch < cfg.train.epochs and state.not_improved < cfg.train.patience:
         schedule.epoch = state.epoch
         epoch_start = time.perf_counter()
         losses = regime.run_epoch(net, optimizer, rng, state.epoch)
         epoch_s = time.perf_counter() - epoch_start
-        stepped[0] += regime.images_per_epoch()
-        stepped[1] += epoch_s
+        state.trained = [state.trained[0] + regime.images_per_epoch(), state.trained[1] + epoch_s]
         state.epoch += 1
         val = evaluate_split(model, val_split, val_cfg, rt=rt, progress=False, extractor=extractor)
         improved = val["R@5"] > state.best_r5
@@ -295,8 +296,8 @@ def train(
     weights = best_path if best_path.is_file() else last_path
     result = _final_test(cfg, model, weights, sets, rt, state, log, extractor, group)
     result["workers"] = group.world
-    if stepped[1] > 0:  # the whole group's training images a second (mining refreshes included)
-        result["train_images_per_s"] = stepped[0] / stepped[1]
+    if state.trained[1] > 0:  # the whole group's training images a second (mining refreshes included)
+        result["train_images_per_s"] = state.trained[0] / state.trained[1]
     return result
 
 
@@ -356,7 +357,11 @@ def _resume(
     regime.load_state_dict(ck["mining"])
     ranks = ck.get("rng_ranks") or []
     checkpoint.set_rng_state(ranks[group.rank] if len(ranks) == group.world > 1 else ck["rng"], rng)
-    return optimizer, TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
+    trained = ck.get("trained") or []
+    state = TrainState(ck["epoch"], ck["best_r5"], ck["not_improved"], list(ck["history"]))
+    if len(trained) == 2 and all(isinstance(v, (int, float)) for v in trained):  # (older checkpoints: none)
+        state.trained = [float(v) for v in trained]
+    return optimizer, state
 
 
 def train_step(
@@ -392,6 +397,7 @@ def _payload(model, optimizer, regime, state: TrainState, rng, cfg, group: Group
         "best_r5": state.best_r5,
         "not_improved": state.not_improved,
         "history": state.history,
+        "trained": list(state.trained),
         "rng": checkpoint.rng_state(rng),
         **({"rng_ranks": ranks} if ranks else {}),
         "config": cfg.to_dict(),
