@@ -49,18 +49,13 @@ DEFAULTS = [
 ]
 
 
-def step(cfg, regime: str, bn: str, batch: torch.Tensor, labels: torch.Tensor) -> Tuple[float, Dict[str, torch.Tensor]]:
-    """One optimizer step of ``regime`` on the fixed ``batch`` (``labels``: the places') by this
-    process, one worker or one of a ``torch.distributed`` group: the whole batch's loss (summed over
-    the workers' parts) and each parameter's update."""
+def _started(cfg):
+    """What a step needs in this process's group: ``(group, runtime, network, optimizer, the module
+    the steps run)``, the network built from the seed and in train mode."""
     from vgray.models import build_model
-    from vgray.registry import PLACE_LOSSES, PLACE_MINERS
     from vgray.runtime import Runtime
     from vgray.seeding import seed_everything
-    from vgray.train.loop import train_step
-    from vgray.train.losses import read_losses
-    from vgray.train.parallel import Group, split_batches, wrap
-    from vgray.train.places import place_step
+    from vgray.train.parallel import Group, wrap
     from vgray.train.schedule import make_optimizer
 
     group = Group.current()
@@ -70,6 +65,19 @@ def step(cfg, regime: str, bn: str, batch: torch.Tensor, labels: torch.Tensor) -
     optimizer = make_optimizer(model, cfg.train)
     net = wrap(model, group)
     model.train()
+    return group, rt, model, optimizer, net
+
+
+def step(cfg, regime: str, bn: str, batch: torch.Tensor, labels: torch.Tensor) -> Tuple[float, Dict[str, torch.Tensor]]:
+    """One optimizer step of ``regime`` on the fixed ``batch`` (``labels``: the places') by this
+    process, one worker or one of a ``torch.distributed`` group: the whole batch's loss (summed over
+    the workers' parts) and each parameter's update."""
+    from vgray.train.loop import train_step
+    from vgray.train.losses import read_losses
+    from vgray.train.parallel import split_batches
+    from vgray.train.places import loss_and_miner, place_step
+
+    group, rt, model, optimizer, net = _started(cfg)
     if bn == "eval":
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -79,12 +87,7 @@ def step(cfg, regime: str, bn: str, batch: torch.Tensor, labels: torch.Tensor) -
         loss = train_step(net, batch[mine], optimizer, rt, cfg, weight, group.world)
     else:
         part = group.part(len(batch))
-        loss_fn = PLACE_LOSSES.create(cfg.train.pml_loss, cfg.train)
-        miner = PLACE_MINERS.create(cfg.train.pml_miner, cfg.train)
-        if group.active:
-            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
-
-            loss_fn, miner = DistributedLossWrapper(loss_fn), DistributedMinerWrapper(miner)
+        loss_fn, miner = loss_and_miner(cfg.train, group)
         loss = place_step(net, batch[part], labels[part], loss_fn, miner, optimizer, rt, None, group.world)
     total = read_losses([loss], group)[0]
     # SGD's first update is -lr x the (averaged) gradient: read from the gradient, not as the weights'
@@ -96,20 +99,10 @@ def step(cfg, regime: str, bn: str, batch: torch.Tensor, labels: torch.Tensor) -
 def speed(cfg, batch: torch.Tensor, steps: int) -> float:
     """Seconds of ``steps`` triplet steps on the global ``batch`` by this process's group (after one
     warm-up step), the workers synchronised before and after."""
-    from vgray.models import build_model
-    from vgray.runtime import Runtime
-    from vgray.seeding import seed_everything
     from vgray.train.loop import train_step
-    from vgray.train.parallel import Group, split_batches, wrap
-    from vgray.train.schedule import make_optimizer
+    from vgray.train.parallel import split_batches
 
-    group = Group.current()
-    seed_everything(cfg.seed)
-    rt = Runtime.from_config(cfg, progress=False)
-    model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
-    optimizer = make_optimizer(model, cfg.train)
-    net = wrap(model, group)
-    model.train()
+    group, rt, model, optimizer, net = _started(cfg)
     ((mine, weight),) = split_batches(len(batch), len(batch), group, np.arange(len(batch)))
     part = batch[mine]
     train_step(net, part, optimizer, rt, cfg, weight, group.world)

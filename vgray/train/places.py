@@ -438,6 +438,20 @@ class PlaceImages(SafeDataset):
         return images
 
 
+def loss_and_miner(train_cfg, group: Group = ONE):
+    """The loss and miner of ``train.pml_loss``/``pml_miner`` (miner None for ``none``); in a group,
+    pytorch-metric-learning's distributed wrappers: both see the whole batch, descriptors gathered
+    across the workers (the loss then comes times the workers' number: see :func:`place_step`)."""
+    loss_fn = PLACE_LOSSES.create(train_cfg.pml_loss, train_cfg)
+    miner = PLACE_MINERS.create(train_cfg.pml_miner, train_cfg)
+    if group.active:
+        from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
+        loss_fn = DistributedLossWrapper(loss_fn)
+        miner = DistributedMinerWrapper(miner) if miner is not None else None
+    return loss_fn, miner
+
+
 def place_step(
     model,
     images: torch.Tensor,
@@ -479,13 +493,7 @@ class PlaceEpochs:
         self.members = self.places.members()
         t = cfg.train
         self.batches = t.batches_per_epoch or max(1, self.places.n_places // t.places_per_batch)
-        self.loss_fn = PLACE_LOSSES.create(t.pml_loss, t)
-        self.miner = PLACE_MINERS.create(t.pml_miner, t)
-        if group.active:  # the loss and miner see the whole batch: descriptors gathered across workers
-            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
-
-            self.loss_fn = DistributedLossWrapper(self.loss_fn)
-            self.miner = DistributedMinerWrapper(self.miner) if self.miner is not None else None
+        self.loss_fn, self.miner = loss_and_miner(t, group)
         self.transform = query_train_transform(cfg.data.image_size, model.mean, model.std, t.augmentation)
         self.init_paths = self.places.paths  # a NetVLAD's clusters start from the training images
         self.proxies = PlaceProxies(self.places.n_places, cfg.seed) if t.place_batching == "proxy" else None
