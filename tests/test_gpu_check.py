@@ -33,9 +33,15 @@ def test_jpeg_kinds_decode_to_rgb_and_assemble_into_one_json(tmp_path):
     }
     assert modes["progressive"].info.get("progressive") and not modes["baseline"].info.get("progressive")
     for kind, one in figures["kinds"].items():
-        assert one["kinds_read"] == ["jpeg"] and one["shapes_rgb"] and one["device_errors"] == 0, kind
+        # CMYK JPEGs (which nvjpeg refuses) are decoded in the loader worker by PIL, the others on the device
+        assert one["kinds_read"] == (["pixels"] if kind == "cmyk" else ["jpeg"]), kind
+        assert one["shapes_rgb"] and one["device_errors"] == 0, kind
         # On the CPU the device path is the same libjpeg-turbo: identical pixels; PIL's within one level.
-        assert one["max_diff_device_vs_cpu"] == 0 and one["max_diff_cpu_vs_pil"] <= 1, kind
+        assert one["max_diff_cpu_vs_pil"] <= 1, kind
+        if kind == "cmyk":
+            assert one["max_diff_device_vs_pil"] == 0 and one["max_diff_device_vs_cpu"] <= 1
+        else:
+            assert one["max_diff_device_vs_cpu"] == 0, kind
         assert one["bare_decode"] == "ok" and one["cpu_images_per_s"] > 0 and one["device_images_per_s"] > 0
 
     (tmp_path / "gpu_check_jpegs.json").write_text(json.dumps(figures))

@@ -126,8 +126,8 @@ def jpeg_figures(paths: List[str], device: torch.device) -> Dict[str, object]:
     from vgray.data.images import ByteBatch, EncodedImages, decode_on_device
 
     items = [EncodedImages(paths).load(i) for i in range(len(paths))]
-    batch = ByteBatch.pack(items)
-    data = [t for _, t in batch]
+    batch = ByteBatch.pack(items)  # what vgray's loader hands the device (CMYK decoded in the worker)
+    data = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths]
     pil = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1) for p in paths]
     cpu, cpu_s = _timed(lambda: [decode_jpeg(t, mode=ImageReadMode.RGB) for t in data], torch.device("cpu"))
     (dev, errors), dev_s = _timed(lambda: decode_on_device(batch, paths, device), device)

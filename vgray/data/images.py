@@ -11,8 +11,9 @@ of JPEGs is decoded in one ``torchvision.io.decode_jpeg`` call on the runtime's 
 GPU, libjpeg-turbo on the CPU; :func:`decode_on_device`), then normalised and resized there, or
 resized and normalised, in the order ``data.resize_order`` says
 (:meth:`~vgray.data.transforms.ResizeNormalize.on_tensors`, the same order as the workers'). Files
-that are not JPEGs, or whose bytes do not end with the JPEG end-of-image marker (truncated ones),
-are decoded in the worker (``torchvision.io.decode_image``, PIL where that fails); a JPEG the
+that are not JPEGs, whose bytes do not end with the JPEG end-of-image marker (truncated ones), or
+whose frame header declares other than 1 or 3 components (CMYK, which nvjpeg refuses) are decoded
+in the worker (``torchvision.io.decode_image``, PIL where that fails); a JPEG the
 device cannot decode is decoded by PIL from its bytes, so that what PIL can read is read, and what
 it cannot is reported by path with PIL's message, exactly as on the PIL path.
 """
@@ -123,8 +124,9 @@ _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 
 
 class EncodedImages(SafeDataset):
-    """The files at ``paths`` for decoding on the device: a complete JPEG as its bytes
-    ``("jpeg", uint8 tensor (n,))``; any other image decoded here, ``("pixels", uint8 (3, h, w))``
+    """The files at ``paths`` for decoding on the device: a complete JPEG of 1 or 3 components as its
+    bytes ``("jpeg", uint8 tensor (n,))``; any other image (CMYK JPEGs included: nvjpeg refuses them,
+    :func:`jpeg_components`) decoded here, ``("pixels", uint8 (3, h, w))``
     (torchvision's decoder, PIL where it fails or is not RGB uint8, so that PIL's formats and
     messages stay as on the PIL path)."""
 
@@ -142,9 +144,45 @@ class EncodedImages(SafeDataset):
                 data = f.read()
         except OSError as exc:
             raise UnreadableImage(path, exc) from exc
-        if data.startswith(_JPEG_START) and data.rstrip(b"\0").endswith(_JPEG_END):
+        complete = data.startswith(_JPEG_START) and data.rstrip(b"\0").endswith(_JPEG_END)
+        if complete and jpeg_components(data) in (1, 3, None):  # None: broken, reported as on the device
             return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return "pixels", decode_here(path, data)
+
+
+# Start-of-frame markers (their segment holds the component count): 0xC0-0xCF but for DHT (C4),
+# JPG (C8) and DAC (CC). Markers without a length: TEM (01) and RST0-7 (D0-D7).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+def jpeg_components(data: bytes) -> Optional[int]:
+    """The number of colour components a JPEG's frame header declares (1 grey, 3 YCbCr or RGB, 4
+    CMYK or YCCK), read from its markers before any decoding; None where the header cannot be read
+    (not a JPEG, cut short, or no frame before the scan). nvjpeg refuses 4-component JPEGs and a
+    refusal costs the whole batched call (each image then decoded alone), so :class:`EncodedImages`
+    decodes the JPEGs of another count in the worker (a header it cannot read goes to the device,
+    whose fallbacks report a broken file at its batch's turn)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at, end = 2, len(data)
+    while at + 1 < end:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker in _NO_LENGTH:
+            at += 2
+            continue
+        if marker == 0xDA or at + 4 > end:  # the scan starts (no frame header before it), or cut short
+            return None
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker in _SOF:
+            return data[at + 9] if at + 10 <= end and length >= 8 else None
+        at += 2 + length
+    return None
 
 
 def decode_here(path: str, data: Optional[bytes] = None) -> torch.Tensor:
