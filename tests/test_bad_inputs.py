@@ -98,7 +98,7 @@ CASES = [
     (
         "config is a folder",
         lambda d, o: ["eval", "--config", str(d), "--json", str(o / "e.json")],
-        "cannot be read (Is a directory)",
+        "is a folder, not a file",
     ),
     (
         "config key typo in file",
@@ -295,7 +295,7 @@ CASES = [
     (
         "sweep storage is a file",
         lambda d, o: ["sweep", _sweep(d, "h", storage=str(d / "a_file"))],
-        "a_file/h cannot be written (Not a directory)",
+        "a_file is a file, not a folder",  # the one path door, before the sweep's folder is tried
     ),
     # vgray extract (refused before Ray starts)
     (

@@ -125,7 +125,7 @@ def test_sync_bn_without_batchnorm_and_train_workers_refusals(capsys, tmp_path):
     base = ["train", *[a for s in TINY_SET for a in ("--set", s)], "--out", str(tmp_path / "run")]
     for extra, says in [
         (["--set", "model.backbone=alexnet", "--set", "train.sync_bn=true"], "no BatchNorm layer to synchronise"),
-        (["--workers", "0"], "--workers 0 must be a positive integer"),
+        (["--workers", "0"], "--workers=0 must be at least 1"),
         (["--workers", "3"], "the group needs {1 CPU} + {1 CPU} + {1 CPU}"),
         (["--workers", "2", "--set", "device=cpu", "--set", "train.sync_bn=true"], "SyncBatchNorm"),
     ]:

@@ -304,7 +304,7 @@ def test_unwritable_storage_is_refused_before_ray_starts(tmp_path, capsys):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "base": TINY_BASE, "storage": str(blocked / "results")}))
     assert main(["sweep", str(path)]) == 2
-    assert "cannot be written" in capsys.readouterr().err
+    assert "ro is a file, not a folder" in capsys.readouterr().err  # the one path door
     import ray
 
     assert not ray.is_initialized()

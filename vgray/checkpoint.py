@@ -34,6 +34,7 @@ import torch
 
 from vgray.atomic import atomic_path
 from vgray.errors import BadInput, shown
+from vgray.paths import check_input
 
 PathLike = Union[str, os.PathLike[str]]
 
@@ -76,7 +77,7 @@ def load(path: PathLike) -> Dict[str, Any]:
     """A vgray training checkpoint (``last.pt``/``best.pt``) -> its dict; BadInput when the file is
     missing, unreadable, or not a whole training checkpoint (:func:`check_checkpoint` with
     ``resumable``: every entry a resumed run reads, of the type it reads)."""
-    path = Path(path)
+    path = check_input(path, "checkpoint")
     if not path.is_file():
         raise BadInput(f"checkpoint {path}: no such file")
     obj = _torch_load(path, f"checkpoint {path} is corrupt or not a vgray checkpoint")
@@ -87,7 +88,7 @@ def read_checkpoint(path: PathLike, key: str) -> Dict[str, Any]:
     """A vgray checkpoint (``model`` and ``config``) named by config ``key`` (``model.resume_from``)
     -> its dict, memory-mapped and checked (:func:`check_checkpoint`); BadInput naming ``key=path``
     when it is missing or is none."""
-    p = Path(path)
+    p = check_input(path, key)
     if not p.is_file():
         raise BadInput(f"{key}={path}: no such file; expected the best.pt or last.pt of a vgray train run")
     obj = _torch_load(p, f"{key}={path} cannot be read as a vgray checkpoint", mmap=True)
@@ -167,6 +168,36 @@ def _check_state_dict(state: object, entry: str, refuse: _Refuse) -> None:
             refuse(f"a key of {entry}", k, "parameter names (strings)")
         if not isinstance(v, torch.Tensor):
             refuse(f"{entry}[{shown(k, 60)}]", v, "a tensor")
+        if weight_kind(v) not in WEIGHT_KINDS:
+            refuse(f"{entry}[{shown(k, 60)}]", v, WEIGHTS_ALLOWED)
+
+
+# -- the one weights check: what kind of number each tensor holds -----------------------------------
+
+# Floating tensors (parameters, most buffers), integer ones (BatchNorm's num_batches_tracked) and
+# bool ones (NetVLAD's initialized flag); whether a file's tensor is the kind the network's own is,
+# is decided by :func:`mismatches`. Complex tensors are no network's weights.
+WEIGHT_KINDS = ("floating", "integer", "bool")
+WEIGHTS_ALLOWED = (
+    "floating-point tensors (integer or bool ones only where the network's own are, such as num_batches_tracked)"
+)
+
+
+def weight_kind(value: object) -> Optional[str]:
+    """``floating``, ``integer``, ``complex`` or ``bool``: the kind of number a tensor or numpy array
+    holds; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        dtype = value.dtype
+        if dtype == torch.bool:
+            return "bool"
+        return "complex" if dtype.is_complex else "floating" if dtype.is_floating_point else "integer"
+    if isinstance(value, (np.ndarray, np.generic)):
+        return {"f": "floating", "i": "integer", "u": "integer", "c": "complex", "b": "bool"}.get(value.dtype.kind)
+    return None
+
+
+def _weights_dtype(value: object) -> str:
+    return str(getattr(value, "dtype", type(value).__name__)).removeprefix("torch.")
 
 
 def _check_config(config: object, what: str, refuse: _Refuse) -> None:
@@ -290,7 +321,7 @@ def made_for(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
 def read_weights_file(path: PathLike, missing: Optional[str] = None) -> Dict[str, Any]:
     """Any weights file (a state dict, a publisher's wrapper of one, a vgray checkpoint) -> its dict.
     ``missing`` is the line to raise when there is no such file (default: one naming the path)."""
-    p = Path(path)
+    p = check_input(path, "weights file")
     if not p.is_file():
         raise BadInput(missing or f"weights file {path}: no such file")
     obj = _torch_load(p, f"weights file {p} cannot be read as a torch checkpoint")
@@ -302,13 +333,14 @@ def read_weights_file(path: PathLike, missing: Optional[str] = None) -> Dict[str
 def read_state_dict(path: PathLike, what: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """A file holding one state dict (parameter name -> tensor) -> that dict. ``what`` names the file
     in errors (default: its path)."""
-    p = Path(path)
+    p = check_input(path, what or "state dict file")
     what = what or str(p)
     if not p.is_file():
         raise BadInput(f"{what}: no such file")
     obj = _torch_load(p, f"{what} cannot be read as a state dict")
     if not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise BadInput(f"{what} is not a state dict (parameter names -> tensors)")
+    _check_state_dict(obj, "the state dict", _Refuse(what))
     return obj
 
 
@@ -331,12 +363,16 @@ class Mismatch(NamedTuple):
 
     kind: str
     key: str
-    have: Tuple[int, ...] = ()  # shape in the loaded state dict (kind "shape")
-    want: Tuple[int, ...] = ()  # shape in the module (kind "shape")
+    have: Tuple[Any, ...] = ()  # shape in the loaded state dict (kind "shape"); its dtype ("dtype")
+    want: Tuple[Any, ...] = ()  # shape in the module (kind "shape"); its dtype ("dtype")
 
     def __str__(self) -> str:
         if self.kind == "shape":
             return f"{self.key} has shape {self.have}, expected {self.want}"
+        if self.kind == "dtype":
+            return f"{self.key} is a {self.have[0]} tensor where the network has {self.want[0]}"
+        if self.kind == "key":
+            return f"a key {self.key} is not a string"
         return f"{self.kind} {self.key}"
 
 
@@ -351,7 +387,19 @@ def mismatches(
     ``own`` missing from ``loaded`` or of another shape there, in the module's order (so that the
     first layer that differs comes first), then the keys ``own`` lacks, in ``loaded``'s order.
     Keys matching a glob of ``ignore`` (``"fc.*"``) are compared on neither side; keys of ``own``
-    matching ``optional`` may be missing."""
+    matching ``optional`` may be missing. The weights check comes first: a key that is not a string
+    (kind ``key``), then a tensor of another kind of number than the module's (kind ``dtype``: an
+    integer, complex or bool tensor for a floating parameter), in the module's order."""
+    odd = [k for k in loaded if not isinstance(k, str)]
+    if odd:
+        return [Mismatch("key", shown(k, 40)) for k in odd]
+    kinds = [
+        Mismatch("dtype", key, (_weights_dtype(loaded[key]),), (_weights_dtype(value),))
+        for key, value in own.items()
+        if key in loaded and not _matches(key, ignore) and weight_kind(loaded[key]) != weight_kind(value)
+    ]
+    if kinds:
+        return kinds
     found = []
     for key, value in own.items():
         if _matches(key, ignore):
@@ -371,9 +419,10 @@ def refuse(what: str, found: Sequence[Mismatch], shown: int = 3) -> None:
     """Raise BadInput ``"<what>: <first mismatches>; ... (and N more)"`` unless ``found`` is empty."""
     if not found:
         return
+    allowed = {"dtype": f"; allowed: {WEIGHTS_ALLOWED}", "key": "; allowed: parameter names (strings)"}
     listed = "; ".join(str(m) for m in found[:shown])
     more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
-    raise BadInput(f"{what}: {listed}{more}")
+    raise BadInput(f"{what}: {listed}{more}{allowed.get(found[0].kind, '')}")
 
 
 def check_fits(

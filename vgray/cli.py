@@ -7,6 +7,7 @@ allowed, no traceback), 1 on a failure while running.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional
 
 from vgray import __version__
 from vgray.console import Parser, print_figures
+from vgray.environment import check_environment
 from vgray.errors import BadInput
-from vgray.paths import check_output_dir, check_output_file
+from vgray.paths import check_input, check_output_dir, check_output_file
+from vgray.values import amount, count, count_list, seed
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -41,7 +44,7 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 def _check_json(args) -> None:
     """``--json FILE`` must be writable before the command runs (not after an hour of evaluation)."""
-    if getattr(args, "json", None):
+    if isinstance(getattr(args, "json", None), str):  # "" too: an empty path is refused, not skipped
         check_output_file(args.json, "--json")
 
 
@@ -69,7 +72,9 @@ def _datasets_parser(sub) -> None:
         choices=["auto", "radius", "frames", "files"],
         help="how positives are decided, as test.positives (frames: Nordland and other sequences)",
     )
-    q.add_argument("--positive-frames", type=int, default=10, metavar="N", help="with --positives frames: ±N frames")
+    q.add_argument(
+        "--positive-frames", type=count(0), default=10, metavar="N", help="with --positives frames: ±N frames"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,14 +98,14 @@ def _pipeline_parsers(sub) -> None:
     p = sub.add_parser("synth", help="write a VG-format synthetic dataset")
     p.add_argument("out", help="output folder")
     p.add_argument("--preset", default="tiny", help="tiny, small, large or rsf (R-SF-sized: over a million images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed(), default=0, help="seed of the synthetic world, 0 to 2**32-1")
     p.add_argument(
         "--address",
         help="render as Ray tasks on this cluster (auto or HOST:PORT; OUT on a file system every node "
         "sees), resumably: a re-run skips the finished chunks (default: a local Ray for rsf, "
         "else processes on this machine)",
     )
-    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(), help="CPUs of a local Ray (default: all)")
     p.add_argument(
         "--layout",
         default="vg",
@@ -111,7 +116,7 @@ def _pipeline_parsers(sub) -> None:
     p = sub.add_parser("profile", help="cost of a model: features_dim, gflops, model_size_mb, params, extraction_ms")
     _config_args(p)
     _json_arg(p)
-    p.add_argument("--runs", type=int, default=10, help="timed forward passes (after 3 warm-up ones)")
+    p.add_argument("--runs", type=count(), default=10, help="timed forward passes (after 3 warm-up ones)")
 
     p = sub.add_parser("eval", help="recall@N of a model on a dataset split, with its cost")
     _config_args(p)
@@ -124,7 +129,7 @@ def _pipeline_parsers(sub) -> None:
     )
     p.add_argument(
         "--save-predictions",
-        type=int,
+        type=count(),
         metavar="N",
         help="write PNG grids of the first N queries: "
         "the query, then its top-k (k = min(5, max recall value)) database images framed green when within "
@@ -152,7 +157,9 @@ def _pipeline_parsers(sub) -> None:
         metavar="DIR",
         help="with --address: the shards' folder (re-runs skip complete shards; default: in the vgray cache)",
     )
-    p.add_argument("--shard-size", type=int, default=10_000, help="with --address: images per shard (default 10000)")
+    p.add_argument(
+        "--shard-size", type=count(), default=10_000, help="with --address: images per shard (default 10000)"
+    )
 
     p = sub.add_parser("train", help="train a model (the paper's protocol), then test the best one")
     _config_args(p)
@@ -167,15 +174,17 @@ def _pipeline_parsers(sub) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=count(),
         default=None,
         help="data-parallel workers (Ray Train, DDP; the same as --set train.workers=N): the global batch "
         "split over them, the same optimisation as one worker with the whole batch",
     )
-    p.add_argument("--worker-cpus", type=float, default=1.0, help="with --workers: CPUs of each worker (default 1)")
+    p.add_argument(
+        "--worker-cpus", type=amount(positive=True), default=1.0, help="with --workers: CPUs of each worker (default 1)"
+    )
     p.add_argument(
         "--worker-gpus",
-        type=float,
+        type=amount(),
         default=None,
         help="with --workers: GPUs of each worker (default: 1 where the cluster has a GPU a worker and "
         "device is not cpu, else 0)",
@@ -190,7 +199,7 @@ def _ray_parsers(sub) -> None:
     p.add_argument("--storage", help="results folder shared by all nodes (overrides the file's storage)")
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(), help="CPUs of the local Ray (default: all)")
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -217,9 +226,9 @@ def _ray_parsers(sub) -> None:
         choices=["database", "queries"],
         help="database and/or queries (repeatable; default both)",
     )
-    p.add_argument("--shard-size", type=int, default=1000, help="images per parquet shard (default 1000)")
-    p.add_argument("--actors", type=int, help="model actors (default: one per GPU, else half the CPUs)")
-    p.add_argument("--batch-size", type=int, help="images per batch (default test.batch_size)")
+    p.add_argument("--shard-size", type=count(), default=1000, help="images per parquet shard (default 1000)")
+    p.add_argument("--actors", type=count(), help="model actors (default: one per GPU, else half the CPUs)")
+    p.add_argument("--batch-size", type=count(), help="images per batch (default test.batch_size)")
     p.add_argument(
         "--no-concat",
         action="store_true",
@@ -234,7 +243,7 @@ def _ray_parsers(sub) -> None:
         "in DIR/database.index.faiss",
     )
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(), help="CPUs of the local Ray (default: all)")
 
 
 def _results_parsers(sub) -> None:
@@ -247,7 +256,7 @@ def _results_parsers(sub) -> None:
         metavar="DIR",
         help="descriptors saved by vgray eval --save-descriptors DIR (with its config.yaml and model.pt)",
     )
-    p.add_argument("--k", type=int, default=5, help="database matches per photo (default 5)")
+    p.add_argument("--k", type=count(), default=5, help="database matches per photo (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
     p = sub.add_parser(
@@ -270,7 +279,7 @@ def _results_parsers(sub) -> None:
     )
     p.add_argument(
         "--predictions",
-        type=int,
+        type=count(),
         metavar="N",
         help="prediction grids of N queries from the best "
         "config's kept model (needs keep_models: true in the sweep YAML), shown in report.html",
@@ -284,6 +293,8 @@ def _load(args):
     if args.help_config:
         print(help_text())
         raise SystemExit(0)
+    if getattr(args, "config", None) is not None:
+        check_input(args.config, "--config")
     return load_config(getattr(args, "config", None), args.overrides)
 
 
@@ -307,8 +318,6 @@ def cmd_synth(args) -> None:
 
     check_output_dir(args.out, "OUT")
     check_preset(args.preset, args.seed)
-    if args.num_cpus is not None and args.num_cpus < 1:
-        raise BadInput(f"--num-cpus={args.num_cpus} must be at least 1")
     if args.address or PRESETS[args.preset].ray:  # chunks as Ray tasks, resumable
         from vgray.distributed.synth import generate_on_ray
 
@@ -321,8 +330,6 @@ def cmd_synth(args) -> None:
 def cmd_profile(args) -> None:
     """``vgray profile``: features_dim, gflops, model_size_mb, params and extraction_ms of a model."""
     cfg = _load(args)  # the checks first: a bad config or path is refused before torch is imported
-    if args.runs < 1:
-        raise BadInput(f"--runs={args.runs} must be at least 1")
     _check_json(args)
     from vgray.models.profile import profile
 
@@ -333,9 +340,7 @@ def cmd_profile(args) -> None:
 
 def cmd_eval(args) -> None:
     """``vgray eval``: recall@N of a model on a split with its cost; optionally descriptors and prediction grids."""
-    n = args.save_predictions
-    if n is not None and n < 1:
-        raise BadInput(f"--save-predictions={n} must be at least 1")
+    n = args.save_predictions  # at least 1 (its type=)
     if n is None and (args.predictions_failures_only or args.predictions_dir):
         raise BadInput("--predictions-failures-only and --predictions-dir need --save-predictions N")
     _check_json(args)
@@ -394,6 +399,7 @@ def _eval_sharded(args, cfg, keep: Optional[Dict]) -> Dict:
     from vgray.paths import cache_dir
 
     split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
+    split.check_positives(cfg.test.positives)  # before Ray starts and before any shard is written
     if not uses_shards(cfg, len(split.database)):
         init_ray(args.address)
         return evaluate(cfg, save_descriptors=args.save_descriptors, keep=keep)
@@ -418,9 +424,7 @@ def cmd_train(args) -> None:
         cfg = load_config(base=read_yaml(Path(args.out) / "config.yaml"), overrides=args.overrides)
     else:
         cfg = _load(args)
-    if args.workers is not None:
-        if args.workers < 1:
-            raise BadInput(f"--workers {args.workers} must be a positive integer")
+    if args.workers is not None:  # at least 1 (its type=)
         cfg = cfg.replace(**{"train.workers": args.workers})
     out = Path(args.out or f"runs/{cfg.model.backbone}-{cfg.model.aggregation}-{cfg.train.mining}-s{cfg.seed}")
     check_output_dir(out, "--out")
@@ -466,8 +470,6 @@ def _train_group(cfg, out: Path, args) -> dict:
     from vgray.distributed.sweep import alive_shapes, join_ray, local_ray, machine_shape
     from vgray.distributed.synth import check_address
 
-    if args.worker_cpus <= 0 or (args.worker_gpus is not None and args.worker_gpus < 0):
-        raise BadInput("--worker-cpus must be above 0 and --worker-gpus at least 0")
     if args.address:
         check_address(args.address)
     local = local_ray(args.address)
@@ -505,10 +507,11 @@ def _check_group(cfg, shape, shapes, where: str) -> None:
 
 
 def cmd_sweep(args) -> int:
-    """``vgray sweep``: run a sweep file on Ray and print its summary; 1 when a trial failed or storage stopped it."""
+    """``vgray sweep``: run a sweep file on Ray and print its summary; 1 when a trial failed or storage
+    stopped it, 128 + the signal (130, 143) when SIGINT or SIGTERM did; 2 when another run holds its folder."""
     from vgray.distributed.spec import check_dataset_roots, dry_run_table, load_sweep
 
-    spec = load_sweep(args.sweep, storage=args.storage)
+    spec = load_sweep(check_input(args.sweep, "SWEEP"), storage=args.storage)
     if args.dry_run:  # the plan only: the datasets may live on the cluster it is meant for
         print(dry_run_table(spec))
         return 0
@@ -517,6 +520,16 @@ def cmd_sweep(args) -> int:
     from vgray.distributed.sweep import run_sweep
 
     result = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus, verbose=args.verbose)
+    if result.get("interrupted"):  # stopped by a signal: not finished, no report; 130 (SIGINT), 143 (SIGTERM)
+        if result["summary"]:
+            print(result["summary"])
+        again = f"vgray sweep {args.sweep}" + (" --resume" if result["resumable"] else "")
+        print(
+            f"vgray: sweep {spec.name} interrupted by {result['interrupted']}: {result['rows']} of "
+            f"{result['planned']} rows kept in {result['directory']}; carry on with: {again}",
+            file=sys.stderr,
+        )
+        return int(result["exit"])
     if result.get("storage"):  # stopped scheduling: the rows so far, then where and why on stderr
         print(result["summary"])
         print(
@@ -594,6 +607,9 @@ def cmd_locate(args) -> None:
     """``vgray locate``: where photos were taken, from descriptors saved by ``vgray eval``."""
     from vgray.locate import format_table, locate
 
+    check_input(args.database, "--database", "in_dir")
+    for photo in args.photos:
+        check_input(photo, "PHOTO")
     answer = locate(args.photos, args.database, k=args.k)
     print(json.dumps(answer, indent=2) if args.json else format_table(answer))
 
@@ -603,11 +619,12 @@ def cmd_report(args) -> None:
     from vgray.report import make_report
 
     try:
-        recalls = [int(v) for v in args.recall.split(",") if v.strip()]
-    except ValueError:
+        recalls = count_list(args.recall, "--recall")  # the number door: integers of at most a C int
+    except BadInput:
         recalls = []
     if not recalls or any(n < 1 for n in recalls):
         raise BadInput(f"--recall {args.recall!r} must be positive integers separated by commas, e.g. 1,5")
+    check_input(args.results, "RESULTS_DIR", "in_dir")
     check_output_dir(args.out or Path(args.results) / "report", "--out")
     report = make_report(
         args.results,
@@ -629,21 +646,11 @@ def cmd_report(args) -> None:
 def cmd_datasets(args) -> int:
     """``vgray datasets list|check``: the catalog of known datasets; a folder's counts against it
     (1 when a published count disagrees)."""
-    from vgray.data.catalog import catalog_rows, check
+    from vgray.data.catalog import catalog_lines, catalog_rows, check, check_lines
 
     if args.datasets_command == "list":
         rows = catalog_rows()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        show = lambda n: "?" if n is None else f"{n:,}"  # noqa: E731
-        print(f"{'name':<16}{'layouts':<15}{'split':<7}{'database':>11}{'queries':>10}  source")
-        for r in rows:
-            print(
-                f"{r['name'] + ('*' if r['paper'] else ''):<16}{','.join(r['layouts']):<15}{r['split']:<7}"
-                f"{show(r['database']):>11}{show(r['queries']):>10}  {r['source']}"
-            )
-        print("* one of the paper's six; ? unknown (no publisher file states it)")
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(catalog_lines(rows)))
         return 0
     from vgray.console import progress_bar
 
@@ -669,23 +676,7 @@ def cmd_datasets(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        show = lambda n: "?" if n is None else f"{n:,}"  # noqa: E731
-        print(f"{args.root}: layout {report['layout']}, dataset {report['dataset'] or 'not recognised'}")
-        if report["dataset"] and not report["compared"]:
-            print(
-                f"  (its published counts are for the layouts {', '.join(report['published_layouts'])}: not compared)"
-            )
-        for split, v in report["splits"].items():
-            for role in ("database", "queries"):
-                want = v[f"published_{role}"]
-                verdict = "" if want is None else ("  ok" if want == v[role] else "  DIFFERS")
-                print(f"  {split}/{role:<9} {v[role]:>10,} found  {show(want):>10} published{verdict}")
-            if v["queries_without_positives"] is not None:
-                print(f"  {split} queries without positives: {v['queries_without_positives']:,} ({v['positives']})")
-            print(f"  {split} query set: {v['query_set']} (the queries scored; for MSLS see data.msls_queries)")
+    print(json.dumps(report, indent=2) if args.json else "\n".join(check_lines(report)))
     if not report["agrees"]:
         print(
             f"vgray: {args.root}: counts differ from the published ones: {'; '.join(report['mismatches'])}",
@@ -716,6 +707,10 @@ COMMANDS = {
 }
 
 
+# The failures of a disk rather than of the input: full, over quota, turned read-only, refused.
+_RUN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO})
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``vgray`` entry point: run one command; returns the exit status (0, 1 on a failure, 2 on bad input).
     Library warnings go to a log, not beside the command's output (:class:`~vgray.console.LibraryWarnings`)."""
@@ -725,12 +720,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with warned:
             args = build_parser().parse_args(argv)
+            check_environment()  # the variables vgray and Ray read, once, before the command runs
             code = COMMANDS[args.command](args)
     except BadInput as exc:
         print(f"vgray: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`
         return 0
+    except OSError as exc:  # a disk filled or made read-only mid-run: one line, exit 1
+        if exc.errno not in _RUN_ERRNOS:
+            raise
+        where = f"writing {exc.filename}: " if exc.filename else ""
+        print(
+            f"vgray: error: {where}{exc.strerror or exc}; free space or fix the disk, then run again", file=sys.stderr
+        )
+        return 1
     except KeyboardInterrupt:
         print("vgray: interrupted", file=sys.stderr)
         return 130

@@ -17,17 +17,15 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, List, Optional, Tuple, Type, TypeVar, Union, cast
 
 import yaml
 
-from vgray import registry
+from vgray import registry, values
 from vgray.errors import BadInput, shown
 from vgray.registry import AGGREGATIONS, BACKBONES, LOSSES, MINING, PLACE_LOSSES, PLACE_MINERS, TEST_METHODS
 
@@ -504,24 +502,19 @@ def _coerce(dotted: str, value: Any, t: Any) -> Any:
         if not isinstance(value, bool):
             raise BadInput(f"{dotted}={shown(value)} must be true or false")
         return value
-    if t is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadInput(f"{dotted}={shown(value)} must be an integer")
-        return value
+    if t is int:  # the number door: an integer of 64 bits at most
+        return values.check_integer(value, dotted)
     if t is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadInput(f"{dotted}={shown(value)} must be a number")
-        if not math.isfinite(value):  # NaN passes every comparison-based check below
-            raise BadInput(f"{dotted}={shown(value)} must be a finite number")
-        return float(value)
+        return values.check_real(value, dotted)  # finite: NaN passes every comparison-based check below
     if t is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise BadInput(f"{dotted}={shown(value)} must be a string")
+        values.refuse_empty(value, dotted, hint="leave the key out (or null where it allows) for its default")
         return _expand(str(value))
     raise TypeError(f"unsupported config type {t} for {dotted}")
 
@@ -543,12 +536,18 @@ def _check_field(dotted: str, f: dataclasses.Field[Any], value: Any) -> None:
         allowed = choices.names() if isinstance(choices, registry.Registry) else choices
         if value not in allowed:
             raise BadInput(f"{dotted}={shown(value)} is not allowed; choose one of: {', '.join(map(str, allowed))}")
-    if meta.get("positive") and any(x <= 0 for x in _numbers(value)):
-        raise BadInput(f"{dotted}={shown(value)} must be positive")
-    if "range" in meta:
-        lo, hi = meta["range"]
-        if any(not lo <= x <= hi for x in _numbers(value)):
-            raise BadInput(f"{dotted}={shown(value)} must lie in [{lo}, {hi}]")
+    low, high = meta.get("range", (None, None))
+    for x in _numbers(value):  # the number door's bounds; a count (an integer without a range) fits a C int
+        count = isinstance(x, int) and "range" not in meta
+        values.check_bounds(
+            x,
+            dotted,
+            low,
+            values.COUNT_MAX if count else high,
+            positive=bool(meta.get("positive")),
+            interval="range" in meta,
+            whole=value,
+        )
     if "length" in meta and len(value) != meta["length"]:
         raise BadInput(f"{dotted}={shown(value)} must have {meta['length']} values")
 
@@ -688,8 +687,11 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "config") -> Any:
-    """Parse a YAML file (:func:`parse_yaml`); unreadable, not UTF-8 or malformed files are bad input."""
-    p = Path(path)
+    """Parse a YAML file (:func:`parse_yaml`); unreadable, not UTF-8, malformed or empty files (no
+    document, or only ``null``) are bad input."""
+    from vgray.paths import check_input  # the one path door: a FIFO, a folder, a NUL byte refused
+
+    p = check_input(path, f"{what} file")
     try:
         data = p.read_bytes()
     except OSError as exc:
@@ -700,7 +702,13 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config") -> Any:
         raise BadInput(
             f"{what} file {p}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save it as UTF-8"
         )
-    return parse_yaml(text, f"{what} file {p}")
+    tree = parse_yaml(text, f"{what} file {p}")
+    if tree is None:  # the empty-value rule: an empty file is not "the defaults"
+        raise BadInput(
+            f"{what} file {p} is empty (no YAML document); an empty file is refused, not read as the "
+            f"defaults: give at least one key"
+        )
+    return tree
 
 
 def load_config(
@@ -761,6 +769,7 @@ def cross_check(cfg: Config) -> None:
     The component checks run for the families whose packages are imported (:mod:`vgray.registry`):
     first the cross-family checks those packages added, then each chosen member's own
     ``check(cfg)`` (ViT sizes, cls on a CNN, a multi-crop method's needs, ...)."""
+    __import__("vgray.paths").paths.check_config_paths(cfg)  # the path keys through the one path door
     for check in registry.CONFIG_CHECKS:
         check(cfg)
     flat = None

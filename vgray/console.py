@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, List, Literal, Mapping, NoReturn, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Literal, Mapping, NoReturn, Optional, TextIO
 
+from vgray import values
 from vgray.atomic import write_text
 from vgray.errors import BadInput
 
@@ -25,10 +27,24 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line with exit status 2.
 
     It raises :class:`~vgray.errors.BadInput`, which ``vgray.cli.main`` prints as one line on
-    stderr before it exits 2 (argparse's own error() prints the usage, then exits).
+    stderr before it exits 2 (argparse's own error() prints the usage, then exits). Every option
+    or argument that takes text and has no ``type=`` of its own gets :data:`vgray.values.text`
+    (an empty value is refused, never read as the default); a value its ``type=`` refuses
+    (:mod:`vgray.values`: a count below 1, an integer past 64 bits, NaN) is reported as
+    ``--option=VALUE must ...``, naming the option.
     """
 
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.type is None and action.nargs not in (0, argparse.REMAINDER, argparse.PARSER):
+            action.type = values.text
+        return action
+
     def error(self, message: str) -> NoReturn:
+        refused = re.fullmatch(rf"argument (\S+): {re.escape(values.OPTION_VALUE)}(.*)", message, re.S)
+        if refused:  # a value the option's type= refused: "--k=0 must be at least 1"
+            option = refused.group(1).split("/")[-1]
+            raise BadInput(f"{option}{values.OPTION_VALUE}{refused.group(2)}")
         raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
 
 

@@ -154,8 +154,33 @@ def load_rows(directory: str | Path) -> List[Row]:
                 f"{path}: rows without a {column!r} column; vgray sweep writes config_key, seed, "
                 f"status and trial_id in every row"
             )
+    check_numbers(rows, path)
     check_one_sweep(rows, path)
     return rows
+
+
+def measured(column: str) -> bool:
+    """Whether ``column`` holds a figure a trial measures (``val/``, ``test/``, the cost and size
+    columns), which a row may lack: NaN there means "not measured"."""
+    return column.startswith(("val/", "test/")) or column in COST_COLUMNS or column in SIZE_COLUMNS
+
+
+def check_numbers(rows: List[Row], path: Path) -> None:
+    """The number door of a results table read back: an infinity anywhere, or NaN outside the
+    measured columns (:func:`measured`: a config value, a seed), is refused naming the file, the
+    column and the trial; NaN in a measured column is made None, shown as missing."""
+    for r in rows:
+        for column, value in r.items():
+            if not isinstance(value, float) or math.isfinite(value):
+                continue
+            if math.isnan(value) and measured(column):
+                r[column] = None  # not measured: shown as missing, never averaged
+                continue
+            raise BadInput(
+                f"{path}: column {column!r} holds {value} in the row of trial {r.get('trial_id')}; a results "
+                f"table holds finite numbers (NaN only where a figure was not measured): rewrite the row or "
+                f"report another folder"
+            )
 
 
 def check_one_sweep(rows: List[Row], path: Path) -> None:
@@ -299,6 +324,7 @@ def make_plan(
     earlier: Optional[bytes] = None,
     finished: bool = False,
     setup: Optional[Dict[str, Any]] = None,
+    interrupted: Optional[str] = None,
 ) -> bytes:
     """The bytes of ``plan.json``: the sweep's name and task, how many rows it will write
     (``trials``: one per config and seed), the keys it varies, whether it keeps models, the Ray
@@ -306,7 +332,10 @@ def make_plan(
     bytes of the plan a run before this one wrote (a resumed sweep keeps its start and dashboard).
     ``setup``: what the report shows of how the sweep was set up (:data:`SETUP_KEYS`: the base
     config, the grid or search, the seeds, the resources per trial, the cluster), added as they
-    are; a plan written before these were recorded lacks them and the report says so."""
+    are; a plan written before these were recorded lacks them and the report says so.
+    ``interrupted``: the signal that stopped the driver (``SIGINT``, ``SIGTERM``); the plan then
+    says when and by which (``"interrupted": "TIME (SIGNAL)"``), and stays unfinished until a
+    resumed run ends it."""
     old = parse_plan(earlier) if earlier is not None else {}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plan = {
@@ -318,6 +347,7 @@ def make_plan(
         "dashboard": dashboard or old.get("dashboard") or DEFAULT_DASHBOARD,
         "started": old.get("started", now),
         "finished": now if finished else None,
+        "interrupted": f"{now} ({interrupted})" if interrupted and not finished else None,
     }
     for key, value in (setup or {}).items():
         if key in SETUP_KEYS:
@@ -348,6 +378,11 @@ def read_plan(directory: str | Path) -> Dict[str, Any]:
 
 def _so_far(folder: Path) -> str:
     plan = read_plan(folder)
+    if plan and plan.get("interrupted") and isinstance(plan.get("trials"), int):
+        return (
+            f"; sweep {plan.get('sweep')} was interrupted ({plan['interrupted']}) with 0 of {plan['trials']} "
+            f"trials done; carry on with vgray sweep FILE --resume"
+        )
     if plan and not plan.get("finished") and isinstance(plan.get("trials"), int):
         return (
             f"; sweep {plan.get('sweep')} is running: 0 of {plan['trials']} trials done, run vgray report again later"

@@ -39,6 +39,7 @@ import torch
 from vgray.atomic import atomic_path, commit, temp_name, write_text
 from vgray.checkpoint import load_fitting, read_state_dict
 from vgray.errors import BadInput, faiss_message, shown
+from vgray.paths import check_input
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -313,7 +314,7 @@ def read_descriptor_table(
 def read_descriptors(path: str | os.PathLike[str], flag: str = "--descriptors") -> Tuple[np.ndarray, np.ndarray]:
     """``(x (n, d) float32, utm (n, 2) float64)`` of a single-view descriptor table; a missing,
     foreign or multi-crop file is bad input, named after ``flag`` (the option that gave it)."""
-    path = Path(path)
+    path = check_input(path, flag)
     if not path.is_file():
         raise BadInput(f"{flag}: {path} does not exist; write it with vgray eval --save-descriptors DIR")
     what = f"{flag}: {path}"
@@ -365,7 +366,7 @@ def save_pca(pca: faiss.VectorTransform, path: str | os.PathLike[str]) -> None:
 
 def load_pca(path: str | os.PathLike[str]) -> faiss.PCAMatrix:
     """The PCA saved at ``path``; a missing or foreign file is bad input naming it."""
-    path = Path(path)
+    path = check_input(path, "PCA file")
     if not path.is_file():
         raise BadInput(f"PCA file {path} does not exist")
     try:
@@ -417,11 +418,11 @@ def open_database(root: str | os.PathLike[str]) -> Database:
     foreign files are bad input."""
     from vgray.config import load_config, read_yaml
 
-    root = Path(root)
+    root = check_input(root, "--database", "in_dir")
     if not root.is_dir():
         raise BadInput(f"--database {root}: no such folder; write one with vgray eval --save-descriptors {root}")
     for name in (CONFIG_FILE, MODEL_FILE, DATABASE_FILE):
-        if not (root / name).is_file():
+        if not check_input(root / name, f"--database {root}:").is_file():
             raise BadInput(f"--database {root}: no {name}; write the folder with vgray eval --save-descriptors {root}")
     try:
         # A folder written before data.resize_order existed holds descriptors of PIL-resized images

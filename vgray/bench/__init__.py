@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import List, Optional
 
-from vgray import console
+from vgray import console, values
 from vgray.errors import BadInput
 
 # name -> module in vgray.bench with a ``main(argv)``
@@ -30,8 +30,8 @@ BENCHMARKS = {
 def actor_counts(text: str) -> List[int]:
     """``--actors 1,2,4`` as a list of counts of at least 1; anything else is refused."""
     try:
-        counts = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
+        counts = values.count_list(text, "--actors")  # the number door: integers of at most a C int
+    except BadInput:
         counts = []
     if not counts or min(counts) < 1:
         raise BadInput(f"--actors={text!r}: give a comma-separated list of actor counts of at least 1, e.g. 1,2,4")

@@ -33,6 +33,8 @@ import torch
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
+from vgray.console import Parser
+from vgray.values import count
 
 DEFAULTS = [
     "model.backbone=resnet18conv4",
@@ -185,11 +187,16 @@ def compare(cfg, workers: int, threads: int, cases: List[Tuple[str, str]]) -> Di
     return {case: {**differences(a, b), "loss": a[0]} for case, a, b in zip(cases, one, many)}
 
 
-def main(argv: List[str]) -> None:
+def parser() -> Parser:
+    """``vgray bench ddp``'s options (read by :func:`main`)."""
     p = bench_parser("ddp", "resnet18conv4 + gem at 48x64, 4 triplets of 1+1+10, 8 places x 4, SGD, CPU")
-    p.add_argument("--workers", type=int, default=2, help="workers of the group (default 2)")
-    p.add_argument("--steps", type=int, default=5, help="timed triplet steps of each group (default 5)")
-    args = p.parse_args(argv)
+    p.add_argument("--workers", type=count(), default=2, help="workers of the group (default 2)")
+    p.add_argument("--steps", type=count(), default=5, help="timed triplet steps of each group (default 5)")
+    return p
+
+
+def main(argv: List[str]) -> None:
+    args = parser().parse_args(argv)
     cfg = load_config(overrides=[*DEFAULTS, *args.overrides, f"train.workers={args.workers}"])
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     figures: Dict[str, Any] = {

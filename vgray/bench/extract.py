@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vgray.bench import actor_counts, bench_parser, print_figures
 from vgray.config import load_config
+from vgray.console import Parser
 from vgray.data.dataset import open_split
 from vgray.data.images import device_transform
 from vgray.errors import BadInput
@@ -48,6 +49,7 @@ from vgray.evaluate.methods import create_method
 from vgray.models import build_model
 from vgray.runtime import Runtime, default_workers, resolve_device
 from vgray.seeding import seed_everything
+from vgray.values import count
 
 
 class _PlainImages(Dataset):
@@ -161,18 +163,17 @@ def _timed(fn, sync):
     return out, time.perf_counter() - start
 
 
-def main(argv) -> None:
-    """``vgray bench extract``: vgray's extraction (or Ray Data's, with ``--preset large``) against
-    the paper's loop; prints images/s and the ratio last."""
+def parser() -> Parser:
+    """``vgray bench extract``'s options (read by :func:`main`)."""
     p = bench_parser(
         "extract",
         "resnet18conv4 + gem on synthetic:tiny at 96x128; on a CUDA device "
         "resnet50conv4 + gem at 480x640 from 480x640 JPEGs",
     )
-    p.add_argument("--images", type=int, default=None, help="database images to extract (512; CUDA: 2048)")
-    p.add_argument("--batch-size", type=int, default=None, help="vgray's batch size (64; CUDA: 128)")
+    p.add_argument("--images", type=count(16), default=None, help="database images to extract (512; CUDA: 2048)")
+    p.add_argument("--batch-size", type=count(), default=None, help="vgray's batch size (64; CUDA: 128)")
     p.add_argument("--compile", action="store_true", help="vgray's path compiles the network (test.compile)")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs of each path, alternating; best kept")
+    p.add_argument("--repeats", type=count(), default=2, help="timed runs of each path, alternating; best kept")
     p.add_argument(
         "--preset",
         choices=["tiny", "small", "large"],
@@ -184,8 +185,14 @@ def main(argv) -> None:
         help="Ray Data mode: comma-separated actor counts (default 1, 2, 4, ... up to half the cluster's CPUs)",
     )
     p.add_argument("--address", default=None, help="Ray Data mode: a running Ray cluster (auto or HOST:PORT)")
-    p.add_argument("--num-cpus", type=int, default=None, help="Ray Data mode: CPUs of the local Ray (default: all)")
-    args = p.parse_args(argv)
+    p.add_argument("--num-cpus", type=count(), default=None, help="Ray Data mode: CPUs of the local Ray (default: all)")
+    return p
+
+
+def main(argv) -> None:
+    """``vgray bench extract``: vgray's extraction (or Ray Data's, with ``--preset large``) against
+    the paper's loop; prints images/s and the ratio last."""
+    args = parser().parse_args(argv)
     preset = [f"data.root=synthetic:{args.preset}"] if args.preset else []
     cuda = resolve_device(load_config(overrides=args.overrides).device).type == "cuda"
     args.images = (2048 if cuda else 512) if args.images is None else args.images

@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from vgray.console import Parser
 from vgray.errors import BadInput
+from vgray.values import count
 
 KINDS = ("baseline", "vgray_cold", "vgray_cached")
 
@@ -93,20 +95,27 @@ def _run_child(kind: str, top: Path, cache: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv) -> None:
-    """``vgray bench index``: files/s and peak memory of vgray's indexer (cold and cached) against a
-    plain walk-and-parse loop, on a generated tree of ``--files`` empty VG-named files."""
-    from vgray.bench import bench_parser, print_figures
+def parser() -> Parser:
+    """``vgray bench index``'s options (read by :func:`main`)."""
+    from vgray.bench import bench_parser
 
     p = bench_parser("index", "1,000,000 files in folders of 1,000")
-    p.add_argument("--files", type=int, default=1_000_000, help="files in the generated tree (default 1000000)")
-    p.add_argument("--per-dir", type=int, default=1000, help="files per subfolder (default 1000)")
+    p.add_argument("--files", type=count(), default=1_000_000, help="files in the generated tree (default 1000000)")
+    p.add_argument("--per-dir", type=count(), default=1000, help="files per subfolder (default 1000)")
     p.add_argument(
         "--dir",
         help="where to generate the tree (default: a temporary folder, removed afterwards; "
         "a given folder is kept, and reused when it already holds --files files)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv) -> None:
+    """``vgray bench index``: files/s and peak memory of vgray's indexer (cold and cached) against a
+    plain walk-and-parse loop, on a generated tree of ``--files`` empty VG-named files."""
+    from vgray.bench import print_figures
+
+    args = parser().parse_args(argv)
     if args.files < 1 or args.per_dir < 1:
         raise BadInput(f"--files={args.files} and --per-dir={args.per_dir} must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="vgray-bench-index-"))

@@ -25,10 +25,12 @@ import numpy as np
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
+from vgray.console import Parser
 from vgray.errors import BadInput
 from vgray.evaluate.knn import build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.recall import recall_at_n
 from vgray.saved_descriptors import DATABASE_FILE, QUERIES_FILE, read_descriptors
+from vgray.values import count
 
 
 def synthetic_descriptors(database: int, queries: int, dim: int, places: int, seed: int = 0):
@@ -101,9 +103,8 @@ def measure(spec: str, xb, xq, positives, k: int, repeats: int, seed: int) -> Di
     }
 
 
-def main(argv) -> None:
-    """``vgray bench knn``: each faiss index against Flat on a synthetic or saved descriptor set:
-    R@1, matching time, memory; prints the ratio last."""
+def parser() -> Parser:
+    """``vgray bench knn``'s options (read by :func:`main`)."""
     p = bench_parser("knn", "a synthetic set of 50,000 x 256-d database and 1,000 query descriptors")
     p.add_argument("--descriptors", metavar="DIR", help="descriptors saved by vgray eval --save-descriptors DIR")
     p.add_argument(
@@ -113,13 +114,19 @@ def main(argv) -> None:
         metavar="SPEC",
         help="a faiss index_factory string (repeatable; default: the Fig. 4b families)",
     )
-    p.add_argument("--database", type=int, default=50_000, help="synthetic database descriptors")
-    p.add_argument("--queries", type=int, default=1_000, help="synthetic queries")
-    p.add_argument("--dim", type=int, default=256, help="synthetic descriptor size")
-    p.add_argument("--places", type=int, default=None, help="synthetic places (default: database / 10)")
-    p.add_argument("--repeats", type=int, default=3, help="timed searches per index; the best is kept")
-    p.add_argument("--threads", type=int, default=None, help="faiss threads (default: faiss's own)")
-    args = p.parse_args(argv)
+    p.add_argument("--database", type=count(), default=50_000, help="synthetic database descriptors")
+    p.add_argument("--queries", type=count(), default=1_000, help="synthetic queries")
+    p.add_argument("--dim", type=count(), default=256, help="synthetic descriptor size")
+    p.add_argument("--places", type=count(), default=None, help="synthetic places (default: database / 10)")
+    p.add_argument("--repeats", type=count(), default=3, help="timed searches per index; the best is kept")
+    p.add_argument("--threads", type=count(), default=None, help="faiss threads (default: faiss's own)")
+    return p
+
+
+def main(argv) -> None:
+    """``vgray bench knn``: each faiss index against Flat on a synthetic or saved descriptor set:
+    R@1, matching time, memory; prints the ratio last."""
+    args = parser().parse_args(argv)
     cfg = load_config(overrides=args.overrides)
     if args.repeats < 1 or min(args.database, args.queries, args.dim) < 1:
         raise BadInput("--repeats, --database, --queries and --dim must be at least 1")

@@ -15,6 +15,7 @@ import numpy as np
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
+from vgray.console import Parser
 from vgray.data.dataset import open_split
 from vgray.data.transforms import test_transform
 from vgray.models import build_model
@@ -27,13 +28,18 @@ if TYPE_CHECKING:
     import torch
 
 
-def main(argv) -> None:
-    """``vgray bench mining``: the time of one cache refresh per mining method; full mining against
-    partial as the ratio."""
+def parser() -> Parser:
+    """``vgray bench mining``'s options (read by :func:`main`)."""
     p = bench_parser("mining", "synthetic:large, resnet18conv4 + gem at 60x80, 1000 queries")
     p.add_argument("--split", default="train", help="split whose database is mined")
     p.add_argument("--methods", default="random,partial,full")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv) -> None:
+    """``vgray bench mining``: the time of one cache refresh per mining method; full mining against
+    partial as the ratio."""
+    args = parser().parse_args(argv)
     cfg = load_config(
         overrides=[
             "data.root=synthetic:large",

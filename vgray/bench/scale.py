@@ -42,8 +42,9 @@ import numpy as np
 
 from vgray.bench import bench_parser, print_figures
 from vgray.bench.search import best_seconds
-from vgray.console import write_json
+from vgray.console import Parser, write_json
 from vgray.errors import BadInput
+from vgray.values import amount, count, count_list
 
 DEFAULT_SIZES = "10000,100000,1000000"
 METHODS = ("partial", "full", "random", "msls_weighted")
@@ -66,8 +67,8 @@ WORKER_MAX_MB = 4096.0
 def sizes_of(text: str) -> List[int]:
     """``--sizes 2000,8000`` as a sorted list of distinct sizes of at least 2; else BadInput."""
     try:
-        sizes = sorted({int(t.replace("_", "")) for t in text.split(",") if t.strip()})
-    except ValueError:
+        sizes = sorted(set(count_list(text, "--sizes")))  # the number door: integers of at most a C int
+    except BadInput:
         sizes = []
     if len(sizes) < 2 or sizes[0] < 2:
         raise BadInput(f"--sizes={text!r}: give two or more database sizes of at least 2, e.g. 10000,100000,1000000")
@@ -243,39 +244,54 @@ def _configs(args) -> Tuple[Any, List[str]]:
     return split, base
 
 
-def main(argv) -> None:
-    """``vgray bench scale``: seconds and peak memory of each stage over a ladder of database sizes,
-    the growth exponents and expected shapes, and the driver's peak memory ratio last."""
+def parser() -> Parser:
+    """``vgray bench scale``'s options (read by :func:`main`)."""
     p = bench_parser("scale", "synthetic:large, resnet18conv4 + gem untrained at the images' own size")
     p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"database sizes of the ladder (default {DEFAULT_SIZES})")
     p.add_argument("--figure", metavar="FILE.png", help="also draw seconds and peak memory against size (log-log)")
-    p.add_argument("--queries", type=int, default=1000, help="the fixed query set: the first Q queries (default 1000)")
+    p.add_argument(
+        "--queries", type=count(), default=1000, help="the fixed query set: the first Q queries (default 1000)"
+    )
     p.add_argument("--methods", default=",".join(METHODS), help="mining methods refreshed (default: all four)")
-    p.add_argument("--actors", type=int, default=2, help="sharded Flat search actors (default 2)")
+    p.add_argument("--actors", type=count(), default=2, help="sharded Flat search actors (default 2)")
     p.add_argument(
-        "--extract-actors", type=int, default=None, help="network actors of each extraction (default: as vgray extract)"
+        "--extract-actors",
+        type=count(),
+        default=None,
+        help="network actors of each extraction (default: as vgray extract)",
     )
-    p.add_argument("--shard-size", type=int, default=10000, help="images per parquet shard (default 10000)")
+    p.add_argument("--shard-size", type=count(), default=10000, help="images per parquet shard (default 10000)")
     p.add_argument(
-        "--flat-budget-mb", type=float, default=2048, help="largest database (MiB of descriptors) Flat on the driver"
+        "--flat-budget-mb",
+        type=amount(positive=True),
+        default=2048,
+        help="largest database (MiB of descriptors) Flat on the driver",
     )
-    p.add_argument("--repeats", type=int, default=2, help="timed searches per index; the best is kept")
+    p.add_argument("--repeats", type=count(), default=2, help="timed searches per index; the best is kept")
     p.add_argument("--dir", help="work folder for links and shards (default: a temporary one in the vgray cache)")
     p.add_argument("--address", default=None, help="a running Ray cluster (auto or HOST:PORT)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(), default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument(
         "--nodes",
-        type=int,
+        type=count(),
         default=None,
         help="start a cluster of this many nodes on this machine (a head with no CPU; --num-cpus shared between them)",
     )
-    p.add_argument("--store-mb", type=int, default=1024, help="object store of each --nodes node, MiB (default 1024)")
+    p.add_argument(
+        "--store-mb", type=count(100), default=1024, help="object store of each --nodes node, MiB (default 1024)"
+    )
     p.add_argument(
         "--from-json",
         metavar="FILE",
         help="run nothing: print, summarise and draw (--figure) the ladder in FILE, a JSON this benchmark wrote",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv) -> None:
+    """``vgray bench scale``: seconds and peak memory of each stage over a ladder of database sizes,
+    the growth exponents and expected shapes, and the driver's peak memory ratio last."""
+    args = parser().parse_args(argv)
     if args.from_json:
         return replay(args.from_json, args)
     sizes = sizes_of(args.sizes)

@@ -25,8 +25,10 @@ import faiss
 import numpy as np
 
 from vgray.bench import actor_counts, bench_parser, print_figures
+from vgray.console import Parser
 from vgray.errors import BadInput
 from vgray.evaluate.knn import search
+from vgray.values import count, seed
 
 
 def synthetic_database(database: int, queries: int, dim: int, seed: int = 0):
@@ -48,19 +50,24 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def parser() -> Parser:
+    """``vgray bench search``'s options (read by :func:`main`)."""
+    p = bench_parser("search", "not used by this benchmark")
+    p.add_argument("--database", type=count(), default=1_000_000, help="database descriptors (default 1,000,000)")
+    p.add_argument("--dim", type=count(), default=256, help="descriptor size (default 256)")
+    p.add_argument("--queries", type=count(), default=1_000, help="queries per search batch (default 1,000)")
+    p.add_argument("--actors", default="1,2,4", help="comma-separated actor counts (default 1,2,4)")
+    p.add_argument("--k", type=count(), default=20, help="neighbours per query (default 20)")
+    p.add_argument("--repeats", type=count(), default=3, help="timed searches per setting; the best is kept")
+    p.add_argument("--address", default=None, help="a running Ray cluster (auto or HOST:PORT)")
+    p.add_argument("--seed", type=seed(), default=0, help="seed of the synthetic set")
+    return p
+
+
 def main(argv) -> None:
     """``vgray bench search``: sharded exact search on Ray actors against one Flat index: QPS and
     exactness per actor count, the speed-up of the most actors last."""
-    p = bench_parser("search", "not used by this benchmark")
-    p.add_argument("--database", type=int, default=1_000_000, help="database descriptors (default 1,000,000)")
-    p.add_argument("--dim", type=int, default=256, help="descriptor size (default 256)")
-    p.add_argument("--queries", type=int, default=1_000, help="queries per search batch (default 1,000)")
-    p.add_argument("--actors", default="1,2,4", help="comma-separated actor counts (default 1,2,4)")
-    p.add_argument("--k", type=int, default=20, help="neighbours per query (default 20)")
-    p.add_argument("--repeats", type=int, default=3, help="timed searches per setting; the best is kept")
-    p.add_argument("--address", default=None, help="a running Ray cluster (auto or HOST:PORT)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     if min(args.database, args.dim, args.queries, args.k, args.repeats) < 1:
         raise BadInput("--database, --dim, --queries, --k and --repeats must be at least 1")
     counts = actor_counts(args.actors)

@@ -13,7 +13,9 @@ import time
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
+from vgray.console import Parser
 from vgray.distributed.spec import parse_sweep
+from vgray.values import count
 
 BASE = {
     "data": {"root": "synthetic:tiny", "resize": [48, 64], "num_workers": 0},
@@ -30,13 +32,18 @@ BASE = {
 }
 
 
+def parser() -> Parser:
+    """``vgray bench sweep``'s options (read by :func:`main`)."""
+    p = bench_parser("sweep", "the tiny synthetic world, ResNet-18 conv4 + GeM, one short epoch a trial")
+    p.add_argument("--trials", type=count(), default=8)
+    p.add_argument("--cpus", type=count(), default=os.cpu_count() or 2, help="CPUs of the local Ray (one per trial)")
+    return p
+
+
 def main(argv) -> None:
     """``vgray bench sweep``: N tiny trials as a sweep on a local Ray against the same trials one
     after another; prints both wall times, Ray's overhead per trial and the ratio last."""
-    p = bench_parser("sweep", "the tiny synthetic world, ResNet-18 conv4 + GeM, one short epoch a trial")
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray (one per trial)")
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     base = load_config(base=BASE, overrides=args.overrides).to_dict()
     from vgray.data.dataset import open_split
 
@@ -77,6 +84,8 @@ def main(argv) -> None:
         )
         start = time.perf_counter()
         result = run_sweep(spec, out=lambda *a: None)
+        if result.get("interrupted"):  # stopped by SIGINT or SIGTERM: no figures of a partial sweep
+            raise KeyboardInterrupt
         sweep_s = time.perf_counter() - start
         shutdown_ray()
     concurrency = min(args.cpus, args.trials)

@@ -17,11 +17,13 @@ import torch
 
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
+from vgray.console import Parser
 from vgray.models import build_model
 from vgray.runtime import Runtime
 from vgray.seeding import seed_everything
 from vgray.train.loop import train_step
 from vgray.train.schedule import make_optimizer
+from vgray.values import count
 
 
 def plain_step(model, images, optimizer, negs: int, margin: float) -> float:
@@ -40,12 +42,17 @@ def plain_step(model, images, optimizer, negs: int, margin: float) -> float:
     return float(loss.detach())
 
 
+def parser() -> Parser:
+    """``vgray bench train``'s options (read by :func:`main`)."""
+    p = bench_parser("train", "resnet18conv4 + gem, 4 triplets of 1+1+10 at 120x160")
+    p.add_argument("--steps", type=count(), default=5, help="timed steps of each path per round")
+    p.add_argument("--rounds", type=count(), default=2, help="alternating rounds; each path's best kept")
+    return p
+
+
 def main(argv) -> None:
     """``vgray bench train``: triplets/s of vgray's training step against the paper's; ratio last."""
-    p = bench_parser("train", "resnet18conv4 + gem, 4 triplets of 1+1+10 at 120x160")
-    p.add_argument("--steps", type=int, default=5, help="timed steps of each path per round")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each path's best kept")
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     cfg = load_config(
         overrides=["model.aggregation=gem", "model.pretrained=none", "data.resize=[120,160]", *args.overrides]
     )

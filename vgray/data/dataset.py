@@ -204,6 +204,18 @@ class Split:
     ground_truth: Optional[List[np.ndarray]] = None
     ground_truth_file: Optional[str] = None
     query_set: str = "all"  # which queries of the split these are (MSLS: im2im or all), as evaluations record it
+    candidates: Optional[int] = None  # the candidate queries a layout selects the evaluated ones from (MSLS val: 747)
+
+    def check_positives(self, rule: str = "auto") -> None:
+        """Refuse, before anything is extracted, a ``test.positives`` rule that this split cannot
+        decide: :meth:`evaluation_positives`' refusals, made from the split's index alone (its
+        layout, its file names), without computing a positive."""
+        from vgray.data.positives import check_frame_numbers
+
+        check_positives_rule(str(self.root), rule, self.ground_truth is not None)
+        if rule == "frames":
+            check_frame_numbers(self.database.paths)
+            check_frame_numbers(self.queries.paths)
 
     def evaluation_positives(self, rule: str = "auto", threshold: float = 25.0, frames: int = 10) -> tuple:
         """``(positives per query, the rule as recorded)`` for deciding whether a retrieval is right.
@@ -214,24 +226,14 @@ class Split:
         them, else radius."""
         from vgray.data.positives import positives_within, positives_within_frames
 
+        check_positives_rule(str(self.root), rule, self.ground_truth is not None)
         if rule == "auto":
             rule = "files" if self.ground_truth is not None else "radius"
         if rule == "files":
-            if self.ground_truth is None:
-                raise BadInput(
-                    f"test.positives=files: dataset {self.root} is in the VG format and has no "
-                    f"ground-truth files; choose auto, radius or frames"
-                )
+            assert self.ground_truth is not None  # refused above otherwise
             return self.ground_truth, f"files {self.ground_truth_file}"
         if rule == "frames":
             return (positives_within_frames(self.database.paths, self.queries.paths, frames), f"frames ±{frames}")
-        if rule != "radius":
-            raise BadInput(f"test.positives={rule!r} is not allowed; choose auto, radius, frames or files")
-        if self.ground_truth is not None:
-            raise BadInput(
-                f"test.positives=radius: dataset {self.root} is given by ground-truth lists, which carry "
-                f"no coordinates; choose auto (its files), files or frames"
-            )
         return positives_within(self.database.utm, self.queries.utm, threshold), f"radius {threshold:g} m"
 
     def soft_positives(self, threshold: float = 25.0) -> List[np.ndarray]:
@@ -245,6 +247,40 @@ class Split:
         from vgray.data.positives import positives_within
 
         return positives_within(self.database.utm, self.queries.utm, threshold)
+
+
+POSITIVE_RULES = ("auto", "radius", "frames", "files")
+
+
+def check_positives_rule(root: str, rule: str, has_files: bool) -> None:
+    """Refuse a ``test.positives`` rule that a dataset cannot decide, from its layout alone:
+    ``files`` needs ground-truth files (``has_files``: the root is a list set), ``radius`` needs
+    coordinates (a list set has none). Frame numbers are checked on the names
+    (:meth:`Split.check_positives`)."""
+    if rule not in POSITIVE_RULES:
+        raise BadInput(f"test.positives={rule!r} is not allowed; choose auto, radius, frames or files")
+    if rule == "files" and not has_files:
+        raise BadInput(
+            f"test.positives=files: dataset {root} has no ground-truth files (it is in the VG format "
+            f"or MSLS's own layout); choose auto, radius or frames"
+        )
+    if rule == "radius" and has_files:
+        raise BadInput(
+            f"test.positives=radius: dataset {root} is given by ground-truth lists, which carry "
+            f"no coordinates; choose auto (its files), files or frames"
+        )
+
+
+def check_root_positives(root: str, rule: str, split: str = "test") -> None:
+    """:func:`check_positives_rule` for the data root ``root`` without opening it (no index, no
+    image list read): what a sweep's driver checks for every trial's test sets before Ray starts."""
+    from vgray.data.ground_truth import find_list_set
+
+    if rule in ("auto", "frames") or root.startswith("synthetic:"):
+        if rule not in POSITIVE_RULES:
+            check_positives_rule(root, rule, False)
+        return
+    check_positives_rule(root, rule, find_list_set(root, split) is not None)
 
 
 def resolve_root(root: str) -> Path:
@@ -541,7 +577,7 @@ def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im
 
     lists = find_list_set(str(root), split)
     if lists is not None:
-        db, queries, positives, source, query_set = read_list_set(lists, split)
+        db, queries, positives, source, query_set, candidates = read_list_set(lists, split)
         nan = np.full((1, 2), np.nan)
         return Split(
             root=lists.images,
@@ -551,6 +587,7 @@ def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im
             ground_truth=positives,
             ground_truth_file=source.name,
             query_set=query_set,
+            candidates=candidates,
         )
     path = resolve_root(str(root)) if not isinstance(root, Path) else root
     if not path.is_dir():
@@ -558,9 +595,14 @@ def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im
     from vgray.data.msls import is_msls_raw, read_msls
 
     if is_msls_raw(path):
-        database, queries, query_set = read_msls(path, split, msls_queries)
+        database, queries, query_set, candidates = read_msls(path, split, msls_queries)
         return Split(
-            root=path, name=split, database=ImageSet(**database), queries=ImageSet(**queries), query_set=query_set
+            root=path,
+            name=split,
+            database=ImageSet(**database),
+            queries=ImageSet(**queries),
+            query_set=query_set,
+            candidates=candidates,
         )
     top = split_dir(path, split)
     sets = {}

@@ -8,9 +8,16 @@ A list set ``NAME`` is a group of files that share a path prefix:
 - the positives, in one of two forms: ``NAME_gt.npy``, per query the database indices that are
   right (an object array of integer arrays, or a 2-D integer array, one row per query), or MSLS's
   ``NAME_qIdx.npy`` (the indices into ``qImages`` of the queries evaluated: 740 of MSLS val's 747)
-  with ``NAME_pIdx.npy`` (the positives of each of those, in the same order).
+  with ``NAME_pIdx.npy`` (the positives of each of those, in the same order). BoQ
+  (amaralibey/Bag-of-Queries, ``src/dataloaders/mapillary_sls.py`` and ``pittsburgh.py``) names
+  the first form ``NAME_gt_25m.npy`` (``msls_val_gt_25m.npy``, ``pitts30k_val_gt_25m.npy``; loaded
+  with the image lists and every listed query scored, as for ``NAME_gt.npy``): it is read where
+  ``NAME_gt.npy`` is absent.
 
 When both forms are present the ``qIdx``/``pIdx`` one is used, as the publishers' MSLS loader does.
+A set holding both ``NAME_gt.npy`` and ``NAME_gt_25m.npy`` is refused: no publisher ships both
+(GSV-Cities, MixVPR and SALAD ship ``_gt``, BoQ ``_gt_25m``), and which of two differing files is
+right cannot be told from them.
 
 A data root names a list set in one of these forms (:func:`find_list_set`); a test set in
 ``test.datasets``, ``data.val_root`` and ``data.root`` all take them:
@@ -49,7 +56,8 @@ DB_SUFFIX, Q_SUFFIX, GT_SUFFIX, QIDX_SUFFIX, PIDX_SUFFIX = (
     "_qIdx.npy",
     "_pIdx.npy",
 )
-LIST_SUFFIXES = (DB_SUFFIX, Q_SUFFIX, GT_SUFFIX, QIDX_SUFFIX, PIDX_SUFFIX)
+GT25_SUFFIX = "_gt_25m.npy"  # BoQ's name for NAME_gt.npy (positives within 25 m)
+LIST_SUFFIXES = (DB_SUFFIX, Q_SUFFIX, GT_SUFFIX, GT25_SUFFIX, QIDX_SUFFIX, PIDX_SUFFIX)
 SEPARATOR = "::"
 ALLOWED_TEXT = (
     "numeric NumPy arrays (integer, float, bool), strings, and object arrays of those, as numpy.save writes them"
@@ -250,7 +258,8 @@ def _paths(lists: ListSet, suffix: str) -> List[str]:
     if not path.is_file():
         raise BadInput(
             f"ground-truth lists {lists.prefix}: {path.name} is missing; a list set needs "
-            f"NAME{DB_SUFFIX}, NAME{Q_SUFFIX} and NAME{GT_SUFFIX} (or NAME{QIDX_SUFFIX} with NAME{PIDX_SUFFIX})"
+            f"NAME{DB_SUFFIX}, NAME{Q_SUFFIX} and NAME{GT_SUFFIX} (or NAME{GT25_SUFFIX}, or NAME{QIDX_SUFFIX} "
+            f"with NAME{PIDX_SUFFIX})"
         )
     array = load_list(path)
     if array.ndim != 1 or not all(isinstance(v, (str, np.str_)) for v in array.tolist()):
@@ -278,9 +287,22 @@ def _indices(path: Path, array, what: str, high: int, row: Optional[int] = None)
     return a
 
 
+def _gt_file(lists: ListSet) -> Path:
+    """The per-query positives file of ``lists``: ``NAME_gt.npy``, else BoQ's ``NAME_gt_25m.npy``
+    (the plain name when neither is there, for the messages); BadInput when both are there."""
+    plain, boq = lists.file(GT_SUFFIX), lists.file(GT25_SUFFIX)
+    if plain.is_file() and boq.is_file():
+        raise BadInput(
+            f"ground-truth lists {lists.prefix}: both {plain.name} and {boq.name} are there, and no "
+            f"publisher ships both (GSV-Cities, MixVPR, SALAD: {GT_SUFFIX[1:]}; BoQ: {GT25_SUFFIX[1:]}); "
+            f"keep the one that belongs to these image lists"
+        )
+    return boq if boq.is_file() else plain
+
+
 def _positives(lists: ListSet, queries: int, database: int):
     """``(query rows kept, positives per kept query, the positives' file)`` of either form."""
-    qidx_file, pidx_file, gt_file = lists.file(QIDX_SUFFIX), lists.file(PIDX_SUFFIX), lists.file(GT_SUFFIX)
+    qidx_file, pidx_file, gt_file = lists.file(QIDX_SUFFIX), lists.file(PIDX_SUFFIX), _gt_file(lists)
     if qidx_file.is_file():
         if not pidx_file.is_file():
             raise BadInput(
@@ -293,9 +315,9 @@ def _positives(lists: ListSet, queries: int, database: int):
         rows, source = np.arange(queries, dtype=np.int64), gt_file
     else:
         raise BadInput(
-            f"ground-truth lists {lists.prefix}: no positives: expected {gt_file.name}, or "
-            f"{qidx_file.name} with {pidx_file.name} (MSLS test's lists have none: its positives "
-            f"are not public)"
+            f"ground-truth lists {lists.prefix}: no positives: expected {gt_file.name} (or BoQ's "
+            f"{lists.file(GT25_SUFFIX).name}), or {qidx_file.name} with {pidx_file.name} (MSLS test's "
+            f"lists have none: its positives are not public)"
         )
     gt = load_list(source)
     entries = list(gt) if gt.ndim >= 1 else []
@@ -321,10 +343,11 @@ def _on_disk(lists: ListSet, relative: List[str], suffix: str) -> List[str]:
 
 
 def read_list_set(lists: ListSet, split: str):
-    """``(database paths, query paths, positives per query, positives file, query set)`` of ``lists``:
-    every list read with :func:`load_list` and checked (sizes, index ranges, images on disk) before
-    use. The query set names the queries evaluated: ``qIdx 740 of 747`` for a ``_qIdx`` selection,
-    else ``all N``."""
+    """``(database paths, query paths, positives per query, positives file, query set, candidates)``
+    of ``lists``: every list read with :func:`load_list` and checked (sizes, index ranges, images on
+    disk) before use. The query set names the queries evaluated: ``qIdx 740 of 747`` for a ``_qIdx``
+    selection, else ``all N``; ``candidates`` the length of ``qImages`` where a ``_qIdx`` list
+    selects from it (MSLS val's 747), else None (every listed query is evaluated)."""
     if split == "train":
         raise BadInput(
             f"ground-truth lists {lists.prefix}: an evaluation set, with no train split; train on a "
@@ -338,5 +361,16 @@ def read_list_set(lists: ListSet, split: str):
     rows, positives, source = _positives(lists, len(q), len(db))
     db_paths = _on_disk(lists, db, DB_SUFFIX)
     q_paths = _on_disk(lists, [q[i] for i in rows], Q_SUFFIX)
-    query_set = f"qIdx {len(rows)} of {len(q)}" if source == lists.file(PIDX_SUFFIX) else f"all {len(q)}"
-    return db_paths, q_paths, positives, source, query_set
+    selected = source == lists.file(PIDX_SUFFIX)
+    query_set = f"qIdx {len(rows)} of {len(q)}" if selected else f"all {len(q)}"
+    return db_paths, q_paths, positives, source, query_set, (len(q) if selected else None)
+
+
+def split_of_name(name: str) -> Optional[str]:
+    """The split a list set's NAME says it is (``msls_val`` -> ``val``, ``pitts30k_test`` ->
+    ``test``, ``pitts30k-val`` -> ``val``); None when the name says none (``SPED``, ``Nordland``)."""
+    lower = name.lower()
+    for split in ("train", "val", "test"):
+        if lower.endswith(("_" + split, "-" + split)):
+            return split
+    return None

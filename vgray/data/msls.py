@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -250,13 +250,15 @@ def cities_present(root: Path, split: str) -> List[str]:
     return [c for c in wanted if (root / "train_val" / c).is_dir()]
 
 
-def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, dict, str]:
-    """``(database, queries, query set as recorded)`` of one split of the raw MSLS layout at
+def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, dict, str, Optional[int]]:
+    """``(database, queries, query set as recorded, candidates)`` of one split of the raw MSLS layout at
     ``root`` (see the module docstring for the cities, the query sets and what is left out):
     database and queries as :class:`~vgray.data.dataset.ImageSet`'s fields (``paths``, ``utm``,
     ``notes``, ``headings``), which :func:`~vgray.data.dataset.open_split` makes its Split of
     (this module does not import it: no import circle). ``query_set`` is ``data.msls_queries``
-    and applies to ``val``/``test``."""
+    and applies to ``val``/``test``. ``candidates``: for ``im2im``, the queries MSLS considers
+    (non-panorama, subtask ``all``: MSLS val's 747) before it keeps those with a positive (740);
+    None otherwise (every query read is evaluated)."""
     from vgray.data.positives import positives_within
 
     if query_set not in QUERY_SETS:
@@ -271,7 +273,7 @@ def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, d
             f"(MSLS's {'val' if split == 'test' else split} cities: {', '.join(wanted)})"
         )
     databases, queries = [], []
-    all_queries = 0
+    all_queries, candidates = 0, 0
     for city in cities:
         db = _read_images(root, city, "database")
         q = _read_images(root, city, "queries")
@@ -280,6 +282,7 @@ def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, d
         if split != "train" and query_set == "im2im":
             db = db.take(db.subtask_all)
             q = q.take(q.subtask_all)
+            candidates += len(q.paths)
             has_positive = np.array(
                 [len(p) > 0 for p in positives_within(db.utm, q.utm, IM2IM_THRESHOLD)]
                 if len(db.paths)
@@ -297,4 +300,5 @@ def read_msls(root: Path, split: str, query_set: str = "im2im") -> Tuple[dict, d
         raise BadInput(f"{where}: no queries for data.msls_queries={query_set}")
     kept = len(query_images["paths"])
     recorded = f"all {kept}" if split == "train" or query_set == "all" else f"im2im {kept} of {all_queries}"
-    return database, query_images, recorded
+    im2im = split != "train" and query_set == "im2im"
+    return database, query_images, recorded, (candidates if im2im else None)

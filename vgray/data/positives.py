@@ -66,6 +66,13 @@ def frame_number(path: str) -> int:
     )
 
 
+def check_frame_numbers(paths: Sequence[str]) -> None:
+    """:class:`BadInput` (:func:`frame_number`'s) for the first of ``paths`` without a frame number:
+    ``test.positives=frames`` checked on the names before any image is read."""
+    for path in paths:
+        frame_number(path)
+
+
 def positives_within_frames(db_paths: Sequence[str], q_paths: Sequence[str], frames: int) -> List[np.ndarray]:
     """For each query, the database indices whose frame number (:func:`frame_number`) is within
     ``frames`` of the query's, nearest frame first (ties by index)."""

@@ -44,10 +44,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from vgray.config import Config, all_keys, build_checked, load_config, parse_yaml, read_yaml
 from vgray.errors import BadInput, shown
+from vgray.paths import check_path
 
 MAX_TRIALS = 100_000  # planned trials of one sweep (a grid of 10^5 is a mistake, not a study)
 LOGGERS = ("mlflow",)  # trackers a sweep may feed beside Tune's own CSV, JSON and TensorBoard logs
@@ -356,6 +357,8 @@ def _parse(raw: Dict[str, Any], source: str, storage: Optional[str]) -> SweepSpe
         raise BadInput(
             "storage='' must name a folder or a URI (s3://..., gs://...); leave the key out for ~/vgray_results"
         )
+    if "://" not in options.storage:  # a folder: the one path door (a URI's is its file system's)
+        check_path(options.storage, "--storage" if storage else "storage", "out_dir")
     base = _base(raw.get("base"), source)
     grid = _grid(raw)
     variants = _variants(raw, grid)
@@ -411,7 +414,7 @@ def _base(base, source: str) -> Dict[str, Any]:
         path = Path(os.path.expandvars(os.path.expanduser(base)))
         if not path.is_absolute() and source != "<dict>":
             path = Path(source).parent / path
-        base = read_yaml(path) or {}
+        base = read_yaml(check_path(path, "base", "in_file")) or {}
     base = _mapping("base", base)
     try:
         load_config(base=base)
@@ -569,6 +572,7 @@ def _check_trials(spec: SweepSpec) -> None:
     from vgray.models.network import check_start
 
     made: Dict[str, Dict[str, Any]] = {}  # first-stage trial -> its config's model section
+    seen: Dict[Tuple[str, int], Trial] = {}  # (config key, seed) -> the first trial of that config
     for trial in spec.trials():
         try:
             cfg = spec.checked[trial.name] = trial.config(spec, trial.seeds[0])
@@ -582,6 +586,9 @@ def _check_trials(spec: SweepSpec) -> None:
                 made[trial.name] = cfg.to_dict()["model"]
         except BadInput as exc:
             raise BadInput(f"trial {trial.name}: {exc}")
+        first = seen.setdefault((cfg.key(), trial.seeds[0]), trial)
+        if first is not trial:
+            raise equal_trials(first, trial)
     for key, dim in spec.search.space.items() if spec.search else ():
         values: Optional[List[Any]] = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
         assert values is not None  # a categorical dimension has choices (_dimension)
@@ -593,11 +600,28 @@ def _check_trials(spec: SweepSpec) -> None:
                 raise BadInput(f"search.space[{key}]={shown(value)}: {exc}")
 
 
+def equal_trials(first: Trial, second: Trial) -> BadInput:
+    """The refusal of two trials whose configs are equal once their values are read (a grid with
+    ``3`` and ``3.0``, or ``1e0`` and ``1``, for a float key; a value given twice; a variant that
+    repeats the base): they would run the same config and seed twice, and their rows would clash."""
+    keys = [
+        k
+        for k in {**first.overrides, **second.overrides}
+        if repr(first.overrides.get(k)) != repr(second.overrides.get(k))
+    ]
+    said = "; ".join(f"{k}: {shown(first.overrides.get(k))} and {shown(second.overrides.get(k))}" for k in keys)
+    return BadInput(
+        f"trials {first.name} and {second.name} are the same config once their values are read"
+        f" ({said or 'the grid or variants give the same values twice'}); give each value once"
+    )
+
+
 def check_dataset_roots(spec: SweepSpec) -> None:
     """Every dataset a trial reads (``data.root``, ``data.val_root``, ``test.datasets``; in search
     mode, the base's) must be on this machine, checked before Ray starts: for a sweep launched here,
     a missing folder would fail every trial. (A sweep that joins a cluster by ``--address`` reads
     its datasets on the workers, so the driver does not check.)"""
+    from vgray.data.dataset import check_root_positives
     from vgray.data.ground_truth import LIST_SUFFIXES, SEPARATOR
 
     configs = [(t.name, spec.checked.get(t.name) or t.config(spec, t.seeds[0])) for t in spec.trials()] or [
@@ -618,6 +642,11 @@ def check_dataset_roots(spec: SweepSpec) -> None:
                         f"sweep {spec.source}: trial {name}: {key}={root}: {path} does not exist on this "
                         f"machine; give a dataset folder, ground-truth lists or synthetic:tiny|small|large"
                     )
+            if key != "data.val_root" and (key != "data.root" or not cfg.test.datasets):
+                try:  # test.positives against each test set's layout (no index read), before Ray starts
+                    check_root_positives(root, cfg.test.positives)
+                except BadInput as exc:
+                    raise BadInput(f"sweep {spec.source}: trial {name}: {key}={root}: {exc}")
 
 
 def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepSpec:

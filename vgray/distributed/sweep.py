@@ -9,15 +9,17 @@ stage after the first when trials start from first-stage models. Trials that end
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from vgray.distributed.descriptors import GROUP_DRIVER
 from vgray.distributed.spec import Dimension, SweepSpec, Trial, decode_trial, param_space
 from vgray.distributed.storage import Storage, storage_problem
 from vgray.distributed.tracking import check_trackers, job_metadata, tracker_callbacks
 from vgray.errors import BadInput
-from vgray.results import PLAN_FILE, make_plan, make_row
+from vgray.results import PLAN_FILE, make_plan, make_row, summary_markdown
 
 if TYPE_CHECKING:
     from vgray.config import Config
@@ -31,34 +33,68 @@ def init_ray(
     the dashboard included. Token authentication stays as Ray sets it (on by default). ``metadata``:
     the driver job's (a sweep's ``job_name``: :func:`vgray.distributed.tracking.job_metadata`, the
     name the dashboard's jobs view shows; a job submitted through the Jobs API keeps its own where
-    both set a key). Returns the dashboard URL."""
+    both set a key). An address that is not one, or where no cluster can be joined, is bad input
+    naming where it came from (``--address`` or ``RAY_ADDRESS``), one line. Returns the dashboard URL."""
     import ray
 
     from vgray.distributed.cluster import init_local_ray
 
     if ray.is_initialized():
         return None
-    address = address or os.environ.get("RAY_ADDRESS")
+    address, source = ray_address(address)
     job = ray.job_config.JobConfig(metadata=dict(metadata or {}))
-    if address:
-        ctx = ray.init(address=address, namespace="vgray", log_to_driver=False, job_config=job)
-    else:
+    if address is None:
         ctx = init_local_ray(num_cpus=num_cpus, dashboard=True, namespace="vgray", log_to_driver=False, job_config=job)
+    else:
+        check_address(address, source)
+        try:
+            ctx = ray.init(address=address, namespace="vgray", log_to_driver=False, job_config=job)
+        except (ConnectionError, TimeoutError, ValueError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise BadInput(f"{source} {address}: cannot join a Ray cluster there ({why})") from None
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def join_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
-    """:func:`init_ray`, for a command given ``--address``: a cluster that cannot be joined there is
-    bad input (one line), not a traceback."""
-    if not address:
-        init_ray(None, num_cpus)
+    """:func:`init_ray`, for a command that needs no dashboard URL."""
+    init_ray(address, num_cpus)
+
+
+def ray_address(address: Optional[str]) -> Tuple[Optional[str], str]:
+    """The address Ray is joined at and where it came from: ``address`` (``--address``), else
+    ``RAY_ADDRESS`` (empty is unset, as Ray reads it), else ``(None, "")``: a local Ray (``local``
+    too: a new Ray of this process's own, :func:`init_ray`'s on 127.0.0.1). An empty
+    ``--address`` is refused (an empty value is never a default)."""
+    if address is not None:
+        if not address.strip():
+            raise BadInput(
+                "--address is empty; give auto, HOST:PORT or ray://HOST:PORT, or leave it out for a local Ray"
+            )
+        return (address, "--address") if address != "local" else (None, "")
+    env = os.environ.get("RAY_ADDRESS")
+    return (env, "RAY_ADDRESS") if env and env != "local" else (None, "")
+
+
+# ``auto``, or HOST:PORT (a name, an IPv4 address or a bracketed IPv6 one), optionally ray://.
+_ADDRESS = re.compile(r"^(?:ray://)?(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+
+
+def check_address(address: str, source: str = "--address", timeout_s: float = 5.0) -> None:
+    """Refuse (:class:`BadInput`, naming ``source``: ``--address`` or ``RAY_ADDRESS``) an address
+    that is neither ``auto`` (nor ``local``: a Ray of this process's own) nor ``[ray://]HOST:PORT``,
+    or a ``HOST:PORT`` where nothing takes a connection within ``timeout_s``, before anything
+    starts (Ray itself would retry for a minute before saying so)."""
+    if address in ("auto", "local"):
         return
+    m = _ADDRESS.match(address)
+    if not (m and 0 < int(m.group(1)) < 65536):
+        raise BadInput(f"{source} {address!r} is not a Ray cluster address; give auto, HOST:PORT or ray://HOST:PORT")
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
     try:
-        init_ray(address, num_cpus)
-    except (ConnectionError, TimeoutError, ValueError) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise BadInput(f"--address {address}: cannot join a Ray cluster there ({why})") from None
+        socket.create_connection((host, int(m.group(1))), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BadInput(f"{source} {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def local_ray(address: Optional[str]) -> bool:
@@ -66,7 +102,7 @@ def local_ray(address: Optional[str]) -> bool:
     up in this process): then the machine's CPUs and GPUs are the cluster, known before it starts."""
     import ray
 
-    return not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    return not ray.is_initialized() and ray_address(address)[0] is None
 
 
 def run_sweep(
@@ -79,26 +115,47 @@ def run_sweep(
 ) -> Dict[str, Any]:
     """Run (or resume) ``spec`` on Ray; returns ``{"summary": markdown, "failed": n, "trials": n,
     "directory": STORAGE/NAME, "log": Ray's log file}``, plus ``"storage"`` (why) when the storage
-    stopped taking writes. The console shows one start line, then the live table of the trials
-    (:mod:`vgray.distributed.live`); Ray's and Tune's log lines go to the log file unless ``verbose``,
-    which also prints each trial's config."""
+    stopped taking writes, or ``"interrupted"`` (the signal's name: SIGINT, SIGTERM) with
+    ``"exit"`` (130, 143), ``"rows"`` and ``"resumable"`` when a signal stopped it
+    (:mod:`vgray.distributed.interrupt`). The console shows one start line, then the live table of
+    the trials (:mod:`vgray.distributed.live`); Ray's and Tune's log lines go to the log file unless
+    ``verbose``, which also prints each trial's config. One driver at a time writes a sweep's folder
+    (:mod:`vgray.distributed.lock`): a second is refused before it writes anything."""
+    from vgray.distributed.interrupt import StopSignals
     from vgray.distributed.live import console, log_path_for
+    from vgray.distributed.lock import check_free, sweep_lock
 
-    # Every check that can be made before an effect is made first: the sweep folder (read only),
-    # a local Ray's resources against this machine, then the storage probe (which leaves nothing),
-    # and only then Ray starts (or is joined) and the resources meet the cluster's real nodes.
+    # Every check that can be made before an effect is made first: no other run holds the sweep's
+    # folder, the folder (read only), the Ray address, a local Ray's resources against this
+    # machine, then the storage probe (which leaves nothing); then the folder's lock is taken, and
+    # only then Ray starts (or is joined) and the resources meet the cluster's real nodes.
+    check_free(spec.directory, spec.name)
     _check_sweep_folder(spec, resume)
     if local_ray(address):
         _check_resources(spec, [machine_shape(num_cpus)])
+    elif not _ray_up():
+        joined, source = ray_address(address)
+        if joined is not None:
+            check_address(joined, source)
     _check_storage(spec)
     check_trackers(spec)
     log = log_path_for(spec.directory, spec.name, uri="://" in spec.directory)
-    with console(log, verbose):
-        return {**_run(spec, address, resume, num_cpus, out, log if not verbose else None), "log": str(log)}
+    with sweep_lock(spec.directory, spec.name), StopSignals() as stop, console(log, verbose):
+        try:
+            result = _run(spec, address, resume, num_cpus, out, log if not verbose else None, stop)
+        except KeyboardInterrupt:  # a signal outside Tune's experiment, or a second one
+            result = _interrupted(spec, stop.signum)
+        return {**result, "log": str(log)}
+
+
+def _ray_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _run(
-    spec: SweepSpec, address: Optional[str], resume: bool, num_cpus: Optional[int], out, log: Optional[Path]
+    spec: SweepSpec, address: Optional[str], resume: bool, num_cpus: Optional[int], out, log: Optional[Path], stop
 ) -> Dict[str, Any]:
     """:func:`run_sweep` once its checks have passed: Ray up, the results actor, the plan, the
     stages' Tune experiments, the rows of trials that ended without theirs."""
@@ -106,12 +163,12 @@ def _run(
     from ray import tune
 
     from vgray.distributed.descriptors import trial_resources
-    from vgray.distributed.live import open_log, reroute, tune_output_off
+    from vgray.distributed.live import open_log, reroute
     from vgray.distributed.results import get_results_actor
-    from vgray.distributed.storage_watch import STORAGE_TROUBLE
     from vgray.distributed.trainable import trainable
 
     url = init_ray(address, num_cpus, metadata=job_metadata(spec))
+    stop.retake()  # from the Ray core's SIGTERM handler
     reroute()  # the loggers ray.init configured
     _check_resources(spec)
     open_log()  # the sweep is under way: its folder may be written
@@ -123,6 +180,25 @@ def _run(
     # Per trial: a placement group of the trainer's bundle and, when it may use Ray Data, an
     # extraction bundle that its Ray Data tasks and actors run in.
     resourced = tune.with_resources(trainable, trial_resources(spec))
+    result = _stages(spec, resourced, resume, out, actor, stop)
+    if "storage" in result:
+        return result
+    if stop.signum is not None:
+        return _interrupted(spec, stop.signum, url)
+    summary = ray.get(actor.summary_markdown.remote())
+    write_plan(spec, url, finished=True)
+    return {**result, "summary": summary, "directory": spec.directory}
+
+
+def _stages(spec: SweepSpec, resourced, resume: bool, out, actor, stop) -> Dict[str, Any]:
+    """The sweep's Tune experiments, one stage after the other: ``{"failed": n, "trials": n}``, or
+    what :func:`run_sweep` returns when the storage stopped taking writes; a signal (``stop``)
+    ends them early, the unfinished trials left without rows (they resume)."""
+    import ray
+
+    from vgray.distributed.live import reroute, tune_output_off
+    from vgray.distributed.storage_watch import STORAGE_TROUBLE
+
     stages = [None] if spec.search else spec.stages()
     failed = trials = 0
     for number, stage in enumerate(stages):
@@ -132,7 +208,7 @@ def _run(
         try:
             tuner = _tuner(spec, resourced, stage, number, resume, out)
             reroute()  # the loggers of what the tuner's callbacks imported (MLflow's)
-            with tune_output_off():  # the LiveTable's console instead
+            with tune_output_off(), stop.fitting():  # the LiveTable's console instead
                 grid = tuner.fit()
         except Exception:  # Tune's own writes of the experiment state may be the first to fail
             reason = storage_problem(spec.directory)
@@ -149,12 +225,43 @@ def _run(
                 "storage": f"{spec.directory} cannot be written "
                 f"({STORAGE_TROUBLE[spec.directory]}); {len(rows)} row(s) kept in results.parquet",
             }
+        if stop.signum is not None:  # the running trials were stopped to resume, not ended
+            break
         failed += _rows_for_unfinished(grid, actor)
         _prune_checkpoints(grid)
         trials += len(grid)
-    summary = ray.get(actor.summary_markdown.remote())
-    write_plan(spec, url, finished=True)
-    return {"summary": summary, "failed": failed, "directory": spec.directory, "trials": trials}
+    return {"failed": failed, "trials": trials}
+
+
+def _interrupted(spec: SweepSpec, signum: Optional[int], url: Optional[str] = None) -> Dict[str, Any]:
+    """What :func:`run_sweep` returns for a sweep a signal stopped: its rows so far (read from
+    ``results.parquet``, where each was written before the results actor acknowledged it), the
+    plan marked interrupted (when the sweep got as far as writing one), the exit status."""
+    import signal
+
+    from vgray.distributed.interrupt import exit_status, signal_name
+    from vgray.distributed.results import ResultsStore
+
+    signum = signum or signal.SIGINT  # a KeyboardInterrupt raised before the handler was in place
+    storage = Storage(spec.directory, create=False)
+    store = ResultsStore(spec.directory, spec.varied) if storage.exists(PLAN_FILE) else None
+    if store is not None:
+        try:
+            write_plan(spec, url, interrupted=signal_name(signum))
+        except Exception:  # Ray or the storage half-way: the plan stays as it was (unfinished)
+            pass
+    rows = len(store.rows) if store is not None else 0
+    return {
+        "planned": planned_rows(spec),
+        "interrupted": signal_name(signum),
+        "exit": exit_status(signum),
+        "summary": summary_markdown(store.summary()) if store is not None and store.rows else "",
+        "failed": 0,
+        "trials": rows,
+        "rows": rows,
+        "directory": spec.directory,
+        "resumable": storage.exists("tuner.pkl"),
+    }
 
 
 def _start_line(spec: SweepSpec, url: Optional[str], log: Optional[Path]) -> str:
@@ -387,16 +494,24 @@ def shapes_line(shapes: List[Dict[str, float]]) -> str:
     return ", ".join(f"{n} x {text}" for text, n in counts.items()) or "none"
 
 
-def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False) -> None:
+def planned_rows(spec: SweepSpec) -> int:
+    """The rows the sweep writes when it ends: one per config and seed."""
+    return spec.num_trials * (spec.repeats if spec.search else 1)
+
+
+def write_plan(
+    spec: SweepSpec, dashboard: Optional[str], finished: bool = False, interrupted: Optional[str] = None
+) -> None:
     """``STORAGE/NAME/plan.json`` (:func:`vgray.results.make_plan`, written atomically): how many
     rows the sweep will write (one per config and seed), the keys it varies, whether its driver has
     ended, and the Ray dashboard's URL; ``vgray report`` reads it to say how far a running sweep
-    has come (and to show the varied columns while the rows written so far do not differ in them).
+    has come (and to show the varied columns while the rows written so far do not differ in them);
+    ``interrupted`` (a signal's name) marks a driver that a signal stopped: not finished, resumable.
     With them the set-up the report shows at its top (:func:`_plan_setup`): base config, grid or
     search, seeds, resources per trial, storage and the Ray cluster (address, nodes, CPUs, GPUs)."""
     storage = Storage(spec.directory)
     earlier = storage.read_bytes(PLAN_FILE) if storage.exists(PLAN_FILE) else None
-    rows = spec.num_trials * (spec.repeats if spec.search else 1)
+    rows = planned_rows(spec)
     storage.write_bytes(
         PLAN_FILE,
         make_plan(
@@ -409,6 +524,7 @@ def write_plan(spec: SweepSpec, dashboard: Optional[str], finished: bool = False
             earlier,
             finished,
             setup=_plan_setup(spec),
+            interrupted=interrupted,
         ),
     )
 

@@ -14,34 +14,21 @@ folder every node sees (a shared file system).
 
 from __future__ import annotations
 
-import re
-import socket
 from pathlib import Path
 from typing import Callable, Optional
 
 from vgray.data.synthetic.write import plan_resumable, render_chunk, write_resumable
-from vgray.errors import BadInput
 
 __all__ = ["generate_on_ray", "check_address"]
-
-# ``auto``, or HOST:PORT (a name, an IPv4 address or a bracketed IPv6 one), optionally ray://.
-_ADDRESS = re.compile(r"^(?:ray://)?(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:
     """Refuse (:class:`~vgray.errors.BadInput`) an ``--address`` that is neither ``auto`` nor
     ``HOST:PORT``, or a ``HOST:PORT`` where nothing takes a connection within ``timeout_s``, before
-    anything starts (Ray itself would retry for a minute before saying so)."""
-    if address == "auto":
-        return
-    m = _ADDRESS.match(address)
-    if not (m and 0 < int(m.group(1)) < 65536):
-        raise BadInput(f"--address {address!r} is not a Ray cluster address; give auto or HOST:PORT")
-    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
-    try:
-        socket.create_connection((host, int(m.group(1))), timeout=timeout_s).close()
-    except OSError as exc:
-        raise BadInput(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+    anything starts: :func:`vgray.distributed.sweep.check_address`."""
+    from vgray.distributed.sweep import check_address as check
+
+    check(address, "--address", timeout_s)
 
 
 def generate_on_ray(

@@ -301,6 +301,7 @@ def evaluate(
     from vgray.models import build_model
 
     split = open_split(cfg.data.root, cfg.test.split, cfg.data.msls_queries)
+    split.check_positives(cfg.test.positives)  # a rule the split cannot decide: refused before any effect
     rt = Runtime.from_config(cfg, progress=progress)
     seed_everything(cfg.seed)
     if model is None:
@@ -366,6 +367,8 @@ def final_test(
         return extractors[root]
 
     splits = {name: open_split(root, "test", cfg.data.msls_queries) for name, root in sets.items()}
+    for split in splits.values():  # test.positives against every set, before any extraction
+        split.check_positives(cfg.test.positives)
     if splits and model.needs_init():
         seed_everything(cfg.seed)
         first = next(iter(sets))

@@ -102,6 +102,9 @@ class Aggregation(nn.Module):
     (B, output_dim)."""
 
     inputs: FrozenSet[str] = frozenset({"feature_map"})
+    # Facts a backbone must declare in its registry entry (``class_token=True``), each with what it
+    # gives, for the message naming the backbones that have it (SALAD: the class token).
+    needs: Tuple[Tuple[str, str], ...] = ()
     pooling: bool = False
     takes_tokens: bool = False
     starts_from: Optional[str] = None

@@ -30,18 +30,46 @@ from vgray.registry import add_config_check
 @add_config_check
 def check_components(cfg) -> None:
     """The aggregation can pool what the backbone gives, at an input size the backbone takes."""
-    output = BACKBONES.type_of(cfg.model.backbone).output
-    if output not in AGGREGATIONS.type_of(cfg.model.aggregation).inputs:
+    check_pairing(cfg.model.backbone, cfg.model.aggregation, cfg.data.image_size)
+
+
+def fitting_backbones(aggregation: str) -> list:
+    """The backbones ``aggregation`` can pool, read from what each declares: the backbone's
+    ``output`` among the aggregation's ``inputs``, and every fact in its ``needs`` registered."""
+    kind = AGGREGATIONS.type_of(aggregation)
+    return [
+        name
+        for name in BACKBONES.names()
+        if BACKBONES.type_of(name).output in kind.inputs and all(BACKBONES.info(name).get(f) for f, _ in kind.needs)
+    ]
+
+
+def check_pairing(backbone: str, aggregation: str, image_size=None) -> None:
+    """BadInput naming ``model.aggregation`` and the backbones it fits when ``aggregation`` cannot
+    pool what ``backbone`` gives (its declared ``output``, the facts the aggregation ``needs``), or
+    when ``image_size`` is not one the backbone takes; run at config load and again when the
+    network is built, so that no command reaches a forward pass with a pair that cannot work."""
+    kind = AGGREGATIONS.type_of(aggregation)
+    info = BACKBONES.info(backbone)
+    for fact, gives in kind.needs:
+        if not info.get(fact):
+            raise BadInput(
+                f"model.aggregation={aggregation} needs {gives}, which model.backbone={backbone} lacks; allowed: "
+                + ", ".join(n for n in BACKBONES.names() if BACKBONES.info(n).get(fact))
+            )
+    output = info["type"].output
+    if output not in kind.inputs:
         raise BadInput(
-            f"model.aggregation={cfg.model.aggregation} cannot pool the {output} of "
-            f"model.backbone={cfg.model.backbone}; allowed: "
+            f"model.aggregation={aggregation} cannot pool the {output} of "
+            f"model.backbone={backbone}; allowed: "
             + ", ".join(n for n in AGGREGATIONS.names() if output in AGGREGATIONS.type_of(n).inputs)
+            + f" (model.aggregation={aggregation} fits model.backbone: {', '.join(fitting_backbones(aggregation))})"
         )
-    sizes = BACKBONES.info(cfg.model.backbone).get("input_sizes")
-    if sizes and tuple(cfg.data.image_size) not in sizes:
+    sizes = info.get("input_sizes")
+    if sizes and image_size is not None and tuple(image_size) not in sizes:
         raise BadInput(
-            f"model.backbone={cfg.model.backbone} needs data.resize (times resize_fraction) in "
-            f"{sorted(sizes)}, not {list(cfg.data.image_size)}"
+            f"model.backbone={backbone} needs data.resize (times resize_fraction) in "
+            f"{sorted(sizes)}, not {list(image_size)}"
         )
 
 
@@ -190,6 +218,7 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
     resume_from = model_cfg.resume_from if load_weights else None
     # A checkpoint to resume from holds the backbone's weights: no named source to download first.
     source = pretrained if is_named_source(pretrained) and resume_from is None else "none"
+    check_pairing(model_cfg.backbone, model_cfg.aggregation)  # before anything is built or loaded
     extra = _backbone_extra(model_cfg, image_size)
     backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
     aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)

@@ -38,7 +38,8 @@ def progress_of(directory: str | Path, rows) -> Progress:
         done=sum(r.get("status") == "ok" for r in rows),
         apart=sum(r.get("status") != "ok" for r in rows),
         expected=expected,
-        running=(not plan.get("finished")) if plan else None,
+        running=(not plan.get("finished") and not plan.get("interrupted")) if plan else None,
+        interrupted=str(plan["interrupted"]) if plan.get("interrupted") else None,
         dashboard=str(plan.get("dashboard") or DEFAULT_DASHBOARD),
     )
 

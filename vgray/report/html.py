@@ -62,12 +62,18 @@ class Progress:
     expected: Optional[int] = None  # from plan.json; None when the sweep wrote no plan
     running: Optional[bool] = None  # None when unknown (no plan)
     dashboard: str = "http://127.0.0.1:8265"
+    interrupted: Optional[str] = None  # "TIME (SIGNAL)" when a signal stopped the sweep's driver
 
     def text(self) -> str:
         apart = f", {self.apart} failed or stopped" if self.apart else ""
         if self.expected is None:
             return (
                 f"{self.done} trials finished{apart} (the sweep wrote no plan.json, so how many it runs is not known)."
+            )
+        if self.interrupted:
+            return (
+                f"Sweep interrupted ({self.interrupted}): {self.done} of {self.expected} trials done{apart}; "
+                f"carry on with vgray sweep FILE --resume."
             )
         state = "running" if self.running else "finished"
         more = "; run vgray report again to update this page" if self.running else ""
@@ -170,6 +176,8 @@ def _cluster_text(plan: Dict[str, Any]) -> str:
 def _end_text(plan: Dict[str, Any]) -> str:
     if plan.get("finished"):
         return str(plan["finished"])
+    if plan.get("interrupted"):
+        return f"not finished: interrupted {plan['interrupted']}; resumable with --resume"
     return "not yet: the sweep is running (or its driver was stopped)" if plan else NOT_RECORDED
 
 
@@ -294,7 +302,7 @@ def render_page(
         .render(
             sweep=progress.sweep,
             progress=progress.text(),
-            running=bool(progress.running),
+            running=bool(progress.running or progress.interrupted),
             dashboard=progress.dashboard,
             dashboard_url=web_url(progress.dashboard),
             made=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -240,7 +240,7 @@ def train(
     val_split = open_split(cfg.data.val_root or cfg.data.root, "val", cfg.data.msls_queries)
     sets = test_sets(cfg)
     for root in sets.values():  # fail on a bad test set now, not after hours of training
-        open_split(root, "test", cfg.data.msls_queries)
+        open_split(root, "test", cfg.data.msls_queries).check_positives(cfg.test.positives)
 
     # Built before the optimizer, so that its state lands on the device too.
     model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)

@@ -21,7 +21,7 @@ from torch import nn
 
 from vgray.errors import BadInput
 from vgray.models.components import Aggregation, fp32_island, under_autocast
-from vgray.registry import AGGREGATIONS, BACKBONES, add_config_check
+from vgray.registry import AGGREGATIONS, BACKBONES
 
 HIDDEN = 512  # hidden channels of the three MLPs (the authors' code)
 SINKHORN_ITERS = 3  # the authors' code
@@ -68,6 +68,7 @@ class SALAD(Aggregation):
 
     inputs = frozenset({"tokens"})
     takes_tokens = True  # it needs the class token beside the patch tokens
+    needs = (("class_token", "a class token beside the patch tokens"),)
 
     def __init__(
         self, in_channels: int, clusters: int = 64, cluster_dim: int = 128, token_dim: int = 256, dropout: float = 0.3
@@ -98,20 +99,6 @@ class SALAD(Aggregation):
             [F.normalize(global_token, p=2, dim=-1), F.normalize(aggregated, p=2, dim=1).flatten(1)], dim=-1
         )
         return F.normalize(out, p=2, dim=-1)
-
-
-# Added when this package is imported, before the network's generic output check: on a CNN too, the
-# message names the backbones SALAD can take.
-@add_config_check
-def check_class_token(cfg) -> None:
-    """SALAD needs a backbone with a class token (the ``class_token`` fact: DINOv2)."""
-    m = cfg.model
-    if m.aggregation == "salad" and not BACKBONES.info(m.backbone).get("class_token"):
-        raise BadInput(
-            f"model.aggregation=salad needs a class token beside the patch tokens, which "
-            f"model.backbone={m.backbone} lacks; allowed: "
-            + ", ".join(n for n in BACKBONES.names() if BACKBONES.info(n).get("class_token"))
-        )
 
 
 def _check_salad(cfg) -> None:
