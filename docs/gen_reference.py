@@ -23,6 +23,7 @@ from vgray.bench import BENCHMARKS
 from vgray.cli import build_parser
 from vgray.data.catalog import CATALOG, catalog_rows
 from vgray.distributed import spec
+from vgray.environment import CHECKS, VARIABLES
 from vgray.models.pretrained import RECORDS
 
 spec.fill_registries()  # the component packages fill the registries the config names
@@ -320,6 +321,23 @@ def datasets_page() -> str:
     return "\n".join(out)
 
 
+def environment_page() -> str:
+    rows = [
+        [f'<span id="{name}"></span>' + code(name), "yes" if name in CHECKS else "no", text(meaning)]
+        for name, meaning in VARIABLES.items()
+    ]
+    out = [
+        "# Environment variables\n",
+        GENERATED,
+        "Every variable vgray, or a library for vgray, reads (`vgray.environment.VARIABLES`). Those "
+        "checked are checked once, when `vgray` starts (after its options are read, before the command "
+        "runs): a bad value ends the command with exit status 2 and one line naming the variable. See "
+        "[Inputs and their doors](../guides/inputs.md).\n",
+        table(["variable", "checked at start-up", "who reads it, what it means, what is checked"], rows),
+    ]
+    return "\n".join(out)
+
+
 PAGES = {
     "reference/config.md": config_page,
     "reference/cli.md": cli_page,
@@ -327,6 +345,7 @@ PAGES = {
     "reference/registries.md": registries_page,
     "reference/sources.md": sources_page,
     "reference/datasets.md": datasets_page,
+    "reference/environment.md": environment_page,
 }
 for path, page in PAGES.items():
     with mkdocs_gen_files.open(path, "w") as out:

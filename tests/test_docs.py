@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import importlib
 import os
 import re
 import subprocess
@@ -57,7 +58,7 @@ def words(text: str) -> str:
 
 @pytest.mark.slow
 def test_the_site_builds_strictly(site):
-    for name in ("config", "cli", "sweep-yaml", "registries", "sources", "datasets", "api"):
+    for name in ("config", "cli", "sweep-yaml", "registries", "sources", "datasets", "environment", "api"):
         assert (site / "reference" / name / "index.html").is_file(), name
 
 
@@ -92,6 +93,34 @@ def test_registries_reference_lists_every_member_under_its_family(site):
         section = html.unescape(built.split(f'id="{anchor}"', 1)[1].split("<h2", 1)[0])
         for name in reg.names():
             assert f"<code>{name}</code>" in section, f"{reg.family} {name}"
+
+
+@pytest.mark.slow
+def test_environment_reference_has_a_row_for_every_variable_and_the_doors_page_names_every_door(site):
+    from vgray.environment import CHECKS, VARIABLES
+
+    built = page(site, "environment")
+    for name, meaning in VARIABLES.items():
+        text = row(built, name)
+        assert words(meaning) in text and ("yes" if name in CHECKS else "no") in text.split(name, 1)[1], name
+    doors = (ROOT / "docs" / "guides" / "inputs.md").read_text()
+    # every door (module, function) the code routes its inputs through: named on the page, and real
+    for module, name in (
+        ("vgray.paths", "check_path"),
+        ("vgray.atomic", "target"),
+        ("vgray.values", None),
+        ("vgray.values", "refuse_empty"),
+        ("vgray.environment", None),
+        ("vgray.checkpoint", "mismatches"),
+        ("vgray.config", None),
+        ("vgray.distributed.spec", None),
+        ("vgray.distributed.lock", None),
+        ("vgray.distributed.interrupt", None),
+    ):
+        assert f"`{module}{'.' + name if name else ''}`" in doors, (module, name)
+        assert name is None or callable(getattr(importlib.import_module(module), name)), (module, name)
+    for name in CHECKS:
+        assert f"`{name}`" in doors, name
 
 
 @pytest.mark.slow

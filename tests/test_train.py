@@ -191,6 +191,28 @@ def test_dropped_queries_are_logged(tmp_path):
     assert result["dropped_queries"] == 2
 
 
+def test_a_training_query_without_negatives_is_refused_before_anything_is_written(tmp_path, capsys):
+    from conftest import make_vg_folder
+
+    from vgray.cli import main
+
+    db = [(500000.0 + 10 * i, 4100000.0) for i in range(30)]
+    q = [(500001.0 + 10 * i, 4100001.0) for i in range(8)]
+    root = tmp_path / "ds"
+    for split in ("val", "test"):
+        make_vg_folder(root, db, q, split=split, size=(32, 48))
+    # the training split: four database images 5 m apart, and a query within 25 m of all of them
+    make_vg_folder(
+        root, [(500000.0 + 5 * i, 4100000.0) for i in range(4)], [(500007.0, 4100000.0)], "train", size=(32, 48)
+    )
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--set", f"data.root={root}", "--set", "model.pretrained=none"]
+    assert main(argv + ["--set", "data.num_workers=0", "--set", "data.resize=[32,48]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has every database image within 25 m" in err[0] and "no negative" in err[0], err
+    assert not out.exists()
+
+
 def test_bad_training_inputs(tiny_root, tmp_path):
     with pytest.raises(BadInput, match="train.mining=full needs the descriptors of all"):
         train(quick("train.mining=full", "train.memory_budget_mb=0.01"), tmp_path / "full", progress=False, log=silent)

@@ -59,6 +59,16 @@ class TrainingQueries:
                 f"dataset {split.root}: no training query has a database image within "
                 f"{hard_threshold} m (train.positive_dist_threshold)"
             )
+        # A query whose soft positives are the whole database has no negative: refused here, from
+        # the index, before anything is written (not at the mining refresh that would draw one).
+        crowded = [int(q) for q in self.usable if len(self.soft_positives[q]) >= len(split.database)]
+        if crowded:
+            raise BadInput(
+                f"dataset {split.root}: training query {split.queries.paths[crowded[0]]} has every database image "
+                f"within {soft_threshold:g} m (test.positive_dist_threshold), so it has no negative"
+                f"{f' ({len(crowded)} such queries)' if len(crowded) > 1 else ''}; a training split needs database "
+                f"images farther than that from each query"
+            )
 
     @property
     def database_size(self) -> int:
