@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 torch.set_num_threads(2)
@@ -24,6 +25,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 _CACHE = Path(
     os.environ.setdefault("VGRAY_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "vgray"))
 )
+
+# Hypothesis's example counts, one profile for every property of the suite: ``suite`` (the default,
+# a few dozen examples a property) or ``slow`` (``VGRAY_HYPOTHESIS=slow``: 300, for a longer run).
+settings.register_profile(
+    "suite", max_examples=25, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("slow", max_examples=300, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("VGRAY_HYPOTHESIS", "suite"))
 
 TINY = "synthetic:tiny"
 # Overrides that make a run tiny: tests never load pretrained weights and use small images.

@@ -21,7 +21,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from vgray import values
@@ -31,13 +31,6 @@ from vgray.config import all_keys, load_config
 from vgray.environment import CHECKS, VARIABLES, check_environment
 from vgray.errors import BadInput
 from vgray.results import RESULTS_FILE, load_rows, rows_to_parquet
-
-settings.register_profile(
-    "suite", max_examples=25, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("slow", max_examples=300, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("VGRAY_HYPOTHESIS", "suite"))
-
 
 # -- what the doors are given: every parser's options, every config key ------------------------------
 

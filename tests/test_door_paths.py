@@ -24,19 +24,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from vgray import atomic, checkpoint
 from vgray.cli import build_parser, main
 from vgray.errors import BadInput
 from vgray.paths import cache_dir, check_path
-
-settings.register_profile(
-    "suite", max_examples=25, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("slow", max_examples=300, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("VGRAY_HYPOTHESIS", "suite"))
 
 
 def run(argv):
@@ -479,3 +473,97 @@ def test_any_path_into_any_path_option(option, kind, raw):
         assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
         if kind in ("fifo", "socket"):
             assert stat.S_IFMT(os.lstat(d / "p").st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
+
+
+# -- the benchmarks' own options, the other path forms, sizes past memory ----------------------
+
+# (a benchmark's ``--database`` is a count of images, not a path)
+BENCH_PATH_DESTS = (PATH_DESTS - {"database"}) | {"dir", "from_json", "figure", "descriptors"}
+
+
+def bench_path_options():
+    """``(benchmark, option)`` of every path option of every ``vgray bench`` (their parsers are
+    their own, not ``vgray``'s): a new benchmark's ``--json`` and folders come in here."""
+    import importlib
+
+    from vgray.bench import BENCHMARKS
+
+    found = []
+    for name, module in BENCHMARKS.items():
+        for action in importlib.import_module(module).parser()._actions:
+            if action.option_strings and (action.dest in BENCH_PATH_DESTS or action.metavar in PATH_METAVARS):
+                found.append((name, action.option_strings[0]))
+    return found
+
+
+def test_every_benchmark_reads_its_paths_through_the_door_before_it_runs(odd):
+    """A dangling link in any benchmark's path option: one line naming the option, at once (the
+    options are read before anything is measured), nothing written."""
+    options = bench_path_options()
+    assert {o for _, o in options} >= {"--json", "--dir", "--from-json", "--figure", "--descriptors"}
+    assert {n for n, _ in options} >= {"extract", "index", "scale", "knn", "ddp"}
+    before = _tree(odd)
+    for name, option in options:
+        code, lines = run(["bench", name, option, odd / "dangling"])
+        assert code == 2 and len(lines) == 1 and f"{option} " in lines[0] and "does not exist" in lines[0], lines
+        code, lines = run(["bench", name, option, ""])
+        assert code == 2 and len(lines) == 1 and f"{option}=''" in lines[0], lines
+    assert _tree(odd) == before
+
+
+def test_a_data_root_of_any_form_is_spelled_through_the_door():
+    """``vgray datasets check ROOT`` takes folders, FOLDER/NAME and IMAGES::LISTS: its spelling
+    (lengths, bytes) through the door, whatever form it names."""
+    code, lines = run(["datasets", "check", "n" * 300])
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("vgray: error: ROOT "), lines
+    assert "the file system takes names of at most 255" in lines[0]
+    code, lines = run(["datasets", "check", f"{'n' * 300}::lists"])
+    assert code == 2 and len(lines) == 1 and "ROOT" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "wrapped,entry",
+    [({1: torch.zeros(1)}, "a key of the file"), ({"state_dict": {1: torch.zeros(1)}}, "a key of state_dict")],
+)
+def test_a_weights_file_with_keys_that_are_not_names_is_refused_as_it_is_read(tmp_path, wrapped, entry):
+    path = tmp_path / "w.pth"
+    torch.save(wrapped, path)
+    refused(checkpoint.read_weights_file, path, match=f"weights file {path}: {entry} is an int 1")
+    torch.save({"model": {"a": torch.zeros(1, dtype=torch.complex64)}}, path)
+    refused(checkpoint.read_weights_file, path, match="model['a'] is a torch.complex64 tensor")
+
+
+@pytest.mark.parametrize(
+    "changes,named",
+    [
+        ({"fc_output_dim": 2**31 - 1}, "model.fc_output_dim=2147483647"),
+        ({"aggregation": "netvlad", "netvlad_clusters": 2**31 - 1}, "model.netvlad_clusters=2147483647"),
+    ],
+)
+def test_a_network_larger_than_memory_is_refused_naming_its_sizes(changes, named):
+    """Sizes the number door lets through (a C int) but no machine holds: one line naming the keys
+    set away from their defaults, never the allocator's traceback."""
+    from vgray.config import ModelConfig
+    from vgray.models import build_model
+
+    cfg = ModelConfig(**{"backbone": "resnet18conv4", "aggregation": "gem", "pretrained": "none", **changes})
+    text = refused(build_model, cfg, False, match="does not fit in this machine's memory")
+    assert named in text and "model.backbone=resnet18conv4" in text and "GiB" in text
+
+
+def test_a_test_set_is_named_by_its_key_when_refused(tmp_path):
+    """A missing ``test.datasets`` folder is named by its own key, before training starts."""
+    code, lines = run(
+        ["train", "--set", "test.datasets={x: /absent-set}", "--set", "model.pretrained=none", "--out", tmp_path / "o"]
+    )
+    assert code == 2 and len(lines) == 1 and "test.datasets.x=/absent-set: no such folder" in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_sweep_whose_data_root_is_a_file_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    sweep = _sweep_file(tmp_path, base={"data": {"root": str(tmp_path / "afile")}}, grid={"model.aggregation": ["gem"]})
+    code, lines = run(["sweep", sweep, "--storage", tmp_path / "st"])
+    assert code == 2 and len(lines) == 1, lines
+    assert f"trial gem-s0: data.root={tmp_path / 'afile'}: not a folder" in lines[0], lines
+    assert not (tmp_path / "st").exists()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import string
 import tempfile
 from pathlib import Path
@@ -27,12 +26,6 @@ from hypothesis import strategies as st
 from vgray.cli import main
 from vgray.config import all_keys
 from vgray.distributed.spec import TOP_KEYS
-
-settings.register_profile(
-    "suite", max_examples=25, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("slow", max_examples=300, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("VGRAY_HYPOTHESIS", "suite"))
 
 KEYS = sorted(all_keys())
 SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k})

@@ -327,7 +327,26 @@ def read_weights_file(path: PathLike, missing: Optional[str] = None) -> Dict[str
     obj = _torch_load(p, f"weights file {p} cannot be read as a torch checkpoint")
     if not isinstance(obj, dict):
         raise BadInput(f"weights file {p} holds a {type(obj).__name__}, not a state dict or vgray checkpoint")
+    _check_weights_keys(obj, f"weights file {p}")
     return obj
+
+
+# Where a weights file keeps its state dict: at its top, or wrapped by its publisher or by vgray.
+WRAPPERS = ("model_state_dict", "state_dict", "model")
+
+
+def _check_weights_keys(obj: Dict[Any, Any], what: str) -> None:
+    """As a weights file is read, before any layout is tried on it: every key of the file, and of
+    the state dict it wraps (:data:`WRAPPERS`), a string; no complex tensor there."""
+    refuse = _Refuse(what)
+    mappings = [("the file", obj)]
+    mappings += [(name, obj[name]) for name in WRAPPERS if name in obj and isinstance(obj[name], dict)]
+    for entry, mapping in mappings:
+        for k, v in mapping.items():
+            if not isinstance(k, str):
+                refuse(f"a key of {entry}", k, "parameter names (strings)")
+            if weight_kind(v) == "complex":
+                refuse(f"{entry}[{shown(k, 60)}]" if entry != "the file" else shown(k, 60), v, WEIGHTS_ALLOWED)
 
 
 def read_state_dict(path: PathLike, what: Optional[str] = None) -> Dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from vgray import __version__
 from vgray.console import Parser, print_figures
 from vgray.environment import check_environment
 from vgray.errors import BadInput
-from vgray.paths import check_input, check_output_dir, check_output_file
+from vgray.paths import check_input, check_output_dir, check_output_file, check_spelled
 from vgray.values import amount, count, count_list, seed
 
 if TYPE_CHECKING:
@@ -664,6 +664,7 @@ def cmd_datasets(args) -> int:
             bar = bars[what] = progress_bar(desc=f"indexing {what}", unit=" files")
         bar.update(seen - bar.n)
 
+    check_spelled(args.root, "ROOT")  # a folder, FOLDER/NAME or IMAGES::LISTS: its characters and lengths
     try:
         report = check(
             args.root,

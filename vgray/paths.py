@@ -9,10 +9,11 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from vgray.atomic import kind_of, writes_through
 from vgray.errors import BadInput, shown
+from vgray.values import refuse_empty
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -212,6 +213,14 @@ SPELLED_KEYS = ("data.root", "data.val_root", "model.pretrained")
 FILE_KEYS = ("model.resume_from",)
 
 
+def check_spelled(value: str, where: str) -> str:
+    """A path that also takes other forms (a data root: ``FOLDER/NAME``, ``IMAGES::LISTS``,
+    ``synthetic:tiny``) through the door's spelling part: no NUL byte, UTF-8, within the file
+    system's lengths; its reader decides the rest. Returns ``value``."""
+    _spelling(value, where)
+    return value
+
+
 def check_config_paths(cfg: object) -> None:
     """The path keys of a config (:data:`SPELLED_KEYS`, :data:`FILE_KEYS`) through the one door, at
     load time: no NUL byte, UTF-8, within the file system's lengths; a file where a file is named."""
@@ -223,7 +232,19 @@ def check_config_paths(cfg: object) -> None:
         if key in FILE_KEYS:
             check_path(value, key, "in_file")
         else:
-            _spelling(value, key)
+            check_spelled(value, key)
+
+
+def path_type(where: str, kind: str) -> Callable[[str], str]:
+    """An argparse ``type=`` for the option ``where`` that takes a ``kind`` of path: its text through
+    :func:`check_path` as the options are read, before the command runs; returns the text."""
+
+    def check(text: str) -> str:
+        refuse_empty(text, where)  # the same line as every other empty option's
+        check_path(text, where, kind)
+        return text
+
+    return check
 
 
 def check_output_dir(path: PathLike, what: str) -> Path:

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from vgray import console, values
 from vgray.errors import BadInput
+from vgray.paths import path_type
 
 # name -> module in vgray.bench with a ``main(argv)``
 BENCHMARKS = {
@@ -50,7 +51,13 @@ def bench_parser(name: str, defaults: str) -> console.Parser:
         metavar="KEY=VALUE",
         help=f"config overrides (default: {defaults})",
     )
-    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as one JSON object")
+    # Through the path door as the options are read: not after the benchmark ran.
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        type=path_type("--json", "out_file"),
+        help="also write the figures to FILE as one JSON object",
+    )
     return p
 
 

@@ -98,12 +98,14 @@ def _run_child(kind: str, top: Path, cache: Path) -> dict:
 def parser() -> Parser:
     """``vgray bench index``'s options (read by :func:`main`)."""
     from vgray.bench import bench_parser
+    from vgray.paths import path_type
 
     p = bench_parser("index", "1,000,000 files in folders of 1,000")
     p.add_argument("--files", type=count(), default=1_000_000, help="files in the generated tree (default 1000000)")
     p.add_argument("--per-dir", type=count(), default=1000, help="files per subfolder (default 1000)")
     p.add_argument(
         "--dir",
+        type=path_type("--dir", "out_dir"),
         help="where to generate the tree (default: a temporary folder, removed afterwards; "
         "a given folder is kept, and reused when it already holds --files files)",
     )

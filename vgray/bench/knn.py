@@ -29,6 +29,7 @@ from vgray.console import Parser
 from vgray.errors import BadInput
 from vgray.evaluate.knn import build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.recall import recall_at_n
+from vgray.paths import path_type
 from vgray.saved_descriptors import DATABASE_FILE, QUERIES_FILE, read_descriptors
 from vgray.values import count
 
@@ -106,7 +107,12 @@ def measure(spec: str, xb, xq, positives, k: int, repeats: int, seed: int) -> Di
 def parser() -> Parser:
     """``vgray bench knn``'s options (read by :func:`main`)."""
     p = bench_parser("knn", "a synthetic set of 50,000 x 256-d database and 1,000 query descriptors")
-    p.add_argument("--descriptors", metavar="DIR", help="descriptors saved by vgray eval --save-descriptors DIR")
+    p.add_argument(
+        "--descriptors",
+        metavar="DIR",
+        type=path_type("--descriptors", "in_dir"),
+        help="descriptors saved by vgray eval --save-descriptors DIR",
+    )
     p.add_argument(
         "--index",
         action="append",

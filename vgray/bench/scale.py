@@ -44,6 +44,7 @@ from vgray.bench import bench_parser, print_figures
 from vgray.bench.search import best_seconds
 from vgray.console import Parser, write_json
 from vgray.errors import BadInput
+from vgray.paths import path_type
 from vgray.values import amount, count, count_list
 
 DEFAULT_SIZES = "10000,100000,1000000"
@@ -248,7 +249,12 @@ def parser() -> Parser:
     """``vgray bench scale``'s options (read by :func:`main`)."""
     p = bench_parser("scale", "synthetic:large, resnet18conv4 + gem untrained at the images' own size")
     p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"database sizes of the ladder (default {DEFAULT_SIZES})")
-    p.add_argument("--figure", metavar="FILE.png", help="also draw seconds and peak memory against size (log-log)")
+    p.add_argument(
+        "--figure",
+        metavar="FILE.png",
+        type=path_type("--figure", "out_file"),
+        help="also draw seconds and peak memory against size (log-log)",
+    )
     p.add_argument(
         "--queries", type=count(), default=1000, help="the fixed query set: the first Q queries (default 1000)"
     )
@@ -268,7 +274,11 @@ def parser() -> Parser:
         help="largest database (MiB of descriptors) Flat on the driver",
     )
     p.add_argument("--repeats", type=count(), default=2, help="timed searches per index; the best is kept")
-    p.add_argument("--dir", help="work folder for links and shards (default: a temporary one in the vgray cache)")
+    p.add_argument(
+        "--dir",
+        type=path_type("--dir", "in_dir"),
+        help="work folder for links and shards (default: a temporary one in the vgray cache)",
+    )
     p.add_argument("--address", default=None, help="a running Ray cluster (auto or HOST:PORT)")
     p.add_argument("--num-cpus", type=count(), default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument(
@@ -283,6 +293,7 @@ def parser() -> Parser:
     p.add_argument(
         "--from-json",
         metavar="FILE",
+        type=path_type("--from-json", "in_file"),
         help="run nothing: print, summarise and draw (--figure) the ladder in FILE, a JSON this benchmark wrote",
     )
     return p

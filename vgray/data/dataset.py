@@ -283,8 +283,9 @@ def check_root_positives(root: str, rule: str, split: str = "test") -> None:
     check_positives_rule(root, rule, find_list_set(root, split) is not None)
 
 
-def resolve_root(root: str) -> Path:
-    """``synthetic:<preset>`` -> the embedded dataset (generated on first use); else the folder."""
+def resolve_root(root: str, key: str = "data.root") -> Path:
+    """``synthetic:<preset>`` -> the embedded dataset (generated on first use); else the folder.
+    ``key`` names where ``root`` came from in a refusal (``data.val_root``, ``test.datasets.NAME``)."""
     if root.startswith("synthetic:"):
         from vgray.data import synthetic
 
@@ -292,12 +293,12 @@ def resolve_root(root: str) -> Path:
     path = Path(os.path.expandvars(os.path.expanduser(root)))
     if not path.exists():
         raise BadInput(
-            f"data.root={root}: no such folder; give a dataset folder in the VG format, "
+            f"{key}={root}: no such folder; give a dataset folder in the VG format, "
             f"ground-truth lists (FOLDER/NAME for FOLDER/NAME_dbImages.npy, or IMAGES::LISTS) "
             f"or synthetic:tiny|small|large"
         )
     if not path.is_dir():
-        raise BadInput(f"data.root={root}: not a folder; give a dataset folder in the VG format")
+        raise BadInput(f"{key}={root}: not a folder; give a dataset folder in the VG format")
     return path
 
 
@@ -567,12 +568,12 @@ def index_images(top: Path, progress: Optional[Callable[[int], None]] = None) ->
     return _image_set(top, table.to_batches(max_chunksize=PARSE_BATCH))
 
 
-def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im") -> Split:
+def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im", key: str = "data.root") -> Split:
     """Read one split of a dataset (``root`` a folder, ``synthetic:<preset>``, or a form naming
     ground-truth lists: :func:`vgray.data.ground_truth.find_list_set`). A folder in MSLS's raw
     layout (``train_val/<city>/...``) is read by :mod:`vgray.data.msls`, with ``msls_queries``
     (``data.msls_queries``: ``im2im`` or ``all``) choosing its val queries; ``Split.query_set``
-    records which queries every layout gives."""
+    records which queries every layout gives. ``key`` names where ``root`` came from in a refusal."""
     from vgray.data.ground_truth import find_list_set, read_list_set
 
     lists = find_list_set(str(root), split)
@@ -589,9 +590,9 @@ def open_split(root: str | Path, split: str = "test", msls_queries: str = "im2im
             query_set=query_set,
             candidates=candidates,
         )
-    path = resolve_root(str(root)) if not isinstance(root, Path) else root
+    path = resolve_root(str(root), key) if not isinstance(root, Path) else root
     if not path.is_dir():
-        raise BadInput(f"data.root={root}: no such folder")
+        raise BadInput(f"{key}={root}: no such folder")
     from vgray.data.msls import is_msls_raw, read_msls
 
     if is_msls_raw(path):

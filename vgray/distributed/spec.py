@@ -621,7 +621,7 @@ def check_dataset_roots(spec: SweepSpec) -> None:
     mode, the base's) must be on this machine, checked before Ray starts: for a sweep launched here,
     a missing folder would fail every trial. (A sweep that joins a cluster by ``--address`` reads
     its datasets on the workers, so the driver does not check.)"""
-    from vgray.data.dataset import check_root_positives
+    from vgray.data.dataset import check_root_positives, resolve_root
     from vgray.data.ground_truth import LIST_SUFFIXES, SEPARATOR
 
     configs = [(t.name, spec.checked.get(t.name) or t.config(spec, t.seeds[0])) for t in spec.trials()] or [
@@ -642,11 +642,27 @@ def check_dataset_roots(spec: SweepSpec) -> None:
                         f"sweep {spec.source}: trial {name}: {key}={root}: {path} does not exist on this "
                         f"machine; give a dataset folder, ground-truth lists or synthetic:tiny|small|large"
                     )
+            if _names_no_lists(root, "val" if key == "data.val_root" else "test"):
+                try:  # then it must be a folder (VG format, MSLS as shipped), as each trial would refuse
+                    resolve_root(root, key)
+                except BadInput as exc:
+                    raise BadInput(f"sweep {spec.source}: trial {name}: {exc}")
             if key != "data.val_root" and (key != "data.root" or not cfg.test.datasets):
                 try:  # test.positives against each test set's layout (no index read), before Ray starts
                     check_root_positives(root, cfg.test.positives)
                 except BadInput as exc:
                     raise BadInput(f"sweep {spec.source}: trial {name}: {key}={root}: {exc}")
+
+
+def _names_no_lists(root: str, split: str) -> bool:
+    """Whether the data root ``root`` is no form of ground-truth lists (which list set a split
+    takes, when a folder holds several, is the trial's to decide)."""
+    from vgray.data.ground_truth import find_list_set
+
+    try:
+        return find_list_set(root, split) is None
+    except BadInput:
+        return False
 
 
 def load_sweep(path: str | os.PathLike, storage: Optional[str] = None) -> SweepSpec:

@@ -335,6 +335,11 @@ def test_sets(cfg) -> Dict[str, str]:
     return dict(cfg.test.datasets) if cfg.test.datasets else {dataset_name(cfg.data.root): cfg.data.root}
 
 
+def set_key(cfg, name: str) -> str:
+    """The config key that names the test set ``name`` of :func:`test_sets`, for a refusal."""
+    return f"test.datasets.{name}" if cfg.test.datasets else "data.root"
+
+
 test_sets.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest, wherever a test module imports it
 
 
@@ -366,7 +371,7 @@ def final_test(
             extractors[root] = extractor_for(one) if extractor_for is not None else None
         return extractors[root]
 
-    splits = {name: open_split(root, "test", cfg.data.msls_queries) for name, root in sets.items()}
+    splits = {name: open_split(root, "test", cfg.data.msls_queries, set_key(cfg, name)) for name, root in sets.items()}
     for split in splits.values():  # test.positives against every set, before any extraction
         split.check_positives(cfg.test.positives)
     if splits and model.needs_init():

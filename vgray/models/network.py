@@ -7,18 +7,20 @@ checked with a dry forward pass at build time, never written into the config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vgray.checkpoint import load_fitting, made_for, read_checkpoint
-from vgray.errors import BadInput
+from vgray.errors import BadInput, shown
 from vgray.models.aggregations import AGGREGATIONS  # importing the packages fills the registries
 from vgray.models.backbones import BACKBONES
 from vgray.models.components import Aggregation, Backbone
@@ -220,9 +222,10 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
     source = pretrained if is_named_source(pretrained) and resume_from is None else "none"
     check_pairing(model_cfg.backbone, model_cfg.aggregation)  # before anything is built or loaded
     extra = _backbone_extra(model_cfg, image_size)
-    backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
-    aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
-    model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2, fc_output_dim=model_cfg.fc_output_dim)
+    with _fits_memory(model_cfg):
+        backbone = BACKBONES.create(model_cfg.backbone, pretrained=source, **extra)
+        aggregation = AGGREGATIONS.create(model_cfg.aggregation, backbone.out_channels, model_cfg)
+        model = GeoLocalizationNet(backbone, aggregation, l2=model_cfg.l2, fc_output_dim=model_cfg.fc_output_dim)
     # CNNs take any size: a tiny dry pass, unless the aggregation is sized for the input's map (MixVPR).
     model.check_shapes(
         extra.get("image_size") or (tuple(image_size) if image_size and aggregation.fixed_grid else (64, 64))
@@ -235,6 +238,35 @@ def build_model(model_cfg, load_weights: bool = True, image_size=None) -> GeoLoc
         _load_file(model, pretrained)
     backbone.init_aggregation(model.aggregation, model_cfg.aggregation)  # CCT's ImageNet SeqPool layer
     return model
+
+
+@contextlib.contextmanager
+def _fits_memory(model_cfg) -> Iterator[None]:
+    """The network's layers are built inside: a size the config asks for that this machine cannot
+    hold (``model.fc_output_dim``, ``model.netvlad_clusters`` near 2**31) is refused in one line
+    naming the model keys set away from their defaults, not left as an allocator's traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, MemoryError) and "allocate" not in text and "out of memory" not in text:
+            raise
+        tried = re.search(r"allocate (\d+) bytes", text)
+        size = f" (it tried to allocate {int(tried.group(1)) / 2**30:,.1f} GiB)" if tried else ""
+        keys = ["backbone", "aggregation"] + [
+            f.name
+            for f in dataclasses.fields(model_cfg)
+            if f.name not in ("backbone", "aggregation")
+            and f.default is not dataclasses.MISSING
+            and getattr(model_cfg, f.name) != f.default
+            and isinstance(getattr(model_cfg, f.name), (int, float, list))
+        ]
+        said = ", ".join(f"model.{k}={_plain(getattr(model_cfg, k))}" for k in keys)
+        raise BadInput(f"{said}: the network does not fit in this machine's memory{size}; give smaller sizes") from None
+
+
+def _plain(value: object) -> str:
+    return value if isinstance(value, str) else shown(value, 40)
 
 
 def _backbone_extra(model_cfg, image_size) -> dict:

@@ -25,7 +25,7 @@ from vgray.data.dataset import open_split, take_paths
 from vgray.data.images import SafeDataset, read_image
 from vgray.data.transforms import query_train_transform, test_transform, train_database_transform
 from vgray.errors import BadInput
-from vgray.evaluate.evaluate import check_before_extraction, evaluate_split, final_test, test_sets
+from vgray.evaluate.evaluate import check_before_extraction, evaluate_split, final_test, set_key, test_sets
 from vgray.evaluate.extract import extract_descriptors, initialize_aggregation, iter_batches
 from vgray.models import build_model
 from vgray.models.network import check_start
@@ -237,10 +237,11 @@ def train(
         progress = progress and group.main
         log = log if group.main else _quiet
     rt = Runtime.from_config(cfg, progress=progress)
-    val_split = open_split(cfg.data.val_root or cfg.data.root, "val", cfg.data.msls_queries)
+    val_key = "data.val_root" if cfg.data.val_root else "data.root"
+    val_split = open_split(cfg.data.val_root or cfg.data.root, "val", cfg.data.msls_queries, val_key)
     sets = test_sets(cfg)
-    for root in sets.values():  # fail on a bad test set now, not after hours of training
-        open_split(root, "test", cfg.data.msls_queries).check_positives(cfg.test.positives)
+    for name, root in sets.items():  # fail on a bad test set now, not after hours of training
+        open_split(root, "test", cfg.data.msls_queries, set_key(cfg, name)).check_positives(cfg.test.positives)
 
     # Built before the optimizer, so that its state lands on the device too.
     model = build_model(cfg.model, image_size=cfg.data.image_size).to(rt.device)
