@@ -105,3 +105,22 @@ def test_the_script_refuses_without_cuda(tmp_path):
     )
     assert done.returncode == 3 and done.stderr.strip().splitlines() == ["gpu_check: no CUDA device here"]
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_its_options_go_through_vgrays_doors(tmp_path):
+    """``python -m vgray.bench.gpu_check`` with a bad count or output folder: one line, exit 2,
+    nothing made (run as ``scripts/gpu_check.sh`` runs it, in a process of its own)."""
+    import sys
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for argv, says in [
+        (["--count", "0", "--out", str(tmp_path / "o")], "--count=0 must be at least 1"),
+        (["--size", "48", "-1", "--out", str(tmp_path / "o")], "--size=-1 must be at least 1"),
+        (["--out", str(tmp_path / "dangling")], "--out "),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "vgray.bench.gpu_check", "jpegs", *argv], capture_output=True, text=True
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling"]

@@ -34,7 +34,6 @@ On a machine without CUDA the ``jpegs``, ``heads`` and ``precision`` steps run w
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -419,20 +418,26 @@ def _device_name() -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vgray.bench.gpu_check", description=__doc__.splitlines()[0])
+    from vgray.console import Parser
+    from vgray.paths import path_type
+    from vgray.values import count
+
+    # vgray's own parser and doors: usage errors, paths and counts refused in one line, exit 2
+    p = Parser(prog="python -m vgray.bench.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument(
         "step", choices=["jpegs", "heads", "precision", "sweep-file", "sweep-figures", "train-group", "assemble"]
     )
-    p.add_argument("--out", required=True, type=Path, help="folder of the JSON files")
+    p.add_argument("--out", required=True, type=path_type("--out", "out_dir"), help="folder of the JSON files")
     p.add_argument("--device", default="cuda", help="device of the jpegs, heads and precision steps")
-    p.add_argument("--count", type=int, default=256, help="jpegs: files of each kind")
-    p.add_argument("--size", type=int, nargs=2, default=None, help="image size H W")
+    p.add_argument("--count", type=count(), default=256, help="jpegs: files of each kind")
+    p.add_argument("--size", type=count(), nargs=2, default=None, help="image size H W")
     p.add_argument(
         "--root",
         default="synthetic:tiny",
         help="precision: the dataset (tiny: built by the bench step before, 96x128 images)",
     )
     args = p.parse_args(argv)
+    args.out = Path(args.out).expanduser()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "assemble":
         print(json.dumps(assemble(args.out), indent=1, default=str))
@@ -459,5 +464,11 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from vgray.errors import BadInput
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BadInput as exc:  # as vgray's own commands: one line, exit status 2
+        print(f"gpu_check: error: {exc}", file=sys.stderr)
+        sys.exit(2)
