@@ -289,6 +289,7 @@ def test_zero_and_negative_counts_are_refused_naming_the_option(prefix, name):
         (["eval", "--set", "train.lr=.nan"], "train.lr=nan must be a finite number"),
         (["eval", "--set", "seed=1099511627776"], "seed=1099511627776 must lie in [0, 4294967295]"),
         (["eval", "--set", "seed=18446744073709551616"], "seed=18446744073709551616 does not fit in 64 bits"),
+        (["eval", "--set", "data.resize=[100000000, 100000000]"], "data.resize=[100000000, 100000000] must lie in"),
     ],
 )
 def test_numbers_past_what_the_code_holds_are_refused_in_one_line(argv, says):

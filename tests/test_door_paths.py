@@ -567,3 +567,35 @@ def test_a_sweep_whose_data_root_is_a_file_is_refused_before_ray_starts(tmp_path
     assert code == 2 and len(lines) == 1, lines
     assert f"trial gem-s0: data.root={tmp_path / 'afile'}: not a folder" in lines[0], lines
     assert not (tmp_path / "st").exists()
+
+
+def test_an_allocators_refusal_is_told_as_memory():
+    """torch's and numpy's own refusals (4 PiB, past any address space), and a DataLoader worker
+    the kernel killed, are recognised as memory running out; other errors are not."""
+    import numpy as np
+
+    from vgray.errors import memory_failure
+
+    with pytest.raises(RuntimeError) as torch_refused:
+        torch.empty(2**50)
+    assert (memory_failure(torch_refused.value) or "").startswith(" (it tried to allocate 4,194,304.0 GiB)")
+    with pytest.raises(MemoryError) as numpy_refused:
+        np.empty(2**50)
+    assert memory_failure(numpy_refused.value) is not None
+    assert "killed" in (memory_failure(RuntimeError("DataLoader worker (pid(s) 12) exited unexpectedly")) or "")
+    assert memory_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_memory_running_out_mid_run_is_one_line_exit_1(monkeypatch):
+    """Whatever command runs out of memory ends with exit 1 and one line naming the sizes to lower
+    (a command that takes more than the machine has, with torch's real refusal)."""
+    from vgray import cli
+
+    def greedy(args):
+        torch.empty(2**50)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "eval", greedy)
+    code, lines = run(["eval"])
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("vgray: error: out of memory (it tried to allocate") and "data.resize" in lines[0]

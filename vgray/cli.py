@@ -736,6 +736,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"vgray: error: {where}{exc.strerror or exc}; free space or fix the disk, then run again", file=sys.stderr
         )
         return 1
+    except (MemoryError, RuntimeError) as exc:  # the machine's memory ran out mid-run: one line, exit 1
+        from vgray.errors import memory_failure
+
+        size = memory_failure(exc)
+        if size is None:
+            raise
+        print(
+            f"vgray: error: out of memory{size}; give smaller sizes (data.resize, test.batch_size, "
+            f"train.batch_size, train.places_per_batch, data.num_workers) or run where there is more memory",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("vgray: interrupted", file=sys.stderr)
         return 130

@@ -49,6 +49,10 @@ def _key(default: Any, help: str, **checks: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+# The largest side data.resize takes: 16384 pixels (one float image that size is 3 GiB).
+MAX_SIDE = 16384
+
+
 @dataclass(frozen=True)
 class DataConfig:
     root: str = _key(
@@ -74,7 +78,9 @@ class DataConfig:
         "as the VG downloader formats it); docs: the datasets guide, MSLS",
         choices=["im2im", "all"],
     )
-    resize: List[int] = _key([480, 640], "[H, W] of train and test images", positive=True, length=2)
+    resize: List[int] = _key(
+        [480, 640], "[H, W] of train and test images, 1 to 16384 pixels a side", range=(1, MAX_SIDE), length=2
+    )
     resize_fraction: float = _key(
         1.0, "scale of both sides of resize (the paper's resolution study)", range=(1e-3, 1.0)
     )

@@ -41,3 +41,22 @@ def faiss_message(exc: Exception) -> str:
         text = text.split("Error:", 1)[1]
     text = re.sub(r"^.*?' failed: ", "", text)  # the failed assertion's expression
     return text.strip(" '\"")[:300]
+
+
+def memory_failure(exc: BaseException) -> "str | None":
+    """Whether ``exc`` is an allocator's refusal (``MemoryError``; torch's CPU "can't allocate
+    memory", a CUDA "out of memory", also as a DataLoader worker's re-raised error): then the
+    phrase saying how much it tried to take (``" (it tried to allocate 2.0 GiB)"``, or ``""``);
+    else None."""
+    import re
+
+    text = str(exc)
+    if re.search(r"DataLoader worker \(pid\(s\) [\d, ]+\) exited unexpectedly", text):
+        return " (a data loader worker was killed, most often by the kernel as memory ran out)"
+    if not isinstance(exc, MemoryError) and not re.search(r"can't allocate memory|out of memory", text):
+        return None
+    tried = re.search(r"allocate (\d+) bytes", text)
+    if tried:
+        return f" (it tried to allocate {int(tried.group(1)) / 2**30:,.1f} GiB)"
+    tried = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)
+    return f" (it tried to allocate {tried.group(1)})" if tried else ""

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgray.checkpoint import load_fitting, made_for, read_checkpoint
-from vgray.errors import BadInput, shown
+from vgray.errors import BadInput, memory_failure, shown
 from vgray.models.aggregations import AGGREGATIONS  # importing the packages fills the registries
 from vgray.models.backbones import BACKBONES
 from vgray.models.components import Aggregation, Backbone
@@ -248,11 +247,9 @@ def _fits_memory(model_cfg) -> Iterator[None]:
     try:
         yield
     except (MemoryError, RuntimeError) as exc:
-        text = str(exc)
-        if not isinstance(exc, MemoryError) and "allocate" not in text and "out of memory" not in text:
+        size = memory_failure(exc)
+        if size is None:
             raise
-        tried = re.search(r"allocate (\d+) bytes", text)
-        size = f" (it tried to allocate {int(tried.group(1)) / 2**30:,.1f} GiB)" if tried else ""
         keys = ["backbone", "aggregation"] + [
             f.name
             for f in dataclasses.fields(model_cfg)
