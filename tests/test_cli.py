@@ -89,7 +89,7 @@ def _bad_cases(root, tmp):
             ["--set", "test.knn=HNSW32", "--set", "test.memory_budget_mb=10"],
             "only test.knn=Flat",
         ),
-        ("non-positive size", ["--set", "data.resize=[0,48]"], "data.resize=[0, 48] must be positive"),
+        ("non-positive size", ["--set", "data.resize=[0,48]"], "data.resize=[0, 48] must lie in [1, 16384]"),
         ("non-positive threshold", ["--set", "test.positive_dist_threshold=0"], "must be positive"),
         ("unknown key", ["--set", "test.recal_values=[1]"], "unknown config key 'test.recal_values'"),
         ("faiss refuses", ["--set", "test.knn=IVF4,Bogus"], "refused by faiss"),

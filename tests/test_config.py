@@ -41,7 +41,7 @@ def test_environment_variables_expand(monkeypatch):
     [
         ("model.bakbone=vgg16", "unknown config key 'model.bakbone'; did you mean model.backbone"),
         ("modle.backbone=vgg16", "unknown config key 'modle.backbone'"),
-        ("data.resize=[0,320]", "data.resize=\\[0, 320\\] must be positive"),
+        ("data.resize=[0,320]", "data.resize=\\[0, 320\\] must lie in \\[1, 16384\\]"),
         ("data.resize=[240]", "must have 2 values"),
         ("data.resize=big", "must be a list"),
         ("test.positive_dist_threshold=-5", "test.positive_dist_threshold=-5.0 must be positive"),
