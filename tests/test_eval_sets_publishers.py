@@ -185,6 +185,24 @@ def test_a_sweep_refuses_the_rule_before_ray_starts(tmp_path, capsys):
     assert not storage.exists()
 
 
+def test_a_grid_over_the_rule_is_checked_for_each_rule(tmp_path, capsys):
+    """The same root in every trial, a rule it cannot decide in the second: refused before Ray."""
+    root = make_vg_folder(tmp_path / "vg", [(0.0, 0.0)], [(1.0, 0.0)], size=(32, 32))
+    sweep = tmp_path / "s.yaml"
+    storage = tmp_path / "results"
+    sweep.write_text(
+        "name: s\ntask: eval\n"
+        f"base: {{data: {{root: '{root}'}}, model: {{pretrained: none}}}}\n"
+        "grid: {test.positives: [radius, files]}\n"
+        f"storage: '{storage}'\n"
+    )
+    code = main(["sweep", str(sweep)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "test.positives=files" in err and "data.root" in err
+    assert not storage.exists()
+
+
 # -- 5. Table 2's rounded figures ---------------------------------------------------------------------
 
 

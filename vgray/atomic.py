@@ -56,16 +56,17 @@ def writes_through(mode: int) -> bool:
 
 
 # /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N: this process's own descriptors, written as they are.
-_OWN_FD = re.compile(r"/dev/(?:std(?:in|out|err)|fd/(\d+))|/proc/(?:self|%d)/fd/(\d+)" % os.getpid())
+# (``/proc/PID/fd/N`` is this process's only for its own pid, read at each call: Ray and DataLoader fork.)
+_OWN_FD = re.compile(r"/dev/(?:std(?:in|out|err)|fd/(\d+))|/proc/(self|\d+)/fd/(\d+)")
 
 
 def _own_fd(path: Path) -> Optional[int]:
     match = _OWN_FD.fullmatch(os.path.abspath(path))
-    if match is None:
+    if match is None or match.group(2) not in (None, "self", str(os.getpid())):
         return None
     name = os.path.basename(path)
     fd = {"stdin": 0, "stdout": 1, "stderr": 2}.get(name)
-    return fd if fd is not None else int(match.group(1) or match.group(2))
+    return fd if fd is not None else int(match.group(1) or match.group(3))
 
 
 def target(path: str | os.PathLike[str]) -> Tuple[Path, bool]:
@@ -79,25 +80,23 @@ def target(path: str | os.PathLike[str]) -> Tuple[Path, bool]:
     except FileNotFoundError:
         if os.path.islink(p):
             raise BadInput(
-                f"{_show(p)} is a link to {_show(os.readlink(p))}, which does not exist; vgray writes "
+                f"{show_path(p)} is a link to {show_path(os.readlink(p))}, which does not exist; vgray writes "
                 f"a file or through a device, never a dangling link"
             )
         return p, False
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG):
-            raise BadInput(f"{_show(p)} cannot be written ({exc.strerror}); give a path to a file")
+            raise BadInput(f"{show_path(p)} cannot be written ({exc.strerror}); give a path to a file")
         raise
     if writes_through(mode) or (stat.S_ISREG(mode) and _own_fd(p) is not None):
         return p, True
     if not stat.S_ISREG(mode):
-        raise BadInput(f"{_show(p)} is {kind_of(mode)}; vgray writes files, or through a character device or FIFO")
-    if os.path.islink(p):
-        real = Path(os.path.realpath(p))
-        return (real, False) if real.is_file() else (p, True)
-    return p, False
+        raise BadInput(f"{show_path(p)} is {kind_of(mode)}; vgray writes files, or through a character device or FIFO")
+    return (Path(os.path.realpath(p)) if os.path.islink(p) else p), False
 
 
-def _show(p: object) -> str:
+def show_path(p: object) -> str:
+    """A path as a message shows it: as typed when printable and short, else quoted and cut."""
     text = str(p)
     return text if text.isprintable() and len(text) <= 200 else shown(text, 200)
 
@@ -116,7 +115,7 @@ def _write_through(src: Path, dest: Path) -> None:
         fd = os.open(dest, os.O_WRONLY | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            raise BadInput(f"{_show(dest)} is a FIFO that no process reads; start its reader first, or give a file")
+            raise BadInput(f"{show_path(dest)} is a FIFO that no process reads; start its reader first, or give a file")
         raise
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -145,8 +144,14 @@ def commit(tmp: Path, path: str | os.PathLike[str], sync: bool = True) -> None:
     """Sync ``tmp`` to disk and move it onto ``path``; the rename is synced too. Without ``sync``,
     only the move: a reader still never sees part of the file, and the caller makes many such
     files durable together (a synthetic world's chunk of images) before anything vouches for them."""
-    path, through = target(path)
-    if through or Path(tmp).resolve().parent != path.resolve().parent:  # a device, or a link followed elsewhere
+    dest, through = target(path)
+    _commit(tmp, dest, through, sync)
+
+
+def _commit(tmp: Path, path: Path, through: bool, sync: bool) -> None:
+    """:func:`commit` onto ``path`` as :func:`target` resolved it (``through``: written through)."""
+    elsewhere = Path(tmp).parent != path.parent and Path(tmp).resolve().parent != path.resolve().parent
+    if through or elsewhere:  # a device, or a link followed to another folder
         try:
             if through:
                 _write_through(tmp, path)
@@ -191,7 +196,7 @@ def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Pat
         tmp = temp_name(path)
     try:
         yield tmp
-        commit(tmp, path, sync)
+        _commit(tmp, path, through, sync)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -163,13 +163,20 @@ def check_checkpoint(obj: Any, what: str, resumable: bool) -> Dict[str, Any]:
 def _check_state_dict(state: object, entry: str, refuse: _Refuse) -> None:
     if not isinstance(state, dict) or not state:
         refuse(entry, state, "a state dict (parameter names -> tensors)")
-    for k, v in state.items():
+    _check_entries(state, entry, refuse, tensors=True)
+
+
+def _check_entries(mapping: Dict[Any, Any], entry: str, refuse: _Refuse, tensors: bool) -> None:
+    """Every key of ``mapping`` a string, no tensor of a kind no network holds (complex); with
+    ``tensors``, every value a tensor (a state dict; a weights file's top also holds other entries)."""
+    for k, v in mapping.items():
         if not isinstance(k, str):
             refuse(f"a key of {entry}", k, "parameter names (strings)")
-        if not isinstance(v, torch.Tensor):
-            refuse(f"{entry}[{shown(k, 60)}]", v, "a tensor")
-        if weight_kind(v) not in WEIGHT_KINDS:
-            refuse(f"{entry}[{shown(k, 60)}]", v, WEIGHTS_ALLOWED)
+        item = f"{entry}[{shown(k, 60)}]" if entry != "the file" else shown(k, 60)
+        if tensors and not isinstance(v, torch.Tensor):
+            refuse(item, v, "a tensor")
+        if weight_kind(v) == "complex":  # the kinds a network holds: floating, integer, bool
+            refuse(item, v, WEIGHTS_ALLOWED)
 
 
 # -- the one weights check: what kind of number each tensor holds -----------------------------------
@@ -177,7 +184,6 @@ def _check_state_dict(state: object, entry: str, refuse: _Refuse) -> None:
 # Floating tensors (parameters, most buffers), integer ones (BatchNorm's num_batches_tracked) and
 # bool ones (NetVLAD's initialized flag); whether a file's tensor is the kind the network's own is,
 # is decided by :func:`mismatches`. Complex tensors are no network's weights.
-WEIGHT_KINDS = ("floating", "integer", "bool")
 WEIGHTS_ALLOWED = (
     "floating-point tensors (integer or bool ones only where the network's own are, such as num_batches_tracked)"
 )
@@ -339,14 +345,10 @@ def _check_weights_keys(obj: Dict[Any, Any], what: str) -> None:
     """As a weights file is read, before any layout is tried on it: every key of the file, and of
     the state dict it wraps (:data:`WRAPPERS`), a string; no complex tensor there."""
     refuse = _Refuse(what)
-    mappings = [("the file", obj)]
-    mappings += [(name, obj[name]) for name in WRAPPERS if name in obj and isinstance(obj[name], dict)]
-    for entry, mapping in mappings:
-        for k, v in mapping.items():
-            if not isinstance(k, str):
-                refuse(f"a key of {entry}", k, "parameter names (strings)")
-            if weight_kind(v) == "complex":
-                refuse(f"{entry}[{shown(k, 60)}]" if entry != "the file" else shown(k, 60), v, WEIGHTS_ALLOWED)
+    _check_entries(obj, "the file", refuse, tensors=False)
+    for name in WRAPPERS:
+        if isinstance(obj.get(name), dict):
+            _check_entries(obj[name], name, refuse, tensors=False)
 
 
 def read_state_dict(path: PathLike, what: Optional[str] = None) -> Dict[str, torch.Tensor]:

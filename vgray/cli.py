@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional
 from vgray import __version__
 from vgray.console import Parser, print_figures
 from vgray.environment import check_environment
-from vgray.errors import BadInput
+from vgray.errors import BadInput, memory_failure
 from vgray.paths import check_input, check_output_dir, check_output_file, check_spelled
 from vgray.values import amount, count, count_list, seed
 
@@ -737,8 +737,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         return 1
     except (MemoryError, RuntimeError) as exc:  # the machine's memory ran out mid-run: one line, exit 1
-        from vgray.errors import memory_failure
-
         size = memory_failure(exc)
         if size is None:
             raise

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from vgray.atomic import kind_of, writes_through
+from vgray.atomic import kind_of, show_path, writes_through
 from vgray.errors import BadInput, shown
 from vgray.values import refuse_empty
 
@@ -21,11 +21,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # device or a FIFO (``/dev/stdout``, ``/dev/null``, a named pipe): see :mod:`vgray.atomic`.
 KINDS = ("out_dir", "out_file", "in_dir", "in_file")
 _NAME_MAX, _PATH_MAX = 255, 4096
-
-
-def _show(path: str) -> str:
-    """``path`` as a message shows it: as typed when printable and short, else quoted and cut."""
-    return path if path.isprintable() and len(path) <= 200 else shown(path, 200)
 
 
 def _limit(probe: str, name: str, default: int) -> int:
@@ -88,7 +83,7 @@ def check_path(value: object, where: str, kind: str) -> Path:
     _spelling(text, where)
     path = Path(os.path.expanduser(text))
     _spelling(str(path), where)
-    shown_path = _show(text)
+    shown_path = show_path(text)
     if re.fullmatch(r"[a-z_]+\.[a-z_]+|[A-Z_]+_(?:CACHE|HOME)", where):  # a config key, a variable: KEY=VALUE
         where, shown_path = f"{where}={shown_path}", ""
     try:
@@ -97,7 +92,7 @@ def check_path(value: object, where: str, kind: str) -> Path:
         mode = None
         if os.path.islink(path):
             raise BadInput(
-                f"{where} {shown_path} is a link to {_show(os.readlink(path))}, which does not exist; "
+                f"{where} {shown_path} is a link to {show_path(os.readlink(path))}, which does not exist; "
                 f"give a path that exists or none at all"
             )
     except OSError as exc:
@@ -135,7 +130,7 @@ def _oserror(exc: OSError, path: Path) -> str:
     if exc.errno == errno.ELOOP:
         return "its links make a loop; give a path that leads to a file or a folder"
     if exc.errno == errno.ENOTDIR:
-        return f"{_show(str(_file_above(path)))} is a file, not a folder; give a path under a folder"
+        return f"{show_path(str(_file_above(path)))} is a file, not a folder; give a path under a folder"
     if exc.errno == errno.ENAMETOOLONG:
         return "too long for the file system; give a shorter path"
     return f"cannot be used ({exc.strerror or type(exc).__name__}); give a path you can reach"
@@ -157,7 +152,7 @@ def _writable(folder: Path, where: str, given: str) -> None:
         fd, name = tempfile.mkstemp(prefix=".vgray-probe-", dir=folder)
     except OSError as exc:
         raise BadInput(
-            f"{where} {_show(given)}: the folder {_show(str(folder))} cannot be written "
+            f"{where} {show_path(given)}: the folder {show_path(str(folder))} cannot be written "
             f"({exc.strerror or type(exc).__name__}); give a folder you can write"
         )
     os.close(fd)
@@ -180,17 +175,19 @@ def _existing_ancestor(path: Path, what: str, given: object) -> Path:
     """The nearest existing folder at or above ``path``; BadInput when a file (or a dangling link)
     stands in the way or the folder cannot be written."""
     probe = _nearest(path)
-    shown_given = _show(str(given))
+    shown_given = show_path(str(given))
     if os.path.islink(probe) and not os.path.exists(probe):
         raise BadInput(
-            f"{what} {shown_given}: {_show(str(probe))} is a link to {_show(os.readlink(probe))}, which does not "
+            f"{what} {shown_given}: {show_path(str(probe))} is a link to {show_path(os.readlink(probe))}, which does not "
             f"exist; give a path under a folder"
         )
     if not probe.is_dir():
-        raise BadInput(f"{what} {shown_given}: {_show(str(probe))} is a file, not a folder; give a path under a folder")
+        raise BadInput(
+            f"{what} {shown_given}: {show_path(str(probe))} is a file, not a folder; give a path under a folder"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise BadInput(
-            f"{what} {shown_given}: the folder {_show(str(probe))} cannot be written; give a folder you can write"
+            f"{what} {shown_given}: the folder {show_path(str(probe))} cannot be written; give a folder you can write"
         )
     return probe
 

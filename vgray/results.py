@@ -92,7 +92,7 @@ def make_row(
         }
     )
     for k, v in result.items():
-        if k.startswith(("val/", "test/")) or k in COST_COLUMNS or k in SIZE_COLUMNS:
+        if measured(k):
             row[k] = v
     return row
 

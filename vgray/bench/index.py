@@ -118,8 +118,6 @@ def main(argv) -> None:
     from vgray.bench import print_figures
 
     args = parser().parse_args(argv)
-    if args.files < 1 or args.per_dir < 1:
-        raise BadInput(f"--files={args.files} and --per-dir={args.per_dir} must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="vgray-bench-index-"))
     top = Path(args.dir).expanduser() / "database" if args.dir else work / "database"
     try:

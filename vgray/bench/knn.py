@@ -26,7 +26,6 @@ import numpy as np
 from vgray.bench import bench_parser, print_figures
 from vgray.config import load_config
 from vgray.console import Parser
-from vgray.errors import BadInput
 from vgray.evaluate.knn import build_index, fill_index, index_memory_mb, search
 from vgray.evaluate.recall import recall_at_n
 from vgray.paths import path_type
@@ -134,8 +133,6 @@ def main(argv) -> None:
     R@1, matching time, memory; prints the ratio last."""
     args = parser().parse_args(argv)
     cfg = load_config(overrides=args.overrides)
-    if args.repeats < 1 or min(args.database, args.queries, args.dim) < 1:
-        raise BadInput("--repeats, --database, --queries and --dim must be at least 1")
     if args.threads is not None:
         faiss.omp_set_num_threads(args.threads)
     if args.descriptors:

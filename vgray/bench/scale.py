@@ -308,18 +308,13 @@ def main(argv) -> None:
     sizes = sizes_of(args.sizes)
     args.methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in args.methods if m not in METHODS]
-    if bad or min(args.queries, args.actors, args.shard_size, args.repeats, args.extract_actors or 1) < 1:
-        raise BadInput(
-            f"--methods takes {', '.join(METHODS)}; --queries, --actors, --extract-actors, --shard-size and "
-            "--repeats at least 1"
-        )
+    if bad:  # (the counts were read by the number door, at least 1)
+        raise BadInput(f"--methods takes {', '.join(METHODS)}; not {', '.join(bad)}")
     if args.nodes is not None and (args.address or not 1 <= args.nodes <= (args.num_cpus or os.cpu_count() or 1)):
         raise BadInput(
             f"--nodes={args.nodes}: from 1 to the CPUs given (--num-cpus, default all: each node has at least "
             "one), and not with --address (a cluster already running)"
         )
-    if args.store_mb < 100:
-        raise BadInput(f"--store-mb={args.store_mb}: at least 100")
     from vgray.config import load_config
     from vgray.models import build_model
     from vgray.paths import cache_dir

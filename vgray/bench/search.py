@@ -68,8 +68,6 @@ def main(argv) -> None:
     """``vgray bench search``: sharded exact search on Ray actors against one Flat index: QPS and
     exactness per actor count, the speed-up of the most actors last."""
     args = parser().parse_args(argv)
-    if min(args.database, args.dim, args.queries, args.k, args.repeats) < 1:
-        raise BadInput("--database, --dim, --queries, --k and --repeats must be at least 1")
     counts = actor_counts(args.actors)
     if max(counts) > args.database:
         raise BadInput(f"--actors={args.actors}: more actors than the {args.database} database descriptors")

@@ -276,11 +276,9 @@ def check_root_positives(root: str, rule: str, split: str = "test") -> None:
     image list read): what a sweep's driver checks for every trial's test sets before Ray starts."""
     from vgray.data.ground_truth import find_list_set
 
-    if rule in ("auto", "frames") or root.startswith("synthetic:"):
-        if rule not in POSITIVE_RULES:
-            check_positives_rule(root, rule, False)
-        return
-    check_positives_rule(root, rule, find_list_set(root, split) is not None)
+    # only files and radius depend on whether the root names lists (frames needs the names: the trial's)
+    lists = rule in ("files", "radius") and find_list_set(root, split) is not None
+    check_positives_rule(root, rule, lists)
 
 
 def resolve_root(root: str, key: str = "data.root") -> Path:

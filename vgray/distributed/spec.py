@@ -632,9 +632,10 @@ def check_dataset_roots(spec: SweepSpec) -> None:
         roots = [("data.root", cfg.data.root), ("data.val_root", cfg.data.val_root)]
         roots += [(f"test.datasets.{k}", v) for k, v in (cfg.test.datasets or {}).items()]
         for key, root in roots:
-            if not root or root.startswith("synthetic:") or (key, root) in seen:
+            # (the positives rule is checked per root and rule: a grid may vary test.positives)
+            if not root or root.startswith("synthetic:") or (key, root, cfg.test.positives) in seen:
                 continue
-            seen.add((key, root))
+            seen.add((key, root, cfg.test.positives))
             for part in root.split(SEPARATOR):
                 path = Path(os.path.expandvars(os.path.expanduser(part)))
                 if not (path.exists() or any(Path(str(path) + s).exists() for s in LIST_SUFFIXES)):

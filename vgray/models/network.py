@@ -56,7 +56,7 @@ def check_pairing(backbone: str, aggregation: str, image_size=None) -> None:
         if not info.get(fact):
             raise BadInput(
                 f"model.aggregation={aggregation} needs {gives}, which model.backbone={backbone} lacks; allowed: "
-                + ", ".join(n for n in BACKBONES.names() if BACKBONES.info(n).get(fact))
+                + ", ".join(fitting_backbones(aggregation))
             )
     output = info["type"].output
     if output not in kind.inputs:
